@@ -1,1 +1,203 @@
-//! placeholder
+//! rollgate coordinator: keeps all state in etcd, elects a leader that plans rollouts and grants
+//! slots, and serves agents' streams and operators' requests over gRPC.
+//!
+//! Layout:
+//! - [`config`]: the TOML config and its defaults.
+//! - [`local_etcd`]: a supervised single-member etcd when no endpoints are configured.
+//! - [`store`]: etcd key schema and records.
+//! - [`planner`]: the pure decision function (who gets a slot, when a rollout ends).
+//! - [`driver`]: the leader loop that carries the planner's decisions out as fenced txns.
+//! - [`sessions`]: agent streams: registry, liveness, orders out, progress and results in.
+//! - [`control`]: operator actions.
+//! - [`artifacts`]: the artifact store.
+//! - [`grpc`]: the gRPC edge.
+
+pub mod artifacts;
+pub mod config;
+pub mod control;
+pub mod driver;
+pub mod grpc;
+pub mod local_etcd;
+pub mod planner;
+pub mod sessions;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use etcd_client::{Client, ConnectOptions};
+use rollgate_proto::pb::agent_service_server::AgentServiceServer;
+use rollgate_proto::pb::control_service_server::ControlServiceServer;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::artifacts::ArtifactStore;
+use crate::config::Config;
+use crate::sessions::Hub;
+use crate::store::Keys;
+
+/// How long connecting to etcd may take before the coordinator gives up at start.
+const ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one etcd request may take.
+const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long in-flight work gets at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What every part of a running coordinator shares.
+pub struct Ctx {
+    /// etcd client (cheap to clone).
+    pub etcd: Client,
+    /// Key schema.
+    pub keys: Keys,
+    /// The config.
+    pub config: Config,
+    /// This replica's lease: its sessions' liveness keys and its election key are bound to it.
+    pub lease: i64,
+    /// Agent streams held by this replica.
+    pub hub: Hub,
+    /// Artifacts pushed by operators.
+    pub artifacts: ArtifactStore,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("replica_id", &self.config.replica_id)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs a coordinator until `shutdown` resolves or its etcd lease is lost.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
+
+    let etcd_cancel = CancellationToken::new();
+    let (endpoints, local) = if config.etcd.endpoints.is_empty() {
+        let local =
+            local_etcd::LocalEtcd::start(&config.etcd, &config.state_dir, etcd_cancel.clone())
+                .await?;
+        (vec![local.endpoint.clone()], Some(local))
+    } else {
+        (config.etcd.endpoints.clone(), None)
+    };
+    let options = ConnectOptions::new()
+        .with_connect_timeout(ETCD_CONNECT_TIMEOUT)
+        .with_timeout(ETCD_REQUEST_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+    let mut etcd = Client::connect(&endpoints, Some(options))
+        .await
+        .with_context(|| format!("cannot connect to etcd at {endpoints:?}; check etcd.endpoints in the config and that etcd is running"))?;
+    let ttl = config.etcd.lease_ttl.as_secs().max(1) as i64;
+    let lease = etcd
+        .lease_grant(ttl, None)
+        .await
+        .with_context(|| format!("etcd at {endpoints:?} refused a lease"))?
+        .id();
+    let (mut keeper, mut keep_stream) = etcd.lease_keep_alive(lease).await?;
+
+    let artifacts = ArtifactStore::new(
+        config.state_dir.join("artifacts"),
+        config.max_artifact_bytes,
+    )?;
+    let listen = config.listen;
+    let ctx = Arc::new(Ctx {
+        etcd,
+        keys: Keys::new(&config.etcd.prefix),
+        config,
+        lease,
+        hub: Hub::default(),
+        artifacts,
+    });
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}; is another coordinator running there? Change `listen` in the config"))?;
+    let local_addr = listener.local_addr()?;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AgentServiceServer<grpc::AgentApi>>()
+        .await;
+    let agent_api = grpc::AgentApi {
+        ctx: ctx.clone(),
+        shutdown: cancel.clone(),
+    };
+    let control_api = grpc::ControlApi {
+        ctx: ctx.clone(),
+        shutdown: cancel.clone(),
+    };
+    let max = rollgate_proto::MAX_MESSAGE_BYTES;
+    let server_cancel = cancel.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(AgentServiceServer::new(agent_api).max_decoding_message_size(max))
+        .add_service(ControlServiceServer::new(control_api).max_decoding_message_size(max))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move { server_cancel.cancelled().await },
+        );
+    let server = tokio::spawn(server);
+    info!(replica = %ctx.config.replica_id, %local_addr, "coordinator listening");
+
+    let keepalive_every = Duration::from_millis((ttl as u64 * 1000) / 3);
+    let keepalive_cancel = cancel.clone();
+    let keepalive = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(keepalive_every) => {}
+                _ = keepalive_cancel.cancelled() => return Ok(()),
+            }
+            keeper
+                .keep_alive()
+                .await
+                .context("lease keep-alive failed")?;
+            match keep_stream.message().await {
+                Ok(Some(r)) if r.ttl() > 0 => {}
+                Ok(_) => anyhow::bail!("this replica's etcd lease expired"),
+                Err(e) => return Err(anyhow::Error::from(e).context("lease keep-alive failed")),
+            }
+        }
+    });
+    let driver = tokio::spawn(driver::run(ctx.clone(), cancel.clone()));
+    let dispatcher = tokio::spawn(sessions::dispatch_orders(ctx.clone(), cancel.clone()));
+    rollgate_proto::telemetry::notify_ready();
+
+    let outcome = tokio::select! {
+        _ = shutdown => {
+            info!("shutting down: closing agent sessions, resigning leadership");
+            Ok(())
+        }
+        r = keepalive => {
+            let e = match r {
+                Ok(Ok(())) => anyhow::anyhow!("lease keeper stopped"),
+                Ok(Err(e)) => e,
+                Err(e) => e.into(),
+            };
+            error!("{e:#}: this replica's sessions and leadership are void; exiting so a supervisor restarts it cleanly");
+            Err(e)
+        }
+    };
+    rollgate_proto::telemetry::notify_stopping();
+    cancel.cancel();
+    let stop = async {
+        let _ = driver.await;
+        let _ = dispatcher.await;
+        let _ = server.await;
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, stop).await.is_err() {
+        warn!("shutdown took longer than {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    if outcome.is_ok() {
+        // Sessions end now rather than when the lease times out.
+        let _ = ctx.etcd.clone().lease_revoke(lease).await;
+    }
+    etcd_cancel.cancel();
+    if let Some(local) = local {
+        local.stopped().await;
+    }
+    outcome
+}

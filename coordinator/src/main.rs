@@ -1,1 +1,46 @@
-fn main() {}
+//! `rollgate-coordinator --config coordinator.toml`
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// rollgate coordinator: plans rollouts, grants slots through etcd, serves agents and operators.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Path of the TOML config (see deploy/coordinator.toml).
+    #[arg(long, short, env = "ROLLGATE_COORDINATOR_CONFIG")]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    rollgate_proto::telemetry::init("rollgate-coordinator");
+    let args = Args::parse();
+    let config = match rollgate_coordinator::config::Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rollgate-coordinator: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match rollgate_coordinator::run(config, shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

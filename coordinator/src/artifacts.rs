@@ -1,0 +1,144 @@
+//! The artifact store: releases pushed by operators, kept on this replica's disk under
+//! `state_dir/artifacts/<sha256>` with their metadata in etcd, served to agents in chunks.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+/// What can go wrong storing or reading an artifact.
+#[derive(Debug, Error)]
+pub enum ArtifactError {
+    /// The push is larger than the configured limit.
+    #[error("artifact is larger than max_artifact_bytes ({limit} bytes); raise it in the coordinator config if this is expected")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// No artifact with this digest is stored here.
+    #[error("no artifact sha256:{0} in this coordinator's store; push it with `rollgate artifact push FILE`")]
+    NotFound(String),
+    /// The disk failed.
+    #[error("artifact store I/O error at {path}: {err}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// What.
+        err: std::io::Error,
+    },
+}
+
+/// Artifacts on this replica's disk.
+#[derive(Debug, Clone)]
+pub struct ArtifactStore {
+    dir: PathBuf,
+    limit: u64,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
+    move |err| ArtifactError::Io {
+        path: path.to_path_buf(),
+        err,
+    }
+}
+
+/// An artifact being received; `finish` verifies and stores it, dropping it discards it.
+#[derive(Debug)]
+pub struct Upload {
+    tmp: tempfile::NamedTempFile,
+    file: tokio::fs::File,
+    hasher: Sha256,
+    size: u64,
+    limit: u64,
+    dir: PathBuf,
+}
+
+impl ArtifactStore {
+    /// A store under `dir`, accepting artifacts up to `limit` bytes.
+    pub fn new(dir: PathBuf, limit: u64) -> Result<Self, ArtifactError> {
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        Ok(ArtifactStore { dir, limit })
+    }
+
+    /// Path of a stored artifact.
+    pub fn path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(sha256)
+    }
+
+    /// Starts receiving an artifact.
+    pub fn upload(&self) -> Result<Upload, ArtifactError> {
+        let tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(io(&self.dir))?;
+        let file = tokio::fs::File::from_std(tmp.reopen().map_err(io(tmp.path()))?);
+        Ok(Upload {
+            tmp,
+            file,
+            hasher: Sha256::new(),
+            size: 0,
+            limit: self.limit,
+            dir: self.dir.clone(),
+        })
+    }
+
+    /// Opens a stored artifact at `offset`; returns the file and its total size.
+    pub async fn open(
+        &self,
+        sha256: &str,
+        offset: u64,
+    ) -> Result<(tokio::fs::File, u64), ArtifactError> {
+        let path = self.path(sha256);
+        let mut f = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ArtifactError::NotFound(sha256.to_string()))
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let size = f.metadata().await.map_err(io(&path))?.len();
+        f.seek(std::io::SeekFrom::Start(offset.min(size)))
+            .await
+            .map_err(io(&path))?;
+        Ok((f, size))
+    }
+}
+
+impl Upload {
+    /// Appends a chunk.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), ArtifactError> {
+        self.size += data.len() as u64;
+        if self.size > self.limit {
+            return Err(ArtifactError::TooLarge { limit: self.limit });
+        }
+        self.hasher.update(data);
+        self.file.write_all(data).await.map_err(io(self.tmp.path()))
+    }
+
+    /// Fsyncs, names the file by its digest, and returns (sha256, size).
+    pub async fn finish(mut self) -> Result<(String, u64), ArtifactError> {
+        self.file.flush().await.map_err(io(self.tmp.path()))?;
+        self.file.sync_all().await.map_err(io(self.tmp.path()))?;
+        let sha = hex::encode(self.hasher.finalize());
+        let dest = self.dir.join(&sha);
+        self.tmp.persist(&dest).map_err(|e| ArtifactError::Io {
+            path: dest.clone(),
+            err: e.error,
+        })?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        Ok((sha, self.size))
+    }
+}
+
+/// Reads up to `buf.len()` bytes.
+pub async fn read_chunk(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let m = f.read(&mut buf[n..]).await?;
+        if m == 0 {
+            break;
+        }
+        n += m;
+    }
+    Ok(n)
+}

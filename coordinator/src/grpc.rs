@@ -1,0 +1,277 @@
+//! gRPC edge: translates requests to calls into `sessions` and `control` and errors to statuses.
+//! No decisions are made here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use rollgate_proto::pb;
+use rollgate_proto::pb::agent_service_server::AgentService;
+use rollgate_proto::pb::control_service_server::ControlService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::artifacts::{read_chunk, ArtifactError};
+use crate::control::{self, Action, ControlError};
+use crate::{sessions, Ctx};
+
+/// Queue depth of one agent's outgoing messages.
+const AGENT_QUEUE: usize = 64;
+/// Queue depth of one watcher's or download's outgoing messages.
+const STREAM_QUEUE: usize = 16;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl From<ControlError> for Status {
+    fn from(e: ControlError) -> Self {
+        match &e {
+            ControlError::Spec(_) | ControlError::Invalid(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            ControlError::NotFound(_) => Status::not_found(e.to_string()),
+            ControlError::Conflict(_) => Status::failed_precondition(e.to_string()),
+            ControlError::Store(_) => Status::unavailable(format!(
+                "{e}; the coordinator cannot reach etcd right now, nothing was changed; retry"
+            )),
+        }
+    }
+}
+
+impl From<ArtifactError> for Status {
+    fn from(e: ArtifactError) -> Self {
+        match &e {
+            ArtifactError::NotFound(_) => Status::not_found(e.to_string()),
+            ArtifactError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+            ArtifactError::Io { .. } => Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// `AgentService` for agents.
+#[derive(Debug, Clone)]
+pub struct AgentApi {
+    /// Shared coordinator state.
+    pub ctx: Arc<Ctx>,
+    /// Fires at shutdown so sessions end.
+    pub shutdown: CancellationToken,
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    type ConnectStream = ReceiverStream<Result<pb::CoordinatorMessage, Status>>;
+    type FetchArtifactStream = BoxStream<pb::ArtifactChunk>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let (tx, rx) = mpsc::channel(AGENT_QUEUE);
+        let ctx = self.ctx.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(sessions::serve(ctx, request.into_inner(), tx, shutdown));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn fetch_artifact(
+        &self,
+        request: Request<pb::FetchArtifactRequest>,
+    ) -> Result<Response<Self::FetchArtifactStream>, Status> {
+        let req = request.into_inner();
+        rollgate_proto::names::check_sha256(&req.sha256)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (mut file, total) = self.ctx.artifacts.open(&req.sha256, req.offset).await?;
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let mut offset = req.offset.min(total);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; rollgate_proto::ARTIFACT_CHUNK_BYTES];
+            loop {
+                let n = match read_chunk(&mut file, &mut buf).await {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!("reading artifact: {e}"))))
+                            .await;
+                        return;
+                    }
+                };
+                let chunk = pb::ArtifactChunk {
+                    offset,
+                    data: buf[..n].to_vec(),
+                    total_size: total,
+                };
+                offset += n as u64;
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// `ControlService` for operators.
+#[derive(Debug, Clone)]
+pub struct ControlApi {
+    /// Shared coordinator state.
+    pub ctx: Arc<Ctx>,
+    /// Fires at shutdown so watch streams end.
+    pub shutdown: CancellationToken,
+}
+
+#[tonic::async_trait]
+impl ControlService for ControlApi {
+    type WatchRolloutStream = BoxStream<pb::RolloutStatus>;
+
+    async fn create_rollout(
+        &self,
+        request: Request<pb::CreateRolloutRequest>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let r = control::create(&self.ctx, &request.into_inner().spec_toml).await?;
+        Ok(Response::new(control::status(&self.ctx, &r.id).await?))
+    }
+
+    async fn get_rollout(
+        &self,
+        request: Request<pb::RolloutRef>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        Ok(Response::new(
+            control::status(&self.ctx, &request.into_inner().id).await?,
+        ))
+    }
+
+    async fn list_rollouts(
+        &self,
+        _request: Request<pb::ListRolloutsRequest>,
+    ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        Ok(Response::new(pb::ListRolloutsResponse {
+            rollouts: control::list(&self.ctx).await?,
+        }))
+    }
+
+    async fn watch_rollout(
+        &self,
+        request: Request<pb::RolloutRef>,
+    ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        let id = control::resolve_id(&self.ctx, &request.into_inner().id).await?;
+        let first = control::status(&self.ctx, &id).await?;
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let ctx = self.ctx.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut etcd = ctx.etcd.clone();
+            let watch = etcd
+                .watch(
+                    ctx.keys.all(),
+                    Some(etcd_client::WatchOptions::new().with_prefix()),
+                )
+                .await;
+            let mut last = first.clone();
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            let mut watch = match watch {
+                Ok(w) => w,
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(Status::unavailable(format!("cannot watch etcd: {e}"))))
+                        .await;
+                    return;
+                }
+            };
+            while !terminal(&last) {
+                tokio::select! {
+                    m = watch.message() => match m {
+                        Ok(Some(_)) => {}
+                        _ => {
+                            let _ = tx.send(Err(Status::unavailable("the coordinator lost its etcd watch; run the command again"))).await;
+                            return;
+                        }
+                    },
+                    _ = tx.closed() => return,
+                    _ = shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("the coordinator is shutting down; run the command again to follow the rollout"))).await;
+                        return;
+                    }
+                }
+                match control::status(&ctx, &id).await {
+                    Ok(s) if s != last => {
+                        last = s.clone();
+                        if tx.send(Ok(s)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn pause_rollout(
+        &self,
+        request: Request<pb::RolloutRef>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let id = request.into_inner().id;
+        Ok(Response::new(
+            control::act(&self.ctx, &id, Action::Pause).await?,
+        ))
+    }
+
+    async fn resume_rollout(
+        &self,
+        request: Request<pb::RolloutRef>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let id = request.into_inner().id;
+        Ok(Response::new(
+            control::act(&self.ctx, &id, Action::Resume).await?,
+        ))
+    }
+
+    async fn abort_rollout(
+        &self,
+        request: Request<pb::RolloutRef>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let id = request.into_inner().id;
+        Ok(Response::new(
+            control::act(&self.ctx, &id, Action::Abort).await?,
+        ))
+    }
+
+    async fn list_hosts(
+        &self,
+        _request: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        Ok(Response::new(pb::ListHostsResponse {
+            hosts: control::hosts(&self.ctx).await?,
+        }))
+    }
+
+    async fn push_artifact(
+        &self,
+        request: Request<Streaming<pb::PushArtifactChunk>>,
+    ) -> Result<Response<pb::PushArtifactResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut upload = self.ctx.artifacts.upload()?;
+        while let Some(chunk) = stream.message().await? {
+            upload.write(&chunk.data).await?;
+        }
+        let (sha256, size) = upload.finish().await?;
+        control::record_artifact(&self.ctx, &sha256, size).await?;
+        tracing::info!(%sha256, size, "artifact stored");
+        Ok(Response::new(pb::PushArtifactResponse { sha256, size }))
+    }
+}
+
+/// A watch ends once the rollout has ended and no host is still in the middle of its update
+/// (a halted rollout's in-flight hosts finish or roll back first).
+fn terminal(s: &pb::RolloutStatus) -> bool {
+    matches!(s.phase.as_str(), "succeeded" | "failed" | "aborted")
+        && s.hosts.iter().all(|h| h.state != "updating")
+}

@@ -1,0 +1,604 @@
+//! etcd key schema, the records stored under it, and typed reads of a rollout's whole state.
+//!
+//! Layout under the prefix (default `/rollgate/`):
+//!
+//! | key | lifetime | holds |
+//! |---|---|---|
+//! | `leader` (election) | leader's lease | which replica plans and grants |
+//! | `hosts/<id>` | durable | [`HostRecord`] |
+//! | `sessions/<id>` | lease of the replica holding the stream | [`SessionRecord`] |
+//! | `rollouts/<rid>` | durable | [`RolloutRecord`] |
+//! | `rollouts/<rid>/hosts/<id>` | durable | [`HostStep`] |
+//! | `rollouts/<rid>/slots/<id>` | durable | [`SlotRecord`]; its create revision is the fencing token |
+//! | `services/<name>/active` | until the rollout ends | id of the one active rollout |
+//! | `artifacts/<sha256>` | durable | [`ArtifactRecord`] |
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use etcd_client::{Client, GetOptions, KeyValue};
+use rollgate_proto::pb;
+use rollgate_proto::spec::RolloutSpec;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use thiserror::Error;
+
+/// A failure talking to etcd or reading what is stored there.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// etcd did not answer or refused the request.
+    #[error("etcd request failed: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// A stored value is not what this version of rollgate can read.
+    #[error("etcd key {key} holds a value rollgate cannot read ({err}); it was written by another version or by hand")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// The decode error.
+        err: String,
+    },
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (which starts and ends with '/').
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_string(),
+        }
+    }
+    /// The whole prefix.
+    pub fn all(&self) -> String {
+        self.prefix.clone()
+    }
+    /// Election name for the leader.
+    pub fn leader(&self) -> String {
+        format!("{}leader", self.prefix)
+    }
+    /// Prefix of all host records.
+    pub fn hosts(&self) -> String {
+        format!("{}hosts/", self.prefix)
+    }
+    /// One host's durable record.
+    pub fn host(&self, id: &str) -> String {
+        format!("{}hosts/{id}", self.prefix)
+    }
+    /// Prefix of all live sessions.
+    pub fn sessions(&self) -> String {
+        format!("{}sessions/", self.prefix)
+    }
+    /// One host's liveness key.
+    pub fn session(&self, id: &str) -> String {
+        format!("{}sessions/{id}", self.prefix)
+    }
+    /// Prefix of all rollouts (records, host steps and slots).
+    pub fn rollouts(&self) -> String {
+        format!("{}rollouts/", self.prefix)
+    }
+    /// A rollout's record.
+    pub fn rollout(&self, rid: &str) -> String {
+        format!("{}rollouts/{rid}", self.prefix)
+    }
+    /// Prefix of a rollout's host steps.
+    pub fn steps(&self, rid: &str) -> String {
+        format!("{}rollouts/{rid}/hosts/", self.prefix)
+    }
+    /// One host's step in a rollout.
+    pub fn step(&self, rid: &str, host: &str) -> String {
+        format!("{}rollouts/{rid}/hosts/{host}", self.prefix)
+    }
+    /// Prefix of a rollout's slots.
+    pub fn slots(&self, rid: &str) -> String {
+        format!("{}rollouts/{rid}/slots/", self.prefix)
+    }
+    /// One host's slot in a rollout.
+    pub fn slot(&self, rid: &str, host: &str) -> String {
+        format!("{}rollouts/{rid}/slots/{host}", self.prefix)
+    }
+    /// Prefix of the active-rollout markers.
+    pub fn services(&self) -> String {
+        format!("{}services/", self.prefix)
+    }
+    /// The one active rollout of a service.
+    pub fn active(&self, service: &str) -> String {
+        format!("{}services/{service}/active", self.prefix)
+    }
+    /// An artifact's metadata.
+    pub fn artifact(&self, sha256: &str) -> String {
+        format!("{}artifacts/{sha256}", self.prefix)
+    }
+
+    /// Splits a key under `rollouts/` into (rollout id, kind, host): kind is "" for the rollout
+    /// record, "hosts" or "slots".
+    pub fn parse_rollout_key<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str, &'k str)> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("rollouts/")?;
+        let mut parts = rest.splitn(3, '/');
+        let rid = parts.next()?;
+        match (parts.next(), parts.next()) {
+            (None, _) => Some((rid, "", "")),
+            (Some(kind), Some(host)) => Some((rid, kind, host)),
+            _ => None,
+        }
+    }
+}
+
+/// What the coordinator knows of a host (durable; written on hello and on status changes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostRecord {
+    /// Host id (from the agent's hello).
+    pub host_id: String,
+    /// Labels from the agent's config.
+    pub labels: BTreeMap<String, String>,
+    /// The agent's version.
+    pub agent_version: String,
+    /// Each service's last reported state.
+    pub services: BTreeMap<String, ServiceState>,
+    /// When the host last connected or reported.
+    pub last_seen_ms: i64,
+}
+
+/// A service's last reported release and health on one host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// Version running ("" when nothing is installed).
+    pub version: String,
+    /// Its sha256.
+    pub sha256: String,
+    /// Health as reported by the agent.
+    pub health: Health,
+    /// The agent's explanation.
+    pub detail: String,
+}
+
+/// Health as stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Not reported yet.
+    #[default]
+    Unknown,
+    /// Passing its probes.
+    Healthy,
+    /// Failing its probes.
+    Unhealthy,
+    /// Not running (nothing installed, or down).
+    Stopped,
+}
+
+impl From<pb::Health> for Health {
+    fn from(h: pb::Health) -> Self {
+        match h {
+            pb::Health::Unknown => Health::Unknown,
+            pb::Health::Healthy => Health::Healthy,
+            pb::Health::Unhealthy => Health::Unhealthy,
+            pb::Health::Stopped => Health::Stopped,
+        }
+    }
+}
+
+impl From<Health> for pb::Health {
+    fn from(h: Health) -> Self {
+        match h {
+            Health::Unknown => pb::Health::Unknown,
+            Health::Healthy => pb::Health::Healthy,
+            Health::Unhealthy => pb::Health::Unhealthy,
+            Health::Stopped => pb::Health::Stopped,
+        }
+    }
+}
+
+impl From<&pb::ServiceStatus> for ServiceState {
+    fn from(s: &pb::ServiceStatus) -> Self {
+        ServiceState {
+            version: s.version.clone(),
+            sha256: s.sha256.clone(),
+            health: s.health().into(),
+            detail: s.detail.clone(),
+        }
+    }
+}
+
+/// Liveness of an agent's stream (bound to the serving replica's lease).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Replica holding the stream.
+    pub replica_id: String,
+    /// Unique id of this connection, so a replica deletes only its own session key.
+    pub conn_id: String,
+    /// When the stream opened.
+    pub connected_at_ms: i64,
+}
+
+/// Phase of a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Granting slots as the budget allows.
+    Rolling,
+    /// Stopped by an operator: no new slots; hosts in flight finish.
+    Paused,
+    /// Every target is on the new release (failures, if any, were within `max_failures`).
+    Succeeded,
+    /// Halted by the failure policy: no new slots; hosts in flight finish or roll back.
+    Failed,
+    /// Stopped for good by an operator.
+    Aborted,
+}
+
+impl Phase {
+    /// Whether the rollout has ended for good.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed | Phase::Aborted)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Rolling => "rolling",
+            Phase::Paused => "paused",
+            Phase::Succeeded => "succeeded",
+            Phase::Failed => "failed",
+            Phase::Aborted => "aborted",
+        })
+    }
+}
+
+/// A rollout (durable; the spec and targets never change after creation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    /// Rollout id.
+    pub id: String,
+    /// The validated spec, with the release fully resolved.
+    pub spec: RolloutSpec,
+    /// Target host ids, in the order they are upgraded.
+    pub targets: Vec<String>,
+    /// `max_unavailable` resolved against the number of targets.
+    pub max_unavailable: u32,
+    /// Current phase.
+    pub phase: Phase,
+    /// Why the rollout ended the way it did, or who paused it.
+    pub reason: String,
+    /// Creation time.
+    pub created_at_ms: i64,
+    /// Last phase change.
+    pub updated_at_ms: i64,
+}
+
+/// Where one host is in one rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
+    /// Not started.
+    Pending,
+    /// Holds a slot; the agent is fetching, swapping or verifying.
+    Updating,
+    /// Runs the new release, healthy for `min_healthy_time`.
+    Done,
+    /// The new release failed; the host is back on its previous release.
+    RolledBack,
+    /// The new release failed and the host could not be brought back (or refused the order).
+    Failed,
+}
+
+impl HostState {
+    /// The host's part of the rollout is over.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            HostState::Done | HostState::RolledBack | HostState::Failed
+        )
+    }
+    /// The host counts as a failure of the rollout.
+    pub fn is_failure(self) -> bool {
+        matches!(self, HostState::RolledBack | HostState::Failed)
+    }
+}
+
+impl fmt::Display for HostState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HostState::Pending => "pending",
+            HostState::Updating => "updating",
+            HostState::Done => "done",
+            HostState::RolledBack => "rolled_back",
+            HostState::Failed => "failed",
+        })
+    }
+}
+
+/// One host's step in one rollout (durable).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostStep {
+    /// Where the host is.
+    pub state: HostState,
+    /// Fencing token of its grant (0 before a grant).
+    pub token: u64,
+    /// Last step the agent reported.
+    pub step: String,
+    /// Last progress message.
+    pub message: String,
+    /// Why it failed or rolled back.
+    pub reason: String,
+    /// Version running after the order finished.
+    pub running_version: String,
+    /// Last change.
+    pub updated_at_ms: i64,
+}
+
+impl HostStep {
+    /// A host not started yet.
+    pub fn pending() -> Self {
+        HostStep {
+            state: HostState::Pending,
+            token: 0,
+            step: String::new(),
+            message: String::new(),
+            reason: String::new(),
+            running_version: String::new(),
+            updated_at_ms: now_ms(),
+        }
+    }
+}
+
+/// A grant: permission for one host to take its service down. Everything the order needs is in
+/// here so any replica can send it without another read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlotRecord {
+    /// Rollout id.
+    pub rollout_id: String,
+    /// Host id.
+    pub host_id: String,
+    /// Service to update.
+    pub service: String,
+    /// Release version.
+    pub version: String,
+    /// Where the bytes come from.
+    pub source: String,
+    /// sha256 of the artifact.
+    pub sha256: String,
+    /// Size of the artifact.
+    pub size: u64,
+    /// How long the host must stay healthy.
+    pub min_healthy_time_ms: u64,
+    /// How long it may take.
+    pub healthy_deadline_ms: u64,
+    /// Replica that granted it.
+    pub granted_by: String,
+    /// When.
+    pub granted_at_ms: i64,
+}
+
+impl SlotRecord {
+    /// The order an agent receives for this slot, fenced by `token`.
+    pub fn order(&self, token: u64) -> pb::UpdateOrder {
+        pb::UpdateOrder {
+            rollout_id: self.rollout_id.clone(),
+            token,
+            service: self.service.clone(),
+            release: Some(pb::Release {
+                version: self.version.clone(),
+                source: self.source.clone(),
+                sha256: self.sha256.clone(),
+                size: self.size,
+            }),
+            min_healthy_time_ms: self.min_healthy_time_ms,
+            healthy_deadline_ms: self.healthy_deadline_ms,
+        }
+    }
+}
+
+/// A stored artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    /// sha256 (hex).
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Replica whose state dir holds the bytes.
+    pub stored_by: String,
+    /// When it was pushed.
+    pub pushed_at_ms: i64,
+}
+
+/// Decodes a stored JSON value, naming the key on failure.
+pub fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, StoreError> {
+    serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        err: e.to_string(),
+    })
+}
+
+/// Encodes a record as JSON.
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records always serialize")
+}
+
+/// A slot as read back: its record and fencing token.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    /// The grant.
+    pub record: SlotRecord,
+    /// Fencing token: the slot key's create revision.
+    pub token: u64,
+}
+
+/// A rollout and all its per-host state, read at one etcd revision.
+#[derive(Debug, Clone)]
+pub struct RolloutView {
+    /// The rollout record.
+    pub rollout: RolloutRecord,
+    /// Its key's mod revision (grants and phase changes compare it).
+    pub rollout_rev: i64,
+    /// Each target's step and its key's mod revision.
+    pub steps: BTreeMap<String, (HostStep, i64)>,
+    /// Slots held, by host.
+    pub slots: BTreeMap<String, Slot>,
+}
+
+/// The fleet as read at one etcd revision.
+#[derive(Debug, Clone, Default)]
+pub struct FleetView {
+    /// Durable host records.
+    pub hosts: BTreeMap<String, HostRecord>,
+    /// Hosts with a live session.
+    pub connected: BTreeSet<String>,
+    /// The revision all of this was read at.
+    pub revision: i64,
+}
+
+/// Reads all host records and sessions (one consistent revision).
+pub async fn read_fleet(client: &mut Client, keys: &Keys) -> Result<FleetView, StoreError> {
+    let resp = client
+        .get(keys.hosts(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let mut hosts = BTreeMap::new();
+    for kv in resp.kvs() {
+        let rec: HostRecord = decode(kv)?;
+        hosts.insert(rec.host_id.clone(), rec);
+    }
+    let resp = client
+        .get(
+            keys.sessions(),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_revision(revision),
+            ),
+        )
+        .await?;
+    let sp = keys.sessions();
+    let connected = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| kv.key_str().ok()?.strip_prefix(&sp).map(str::to_string))
+        .collect();
+    Ok(FleetView {
+        hosts,
+        connected,
+        revision,
+    })
+}
+
+/// Reads one rollout with its steps and slots; `None` when it does not exist.
+pub async fn read_rollout(
+    client: &mut Client,
+    keys: &Keys,
+    rid: &str,
+    revision: i64,
+) -> Result<Option<RolloutView>, StoreError> {
+    let mut opts = GetOptions::new().with_prefix();
+    if revision > 0 {
+        opts = opts.with_revision(revision);
+    }
+    // `rollouts/<rid>` plus `rollouts/<rid>/...`, without `rollouts/<rid>x...`.
+    let resp = client.get(keys.rollout(rid), Some(opts)).await?;
+    let mut rollout = None;
+    let mut steps = BTreeMap::new();
+    let mut slots = BTreeMap::new();
+    for kv in resp.kvs() {
+        let Ok(key) = kv.key_str() else { continue };
+        match keys.parse_rollout_key(key) {
+            Some((r, "", _)) if r == rid => {
+                rollout = Some((decode::<RolloutRecord>(kv)?, kv.mod_revision()))
+            }
+            Some((r, "hosts", host)) if r == rid => {
+                steps.insert(
+                    host.to_string(),
+                    (decode::<HostStep>(kv)?, kv.mod_revision()),
+                );
+            }
+            Some((r, "slots", host)) if r == rid => {
+                slots.insert(
+                    host.to_string(),
+                    Slot {
+                        record: decode(kv)?,
+                        token: kv.create_revision() as u64,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(rollout.map(|(rollout, rollout_rev)| RolloutView {
+        rollout,
+        rollout_rev,
+        steps,
+        slots,
+    }))
+}
+
+/// Ids of every rollout, newest first.
+pub async fn list_rollouts(
+    client: &mut Client,
+    keys: &Keys,
+) -> Result<Vec<RolloutRecord>, StoreError> {
+    let resp = client
+        .get(keys.rollouts(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    let mut out = Vec::new();
+    for kv in resp.kvs() {
+        let Ok(key) = kv.key_str() else { continue };
+        if let Some((_, "", _)) = keys.parse_rollout_key(key) {
+            out.push(decode::<RolloutRecord>(kv)?);
+        }
+    }
+    out.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(b.id.cmp(&a.id)));
+    Ok(out)
+}
+
+/// Ids of the rollouts that are active (one per service at most).
+pub async fn active_rollouts(client: &mut Client, keys: &Keys) -> Result<Vec<String>, StoreError> {
+    let resp = client
+        .get(keys.services(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter(|kv| {
+            kv.key_str()
+                .map(|k| k.ends_with("/active"))
+                .unwrap_or(false)
+        })
+        .filter_map(|kv| kv.value_str().ok().map(str::to_string))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollout_keys_parse() {
+        let k = Keys::new("/rollgate/");
+        assert_eq!(
+            k.parse_rollout_key("/rollgate/rollouts/r1"),
+            Some(("r1", "", ""))
+        );
+        assert_eq!(
+            k.parse_rollout_key("/rollgate/rollouts/r1/slots/web-1"),
+            Some(("r1", "slots", "web-1"))
+        );
+        assert_eq!(
+            k.parse_rollout_key("/rollgate/rollouts/r1/hosts/web-1"),
+            Some(("r1", "hosts", "web-1"))
+        );
+        assert_eq!(k.parse_rollout_key("/rollgate/hosts/web-1"), None);
+        assert_eq!(k.parse_rollout_key("/rollgate/rollouts/r1/slots"), None);
+    }
+}
