@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Sourced by tests/run.sh and deploy/demo.sh: makes sure the system packages rollgate builds and
+# tests with are present (etcd-server for etcd, protobuf-compiler for protoc). As root it installs
+# them with apt; otherwise it says exactly what to install.
+rollgate_ensure_deps() {
+  local missing=()
+  command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+  if [ -z "${ETCD_BIN:-}" ] && ! command -v etcd >/dev/null 2>&1; then
+    missing+=(etcd-server)
+  fi
+  command -v cargo >/dev/null 2>&1 || {
+    echo "rollgate: cargo is not installed; install Rust (https://rustup.rs) and run this again" >&2
+    return 1
+  }
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "rollgate: installing ${missing[*]} with apt-get" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "rollgate: missing ${missing[*]}. Install them first:" >&2
+    echo "  sudo apt-get install -y ${missing[*]}" >&2
+    echo "(or point ETCD_BIN at an etcd binary)" >&2
+    return 1
+  fi
+}
