@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# rollgate demo: builds rollgate, starts a local fleet (a coordinator with its own etcd, and 8
+# agents each running a small demo web service on its own port), installs v1, rolls out v2
+# with live progress, then shows a bad v3 halted and rolled back. Cleans up after itself, also
+# on Ctrl-C. Everything listens on 127.0.0.1 only.
+#
+#   deploy/demo.sh            # the whole story
+#   DEMO_AGENTS=12 deploy/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. deploy/ensure-deps.sh
+rollgate_ensure_deps
+
+AGENTS=${DEMO_AGENTS:-8}
+COORD_PORT=${DEMO_COORD_PORT:-17443}
+ETCD_PORT=${DEMO_ETCD_PORT:-27390}
+SVC_PORT_BASE=${DEMO_SVC_PORT_BASE:-18100}
+
+bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+bold "building rollgate (cargo build --workspace --bins)"
+cargo build --workspace --bins --quiet
+BIN=$(pwd)/target/debug
+export ROLLGATE_COORDINATOR="http://127.0.0.1:$COORD_PORT"
+rollgate() { "$BIN/rollgate" "$@"; }
+
+DEMO=$(mktemp -d /tmp/rollgate-demo.XXXXXX)
+PIDS=()
+cleanup() {
+  trap - EXIT INT TERM
+  echo
+  echo "cleaning up: stopping agents, coordinator and its etcd; removing $DEMO"
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$DEMO"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+bold "starting the coordinator (it starts a local single-member etcd; logs in $DEMO/coordinator.log)"
+cat > "$DEMO/coordinator.toml" <<TOML
+listen = "127.0.0.1:$COORD_PORT"
+state_dir = "$DEMO/coordinator"
+[etcd]
+local_port = $ETCD_PORT
+lease_ttl = "3s"
+TOML
+"$BIN/rollgate-coordinator" --config "$DEMO/coordinator.toml" >"$DEMO/coordinator.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 200); do rollgate hosts >/dev/null 2>&1 && break; sleep 0.1; done
+rollgate hosts >/dev/null || { echo "the coordinator did not come up:"; tail -20 "$DEMO/coordinator.log"; exit 1; }
+
+bold "starting $AGENTS agents (each supervises one demo web service)"
+for i in $(seq 1 "$AGENTS"); do
+  port=$((SVC_PORT_BASE + i))
+  site=$([ $((i % 2)) = 0 ] && echo ams || echo fra)
+  mkdir -p "$DEMO/agent-$i"
+  cat > "$DEMO/agent-$i/agent.toml" <<TOML
+host_id = "edge-$i"
+coordinator = "http://127.0.0.1:$COORD_PORT"
+state_dir = "$DEMO/agent-$i/state"
+[labels]
+site = "$site"
+[[services]]
+name = "demo"
+backend = "process"
+binary = "demo-svc"
+args = ["--port", "$port"]
+stop_timeout = "2s"
+[[services.probes]]
+kind = "http"
+url = "http://127.0.0.1:$port/health"
+interval = "200ms"
+timeout = "1s"
+TOML
+  "$BIN/rollgate-agent" --config "$DEMO/agent-$i/agent.toml" >"$DEMO/agent-$i/agent.log" 2>&1 &
+  PIDS+=($!)
+done
+for _ in $(seq 1 200); do
+  n=$(rollgate --output json hosts 2>/dev/null | grep -o '"connected": *true' | wc -l || true)
+  [ "$n" -ge "$AGENTS" ] && break
+  sleep 0.1
+done
+rollgate hosts
+
+# Releases: tiny wrappers around the demo service binary, each a distinct artifact.
+release() { # version mode
+  local f="$DEMO/demo-svc-$1"
+  printf '#!/bin/sh\nexec %s --version %s --mode %s --start-delay-ms 300 "$@"\n' "$BIN/rollgate-testsvc" "$1" "$2" >"$f"
+  chmod +x "$f"
+  cat > "$DEMO/rollout-$1.toml" <<TOML
+service = "demo"
+[release]
+version = "$1"
+file = "$f"
+[strategy]
+max_unavailable = $3
+min_healthy_time = "$4"
+healthy_deadline = "$5"
+TOML
+}
+
+bold "installing demo 1.0.0 on every host"
+release 1.0.0 healthy 8 1s 30s
+rollgate rollout start "$DEMO/rollout-1.0.0.toml" --watch
+
+bold "rolling out 2.0.0: at most 3 hosts unavailable at once, each healthy for 2s before it counts"
+release 2.0.0 healthy 3 2s 30s
+rollgate rollout start "$DEMO/rollout-2.0.0.toml" --watch
+
+bold "rolling out a bad 3.0.0 (fails its health check): it must halt at the first failure and roll back"
+release 3.0.0 unhealthy 2 1s 4s
+if rollgate rollout start "$DEMO/rollout-3.0.0.toml" --watch; then
+  echo "unexpected: the bad release was not halted"; exit 1
+fi
+
+bold "every host still serves 2.0.0, healthy"
+rollgate hosts
+health() { # port: asks the service itself, not the coordinator
+  { exec 3<>"/dev/tcp/127.0.0.1/$1" && printf 'GET /health HTTP/1.0\r\n\r\n' >&3 && tail -n1 <&3; exec 3>&-; } 2>/dev/null || echo unreachable
+}
+for i in $(seq 1 "$AGENTS"); do
+  printf 'edge-%s (port %s): %s\n' "$i" "$((SVC_PORT_BASE + i))" "$(health $((SVC_PORT_BASE + i)))"
+done
+bold "demo done"
