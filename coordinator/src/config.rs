@@ -134,3 +134,25 @@ impl Config {
         self.agents.heartbeat_interval * self.agents.missed_heartbeats
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_in_deploy_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/coordinator.toml");
+        let c = Config::load(&path).expect("deploy/coordinator.toml must stay valid");
+        assert!(c.etcd.endpoints.is_empty());
+        assert_eq!(c.listen.port(), 7443);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut c: Config = toml::from_str("[etcd]\nprefix = \"rollgate\"").expect("parses");
+        let err = c.finish().expect_err("prefix without slashes").to_string();
+        assert!(err.contains("etcd.prefix"), "{err}");
+        assert!(toml::from_str::<Config>("listen = 5").is_err());
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+}

@@ -364,3 +364,17 @@ min_healthy_time = "2s"
         }
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn example_spec_in_deploy_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rollout.toml");
+        let text = std::fs::read_to_string(path).expect("deploy/rollout.toml exists");
+        let spec = RolloutSpec::parse(&text).expect("deploy/rollout.toml must stay valid");
+        assert_eq!(spec.strategy.max_unavailable, Budget::Percent(25));
+        assert!(spec.release.file.is_some());
+    }
+}
