@@ -1,1 +1,21 @@
-fn main() {}
+//! `rollgate`: the operator CLI. Parses the command line, runs it, and turns the outcome into
+//! an exit status (see `rollgate --help`).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use rollgate::args::{Cli, EXIT_ERROR, EXIT_ROLLOUT_NOT_SUCCEEDED};
+use rollgate::Finish;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match rollgate::run(cli).await {
+        Ok(Finish::Success) => ExitCode::SUCCESS,
+        Ok(Finish::RolloutNotSucceeded) => ExitCode::from(EXIT_ROLLOUT_NOT_SUCCEEDED),
+        Err(e) => {
+            eprintln!("rollgate: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

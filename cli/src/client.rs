@@ -1,0 +1,549 @@
+//! The connection to a coordinator's `ControlService`: one channel, a deadline on every call
+//! but watch streams, and errors an operator can act on.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use futures::Stream;
+use rollgate_proto::pb::control_service_client::ControlServiceClient;
+use rollgate_proto::pb::{
+    CreateRolloutRequest, ListHostsRequest, ListHostsResponse, ListRolloutsRequest,
+    ListRolloutsResponse, PushArtifactChunk, PushArtifactResponse, RolloutRef, RolloutStatus,
+};
+use rollgate_proto::MAX_MESSAGE_BYTES;
+use thiserror::Error;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::args::DEFAULT_COORDINATOR;
+
+/// How long to wait for a TCP + HTTP/2 connection to the coordinator.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of every unary call (and of opening a watch stream).
+pub const RPC_DEADLINE: Duration = Duration::from_secs(10);
+/// Slowest upload rate an artifact push is given time for, on top of [`RPC_DEADLINE`].
+pub const PUSH_MIN_BYTES_PER_SEC: u64 = 1024 * 1024;
+/// HTTP/2 ping interval, so a watch notices a coordinator that vanished without closing.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// How long a ping may go unanswered before the connection counts as dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a request to the coordinator did not succeed, worded for the operator.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    /// `--coordinator` is not something rollgate can dial.
+    #[error(
+        "{url:?} is not a coordinator URL: {problem}. Use e.g. --coordinator {DEFAULT_COORDINATOR}"
+    )]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// No connection could be made.
+    #[error(
+        "cannot reach the coordinator at {url}: {cause}. Is rollgate-coordinator running? \
+         Set --coordinator or ROLLGATE_COORDINATOR."
+    )]
+    Unreachable {
+        /// The coordinator's URL.
+        url: String,
+        /// The lowest-level reason, e.g. "connection refused".
+        cause: String,
+    },
+    /// The coordinator did not answer in time.
+    #[error(
+        "cannot {action}: the coordinator at {url} did not answer within {} s; it may be \
+         overloaded or waiting for etcd. Try again.",
+        deadline.as_secs()
+    )]
+    Timeout {
+        /// What the CLI tried to do ("pause rollout r-1").
+        action: String,
+        /// The coordinator's URL.
+        url: String,
+        /// The deadline that passed.
+        deadline: Duration,
+    },
+    /// The coordinator answered with an error status.
+    #[error("cannot {action}: {detail}")]
+    Refused {
+        /// What the CLI tried to do ("create the rollout").
+        action: String,
+        /// The gRPC status code.
+        code: Code,
+        /// The coordinator's message with a hint on what to do.
+        detail: String,
+    },
+}
+
+impl ControlError {
+    /// Turns a gRPC status from the coordinator at `url` into an operator-facing error.
+    pub fn from_status(action: &str, url: &str, deadline: Duration, status: &Status) -> Self {
+        // A transport failure (the connection broke or could not be re-established) carries the
+        // io error as its source: say so plainly rather than echo hyper's wording.
+        if matches!(status.code(), Code::Unavailable | Code::Unknown) {
+            if let Some(cause) = io_cause(status) {
+                return ControlError::Unreachable {
+                    url: url.to_string(),
+                    cause,
+                };
+            }
+        }
+        if status.code() == Code::DeadlineExceeded {
+            return ControlError::Timeout {
+                action: action.to_string(),
+                url: url.to_string(),
+                deadline,
+            };
+        }
+        ControlError::Refused {
+            action: action.to_string(),
+            code: status.code(),
+            detail: explain(status.code(), status.message(), url),
+        }
+    }
+
+    /// Whether trying again later can help (used to keep a watch going across a coordinator
+    /// restart or failover).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ControlError::BadUrl { .. } => false,
+            ControlError::Unreachable { .. } | ControlError::Timeout { .. } => true,
+            ControlError::Refused { code, .. } => matches!(
+                code,
+                Code::Unavailable
+                    | Code::Unknown
+                    | Code::Internal
+                    | Code::Cancelled
+                    | Code::Aborted
+            ),
+        }
+    }
+}
+
+/// The operator-facing detail for a status `code` with the coordinator's `message`.
+fn explain(code: Code, message: &str, url: &str) -> String {
+    let msg = one_line(message);
+    let msg = if msg.is_empty() {
+        code.description().to_string()
+    } else {
+        msg
+    };
+    match code {
+        // The coordinator's message names the spec field and the fix; pass it through.
+        Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists => msg,
+        Code::NotFound => format!(
+            "{msg}. `rollgate rollout list` shows the rollouts the coordinator knows."
+        ),
+        Code::Unavailable => format!(
+            "the coordinator at {url} is unavailable: {msg}. Is rollgate-coordinator running, and \
+             can it reach etcd? Set --coordinator or ROLLGATE_COORDINATOR if it runs elsewhere."
+        ),
+        Code::Unauthenticated | Code::PermissionDenied => format!(
+            "the coordinator at {url} refused this client: {msg}. Operator commands need an \
+             operator identity."
+        ),
+        Code::Unimplemented => format!(
+            "the coordinator at {url} does not offer this call ({msg}); is it an older rollgate \
+             than this CLI?"
+        ),
+        Code::ResourceExhausted => format!(
+            "the coordinator is out of capacity: {msg}. Messages may be at most {MAX_MESSAGE_BYTES} \
+             bytes; see the coordinator's log."
+        ),
+        Code::Internal | Code::Unknown | Code::DataLoss => format!(
+            "the coordinator failed: {msg}. Its log says more; try again."
+        ),
+        _ => format!("{msg} ({})", code.description()),
+    }
+}
+
+/// Collapses a possibly multi-line message into one line.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The io error at the bottom of `err`'s source chain, in plain words.
+fn io_cause(err: &(dyn StdError + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return Some(describe_io(io));
+        }
+        cur = e.source();
+    }
+    None
+}
+
+fn describe_io(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::ConnectionReset => "connection reset".into(),
+        io::ErrorKind::ConnectionAborted => "connection aborted".into(),
+        io::ErrorKind::TimedOut => "connection timed out".into(),
+        io::ErrorKind::AddrNotAvailable => "address not available".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// The deepest message in `err`'s source chain (or an io error's plain words).
+fn root_cause(err: &(dyn StdError + 'static)) -> String {
+    if let Some(io) = io_cause(err) {
+        return io;
+    }
+    let mut last = err;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
+/// Checks and completes a `--coordinator` value: a bare `host:port` means plain http.
+pub fn normalize_url(raw: &str) -> Result<String, ControlError> {
+    let url = raw.trim();
+    let bad = |problem: &str| ControlError::BadUrl {
+        url: raw.to_string(),
+        problem: problem.to_string(),
+    };
+    if url.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    let url = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    if url.starts_with("https://") {
+        return Err(bad(
+            "this rollgate build speaks plain http to the coordinator; use an http:// URL",
+        ));
+    }
+    if !url.starts_with("http://") {
+        return Err(bad("only http:// URLs are supported"));
+    }
+    Ok(url)
+}
+
+/// "rollout <id>", or "the most recent rollout" for an empty id.
+pub fn rollout_name(id: &str) -> String {
+    if id.is_empty() {
+        "the most recent rollout".to_string()
+    } else {
+        format!("rollout {id}")
+    }
+}
+
+/// How long an artifact push of `size` bytes may take.
+pub fn push_deadline(size: u64) -> Duration {
+    RPC_DEADLINE + Duration::from_secs(size / PUSH_MIN_BYTES_PER_SEC)
+}
+
+fn request<T>(msg: T, deadline: Duration) -> Request<T> {
+    let mut req = Request::new(msg);
+    // Tells the coordinator when to give up too; the client enforces it on its own below.
+    req.set_timeout(deadline);
+    req
+}
+
+/// A connected coordinator.
+#[derive(Debug, Clone)]
+pub struct Coordinator {
+    /// The coordinator's URL, named in every error.
+    url: String,
+    client: ControlServiceClient<Channel>,
+}
+
+impl Coordinator {
+    /// Connects to the coordinator at `url` (waits at most [`CONNECT_TIMEOUT`]).
+    pub async fn connect(url: &str) -> Result<Self, ControlError> {
+        let url = normalize_url(url)?;
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| ControlError::BadUrl {
+                url: url.clone(),
+                problem: root_cause(&e),
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let channel = match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(e)) => {
+                return Err(ControlError::Unreachable {
+                    url,
+                    cause: root_cause(&e),
+                })
+            }
+            Err(_) => {
+                return Err(ControlError::Unreachable {
+                    url,
+                    cause: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                })
+            }
+        };
+        let client = ControlServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Coordinator { url, client })
+    }
+
+    /// The URL this client talks to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Awaits `call` for at most `deadline` and maps its failure.
+    async fn finish<T>(
+        &self,
+        action: &str,
+        deadline: Duration,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<T, ControlError> {
+        match tokio::time::timeout(deadline, call).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => Err(ControlError::from_status(
+                action, &self.url, deadline, &status,
+            )),
+            Err(_) => Err(ControlError::Timeout {
+                action: action.to_string(),
+                url: self.url.clone(),
+                deadline,
+            }),
+        }
+    }
+
+    /// Creates a rollout from a fully resolved spec.
+    pub async fn create_rollout(&self, spec_toml: String) -> Result<RolloutStatus, ControlError> {
+        let mut c = self.client.clone();
+        let req = request(CreateRolloutRequest { spec_toml }, RPC_DEADLINE);
+        self.finish("create the rollout", RPC_DEADLINE, c.create_rollout(req))
+            .await
+    }
+
+    /// One rollout's status; an empty id means the most recent rollout.
+    pub async fn get_rollout(&self, id: &str) -> Result<RolloutStatus, ControlError> {
+        let mut c = self.client.clone();
+        let req = request(RolloutRef { id: id.into() }, RPC_DEADLINE);
+        let action = format!("get {}", rollout_name(id));
+        self.finish(&action, RPC_DEADLINE, c.get_rollout(req)).await
+    }
+
+    /// All rollouts the coordinator knows.
+    pub async fn list_rollouts(&self) -> Result<ListRolloutsResponse, ControlError> {
+        let mut c = self.client.clone();
+        let req = request(ListRolloutsRequest {}, RPC_DEADLINE);
+        self.finish("list rollouts", RPC_DEADLINE, c.list_rollouts(req))
+            .await
+    }
+
+    /// Pauses a rollout.
+    pub async fn pause_rollout(&self, id: &str) -> Result<RolloutStatus, ControlError> {
+        let mut c = self.client.clone();
+        let req = request(RolloutRef { id: id.into() }, RPC_DEADLINE);
+        let action = format!("pause {}", rollout_name(id));
+        self.finish(&action, RPC_DEADLINE, c.pause_rollout(req))
+            .await
+    }
+
+    /// Resumes a paused rollout.
+    pub async fn resume_rollout(&self, id: &str) -> Result<RolloutStatus, ControlError> {
+        let mut c = self.client.clone();
+        let req = request(RolloutRef { id: id.into() }, RPC_DEADLINE);
+        let action = format!("resume {}", rollout_name(id));
+        self.finish(&action, RPC_DEADLINE, c.resume_rollout(req))
+            .await
+    }
+
+    /// Aborts a rollout.
+    pub async fn abort_rollout(&self, id: &str) -> Result<RolloutStatus, ControlError> {
+        let mut c = self.client.clone();
+        let req = request(RolloutRef { id: id.into() }, RPC_DEADLINE);
+        let action = format!("abort {}", rollout_name(id));
+        self.finish(&action, RPC_DEADLINE, c.abort_rollout(req))
+            .await
+    }
+
+    /// Every host the coordinator knows.
+    pub async fn list_hosts(&self) -> Result<ListHostsResponse, ControlError> {
+        let mut c = self.client.clone();
+        let req = request(ListHostsRequest {}, RPC_DEADLINE);
+        self.finish("list hosts", RPC_DEADLINE, c.list_hosts(req))
+            .await
+    }
+
+    /// Opens a watch on a rollout (empty id: the most recent). Only opening has a deadline;
+    /// the stream itself lasts until the rollout ends.
+    pub async fn watch_rollout(&self, id: &str) -> Result<Streaming<RolloutStatus>, ControlError> {
+        let mut c = self.client.clone();
+        let action = format!("watch {}", rollout_name(id));
+        let req = Request::new(RolloutRef { id: id.into() });
+        self.finish(&action, RPC_DEADLINE, c.watch_rollout(req))
+            .await
+    }
+
+    /// Maps an error from a watch stream's message.
+    pub fn watch_error(&self, id: &str, status: &Status) -> ControlError {
+        let action = format!("watch {}", rollout_name(id));
+        ControlError::from_status(&action, &self.url, RPC_DEADLINE, status)
+    }
+
+    /// Streams `chunks` (of an artifact of `size` bytes) into the coordinator's store.
+    pub async fn push_artifact(
+        &self,
+        chunks: impl Stream<Item = PushArtifactChunk> + Send + 'static,
+        size: u64,
+    ) -> Result<PushArtifactResponse, ControlError> {
+        let mut c = self.client.clone();
+        let deadline = push_deadline(size);
+        let req = request(chunks, deadline);
+        self.finish("push the artifact", deadline, c.push_artifact(req))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "http://127.0.0.1:7443";
+
+    #[test]
+    fn statuses_become_actionable_messages() {
+        let table = [
+            (
+                Code::InvalidArgument,
+                "rollout spec field `strategy.max_unavailable`: must be at least 1",
+                "cannot create the rollout: rollout spec field `strategy.max_unavailable`: must be at least 1",
+            ),
+            (
+                Code::NotFound,
+                "no rollout r-9",
+                "cannot create the rollout: no rollout r-9. `rollgate rollout list`",
+            ),
+            (
+                Code::FailedPrecondition,
+                "rollout r-1 is running for service demo",
+                "cannot create the rollout: rollout r-1 is running for service demo",
+            ),
+            (
+                Code::Unavailable,
+                "not the leader",
+                "the coordinator at http://127.0.0.1:7443 is unavailable: not the leader. Is rollgate-coordinator running",
+            ),
+            (
+                Code::DeadlineExceeded,
+                "",
+                "cannot create the rollout: the coordinator at http://127.0.0.1:7443 did not answer within 10 s",
+            ),
+            (
+                Code::Unimplemented,
+                "",
+                "does not offer this call",
+            ),
+            (
+                Code::Internal,
+                "etcd said\nno",
+                "the coordinator failed: etcd said no. Its log says more",
+            ),
+            (
+                Code::PermissionDenied,
+                "host certificate",
+                "refused this client: host certificate",
+            ),
+        ];
+        for (code, msg, want) in table {
+            let err = ControlError::from_status(
+                "create the rollout",
+                URL,
+                RPC_DEADLINE,
+                &Status::new(code, msg),
+            )
+            .to_string();
+            assert!(
+                err.contains(want),
+                "{code:?}: {err:?} should contain {want:?}"
+            );
+            assert!(!err.contains('\n'), "{code:?}: {err:?} should be one line");
+        }
+    }
+
+    #[test]
+    fn transport_failures_say_unreachable() {
+        // What tonic makes of a failed (re)connect during a call.
+        let status = Status::from_error(Box::new(tonic::ConnectError(Box::new(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        )))));
+        assert_eq!(status.code(), Code::Unavailable);
+        let err = ControlError::from_status("list hosts", URL, RPC_DEADLINE, &status);
+        assert_eq!(
+            err.to_string(),
+            "cannot reach the coordinator at http://127.0.0.1:7443: connection refused. \
+             Is rollgate-coordinator running? Set --coordinator or ROLLGATE_COORDINATOR."
+        );
+        assert!(err.is_transient());
+    }
+
+    #[test]
+    fn transient_or_not() {
+        let refused = |code| ControlError::Refused {
+            action: String::new(),
+            code,
+            detail: String::new(),
+        };
+        assert!(refused(Code::Unavailable).is_transient());
+        assert!(!refused(Code::NotFound).is_transient());
+        assert!(!refused(Code::InvalidArgument).is_transient());
+    }
+
+    #[test]
+    fn urls() {
+        let table = [
+            ("http://c:7443", Ok("http://c:7443")),
+            ("  10.0.0.1:7443 ", Ok("http://10.0.0.1:7443")),
+            ("https://c:7443", Err("plain http")),
+            ("grpc://c:7443", Err("only http://")),
+            ("", Err("empty")),
+        ];
+        for (raw, want) in table {
+            match (normalize_url(raw), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want),
+                (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{raw}: {e}"),
+                (got, want) => panic!("{raw:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn push_deadline_grows_with_size() {
+        assert_eq!(push_deadline(0), RPC_DEADLINE);
+        assert_eq!(
+            push_deadline(100 * PUSH_MIN_BYTES_PER_SEC),
+            RPC_DEADLINE + Duration::from_secs(100)
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_coordinator_is_named() {
+        // Bind and drop a listener to get a port that nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let err = Coordinator::connect(&url)
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot reach the coordinator at {url}: connection refused. Is \
+                 rollgate-coordinator running? Set --coordinator or ROLLGATE_COORDINATOR."
+            )
+        );
+    }
+}

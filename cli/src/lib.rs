@@ -1,0 +1,24 @@
+//! `rollgate`, the operator CLI: list hosts, start and follow rollouts, push artifacts.
+//!
+//! Layout:
+//! - [`args`]: the command line (clap derive): global flags and subcommands.
+//! - [`commands`]: [`run`] dispatches a parsed command line to one function per command.
+//! - [`client`]: the connection to a coordinator's `ControlService`, per-call deadlines, and
+//!   [`client::ControlError`], which turns gRPC statuses into one-line messages an operator can
+//!   act on.
+//! - [`artifact`]: streaming a local file to the coordinator's artifact store while hashing it.
+//! - [`spec_file`]: reading a rollout spec and rewriting `release.file` into a pushed release.
+//! - [`render`]: text output (tables, status blocks, relative times); pure functions.
+//! - [`json`]: `--output json` conversions of the wire messages to `serde_json` values.
+//! - [`watch`]: following a rollout, redrawing in place on a terminal or printing each change.
+
+pub mod args;
+pub mod artifact;
+pub mod client;
+pub mod commands;
+pub mod json;
+pub mod render;
+pub mod spec_file;
+pub mod watch;
+
+pub use commands::{run, Finish};
