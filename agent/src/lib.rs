@@ -1,1 +1,124 @@
-//! placeholder
+//! rollgate-agent: the daemon on every host. It dials out to a coordinator, reports its
+//! services' releases and health, and carries out update orders: fetch and verify a release,
+//! swap it in, restart, watch its health, and commit or roll back, so that whatever happens
+//! the service ends on exactly the old or the new release.
+//!
+//! Layout:
+//! - [`config`]: the agent's TOML config and its validation.
+//! - [`session`]: the bidi stream to the coordinator (hello, heartbeats, orders, results) and
+//!   reconnecting with backoff.
+//! - [`executor`]: order intake with fencing tokens, and the update procedure (stage, swap,
+//!   start, verify, commit or roll back, undo after a restart).
+//! - `service`: one task per service: supervision, idle health reports, running its orders.
+//! - [`process`]: the process backend (start, stop by process group, pidfile).
+//! - [`probe`]: http/tcp/exec health probes and the min-healthy-time rule.
+//! - [`fetch`]: downloading artifacts (store, http, file), resuming, size and digest checks.
+//! - [`releases`]: a service's directory: staging, release dirs, the `current` link.
+//! - [`journal`]: the durable state file (highest token, orders in flight, recent results).
+//! - [`durable`]: write-fsync-rename-fsync and link swaps by rename.
+//!
+//! The binary (`main.rs`) only parses the command line and calls [`run`].
+//!
+//! State dir:
+//!
+//! ```text
+//! <state_dir>/
+//!   agent.lock            held (flock) while an agent runs: one agent per state dir
+//!   agent-state.json      the journal: highest token, orders in flight, last 32 results
+//!   services/<svc>/       one per configured service; see [`releases`]
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod durable;
+pub mod executor;
+pub mod fetch;
+pub mod journal;
+pub mod probe;
+pub mod process;
+pub mod releases;
+mod service;
+pub mod session;
+
+use std::future::Future;
+
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use executor::Executor;
+
+/// Why the agent could not run.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// The executor (state dir, journal, services) could not start.
+    #[error(transparent)]
+    Start(#[from] executor::StartError),
+    /// The download client could not be set up.
+    #[error(transparent)]
+    Fetch(#[from] fetch::FetchError),
+}
+
+/// Runs the agent until `shutdown` completes: starts the services (undoing an update a
+/// previous run left unfinished), keeps a session with the coordinator, and carries out its
+/// orders. On shutdown it stops taking orders first, then stops the services' processes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let (channel_tx, channel_rx) = watch::channel(None);
+    let fetcher = fetch::Fetcher::new(channel_rx)?;
+    let (executor, mut outbox) = Executor::start(&config, fetcher)?;
+    tracing::info!(
+        host = %config.host_id,
+        services = config.services.len(),
+        state_dir = %config.state_dir.display(),
+        "rollgate-agent {} started; connecting to {}",
+        env!("CARGO_PKG_VERSION"),
+        config.coordinator
+    );
+    rollgate_proto::telemetry::notify_ready();
+
+    let cancel = CancellationToken::new();
+    let session_cfg = session::SessionConfig {
+        coordinator: config.coordinator.clone(),
+        heartbeat_interval: config.heartbeat_interval,
+    };
+    {
+        let session = session::run(
+            session_cfg,
+            &executor,
+            &mut outbox,
+            channel_tx,
+            cancel.clone(),
+        );
+        tokio::pin!(session);
+        tokio::select! {
+            _ = &mut session => {}
+            _ = shutdown => {
+                tracing::info!("shutting down: no new orders; stopping the services");
+                rollgate_proto::telemetry::notify_stopping();
+                cancel.cancel();
+                session.await;
+            }
+        }
+    }
+    executor.shutdown().await;
+    tracing::info!("rollgate-agent stopped");
+    Ok(())
+}
+
+/// An error and its causes on one line (top-level transport errors alone say little).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        // Wrapping errors often repeat their cause's text; say each thing once.
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,1036 @@
+//! Orders: token fencing at intake, the update procedure with rollback, and undo after a restart.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+use rollgate_proto::pb::{self, agent_message::Msg, Health, Outcome, Step};
+use rollgate_proto::spec::{human, DEFAULT_HEALTHY_DEADLINE};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::fetch::{Artifact, Fetcher};
+use crate::journal::{InFlight, Journal, JournalError};
+use crate::probe::{HealthWindow, ProbeSetupError, Prober, Verdict};
+use crate::releases::{DiskError, ReleaseInfo, ServiceDir};
+use crate::service::ServiceUnit;
+
+/// How many committed releases each service keeps on disk (plus the one before the last update).
+pub const KEEP_RELEASES: usize = 3;
+/// Orders queued per service; intake refuses a second order while one is in flight, so one
+/// slot would do; a few give room for the moment between intake and the task picking it up.
+const ORDER_QUEUE: usize = 4;
+/// File in the state dir that an agent holds locked while it runs.
+const LOCK_FILE: &str = "agent.lock";
+
+/// Messages for the coordinator, produced by the executor and the service tasks. The session
+/// forwards them while connected; while disconnected they may be dropped, because everything
+/// they say is also in the next hello (statuses, in-flight progress, durable results).
+pub type Outbox = mpsc::UnboundedReceiver<pb::AgentMessage>;
+
+/// Why the executor could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// The state dir cannot be created or used.
+    #[error(
+        "cannot use the state dir {}: {source}; check that it exists and is writable by the agent",
+        path.display()
+    )]
+    StateDir {
+        /// The state dir.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Another agent holds the state dir.
+    #[error(
+        "another rollgate-agent is already running with the state dir {}; stop it, or give this \
+         agent its own state_dir",
+        path.display()
+    )]
+    Locked {
+        /// The state dir.
+        path: PathBuf,
+    },
+    /// The journal cannot be read.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// A service dir cannot be created.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// A service's probes cannot be set up.
+    #[error(transparent)]
+    Probe(#[from] ProbeSetupError),
+}
+
+/// What the executor and the service tasks share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    journal: Mutex<Journal>,
+    /// Latest status of each service (for hellos), including the latest detail.
+    statuses: Mutex<BTreeMap<String, pb::ServiceStatus>>,
+    /// Latest progress of each order in flight (for hellos).
+    progress: Mutex<BTreeMap<String, pb::OrderProgress>>,
+    outbox: mpsc::UnboundedSender<pb::AgentMessage>,
+}
+
+/// Locks a mutex even if a task panicked while holding it: the data is plain state that every
+/// writer leaves consistent between statements.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn journal(&self) -> MutexGuard<'_, Journal> {
+        lock(&self.journal)
+    }
+
+    /// Queues a message for the coordinator (dropped only when the agent is shutting down).
+    pub(crate) fn send(&self, msg: Msg) {
+        let _ = self.outbox.send(pb::AgentMessage { msg: Some(msg) });
+    }
+
+    pub(crate) fn set_status(&self, status: pb::ServiceStatus) {
+        lock(&self.statuses).insert(status.service.clone(), status);
+    }
+
+    pub(crate) fn status(&self, service: &str) -> Option<pb::ServiceStatus> {
+        lock(&self.statuses).get(service).cloned()
+    }
+
+    pub(crate) fn set_progress(&self, progress: pb::OrderProgress) {
+        lock(&self.progress).insert(progress.service.clone(), progress);
+    }
+
+    pub(crate) fn clear_progress(&self, service: &str) {
+        lock(&self.progress).remove(service);
+    }
+}
+
+/// Which order a message is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OrderRef {
+    pub rollout_id: String,
+    pub token: u64,
+    pub service: String,
+}
+
+impl OrderRef {
+    fn of(order: &pb::UpdateOrder) -> OrderRef {
+        OrderRef {
+            rollout_id: order.rollout_id.clone(),
+            token: order.token,
+            service: order.service.clone(),
+        }
+    }
+
+    pub(crate) fn progress(&self, step: Step, message: String) -> pb::OrderProgress {
+        pb::OrderProgress {
+            rollout_id: self.rollout_id.clone(),
+            token: self.token,
+            service: self.service.clone(),
+            step: step as i32,
+            message,
+        }
+    }
+
+    pub(crate) fn result(
+        &self,
+        outcome: Outcome,
+        running_version: &str,
+        health: Health,
+        reason: String,
+    ) -> pb::OrderResult {
+        pb::OrderResult {
+            rollout_id: self.rollout_id.clone(),
+            token: self.token,
+            service: self.service.clone(),
+            outcome: outcome as i32,
+            running_version: running_version.to_string(),
+            reason,
+            health: health as i32,
+        }
+    }
+}
+
+impl From<&InFlight> for OrderRef {
+    fn from(f: &InFlight) -> OrderRef {
+        OrderRef {
+            rollout_id: f.rollout_id.clone(),
+            token: f.token,
+            service: f.service.clone(),
+        }
+    }
+}
+
+/// An order that passed intake and is journaled; its service task carries it out.
+#[derive(Debug, Clone)]
+pub(crate) struct Accepted {
+    pub id: OrderRef,
+    pub artifact: Artifact,
+    pub min_healthy: Duration,
+    pub deadline: Duration,
+    /// Release dir the update installs.
+    pub target_dir: String,
+}
+
+/// How an order (or the undo of one) ended, for the service task to commit.
+#[derive(Debug, Clone)]
+pub(crate) struct Finished {
+    pub result: pb::OrderResult,
+    /// The release dir that became current and passed verification, if any.
+    pub committed: Option<String>,
+    /// The release dir to keep as the one to go back to.
+    pub previous: Option<String>,
+}
+
+/// What intake decides about an order.
+#[derive(Debug)]
+enum Admission {
+    /// A repeat of the order being carried out: nothing to do.
+    Ignore(String),
+    /// A repeat of a finished order: send its result again.
+    Resend(pb::OrderResult),
+    /// Refused before anything was touched.
+    Refuse(String),
+    /// To be carried out.
+    Accept(Box<Accepted>),
+}
+
+/// Decides what to do with an order, from the journal alone (no side effects).
+fn admit(
+    order: &pb::UpdateOrder,
+    journal: &Journal,
+    host_id: &str,
+    known: &dyn Fn(&str) -> bool,
+) -> Admission {
+    let token = order.token;
+    if let Some(f) = journal.in_flight(&order.service) {
+        if f.token == token {
+            return Admission::Ignore(format!("token {token} is already being carried out"));
+        }
+    }
+    if let Some(r) = journal.result_for(token, &order.service) {
+        return Admission::Resend(r);
+    }
+    match journal.highest_token() {
+        Some(h) if token < h => {
+            return Admission::Refuse(format!(
+                "stale order: token {token} is older than {h}, the highest this host has acted on"
+            ))
+        }
+        Some(h) if token == h => {
+            return Admission::Refuse(format!(
+                "stale order: token {token} was already acted on, and its result is no longer kept"
+            ))
+        }
+        _ => {}
+    }
+    if !known(&order.service) {
+        return Admission::Refuse(format!(
+            "service {:?} is not configured on host {host_id}; add a [[services]] table for it \
+             to the agent's config",
+            order.service
+        ));
+    }
+    if let Some(f) = journal.in_flight(&order.service) {
+        return Admission::Refuse(format!(
+            "another order (rollout {}, token {}) is still in progress for service {}; send this \
+             one again when it has finished",
+            f.rollout_id, f.token, f.service
+        ));
+    }
+    let Some(release) = &order.release else {
+        return Admission::Refuse("the order carries no release".into());
+    };
+    let artifact = match Artifact::try_from(release) {
+        Ok(a) => a,
+        Err(e) => return Admission::Refuse(e.to_string()),
+    };
+    let min_healthy = Duration::from_millis(order.min_healthy_time_ms);
+    // proto3 cannot tell "unset" from 0, and a zero deadline could never be met.
+    let deadline = match order.healthy_deadline_ms {
+        0 => DEFAULT_HEALTHY_DEADLINE,
+        ms => Duration::from_millis(ms),
+    };
+    if min_healthy > deadline {
+        return Admission::Refuse(format!(
+            "min_healthy_time {} is longer than healthy_deadline {}; no release could pass",
+            human(min_healthy),
+            human(deadline)
+        ));
+    }
+    let target_dir = ServiceDir::release_dir_name(&artifact.version, &artifact.sha256);
+    Admission::Accept(Box::new(Accepted {
+        id: OrderRef::of(order),
+        artifact,
+        min_healthy,
+        deadline,
+        target_dir,
+    }))
+}
+
+/// Takes orders from the session, fences them, and hands them to each service's task, which
+/// carries them out. Also owns the services' tasks (supervision and health) and builds hellos.
+#[derive(Debug)]
+pub struct Executor {
+    host_id: String,
+    labels: BTreeMap<String, String>,
+    /// Service names in config order (hellos list services in that order).
+    order: Vec<String>,
+    dirs: BTreeMap<String, ServiceDir>,
+    queues: BTreeMap<String, mpsc::Sender<Accepted>>,
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    cancel: CancellationToken,
+    /// Held for the executor's lifetime so a second agent cannot share the state dir.
+    _lock: Flock<fs::File>,
+}
+
+impl Executor {
+    /// Opens the state dir and journal, and starts one task per configured service (which
+    /// first undoes an update interrupted by an agent restart, then starts the service).
+    /// Must be called inside a tokio runtime. Returns the executor and the stream of messages
+    /// for the coordinator.
+    pub fn start(config: &Config, fetcher: Fetcher) -> Result<(Executor, Outbox), StartError> {
+        let state_err = |source| StartError::StateDir {
+            path: config.state_dir.clone(),
+            source,
+        };
+        fs::create_dir_all(&config.state_dir).map_err(state_err)?;
+        // Canonical, so the pidfile check can compare a process's cwd with our release dirs.
+        let state_dir = fs::canonicalize(&config.state_dir).map_err(state_err)?;
+        let lock_path = state_dir.join(LOCK_FILE);
+        let lock_file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(state_err)?;
+        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+            StartError::Locked {
+                path: state_dir.clone(),
+            }
+        })?;
+        let journal = Journal::open(&state_dir)?;
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            journal: Mutex::new(journal),
+            statuses: Mutex::new(BTreeMap::new()),
+            progress: Mutex::new(BTreeMap::new()),
+            outbox: tx,
+        });
+        let cancel = CancellationToken::new();
+        let mut dirs = BTreeMap::new();
+        let mut queues = BTreeMap::new();
+        let mut units = Vec::new();
+        for svc in &config.services {
+            let dir = ServiceDir::new(&state_dir, &svc.name, &svc.binary);
+            dir.create()?;
+            let prober = Prober::new(svc)?;
+            let initial = match dir.current() {
+                Ok(Some(rel)) => (
+                    rel.info.version,
+                    rel.info.sha256,
+                    Health::Unknown,
+                    "starting".to_string(),
+                ),
+                Ok(None) => (
+                    String::new(),
+                    String::new(),
+                    Health::Stopped,
+                    "no release installed".to_string(),
+                ),
+                Err(e) => (String::new(), String::new(), Health::Unknown, e.to_string()),
+            };
+            shared.set_status(pb::ServiceStatus {
+                service: svc.name.clone(),
+                version: initial.0,
+                sha256: initial.1,
+                health: initial.2 as i32,
+                detail: initial.3,
+            });
+            let interrupted = shared.journal().in_flight(&svc.name).cloned();
+            if let Some(f) = &interrupted {
+                shared
+                    .set_progress(f.progress("the agent restarted during this update; undoing it"));
+            }
+            let (qtx, qrx) = mpsc::channel(ORDER_QUEUE);
+            queues.insert(svc.name.clone(), qtx);
+            dirs.insert(svc.name.clone(), dir.clone());
+            units.push((
+                ServiceUnit::new(
+                    Arc::new(svc.clone()),
+                    dir,
+                    prober,
+                    fetcher.clone(),
+                    shared.clone(),
+                ),
+                interrupted,
+                qrx,
+            ));
+        }
+        let tasks = units
+            .into_iter()
+            .map(|(unit, interrupted, qrx)| {
+                tokio::spawn(unit.run(interrupted, qrx, cancel.child_token()))
+            })
+            .collect();
+        Ok((
+            Executor {
+                host_id: config.host_id.clone(),
+                labels: config.labels.clone(),
+                order: config.services.iter().map(|s| s.name.clone()).collect(),
+                dirs,
+                queues,
+                shared,
+                tasks,
+                cancel,
+                _lock: lock,
+            },
+            rx,
+        ))
+    }
+
+    /// Takes one order from the coordinator. Returns at once: refusals and repeated results
+    /// go to the outbox, accepted orders are journaled and handed to the service's task.
+    pub fn handle_order(&self, order: pb::UpdateOrder) {
+        let span = tracing::info_span!(
+            "order",
+            rollout = %order.rollout_id,
+            token = order.token,
+            service = %order.service
+        );
+        let _enter = span.enter();
+        let mut journal = self.shared.journal();
+        let known = |s: &str| self.dirs.contains_key(s);
+        match admit(&order, &journal, &self.host_id, &known) {
+            Admission::Ignore(why) => tracing::debug!("ignoring a repeated order: {why}"),
+            Admission::Resend(result) => {
+                tracing::info!(
+                    "order already finished ({}); sending its result again",
+                    result.outcome().word()
+                );
+                self.shared.send(Msg::Result(result));
+            }
+            Admission::Refuse(reason) => {
+                drop(journal);
+                self.refuse(&order, reason);
+            }
+            Admission::Accept(accepted) => {
+                let Some(dir) = self.dirs.get(&order.service) else {
+                    return;
+                };
+                let (previous_dir, previous_version) = match dir.current() {
+                    Ok(Some(rel)) => (Some(rel.dir), rel.info.version),
+                    Ok(None) => (None, String::new()),
+                    Err(e) => {
+                        drop(journal);
+                        self.refuse(&order, format!("cannot read the installed release: {e}"));
+                        return;
+                    }
+                };
+                let a = &accepted.artifact;
+                let record = InFlight {
+                    rollout_id: order.rollout_id.clone(),
+                    token: order.token,
+                    service: order.service.clone(),
+                    version: a.version.clone(),
+                    sha256: a.sha256.clone(),
+                    target_dir: accepted.target_dir.clone(),
+                    previous_dir,
+                    previous_version,
+                    min_healthy_time_ms: accepted.min_healthy.as_millis() as u64,
+                    healthy_deadline_ms: accepted.deadline.as_millis() as u64,
+                    step: Step::Accepted.as_str_name().to_string(),
+                };
+                // S4/S5: the token and the order are on disk before anything is touched.
+                if let Err(e) = journal.begin(record) {
+                    drop(journal);
+                    self.refuse(&order, format!("cannot record the order durably: {e}"));
+                    return;
+                }
+                drop(journal);
+                tracing::info!("accepted order to install {} {}", order.service, a.version);
+                let progress = accepted.id.progress(
+                    Step::Accepted,
+                    format!(
+                        "accepted: install {} {} (token {})",
+                        order.service, a.version, order.token
+                    ),
+                );
+                self.shared.set_progress(progress.clone());
+                self.shared.send(Msg::Progress(progress));
+                let queued = self
+                    .queues
+                    .get(&order.service)
+                    .is_some_and(|q| q.try_send(*accepted).is_ok());
+                if !queued {
+                    // Only while shutting down; the journal entry makes the next start undo it.
+                    tracing::warn!("the service task is not taking orders (agent shutting down?)");
+                }
+            }
+        }
+    }
+
+    fn refuse(&self, order: &pb::UpdateOrder, reason: String) {
+        tracing::warn!("refused: {reason}");
+        let status = self.shared.status(&order.service);
+        let (version, health) = status.map_or((String::new(), Health::Unknown), |s| {
+            (s.version.clone(), s.health())
+        });
+        let result = OrderRef::of(order).result(Outcome::Refused, &version, health, reason);
+        self.shared.send(Msg::Result(result));
+    }
+
+    /// The hello for a new session: statuses, highest token, recent results, order in flight.
+    pub fn hello(&self) -> pb::Hello {
+        let journal = self.shared.journal();
+        let statuses = lock(&self.shared.statuses);
+        let progress = lock(&self.shared.progress);
+        let in_flight = progress.values().max_by_key(|p| p.token).cloned();
+        pb::Hello {
+            host_id: self.host_id.clone(),
+            labels: self.labels.clone().into_iter().collect(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            services: self
+                .order
+                .iter()
+                .filter_map(|s| statuses.get(s).cloned())
+                .collect(),
+            highest_token: journal.highest_token().unwrap_or(0),
+            recent_results: journal.recent_results(),
+            in_flight,
+        }
+    }
+
+    /// Stops the services' tasks: an order in flight is abandoned (the journal makes the next
+    /// start undo it) and each service's process is stopped gracefully.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        drop(self.queues);
+        for t in self.tasks {
+            if let Err(e) = t.await {
+                tracing::error!("a service task failed: {e}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The update procedure, run by the service's task.
+// ---------------------------------------------------------------------------------------------
+
+/// Carries out an accepted order: stage, swap, start, verify; on failure after the swap,
+/// roll back to the previous release.
+pub(crate) async fn carry_out(unit: &mut ServiceUnit, order: &Accepted) -> Finished {
+    let v = order.artifact.version.clone();
+    let target = match stage(unit, order).await {
+        Ok(t) => t,
+        Err(reason) => return refused_after_accept(unit, order, reason),
+    };
+    let previous = match unit.dir.current() {
+        Ok(p) => p,
+        Err(e) => {
+            return refused_after_accept(
+                unit,
+                order,
+                format!("cannot read the installed release: {e}"),
+            )
+        }
+    };
+    if previous.as_ref().is_some_and(|p| p.dir == target) {
+        return reverify(unit, order, target).await;
+    }
+    let (prev_dir, prev_version) = match previous {
+        Some(p) => (Some(p.dir), p.info.version),
+        None => (None, String::new()),
+    };
+
+    let msg = match &prev_dir {
+        Some(_) => format!("stopping {prev_version} and switching current to {v}"),
+        None => format!("switching current to {v} (first install)"),
+    };
+    unit.advance(
+        &order.id,
+        Step::Swapping,
+        msg,
+        Some((prev_dir.clone(), prev_version.clone())),
+    );
+    unit.supervisor.stop().await;
+    if let Err(e) = unit.dir.point_current_at(&target) {
+        return rollback(unit, order, prev_dir, prev_version, e.to_string()).await;
+    }
+
+    unit.advance(&order.id, Step::Starting, format!("starting {v}"), None);
+    let started = match unit.supervisor.start().await {
+        Ok(t) => t,
+        Err(e) => return rollback(unit, order, prev_dir, prev_version, e.to_string()).await,
+    };
+
+    unit.advance(
+        &order.id,
+        Step::Verifying,
+        format!(
+            "waiting for {v} to pass its health checks for {} (deadline {})",
+            human(order.min_healthy),
+            human(order.deadline)
+        ),
+        None,
+    );
+    match verify(unit, started, order.min_healthy, order.deadline).await {
+        Ok(()) => Finished {
+            result: order.id.result(
+                Outcome::Succeeded,
+                &v,
+                Health::Healthy,
+                format!("{v} healthy for {}", human(order.min_healthy)),
+            ),
+            committed: Some(target),
+            previous: prev_dir,
+        },
+        Err(why) => rollback(unit, order, prev_dir, prev_version, why).await,
+    }
+}
+
+/// Gets the verified release dir for the order: reuses one already on disk (digest checked
+/// again), or downloads, verifies and installs it. Nothing running is touched.
+async fn stage(unit: &mut ServiceUnit, order: &Accepted) -> Result<String, String> {
+    let a = &order.artifact;
+    let name = order.target_dir.clone();
+    let dir = unit.dir.clone();
+    let (check_name, sha) = (name.clone(), a.sha256.clone());
+    let reusable = tokio::task::spawn_blocking(move || dir.holds_verified(&check_name, &sha)).await;
+    if matches!(reusable, Ok(Ok(true))) {
+        unit.advance(
+            &order.id,
+            Step::Staged,
+            format!("{} is already on disk; its sha256 checked again", a.version),
+            None,
+        );
+        return Ok(name);
+    }
+    unit.advance(
+        &order.id,
+        Step::Fetching,
+        format!(
+            "fetching {} ({} bytes) from {}",
+            a.version, a.size, a.source_text
+        ),
+        None,
+    );
+    let verified = unit
+        .fetcher
+        .fetch(a, &unit.dir.staging_dir())
+        .await
+        .map_err(|e| e.to_string())?;
+    let info = ReleaseInfo {
+        version: a.version.clone(),
+        sha256: a.sha256.clone(),
+        size: a.size,
+    };
+    let dir = unit.dir.clone();
+    let installed = tokio::task::spawn_blocking(move || dir.install(&verified, &info))
+        .await
+        .map_err(|e| format!("staging failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    unit.advance(
+        &order.id,
+        Step::Staged,
+        format!(
+            "{} downloaded, sha256 verified, staged as {installed}",
+            a.version
+        ),
+        None,
+    );
+    Ok(installed)
+}
+
+/// A failure before the swap: nothing was touched, the service runs as before.
+fn refused_after_accept(unit: &ServiceUnit, order: &Accepted, reason: String) -> Finished {
+    let (version, health) = unit.running_state();
+    Finished {
+        result: order.id.result(Outcome::Refused, &version, health, reason),
+        committed: None,
+        previous: None,
+    }
+}
+
+/// The order's release is already `current`: make sure it runs, and check its health.
+async fn reverify(unit: &mut ServiceUnit, order: &Accepted, target: String) -> Finished {
+    let v = order.artifact.version.clone();
+    unit.advance(
+        &order.id,
+        Step::Verifying,
+        format!("{v} is already installed; checking its health"),
+        None,
+    );
+    let started = if unit.supervisor.is_running() {
+        Ok(Instant::now())
+    } else {
+        unit.supervisor.start().await.map_err(|e| e.to_string())
+    };
+    let outcome = match started {
+        Ok(t) => verify(unit, t, order.min_healthy, order.deadline).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(()) => Finished {
+            result: order.id.result(
+                Outcome::Succeeded,
+                &v,
+                Health::Healthy,
+                format!(
+                    "{v} was already installed; healthy for {}",
+                    human(order.min_healthy)
+                ),
+            ),
+            committed: Some(target),
+            previous: None,
+        },
+        Err(why) => {
+            let health = unit.running_health();
+            Finished {
+                result: order.id.result(
+                    Outcome::Failed,
+                    &v,
+                    health,
+                    format!(
+                        "{v} is already installed but not healthy: {why}; there is no other \
+                         release to go back to"
+                    ),
+                ),
+                committed: None,
+                previous: None,
+            }
+        }
+    }
+}
+
+/// Undoes a failed swap: stop the new release, point `current` back, start and verify the
+/// previous one (or remove `current` if nothing was installed before).
+async fn rollback(
+    unit: &mut ServiceUnit,
+    order: &Accepted,
+    prev_dir: Option<String>,
+    prev_version: String,
+    why: String,
+) -> Finished {
+    let failed = format!("{} failed: {why}", order.artifact.version);
+    tracing::warn!("{failed}; rolling back");
+    let msg = match &prev_dir {
+        Some(_) => format!("{failed}; switching back to {prev_version}"),
+        None => format!("{failed}; removing it (nothing was installed before)"),
+    };
+    unit.advance(&order.id, Step::RollingBack, msg, None);
+    unit.supervisor.stop().await;
+    let back = restore(unit, prev_dir.as_deref(), order.min_healthy, order.deadline).await;
+    Finished {
+        result: back.into_result(&order.id, &failed, &prev_version),
+        committed: None,
+        previous: prev_dir,
+    }
+}
+
+/// Undoes an update that an agent restart interrupted (the journal still has it in flight).
+pub(crate) async fn recover(unit: &mut ServiceUnit, f: &InFlight) -> Finished {
+    let id = OrderRef::from(f);
+    let base = format!("agent restarted during the update to {}", f.version);
+    let current = unit.dir.current_dir().ok().flatten();
+    // Only a completed switch to the new release needs undoing; otherwise `current` still
+    // names the previous release (or nothing) and that is what goes back into service.
+    let swapped = current.as_deref() == Some(f.target_dir.as_str())
+        && f.previous_dir.as_deref() != Some(f.target_dir.as_str());
+    let back_to = if swapped {
+        f.previous_dir.clone()
+    } else {
+        current
+    };
+    let back_version = back_to
+        .as_deref()
+        .and_then(|d| unit.dir.release_info(d).ok().flatten())
+        .map(|i| i.version)
+        .unwrap_or_else(|| f.previous_version.clone());
+    tracing::warn!(
+        "{base}; going back to {}",
+        if back_version.is_empty() {
+            "nothing installed"
+        } else {
+            &back_version
+        }
+    );
+    unit.advance(&id, Step::RollingBack, format!("{base}; undoing it"), None);
+    let min = Duration::from_millis(f.min_healthy_time_ms);
+    let deadline = Duration::from_millis(f.healthy_deadline_ms);
+    let back = restore(unit, back_to.as_deref(), min, deadline).await;
+    Finished {
+        result: back.into_result(&id, &base, &back_version),
+        committed: None,
+        previous: back_to,
+    }
+}
+
+/// How going back to the previous release went.
+enum Restored {
+    /// The previous release runs and passed verification.
+    Healthy,
+    /// Nothing was installed before; `current` is gone and the service is stopped.
+    NothingBefore,
+    /// The previous release did not come back healthy.
+    Failed {
+        why: String,
+        health: Health,
+        running: String,
+    },
+}
+
+impl Restored {
+    fn into_result(self, id: &OrderRef, failed: &str, prev_version: &str) -> pb::OrderResult {
+        match self {
+            Restored::Healthy => id.result(
+                Outcome::RolledBack,
+                prev_version,
+                Health::Healthy,
+                format!("{failed}; back on {prev_version}, healthy"),
+            ),
+            Restored::NothingBefore => id.result(
+                Outcome::RolledBack,
+                "",
+                Health::Stopped,
+                format!("{failed}; nothing was installed before, so the service is stopped"),
+            ),
+            Restored::Failed {
+                why,
+                health,
+                running,
+            } => {
+                let what = if prev_version.is_empty() {
+                    "going back".to_string()
+                } else {
+                    format!("{prev_version} did not come back healthy either")
+                };
+                id.result(
+                    Outcome::Failed,
+                    &running,
+                    health,
+                    format!("{failed}; {what}: {why}"),
+                )
+            }
+        }
+    }
+}
+
+async fn restore(
+    unit: &mut ServiceUnit,
+    prev_dir: Option<&str>,
+    min: Duration,
+    deadline: Duration,
+) -> Restored {
+    let Some(prev) = prev_dir else {
+        unit.supervisor.stop().await;
+        return match unit.dir.remove_current() {
+            Ok(()) => Restored::NothingBefore,
+            Err(e) => Restored::Failed {
+                why: e.to_string(),
+                health: Health::Stopped,
+                running: unit.running_state().0,
+            },
+        };
+    };
+    let fail = |unit: &ServiceUnit, why: String| Restored::Failed {
+        why,
+        health: unit.running_health(),
+        running: unit.running_state().0,
+    };
+    if unit.dir.current_dir().ok().flatten().as_deref() != Some(prev) {
+        if let Err(e) = unit.dir.point_current_at(prev) {
+            return fail(unit, e.to_string());
+        }
+    }
+    let started = match unit.supervisor.start().await {
+        Ok(t) => t,
+        Err(e) => return fail(unit, e.to_string()),
+    };
+    match verify(unit, started, min, deadline).await {
+        Ok(()) => Restored::Healthy,
+        Err(why) => fail(unit, why),
+    }
+}
+
+/// Probes the service until it has been healthy for `min_healthy` (counted from the first
+/// all-pass, reset by any failure), or fails: at once if the process exits, or when
+/// `deadline` (from `started`) passes.
+pub(crate) async fn verify(
+    unit: &mut ServiceUnit,
+    started: Instant,
+    min_healthy: Duration,
+    deadline: Duration,
+) -> Result<(), String> {
+    let mut window = HealthWindow::new(started, min_healthy, deadline);
+    let interval = unit.prober.interval();
+    let mut next = Instant::now();
+    loop {
+        tokio::select! {
+            exit = unit.supervisor.exited() => return Err(exit.description),
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let result = if unit.prober.is_empty() {
+            Ok(())
+        } else {
+            tokio::select! {
+                exit = unit.supervisor.exited() => return Err(exit.description),
+                r = unit.prober.check() => r,
+            }
+        };
+        let now = Instant::now();
+        match window.observe(now, result) {
+            Verdict::Healthy => return Ok(()),
+            Verdict::Failed(why) => return Err(why),
+            Verdict::Waiting => next = window.next_round(now, interval),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(token: u64, service: &str) -> pb::UpdateOrder {
+        pb::UpdateOrder {
+            rollout_id: "r1".into(),
+            token,
+            service: service.into(),
+            release: Some(pb::Release {
+                version: "2.0.0".into(),
+                source: "store:".into(),
+                sha256: "a".repeat(64),
+                size: 10,
+            }),
+            min_healthy_time_ms: 100,
+            healthy_deadline_ms: 1000,
+        }
+    }
+
+    fn in_flight(token: u64, service: &str) -> InFlight {
+        InFlight {
+            rollout_id: "r0".into(),
+            token,
+            service: service.into(),
+            version: "2.0.0".into(),
+            sha256: "a".repeat(64),
+            target_dir: "2.0.0-aaaaaaaaaaaa".into(),
+            previous_dir: None,
+            previous_version: String::new(),
+            min_healthy_time_ms: 100,
+            healthy_deadline_ms: 1000,
+            step: Step::Accepted.as_str_name().into(),
+        }
+    }
+
+    fn result(token: u64) -> pb::OrderResult {
+        OrderRef::of(&order(token, "demo")).result(
+            Outcome::Succeeded,
+            "2.0.0",
+            Health::Healthy,
+            String::new(),
+        )
+    }
+
+    #[test]
+    fn intake_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path()).expect("journal");
+        // Token 5 finished; token 9 is in flight for "demo"; the highest is 9.
+        j.begin(in_flight(5, "demo")).expect("begin");
+        j.finish("demo", &result(5), None).expect("finish");
+        j.begin(in_flight(9, "demo")).expect("begin");
+        let known = |s: &str| s == "demo" || s == "other";
+
+        let with = |f: &dyn Fn(&mut pb::UpdateOrder)| {
+            let mut o = order(10, "other");
+            f(&mut o);
+            o
+        };
+        let cases: Vec<(&str, pb::UpdateOrder, &str)> = vec![
+            ("repeat of the order in flight", order(9, "demo"), "ignore"),
+            ("repeat of a finished order", order(5, "demo"), "resend"),
+            (
+                "older token",
+                order(4, "other"),
+                "stale order: token 4 is older than 9, the highest this host has acted on",
+            ),
+            (
+                "same token, result forgotten",
+                order(9, "other"),
+                "stale order: token 9 was already acted on",
+            ),
+            (
+                "unknown service",
+                order(10, "nope"),
+                "is not configured on host web-1",
+            ),
+            (
+                "busy service",
+                order(10, "demo"),
+                "still in progress for service demo",
+            ),
+            (
+                "no release",
+                with(&|o| o.release = None),
+                "carries no release",
+            ),
+            (
+                "bad digest",
+                with(&|o| {
+                    if let Some(r) = o.release.as_mut() {
+                        r.sha256 = "xyz".into()
+                    }
+                }),
+                "sha256",
+            ),
+            (
+                "bad source",
+                with(&|o| {
+                    if let Some(r) = o.release.as_mut() {
+                        r.source = "ftp://x".into()
+                    }
+                }),
+                "not one the agent knows",
+            ),
+            (
+                "impossible timing",
+                with(&|o| o.min_healthy_time_ms = 5000),
+                "longer than healthy_deadline",
+            ),
+            ("fine", order(10, "other"), "accept"),
+        ];
+        for (name, o, want) in cases {
+            let got = admit(&o, &j, "web-1", &known);
+            let ok = match (&got, want) {
+                (Admission::Ignore(_), "ignore") => true,
+                (Admission::Resend(r), "resend") => r.token == 5,
+                (Admission::Accept(a), "accept") => {
+                    a.target_dir == "2.0.0-aaaaaaaaaaaa" && a.deadline == Duration::from_secs(1)
+                }
+                (Admission::Refuse(reason), want) => reason.contains(want),
+                _ => false,
+            };
+            assert!(ok, "{name}: got {got:?}, want {want}");
+        }
+
+        let mut o = order(10, "other");
+        o.healthy_deadline_ms = 0;
+        match admit(&o, &j, "web-1", &known) {
+            Admission::Accept(a) => assert_eq!(a.deadline, DEFAULT_HEALTHY_DEADLINE),
+            other => panic!("expected accept, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! The agent's durable memory: highest token, orders in flight, recent results.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use rollgate_proto::pb;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::durable;
+
+/// How many results are kept and resent in every hello.
+pub const RECENT_RESULTS: usize = 32;
+/// File name of the journal inside the state dir.
+pub const JOURNAL_FILE: &str = "agent-state.json";
+/// Format version written into the file, so a future agent can tell old files apart.
+const FORMAT: u32 = 1;
+
+/// The journal could not be read or written.
+#[derive(Debug, Error)]
+pub enum JournalError {
+    /// Reading or writing the file failed.
+    #[error("cannot {action} the agent's state file {}: {source}", path.display())]
+    Io {
+        /// "read" or "write".
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The file exists but cannot be understood.
+    #[error(
+        "the agent's state file {} is not readable ({message}); it is written atomically, so \
+         this is unexpected: inspect it, or move it away to start fresh (the agent then forgets \
+         its highest fencing token and unfinished orders)",
+        path.display()
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+}
+
+/// An order the agent accepted and has not finished. Enough to undo it after a crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    /// Rollout the order belongs to.
+    pub rollout_id: String,
+    /// Its fencing token.
+    pub token: u64,
+    /// The service being updated.
+    pub service: String,
+    /// Version being installed.
+    pub version: String,
+    /// Its digest.
+    pub sha256: String,
+    /// Release dir the update installs (`<version>-<sha12>`).
+    pub target_dir: String,
+    /// Release dir `current` pointed at before the update (`None`: nothing was installed).
+    pub previous_dir: Option<String>,
+    /// Version of that previous release ("" when none).
+    pub previous_version: String,
+    /// How long the release must stay healthy.
+    pub min_healthy_time_ms: u64,
+    /// How long it may take to get there.
+    pub healthy_deadline_ms: u64,
+    /// Last step started (`pb::Step` name).
+    pub step: String,
+}
+
+impl InFlight {
+    /// The step as the protocol enum.
+    pub fn step(&self) -> pb::Step {
+        pb::Step::from_str_name(&self.step).unwrap_or(pb::Step::Unspecified)
+    }
+
+    /// The progress message a hello reports for this order.
+    pub fn progress(&self, message: &str) -> pb::OrderProgress {
+        pb::OrderProgress {
+            rollout_id: self.rollout_id.clone(),
+            token: self.token,
+            service: self.service.clone(),
+            step: self.step() as i32,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// An order result as stored (enums by name, so the file is readable).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredResult {
+    rollout_id: String,
+    token: u64,
+    service: String,
+    outcome: String,
+    running_version: String,
+    reason: String,
+    health: String,
+}
+
+impl From<&pb::OrderResult> for StoredResult {
+    fn from(r: &pb::OrderResult) -> StoredResult {
+        StoredResult {
+            rollout_id: r.rollout_id.clone(),
+            token: r.token,
+            service: r.service.clone(),
+            outcome: r.outcome().as_str_name().to_string(),
+            running_version: r.running_version.clone(),
+            reason: r.reason.clone(),
+            health: r.health().as_str_name().to_string(),
+        }
+    }
+}
+
+impl From<&StoredResult> for pb::OrderResult {
+    fn from(r: &StoredResult) -> pb::OrderResult {
+        let outcome = pb::Outcome::from_str_name(&r.outcome).unwrap_or(pb::Outcome::Unspecified);
+        let health = pb::Health::from_str_name(&r.health).unwrap_or(pb::Health::Unknown);
+        pb::OrderResult {
+            rollout_id: r.rollout_id.clone(),
+            token: r.token,
+            service: r.service.clone(),
+            outcome: outcome as i32,
+            running_version: r.running_version.clone(),
+            reason: r.reason.clone(),
+            health: health as i32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Data {
+    format: u32,
+    /// Highest fencing token acted on; `None` until the first order is accepted.
+    highest_token: Option<u64>,
+    /// Accepted, unfinished orders by service.
+    in_flight: BTreeMap<String, InFlight>,
+    /// Last results, oldest first.
+    recent_results: VecDeque<StoredResult>,
+    /// Release dirs each service committed to, oldest first (for keeping the last few).
+    history: BTreeMap<String, Vec<String>>,
+}
+
+/// The durable state. Every change is written (tmp, fsync, rename, fsync dir) before the
+/// method returns; a change whose write fails is not applied.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    data: Data,
+}
+
+impl Journal {
+    /// Opens the journal in `state_dir`, or starts an empty one if there is none.
+    pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        let path = state_dir.join(JOURNAL_FILE);
+        let data = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Data {
+                format: FORMAT,
+                ..Data::default()
+            },
+            Err(source) => {
+                return Err(JournalError::Io {
+                    action: "read",
+                    path,
+                    source,
+                })
+            }
+        };
+        Ok(Journal { path, data })
+    }
+
+    /// Highest token acted on (`None` before the first order).
+    pub fn highest_token(&self) -> Option<u64> {
+        self.data.highest_token
+    }
+
+    /// The unfinished order for `service`, if any.
+    pub fn in_flight(&self, service: &str) -> Option<&InFlight> {
+        self.data.in_flight.get(service)
+    }
+
+    /// All unfinished orders.
+    pub fn all_in_flight(&self) -> impl Iterator<Item = &InFlight> {
+        self.data.in_flight.values()
+    }
+
+    /// The recorded result of the order with `token` for `service`, if still kept.
+    pub fn result_for(&self, token: u64, service: &str) -> Option<pb::OrderResult> {
+        self.data
+            .recent_results
+            .iter()
+            .rev()
+            .find(|r| r.token == token && r.service == service)
+            .map(pb::OrderResult::from)
+    }
+
+    /// The kept results, oldest first.
+    pub fn recent_results(&self) -> Vec<pb::OrderResult> {
+        self.data
+            .recent_results
+            .iter()
+            .map(pb::OrderResult::from)
+            .collect()
+    }
+
+    /// Release dirs `service` committed to, oldest first.
+    pub fn history(&self, service: &str) -> &[String] {
+        self.data.history.get(service).map_or(&[], Vec::as_slice)
+    }
+
+    /// Records an accepted order (and raises the highest token) durably.
+    pub fn begin(&mut self, order: InFlight) -> Result<(), JournalError> {
+        self.change(|d| {
+            d.highest_token = Some(d.highest_token.map_or(order.token, |h| h.max(order.token)));
+            d.in_flight.insert(order.service.clone(), order);
+        })
+    }
+
+    /// Records that the order for `service` is starting `step`; `previous` (when given)
+    /// replaces the release dir to go back to.
+    pub fn step(
+        &mut self,
+        service: &str,
+        step: pb::Step,
+        previous: Option<(Option<String>, String)>,
+    ) -> Result<(), JournalError> {
+        self.change(|d| {
+            if let Some(f) = d.in_flight.get_mut(service) {
+                f.step = step.as_str_name().to_string();
+                if let Some((dir, version)) = previous {
+                    f.previous_dir = dir;
+                    f.previous_version = version;
+                }
+            }
+        })
+    }
+
+    /// Finishes the order for `service`: drops it from the in-flight set, keeps `result`, and
+    /// appends `committed` (the release dir now current) to the history. Applied in memory
+    /// even if the write fails, so the agent keeps working; the error says the disk is sick.
+    pub fn finish(
+        &mut self,
+        service: &str,
+        result: &pb::OrderResult,
+        committed: Option<&str>,
+    ) -> Result<(), JournalError> {
+        let apply = |d: &mut Data| {
+            d.in_flight.remove(service);
+            d.recent_results.push_back(StoredResult::from(result));
+            while d.recent_results.len() > RECENT_RESULTS {
+                d.recent_results.pop_front();
+            }
+            if let Some(dir) = committed {
+                let h = d.history.entry(service.to_string()).or_default();
+                h.retain(|x| x != dir);
+                h.push(dir.to_string());
+            }
+        };
+        let outcome = self.change(apply);
+        if outcome.is_err() {
+            apply(&mut self.data);
+        }
+        outcome
+    }
+
+    fn change(&mut self, f: impl FnOnce(&mut Data)) -> Result<(), JournalError> {
+        let mut next = self.data.clone();
+        f(&mut next);
+        next.format = FORMAT;
+        let bytes = serde_json::to_vec_pretty(&next).map_err(|e| JournalError::Io {
+            action: "encode",
+            path: self.path.clone(),
+            source: io::Error::other(e),
+        })?;
+        durable::write_atomic(&self.path, &bytes).map_err(|source| JournalError::Io {
+            action: "write",
+            path: self.path.clone(),
+            source,
+        })?;
+        self.data = next;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(token: u64, service: &str) -> InFlight {
+        InFlight {
+            rollout_id: "r1".into(),
+            token,
+            service: service.into(),
+            version: "2.0.0".into(),
+            sha256: "a".repeat(64),
+            target_dir: "2.0.0-aaaaaaaaaaaa".into(),
+            previous_dir: None,
+            previous_version: String::new(),
+            min_healthy_time_ms: 100,
+            healthy_deadline_ms: 1000,
+            step: pb::Step::Accepted.as_str_name().into(),
+        }
+    }
+
+    fn result(token: u64) -> pb::OrderResult {
+        pb::OrderResult {
+            rollout_id: "r1".into(),
+            token,
+            service: "demo".into(),
+            outcome: pb::Outcome::Succeeded as i32,
+            running_version: "2.0.0".into(),
+            reason: String::new(),
+            health: pb::Health::Healthy as i32,
+        }
+    }
+
+    #[test]
+    fn survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path()).expect("open");
+        assert_eq!(j.highest_token(), None);
+        j.begin(order(7, "demo")).expect("begin");
+        j.step(
+            "demo",
+            pb::Step::Swapping,
+            Some((Some("1.0.0-x".into()), "1.0.0".into())),
+        )
+        .expect("step");
+
+        let mut j = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(j.highest_token(), Some(7));
+        let f = j.in_flight("demo").expect("in flight");
+        assert_eq!(f.step(), pb::Step::Swapping);
+        assert_eq!(f.previous_dir.as_deref(), Some("1.0.0-x"));
+
+        j.finish("demo", &result(7), Some("2.0.0-aaaaaaaaaaaa"))
+            .expect("finish");
+        let j = Journal::open(dir.path()).expect("reopen");
+        assert!(j.in_flight("demo").is_none());
+        assert_eq!(j.result_for(7, "demo"), Some(result(7)));
+        assert_eq!(j.result_for(7, "other"), None);
+        assert_eq!(j.history("demo"), ["2.0.0-aaaaaaaaaaaa".to_string()]);
+    }
+
+    #[test]
+    fn keeps_only_the_last_results_and_never_lowers_the_token() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path()).expect("open");
+        for t in 1..=40u64 {
+            j.begin(order(t, "demo")).expect("begin");
+            j.finish("demo", &result(t), None).expect("finish");
+        }
+        let kept = j.recent_results();
+        assert_eq!(kept.len(), RECENT_RESULTS);
+        assert_eq!(
+            kept.first().map(|r| r.token),
+            Some(40 - RECENT_RESULTS as u64 + 1)
+        );
+        j.begin(order(3, "other")).expect("begin");
+        assert_eq!(j.highest_token(), Some(40));
+    }
+
+    #[test]
+    fn a_corrupt_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(JOURNAL_FILE), b"{not json").expect("write");
+        let err = Journal::open(dir.path()).expect_err("corrupt");
+        assert!(err.to_string().contains("move it away"), "{err}");
+    }
+}

@@ -1,0 +1,368 @@
+//! One service's directory: downloads in staging, verified release dirs, the `current` link.
+//!
+//! ```text
+//! <state_dir>/services/<svc>/
+//!   staging/<sha256>.partial          download in progress (resumed from its length)
+//!   releases/<version>-<sha12>/       one verified release, complete or absent
+//!     <binary>                        the artifact, mode 0755
+//!     .release.json                   version, sha256 and size of the artifact
+//!   current -> releases/<dir>         the release that runs; replaced only by rename
+//!   pid                               process group of the running service (for a restarted agent)
+//!   service.log                       the service's stdout and stderr, appended
+//! ```
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::durable;
+
+/// Name of the metadata file inside each release dir. It starts with '.', which a configured
+/// binary name never does, so the two cannot collide.
+const RELEASE_INFO_FILE: &str = ".release.json";
+/// Suffix of a release dir being assembled; such a dir is never pointed at and is swept away.
+const ASSEMBLING_SUFFIX: &str = ".assembling";
+/// How many hex digits of the digest go into a release dir's name.
+const DIR_DIGEST_CHARS: usize = 12;
+
+/// A disk operation on a service's directory that failed.
+#[derive(Debug, Error)]
+#[error("cannot {action} {}: {source}", path.display())]
+pub struct DiskError {
+    /// What the agent was doing ("create", "rename", ...).
+    pub action: &'static str,
+    /// The file or directory concerned.
+    pub path: PathBuf,
+    /// The underlying error.
+    pub source: io::Error,
+}
+
+fn disk(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DiskError {
+    let path = path.to_path_buf();
+    move |source| DiskError {
+        action,
+        path,
+        source,
+    }
+}
+
+/// What a release dir holds, recorded next to the artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseInfo {
+    /// Release version.
+    pub version: String,
+    /// Lowercase hex sha256 of the artifact.
+    pub sha256: String,
+    /// Artifact size in bytes.
+    pub size: u64,
+}
+
+/// A release dir that exists on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledRelease {
+    /// Dir name under `releases/` (`<version>-<sha12>`).
+    pub dir: String,
+    /// What it holds.
+    pub info: ReleaseInfo,
+}
+
+/// One service's directory under the agent's state dir.
+#[derive(Debug, Clone)]
+pub struct ServiceDir {
+    root: PathBuf,
+    binary: String,
+}
+
+impl ServiceDir {
+    /// The directory of service `service` under `state_dir`; `binary` is the artifact's file
+    /// name inside each release dir.
+    pub fn new(state_dir: &Path, service: &str, binary: &str) -> ServiceDir {
+        ServiceDir {
+            root: state_dir.join("services").join(service),
+            binary: binary.to_string(),
+        }
+    }
+
+    /// Creates the directory tree if it is missing.
+    pub fn create(&self) -> Result<(), DiskError> {
+        for d in [self.staging_dir(), self.releases_dir()] {
+            fs::create_dir_all(&d).map_err(disk("create", &d))?;
+        }
+        Ok(())
+    }
+
+    /// `<state_dir>/services/<svc>`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// Where downloads land before they are verified.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+    /// Where verified releases live, one dir each.
+    pub fn releases_dir(&self) -> PathBuf {
+        self.root.join("releases")
+    }
+    /// The `current` symlink.
+    pub fn current_link(&self) -> PathBuf {
+        self.root.join("current")
+    }
+    /// The pidfile of the running service process.
+    pub fn pid_file(&self) -> PathBuf {
+        self.root.join("pid")
+    }
+    /// The service's log (stdout and stderr, appended).
+    pub fn log_file(&self) -> PathBuf {
+        self.root.join("service.log")
+    }
+    /// The download in progress for `sha256`.
+    pub fn partial_path(&self, sha256: &str) -> PathBuf {
+        self.staging_dir().join(format!("{sha256}.partial"))
+    }
+    /// The artifact's file name inside a release dir.
+    pub fn binary(&self) -> &str {
+        &self.binary
+    }
+
+    /// Dir name of a release: `<version>-<first 12 hex digits of sha256>`.
+    pub fn release_dir_name(version: &str, sha256: &str) -> String {
+        let short = sha256.get(..DIR_DIGEST_CHARS).unwrap_or(sha256);
+        format!("{version}-{short}")
+    }
+
+    /// Absolute path of release dir `name`.
+    pub fn release_path(&self, name: &str) -> PathBuf {
+        self.releases_dir().join(name)
+    }
+
+    /// Reads what release dir `name` holds; `None` if it does not exist.
+    pub fn release_info(&self, name: &str) -> Result<Option<ReleaseInfo>, DiskError> {
+        let p = self.release_path(name).join(RELEASE_INFO_FILE);
+        match fs::read(&p) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| disk("parse", &p)(io::Error::new(io::ErrorKind::InvalidData, e))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(disk("read", &p)(e)),
+        }
+    }
+
+    /// The release dir `current` points at, if any.
+    pub fn current_dir(&self) -> Result<Option<String>, DiskError> {
+        let link = self.current_link();
+        match fs::read_link(&link) {
+            Ok(target) => Ok(target.file_name().map(|n| n.to_string_lossy().into_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(disk("read link", &link)(e)),
+        }
+    }
+
+    /// The release `current` points at, with its metadata; `None` if nothing is installed.
+    pub fn current(&self) -> Result<Option<InstalledRelease>, DiskError> {
+        let Some(dir) = self.current_dir()? else {
+            return Ok(None);
+        };
+        Ok(self
+            .release_info(&dir)?
+            .map(|info| InstalledRelease { dir, info }))
+    }
+
+    /// Whether release dir `name` exists and its artifact really has digest `sha256` (the
+    /// bytes are hashed again: a dir that merely claims the digest is not trusted, S8).
+    pub fn holds_verified(&self, name: &str, sha256: &str) -> Result<bool, DiskError> {
+        match self.release_info(name) {
+            Ok(Some(info)) if info.sha256 == sha256 => {}
+            Ok(_) | Err(_) => return Ok(false),
+        }
+        let bin = self.release_path(name).join(&self.binary);
+        match crate::fetch::sha256_file(&bin) {
+            Ok(got) => Ok(got == sha256),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(disk("hash", &bin)(e)),
+        }
+    }
+
+    /// Turns a verified download into release dir `<version>-<sha12>` and returns its name.
+    /// The dir is assembled under a temporary name, fsynced, and renamed into place, so a
+    /// release dir is always complete. An existing dir of that name is replaced.
+    pub fn install(&self, verified: &Path, info: &ReleaseInfo) -> Result<String, DiskError> {
+        let name = Self::release_dir_name(&info.version, &info.sha256);
+        let releases = self.releases_dir();
+        let building = releases.join(format!("{name}{ASSEMBLING_SUFFIX}"));
+        if building.exists() {
+            fs::remove_dir_all(&building).map_err(disk("remove", &building))?;
+        }
+        fs::create_dir(&building).map_err(disk("create", &building))?;
+
+        let meta = building.join(RELEASE_INFO_FILE);
+        let json = serde_json::to_vec_pretty(info)
+            .map_err(|e| disk("encode", &meta)(io::Error::other(e)))?;
+        durable::write_atomic(&meta, &json).map_err(disk("write", &meta))?;
+
+        let bin = building.join(&self.binary);
+        fs::rename(verified, &bin).map_err(disk("move the download to", &bin))?;
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))
+            .map_err(disk("make executable", &bin))?;
+        fs::File::open(&bin)
+            .and_then(|f| f.sync_all())
+            .map_err(disk("fsync", &bin))?;
+        durable::fsync_dir(&building).map_err(disk("fsync", &building))?;
+
+        let dest = self.release_path(&name);
+        if dest.exists() {
+            // Same name but not verified (the caller checked): corrupt or foreign; replace it.
+            // It cannot be `current` or the previous release, whose digests were verified.
+            fs::remove_dir_all(&dest).map_err(disk("remove", &dest))?;
+        }
+        fs::rename(&building, &dest).map_err(disk("rename", &building))?;
+        durable::fsync_dir(&releases).map_err(disk("fsync", &releases))?;
+        Ok(name)
+    }
+
+    /// Points `current` at release dir `name` by renaming a new link over it (S5).
+    pub fn point_current_at(&self, name: &str) -> Result<(), DiskError> {
+        let link = self.current_link();
+        let target = Path::new("releases").join(name);
+        durable::replace_symlink(&link, &target).map_err(disk("switch", &link))
+    }
+
+    /// Removes `current` in one step (used when a first install fails: nothing to go back to).
+    pub fn remove_current(&self) -> Result<(), DiskError> {
+        let link = self.current_link();
+        durable::remove_atomic(&link).map_err(disk("remove", &link))
+    }
+
+    /// Names of all complete release dirs on disk.
+    pub fn list_releases(&self) -> Result<Vec<String>, DiskError> {
+        let dir = self.releases_dir();
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(disk("list", &dir))? {
+            let entry = entry.map_err(disk("list", &dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(ASSEMBLING_SUFFIX) {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Deletes every release dir not named in `keep`, half-assembled dirs, and leftover
+    /// downloads. `current` is always kept, whatever `keep` says. Returns the deleted names.
+    pub fn prune(&self, keep: &[String]) -> Result<Vec<String>, DiskError> {
+        let current = self.current_dir()?;
+        let dir = self.releases_dir();
+        let mut removed = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(disk("list", &dir))? {
+            let entry = entry.map_err(disk("list", &dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if keep.contains(&name) || current.as_deref() == Some(name.as_str()) {
+                continue;
+            }
+            let p = entry.path();
+            fs::remove_dir_all(&p).map_err(disk("remove", &p))?;
+            removed.push(name);
+        }
+        let staging = self.staging_dir();
+        for entry in fs::read_dir(&staging).map_err(disk("list", &staging))? {
+            let entry = entry.map_err(disk("list", &staging))?;
+            let p = entry.path();
+            fs::remove_file(&p).map_err(disk("remove", &p))?;
+        }
+        removed.sort();
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    fn stage(dir: &ServiceDir, version: &str, body: &[u8]) -> String {
+        let sha = hex::encode(Sha256::digest(body));
+        let p = dir.partial_path(&sha);
+        fs::write(&p, body).expect("write download");
+        let info = ReleaseInfo {
+            version: version.into(),
+            sha256: sha,
+            size: body.len() as u64,
+        };
+        dir.install(&p, &info).expect("install")
+    }
+
+    #[test]
+    fn current_switches_by_rename_and_rolls_back() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let dir = ServiceDir::new(state.path(), "demo", "demo-svc");
+        dir.create().expect("create");
+        assert_eq!(dir.current().expect("read"), None);
+
+        let v1 = stage(&dir, "1.0.0", b"one");
+        let v2 = stage(&dir, "2.0.0", b"two");
+        assert!(
+            v1.starts_with("1.0.0-") && v1.len() == "1.0.0-".len() + 12,
+            "{v1}"
+        );
+        let bin = dir.release_path(&v2).join("demo-svc");
+        let mode = fs::metadata(&bin).expect("binary").permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+
+        dir.point_current_at(&v1).expect("point at v1");
+        let link = dir.current_link();
+        let inode_before = fs::symlink_metadata(&link).expect("link").ino();
+        dir.point_current_at(&v2).expect("swap to v2");
+        let cur = dir.current().expect("read").expect("installed");
+        assert_eq!(cur.info.version, "2.0.0");
+        // A rename puts a new link in place: different inode, never a missing link.
+        assert_ne!(
+            fs::symlink_metadata(&link).expect("link").ino(),
+            inode_before
+        );
+        assert!(
+            dir.release_path(&v1).exists(),
+            "previous release stays on disk"
+        );
+
+        dir.point_current_at(&v1).expect("roll back");
+        assert_eq!(dir.current_dir().expect("read"), Some(v1.clone()));
+        assert!(!durable::sibling(&link, ".tmp").exists());
+
+        dir.remove_current().expect("remove");
+        assert_eq!(dir.current().expect("read"), None);
+    }
+
+    #[test]
+    fn verified_reuse_and_prune() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let dir = ServiceDir::new(state.path(), "demo", "demo-svc");
+        dir.create().expect("create");
+        let names: Vec<String> = (1..=5)
+            .map(|i| stage(&dir, &format!("{i}.0.0"), format!("v{i}").as_bytes()))
+            .collect();
+        let sha3 = hex::encode(Sha256::digest(b"v3"));
+        assert!(dir.holds_verified(&names[2], &sha3).expect("check"));
+        assert!(!dir.holds_verified(&names[1], &sha3).expect("check"));
+        // Tampered bytes are not trusted even though the metadata claims the digest.
+        fs::write(dir.release_path(&names[2]).join("demo-svc"), b"evil").expect("tamper");
+        assert!(!dir.holds_verified(&names[2], &sha3).expect("check"));
+
+        dir.point_current_at(&names[0]).expect("point");
+        fs::write(dir.partial_path("abc"), b"left over").expect("partial");
+        let removed = dir
+            .prune(&[names[3].clone(), names[4].clone()])
+            .expect("prune");
+        assert_eq!(removed, vec![names[1].clone(), names[2].clone()]);
+        assert_eq!(
+            dir.list_releases().expect("list"),
+            vec![names[0].clone(), names[3].clone(), names[4].clone()]
+        );
+        assert!(!dir.partial_path("abc").exists());
+    }
+
+    use std::os::unix::fs::MetadataExt;
+}

@@ -1,0 +1,315 @@
+//! The stream to the coordinator: hello, heartbeats, orders, results; reconnects forever.
+//!
+//! Losing the stream never touches the services or the order in flight: the executor runs on
+//! its own, and everything said while disconnected is in the next hello (statuses, the order in
+//! flight, and the durable recent results).
+
+use std::time::Duration;
+
+use rand::Rng;
+use rollgate_proto::pb::agent_service_client::AgentServiceClient;
+use rollgate_proto::pb::{self, agent_message::Msg, coordinator_message};
+use rollgate_proto::spec::human;
+use rollgate_proto::MAX_MESSAGE_BYTES;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::executor::{Executor, Outbox};
+
+/// First reconnect delay (before jitter).
+pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Largest reconnect delay (before jitter).
+pub const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// A session that lasted this long after its welcome resets the backoff.
+pub const STABLE_SESSION: Duration = Duration::from_secs(10);
+/// Time to open the TCP connection to the coordinator.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings detect a coordinator that vanished without closing the connection.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// A ping unanswered for this long closes the connection.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time for the coordinator to answer the opening of the stream (its response headers).
+pub const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages queued towards the coordinator before the session waits for the stream.
+const OUTBOUND_QUEUE: usize = 64;
+
+/// Where and how often to talk to the coordinator.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The coordinator's URL.
+    pub coordinator: String,
+    /// Heartbeat interval until a welcome says otherwise.
+    pub heartbeat_interval: Duration,
+}
+
+/// The delay before reconnect attempt `attempt` (0-based): exponential from
+/// [`BACKOFF_BASE`], capped at [`BACKOFF_CAP`], with full jitter (uniform in 0..=that), so a
+/// fleet that lost its coordinator does not come back in lockstep.
+pub fn backoff_delay(attempt: u32, rng: &mut impl Rng) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+        .min(BACKOFF_CAP);
+    let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rng.gen_range(0..=ms))
+}
+
+/// Why a session ended.
+enum End {
+    /// The agent is shutting down.
+    Shutdown,
+    /// The connection failed or the stream broke.
+    Lost {
+        /// Whether the coordinator had welcomed us (the stream was up).
+        welcomed: bool,
+        /// What happened.
+        why: String,
+    },
+}
+
+/// Keeps a session with the coordinator until `cancel`: connect, hello, heartbeats, orders to
+/// `executor`, messages from `outbox` to the coordinator; on loss, back off and reconnect.
+/// `channel` publishes the live connection (for `store:` downloads) or `None`.
+pub async fn run(
+    cfg: SessionConfig,
+    executor: &Executor,
+    outbox: &mut Outbox,
+    channel: watch::Sender<Option<Channel>>,
+    cancel: CancellationToken,
+) {
+    let mut attempt = 0u32;
+    let mut seq = 0u64;
+    let mut quiet = QuietRepeats::default();
+    loop {
+        let began = Instant::now();
+        let end = serve(&cfg, executor, outbox, &channel, &mut seq, &cancel).await;
+        channel.send_replace(None);
+        let (welcomed, why) = match end {
+            End::Shutdown => return,
+            End::Lost { welcomed, why } => (welcomed, why),
+        };
+        if welcomed && began.elapsed() >= STABLE_SESSION {
+            attempt = 0;
+        }
+        let delay = backoff_delay(attempt, &mut rand::thread_rng());
+        attempt = attempt.saturating_add(1);
+        let url = &cfg.coordinator;
+        if welcomed {
+            tracing::warn!(
+                "lost coordinator at {url}: {why}; services keep running; retrying in {}",
+                human(delay)
+            );
+            quiet = QuietRepeats::default();
+        } else if quiet.should_warn(&why) {
+            tracing::warn!(
+                "cannot reach coordinator at {url}: {why}; services keep running; retrying in {}",
+                human(delay)
+            );
+        } else {
+            tracing::debug!(
+                "cannot reach coordinator at {url}: {why}; retrying in {}",
+                human(delay)
+            );
+        }
+        let wake = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(wake) => break,
+                // Nobody to tell; the next hello carries the same facts.
+                m = outbox.recv() => if m.is_none() { return },
+            }
+        }
+    }
+}
+
+async fn serve(
+    cfg: &SessionConfig,
+    executor: &Executor,
+    outbox: &mut Outbox,
+    channel_slot: &watch::Sender<Option<Channel>>,
+    seq: &mut u64,
+    cancel: &CancellationToken,
+) -> End {
+    let lost = |why: String| End::Lost {
+        welcomed: false,
+        why,
+    };
+    let endpoint = match Endpoint::from_shared(cfg.coordinator.clone()) {
+        Ok(e) => e
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true),
+        Err(e) => return lost(format!("bad URL: {e}")),
+    };
+    let channel = tokio::select! {
+        _ = cancel.cancelled() => return End::Shutdown,
+        c = endpoint.connect() => match c {
+            Ok(c) => c,
+            Err(e) => return lost(crate::error_chain(&e)),
+        },
+    };
+
+    // Whatever is queued is already reflected in the hello built right after.
+    while outbox.try_recv().is_ok() {}
+    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let hello = executor.hello();
+    tracing::debug!(
+        services = hello.services.len(),
+        results = hello.recent_results.len(),
+        highest_token = hello.highest_token,
+        "sending hello"
+    );
+    if tx.send(message(Msg::Hello(hello))).await.is_err() {
+        return lost("the outbound stream closed before the hello".into());
+    }
+    let mut client =
+        AgentServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let opening =
+        tokio::time::timeout(STREAM_OPEN_TIMEOUT, client.connect(ReceiverStream::new(rx)));
+    let mut inbound = tokio::select! {
+        _ = cancel.cancelled() => return End::Shutdown,
+        r = opening => match r {
+            Ok(Ok(resp)) => resp.into_inner(),
+            Ok(Err(status)) => return lost(status_text(&status)),
+            Err(_) => {
+                let waited = human(STREAM_OPEN_TIMEOUT);
+                return lost(format!("the coordinator did not open the stream within {waited}"));
+            }
+        },
+    };
+    channel_slot.send_replace(Some(channel));
+
+    let mut welcomed = false;
+    let mut heartbeat = heartbeat_timer(cfg.heartbeat_interval);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return End::Shutdown,
+            msg = inbound.message() => match msg {
+                Ok(Some(m)) => {
+                    if let Err(why) = on_message(m, cfg, executor, &mut welcomed, &mut heartbeat) {
+                        return End::Lost { welcomed, why };
+                    }
+                }
+                Ok(None) => {
+                    let why = "the coordinator closed the stream".to_string();
+                    return End::Lost { welcomed, why };
+                }
+                Err(status) => return End::Lost { welcomed, why: status_text(&status) },
+            },
+            _ = heartbeat.tick() => {
+                *seq += 1;
+                let beat = message(Msg::Heartbeat(pb::Heartbeat { seq: *seq }));
+                if tx.send(beat).await.is_err() {
+                    return End::Lost { welcomed, why: "the stream closed".into() };
+                }
+            }
+            m = outbox.recv() => {
+                let Some(m) = m else { return End::Shutdown };
+                if tx.send(m).await.is_err() {
+                    return End::Lost { welcomed, why: "the stream closed".into() };
+                }
+            }
+        }
+    }
+}
+
+/// Acts on one coordinator message; `Err` ends the session with that reason.
+fn on_message(
+    msg: pb::CoordinatorMessage,
+    cfg: &SessionConfig,
+    executor: &Executor,
+    welcomed: &mut bool,
+    heartbeat: &mut tokio::time::Interval,
+) -> Result<(), String> {
+    match msg.msg {
+        Some(coordinator_message::Msg::Welcome(w)) => {
+            let mut every = heartbeat.period();
+            if w.heartbeat_interval_ms > 0 {
+                every = Duration::from_millis(w.heartbeat_interval_ms);
+                *heartbeat = heartbeat_timer(every);
+            }
+            if !*welcomed {
+                tracing::info!(
+                    "connected to coordinator {} at {}; heartbeat every {}",
+                    w.coordinator_id,
+                    cfg.coordinator,
+                    human(every)
+                );
+            }
+            *welcomed = true;
+        }
+        Some(coordinator_message::Msg::Refusal(r)) => {
+            return Err(format!("the coordinator refused this agent: {}", r.reason));
+        }
+        Some(coordinator_message::Msg::Update(order)) => executor.handle_order(order),
+        None => tracing::debug!("ignoring an empty message from the coordinator"),
+    }
+    Ok(())
+}
+
+/// A heartbeat timer whose first tick is one period from now.
+fn heartbeat_timer(every: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval_at(Instant::now() + every, every);
+    // After a stall, one heartbeat is enough; a burst of catch-up beats says nothing more.
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
+/// Keeps a coordinator that stays down from filling the log: the same failure is logged as a
+/// warning the first time and then every [`REPEAT_WARN_EVERY`] attempts.
+#[derive(Debug, Default)]
+struct QuietRepeats {
+    last: String,
+    repeats: u32,
+}
+
+/// While the same connect error repeats, one warning per this many attempts.
+const REPEAT_WARN_EVERY: u32 = 20;
+
+impl QuietRepeats {
+    fn should_warn(&mut self, why: &str) -> bool {
+        if why == self.last {
+            self.repeats += 1;
+            self.repeats.is_multiple_of(REPEAT_WARN_EVERY)
+        } else {
+            self.last = why.to_string();
+            self.repeats = 0;
+            true
+        }
+    }
+}
+
+fn status_text(status: &tonic::Status) -> String {
+    format!("{}: {}", status.code(), status.message())
+}
+
+fn message(msg: Msg) -> pb::AgentMessage {
+    pb::AgentMessage { msg: Some(msg) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let mut rng = rand::thread_rng();
+        for attempt in 0..40 {
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1 << attempt.min(16))
+                .min(BACKOFF_CAP);
+            for _ in 0..50 {
+                let d = backoff_delay(attempt, &mut rng);
+                assert!(d <= ceiling, "attempt {attempt}: {d:?} > {ceiling:?}");
+            }
+        }
+        // Full jitter: over many draws at the cap, both small and large delays appear.
+        let draws: Vec<Duration> = (0..500).map(|_| backoff_delay(30, &mut rng)).collect();
+        assert!(draws.iter().any(|d| *d < Duration::from_secs(1)));
+        assert!(draws.iter().any(|d| *d > Duration::from_secs(4)));
+    }
+}
