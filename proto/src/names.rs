@@ -63,7 +63,17 @@ mod tests {
         for ok in ["web-1", "a", "v2.0.1", "demo_svc", "A.b-C_9"] {
             assert_eq!(check("x", ok), Ok(()), "{ok}");
         }
-        for bad in ["", ".", "..", "../etc", "a/b", "-x", "a b", "é", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../etc",
+            "a/b",
+            "-x",
+            "a b",
+            "é",
+            &"x".repeat(129),
+        ] {
             assert!(check("x", bad).is_err(), "{bad:?} should be refused");
         }
     }

@@ -336,8 +336,7 @@ min_healthy_time = "2s"
     #[test]
     fn budget_forms() {
         let parse = |v: &str| {
-            toml::from_str::<Strategy>(&format!("max_unavailable = {v}"))
-                .map(|s| s.max_unavailable)
+            toml::from_str::<Strategy>(&format!("max_unavailable = {v}")).map(|s| s.max_unavailable)
         };
         assert_eq!(parse("2").ok(), Some(Budget::Count(2)));
         assert_eq!(parse("\"2\"").ok(), Some(Budget::Count(2)));
@@ -353,13 +352,18 @@ min_healthy_time = "2s"
             (GOOD.replace("\"demo\"", "\"../x\""), "`service`"),
             (GOOD.replace("store:", "ftp://x"), "`release.source`"),
             (GOOD.replace("size = 10", "size = 0"), "`release.size`"),
-            (GOOD.replace("\"2s\"", "\"10m\""), "`strategy.min_healthy_time`"),
+            (
+                GOOD.replace("\"2s\"", "\"10m\""),
+                "`strategy.min_healthy_time`",
+            ),
             (GOOD.replace("\"30%\"", "0"), "max_unavailable"),
             (GOOD.replace("aaaa", "AAAA"), "`release.sha256`"),
             (format!("{GOOD}\nbogus = 1\n"), "bogus"),
         ];
         for (text, want) in cases {
-            let err = RolloutSpec::parse_resolved(&text).expect_err(want).to_string();
+            let err = RolloutSpec::parse_resolved(&text)
+                .expect_err(want)
+                .to_string();
             assert!(err.contains(want), "error {err:?} should name {want}");
         }
     }

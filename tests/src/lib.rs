@@ -317,7 +317,9 @@ pub struct Fleet {
 impl Fleet {
     /// Starts etcd, a coordinator and `opts.agents` agents, and waits until all are connected.
     pub fn start(opts: FleetOpts) -> anyhow::Result<Self> {
-        let dir_guard = tempfile::Builder::new().prefix("rollgate-test-").tempdir()?;
+        let dir_guard = tempfile::Builder::new()
+            .prefix("rollgate-test-")
+            .tempdir()?;
         let dir = dir_guard.path().to_path_buf();
         let etcd = Etcd::start(&dir)?;
         let port = free_port();
@@ -463,9 +465,7 @@ timeout = "500ms"
 
     /// Writes a rollout spec for `release` (pushed by the CLI from `file`).
     pub fn spec(&self, release: &Release, strategy: &str) -> anyhow::Result<PathBuf> {
-        let path = self
-            .dir
-            .join(format!("rollout-{}.toml", release.version));
+        let path = self.dir.join(format!("rollout-{}.toml", release.version));
         let text = format!(
             "service = \"web\"\n[release]\nversion = \"{}\"\nfile = \"{}\"\n[strategy]\n{strategy}\n",
             release.version,
@@ -501,7 +501,13 @@ timeout = "500ms"
 
     /// Starts a rollout with the CLI and returns its id.
     pub fn start_rollout(&self, spec: &Path) -> anyhow::Result<String> {
-        let out = self.cli_ok(&["--output", "json", "rollout", "start", &spec.display().to_string()])?;
+        let out = self.cli_ok(&[
+            "--output",
+            "json",
+            "rollout",
+            "start",
+            &spec.display().to_string(),
+        ])?;
         let v: serde_json::Value = serde_json::from_str(out.trim())
             .with_context(|| format!("rollout start printed no JSON: {out}"))?;
         v["id"]
@@ -510,7 +516,10 @@ timeout = "500ms"
             .with_context(|| format!("no id in {out}"))
     }
 
-    fn control(&self) -> anyhow::Result<pb::control_service_client::ControlServiceClient<tonic::transport::Channel>> {
+    fn control(
+        &self,
+    ) -> anyhow::Result<pb::control_service_client::ControlServiceClient<tonic::transport::Channel>>
+    {
         let url = format!("http://{}", self.coordinator_addr);
         let channel = self.runtime.block_on(async {
             tonic::transport::Endpoint::from_shared(url)?
@@ -519,7 +528,9 @@ timeout = "500ms"
                 .connect()
                 .await
         })?;
-        Ok(pb::control_service_client::ControlServiceClient::new(channel))
+        Ok(pb::control_service_client::ControlServiceClient::new(
+            channel,
+        ))
     }
 
     /// Hosts as the coordinator sees them.
@@ -534,7 +545,9 @@ timeout = "500ms"
     /// A rollout's status from the coordinator.
     pub fn status(&self, id: &str) -> anyhow::Result<pb::RolloutStatus> {
         let mut c = self.control()?;
-        let r = self.runtime.block_on(c.get_rollout(pb::RolloutRef { id: id.into() }))?;
+        let r = self
+            .runtime
+            .block_on(c.get_rollout(pb::RolloutRef { id: id.into() }))?;
         Ok(r.into_inner())
     }
 
@@ -546,8 +559,15 @@ timeout = "500ms"
             if ended && s.hosts.iter().all(|h| h.state != "updating") {
                 Ok(Some(s))
             } else {
-                bail!("phase {} blocked_by {:?} hosts {:?}", s.phase, s.blocked_by,
-                    s.hosts.iter().map(|h| format!("{}:{}", h.host_id, h.state)).collect::<Vec<_>>())
+                bail!(
+                    "phase {} blocked_by {:?} hosts {:?}",
+                    s.phase,
+                    s.blocked_by,
+                    s.hosts
+                        .iter()
+                        .map(|h| format!("{}:{}", h.host_id, h.state))
+                        .collect::<Vec<_>>()
+                )
             }
         })
     }
@@ -565,19 +585,23 @@ timeout = "500ms"
 
     /// Waits until every host's service answers healthy with `version`.
     pub fn wait_all_serving(&self, version: &str) -> anyhow::Result<()> {
-        wait_for(&format!("every host to serve {version}"), START_TIMEOUT, || {
-            let bad: Vec<String> = self
-                .agents
-                .iter()
-                .filter(|a| service_version(a.service_port).as_deref() != Some(version))
-                .map(|a| a.id.clone())
-                .collect();
-            if bad.is_empty() {
-                Ok(Some(()))
-            } else {
-                bail!("not serving {version}: {bad:?}")
-            }
-        })
+        wait_for(
+            &format!("every host to serve {version}"),
+            START_TIMEOUT,
+            || {
+                let bad: Vec<String> = self
+                    .agents
+                    .iter()
+                    .filter(|a| service_version(a.service_port).as_deref() != Some(version))
+                    .map(|a| a.id.clone())
+                    .collect();
+                if bad.is_empty() {
+                    Ok(Some(()))
+                } else {
+                    bail!("not serving {version}: {bad:?}")
+                }
+            },
+        )
     }
 
     /// Agent by host id.
@@ -590,7 +614,12 @@ timeout = "500ms"
 
     /// An observer over every host's service.
     pub fn observe(&self) -> Observer {
-        Observer::start(self.agents.iter().map(|a| (a.id.clone(), a.service_port)).collect())
+        Observer::start(
+            self.agents
+                .iter()
+                .map(|a| (a.id.clone(), a.service_port))
+                .collect(),
+        )
     }
 }
 
@@ -601,7 +630,12 @@ impl Drop for Fleet {
             let mut procs: Vec<&Proc> = vec![&self.etcd.proc, &self.coordinator];
             procs.extend(self.agents.iter().map(|a| &a.proc));
             for p in procs {
-                eprintln!("==== {} ({}) ====\n{}", p.name, p.log.display(), p.tail(TAIL_LINES));
+                eprintln!(
+                    "==== {} ({}) ====\n{}",
+                    p.name,
+                    p.log.display(),
+                    p.tail(TAIL_LINES)
+                );
             }
         }
         for a in &mut self.agents {
@@ -622,7 +656,10 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)?;
     s.set_read_timeout(Some(PROBE_TIMEOUT))?;
     s.set_write_timeout(Some(PROBE_TIMEOUT))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let status = buf
@@ -630,7 +667,12 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .with_context(|| format!("not an HTTP answer: {buf:?}"))?;
-    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string();
+    let body = buf
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_string();
     Ok((status, body))
 }
 

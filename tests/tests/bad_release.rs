@@ -28,14 +28,34 @@ fn unhealthy_release_halts_and_rolls_back_within_the_budget() -> anyhow::Result<
     );
 
     assert_eq!(status.phase, "failed", "{status:?}");
-    let tried: Vec<_> = status.hosts.iter().filter(|h| h.state != "pending").collect();
+    let tried: Vec<_> = status
+        .hosts
+        .iter()
+        .filter(|h| h.state != "pending")
+        .collect();
     let rolled_back: Vec<_> = tried.iter().filter(|h| h.state == "rolled_back").collect();
-    assert!(!tried.is_empty() && tried.len() <= 2, "{} hosts tried the bad release (budget 2): {status:?}", tried.len());
-    assert_eq!(rolled_back.len(), tried.len(), "every host that tried it rolled back: {status:?}");
+    assert!(
+        !tried.is_empty() && tried.len() <= 2,
+        "{} hosts tried the bad release (budget 2): {status:?}",
+        tried.len()
+    );
+    assert_eq!(
+        rolled_back.len(),
+        tried.len(),
+        "every host that tried it rolled back: {status:?}"
+    );
     for h in &status.hosts {
-        assert!(!h.holds_slot, "{} still holds a slot after rolling back", h.host_id);
+        assert!(
+            !h.holds_slot,
+            "{} still holds a slot after rolling back",
+            h.host_id
+        );
     }
-    assert!(seen.max_unavailable <= 2, "observer saw {} down (budget 2)", seen.max_unavailable);
+    assert!(
+        seen.max_unavailable <= 2,
+        "observer saw {} down (budget 2)",
+        seen.max_unavailable
+    );
     // Every host serves the old release, healthy — checked on the service itself.
     fleet.wait_all_serving("1.0.0")?;
     for (host, versions) in &seen.versions {
@@ -50,8 +70,16 @@ fn unhealthy_release_halts_and_rolls_back_within_the_budget() -> anyhow::Result<
     println!("{text}");
     assert!(text.contains("failed"), "{text}");
     for h in &rolled_back {
-        assert!(text.contains(&h.host_id), "status does not name {}: {text}", h.host_id);
-        assert!(h.reason.contains("2.0.0"), "reason does not name the release: {:?}", h.reason);
+        assert!(
+            text.contains(&h.host_id),
+            "status does not name {}: {text}",
+            h.host_id
+        );
+        assert!(
+            h.reason.contains("2.0.0"),
+            "reason does not name the release: {:?}",
+            h.reason
+        );
     }
 
     // A release that crashes at start fails at once (not after the 30 s deadline) and rolls
@@ -66,7 +94,11 @@ fn unhealthy_release_halts_and_rolls_back_within_the_budget() -> anyhow::Result<
     let status = fleet.wait_settled(&id, Duration::from_secs(25))?;
     println!("crashing release halted after {:?}", started.elapsed());
     assert_eq!(status.phase, "failed", "{status:?}");
-    let tried: Vec<_> = status.hosts.iter().filter(|h| h.state != "pending").collect();
+    let tried: Vec<_> = status
+        .hosts
+        .iter()
+        .filter(|h| h.state != "pending")
+        .collect();
     assert_eq!(tried.len(), 1, "{status:?}");
     assert_eq!(tried[0].state, "rolled_back", "{status:?}");
     let port = fleet

@@ -13,7 +13,10 @@ fn ten_hosts_roll_with_at_most_three_unavailable() -> anyhow::Result<()> {
         agents: 10,
         start_delay_ms: 300,
     })?;
-    fleet.install("1.0.0", "max_unavailable = 10\nmin_healthy_time = \"200ms\"")?;
+    fleet.install(
+        "1.0.0",
+        "max_unavailable = 10\nmin_healthy_time = \"200ms\"",
+    )?;
 
     let observer = fleet.observe();
     let v2 = fleet.release("2.0.0", Mode::Healthy)?;

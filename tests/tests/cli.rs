@@ -33,8 +33,12 @@ fn operator_commands_on_a_real_fleet() -> anyhow::Result<()> {
     })?;
 
     let hosts = fleet.cli_ok(&["hosts"])?;
-    assert!(hosts.contains("host-1") && hosts.contains("host-2"), "{hosts}");
-    let json: serde_json::Value = serde_json::from_str(&fleet.cli_ok(&["--output", "json", "hosts"])?)?;
+    assert!(
+        hosts.contains("host-1") && hosts.contains("host-2"),
+        "{hosts}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&fleet.cli_ok(&["--output", "json", "hosts"])?)?;
     assert_eq!(json["hosts"].as_array().map(Vec::len), Some(2), "{json}");
 
     // artifact push prints the file's real digest.
@@ -55,7 +59,11 @@ fn operator_commands_on_a_real_fleet() -> anyhow::Result<()> {
     std::fs::write(&bad, format!("service = \"web\"\n[release]\nversion = \"1.0.0\"\nfile = \"{}\"\n[targets]\nhosts = [\"host-9\"]\n", v1.path.display()))?;
     let out = fleet.cli(&["rollout", "start", &bad.display().to_string()])?;
     assert!(!out.status.success());
-    assert!(text(&out).contains("targets.hosts") && text(&out).contains("host-9"), "{}", text(&out));
+    assert!(
+        text(&out).contains("targets.hosts") && text(&out).contains("host-9"),
+        "{}",
+        text(&out)
+    );
 
     // start --watch follows the rollout to its end and exits 0 on success.
     let spec = fleet.spec(&v1, "max_unavailable = 2\nmin_healthy_time = \"200ms\"")?;
@@ -74,8 +82,12 @@ fn operator_commands_on_a_real_fleet() -> anyhow::Result<()> {
     assert!(s.blocked_by.contains("paused"), "{s:?}");
     let out = fleet.cli(&["rollout", "pause", &id])?;
     assert!(!out.status.success(), "pausing twice must be refused");
-    assert!(fleet.cli_ok(&["rollout", "resume", &id])?.contains("rolling"));
-    assert!(fleet.cli_ok(&["rollout", "abort", &id])?.contains("aborted"));
+    assert!(fleet
+        .cli_ok(&["rollout", "resume", &id])?
+        .contains("rolling"));
+    assert!(fleet
+        .cli_ok(&["rollout", "abort", &id])?
+        .contains("aborted"));
     let out = fleet.cli(&["rollout", "status", &id, "--watch"])?;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let s = fleet.wait_settled(&id, Duration::from_secs(30))?;

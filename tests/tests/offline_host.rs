@@ -16,13 +16,17 @@ fn offline_host_holds_the_budget_until_it_returns() -> anyhow::Result<()> {
 
     // Freeze host-3's agent: its service keeps running, but the coordinator loses it.
     fleet.agent("host-3").proc.signal(Signal::SIGSTOP);
-    wait_for("host-3 to count as offline", Duration::from_secs(10), || {
-        let hosts = fleet.hosts()?;
-        Ok(hosts
-            .iter()
-            .find(|h| h.host_id == "host-3" && !h.connected)
-            .map(|_| ()))
-    })?;
+    wait_for(
+        "host-3 to count as offline",
+        Duration::from_secs(10),
+        || {
+            let hosts = fleet.hosts()?;
+            Ok(hosts
+                .iter()
+                .find(|h| h.host_id == "host-3" && !h.connected)
+                .map(|_| ()))
+        },
+    )?;
 
     let v2 = fleet.release("2.0.0", Mode::Healthy)?;
     let spec = fleet.spec(&v2, "max_unavailable = 1\nmin_healthy_time = \"300ms\"")?;
@@ -34,13 +38,23 @@ fn offline_host_holds_the_budget_until_it_returns() -> anyhow::Result<()> {
     while std::time::Instant::now() < window {
         let s = fleet.status(&id)?;
         let started: Vec<_> = s.hosts.iter().filter(|h| h.state != "pending").collect();
-        assert!(started.is_empty(), "a host started while host-3 was offline: {s:?}");
+        assert!(
+            started.is_empty(),
+            "a host started while host-3 was offline: {s:?}"
+        );
         last = Some(s);
         std::thread::sleep(Duration::from_millis(50));
     }
     let s = last.expect("polled at least once");
-    println!("while host-3 was away: unavailable {}/{}; blocked_by: {}", s.unavailable, s.max_unavailable, s.blocked_by);
-    assert!(s.blocked_by.contains("host-3"), "blocked_by does not name host-3: {:?}", s.blocked_by);
+    println!(
+        "while host-3 was away: unavailable {}/{}; blocked_by: {}",
+        s.unavailable, s.max_unavailable, s.blocked_by
+    );
+    assert!(
+        s.blocked_by.contains("host-3"),
+        "blocked_by does not name host-3: {:?}",
+        s.blocked_by
+    );
     assert_eq!(s.unavailable, 1);
 
     fleet.agent("host-3").proc.signal(Signal::SIGCONT);

@@ -10,8 +10,6 @@ use rollgate_agent::Config;
 use rollgate_proto::pb::{self, agent_message::Msg};
 use sha2::{Digest, Sha256};
 
-pub mod fake;
-
 /// Longest any single test waits for a result.
 pub const RESULT_WAIT: Duration = Duration::from_secs(20);
 
