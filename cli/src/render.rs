@@ -139,7 +139,11 @@ pub fn hosts_table(hosts: &[HostInfo], now_ms: i64) -> Vec<String> {
                 yes_no(h.connected).to_string(),
                 labels(h),
                 services(h),
-                ago(now_ms, h.last_seen_ms),
+                if h.connected {
+                    "now".to_string()
+                } else {
+                    ago(now_ms, h.last_seen_ms)
+                },
             ]
         })
         .collect();
@@ -166,13 +170,24 @@ pub fn status_header(s: &RolloutStatus) -> String {
     )
 }
 
-/// "step: message", either alone, or "-".
+/// Widest progress cell in the host table; the full text is in `--output json`.
+const PROGRESS_WIDTH: usize = 70;
+
+/// "step: message" (or just the message when it already starts with the step), shortened to
+/// [`PROGRESS_WIDTH`], or "-".
 fn step_message(h: &HostProgress) -> String {
-    match (h.step.is_empty(), h.message.is_empty()) {
+    let text = match (h.step.is_empty(), h.message.is_empty()) {
+        (false, false) if h.message.starts_with(&h.step) => h.message.clone(),
         (false, false) => format!("{}: {}", h.step, h.message),
         (false, true) => h.step.clone(),
         (true, false) => h.message.clone(),
-        (true, true) => EMPTY_CELL.into(),
+        (true, true) => return EMPTY_CELL.into(),
+    };
+    if text.chars().count() > PROGRESS_WIDTH {
+        let cut: String = text.chars().take(PROGRESS_WIDTH - 1).collect();
+        format!("{cut}…")
+    } else {
+        text
     }
 }
 
@@ -201,28 +216,23 @@ pub fn status_block(s: &RolloutStatus) -> String {
                 vec![
                     h.host_id.clone(),
                     or_dash(&state),
-                    step_message(h),
                     or_dash(&h.running_version),
                     health_word(h.health).to_string(),
                     yes_no(h.connected).to_string(),
-                    h.reason.clone(),
+                    step_message(h),
                 ]
             })
             .collect();
-        let header = [
-            "HOST",
-            "STATE",
-            "STEP/MESSAGE",
-            "VERSION",
-            "HEALTH",
-            "CONNECTED",
-            "REASON",
-        ];
+        let header = ["HOST", "STATE", "VERSION", "HEALTH", "CONNECTED", "PROGRESS"];
         lines.extend(
             table(&header, &rows)
                 .into_iter()
                 .map(|l| format!("{HOST_INDENT}{l}")),
         );
+        // Reasons are whole sentences; they go under the table, one per host, unshortened.
+        for h in hosts.iter().filter(|h| !h.reason.is_empty()) {
+            lines.push(format!("{HOST_INDENT}{}: {}", h.host_id, h.reason));
+        }
     }
     lines.join("\n")
 }
@@ -367,10 +377,11 @@ mod tests {
                 "\
 rollout r-7: demo -> 2.0.0  rolling  done 1/3  failed 0 (max 0)  unavailable 1/1
 waiting: budget full: h2 holds the only slot
-  HOST  STATE            STEP/MESSAGE           VERSION  HEALTH     CONNECTED  REASON
-  h1    done             -                      2.0.0    healthy    yes
-  h2    updating [slot]  verifying: 2/5 probes  1.0.0    healthy    yes
-  h3    failed           -                      1.0.0    unhealthy  no         health check failed: 500",
+  HOST  STATE            VERSION  HEALTH     CONNECTED  PROGRESS
+  h1    done             2.0.0    healthy    yes        -
+  h2    updating [slot]  1.0.0    healthy    yes        verifying: 2/5 probes
+  h3    failed           1.0.0    unhealthy  no         -
+  h3: health check failed: 500",
             ),
             (
                 RolloutStatus {
@@ -390,8 +401,8 @@ reason: aborted by operator
                 },
                 "\
 rollout r-7: demo -> 2.0.0  rolling  done 1/3  failed 0 (max 0)  unavailable 1/1
-  HOST  STATE    STEP/MESSAGE  VERSION  HEALTH   CONNECTED  REASON
-  h1    pending  queued        1.0.0    healthy  yes",
+  HOST  STATE    VERSION  HEALTH   CONNECTED  PROGRESS
+  h1    pending  1.0.0    healthy  yes        queued",
             ),
         ];
         for (s, want) in table {
@@ -443,7 +454,7 @@ rollout r-7: demo -> 2.0.0  rolling  done 1/3  failed 0 (max 0)  unavailable 1/1
             hosts_table(&hosts, 76_000),
             vec![
                 "HOST   CONNECTED  LABELS             SERVICES                            LAST SEEN",
-                "web-1  yes        -                  demo 2.0.0 unknown, zeta 1 healthy  3s ago",
+                "web-1  yes        -                  demo 2.0.0 unknown, zeta 1 healthy  now",
                 "web-2  no         arch=arm64,site=b  demo - stopped                      1m ago",
             ]
         );

@@ -24,6 +24,12 @@ pub fn is_terminal(phase: &str) -> bool {
     matches!(phase, "succeeded" | "failed" | "aborted" | "rolled_back")
 }
 
+/// A rollout has ended and no host is still in the middle of its update (a halted rollout's
+/// in-flight hosts finish or roll back after the phase changes): nothing will change any more.
+pub fn is_settled(s: &RolloutStatus) -> bool {
+    is_terminal(&s.phase) && s.hosts.iter().all(|h| h.state != "updating")
+}
+
 /// Prints successive statuses of one rollout, skipping those that look the same as the last.
 #[derive(Debug)]
 pub struct Printer {
@@ -113,7 +119,7 @@ pub async fn follow(coord: &Coordinator, id: &str, format: OutputFormat) -> anyh
                         printer
                             .show(&status, &mut io::stdout().lock())
                             .map_err(output_error)?;
-                        if is_terminal(&status.phase) {
+                        if is_settled(&status) {
                             return Ok(conclude(&status));
                         }
                     }
@@ -247,5 +253,20 @@ mod tests {
         }
         assert_eq!(conclude(&status("succeeded", 2)), Finish::Success);
         assert_eq!(conclude(&status("aborted", 1)), Finish::RolloutNotSucceeded);
+    }
+
+    #[test]
+    fn settled_waits_for_hosts_still_updating() {
+        let mut s = status("failed", 0);
+        s.hosts = vec![rollgate_proto::pb::HostProgress {
+            host_id: "h1".into(),
+            state: "updating".into(),
+            ..Default::default()
+        }];
+        assert!(!is_settled(&s), "a host is still rolling back");
+        s.hosts[0].state = "rolled_back".into();
+        assert!(is_settled(&s));
+        s.phase = "rolling".into();
+        assert!(!is_settled(&s));
     }
 }
