@@ -223,14 +223,25 @@ pub fn status_block(s: &RolloutStatus) -> String {
                 ]
             })
             .collect();
-        let header = ["HOST", "STATE", "VERSION", "HEALTH", "CONNECTED", "PROGRESS"];
+        let header = [
+            "HOST",
+            "STATE",
+            "VERSION",
+            "HEALTH",
+            "CONNECTED",
+            "PROGRESS",
+        ];
         lines.extend(
             table(&header, &rows)
                 .into_iter()
                 .map(|l| format!("{HOST_INDENT}{l}")),
         );
-        // Reasons are whole sentences; they go under the table, one per host, unshortened.
-        for h in hosts.iter().filter(|h| !h.reason.is_empty()) {
+        // Reasons (why a host failed or rolled back) are whole sentences; they go under the
+        // table, one per host, unshortened. A done host's "healthy for 2s" is no news.
+        for h in hosts
+            .iter()
+            .filter(|h| !h.reason.is_empty() && h.state != "done")
+        {
             lines.push(format!("{HOST_INDENT}{}: {}", h.host_id, h.reason));
         }
     }
