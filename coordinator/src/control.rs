@@ -2,7 +2,6 @@
 //! read or a compare-and-set transaction in etcd, so any replica can serve it and a success means
 //! the change is durable (S6).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
@@ -11,7 +10,7 @@ use rollgate_proto::pb;
 use rollgate_proto::spec::{RolloutSpec, SpecError};
 use thiserror::Error;
 
-use crate::planner::{self, Observed};
+use crate::planner;
 use crate::store::{
     self, decode, encode, now_ms, ArtifactRecord, FleetView, HostState, HostStep, Phase,
     RolloutRecord, RolloutView, StoreError,
@@ -201,23 +200,12 @@ fn not_found(id: &str) -> ControlError {
 /// planner the driver uses, so what the operator sees is what the leader decides on.
 pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
     let r = &view.rollout;
-    let steps: BTreeMap<String, HostStep> = view
-        .steps
-        .iter()
-        .map(|(h, (s, _))| (h.clone(), s.clone()))
-        .collect();
-    let plan = planner::plan(Observed {
-        rollout: r,
-        steps: &steps,
-        slots: &view.slots,
-        hosts: &fleet.hosts,
-        connected: &fleet.connected,
-    });
+    let plan = planner::plan_view(view, fleet);
     let hosts: Vec<pb::HostProgress> = r
         .targets
         .iter()
         .map(|h| {
-            let step = steps.get(h).cloned().unwrap_or_else(HostStep::pending);
+            let step = view.steps.get(h).cloned().unwrap_or_else(HostStep::pending);
             let svc = fleet
                 .hosts
                 .get(h)
@@ -239,7 +227,7 @@ pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
             }
         })
         .collect();
-    let count = |st: HostState| steps.values().filter(|s| s.state == st).count() as u32;
+    let count = |st: HostState| view.steps.values().filter(|s| s.state == st).count() as u32;
     pb::RolloutStatus {
         id: r.id.clone(),
         service: r.spec.service.clone(),

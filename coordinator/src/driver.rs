@@ -2,7 +2,6 @@
 //! etcd whenever something under the prefix changes, asks the planner what to do, and carries
 //! the decisions out as fenced transactions (S3). A restart re-derives everything from etcd.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use etcd_client::{Compare, CompareOp, LeaderKey, Txn, TxnOp, WatchOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::planner::{self, Observed};
+use crate::planner;
 use crate::store::{
     self, encode, now_ms, FleetView, HostState, HostStep, RolloutView, SlotRecord, StoreError,
 };
@@ -142,18 +141,7 @@ async fn drive_rollout(
         return Ok(());
     }
 
-    let steps: BTreeMap<String, HostStep> = view
-        .steps
-        .iter()
-        .map(|(h, (s, _))| (h.clone(), s.clone()))
-        .collect();
-    let plan = planner::plan(Observed {
-        rollout: r,
-        steps: &steps,
-        slots: &view.slots,
-        hosts: &fleet.hosts,
-        connected: &fleet.connected,
-    });
+    let plan = planner::plan_view(view, fleet);
 
     if let Some((phase, reason)) = plan.phase {
         let mut next = r.clone();

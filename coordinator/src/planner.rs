@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::store::{Health, HostRecord, HostState, HostStep, Phase, RolloutRecord, Slot};
+use crate::store::{
+    FleetView, Health, HostRecord, HostState, HostStep, Phase, RolloutRecord, RolloutView, Slot,
+};
 
 /// What the planner sees.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +54,17 @@ pub struct Plan {
     pub unavailable: Vec<(String, Unavailable)>,
     /// Why no (more) slots are granted; empty when the rollout is moving or over.
     pub blocked_by: String,
+}
+
+/// Plans one rollout as read from etcd against the fleet read at the same revision.
+pub fn plan_view(view: &RolloutView, fleet: &FleetView) -> Plan {
+    plan(Observed {
+        rollout: &view.rollout,
+        steps: &view.steps,
+        slots: &view.slots,
+        hosts: &fleet.hosts,
+        connected: &fleet.connected,
+    })
 }
 
 /// Decides what happens next for one rollout.

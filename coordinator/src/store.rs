@@ -443,8 +443,8 @@ pub struct RolloutView {
     pub rollout: RolloutRecord,
     /// Its key's mod revision (grants and phase changes compare it).
     pub rollout_rev: i64,
-    /// Each target's step and its key's mod revision.
-    pub steps: BTreeMap<String, (HostStep, i64)>,
+    /// Each target's step (absent: pending, never granted).
+    pub steps: BTreeMap<String, HostStep>,
     /// Slots held, by host.
     pub slots: BTreeMap<String, Slot>,
 }
@@ -518,10 +518,7 @@ pub async fn read_rollout(
                 rollout = Some((decode::<RolloutRecord>(kv)?, kv.mod_revision()))
             }
             Some((r, "hosts", host)) if r == rid => {
-                steps.insert(
-                    host.to_string(),
-                    (decode::<HostStep>(kv)?, kv.mod_revision()),
-                );
+                steps.insert(host.to_string(), decode::<HostStep>(kv)?);
             }
             Some((r, "slots", host)) if r == rid => {
                 slots.insert(
