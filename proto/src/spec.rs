@@ -95,23 +95,214 @@ pub struct Strategy {
     /// Most targets that may be unavailable at once: a count (`3`) or a percent of the targets
     /// (`"25%"`, rounded down, never below 1).
     pub max_unavailable: Budget,
-    /// How many hosts may fail before the rollout halts; 0 halts at the first failure.
-    pub max_failures: u32,
+    /// A host label (e.g. `site`) that splits the targets into groups with a budget each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<String>,
+    /// Most targets of one group unavailable at once: a count or a percent of the group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_unavailable_per_group: Option<Budget>,
+    /// How many targets (count or percent) form the canary wave, upgraded first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Budget>,
+    /// What opens the gate after the canary: `"manual"` (`rollgate rollout promote`) or a bake
+    /// time such as `"10m"` (the canary must stay done and healthy that long).
+    pub canary_gate: Gate,
+    /// Later waves as cumulative counts or percents of the targets, e.g. `["25%", "50%"]`; the
+    /// rest form the last wave.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<Budget>,
+    /// Pause between waves (after the canary gate).
+    #[serde(with = "humantime_serde")]
+    pub pause_between_waves: Duration,
+    /// How many hosts may fail before `on_failure` applies: a count (0 = the first failure
+    /// triggers it) or a percent of the targets (rounded down).
+    pub max_failures: FailureBudget,
+    /// What happens when failures pass `max_failures`.
+    pub on_failure: OnFailure,
     /// How long a host must pass its health checks continuously on the new release.
     #[serde(with = "humantime_serde")]
     pub min_healthy_time: Duration,
     /// How long a host may take, from restart, to be healthy for `min_healthy_time`.
     #[serde(with = "humantime_serde")]
     pub healthy_deadline: Duration,
+    /// A rollout that makes no progress this long (no host finishing, outside gates and
+    /// pauses) fails with the reason it was stuck.
+    #[serde(with = "humantime_serde")]
+    pub progress_deadline: Duration,
+    /// Every target downloads and verifies the release before the first slot is granted.
+    pub stage_first: bool,
 }
+
+/// Default `progress_deadline`.
+pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
 
 impl Default for Strategy {
     fn default() -> Self {
         Strategy {
             max_unavailable: Budget::Count(1),
-            max_failures: 0,
+            group_by: None,
+            max_unavailable_per_group: None,
+            canary: None,
+            canary_gate: Gate::Manual,
+            waves: Vec::new(),
+            pause_between_waves: Duration::ZERO,
+            max_failures: FailureBudget::Count(0),
+            on_failure: OnFailure::Halt,
             min_healthy_time: DEFAULT_MIN_HEALTHY_TIME,
             healthy_deadline: DEFAULT_HEALTHY_DEADLINE,
+            progress_deadline: DEFAULT_PROGRESS_DEADLINE,
+            stage_first: false,
+        }
+    }
+}
+
+/// What opens the canary gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// An operator runs `rollgate rollout promote`.
+    Manual,
+    /// The canary stays done (and healthy) this long.
+    Bake(Duration),
+}
+
+impl fmt::Display for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Gate::Manual => f.write_str("manual"),
+            Gate::Bake(d) => write!(f, "{}", human(*d)),
+        }
+    }
+}
+
+impl Serialize for Gate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Gate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim() == "manual" {
+            return Ok(Gate::Manual);
+        }
+        humantime::parse_duration(s.trim())
+            .map(Gate::Bake)
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "expected \"manual\" or a bake time such as \"10m\", got {s:?}"
+                ))
+            })
+    }
+}
+
+/// What happens when failures pass `max_failures`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Stop for good (phase `failed`); hosts in flight finish or roll back on their own.
+    Halt,
+    /// Pause; an operator may resume (more failures pause it again) or roll back.
+    Pause,
+    /// Roll every host that took the release back to the previous one, under the same budget.
+    Rollback,
+}
+
+impl fmt::Display for OnFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnFailure::Halt => "halt",
+            OnFailure::Pause => "pause",
+            OnFailure::Rollback => "rollback",
+        })
+    }
+}
+
+/// A failure budget: a count (0 allowed) or a percent of the targets (rounded down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureBudget {
+    /// Absolute number of failed hosts tolerated.
+    Count(u32),
+    /// Percent (0..=100) of the targets tolerated, rounded down.
+    Percent(u32),
+}
+
+impl FailureBudget {
+    /// Failed hosts tolerated among `targets` hosts.
+    pub fn resolve(self, targets: usize) -> u32 {
+        let targets = u32::try_from(targets).unwrap_or(u32::MAX);
+        match self {
+            FailureBudget::Count(n) => n,
+            FailureBudget::Percent(p) => (u64::from(targets) * u64::from(p) / 100) as u32,
+        }
+    }
+}
+
+impl fmt::Display for FailureBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailureBudget::Count(n) => write!(f, "{n}"),
+            FailureBudget::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl Serialize for FailureBudget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            FailureBudget::Count(n) => s.serialize_u32(*n),
+            FailureBudget::Percent(_) => s.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FailureBudget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match parse_amount(d, 0)? {
+            Amount::Count(n) => Ok(FailureBudget::Count(n)),
+            Amount::Percent(p) => Ok(FailureBudget::Percent(p)),
+        }
+    }
+}
+
+enum Amount {
+    Count(u32),
+    Percent(u32),
+}
+
+/// Parses `3`, `"3"` or `"25%"`; counts and percents below `min` are refused.
+fn parse_amount<'de, D: serde::Deserializer<'de>>(d: D, min: u32) -> Result<Amount, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(i64),
+        Str(String),
+    }
+    let bad = || {
+        serde::de::Error::custom(format!(
+            "expected a count of at least {min} such as 3, or a percent such as \"25%\""
+        ))
+    };
+    let count = |n: i64| -> Result<Amount, D::Error> {
+        let n = u32::try_from(n).map_err(|_| bad())?;
+        if n >= min {
+            Ok(Amount::Count(n))
+        } else {
+            Err(bad())
+        }
+    };
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => count(n),
+        Raw::Str(s) => {
+            let t = s.trim();
+            if let Some(p) = t.strip_suffix('%') {
+                let p: u32 = p.trim().parse().map_err(|_| bad())?;
+                if (min..=100).contains(&p) {
+                    return Ok(Amount::Percent(p));
+                }
+                return Err(bad());
+            }
+            count(t.parse::<i64>().map_err(|_| bad())?)
         }
     }
 }
@@ -159,34 +350,9 @@ impl Serialize for Budget {
 
 impl<'de> Deserialize<'de> for Budget {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(i64),
-            Str(String),
-        }
-        let bad = || {
-            serde::de::Error::custom(
-                "expected a positive count such as 3 or a percent such as \"25%\"",
-            )
-        };
-        match Raw::deserialize(d)? {
-            Raw::Int(n) if n >= 1 => Ok(Budget::Count(u32::try_from(n).map_err(|_| bad())?)),
-            Raw::Int(_) => Err(bad()),
-            Raw::Str(s) => {
-                let t = s.trim();
-                if let Some(p) = t.strip_suffix('%') {
-                    let p: u32 = p.trim().parse().map_err(|_| bad())?;
-                    if (1..=100).contains(&p) {
-                        return Ok(Budget::Percent(p));
-                    }
-                    return Err(bad());
-                }
-                match t.parse::<u32>() {
-                    Ok(n) if n >= 1 => Ok(Budget::Count(n)),
-                    _ => Err(bad()),
-                }
-            }
+        match parse_amount(d, 1)? {
+            Amount::Count(n) => Ok(Budget::Count(n)),
+            Amount::Percent(p) => Ok(Budget::Percent(p)),
         }
     }
 }
@@ -239,6 +405,46 @@ impl RolloutSpec {
                 "must be at least 1, or nothing could ever be upgraded",
             ));
         }
+        if s.group_by.is_none() && s.max_unavailable_per_group.is_some() {
+            return Err(field_err(
+                "strategy.max_unavailable_per_group",
+                "needs strategy.group_by, the host label that forms the groups (e.g. \"site\")",
+            ));
+        }
+        if let Some(label) = &s.group_by {
+            if label.is_empty() {
+                return Err(field_err(
+                    "strategy.group_by",
+                    "must name a host label such as \"site\"",
+                ));
+            }
+        }
+        let mut last = None;
+        for w in &s.waves {
+            if let Some(prev) = last {
+                if same_kind_not_growing(prev, *w) {
+                    return Err(field_err(
+                        "strategy.waves",
+                        format!(
+                            "waves are cumulative and must grow: {w} after {prev}; e.g. \
+                             [\"25%\", \"50%\"] means a quarter, then up to half, then the rest"
+                        ),
+                    ));
+                }
+            }
+            last = Some(*w);
+        }
+        if s.progress_deadline < s.healthy_deadline {
+            return Err(field_err(
+                "strategy.progress_deadline",
+                format!(
+                    "{} is shorter than strategy.healthy_deadline ({}); a single slow host would \
+                     fail the rollout. Raise progress_deadline",
+                    humantime::format_duration(s.progress_deadline),
+                    humantime::format_duration(s.healthy_deadline)
+                ),
+            ));
+        }
         if self.release.file.is_some() && !self.release.source.is_empty() {
             return Err(field_err(
                 "release.file",
@@ -283,6 +489,13 @@ impl RolloutSpec {
     }
 }
 
+fn same_kind_not_growing(prev: Budget, next: Budget) -> bool {
+    match (prev, next) {
+        (Budget::Count(a), Budget::Count(b)) | (Budget::Percent(a), Budget::Percent(b)) => b <= a,
+        _ => false,
+    }
+}
+
 /// Formats a duration for people ("1m 30s").
 pub fn human(d: Duration) -> String {
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
@@ -314,7 +527,8 @@ min_healthy_time = "2s"
         assert_eq!(s.strategy.max_unavailable, Budget::Percent(30));
         assert_eq!(s.strategy.min_healthy_time, Duration::from_secs(2));
         assert_eq!(s.strategy.healthy_deadline, DEFAULT_HEALTHY_DEADLINE);
-        assert_eq!(s.strategy.max_failures, 0);
+        assert_eq!(s.strategy.max_failures, FailureBudget::Count(0));
+        assert_eq!(s.strategy.on_failure, OnFailure::Halt);
     }
 
     #[test]
@@ -347,6 +561,27 @@ min_healthy_time = "2s"
     }
 
     #[test]
+    fn full_strategy() {
+        let text = format!(
+            "{GOOD}group_by = \"site\"\nmax_unavailable_per_group = 1\ncanary = 1\n\
+             canary_gate = \"10m\"\nwaves = [\"25%\", \"50%\"]\npause_between_waves = \"30s\"\n\
+             max_failures = \"10%\"\non_failure = \"rollback\"\nstage_first = true\n"
+        );
+        let s = RolloutSpec::parse_resolved(&text).expect("valid").strategy;
+        assert_eq!(s.group_by.as_deref(), Some("site"));
+        assert_eq!(s.max_unavailable_per_group, Some(Budget::Count(1)));
+        assert_eq!(s.canary, Some(Budget::Count(1)));
+        assert_eq!(s.canary_gate, Gate::Bake(Duration::from_secs(600)));
+        assert_eq!(s.waves, vec![Budget::Percent(25), Budget::Percent(50)]);
+        assert_eq!(s.max_failures, FailureBudget::Percent(10));
+        assert_eq!(s.max_failures.resolve(25), 2);
+        assert_eq!(s.on_failure, OnFailure::Rollback);
+        assert!(s.stage_first);
+        let manual = GOOD.replace("min_healthy_time", "canary_gate = \"manual\"\nmin_healthy_time");
+        assert_eq!(RolloutSpec::parse(&manual).expect("valid").strategy.canary_gate, Gate::Manual);
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             (GOOD.replace("\"demo\"", "\"../x\""), "`service`"),
@@ -359,6 +594,12 @@ min_healthy_time = "2s"
             (GOOD.replace("\"30%\"", "0"), "max_unavailable"),
             (GOOD.replace("aaaa", "AAAA"), "`release.sha256`"),
             (format!("{GOOD}\nbogus = 1\n"), "bogus"),
+            (format!("{GOOD}max_unavailable_per_group = 1\n"), "group_by"),
+            (format!("{GOOD}waves = [\"50%\", \"25%\"]\n"), "`strategy.waves`"),
+            (format!("{GOOD}canary_gate = \"soon\"\n"), "canary_gate"),
+            (format!("{GOOD}on_failure = \"explode\"\n"), "on_failure"),
+            (format!("{GOOD}progress_deadline = \"1s\"\n"), "`strategy.progress_deadline`"),
+            (format!("{GOOD}max_failures = \"150%\"\n"), "max_failures"),
         ];
         for (text, want) in cases {
             let err = RolloutSpec::parse_resolved(&text)
