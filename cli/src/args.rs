@@ -15,7 +15,8 @@ pub const EXIT_ERROR: u8 = 2;
 
 const EXIT_HELP: &str = "\
 Exit status: 0 on success; 1 when a rollout followed with --watch ended failed, aborted or \
-rolled back; 2 on any error (coordinator unreachable, request refused, unreadable file).";
+rolled back (also when it was rolled back by another rollout that was then followed); 2 on any \
+error (coordinator unreachable, request refused, unreadable file, confirmation refused).";
 
 /// Operator CLI for rollgate, which rolls a new version of a service across a fleet a few
 /// hosts at a time.
@@ -68,6 +69,14 @@ pub enum Command {
     /// Manage artifacts in the coordinator's store.
     #[command(subcommand)]
     Artifact(ArtifactCommand),
+    /// The releases a service has run, newest first.
+    History {
+        /// The service, as named in the agents' configs.
+        service: String,
+    },
+    /// Vouch for a host that is gone: fence it or forget it.
+    #[command(subcommand)]
+    Host(HostCommand),
 }
 
 /// `rollgate rollout ...`
@@ -81,6 +90,12 @@ pub enum RolloutCommand {
         /// Follow the rollout until it ends, like `rollout status --watch`.
         #[arg(long, short = 'w')]
         watch: bool,
+    },
+    /// Dry run: what a spec would target, in which waves and groups, and what would keep it
+    /// from starting now. A `release.file` is hashed locally, not pushed.
+    Plan {
+        /// The rollout spec (see deploy/rollout.toml).
+        spec: PathBuf,
     },
     /// Show a rollout's progress, host by host.
     Status {
@@ -106,6 +121,39 @@ pub enum RolloutCommand {
     Abort {
         /// Rollout id.
         id: String,
+    },
+    /// Open the gate a rollout waits at (the canary gate or a manual wave gate).
+    Promote {
+        /// Rollout id.
+        id: String,
+    },
+    /// Roll a rollout's hosts back to the service's previous release, under the same budget,
+    /// as a new rollout.
+    Rollback {
+        /// Rollout id.
+        id: String,
+        /// Follow the rollback rollout until it ends; exit 1 unless it succeeded.
+        #[arg(long, short = 'w')]
+        watch: bool,
+    },
+}
+
+/// `rollgate host ...`
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Vouch that a host is out of the picture: its outstanding orders are void and it stops
+    /// counting against rollout budgets. Only for a host that is really down or cut off.
+    Fence {
+        /// Host id.
+        host: String,
+    },
+    /// Fence a host and delete its record (e.g. a decommissioned machine).
+    Forget {
+        /// Host id.
+        host: String,
+        /// Do not ask for confirmation (needed when standard input is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 
@@ -152,5 +200,52 @@ mod tests {
                 watch: true
             })
         ));
+    }
+
+    #[test]
+    fn new_commands_parse() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("rollgate").chain(args.iter().copied()))
+                .map(|c| c.command)
+        };
+        // Each command line with a check of what it parsed into.
+        type Case = (&'static [&'static str], fn(&Command) -> bool);
+        let table: Vec<Case> = vec![
+            (
+                &["rollout", "plan", "r.toml"],
+                |c| matches!(c, Command::Rollout(RolloutCommand::Plan { spec }) if spec.as_os_str() == "r.toml"),
+            ),
+            (
+                &["rollout", "promote", "r-1"],
+                |c| matches!(c, Command::Rollout(RolloutCommand::Promote { id }) if id == "r-1"),
+            ),
+            (
+                &["rollout", "rollback", "r-1", "-w"],
+                |c| matches!(c, Command::Rollout(RolloutCommand::Rollback { id, watch: true }) if id == "r-1"),
+            ),
+            (
+                &["history", "demo"],
+                |c| matches!(c, Command::History { service } if service == "demo"),
+            ),
+            (
+                &["host", "fence", "h1"],
+                |c| matches!(c, Command::Host(HostCommand::Fence { host }) if host == "h1"),
+            ),
+            (
+                &["host", "forget", "h1"],
+                |c| matches!(c, Command::Host(HostCommand::Forget { host, yes: false }) if host == "h1"),
+            ),
+            (&["host", "forget", "--yes", "h1"], |c| {
+                matches!(c, Command::Host(HostCommand::Forget { yes: true, .. }))
+            }),
+        ];
+        for (args, want) in table {
+            let got = parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(want(&got), "{args:?} parsed as {got:?}");
+        }
+        // An id is required where a wrong guess would steer the wrong rollout.
+        assert!(parse(&["rollout", "promote"]).is_err());
+        assert!(parse(&["rollout", "rollback"]).is_err());
+        assert!(parse(&["host", "forget"]).is_err());
     }
 }

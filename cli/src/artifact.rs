@@ -1,5 +1,6 @@
 //! Pushing a local file into the coordinator's artifact store: stream it in
-//! [`ARTIFACT_CHUNK_BYTES`] chunks while hashing it, then check the coordinator's digest.
+//! [`ARTIFACT_CHUNK_BYTES`] chunks while hashing it, then check the coordinator's digest. Also
+//! hashing a file without pushing it, for a dry run.
 
 use std::io;
 use std::path::Path;
@@ -21,6 +22,15 @@ const PUSH_QUEUE_CHUNKS: usize = 4;
 /// An artifact the coordinator holds, as verified by the CLI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pushed {
+    /// Lowercase hex sha256.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A local file's digest and size, computed without sending it anywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hashed {
     /// Lowercase hex sha256.
     pub sha256: String,
     /// Size in bytes.
@@ -100,8 +110,9 @@ pub fn verify(
     })
 }
 
-/// Pushes the file at `path` to the coordinator and checks the digest it reports.
-pub async fn push_file(coord: &Coordinator, path: &Path) -> anyhow::Result<Pushed> {
+/// Opens the artifact at `path` and returns it with its size; refuses what cannot be an
+/// artifact (not a regular file, empty).
+async fn open_artifact(path: &Path) -> anyhow::Result<(tokio::fs::File, u64)> {
     let file = tokio::fs::File::open(path)
         .await
         .with_context(|| format!("cannot open {}", path.display()))?;
@@ -112,13 +123,48 @@ pub async fn push_file(coord: &Coordinator, path: &Path) -> anyhow::Result<Pushe
     if !meta.is_file() {
         bail!("{} is not a regular file", path.display());
     }
-    let expected_size = meta.len();
-    if expected_size == 0 {
+    let size = meta.len();
+    if size == 0 {
         bail!(
             "{} is empty; an artifact has at least one byte",
             path.display()
         );
     }
+    Ok((file, size))
+}
+
+/// Computes the sha256 and size of the file at `path`, as a push would, without pushing it.
+pub async fn hash_file(path: &Path) -> anyhow::Result<Hashed> {
+    let (mut file, expected_size) = open_artifact(path).await?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; ARTIFACT_CHUNK_BYTES];
+    loop {
+        let n = read_full(&mut file, &mut buf)
+            .await
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        hasher.update(&buf[..n]);
+        size += n as u64;
+        if n < ARTIFACT_CHUNK_BYTES {
+            break;
+        }
+    }
+    if size != expected_size {
+        return Err(PushMismatch::FileChanged {
+            expected: expected_size,
+            read: size,
+        }
+        .into());
+    }
+    Ok(Hashed {
+        sha256: hex::encode(hasher.finalize()),
+        size,
+    })
+}
+
+/// Pushes the file at `path` to the coordinator and checks the digest it reports.
+pub async fn push_file(coord: &Coordinator, path: &Path) -> anyhow::Result<Pushed> {
+    let (file, expected_size) = open_artifact(path).await?;
 
     let (tx, rx) = mpsc::channel(PUSH_QUEUE_CHUNKS);
     let reader = tokio::spawn(send_chunks(file, tx));
@@ -290,5 +336,47 @@ mod tests {
                 complete: true,
             }
         );
+    }
+
+    #[tokio::test]
+    async fn local_hash_matches_what_a_push_sends() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let table: Vec<Vec<u8>> = vec![
+            b"abc".to_vec(),
+            vec![7u8; ARTIFACT_CHUNK_BYTES],
+            (0..ARTIFACT_CHUNK_BYTES + 1)
+                .map(|i| (i % 13) as u8)
+                .collect(),
+        ];
+        for data in table {
+            let path = dir.path().join("artifact");
+            std::fs::write(&path, &data).expect("write");
+            let hashed = hash_file(&path).await.expect("hash");
+            assert_eq!(
+                hashed,
+                Hashed {
+                    sha256: hex::encode(Sha256::digest(&data)),
+                    size: data.len() as u64,
+                },
+                "{} bytes",
+                data.len()
+            );
+        }
+        std::fs::write(dir.path().join("abc"), b"abc").expect("write");
+        assert_eq!(
+            hash_file(&dir.path().join("abc"))
+                .await
+                .expect("hash")
+                .sha256,
+            ABC
+        );
+
+        std::fs::write(dir.path().join("empty"), b"").expect("write");
+        let err = hash_file(&dir.path().join("empty"))
+            .await
+            .expect_err("empty");
+        assert!(err.to_string().contains("is empty"), "{err}");
+        let err = hash_file(dir.path()).await.expect_err("a directory");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 }

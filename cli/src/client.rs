@@ -9,8 +9,9 @@ use std::time::Duration;
 use futures::Stream;
 use rollgate_proto::pb::control_service_client::ControlServiceClient;
 use rollgate_proto::pb::{
-    CreateRolloutRequest, ListHostsRequest, ListHostsResponse, ListRolloutsRequest,
-    ListRolloutsResponse, PushArtifactChunk, PushArtifactResponse, RolloutRef, RolloutStatus,
+    CreateRolloutRequest, HistoryRequest, HistoryResponse, HostActionResponse, HostRef,
+    ListHostsRequest, ListHostsResponse, ListRolloutsRequest, ListRolloutsResponse,
+    PushArtifactChunk, PushArtifactResponse, RolloutPlan, RolloutRef, RolloutStatus,
 };
 use rollgate_proto::MAX_MESSAGE_BYTES;
 use thiserror::Error;
@@ -80,9 +81,46 @@ pub enum ControlError {
     },
 }
 
+/// What a request is about, so a "not found" answer can say where to look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// A rollout spec (create, plan): what it names may not exist.
+    Spec,
+    /// A rollout id.
+    Rollout,
+    /// A host id.
+    Host,
+    /// A service name.
+    Service,
+    /// An artifact in the store.
+    Artifact,
+}
+
+impl Subject {
+    /// Where the operator can see what does exist.
+    fn where_to_look(self) -> &'static str {
+        match self {
+            Subject::Spec => {
+                "Check the spec's targets and release; `rollgate hosts` shows the known hosts."
+            }
+            Subject::Rollout => "`rollgate rollout list` shows the rollouts the coordinator knows.",
+            Subject::Host => "`rollgate hosts` shows the hosts the coordinator knows.",
+            Subject::Service => "`rollgate hosts` shows the services each host runs.",
+            Subject::Artifact => "`rollgate artifact push FILE` puts a file in the store.",
+        }
+    }
+}
+
 impl ControlError {
     /// Turns a gRPC status from the coordinator at `url` into an operator-facing error.
-    pub fn from_status(action: &str, url: &str, deadline: Duration, status: &Status) -> Self {
+    /// `subject` is what the request was about (for the hint on "not found").
+    pub fn from_status(
+        action: &str,
+        subject: Subject,
+        url: &str,
+        deadline: Duration,
+        status: &Status,
+    ) -> Self {
         // A transport failure (the connection broke or could not be re-established) carries the
         // io error as its source: say so plainly rather than echo hyper's wording.
         if matches!(status.code(), Code::Unavailable | Code::Unknown) {
@@ -103,7 +141,7 @@ impl ControlError {
         ControlError::Refused {
             action: action.to_string(),
             code: status.code(),
-            detail: explain(status.code(), status.message(), url),
+            detail: explain(status.code(), status.message(), subject, url),
         }
     }
 
@@ -125,8 +163,9 @@ impl ControlError {
     }
 }
 
-/// The operator-facing detail for a status `code` with the coordinator's `message`.
-fn explain(code: Code, message: &str, url: &str) -> String {
+/// The operator-facing detail for a status `code` with the coordinator's `message` about
+/// `subject`.
+fn explain(code: Code, message: &str, subject: Subject, url: &str) -> String {
     let msg = one_line(message);
     let msg = if msg.is_empty() {
         code.description().to_string()
@@ -136,9 +175,9 @@ fn explain(code: Code, message: &str, url: &str) -> String {
     match code {
         // The coordinator's message names the spec field and the fix; pass it through.
         Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists => msg,
-        Code::NotFound => format!(
-            "{msg}. `rollgate rollout list` shows the rollouts the coordinator knows."
-        ),
+        // The coordinator usually says where to look already; add a hint only when it did not.
+        Code::NotFound if msg.contains("`rollgate ") => msg,
+        Code::NotFound => format!("{msg}. {}", subject.where_to_look()),
         Code::Unavailable => format!(
             "the coordinator at {url} is unavailable: {msg}. Is rollgate-coordinator running, and \
              can it reach etcd? Set --coordinator or ROLLGATE_COORDINATOR if it runs elsewhere."
@@ -296,17 +335,18 @@ impl Coordinator {
         &self.url
     }
 
-    /// Awaits `call` for at most `deadline` and maps its failure.
+    /// Awaits `call` (about `subject`) for at most `deadline` and maps its failure.
     async fn finish<T>(
         &self,
         action: &str,
+        subject: Subject,
         deadline: Duration,
         call: impl Future<Output = Result<Response<T>, Status>>,
     ) -> Result<T, ControlError> {
         match tokio::time::timeout(deadline, call).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => Err(ControlError::from_status(
-                action, &self.url, deadline, &status,
+                action, subject, &self.url, deadline, &status,
             )),
             Err(_) => Err(ControlError::Timeout {
                 action: action.to_string(),
@@ -320,8 +360,26 @@ impl Coordinator {
     pub async fn create_rollout(&self, spec_toml: String) -> Result<RolloutStatus, ControlError> {
         let mut c = self.client.clone();
         let req = request(CreateRolloutRequest { spec_toml }, RPC_DEADLINE);
-        self.finish("create the rollout", RPC_DEADLINE, c.create_rollout(req))
-            .await
+        self.finish(
+            "create the rollout",
+            Subject::Spec,
+            RPC_DEADLINE,
+            c.create_rollout(req),
+        )
+        .await
+    }
+
+    /// Dry run of a fully resolved spec: what it would do and what would block it now.
+    pub async fn plan_rollout(&self, spec_toml: String) -> Result<RolloutPlan, ControlError> {
+        let mut c = self.client.clone();
+        let req = request(CreateRolloutRequest { spec_toml }, RPC_DEADLINE);
+        self.finish(
+            "plan the rollout",
+            Subject::Spec,
+            RPC_DEADLINE,
+            c.plan_rollout(req),
+        )
+        .await
     }
 
     /// One rollout's status; an empty id means the most recent rollout.
@@ -329,15 +387,21 @@ impl Coordinator {
         let mut c = self.client.clone();
         let req = request(RolloutRef { id: id.into() }, RPC_DEADLINE);
         let action = format!("get {}", rollout_name(id));
-        self.finish(&action, RPC_DEADLINE, c.get_rollout(req)).await
+        self.finish(&action, Subject::Rollout, RPC_DEADLINE, c.get_rollout(req))
+            .await
     }
 
     /// All rollouts the coordinator knows.
     pub async fn list_rollouts(&self) -> Result<ListRolloutsResponse, ControlError> {
         let mut c = self.client.clone();
         let req = request(ListRolloutsRequest {}, RPC_DEADLINE);
-        self.finish("list rollouts", RPC_DEADLINE, c.list_rollouts(req))
-            .await
+        self.finish(
+            "list rollouts",
+            Subject::Rollout,
+            RPC_DEADLINE,
+            c.list_rollouts(req),
+        )
+        .await
     }
 
     /// Pauses a rollout.
@@ -345,8 +409,13 @@ impl Coordinator {
         let mut c = self.client.clone();
         let req = request(RolloutRef { id: id.into() }, RPC_DEADLINE);
         let action = format!("pause {}", rollout_name(id));
-        self.finish(&action, RPC_DEADLINE, c.pause_rollout(req))
-            .await
+        self.finish(
+            &action,
+            Subject::Rollout,
+            RPC_DEADLINE,
+            c.pause_rollout(req),
+        )
+        .await
     }
 
     /// Resumes a paused rollout.
@@ -354,8 +423,13 @@ impl Coordinator {
         let mut c = self.client.clone();
         let req = request(RolloutRef { id: id.into() }, RPC_DEADLINE);
         let action = format!("resume {}", rollout_name(id));
-        self.finish(&action, RPC_DEADLINE, c.resume_rollout(req))
-            .await
+        self.finish(
+            &action,
+            Subject::Rollout,
+            RPC_DEADLINE,
+            c.resume_rollout(req),
+        )
+        .await
     }
 
     /// Aborts a rollout.
@@ -363,7 +437,82 @@ impl Coordinator {
         let mut c = self.client.clone();
         let req = request(RolloutRef { id: id.into() }, RPC_DEADLINE);
         let action = format!("abort {}", rollout_name(id));
-        self.finish(&action, RPC_DEADLINE, c.abort_rollout(req))
+        self.finish(
+            &action,
+            Subject::Rollout,
+            RPC_DEADLINE,
+            c.abort_rollout(req),
+        )
+        .await
+    }
+
+    /// Opens the gate a rollout waits at.
+    pub async fn promote_rollout(&self, id: &str) -> Result<RolloutStatus, ControlError> {
+        let mut c = self.client.clone();
+        let req = request(RolloutRef { id: id.into() }, RPC_DEADLINE);
+        let action = format!("promote {}", rollout_name(id));
+        self.finish(
+            &action,
+            Subject::Rollout,
+            RPC_DEADLINE,
+            c.promote_rollout(req),
+        )
+        .await
+    }
+
+    /// Starts rolling a rollout's hosts back; returns the status of the new rollback rollout.
+    pub async fn rollback_rollout(&self, id: &str) -> Result<RolloutStatus, ControlError> {
+        let mut c = self.client.clone();
+        let req = request(RolloutRef { id: id.into() }, RPC_DEADLINE);
+        let action = format!("roll back {}", rollout_name(id));
+        self.finish(
+            &action,
+            Subject::Rollout,
+            RPC_DEADLINE,
+            c.rollback_rollout(req),
+        )
+        .await
+    }
+
+    /// The releases `service` has run, newest first.
+    pub async fn get_history(&self, service: &str) -> Result<HistoryResponse, ControlError> {
+        let mut c = self.client.clone();
+        let req = request(
+            HistoryRequest {
+                service: service.into(),
+            },
+            RPC_DEADLINE,
+        );
+        let action = format!("get the history of service {service}");
+        self.finish(&action, Subject::Service, RPC_DEADLINE, c.get_history(req))
+            .await
+    }
+
+    /// Fences a host: its outstanding orders are void, it stops counting against budgets.
+    pub async fn fence_host(&self, host_id: &str) -> Result<HostActionResponse, ControlError> {
+        let mut c = self.client.clone();
+        let req = request(
+            HostRef {
+                host_id: host_id.into(),
+            },
+            RPC_DEADLINE,
+        );
+        let action = format!("fence host {host_id}");
+        self.finish(&action, Subject::Host, RPC_DEADLINE, c.fence_host(req))
+            .await
+    }
+
+    /// Fences a host and deletes its record.
+    pub async fn forget_host(&self, host_id: &str) -> Result<HostActionResponse, ControlError> {
+        let mut c = self.client.clone();
+        let req = request(
+            HostRef {
+                host_id: host_id.into(),
+            },
+            RPC_DEADLINE,
+        );
+        let action = format!("forget host {host_id}");
+        self.finish(&action, Subject::Host, RPC_DEADLINE, c.forget_host(req))
             .await
     }
 
@@ -371,7 +520,7 @@ impl Coordinator {
     pub async fn list_hosts(&self) -> Result<ListHostsResponse, ControlError> {
         let mut c = self.client.clone();
         let req = request(ListHostsRequest {}, RPC_DEADLINE);
-        self.finish("list hosts", RPC_DEADLINE, c.list_hosts(req))
+        self.finish("list hosts", Subject::Host, RPC_DEADLINE, c.list_hosts(req))
             .await
     }
 
@@ -381,14 +530,19 @@ impl Coordinator {
         let mut c = self.client.clone();
         let action = format!("watch {}", rollout_name(id));
         let req = Request::new(RolloutRef { id: id.into() });
-        self.finish(&action, RPC_DEADLINE, c.watch_rollout(req))
-            .await
+        self.finish(
+            &action,
+            Subject::Rollout,
+            RPC_DEADLINE,
+            c.watch_rollout(req),
+        )
+        .await
     }
 
     /// Maps an error from a watch stream's message.
     pub fn watch_error(&self, id: &str, status: &Status) -> ControlError {
         let action = format!("watch {}", rollout_name(id));
-        ControlError::from_status(&action, &self.url, RPC_DEADLINE, status)
+        ControlError::from_status(&action, Subject::Rollout, &self.url, RPC_DEADLINE, status)
     }
 
     /// Streams `chunks` (of an artifact of `size` bytes) into the coordinator's store.
@@ -400,8 +554,13 @@ impl Coordinator {
         let mut c = self.client.clone();
         let deadline = push_deadline(size);
         let req = request(chunks, deadline);
-        self.finish("push the artifact", deadline, c.push_artifact(req))
-            .await
+        self.finish(
+            "push the artifact",
+            Subject::Artifact,
+            deadline,
+            c.push_artifact(req),
+        )
+        .await
     }
 }
 
@@ -423,6 +582,11 @@ mod tests {
                 Code::NotFound,
                 "no rollout r-9",
                 "cannot create the rollout: no rollout r-9. `rollgate rollout list`",
+            ),
+            (
+                Code::NotFound,
+                "no rollout r-9; `rollgate rollout list` shows the rollouts",
+                "cannot create the rollout: no rollout r-9; `rollgate rollout list` shows the rollouts",
             ),
             (
                 Code::FailedPrecondition,
@@ -458,6 +622,7 @@ mod tests {
         for (code, msg, want) in table {
             let err = ControlError::from_status(
                 "create the rollout",
+                Subject::Rollout,
                 URL,
                 RPC_DEADLINE,
                 &Status::new(code, msg),
@@ -472,6 +637,65 @@ mod tests {
     }
 
     #[test]
+    fn not_found_points_at_the_listing_for_its_subject() {
+        let table = [
+            (
+                Subject::Host,
+                "fence host h9",
+                "no host h9",
+                "cannot fence host h9: no host h9. `rollgate hosts` shows the hosts",
+            ),
+            (
+                Subject::Service,
+                "get the history of service nope",
+                "no service nope",
+                "cannot get the history of service nope: no service nope. `rollgate hosts` shows the services",
+            ),
+            (
+                Subject::Rollout,
+                "promote rollout r-9",
+                "no rollout r-9",
+                "cannot promote rollout r-9: no rollout r-9. `rollgate rollout list`",
+            ),
+            (
+                Subject::Spec,
+                "plan the rollout",
+                "no host h9 among the known hosts",
+                "cannot plan the rollout: no host h9 among the known hosts. Check the spec's targets",
+            ),
+        ];
+        for (subject, action, msg, want) in table {
+            let err = ControlError::from_status(
+                action,
+                subject,
+                URL,
+                RPC_DEADLINE,
+                &Status::new(Code::NotFound, msg),
+            )
+            .to_string();
+            assert!(
+                err.starts_with(want),
+                "{subject:?}: {err:?} should start with {want:?}"
+            );
+        }
+        // Refusals to promote, roll back, fence or forget are the coordinator's own words.
+        for code in [Code::FailedPrecondition, Code::InvalidArgument] {
+            let err = ControlError::from_status(
+                "promote rollout r-1",
+                Subject::Rollout,
+                URL,
+                RPC_DEADLINE,
+                &Status::new(code, "rollout r-1 is not waiting at a gate (it is rolling)"),
+            );
+            assert_eq!(
+                err.to_string(),
+                "cannot promote rollout r-1: rollout r-1 is not waiting at a gate (it is rolling)"
+            );
+            assert!(!err.is_transient());
+        }
+    }
+
+    #[test]
     fn transport_failures_say_unreachable() {
         // What tonic makes of a failed (re)connect during a call.
         let status = Status::from_error(Box::new(tonic::ConnectError(Box::new(io::Error::new(
@@ -479,7 +703,8 @@ mod tests {
             "Connection refused (os error 111)",
         )))));
         assert_eq!(status.code(), Code::Unavailable);
-        let err = ControlError::from_status("list hosts", URL, RPC_DEADLINE, &status);
+        let err =
+            ControlError::from_status("list hosts", Subject::Host, URL, RPC_DEADLINE, &status);
         assert_eq!(
             err.to_string(),
             "cannot reach the coordinator at http://127.0.0.1:7443: connection refused. \

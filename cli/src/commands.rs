@@ -1,17 +1,16 @@
 //! One function per command: do the local work first (so mistakes in files show before any
 //! network), then talk to the coordinator, then print in the chosen format.
 
-use std::io::{self, Write};
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, Context};
-use rollgate_proto::pb::RolloutStatus;
-use rollgate_proto::spec::RolloutSpec;
+use anyhow::{bail, Context};
+use rollgate_proto::pb::{HostActionResponse, RolloutStatus};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::args::{ArtifactCommand, Cli, Command, OutputFormat, RolloutCommand};
+use crate::args::{ArtifactCommand, Cli, Command, HostCommand, OutputFormat, RolloutCommand};
 use crate::client::Coordinator;
 use crate::{artifact, json, render, spec_file, watch};
 
@@ -45,6 +44,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Finish> {
         Command::Hosts => hosts(url, format).await,
         Command::Rollout(cmd) => match cmd {
             RolloutCommand::Start { spec, watch } => start(url, format, &spec, watch).await,
+            RolloutCommand::Plan { spec } => plan(url, format, &spec).await,
             RolloutCommand::Status { id, watch } => {
                 status(url, format, id.as_deref().unwrap_or_default(), watch).await
             }
@@ -52,8 +52,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Finish> {
             RolloutCommand::Pause { id } => steer(url, format, Steer::Pause, &id).await,
             RolloutCommand::Resume { id } => steer(url, format, Steer::Resume, &id).await,
             RolloutCommand::Abort { id } => steer(url, format, Steer::Abort, &id).await,
+            RolloutCommand::Promote { id } => steer(url, format, Steer::Promote, &id).await,
+            RolloutCommand::Rollback { id, watch } => rollback(url, format, &id, watch).await,
         },
         Command::Artifact(ArtifactCommand::Push { file }) => push(url, format, &file).await,
+        Command::History { service } => history(url, format, &service).await,
+        Command::Host(HostCommand::Fence { host }) => {
+            host_action(url, format, HostAction::Fence, &host).await
+        }
+        Command::Host(HostCommand::Forget { host, yes }) => {
+            confirm_forget(&host, yes)?;
+            host_action(url, format, HostAction::Forget, &host).await
+        }
     }
 }
 
@@ -136,11 +146,7 @@ async fn start(
                     render::pushed(&pushed.sha256, pushed.size)
                 );
             }
-            let text = spec_file::with_pushed_release(&loaded.text, &pushed.sha256, pushed.size)
-                .map_err(|e| anyhow!("{}: {e}", spec_path.display()))?;
-            RolloutSpec::parse_resolved(&text)
-                .map_err(|e| anyhow!("{}: {e}", spec_path.display()))?;
-            text
+            loaded.resolved_with(&pushed.sha256, pushed.size)?
         }
     };
     let status = coord.create_rollout(text).await?;
@@ -155,6 +161,27 @@ async fn start(
     } else {
         Ok(Finish::Success)
     }
+}
+
+async fn plan(url: &str, format: OutputFormat, spec_path: &Path) -> anyhow::Result<Finish> {
+    let loaded = spec_file::load(spec_path)?;
+    // Hash before connecting: a bad file shows without any network.
+    let (text, hashed) = spec_file::for_plan(&loaded).await?;
+    if let (Some(file), Some(hashed), OutputFormat::Text) = (&loaded.artifact, &hashed, format) {
+        eprintln!(
+            "hashed {} locally: {} (not pushed; `rollgate rollout start` pushes it)",
+            file.display(),
+            render::pushed(&hashed.sha256, hashed.size)
+        );
+    }
+    let coord = Coordinator::connect(url).await?;
+    let plan = coord.plan_rollout(text).await?;
+    emit_as(
+        format,
+        || render::plan_block(&plan),
+        || json::rollout_plan(&plan),
+    )?;
+    Ok(Finish::Success)
 }
 
 async fn status(url: &str, format: OutputFormat, id: &str, follow: bool) -> anyhow::Result<Finish> {
@@ -188,6 +215,7 @@ enum Steer {
     Pause,
     Resume,
     Abort,
+    Promote,
 }
 
 async fn steer(url: &str, format: OutputFormat, how: Steer, id: &str) -> anyhow::Result<Finish> {
@@ -196,6 +224,7 @@ async fn steer(url: &str, format: OutputFormat, how: Steer, id: &str) -> anyhow:
         Steer::Pause => coord.pause_rollout(id).await?,
         Steer::Resume => coord.resume_rollout(id).await?,
         Steer::Abort => coord.abort_rollout(id).await?,
+        Steer::Promote => coord.promote_rollout(id).await?,
     };
     emit_as(
         format,
@@ -214,4 +243,159 @@ async fn push(url: &str, format: OutputFormat, file: &Path) -> anyhow::Result<Fi
         || json::pushed(&pushed.sha256, pushed.size),
     )?;
     Ok(Finish::Success)
+}
+
+async fn rollback(
+    url: &str,
+    format: OutputFormat,
+    id: &str,
+    follow: bool,
+) -> anyhow::Result<Finish> {
+    let coord = Coordinator::connect(url).await?;
+    let status = coord.rollback_rollout(id).await?;
+    match format {
+        OutputFormat::Text => emit(&render::rollback_started(&status, id))?,
+        // With --watch the first streamed status says the same thing; print it only once.
+        OutputFormat::Json if !follow => emit_json(&json::rollout_status(&status))?,
+        OutputFormat::Json => {}
+    }
+    if follow {
+        watch::follow(&coord, &status.id, format).await
+    } else {
+        Ok(Finish::Success)
+    }
+}
+
+async fn history(url: &str, format: OutputFormat, service: &str) -> anyhow::Result<Finish> {
+    let coord = Coordinator::connect(url).await?;
+    let resp = coord.get_history(service).await?;
+    emit_as(
+        format,
+        || render::history_table(service, &resp.entries, now_ms()).join("\n"),
+        || json::history(&resp),
+    )?;
+    Ok(Finish::Success)
+}
+
+/// What an operator can vouch for about a host.
+#[derive(Debug, Clone, Copy)]
+enum HostAction {
+    Fence,
+    Forget,
+}
+
+async fn host_action(
+    url: &str,
+    format: OutputFormat,
+    action: HostAction,
+    host: &str,
+) -> anyhow::Result<Finish> {
+    let coord = Coordinator::connect(url).await?;
+    let resp: HostActionResponse = match action {
+        HostAction::Fence => coord.fence_host(host).await?,
+        HostAction::Forget => coord.forget_host(host).await?,
+    };
+    emit_as(format, || resp.message.clone(), || json::host_action(&resp))?;
+    Ok(Finish::Success)
+}
+
+/// How `host forget` gets its confirmation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Confirmation {
+    /// `--yes` was given.
+    Given,
+    /// Ask on the terminal.
+    Ask,
+    /// Nobody to ask (standard input is not a terminal) and no `--yes`.
+    Refuse,
+}
+
+/// How to confirm a destructive command, given `--yes` and whether stdin is a terminal.
+fn confirmation(yes: bool, stdin_is_terminal: bool) -> Confirmation {
+    match (yes, stdin_is_terminal) {
+        (true, _) => Confirmation::Given,
+        (false, true) => Confirmation::Ask,
+        (false, false) => Confirmation::Refuse,
+    }
+}
+
+/// Whether a typed answer means yes.
+fn is_yes(answer: &str) -> bool {
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+/// Makes sure the operator means to forget `host`: `--yes`, or "y" at a prompt on a terminal.
+fn confirm_forget(host: &str, yes: bool) -> anyhow::Result<()> {
+    let stdin = io::stdin();
+    match confirmation(yes, stdin.is_terminal()) {
+        Confirmation::Given => return Ok(()),
+        Confirmation::Refuse => bail!(
+            "not forgetting host {host}: forgetting deletes its record and needs confirmation, \
+             but standard input is not a terminal to ask on; pass --yes to confirm"
+        ),
+        Confirmation::Ask => {}
+    }
+    eprint!(
+        "Forget host {host}? Its record is deleted, its outstanding orders become void and it \
+         stops counting against rollout budgets. [y/N] "
+    );
+    io::stderr()
+        .flush()
+        .context("cannot write to standard error")?;
+    let mut answer = String::new();
+    stdin
+        .lock()
+        .read_line(&mut answer)
+        .context("cannot read the answer from standard input")?;
+    if !is_yes(&answer) {
+        bail!("host {host} not forgotten: not confirmed (answer y to confirm, or pass --yes)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forget_needs_a_yes() {
+        let table = [
+            (true, true, Confirmation::Given),
+            (true, false, Confirmation::Given),
+            (false, true, Confirmation::Ask),
+            (false, false, Confirmation::Refuse),
+        ];
+        for (yes, terminal, want) in table {
+            assert_eq!(
+                confirmation(yes, terminal),
+                want,
+                "yes={yes} terminal={terminal}"
+            );
+        }
+        let answers = [
+            ("y\n", true),
+            ("Yes\n", true),
+            ("  YES  ", true),
+            ("\n", false),
+            ("n\n", false),
+            ("yep\n", false),
+            ("", false),
+        ];
+        for (answer, want) in answers {
+            assert_eq!(is_yes(answer), want, "{answer:?}");
+        }
+    }
+
+    #[test]
+    fn refusal_without_a_terminal_says_to_pass_yes() {
+        // Under `cargo test` stdin may or may not be a terminal; only check the non-terminal
+        // message when it is not, so the test never blocks on a prompt.
+        if io::stdin().is_terminal() {
+            return;
+        }
+        let err = confirm_forget("h1", false).expect_err("no terminal, no --yes");
+        assert!(err.to_string().contains("pass --yes"), "{err}");
+        assert!(err.to_string().contains("host h1"), "{err}");
+        confirm_forget("h1", true).expect("--yes needs no terminal");
+    }
 }

@@ -1,4 +1,5 @@
-//! `rollgate`, the operator CLI: list hosts, start and follow rollouts, push artifacts.
+//! `rollgate`, the operator CLI: list hosts, plan, start, follow and steer rollouts (promote,
+//! roll back), show a service's release history, fence or forget hosts, push artifacts.
 //!
 //! Layout:
 //! - [`args`]: the command line (clap derive): global flags and subcommands.
@@ -6,11 +7,14 @@
 //! - [`client`]: the connection to a coordinator's `ControlService`, per-call deadlines, and
 //!   [`client::ControlError`], which turns gRPC statuses into one-line messages an operator can
 //!   act on.
-//! - [`artifact`]: streaming a local file to the coordinator's artifact store while hashing it.
-//! - [`spec_file`]: reading a rollout spec and rewriting `release.file` into a pushed release.
+//! - [`artifact`]: streaming a local file to the coordinator's artifact store while hashing it,
+//!   or only hashing it for a plan.
+//! - [`spec_file`]: reading a rollout spec and rewriting `release.file` into a release in the
+//!   store (pushed for `start`, hashed locally for `plan`).
 //! - [`render`]: text output (tables, status blocks, relative times); pure functions.
 //! - [`json`]: `--output json` conversions of the wire messages to `serde_json` values.
-//! - [`watch`]: following a rollout, redrawing in place on a terminal or printing each change.
+//! - [`watch`]: following a rollout, redrawing in place on a terminal or printing each change,
+//!   and handing over to its rollback rollout when it is rolled back.
 
 pub mod args;
 pub mod artifact;

@@ -1,5 +1,5 @@
 //! Reading a rollout spec file and, when it names a local `release.file`, rewriting it into a
-//! release in the coordinator's store once the file is pushed.
+//! release in the coordinator's store once the file is pushed (or, for a dry run, hashed).
 
 use std::path::{Path, PathBuf};
 
@@ -7,12 +7,16 @@ use anyhow::{anyhow, Context};
 use rollgate_proto::spec::RolloutSpec;
 use thiserror::Error;
 
+use crate::artifact::{self, Hashed};
+
 /// `release.source` for an artifact in the coordinator's store.
 pub const STORE_SOURCE: &str = "store:";
 
 /// A spec read from disk and checked as far as possible without the coordinator.
 #[derive(Debug, Clone)]
 pub struct LoadedSpec {
+    /// Where it was read from, named in errors.
+    pub path: PathBuf,
     /// The file's text, sent as is when there is nothing to push.
     pub text: String,
     /// The parsed spec.
@@ -47,10 +51,41 @@ pub fn load(path: &Path) -> anyhow::Result<LoadedSpec> {
         }
     };
     Ok(LoadedSpec {
+        path: path.to_path_buf(),
         text,
         spec,
         artifact,
     })
+}
+
+impl LoadedSpec {
+    /// The spec to send once its `release.file` is in the store (or, for a plan, would be) as
+    /// `sha256` and `size`, checked to be complete. Errors name the spec file.
+    pub fn resolved_with(&self, sha256: &str, size: u64) -> anyhow::Result<String> {
+        let text = with_store_release(&self.text, sha256, size)
+            .map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
+        RolloutSpec::parse_resolved(&text).map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
+        Ok(text)
+    }
+}
+
+/// The spec text for a dry run. A `release.file` is hashed here, not pushed: the spec is
+/// rewritten to `source = "store:"` with the local sha256 and size, which is all the
+/// coordinator's plan needs (it does not require the artifact in its store). Returns the text
+/// and the local digest, if a file was hashed.
+pub async fn for_plan(loaded: &LoadedSpec) -> anyhow::Result<(String, Option<Hashed>)> {
+    let Some(file) = &loaded.artifact else {
+        return Ok((loaded.text.clone(), None));
+    };
+    let hashed = artifact::hash_file(file).await.with_context(|| {
+        format!(
+            "{}: cannot hash release.file {}",
+            loaded.path.display(),
+            file.display()
+        )
+    })?;
+    let text = loaded.resolved_with(&hashed.sha256, hashed.size)?;
+    Ok((text, Some(hashed)))
 }
 
 /// `file` as written in the spec at `spec_path`: relative paths start at the spec's directory.
@@ -73,10 +108,10 @@ pub enum RewriteError {
     TooLarge(u64),
 }
 
-/// Rewrites `text` for an artifact pushed to the store: drops `release.file` and sets
+/// Rewrites `text` for an artifact in the store: drops `release.file` and sets
 /// `release.source = "store:"`, `release.sha256` and `release.size`. Comments and key order
 /// are not kept (the coordinator stores the rewritten spec).
-pub fn with_pushed_release(text: &str, sha256: &str, size: u64) -> Result<String, RewriteError> {
+pub fn with_store_release(text: &str, sha256: &str, size: u64) -> Result<String, RewriteError> {
     let mut doc: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| RewriteError::Toml(e.to_string()))?;
@@ -122,7 +157,7 @@ targets.labels = { site = "a" }
 "#,
         ];
         for text in table {
-            let out = with_pushed_release(text, SHA, 1234).expect("rewrite");
+            let out = with_store_release(text, SHA, 1234).expect("rewrite");
             let spec = RolloutSpec::parse_resolved(&out)
                 .unwrap_or_else(|e| panic!("rewritten spec should be complete: {e}\n{out}"));
             assert_eq!(spec.release.file, None, "{out}");
@@ -135,7 +170,7 @@ targets.labels = { site = "a" }
             assert_eq!(spec.strategy, original.strategy);
         }
         let spec =
-            RolloutSpec::parse_resolved(&with_pushed_release(table[0], SHA, 1).expect("rewrite"))
+            RolloutSpec::parse_resolved(&with_store_release(table[0], SHA, 1).expect("rewrite"))
                 .expect("valid");
         assert_eq!(spec.strategy.max_unavailable, Budget::Percent(50));
     }
@@ -143,16 +178,103 @@ targets.labels = { site = "a" }
     #[test]
     fn rewrite_errors() {
         assert_eq!(
-            with_pushed_release("service = \"x\"", SHA, 1),
+            with_store_release("service = \"x\"", SHA, 1),
             Err(RewriteError::NoRelease)
         );
         assert_eq!(
-            with_pushed_release("service = \"x\"\nrelease = 3", SHA, 1),
+            with_store_release("service = \"x\"\nrelease = 3", SHA, 1),
             Err(RewriteError::NoRelease)
         );
         assert_eq!(
-            with_pushed_release("[release]\nversion = \"1\"", SHA, u64::MAX),
+            with_store_release("[release]\nversion = \"1\"", SHA, u64::MAX),
             Err(RewriteError::TooLarge(u64::MAX))
+        );
+    }
+
+    #[tokio::test]
+    async fn plan_hashes_the_file_instead_of_pushing_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("build")).expect("mkdir");
+        std::fs::write(dir.path().join("build/app"), b"abc").expect("write artifact");
+        let other = "0".repeat(64);
+
+        // (spec text, expected source, sha256, size, whether the text is sent as written)
+        let table = [
+            (
+                "service = \"demo\"\n[release]\nversion = \"2\"\nfile = \"build/app\"\n\
+                 [targets]\nlabels = { site = \"a\" }\n[strategy]\nmax_unavailable = \"50%\"\n\
+                 group_by = \"site\"\ncanary = 1\nwaves = [\"50%\"]\n"
+                    .to_string(),
+                STORE_SOURCE,
+                SHA,
+                3,
+                false,
+            ),
+            (
+                // Stale sha256/size next to a file are replaced by the file's.
+                "service = \"demo\"\nrelease.version = \"2\"\nrelease.file = \"build/app\"\n\
+                 release.sha256 = \"00\"\nrelease.size = 1\n"
+                    .to_string(),
+                STORE_SOURCE,
+                SHA,
+                3,
+                false,
+            ),
+            (
+                format!(
+                    "service = \"demo\"\n[release]\nversion = \"2\"\nsource = \"store:\"\n\
+                     sha256 = \"{other}\"\nsize = 9\n"
+                ),
+                STORE_SOURCE,
+                other.as_str(),
+                9,
+                true,
+            ),
+            (
+                format!(
+                    "service = \"demo\"\n[release]\nversion = \"2\"\n\
+                     source = \"https://example.com/app\"\nsha256 = \"{other}\"\nsize = 9\n"
+                ),
+                "https://example.com/app",
+                other.as_str(),
+                9,
+                true,
+            ),
+        ];
+        for (i, (text, source, sha256, size, as_written)) in table.into_iter().enumerate() {
+            let path = dir.path().join(format!("spec{i}.toml"));
+            std::fs::write(&path, &text).expect("write spec");
+            let loaded = load(&path).expect("loads");
+            let (sent, hashed) = for_plan(&loaded).await.expect("resolves");
+            assert_eq!(sent == text, as_written, "case {i}: {sent}");
+            assert_eq!(hashed.is_none(), as_written, "case {i}");
+            let spec = RolloutSpec::parse_resolved(&sent)
+                .unwrap_or_else(|e| panic!("case {i}: {e}\n{sent}"));
+            assert_eq!(spec.release.file, None, "case {i}");
+            assert_eq!(spec.release.source, source, "case {i}");
+            assert_eq!(spec.release.sha256, sha256, "case {i}");
+            assert_eq!(spec.release.size, size, "case {i}");
+            assert_eq!(spec.targets, loaded.spec.targets, "case {i}");
+            assert_eq!(spec.strategy, loaded.spec.strategy, "case {i}");
+        }
+
+        // An empty artifact is refused, naming the spec and the file.
+        std::fs::write(dir.path().join("empty"), b"").expect("write");
+        let path = dir.path().join("empty.toml");
+        std::fs::write(
+            &path,
+            "service = \"demo\"\n[release]\nversion = \"2\"\nfile = \"empty\"\n",
+        )
+        .expect("write spec");
+        let err = format!(
+            "{:#}",
+            for_plan(&load(&path).expect("loads"))
+                .await
+                .expect_err("empty")
+        );
+        assert!(
+            err.contains("empty.toml") && err.contains("release.file") && err.contains("is empty"),
+            "{err}"
         );
     }
 

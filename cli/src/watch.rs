@@ -1,6 +1,7 @@
 //! Following a rollout with `WatchRollout` until it ends: redraw in place on a terminal, print
 //! a new block per change otherwise (readable in logs and CI), reconnect across a coordinator
-//! restart or failover.
+//! restart or failover, and hand over to the rollback rollout when the followed one is rolled
+//! back.
 
 use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
@@ -28,6 +29,31 @@ pub fn is_terminal(phase: &str) -> bool {
 /// in-flight hosts finish or roll back after the phase changes): nothing will change any more.
 pub fn is_settled(s: &RolloutStatus) -> bool {
     is_terminal(&s.phase) && s.hosts.iter().all(|h| h.state != "updating")
+}
+
+/// What to do after a status arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Keep watching this rollout.
+    Wait,
+    /// The rollout is being (or was) rolled back by this rollout: follow that one instead.
+    FollowRollback(String),
+    /// Nothing will change any more.
+    Settled,
+}
+
+/// The decision after status `s` of the rollout being followed. A rollout being rolled back
+/// hands over to its rollback as soon as the coordinator names it (the rollback rollout now
+/// drives the hosts); one that is rolling back without a named rollback yet is waited on.
+pub fn next(s: &RolloutStatus) -> Next {
+    if !s.rolled_back_by.is_empty() && s.rolled_back_by != s.id {
+        return Next::FollowRollback(s.rolled_back_by.clone());
+    }
+    if is_settled(s) {
+        Next::Settled
+    } else {
+        Next::Wait
+    }
 }
 
 /// Prints successive statuses of one rollout, skipping those that look the same as the last.
@@ -94,17 +120,23 @@ enum Break {
     Ended,
     /// The stream or its opening failed.
     Failed(ControlError),
+    /// The rollout is being rolled back by this one; follow it instead.
+    Handover(String),
 }
 
-/// Follows rollout `id` (empty: the most recent) until it ends, printing in `format`.
-/// Succeeded → [`Finish::Success`]; failed, aborted or rolled back → the reason on stderr and
-/// [`Finish::RolloutNotSucceeded`].
+/// Follows rollout `id` (empty: the most recent) until it ends, printing in `format`. When the
+/// rollout is rolled back, says so and follows the rollback rollout until it ends.
+/// Succeeded → [`Finish::Success`]; failed, aborted or rolled back (including handed over to a
+/// rollback) → the reason on stderr and [`Finish::RolloutNotSucceeded`].
 pub async fn follow(coord: &Coordinator, id: &str, format: OutputFormat) -> anyhow::Result<Finish> {
     let redraw = io::stdout().is_terminal();
     let mut printer = Printer::new(format, redraw);
     // Pinned to the first status's id, so a reconnect keeps following the same rollout even
     // if a newer one starts meanwhile.
     let mut id = id.to_string();
+    // The last status of each rollout handed over to its rollback, oldest first: the first
+    // one's outcome decides the exit status.
+    let mut handed_over: Vec<RolloutStatus> = Vec::new();
     let mut attempts = 0u32;
     loop {
         let why = match coord.watch_rollout(&id).await {
@@ -119,8 +151,30 @@ pub async fn follow(coord: &Coordinator, id: &str, format: OutputFormat) -> anyh
                         printer
                             .show(&status, &mut io::stdout().lock())
                             .map_err(output_error)?;
-                        if is_settled(&status) {
-                            return Ok(conclude(&status));
+                        let step = match next(&status) {
+                            // Never go round in circles between rollouts already followed.
+                            Next::FollowRollback(r) if handed_over.iter().any(|h| h.id == r) => {
+                                if is_settled(&status) {
+                                    Next::Settled
+                                } else {
+                                    Next::Wait
+                                }
+                            }
+                            other => other,
+                        };
+                        match step {
+                            Next::Wait => {}
+                            Next::Settled => {
+                                let (finish, lines) = verdict(&handed_over, &status);
+                                for line in lines {
+                                    eprintln!("rollgate: {line}");
+                                }
+                                return Ok(finish);
+                            }
+                            Next::FollowRollback(rollback) => {
+                                handed_over.push(status);
+                                break Break::Handover(rollback);
+                            }
                         }
                     }
                     Ok(None) => break Break::Ended,
@@ -129,6 +183,22 @@ pub async fn follow(coord: &Coordinator, id: &str, format: OutputFormat) -> anyh
             },
         };
         let why = match why {
+            Break::Handover(rollback) => {
+                let line = render::following_rollback(&id, &rollback);
+                match format {
+                    OutputFormat::Text => {
+                        let mut out = io::stdout().lock();
+                        writeln!(out, "{line}")
+                            .and_then(|()| out.flush())
+                            .map_err(output_error)?;
+                    }
+                    // Standard output stays one JSON object per line.
+                    OutputFormat::Json => eprintln!("rollgate: {line}"),
+                }
+                printer.interrupted();
+                id = rollback;
+                continue;
+            }
             Break::Failed(e) if !e.is_transient() => return Err(e.into()),
             Break::Failed(e) => e.to_string(),
             Break::Ended => "the coordinator closed the stream".to_string(),
@@ -150,18 +220,58 @@ pub async fn follow(coord: &Coordinator, id: &str, format: OutputFormat) -> anyh
     }
 }
 
-/// The exit outcome for a rollout in a terminal phase (says why on stderr if it failed).
-fn conclude(s: &RolloutStatus) -> Finish {
-    if s.phase == "succeeded" {
-        return Finish::Success;
-    }
-    let reason = if s.reason.is_empty() {
+/// Whether a settled rollout did what it was for. A rollback rollout may report its success
+/// as `rolled_back` (its hosts are back on the previous release) rather than `succeeded`; one
+/// that was itself rolled back says so in `rolled_back_by`.
+fn did_its_job(s: &RolloutStatus) -> bool {
+    s.phase == "succeeded"
+        || (s.phase == "rolled_back" && !s.rollback_of.is_empty() && s.rolled_back_by.is_empty())
+}
+
+fn reason_of(s: &RolloutStatus) -> &str {
+    if s.reason.is_empty() {
         "no reason given"
     } else {
         s.reason.as_str()
+    }
+}
+
+/// The exit outcome of a watch that ended at the settled status `last`, after handing over
+/// from each rollout in `handed_over` (oldest first) to its rollback, and the lines to print
+/// on stderr. A watch that had to follow a rollback never succeeds: the rollout it was asked
+/// to follow did not; its reason comes first, then how the rollback ended.
+pub fn verdict(handed_over: &[RolloutStatus], last: &RolloutStatus) -> (Finish, Vec<String>) {
+    let Some(original) = handed_over.first() else {
+        if did_its_job(last) {
+            return (Finish::Success, Vec::new());
+        }
+        return (
+            Finish::RolloutNotSucceeded,
+            vec![format!(
+                "rollout {} {}: {}",
+                last.id,
+                last.phase,
+                reason_of(last)
+            )],
+        );
     };
-    eprintln!("rollgate: rollout {} {}: {reason}", s.id, s.phase);
-    Finish::RolloutNotSucceeded
+    let mut lines = vec![format!(
+        "rollout {} did not succeed and was rolled back by {}: {}",
+        original.id,
+        original.rolled_back_by,
+        reason_of(original)
+    )];
+    if did_its_job(last) {
+        lines.push(format!("rollback rollout {} succeeded", last.id));
+    } else {
+        lines.push(format!(
+            "rollback rollout {} {}: {}",
+            last.id,
+            last.phase,
+            reason_of(last)
+        ));
+    }
+    (Finish::RolloutNotSucceeded, lines)
 }
 
 #[cfg(test)]
@@ -251,8 +361,142 @@ mod tests {
         for (phase, terminal) in table {
             assert_eq!(is_terminal(phase), terminal, "{phase}");
         }
-        assert_eq!(conclude(&status("succeeded", 2)), Finish::Success);
-        assert_eq!(conclude(&status("aborted", 1)), Finish::RolloutNotSucceeded);
+        assert_eq!(verdict(&[], &status("succeeded", 2)).0, Finish::Success);
+        assert_eq!(
+            verdict(&[], &status("aborted", 1)).0,
+            Finish::RolloutNotSucceeded
+        );
+    }
+
+    fn updating(id: &str) -> rollgate_proto::pb::HostProgress {
+        rollgate_proto::pb::HostProgress {
+            host_id: id.into(),
+            state: "updating".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn what_follows_a_status() {
+        let with = |phase: &str, rolled_back_by: &str, hosts| RolloutStatus {
+            rolled_back_by: rolled_back_by.into(),
+            hosts,
+            ..status(phase, 0)
+        };
+        let table = [
+            (with("rolling", "", vec![]), Next::Wait),
+            (with("paused", "", vec![]), Next::Wait),
+            (with("failed", "", vec![updating("h1")]), Next::Wait),
+            (with("failed", "", vec![]), Next::Settled),
+            (with("succeeded", "", vec![]), Next::Settled),
+            // Rolling back, rollback not named yet: keep watching until it is.
+            (with("rolling_back", "", vec![]), Next::Wait),
+            (
+                with("rolling_back", "r-2", vec![updating("h1")]),
+                Next::FollowRollback("r-2".into()),
+            ),
+            // Ended with the rollback already done or under way: follow it (it settles at
+            // once when it is over).
+            (
+                with("rolled_back", "r-2", vec![]),
+                Next::FollowRollback("r-2".into()),
+            ),
+            (
+                with("failed", "r-2", vec![]),
+                Next::FollowRollback("r-2".into()),
+            ),
+            // A rollout cannot roll itself back; don't loop on a bad status.
+            (with("rolled_back", "r-1", vec![]), Next::Settled),
+        ];
+        for (s, want) in table {
+            assert_eq!(
+                next(&s),
+                want,
+                "{} rolled_back_by={:?}",
+                s.phase,
+                s.rolled_back_by
+            );
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let with = |id: &str, phase: &str, reason: &str, rolled_back_by: &str| RolloutStatus {
+            id: id.into(),
+            phase: phase.into(),
+            reason: reason.into(),
+            rolled_back_by: rolled_back_by.into(),
+            ..Default::default()
+        };
+        let original = with("r-1", "rolling_back", "2 hosts failed (max 1)", "r-2");
+        let table = [
+            (vec![], with("r-1", "succeeded", "", ""), Finish::Success, vec![]),
+            (
+                vec![],
+                with("r-1", "failed", "h2 failed health checks", ""),
+                Finish::RolloutNotSucceeded,
+                vec!["rollout r-1 failed: h2 failed health checks"],
+            ),
+            (
+                vec![],
+                with("r-1", "aborted", "", ""),
+                Finish::RolloutNotSucceeded,
+                vec!["rollout r-1 aborted: no reason given"],
+            ),
+            (
+                vec![original.clone()],
+                with("r-2", "succeeded", "", ""),
+                Finish::RolloutNotSucceeded,
+                vec![
+                    "rollout r-1 did not succeed and was rolled back by r-2: 2 hosts failed (max 1)",
+                    "rollback rollout r-2 succeeded",
+                ],
+            ),
+            (
+                // `rollout rollback r-1 --watch` follows r-2 directly; its end is a success
+                // however it is worded.
+                vec![],
+                RolloutStatus {
+                    rollback_of: "r-1".into(),
+                    ..with("r-2", "rolled_back", "", "")
+                },
+                Finish::Success,
+                vec![],
+            ),
+            (
+                vec![original.clone()],
+                RolloutStatus {
+                    rollback_of: "r-1".into(),
+                    ..with("r-2", "rolled_back", "", "")
+                },
+                Finish::RolloutNotSucceeded,
+                vec![
+                    "rollout r-1 did not succeed and was rolled back by r-2: 2 hosts failed (max 1)",
+                    "rollback rollout r-2 succeeded",
+                ],
+            ),
+            (
+                // An ordinary rollout rolled back in place (no separate rollback rollout).
+                vec![],
+                with("r-1", "rolled_back", "2 hosts failed (max 1)", ""),
+                Finish::RolloutNotSucceeded,
+                vec!["rollout r-1 rolled_back: 2 hosts failed (max 1)"],
+            ),
+            (
+                vec![original],
+                with("r-2", "failed", "h3 lost", ""),
+                Finish::RolloutNotSucceeded,
+                vec![
+                    "rollout r-1 did not succeed and was rolled back by r-2: 2 hosts failed (max 1)",
+                    "rollback rollout r-2 failed: h3 lost",
+                ],
+            ),
+        ];
+        for (handed_over, last, finish, lines) in table {
+            let (got_finish, got_lines) = verdict(&handed_over, &last);
+            assert_eq!(got_finish, finish, "{last:?}");
+            assert_eq!(got_lines, lines, "{last:?}");
+        }
     }
 
     #[test]

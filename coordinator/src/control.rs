@@ -1,19 +1,22 @@
-//! Operator actions: create, inspect, pause, resume and abort rollouts, list hosts. Each is a
-//! read or a compare-and-set transaction in etcd, so any replica can serve it and a success means
-//! the change is durable (S6).
+//! Operator actions: create (and dry-run plan), inspect, pause, resume, promote, abort and roll
+//! back rollouts; list, fence and forget hosts; release history. Each is a read or a
+//! compare-and-set transaction in etcd, so any replica can serve it and a success means the
+//! change is durable (S6).
 
 use std::sync::Arc;
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use rand::Rng;
 use rollgate_proto::pb;
-use rollgate_proto::spec::{RolloutSpec, SpecError};
+use rollgate_proto::spec::{
+    FailureBudget, Gate, OnFailure, RolloutSpec, SpecError, Strategy, TargetSpec,
+};
 use thiserror::Error;
 
-use crate::planner;
+use crate::planner::{self, Progress};
 use crate::store::{
-    self, decode, encode, now_ms, ArtifactRecord, FleetView, HostState, HostStep, Phase,
-    RolloutRecord, RolloutView, StoreError,
+    self, decode, encode, now_ms, ArtifactRecord, FleetView, HostRecord, HostState, HostStep,
+    Phase, RolloutRecord, RolloutView, StoreError,
 };
 use crate::Ctx;
 
@@ -46,12 +49,17 @@ impl From<etcd_client::Error> for ControlError {
     }
 }
 
-/// Validates a spec, resolves its targets and stores the rollout, claiming the service.
-pub async fn create(ctx: &Arc<Ctx>, spec_toml: &str) -> Result<RolloutRecord, ControlError> {
+/// Validates a spec against the store and the fleet; `check_store` requires a `store:` artifact
+/// to be pushed already (a dry-run plan does not).
+async fn prepare(
+    ctx: &Arc<Ctx>,
+    spec_toml: &str,
+    check_store: bool,
+) -> Result<(RolloutRecord, FleetView), ControlError> {
     let spec = RolloutSpec::parse_resolved(spec_toml)?;
     let keys = &ctx.keys;
     let mut etcd = ctx.etcd.clone();
-    if spec.release.source == "store:" {
+    if spec.release.source == "store:" && check_store {
         let resp = etcd.get(keys.artifact(&spec.release.sha256), None).await?;
         let art: ArtifactRecord = match resp.kvs().first() {
             Some(kv) => decode(kv)?,
@@ -72,10 +80,34 @@ pub async fn create(ctx: &Arc<Ctx>, spec_toml: &str) -> Result<RolloutRecord, Co
     }
     let fleet = store::read_fleet(&mut etcd, keys).await?;
     let targets = resolve_targets(&spec, &fleet)?;
+    if let Some(label) = &spec.strategy.group_by {
+        let missing: Vec<&str> = targets
+            .iter()
+            .filter(|h| {
+                fleet
+                    .hosts
+                    .get(*h)
+                    .is_none_or(|r| !r.labels.contains_key(label))
+            })
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(ControlError::Invalid(format!(
+                "strategy.group_by = {label:?}, but these targets have no {label:?} label: {}. \
+                 Add the label to their agents' configs or choose another label",
+                missing.join(", ")
+            )));
+        }
+    }
+    let previous = store::history(&mut etcd, keys, &spec.service)
+        .await?
+        .into_iter()
+        .find(|h| h.release.sha256 != spec.release.sha256)
+        .map(|h| h.release);
     let id = format!("r-{:06x}", rand::thread_rng().gen_range(0..0x100_0000u32));
     let now = now_ms();
     let record = RolloutRecord {
-        id: id.clone(),
+        id,
         max_unavailable: spec.strategy.max_unavailable.resolve(targets.len()),
         targets,
         spec,
@@ -83,34 +115,147 @@ pub async fn create(ctx: &Arc<Ctx>, spec_toml: &str) -> Result<RolloutRecord, Co
         reason: String::new(),
         created_at_ms: now,
         updated_at_ms: now,
+        wave: 0,
+        tolerated_failures: 0,
+        previous,
+        rollback_of: None,
+        rolled_back_by: None,
     };
+    Ok((record, fleet))
+}
+
+/// Validates a spec, resolves its targets and stores the rollout, claiming the service.
+pub async fn create(ctx: &Arc<Ctx>, spec_toml: &str) -> Result<RolloutRecord, ControlError> {
+    let (record, _) = prepare(ctx, spec_toml, true).await?;
+    store_new_rollout(ctx, &record, Vec::new(), Vec::new()).await?;
+    tracing::info!(rollout = %record.id, service = %record.spec.service, version = %record.spec.release.version, targets = record.targets.len(), max_unavailable = record.max_unavailable, "rollout created");
+    Ok(record)
+}
+
+/// Stores a new rollout and makes it the service's active one, in one transaction (one active
+/// rollout per service). `compares`/`ops` join the transaction (a rollback also settles the
+/// rollout it replaces).
+async fn store_new_rollout(
+    ctx: &Arc<Ctx>,
+    record: &RolloutRecord,
+    mut compares: Vec<Compare>,
+    mut ops: Vec<TxnOp>,
+) -> Result<(), ControlError> {
+    let keys = &ctx.keys;
+    let mut etcd = ctx.etcd.clone();
     let active = keys.active(&record.spec.service);
-    let txn = Txn::new()
-        .when(vec![
-            Compare::version(active.clone(), CompareOp::Equal, 0),
-            Compare::version(keys.rollout(&id), CompareOp::Equal, 0),
-        ])
-        .and_then(vec![
-            TxnOp::put(keys.rollout(&id), encode(&record), None),
-            TxnOp::put(active.clone(), id.clone(), None),
-        ]);
-    if !etcd.txn(txn).await?.succeeded() {
-        let resp = etcd.get(active, None).await?;
-        let other = resp
-            .kvs()
-            .first()
-            .and_then(|kv| kv.value_str().ok())
-            .unwrap_or("?")
-            .to_string();
+    compares.push(Compare::version(
+        keys.rollout(&record.id),
+        CompareOp::Equal,
+        0,
+    ));
+    if record.rollback_of.is_none() {
+        compares.push(Compare::version(active.clone(), CompareOp::Equal, 0));
+    }
+    ops.push(TxnOp::put(keys.rollout(&record.id), encode(record), None));
+    ops.push(TxnOp::put(active.clone(), record.id.clone(), None));
+    if etcd
+        .txn(Txn::new().when(compares).and_then(ops))
+        .await?
+        .succeeded()
+    {
+        return Ok(());
+    }
+    let resp = etcd.get(active, None).await?;
+    let other = resp
+        .kvs()
+        .first()
+        .and_then(|kv| kv.value_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if other.is_empty() || record.rollback_of.is_some() {
         return Err(ControlError::Conflict(format!(
-            "service {} already has an active rollout {other}: wait for it to end, or `rollgate \
-             rollout abort {other}` (a rollout that ended keeps the service until its last \
-             hosts finish)",
-            record.spec.service
+            "rollout {} changed while starting {}; try again",
+            record.rollback_of.as_deref().unwrap_or("of this service"),
+            record.id
         )));
     }
-    tracing::info!(rollout = %id, service = %record.spec.service, version = %record.spec.release.version, targets = record.targets.len(), max_unavailable = record.max_unavailable, "rollout created");
-    Ok(record)
+    Err(ControlError::Conflict(format!(
+        "service {} already has an active rollout {other}: wait for it to end, or `rollgate \
+         rollout abort {other}`",
+        record.spec.service
+    )))
+}
+
+/// Dry run: what a spec would target and how, and what would block it right now.
+pub async fn plan(ctx: &Arc<Ctx>, spec_toml: &str) -> Result<pb::RolloutPlan, ControlError> {
+    let (record, fleet) = prepare(ctx, spec_toml, false).await?;
+    let view = RolloutView {
+        rollout: record,
+        rollout_rev: 0,
+        steps: Default::default(),
+        staged: Default::default(),
+    };
+    let p = planner::plan_view(&view, &fleet, now_ms());
+    let r = &view.rollout;
+    let st = &r.spec.strategy;
+    let mut waves = Vec::new();
+    let mut from = 0;
+    for (i, end) in p.waves.iter().enumerate() {
+        let canary = i == 0 && st.canary.is_some();
+        let last = i + 1 == p.waves.len();
+        waves.push(pb::WavePlan {
+            name: if canary {
+                "canary".into()
+            } else {
+                format!("wave {}", i + u32::from(st.canary.is_none()) as usize)
+            },
+            hosts: r.targets[from..*end].to_vec(),
+            gate_after: match (last, canary, st.canary_gate) {
+                (true, _, _) => String::new(),
+                (false, true, Gate::Manual) => "manual promote".into(),
+                (false, true, Gate::Bake(d)) => format!("bake {}", rollgate_proto::spec::human(d)),
+                (false, false, _) if st.pause_between_waves.is_zero() => String::new(),
+                (false, false, _) => format!(
+                    "pause {}",
+                    rollgate_proto::spec::human(st.pause_between_waves)
+                ),
+            },
+        });
+        from = *end;
+    }
+    let mut blocked_by = p.blocked_by.clone();
+    let mut etcd = ctx.etcd.clone();
+    let resp = etcd.get(ctx.keys.active(&r.spec.service), None).await?;
+    if let Some(other) = resp.kvs().first().and_then(|kv| kv.value_str().ok()) {
+        blocked_by = format!(
+            "service {} already has an active rollout {other}",
+            r.spec.service
+        );
+    }
+    Ok(pb::RolloutPlan {
+        service: r.spec.service.clone(),
+        version: r.spec.release.version.clone(),
+        targets: r.targets.clone(),
+        max_unavailable: r.max_unavailable,
+        max_failures: st.max_failures.resolve(r.targets.len()),
+        waves,
+        group_by: st.group_by.clone().unwrap_or_default(),
+        groups: groups_pb(&p),
+        unavailable_now: p
+            .unavailable
+            .iter()
+            .map(|(h, w)| format!("{h}: {w:?}").to_lowercase())
+            .collect(),
+        blocked_by,
+    })
+}
+
+fn groups_pb(p: &planner::Plan) -> Vec<pb::GroupBudget> {
+    p.groups
+        .iter()
+        .map(|g| pb::GroupBudget {
+            group: g.group.clone(),
+            hosts: g.hosts,
+            max_unavailable: g.max_unavailable,
+            unavailable: g.unavailable,
+        })
+        .collect()
 }
 
 fn resolve_targets(spec: &RolloutSpec, fleet: &FleetView) -> Result<Vec<String>, ControlError> {
@@ -196,15 +341,28 @@ fn not_found(id: &str) -> ControlError {
     ))
 }
 
-/// Builds the wire status from what is stored; `unavailable` and `blocked_by` come from the same
-/// planner the driver uses, so what the operator sees is what the leader decides on.
+/// Builds the wire status from what is stored; `unavailable`, `blocked_by` and host states come
+/// from the same planner the driver uses, so what the operator sees is what the leader decides
+/// on.
 pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
     let r = &view.rollout;
-    let plan = planner::plan_view(view, fleet);
+    let now = now_ms();
+    let plan = planner::plan_view(view, fleet, now);
+    let observed = planner::Observed {
+        rollout: r,
+        steps: &view.steps,
+        staged: &view.staged,
+        fleet,
+        now_ms: now,
+    };
+    let wave_of = |i: usize| plan.waves.iter().position(|end| i < *end).unwrap_or(0) as u32;
+    let label = r.spec.strategy.group_by.clone().unwrap_or_default();
+    let mut counts = std::collections::BTreeMap::<Progress, u32>::new();
     let hosts: Vec<pb::HostProgress> = r
         .targets
         .iter()
-        .map(|h| {
+        .enumerate()
+        .map(|(i, h)| {
             let step = view.steps.get(h).cloned().unwrap_or_else(HostStep::pending);
             let svc = fleet
                 .hosts
@@ -212,22 +370,30 @@ pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
                 .and_then(|rec| rec.services.get(&r.spec.service))
                 .cloned()
                 .unwrap_or_default();
-            let slot = view.slots.get(h);
+            let progress = planner::progress(&observed, h);
+            *counts.entry(progress).or_default() += 1;
             pb::HostProgress {
                 host_id: h.clone(),
-                state: step.state.to_string(),
+                state: progress.word().to_string(),
                 step: step.step,
                 message: step.message,
                 reason: step.reason,
-                connected: fleet.connected.contains(h),
+                connected: fleet.is_connected(h),
                 running_version: svc.version,
-                token: slot.map(|s| s.token).unwrap_or(step.token),
-                holds_slot: slot.is_some(),
+                token: step.token,
+                holds_slot: fleet.slot(&r.spec.service, h).is_some(),
                 health: pb::Health::from(svc.health) as i32,
+                group: if label.is_empty() {
+                    String::new()
+                } else {
+                    planner::group_of(fleet, &label, h)
+                },
+                wave: wave_of(i),
+                staged: view.staged.get(h).is_some_and(|s| s.ok),
             }
         })
         .collect();
-    let count = |st: HostState| view.steps.values().filter(|s| s.state == st).count() as u32;
+    let count = |p: Progress| counts.get(&p).copied().unwrap_or(0);
     pb::RolloutStatus {
         id: r.id.clone(),
         service: r.spec.service.clone(),
@@ -236,18 +402,35 @@ pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
         blocked_by: if r.phase.is_terminal() {
             String::new()
         } else {
-            plan.blocked_by
+            plan.blocked_by.clone()
         },
         max_unavailable: r.max_unavailable,
         unavailable: plan.unavailable.len() as u32,
         total: r.targets.len() as u32,
-        done: count(HostState::Done),
-        failed: count(HostState::Failed) + count(HostState::RolledBack),
+        done: count(Progress::Done),
+        failed: plan
+            .failures
+            .len()
+            .max((count(Progress::Failed) + count(Progress::RolledBack)) as usize)
+            as u32,
         hosts,
         reason: r.reason.clone(),
         created_at_ms: r.created_at_ms,
         updated_at_ms: r.updated_at_ms,
-        max_failures: r.spec.strategy.max_failures,
+        max_failures: r.spec.strategy.max_failures.resolve(r.targets.len()),
+        wave: r.wave,
+        waves: plan.waves.len() as u32,
+        gate: if r.phase.is_terminal() {
+            String::new()
+        } else {
+            plan.gate.clone()
+        },
+        groups: groups_pb(&plan),
+        rollback_of: r.rollback_of.clone().unwrap_or_default(),
+        rolled_back_by: r.rolled_back_by.clone().unwrap_or_default(),
+        on_failure: r.spec.strategy.on_failure.to_string(),
+        group_by: label,
+        staged: view.staged.values().filter(|s| s.ok).count() as u32,
     }
 }
 
@@ -272,8 +455,10 @@ pub async fn list(ctx: &Arc<Ctx>) -> Result<Vec<pb::RolloutStatus>, ControlError
 pub enum Action {
     /// Stop granting slots.
     Pause,
-    /// Grant slots again.
+    /// Grant slots again (accepting the failures so far, if the failure policy paused it).
     Resume,
+    /// Open the gate the rollout waits at.
+    Promote,
     /// End the rollout for good.
     Abort,
 }
@@ -288,51 +473,323 @@ pub async fn act(
     let keys = &ctx.keys;
     let mut etcd = ctx.etcd.clone();
     for _ in 0..CAS_ATTEMPTS {
-        let resp = etcd.get(keys.rollout(&id), None).await?;
-        let kv = resp.kvs().first().ok_or_else(|| not_found(&id))?;
-        let mut r: RolloutRecord = decode(kv)?;
-        let (from_ok, to, reason) = match action {
-            Action::Pause => (
-                r.phase == Phase::Rolling,
-                Phase::Paused,
-                "paused by an operator",
-            ),
-            Action::Resume => (r.phase == Phase::Paused, Phase::Rolling, ""),
-            Action::Abort => (
-                !r.phase.is_terminal(),
-                Phase::Aborted,
-                "aborted by an operator; hosts already updating finish on their own",
-            ),
+        let fleet = store::read_fleet(&mut etcd, keys).await?;
+        let view = store::read_rollout(&mut etcd, keys, &id, fleet.revision)
+            .await?
+            .ok_or_else(|| not_found(&id))?;
+        let plan = planner::plan_view(&view, &fleet, now_ms());
+        let mut r = view.rollout.clone();
+        let refuse = |why: &str| {
+            Err(ControlError::Conflict(format!(
+                "rollout {id} is {}; cannot {why}",
+                r.phase
+            )))
         };
-        if !from_ok {
-            return Err(ControlError::Conflict(format!(
-                "rollout {id} is {}; cannot {}",
-                r.phase,
-                match action {
-                    Action::Pause => "pause it (only a rolling rollout can be paused)",
-                    Action::Resume => "resume it (only a paused rollout can be resumed)",
-                    Action::Abort => "abort it (it has already ended)",
-                }
-            )));
+        match action {
+            Action::Pause if r.phase == Phase::Rolling => {
+                r.phase = Phase::Paused;
+                r.reason = "paused by an operator; `rollgate rollout resume` goes on".into();
+            }
+            Action::Pause => return refuse("pause it (only a rolling rollout can be paused)"),
+            Action::Resume if r.phase == Phase::Paused => {
+                r.phase = Phase::Rolling;
+                r.reason.clear();
+                r.tolerated_failures = r.tolerated_failures.max(plan.failures.len() as u32);
+            }
+            Action::Resume => return refuse("resume it (only a paused rollout can be resumed)"),
+            Action::Promote if r.phase == Phase::Rolling && !plan.gate.is_empty() => {
+                r.wave += 1;
+            }
+            Action::Promote => {
+                return refuse(
+                    "promote it: it is not waiting at a gate (see `rollgate rollout status`)",
+                )
+            }
+            Action::Abort if !r.phase.is_terminal() => {
+                r.phase = Phase::Aborted;
+                r.reason =
+                    "aborted by an operator; hosts already updating finish on their own".into();
+            }
+            Action::Abort => return refuse("abort it (it has already ended)"),
         }
-        r.phase = to;
-        r.reason = reason.to_string();
         r.updated_at_ms = now_ms();
         let txn = Txn::new()
             .when(vec![Compare::mod_revision(
                 keys.rollout(&id),
                 CompareOp::Equal,
-                kv.mod_revision(),
+                view.rollout_rev,
             )])
             .and_then(vec![TxnOp::put(keys.rollout(&id), encode(&r), None)]);
         if etcd.txn(txn).await?.succeeded() {
-            tracing::info!(rollout = %id, phase = %to, "operator changed the rollout's phase");
+            tracing::info!(rollout = %id, phase = %r.phase, wave = r.wave, ?action, "operator action applied");
             return status(ctx, &id).await;
         }
     }
     Err(ControlError::Conflict(format!(
         "rollout {id} kept changing while trying to update it; try again"
     )))
+}
+
+/// Starts a rollback of `view`'s rollout: a new rollout of the previous release to every target
+/// that took (or may have taken) the new one, under the same budget and groups, without canary
+/// or waves. Returns the new rollout, or `None` when no host needs it (the rollout is then
+/// marked rolled back directly). `fence` makes the leader's automatic rollback fenced (S3).
+pub async fn start_rollback(
+    ctx: &Arc<Ctx>,
+    view: &RolloutView,
+    fleet: &FleetView,
+    reason: &str,
+    fence: Option<Compare>,
+) -> Result<Option<RolloutRecord>, ControlError> {
+    let keys = &ctx.keys;
+    let r = &view.rollout;
+    let Some(previous) = r.previous.clone() else {
+        return Err(ControlError::Conflict(format!(
+            "cannot roll back {}: no earlier release of {} is recorded (this rollout was its \
+             first); fix forward with a new rollout instead",
+            r.id, r.spec.service
+        )));
+    };
+    if r.rollback_of.is_some() {
+        return Err(ControlError::Conflict(format!(
+            "{} is itself a rollback; start a new rollout instead",
+            r.id
+        )));
+    }
+    if matches!(r.phase, Phase::RollingBack | Phase::RolledBack) {
+        return Err(ControlError::Conflict(format!(
+            "{} is already {} (by {})",
+            r.id,
+            r.phase,
+            r.rolled_back_by.as_deref().unwrap_or("?")
+        )));
+    }
+    let observed = planner::Observed {
+        rollout: r,
+        steps: &view.steps,
+        staged: &view.staged,
+        fleet,
+        now_ms: now_ms(),
+    };
+    let targets: Vec<String> = r
+        .targets
+        .iter()
+        .filter(|h| {
+            matches!(
+                planner::progress(&observed, h),
+                Progress::Done | Progress::Updating | Progress::Lost | Progress::Failed
+            )
+        })
+        .cloned()
+        .collect();
+    let mut parent = r.clone();
+    parent.updated_at_ms = now_ms();
+    let mut compares = vec![Compare::mod_revision(
+        keys.rollout(&r.id),
+        CompareOp::Equal,
+        view.rollout_rev,
+    )];
+    compares.extend(fence);
+    if targets.is_empty() {
+        parent.phase = Phase::RolledBack;
+        parent.reason = format!(
+            "{reason}; no host took {}, nothing to roll back",
+            r.spec.release.version
+        );
+        let mut ops = vec![TxnOp::put(keys.rollout(&r.id), encode(&parent), None)];
+        if !r.phase.is_terminal() {
+            compares.push(Compare::value(
+                keys.active(&r.spec.service),
+                CompareOp::Equal,
+                r.id.clone(),
+            ));
+            ops.push(TxnOp::delete(keys.active(&r.spec.service), None));
+        }
+        ctx.etcd
+            .clone()
+            .txn(Txn::new().when(compares).and_then(ops))
+            .await?;
+        return Ok(None);
+    }
+    let strategy = Strategy {
+        canary: None,
+        waves: Vec::new(),
+        pause_between_waves: std::time::Duration::ZERO,
+        max_failures: FailureBudget::Count(0),
+        on_failure: OnFailure::Halt,
+        stage_first: false,
+        ..r.spec.strategy.clone()
+    };
+    let spec = RolloutSpec {
+        service: r.spec.service.clone(),
+        release: previous,
+        targets: TargetSpec {
+            hosts: targets.clone(),
+            labels: Default::default(),
+        },
+        strategy,
+    };
+    let now = now_ms();
+    let new = RolloutRecord {
+        id: format!("r-{:06x}", rand::thread_rng().gen_range(0..0x100_0000u32)),
+        max_unavailable: r.max_unavailable,
+        targets,
+        spec,
+        phase: Phase::Rolling,
+        reason: format!("rolls back {}: {reason}", r.id),
+        created_at_ms: now,
+        updated_at_ms: now,
+        wave: 0,
+        tolerated_failures: 0,
+        previous: Some(r.spec.release.clone()),
+        rollback_of: Some(r.id.clone()),
+        rolled_back_by: None,
+    };
+    parent.phase = Phase::RollingBack;
+    parent.reason = reason.to_string();
+    parent.rolled_back_by = Some(new.id.clone());
+    if r.phase.is_terminal() {
+        // An ended rollout no longer owns the service: the rollback must claim it like any
+        // new rollout.
+        compares.push(Compare::version(
+            keys.active(&r.spec.service),
+            CompareOp::Equal,
+            0,
+        ));
+    } else {
+        compares.push(Compare::value(
+            keys.active(&r.spec.service),
+            CompareOp::Equal,
+            r.id.clone(),
+        ));
+    }
+    let mut new_rec = new.clone();
+    new_rec.rollback_of = Some(r.id.clone());
+    store_new_rollout(
+        ctx,
+        &new_rec,
+        compares,
+        vec![TxnOp::put(keys.rollout(&r.id), encode(&parent), None)],
+    )
+    .await?;
+    tracing::warn!(rollout = %r.id, rollback = %new.id, hosts = new.targets.len(), version = %new.spec.release.version, %reason, "rolling back");
+    Ok(Some(new))
+}
+
+/// An operator's `rollgate rollout rollback ID`: returns the rollback rollout's status (or the
+/// rollout's own when nothing needed rolling back).
+pub async fn rollback(ctx: &Arc<Ctx>, id: &str) -> Result<pb::RolloutStatus, ControlError> {
+    let id = resolve_id(ctx, id).await?;
+    let mut etcd = ctx.etcd.clone();
+    let fleet = store::read_fleet(&mut etcd, &ctx.keys).await?;
+    let view = store::read_rollout(&mut etcd, &ctx.keys, &id, fleet.revision)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    let reason = "rollback requested by an operator".to_string();
+    match start_rollback(ctx, &view, &fleet, &reason, None).await? {
+        Some(new) => status(ctx, &new.id).await,
+        None => status(ctx, &id).await,
+    }
+}
+
+/// A service's release history, newest first.
+pub async fn history(ctx: &Arc<Ctx>, service: &str) -> Result<Vec<pb::HistoryEntry>, ControlError> {
+    rollgate_proto::names::check("service name", service)
+        .map_err(|e| ControlError::Invalid(e.to_string()))?;
+    let mut etcd = ctx.etcd.clone();
+    Ok(store::history(&mut etcd, &ctx.keys, service)
+        .await?
+        .into_iter()
+        .map(|h| pb::HistoryEntry {
+            version: h.release.version,
+            sha256: h.release.sha256,
+            size: h.release.size,
+            source: h.release.source,
+            rollout_id: h.rollout_id,
+            at_ms: h.at_ms,
+        })
+        .collect())
+}
+
+/// `rollgate host fence|forget HOST`: the operator vouches the host is out of the picture. Its
+/// outstanding grants end (its steps fail "fenced"), its slots are dropped, and it counts
+/// against no budget until it reconnects. `forget` also deletes its record and session.
+pub async fn fence_host(ctx: &Arc<Ctx>, host: &str, forget: bool) -> Result<String, ControlError> {
+    rollgate_proto::names::check("host id", host)
+        .map_err(|e| ControlError::Invalid(e.to_string()))?;
+    let keys = &ctx.keys;
+    let mut etcd = ctx.etcd.clone();
+    let resp = etcd.get(keys.host(host), None).await?;
+    let Some(kv) = resp.kvs().first() else {
+        return Err(ControlError::NotFound(format!(
+            "no host {host}; `rollgate hosts` lists the known hosts"
+        )));
+    };
+    let mut record: HostRecord = decode(kv)?;
+    let mut ops = Vec::new();
+    let mut ended = Vec::new();
+    for rid in store::active_rollouts(&mut etcd, keys).await? {
+        let resp = etcd.get(keys.step(&rid, host), None).await?;
+        if let Some(kv) = resp.kvs().first() {
+            let mut step: HostStep = decode(kv)?;
+            if step.state == HostState::Updating {
+                step.state = HostState::Failed;
+                step.reason = format!("fenced by an operator (token {} is void)", step.token);
+                step.updated_at_ms = now_ms();
+                ops.push(TxnOp::put(keys.step(&rid, host), encode(&step), None));
+                ended.push(rid);
+            }
+        }
+    }
+    let slots = etcd
+        .get(
+            keys.all_slots(),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await?;
+    for kv in slots.kvs() {
+        if let Ok(k) = kv.key_str() {
+            if k.ends_with(&format!("/{host}")) {
+                ops.push(TxnOp::delete(k, None));
+            }
+        }
+    }
+    if forget {
+        ops.push(TxnOp::delete(keys.host(host), None));
+        ops.push(TxnOp::delete(keys.session(host), None));
+    } else {
+        record.fenced = true;
+        ops.push(TxnOp::put(keys.host(host), encode(&record), None));
+    }
+    let txn = Txn::new()
+        .when(vec![Compare::mod_revision(
+            keys.host(host),
+            CompareOp::Equal,
+            kv.mod_revision(),
+        )])
+        .and_then(ops);
+    if !etcd.txn(txn).await?.succeeded() {
+        return Err(ControlError::Conflict(format!(
+            "host {host} reported while fencing it; run the command again"
+        )));
+    }
+    let what = if forget { "forgotten" } else { "fenced" };
+    tracing::warn!(%host, ?ended, "host {what} by an operator");
+    let mut msg = format!(
+        "{host} {what}: it counts against no budget{}",
+        if forget {
+            " and its record is deleted (it re-registers if its agent connects again)"
+        } else {
+            " and gets no orders until its agent reconnects"
+        }
+    );
+    if !ended.is_empty() {
+        msg.push_str(&format!(
+            "; its update in {} is marked failed",
+            ended.join(", ")
+        ));
+    }
+    Ok(msg)
 }
 
 /// Every host the coordinator has seen.
@@ -345,7 +802,7 @@ pub async fn hosts(ctx: &Arc<Ctx>) -> Result<Vec<pb::HostInfo>, ControlError> {
         .map(|h| pb::HostInfo {
             host_id: h.host_id.clone(),
             labels: h.labels.clone().into_iter().collect(),
-            connected: fleet.connected.contains(&h.host_id),
+            connected: fleet.is_connected(&h.host_id),
             agent_version: h.agent_version.clone(),
             services: h
                 .services

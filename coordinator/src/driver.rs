@@ -1,22 +1,26 @@
 //! The rollout driver: runs on the elected leader only. It re-reads every active rollout from
-//! etcd whenever something under the prefix changes, asks the planner what to do, and carries
-//! the decisions out as fenced transactions (S3). A restart re-derives everything from etcd.
+//! etcd whenever something under the prefix changes (or a gate or deadline the planner named
+//! comes due), asks the planner what to do, and carries the decisions out as transactions
+//! fenced by the leader's election key (S3). A restart re-derives everything from etcd.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, LeaderKey, Txn, TxnOp, WatchOptions};
+use etcd_client::{Compare, CompareOp, LeaderKey, PutOptions, Txn, TxnOp, WatchOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::planner;
+use crate::planner::{self, Plan};
 use crate::store::{
-    self, encode, now_ms, FleetView, HostState, HostStep, RolloutView, SlotRecord, StoreError,
+    self, decode, encode, now_ms, FleetView, HistoryRecord, HostState, HostStep, Phase,
+    RolloutRecord, RolloutView, SlotRecord, StoreError,
 };
-use crate::Ctx;
+use crate::{control, Ctx};
 
 /// Pause before campaigning again after losing leadership or an etcd error.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
+/// Longest sleep between rounds when nothing is due (a safety net, not the trigger).
+const IDLE_ROUND: Duration = Duration::from_secs(60);
 
 /// Campaigns for leadership and drives rollouts while leader, until `cancel`.
 pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
@@ -73,16 +77,22 @@ async fn lead(
         if !still_leader(ctx, leader).await? {
             return Err(StoreError::Corrupt {
                 key: ctx.keys.leader(),
-                err: "this replica's election key is gone (lease lost)".into(),
+                err: "this replica's election key is gone (lease lost); another replica leads"
+                    .into(),
             });
         }
-        drive_once(ctx, leader).await?;
+        let wake = drive_once(ctx, leader).await?;
+        let sleep = wake
+            .map(|at| Duration::from_millis((at - now_ms()).max(0) as u64))
+            .unwrap_or(IDLE_ROUND)
+            .min(IDLE_ROUND);
         tokio::select! {
             m = watch.message() => match m {
                 Ok(Some(_)) => {}
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(e.into()),
             },
+            _ = tokio::time::sleep(sleep) => {}
             _ = cancel.cancelled() => return Ok(()),
         }
     }
@@ -97,23 +107,27 @@ async fn still_leader(ctx: &Arc<Ctx>, leader: &LeaderKey) -> Result<bool, StoreE
         .unwrap_or(false))
 }
 
-/// One planning round over every active rollout.
-async fn drive_once(ctx: &Arc<Ctx>, leader: &LeaderKey) -> Result<(), StoreError> {
+/// One planning round over every active rollout; returns when the planner wants to run again.
+async fn drive_once(ctx: &Arc<Ctx>, leader: &LeaderKey) -> Result<Option<i64>, StoreError> {
     let mut etcd = ctx.etcd.clone();
     let fleet = store::read_fleet(&mut etcd, &ctx.keys).await?;
+    let mut wake: Option<i64> = None;
     for rid in store::active_rollouts(&mut etcd, &ctx.keys).await? {
         let Some(view) = store::read_rollout(&mut etcd, &ctx.keys, &rid, fleet.revision).await?
         else {
             continue;
         };
-        if let Err(e) = drive_rollout(ctx, leader, &fleet, &view).await {
-            warn!(rollout = %rid, "planning round failed: {e}");
+        match drive_rollout(ctx, leader, &fleet, &view).await {
+            Ok(Some(at)) => wake = Some(wake.map_or(at, |w: i64| w.min(at))),
+            Ok(None) => {}
+            Err(e) => warn!(rollout = %rid, "planning round failed: {e}"),
         }
     }
-    Ok(())
+    Ok(wake)
 }
 
-fn fence(leader: &LeaderKey) -> Compare {
+/// The leader's fence: its election key must still be the one it won with.
+pub fn fence(leader: &LeaderKey) -> Compare {
     Compare::create_revision(leader.key(), CompareOp::Equal, leader.rev())
 }
 
@@ -122,31 +136,45 @@ async fn drive_rollout(
     leader: &LeaderKey,
     fleet: &FleetView,
     view: &RolloutView,
-) -> Result<(), StoreError> {
+) -> Result<Option<i64>, StoreError> {
     let keys = &ctx.keys;
     let r = &view.rollout;
     let mut etcd = ctx.etcd.clone();
 
     if r.phase.is_terminal() {
-        // The rollout ended; the service is free for the next one once no host holds a slot.
-        if view.slots.is_empty() {
-            let txn = Txn::new()
-                .when(vec![
-                    fence(leader),
-                    Compare::value(keys.active(&r.spec.service), CompareOp::Equal, r.id.clone()),
-                ])
-                .and_then(vec![TxnOp::delete(keys.active(&r.spec.service), None)]);
-            etcd.txn(txn).await?;
-        }
-        return Ok(());
+        finish(ctx, leader, r).await?;
+        return Ok(None);
     }
 
-    let plan = planner::plan_view(view, fleet);
-
-    if let Some((phase, reason)) = plan.phase {
+    let plan = planner::plan_view(view, fleet, now_ms());
+    if let Some(reason) = &plan.rollback {
+        let reason = format!("{reason}. Rolling back (on_failure = rollback)");
+        match control::start_rollback(ctx, view, fleet, &reason, Some(fence(leader))).await {
+            Ok(Some(new)) => {
+                info!(rollout = %r.id, rollback = %new.id, "failure policy started a rollback")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(rollout = %r.id, "cannot roll back: {e}; halting instead");
+                set_phase(
+                    ctx,
+                    leader,
+                    view,
+                    Phase::Failed,
+                    &format!("{reason}; but {e}"),
+                )
+                .await?;
+            }
+        }
+        return Ok(None);
+    }
+    if let Some((phase, reason)) = &plan.phase {
+        set_phase(ctx, leader, view, *phase, reason).await?;
+        return Ok(None);
+    }
+    if let Some(wave) = plan.advance_wave {
         let mut next = r.clone();
-        next.phase = phase;
-        next.reason = reason.clone();
+        next.wave = wave;
         next.updated_at_ms = now_ms();
         let txn = Txn::new()
             .when(vec![
@@ -155,14 +183,43 @@ async fn drive_rollout(
             ])
             .and_then(vec![TxnOp::put(keys.rollout(&r.id), encode(&next), None)]);
         if etcd.txn(txn).await?.succeeded() {
-            info!(rollout = %r.id, %phase, %reason, "rollout {phase}");
+            info!(rollout = %r.id, wave, "gate passed; wave {wave} is open");
         }
+        return Ok(None);
+    }
+    grant(ctx, leader, fleet, view, &plan).await?;
+    Ok(plan.wake_at_ms)
+}
+
+/// Grants the planned slots, one fenced transaction each, handing out increasing tokens.
+async fn grant(
+    ctx: &Arc<Ctx>,
+    leader: &LeaderKey,
+    fleet: &FleetView,
+    view: &RolloutView,
+    plan: &Plan,
+) -> Result<(), StoreError> {
+    if plan.grants.is_empty() {
         return Ok(());
     }
-
+    let keys = &ctx.keys;
+    let r = &view.rollout;
+    let mut etcd = ctx.etcd.clone();
+    let resp = etcd.get(keys.token(), None).await?;
+    let (mut last_token, mut token_rev) = match resp.kvs().first() {
+        Some(kv) => (decode::<u64>(kv)?, kv.mod_revision()),
+        None => (0, 0),
+    };
+    let mut unavailable = plan.unavailable.len();
     for host in &plan.grants {
+        let Some(&lease) = fleet.connected.get(host) else {
+            continue;
+        };
+        let token = last_token + 1;
+        let now = now_ms();
         let slot = SlotRecord {
             rollout_id: r.id.clone(),
+            token,
             host_id: host.clone(),
             service: r.spec.service.clone(),
             version: r.spec.release.version.clone(),
@@ -172,39 +229,132 @@ async fn drive_rollout(
             min_healthy_time_ms: r.spec.strategy.min_healthy_time.as_millis() as u64,
             healthy_deadline_ms: r.spec.strategy.healthy_deadline.as_millis() as u64,
             granted_by: ctx.config.replica_id.clone(),
-            granted_at_ms: now_ms(),
+            granted_at_ms: now,
         };
         let step = HostStep {
             state: HostState::Updating,
+            token,
+            granted_at_ms: now,
             message: "slot granted; order sent".into(),
             ..HostStep::pending()
         };
-        // S3: only the current leader grants; the rollout must be unchanged since it was read
-        // (a pause in between wins); a host is granted at most once per rollout.
+        // S3: only the current leader grants; the rollout is unchanged since it was read (a
+        // pause in between wins); tokens only grow; a host holds one slot per service and is
+        // granted once per rollout; its stream is still where the slot's lease says.
+        let slot_key = keys.slot(&r.spec.service, host);
         let txn = Txn::new()
             .when(vec![
                 fence(leader),
                 Compare::mod_revision(keys.rollout(&r.id), CompareOp::Equal, view.rollout_rev),
+                Compare::mod_revision(keys.token(), CompareOp::Equal, token_rev),
                 Compare::version(keys.step(&r.id, host), CompareOp::Equal, 0),
-                Compare::version(keys.slot(&r.id, host), CompareOp::Equal, 0),
+                Compare::version(slot_key.clone(), CompareOp::Equal, 0),
+                Compare::lease(keys.session(host), CompareOp::Equal, lease),
             ])
             .and_then(vec![
-                TxnOp::put(keys.slot(&r.id, host), encode(&slot), None),
+                TxnOp::put(keys.token(), encode(&token), None),
+                TxnOp::put(
+                    slot_key,
+                    encode(&slot),
+                    Some(PutOptions::new().with_lease(lease)),
+                ),
                 TxnOp::put(keys.step(&r.id, host), encode(&step), None),
             ]);
         let resp = etcd.txn(txn).await?;
-        if resp.succeeded() {
-            let token = resp.header().map(|h| h.revision()).unwrap_or(0);
-            info!(
-                rollout = %r.id, %host, token,
-                unavailable = plan.unavailable.len() + 1,
-                budget = r.max_unavailable,
-                "slot granted"
-            );
-        } else {
+        if !resp.succeeded() {
             // Something changed since the read; the watch brings the next round.
             return Ok(());
         }
+        last_token = token;
+        token_rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        unavailable += usize::from(!plan.unavailable.iter().any(|(h, _)| h == host));
+        info!(
+            rollout = %r.id, %host, token, unavailable, budget = r.max_unavailable,
+            "slot granted"
+        );
+    }
+    Ok(())
+}
+
+async fn set_phase(
+    ctx: &Arc<Ctx>,
+    leader: &LeaderKey,
+    view: &RolloutView,
+    phase: Phase,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let keys = &ctx.keys;
+    let r = &view.rollout;
+    let mut next = r.clone();
+    next.phase = phase;
+    next.reason = reason.to_string();
+    next.updated_at_ms = now_ms();
+    let mut ops = vec![TxnOp::put(keys.rollout(&r.id), encode(&next), None)];
+    if phase == Phase::Succeeded {
+        let entry = HistoryRecord {
+            release: r.spec.release.clone(),
+            rollout_id: r.id.clone(),
+            at_ms: next.updated_at_ms,
+        };
+        ops.push(TxnOp::put(
+            keys.history_entry(&r.spec.service, entry.at_ms, &r.id),
+            encode(&entry),
+            None,
+        ));
+    }
+    let txn = Txn::new()
+        .when(vec![
+            fence(leader),
+            Compare::mod_revision(keys.rollout(&r.id), CompareOp::Equal, view.rollout_rev),
+        ])
+        .and_then(ops);
+    if ctx.etcd.clone().txn(txn).await?.succeeded() {
+        info!(rollout = %r.id, %phase, %reason, "rollout {phase}");
+    }
+    Ok(())
+}
+
+/// A rollout that ended releases its service; a rollback that ended settles the rollout it
+/// rolled back.
+async fn finish(ctx: &Arc<Ctx>, leader: &LeaderKey, r: &RolloutRecord) -> Result<(), StoreError> {
+    let keys = &ctx.keys;
+    let mut etcd = ctx.etcd.clone();
+    let mut compares = vec![
+        fence(leader),
+        Compare::value(keys.active(&r.spec.service), CompareOp::Equal, r.id.clone()),
+    ];
+    let mut ops = vec![TxnOp::delete(keys.active(&r.spec.service), None)];
+    if let Some(parent_id) = &r.rollback_of {
+        let resp = etcd.get(keys.rollout(parent_id), None).await?;
+        if let Some(kv) = resp.kvs().first() {
+            let mut parent: RolloutRecord = decode(kv)?;
+            if parent.phase == Phase::RollingBack {
+                let ok = r.phase == Phase::Succeeded;
+                parent.phase = if ok { Phase::RolledBack } else { Phase::Failed };
+                parent.reason = if ok {
+                    format!(
+                        "{}; rolled back by {}: every host is on {} again",
+                        parent.reason, r.id, r.spec.release.version
+                    )
+                } else {
+                    format!(
+                        "{}; its rollback {} {}: {}",
+                        parent.reason, r.id, r.phase, r.reason
+                    )
+                };
+                parent.updated_at_ms = now_ms();
+                compares.push(Compare::mod_revision(
+                    keys.rollout(parent_id),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                ));
+                ops.push(TxnOp::put(keys.rollout(parent_id), encode(&parent), None));
+            }
+        }
+    }
+    let txn = Txn::new().when(compares).and_then(ops);
+    if etcd.txn(txn).await?.succeeded() {
+        info!(rollout = %r.id, phase = %r.phase, "rollout ended; service {} is free for the next rollout", r.spec.service);
     }
     Ok(())
 }

@@ -267,11 +267,67 @@ impl ControlService for ControlApi {
         tracing::info!(%sha256, size, "artifact stored");
         Ok(Response::new(pb::PushArtifactResponse { sha256, size }))
     }
+
+    async fn plan_rollout(
+        &self,
+        request: Request<pb::CreateRolloutRequest>,
+    ) -> Result<Response<pb::RolloutPlan>, Status> {
+        let spec = request.into_inner().spec_toml;
+        Ok(Response::new(control::plan(&self.ctx, &spec).await?))
+    }
+
+    async fn promote_rollout(
+        &self,
+        request: Request<pb::RolloutRef>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let id = request.into_inner().id;
+        Ok(Response::new(
+            control::act(&self.ctx, &id, Action::Promote).await?,
+        ))
+    }
+
+    async fn rollback_rollout(
+        &self,
+        request: Request<pb::RolloutRef>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let id = request.into_inner().id;
+        Ok(Response::new(control::rollback(&self.ctx, &id).await?))
+    }
+
+    async fn get_history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let service = request.into_inner().service;
+        Ok(Response::new(pb::HistoryResponse {
+            entries: control::history(&self.ctx, &service).await?,
+        }))
+    }
+
+    async fn fence_host(
+        &self,
+        request: Request<pb::HostRef>,
+    ) -> Result<Response<pb::HostActionResponse>, Status> {
+        let host = request.into_inner().host_id;
+        let message = control::fence_host(&self.ctx, &host, false).await?;
+        Ok(Response::new(pb::HostActionResponse { message }))
+    }
+
+    async fn forget_host(
+        &self,
+        request: Request<pb::HostRef>,
+    ) -> Result<Response<pb::HostActionResponse>, Status> {
+        let host = request.into_inner().host_id;
+        let message = control::fence_host(&self.ctx, &host, true).await?;
+        Ok(Response::new(pb::HostActionResponse { message }))
+    }
 }
 
 /// A watch ends once the rollout has ended and no host is still in the middle of its update
 /// (a halted rollout's in-flight hosts finish or roll back first).
 fn terminal(s: &pb::RolloutStatus) -> bool {
-    matches!(s.phase.as_str(), "succeeded" | "failed" | "aborted")
-        && s.hosts.iter().all(|h| h.state != "updating")
+    matches!(
+        s.phase.as_str(),
+        "succeeded" | "failed" | "aborted" | "rolling_back" | "rolled_back"
+    ) && s.hosts.iter().all(|h| h.state != "updating")
 }

@@ -42,6 +42,8 @@ use crate::store::Keys;
 const ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one etcd request may take.
 const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between attempts to re-open a broken lease keep-alive.
+const LEASE_RETRY: Duration = Duration::from_millis(200);
 /// How long in-flight work gets at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -98,7 +100,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .await
         .with_context(|| format!("etcd at {endpoints:?} refused a lease"))?
         .id();
-    let (mut keeper, mut keep_stream) = etcd.lease_keep_alive(lease).await?;
 
     let artifacts = ArtifactStore::new(
         config.state_dir.join("artifacts"),
@@ -143,25 +144,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let server = tokio::spawn(server);
     info!(replica = %ctx.config.replica_id, %local_addr, "coordinator listening");
 
-    let keepalive_every = Duration::from_millis((ttl as u64 * 1000) / 3);
-    let keepalive_cancel = cancel.clone();
-    let keepalive = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(keepalive_every) => {}
-                _ = keepalive_cancel.cancelled() => return Ok(()),
-            }
-            keeper
-                .keep_alive()
-                .await
-                .context("lease keep-alive failed")?;
-            match keep_stream.message().await {
-                Ok(Some(r)) if r.ttl() > 0 => {}
-                Ok(_) => anyhow::bail!("this replica's etcd lease expired"),
-                Err(e) => return Err(anyhow::Error::from(e).context("lease keep-alive failed")),
-            }
-        }
-    });
+    let keepalive = tokio::spawn(keep_lease(
+        ctx.etcd.clone(),
+        lease,
+        Duration::from_secs(ttl as u64),
+        cancel.clone(),
+    ));
     let driver = tokio::spawn(driver::run(ctx.clone(), cancel.clone()));
     let dispatcher = tokio::spawn(sessions::dispatch_orders(ctx.clone(), cancel.clone()));
     rollgate_proto::telemetry::notify_ready();
@@ -200,4 +188,49 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         local.stopped().await;
     }
     outcome
+}
+
+/// Keeps this replica's lease alive. A broken keep-alive stream (etcd restarting, a leader
+/// change) is re-opened; only a lease that etcd says has expired ends the replica, since its
+/// sessions and leadership are then void.
+async fn keep_lease(
+    mut etcd: Client,
+    lease: i64,
+    ttl: Duration,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let every = ttl / 3;
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        let opened = tokio::select! {
+            r = etcd.lease_keep_alive(lease) => r,
+            _ = cancel.cancelled() => return Ok(()),
+        };
+        if let Ok((mut keeper, mut stream)) = opened {
+            loop {
+                if keeper.keep_alive().await.is_err() {
+                    break;
+                }
+                match stream.message().await {
+                    Ok(Some(r)) if r.ttl() > 0 => last_ok = tokio::time::Instant::now(),
+                    Ok(Some(_)) => anyhow::bail!("this replica's etcd lease {lease:x} expired"),
+                    Ok(None) | Err(_) => break,
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = cancel.cancelled() => return Ok(()),
+                }
+            }
+        }
+        // Without etcd this replica can change nothing (every write is a compare-and-set), so it
+        // keeps trying; etcd itself says when the lease is gone.
+        warn!(
+            since_last_renewal = ?last_ok.elapsed(),
+            "etcd lease keep-alive interrupted; retrying"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(LEASE_RETRY) => {}
+            _ = cancel.cancelled() => return Ok(()),
+        }
+    }
 }

@@ -3,30 +3,93 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rollgate_proto::spec::{Gate, OnFailure, Strategy};
+
 use crate::store::{
-    FleetView, Health, HostRecord, HostState, HostStep, Phase, RolloutRecord, RolloutView, Slot,
+    FleetView, Health, HostState, HostStep, Phase, RolloutRecord, RolloutView, StageRecord,
 };
+
+/// How long past its `healthy_deadline` a lost host (its slot's holder went away and it has not
+/// reported since) may stay silent before it counts as a failure. It stays unavailable either
+/// way until it reports or an operator fences it (S2).
+pub const LOST_GRACE_MS: i64 = 30_000;
 
 /// What the planner sees.
 #[derive(Debug, Clone, Copy)]
 pub struct Observed<'a> {
     /// The rollout.
     pub rollout: &'a RolloutRecord,
-    /// Each target's step.
+    /// Each target's step (absent: pending).
     pub steps: &'a BTreeMap<String, HostStep>,
-    /// Slots held, by host.
-    pub slots: &'a BTreeMap<String, Slot>,
-    /// Durable host records.
-    pub hosts: &'a BTreeMap<String, HostRecord>,
-    /// Hosts with a live session.
-    pub connected: &'a BTreeSet<String>,
+    /// Staging reports (stage_first).
+    pub staged: &'a BTreeMap<String, StageRecord>,
+    /// Hosts, sessions and live slots.
+    pub fleet: &'a FleetView,
+    /// The clock.
+    pub now_ms: i64,
+}
+
+/// Where a target is, as the planner derives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Progress {
+    /// Not started.
+    Pending,
+    /// Holds a live slot.
+    Updating,
+    /// Granted, but its slot's holder went away and it has not reported since.
+    Lost,
+    /// On the new release, healthy.
+    Done,
+    /// Failed and back on the old release.
+    RolledBack,
+    /// Failed (and not back), refused, or fenced.
+    Failed,
+}
+
+impl Progress {
+    /// Lowercase word for the status API.
+    pub fn word(self) -> &'static str {
+        match self {
+            Progress::Pending => "pending",
+            Progress::Updating => "updating",
+            Progress::Lost => "lost",
+            Progress::Done => "done",
+            Progress::RolledBack => "rolled_back",
+            Progress::Failed => "failed",
+        }
+    }
+    fn is_final(self) -> bool {
+        matches!(
+            self,
+            Progress::Done | Progress::RolledBack | Progress::Failed
+        )
+    }
+}
+
+/// A target's progress: its durable step, and for `updating` whether its live slot still exists.
+pub fn progress(o: &Observed<'_>, host: &str) -> Progress {
+    let Some(step) = o.steps.get(host) else {
+        return Progress::Pending;
+    };
+    match step.state {
+        HostState::Pending => Progress::Pending,
+        HostState::Done => Progress::Done,
+        HostState::RolledBack => Progress::RolledBack,
+        HostState::Failed => Progress::Failed,
+        HostState::Updating => match o.fleet.slot(&o.rollout.spec.service, host) {
+            Some(slot) if slot.token == step.token => Progress::Updating,
+            _ => Progress::Lost,
+        },
+    }
 }
 
 /// Why a target is unavailable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unavailable {
-    /// Holds a slot: being upgraded, or failed and not yet healthy again.
-    HoldsSlot,
+    /// Being upgraded (holds a slot, in this or another rollout of the service).
+    Updating,
+    /// Granted, then lost with its slot's holder; counts until it reports (S2).
+    Lost,
     /// No live session.
     Offline,
     /// Reports its service unhealthy or stopped (while it has a release installed).
@@ -36,11 +99,25 @@ pub enum Unavailable {
 impl Unavailable {
     fn word(self) -> &'static str {
         match self {
-            Unavailable::HoldsSlot => "holds a slot",
+            Unavailable::Updating => "updating",
+            Unavailable::Lost => "lost mid-update",
             Unavailable::Offline => "offline",
             Unavailable::Unhealthy => "unhealthy",
         }
     }
+}
+
+/// A group's share of the budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupUse {
+    /// Label value.
+    pub group: String,
+    /// Targets in the group.
+    pub hosts: u32,
+    /// Its budget.
+    pub max_unavailable: u32,
+    /// Unavailable now.
+    pub unavailable: u32,
 }
 
 /// The planner's answer.
@@ -50,120 +127,361 @@ pub struct Plan {
     pub grants: Vec<String>,
     /// A phase change, with its reason.
     pub phase: Option<(Phase, String)>,
+    /// Open the next wave.
+    pub advance_wave: Option<u32>,
+    /// The failure policy asks for a rollback (the reason).
+    pub rollback: Option<String>,
     /// Targets unavailable right now, with why.
     pub unavailable: Vec<(String, Unavailable)>,
+    /// Per-group use of the budget (with group_by).
+    pub groups: Vec<GroupUse>,
     /// Why no (more) slots are granted; empty when the rollout is moving or over.
     pub blocked_by: String,
+    /// What the gate after the current wave waits for; empty when not at a gate.
+    pub gate: String,
+    /// When the planner wants to run again without any event (gate, deadline, lost grace).
+    pub wake_at_ms: Option<i64>,
+    /// Cumulative end of each wave in the target list.
+    pub waves: Vec<usize>,
+    /// Hosts whose failure counts against max_failures.
+    pub failures: Vec<String>,
+}
+
+impl Plan {
+    fn wake(&mut self, at: i64) {
+        self.wake_at_ms = Some(self.wake_at_ms.map_or(at, |w| w.min(at)));
+    }
 }
 
 /// Plans one rollout as read from etcd against the fleet read at the same revision.
-pub fn plan_view(view: &RolloutView, fleet: &FleetView) -> Plan {
+pub fn plan_view(view: &RolloutView, fleet: &FleetView, now_ms: i64) -> Plan {
     plan(Observed {
         rollout: &view.rollout,
         steps: &view.steps,
-        slots: &view.slots,
-        hosts: &fleet.hosts,
-        connected: &fleet.connected,
+        staged: &view.staged,
+        fleet,
+        now_ms,
     })
+}
+
+/// Cumulative ends of the waves: the canary, then `waves`, then the rest. Rollbacks have one
+/// wave.
+pub fn wave_bounds(strategy: &Strategy, targets: usize, rollback: bool) -> Vec<usize> {
+    let mut bounds = Vec::new();
+    if !rollback {
+        if let Some(c) = strategy.canary {
+            bounds.push((c.resolve(targets) as usize).min(targets));
+        }
+        for w in &strategy.waves {
+            let b = (w.resolve(targets) as usize).min(targets);
+            if b > bounds.last().copied().unwrap_or(0) {
+                bounds.push(b);
+            }
+        }
+    }
+    if bounds.last().copied() != Some(targets) {
+        bounds.push(targets);
+    }
+    bounds
+}
+
+/// The group a host belongs to under `group_by` ("" without a label).
+pub fn group_of(fleet: &FleetView, label: &str, host: &str) -> String {
+    fleet
+        .hosts
+        .get(host)
+        .and_then(|h| h.labels.get(label))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Decides what happens next for one rollout.
 pub fn plan(o: Observed<'_>) -> Plan {
     let r = o.rollout;
-    let service = &r.spec.service;
+    let st = &r.spec.strategy;
     let budget = r.max_unavailable as usize;
+    let n = r.targets.len();
+    let progress_of: BTreeMap<&String, Progress> =
+        r.targets.iter().map(|h| (h, progress(&o, h))).collect();
 
     let unavailable: Vec<(String, Unavailable)> = r
         .targets
         .iter()
-        .filter_map(|h| why_unavailable(h, service, &o).map(|w| (h.clone(), w)))
+        .filter_map(|h| why_unavailable(h, progress_of[h], &o).map(|w| (h.clone(), w)))
         .collect();
     let mut plan = Plan {
         unavailable,
+        waves: wave_bounds(st, n, r.rollback_of.is_some()),
         ..Plan::default()
     };
+
+    // Group budgets.
+    let mut group_budget: BTreeMap<String, (u32, u32)> = BTreeMap::new(); // group -> (hosts, budget)
+    let mut group_unavail: BTreeMap<String, usize> = BTreeMap::new();
+    if let (Some(label), Some(per)) = (&st.group_by, st.max_unavailable_per_group) {
+        for h in &r.targets {
+            group_budget
+                .entry(group_of(o.fleet, label, h))
+                .or_default()
+                .0 += 1;
+        }
+        for (_, (hosts, b)) in group_budget.iter_mut() {
+            *b = per.resolve(*hosts as usize);
+        }
+        for (h, _) in &plan.unavailable {
+            *group_unavail
+                .entry(group_of(o.fleet, label, h))
+                .or_default() += 1;
+        }
+        plan.groups = group_budget
+            .iter()
+            .map(|(g, (hosts, b))| GroupUse {
+                group: g.clone(),
+                hosts: *hosts,
+                max_unavailable: *b,
+                unavailable: group_unavail.get(g).copied().unwrap_or(0) as u32,
+            })
+            .collect();
+    }
     if r.phase.is_terminal() {
         return plan;
     }
 
-    let state_of = |h: &String| {
-        o.steps
-            .get(h)
-            .map(|s| s.state)
-            .unwrap_or(HostState::Pending)
-    };
-    let failures: Vec<&String> = r
-        .targets
-        .iter()
-        .filter(|h| state_of(h).is_failure())
-        .collect();
-    if failures.len() > r.spec.strategy.max_failures as usize {
-        let first = failures[0];
-        let why = o
-            .steps
-            .get(first)
-            .map(|s| s.reason.clone())
-            .unwrap_or_default();
-        plan.phase = Some((
-            Phase::Failed,
-            format!(
-                "{} host(s) failed, more than max_failures = {}; first: {first}: {why}. \
-                 No more hosts will be started",
-                failures.len(),
-                r.spec.strategy.max_failures
-            ),
-        ));
+    // Failures, and the failure policy.
+    for h in &r.targets {
+        let failed = match progress_of[h] {
+            Progress::RolledBack | Progress::Failed => true,
+            Progress::Lost => o.steps.get(h).is_some_and(|s| {
+                o.now_ms > s.granted_at_ms + st.healthy_deadline.as_millis() as i64 + LOST_GRACE_MS
+            }),
+            _ => false,
+        };
+        if failed {
+            plan.failures.push(h.clone());
+        } else if progress_of[h] == Progress::Lost {
+            if let Some(s) = o.steps.get(h) {
+                plan.wake(
+                    s.granted_at_ms + st.healthy_deadline.as_millis() as i64 + LOST_GRACE_MS + 1,
+                );
+            }
+        }
+    }
+    let allowed = st.max_failures.resolve(n).max(r.tolerated_failures) as usize;
+    if plan.failures.len() > allowed && r.phase == Phase::Rolling {
+        let first = &plan.failures[0];
+        let why = match progress_of[first] {
+            Progress::Lost => "lost mid-update and silent past its deadline".to_string(),
+            _ => o
+                .steps
+                .get(first)
+                .map(|s| s.reason.clone())
+                .unwrap_or_default(),
+        };
+        let what = format!(
+            "{} host(s) failed, more than max_failures = {}; first: {first}: {why}",
+            plan.failures.len(),
+            st.max_failures
+        );
+        match st.on_failure {
+            OnFailure::Halt => {
+                plan.phase = Some((
+                    Phase::Failed,
+                    format!("{what}. No more hosts will be started"),
+                ))
+            }
+            OnFailure::Pause => {
+                plan.phase = Some((
+                    Phase::Paused,
+                    format!(
+                        "{what}. Paused by the failure policy: `rollgate rollout resume` to go \
+                         on, or `rollgate rollout rollback` to go back"
+                    ),
+                ))
+            }
+            OnFailure::Rollback if r.rollback_of.is_none() => plan.rollback = Some(what),
+            OnFailure::Rollback => {
+                plan.phase = Some((
+                    Phase::Failed,
+                    format!("{what}. This is already a rollback; stopping here"),
+                ))
+            }
+        }
         return plan;
     }
-    if r.targets.iter().all(|h| state_of(h).is_final()) && o.slots.is_empty() {
-        let reason = if failures.is_empty() {
-            format!(
-                "all {} hosts run {}",
-                r.targets.len(),
-                r.spec.release.version
-            )
+
+    let all_final = r.targets.iter().all(|h| progress_of[h].is_final());
+    if all_final {
+        let done = r
+            .targets
+            .iter()
+            .filter(|h| progress_of[*h] == Progress::Done)
+            .count();
+        let reason = if plan.failures.is_empty() {
+            format!("all {n} hosts run {}", r.spec.release.version)
         } else {
             format!(
-                "{} hosts run {}; {} failed within max_failures = {}",
-                r.targets.len() - failures.len(),
+                "{done} hosts run {}; {} failed within max_failures = {}",
                 r.spec.release.version,
-                failures.len(),
-                r.spec.strategy.max_failures
+                plan.failures.len(),
+                st.max_failures
             )
         };
         plan.phase = Some((Phase::Succeeded, reason));
         return plan;
     }
     if r.phase == Phase::Paused {
-        plan.blocked_by = format!("paused by an operator{}", suffix(&r.reason));
+        plan.blocked_by = if r.reason.is_empty() {
+            "paused by an operator; `rollgate rollout resume` goes on".to_string()
+        } else {
+            r.reason.clone()
+        };
         return plan;
     }
 
-    let pending: Vec<&String> = r
-        .targets
-        .iter()
-        .filter(|h| state_of(h) == HostState::Pending && !o.slots.contains_key(*h))
-        .collect();
+    let mut why: Vec<String> = Vec::new();
+    let mut at_manual_gate = false;
+
+    // stage_first: every target staged before the first slot.
+    let staging_done = !st.stage_first
+        || r.targets
+            .iter()
+            .all(|h| o.staged.get(h).is_some_and(|s| s.ok) || progress_of[h] != Progress::Pending);
+    if !staging_done {
+        let ok = r
+            .targets
+            .iter()
+            .filter(|h| o.staged.get(*h).is_some_and(|s| s.ok))
+            .count();
+        let failed: Vec<String> = r
+            .targets
+            .iter()
+            .filter_map(|h| {
+                o.staged
+                    .get(h)
+                    .filter(|s| !s.ok)
+                    .map(|s| format!("{h}: {}", s.reason))
+            })
+            .collect();
+        let offline: Vec<&str> = r
+            .targets
+            .iter()
+            .filter(|h| !o.staged.contains_key(*h) && !o.fleet.is_connected(h))
+            .map(String::as_str)
+            .collect();
+        let mut w = format!(
+            "staging first: {ok}/{n} targets have staged {}",
+            r.spec.release.version
+        );
+        if !failed.is_empty() {
+            w.push_str(&format!("; cannot stage: {}", failed.join("; ")));
+        }
+        if !offline.is_empty() {
+            w.push_str(&format!(
+                "; offline, cannot stage yet: {}",
+                offline.join(", ")
+            ));
+        }
+        why.push(w);
+    }
+
+    // Waves and gates.
+    let wave = (r.wave as usize).min(plan.waves.len() - 1);
+    let open_end = plan.waves[wave];
+    let open = &r.targets[..open_end];
+    let wave_final = open.iter().all(|h| progress_of[h].is_final());
+    if staging_done && wave_final && wave + 1 < plan.waves.len() {
+        let wave_done_at = open
+            .iter()
+            .filter_map(|h| o.steps.get(h).map(|s| s.updated_at_ms))
+            .max()
+            .unwrap_or(r.updated_at_ms)
+            .max(r.updated_at_ms);
+        let canary_gate = wave == 0 && st.canary.is_some() && r.rollback_of.is_none();
+        let wait = if canary_gate {
+            match st.canary_gate {
+                Gate::Manual => None,
+                Gate::Bake(d) => Some(d),
+            }
+        } else {
+            Some(st.pause_between_waves)
+        };
+        match wait {
+            None => {
+                at_manual_gate = true;
+                plan.gate = "manual promote".to_string();
+                why.push(format!(
+                    "waiting at the canary gate: the canary ({}) is done; check it, then run \
+                     `rollgate rollout promote {}`",
+                    open.join(", "),
+                    r.id
+                ));
+            }
+            Some(d) => {
+                let opens_at = wave_done_at + d.as_millis() as i64;
+                if o.now_ms >= opens_at {
+                    plan.advance_wave = Some(wave as u32 + 1);
+                    return plan;
+                }
+                plan.wake(opens_at);
+                let left = rollgate_proto::spec::human(std::time::Duration::from_millis(
+                    (opens_at - o.now_ms) as u64,
+                ));
+                plan.gate = if canary_gate {
+                    format!("canary bake, {left} left")
+                } else {
+                    format!("pause between waves, {left} left")
+                };
+                why.push(format!(
+                    "{}: wave {} opens in {left}",
+                    if canary_gate {
+                        "baking the canary"
+                    } else {
+                        "pausing between waves"
+                    },
+                    wave + 1
+                ));
+            }
+        }
+    }
+
+    // Grants.
     let mut counted: BTreeSet<&String> = plan.unavailable.iter().map(|(h, _)| h).collect();
     let mut offline_pending = Vec::new();
     let mut budget_blocked = false;
-    for h in pending {
-        if !o.connected.contains(h) {
-            offline_pending.push(h.as_str());
-            continue;
+    let mut group_blocked: BTreeSet<String> = BTreeSet::new();
+    if why.is_empty() {
+        for h in open.iter().filter(|h| progress_of[*h] == Progress::Pending) {
+            let host = o.fleet.hosts.get(h);
+            if host.is_some_and(|x| x.fenced) || o.fleet.slot(&r.spec.service, h).is_some() {
+                continue;
+            }
+            if !o.fleet.is_connected(h) {
+                offline_pending.push(h.as_str());
+                continue;
+            }
+            // Granting a host that is already unavailable does not add to the count.
+            let adds = !counted.contains(h);
+            if counted.len() + usize::from(adds) > budget {
+                budget_blocked = true;
+                continue;
+            }
+            if let Some(label) = &st.group_by {
+                let g = group_of(o.fleet, label, h);
+                if let Some((_, gb)) = group_budget.get(&g) {
+                    let used = group_unavail.get(&g).copied().unwrap_or(0);
+                    if used + usize::from(adds) > *gb as usize {
+                        group_blocked.insert(g);
+                        continue;
+                    }
+                    *group_unavail.entry(g).or_default() += usize::from(adds);
+                }
+            }
+            counted.insert(h);
+            plan.grants.push(h.clone());
         }
-        // Granting a host that is already unavailable does not add to the count.
-        let after = counted.len() + usize::from(!counted.contains(h));
-        if after > budget {
-            budget_blocked = true;
-            continue;
-        }
-        counted.insert(h);
-        plan.grants.push(h.clone());
     }
 
     if plan.grants.is_empty() {
-        let mut why = Vec::new();
         if budget_blocked {
             let holders: Vec<String> = plan
                 .unavailable
@@ -177,30 +495,106 @@ pub fn plan(o: Observed<'_>) -> Plan {
                 holders.join(", ")
             ));
         }
+        for g in &group_blocked {
+            let label = st.group_by.as_deref().unwrap_or("group");
+            let holders: Vec<String> = plan
+                .unavailable
+                .iter()
+                .filter(|(h, _)| &group_of(o.fleet, label, h) == g)
+                .map(|(h, w)| format!("{h} {}", w.word()))
+                .collect();
+            let gb = group_budget.get(g).map(|x| x.1).unwrap_or(0);
+            why.push(format!(
+                "{label} {g} budget full: {}/{gb} unavailable ({})",
+                holders.len(),
+                holders.join(", ")
+            ));
+        }
         if !offline_pending.is_empty() {
             why.push(format!(
                 "waiting for offline host(s) to reconnect: {}",
                 offline_pending.join(", ")
             ));
         }
-        if why.is_empty() && !o.slots.is_empty() {
-            let updating: Vec<&str> = o.slots.keys().map(String::as_str).collect();
-            why.push(format!("waiting for {} to finish", updating.join(", ")));
+        let lost: Vec<&str> = r
+            .targets
+            .iter()
+            .filter(|h| progress_of[*h] == Progress::Lost)
+            .map(String::as_str)
+            .collect();
+        if !lost.is_empty() {
+            why.push(format!(
+                "lost mid-update (its coordinator replica went away; it keeps its share of the \
+                 budget until it reports or `rollgate host fence` it): {}",
+                lost.join(", ")
+            ));
         }
+        if why.is_empty() {
+            let updating: Vec<&str> = r
+                .targets
+                .iter()
+                .filter(|h| progress_of[*h] == Progress::Updating)
+                .map(String::as_str)
+                .collect();
+            if !updating.is_empty() {
+                why.push(format!("waiting for {} to finish", updating.join(", ")));
+            }
+        }
+        plan.blocked_by = why.join("; ");
+
+        // L1: a stall turns into a failure after progress_deadline (never at a manual gate).
+        if !at_manual_gate {
+            let last = last_progress(&o);
+            let deadline = last + st.progress_deadline.as_millis() as i64;
+            if o.now_ms >= deadline {
+                plan.phase = Some((
+                    Phase::Failed,
+                    format!(
+                        "no progress for {} (progress_deadline); it was stuck: {}",
+                        rollgate_proto::spec::human(st.progress_deadline),
+                        if plan.blocked_by.is_empty() {
+                            "no reason known"
+                        } else {
+                            &plan.blocked_by
+                        }
+                    ),
+                ));
+            } else {
+                plan.wake(deadline);
+            }
+        }
+    } else {
         plan.blocked_by = why.join("; ");
     }
     plan
 }
 
-fn why_unavailable(host: &str, service: &str, o: &Observed<'_>) -> Option<Unavailable> {
-    if o.slots.contains_key(host) {
-        return Some(Unavailable::HoldsSlot);
+/// The last time anything moved: creation, a phase change, a host step, a staging report.
+pub fn last_progress(o: &Observed<'_>) -> i64 {
+    let r = o.rollout;
+    let steps = o.steps.values().map(|s| s.updated_at_ms).max().unwrap_or(0);
+    let staged = o.staged.values().map(|s| s.at_ms).max().unwrap_or(0);
+    r.created_at_ms.max(r.updated_at_ms).max(steps).max(staged)
+}
+
+fn why_unavailable(host: &str, p: Progress, o: &Observed<'_>) -> Option<Unavailable> {
+    let record = o.fleet.hosts.get(host);
+    if record.is_some_and(|h| h.fenced) {
+        // The operator vouched for it (`rollgate host fence`).
+        return None;
     }
-    if !o.connected.contains(host) {
+    match p {
+        Progress::Updating => return Some(Unavailable::Updating),
+        Progress::Lost => return Some(Unavailable::Lost),
+        _ => {}
+    }
+    if o.fleet.slot(&o.rollout.spec.service, host).is_some() {
+        return Some(Unavailable::Updating);
+    }
+    if !o.fleet.is_connected(host) {
         return Some(Unavailable::Offline);
     }
-    let state = o.hosts.get(host).and_then(|h| h.services.get(service));
-    match state {
+    match record.and_then(|h| h.services.get(&o.rollout.spec.service)) {
         // A host that has never run the service was not serving it: installing there takes a
         // slot, but its absence is not an outage.
         Some(s) if s.version.is_empty() => None,
@@ -210,30 +604,28 @@ fn why_unavailable(host: &str, service: &str, o: &Observed<'_>) -> Option<Unavai
     }
 }
 
-fn suffix(reason: &str) -> String {
-    if reason.is_empty() {
-        String::new()
-    } else {
-        format!(" ({reason})")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ServiceState, SlotRecord};
-    use rollgate_proto::spec::{Budget, ReleaseSpec, RolloutSpec, Strategy, TargetSpec};
+    use crate::store::{HostRecord, ServiceState, SlotRecord};
+    use rollgate_proto::spec::{
+        Budget, FailureBudget, ReleaseSpec, RolloutSpec, Strategy, TargetSpec,
+    };
+    use std::time::Duration;
+
+    const NOW: i64 = 1_000_000;
 
     struct World {
         rollout: RolloutRecord,
         steps: BTreeMap<String, HostStep>,
-        slots: BTreeMap<String, Slot>,
-        hosts: BTreeMap<String, HostRecord>,
-        connected: BTreeSet<String>,
+        staged: BTreeMap<String, StageRecord>,
+        fleet: FleetView,
+        now: i64,
     }
 
-    fn world(n: usize, budget: Budget, max_failures: u32) -> World {
+    fn world(n: usize, strategy: Strategy) -> World {
         let targets: Vec<String> = (1..=n).map(|i| format!("h{i}")).collect();
+        let budget = strategy.max_unavailable.resolve(n);
         let spec = RolloutSpec {
             service: "svc".into(),
             release: ReleaseSpec {
@@ -244,48 +636,53 @@ mod tests {
                 file: None,
             },
             targets: TargetSpec::default(),
-            strategy: Strategy {
-                max_unavailable: budget,
-                max_failures,
-                ..Strategy::default()
-            },
+            strategy,
         };
-        let hosts = targets
-            .iter()
-            .map(|h| {
-                let mut rec = HostRecord {
-                    host_id: h.clone(),
-                    ..HostRecord::default()
-                };
-                rec.services.insert(
-                    "svc".into(),
-                    ServiceState {
-                        version: "1".into(),
-                        health: Health::Healthy,
-                        ..ServiceState::default()
-                    },
-                );
-                (h.clone(), rec)
-            })
-            .collect();
+        let mut fleet = FleetView::default();
+        for (i, h) in targets.iter().enumerate() {
+            let mut rec = HostRecord {
+                host_id: h.clone(),
+                ..HostRecord::default()
+            };
+            rec.labels.insert("site".into(), format!("s{}", i % 3));
+            rec.services.insert(
+                "svc".into(),
+                ServiceState {
+                    version: "1".into(),
+                    health: Health::Healthy,
+                    ..ServiceState::default()
+                },
+            );
+            fleet.hosts.insert(h.clone(), rec);
+            fleet.connected.insert(h.clone(), 7);
+        }
         World {
             rollout: RolloutRecord {
                 id: "r".into(),
-                max_unavailable: budget.resolve(n),
+                max_unavailable: budget,
                 spec,
-                targets: targets.clone(),
+                targets,
                 phase: Phase::Rolling,
                 reason: String::new(),
-                created_at_ms: 0,
-                updated_at_ms: 0,
+                created_at_ms: NOW - 1000,
+                updated_at_ms: NOW - 1000,
+                wave: 0,
+                tolerated_failures: 0,
+                previous: None,
+                rollback_of: None,
+                rolled_back_by: None,
             },
-            steps: targets
-                .iter()
-                .map(|h| (h.clone(), HostStep::pending()))
-                .collect(),
-            slots: BTreeMap::new(),
-            hosts,
-            connected: targets.iter().cloned().collect(),
+            steps: BTreeMap::new(),
+            staged: BTreeMap::new(),
+            fleet,
+            now: NOW,
+        }
+    }
+
+    fn strategy(budget: Budget) -> Strategy {
+        Strategy {
+            max_unavailable: budget,
+            ..Strategy::default()
         }
     }
 
@@ -294,38 +691,42 @@ mod tests {
             plan(Observed {
                 rollout: &self.rollout,
                 steps: &self.steps,
-                slots: &self.slots,
-                hosts: &self.hosts,
-                connected: &self.connected,
+                staged: &self.staged,
+                fleet: &self.fleet,
+                now_ms: self.now,
             })
         }
         fn set(&mut self, h: &str, state: HostState) {
-            self.steps.get_mut(h).expect("target").state = state;
+            let step = self.steps.entry(h.into()).or_insert_with(HostStep::pending);
+            step.state = state;
+            step.updated_at_ms = NOW - 500;
         }
         fn hold(&mut self, h: &str) {
             self.set(h, HostState::Updating);
-            self.slots.insert(
-                h.into(),
-                Slot {
-                    token: 1,
-                    record: SlotRecord {
-                        rollout_id: "r".into(),
-                        host_id: h.into(),
-                        service: "svc".into(),
-                        version: "2".into(),
-                        source: "store:".into(),
-                        sha256: String::new(),
-                        size: 1,
-                        min_healthy_time_ms: 0,
-                        healthy_deadline_ms: 1,
-                        granted_by: "x".into(),
-                        granted_at_ms: 0,
-                    },
+            let step = self.steps.get_mut(h).expect("step");
+            step.token = 9;
+            step.granted_at_ms = NOW - 500;
+            self.fleet.slots.insert(
+                ("svc".into(), h.into()),
+                SlotRecord {
+                    rollout_id: "r".into(),
+                    token: 9,
+                    host_id: h.into(),
+                    service: "svc".into(),
+                    version: "2".into(),
+                    source: "store:".into(),
+                    sha256: String::new(),
+                    size: 1,
+                    min_healthy_time_ms: 0,
+                    healthy_deadline_ms: 1,
+                    granted_by: "x".into(),
+                    granted_at_ms: 0,
                 },
             );
         }
         fn health(&mut self, h: &str, health: Health) {
-            self.hosts
+            self.fleet
+                .hosts
                 .get_mut(h)
                 .and_then(|r| r.services.get_mut("svc"))
                 .expect("host")
@@ -340,18 +741,19 @@ mod tests {
             (10, Budget::Percent(39), 3),
             (1, Budget::Percent(10), 1),
             (4, Budget::Count(10), 4),
+            (9, Budget::Percent(50), 4),
         ];
         for (n, b, want) in cases {
-            let w = world(n, b, 0);
+            let w = world(n, strategy(b));
             assert_eq!(w.plan().grants.len(), want, "{n} targets at {b}");
         }
     }
 
     #[test]
     fn slots_held_and_outages_count_against_the_budget() {
-        let mut w = world(10, Budget::Count(3), 0);
+        let mut w = world(10, strategy(Budget::Count(3)));
         w.hold("h1");
-        w.connected.remove("h5");
+        w.fleet.connected.remove("h5");
         w.health("h7", Health::Unhealthy);
         let p = w.plan();
         assert_eq!(p.unavailable.len(), 3);
@@ -360,9 +762,22 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_in_another_rollout_of_the_service_counts() {
+        let mut w = world(3, strategy(Budget::Count(1)));
+        w.hold("h2");
+        w.steps.clear(); // the slot belongs to an older rollout
+        let p = w.plan();
+        assert!(p.grants.is_empty(), "{p:?}");
+        assert_eq!(
+            p.unavailable,
+            vec![("h2".to_string(), Unavailable::Updating)]
+        );
+    }
+
+    #[test]
     fn offline_host_blocks_everyone_at_budget_one() {
-        let mut w = world(5, Budget::Count(1), 0);
-        w.connected.remove("h3");
+        let mut w = world(5, strategy(Budget::Count(1)));
+        w.fleet.connected.remove("h3");
         let p = w.plan();
         assert!(p.grants.is_empty(), "{p:?}");
         assert!(
@@ -374,8 +789,69 @@ mod tests {
     }
 
     #[test]
+    fn lost_host_keeps_its_share_and_fails_only_after_its_grace() {
+        let mut w = world(3, strategy(Budget::Count(1)));
+        w.hold("h1");
+        w.fleet.slots.clear(); // its replica's lease expired
+        let p = w.plan();
+        assert_eq!(
+            progress(
+                &Observed {
+                    rollout: &w.rollout,
+                    steps: &w.steps,
+                    staged: &w.staged,
+                    fleet: &w.fleet,
+                    now_ms: w.now
+                },
+                "h1"
+            ),
+            Progress::Lost
+        );
+        assert!(p.grants.is_empty(), "S2: lease expiry frees nothing: {p:?}");
+        assert!(p.blocked_by.contains("lost mid-update"), "{}", p.blocked_by);
+        assert!(p.phase.is_none());
+        let grace_end = NOW - 500 + Duration::from_secs(120).as_millis() as i64 + LOST_GRACE_MS;
+        assert_eq!(p.wake_at_ms, Some(grace_end + 1));
+        w.now = grace_end + 1;
+        assert_eq!(w.plan().phase.map(|(ph, _)| ph), Some(Phase::Failed));
+    }
+
+    #[test]
+    fn fenced_host_stops_counting() {
+        let mut w = world(3, strategy(Budget::Count(1)));
+        w.fleet.connected.remove("h1");
+        w.fleet.hosts.get_mut("h1").expect("h1").fenced = true;
+        assert_eq!(w.plan().grants, vec!["h2".to_string()]);
+    }
+
+    #[test]
+    fn group_budgets() {
+        let mut st = strategy(Budget::Count(5));
+        st.group_by = Some("site".into());
+        st.max_unavailable_per_group = Some(Budget::Count(1));
+        let mut w = world(9, st);
+        // h1, h4, h7 are site s0; h2, h5, h8 s1; h3, h6, h9 s2.
+        let p = w.plan();
+        assert_eq!(p.grants, vec!["h1", "h2", "h3"]);
+        w.hold("h1");
+        w.fleet.connected.remove("h2");
+        let p = w.plan();
+        assert_eq!(p.grants, vec!["h3"], "one per site: s0 and s1 are full");
+        assert_eq!(p.groups.len(), 3);
+        assert!(p.groups.iter().all(|g| g.max_unavailable == 1));
+        w.hold("h3");
+        let p = w.plan();
+        assert!(p.grants.is_empty());
+        assert!(
+            p.blocked_by.contains("site s0 budget full"),
+            "{}",
+            p.blocked_by
+        );
+    }
+
+    #[test]
     fn first_failure_halts_by_default() {
-        let mut w = world(10, Budget::Count(3), 0);
+        let mut w = world(10, strategy(Budget::Count(3)));
         w.hold("h1");
         w.set("h2", HostState::RolledBack);
         let p = w.plan();
@@ -384,8 +860,32 @@ mod tests {
     }
 
     #[test]
-    fn failures_within_max_failures_continue() {
-        let mut w = world(4, Budget::Count(1), 1);
+    fn failure_policies() {
+        for (on, want_phase, want_rollback) in [
+            (OnFailure::Pause, Some(Phase::Paused), false),
+            (OnFailure::Rollback, None, true),
+        ] {
+            let mut st = strategy(Budget::Count(1));
+            st.max_failures = FailureBudget::Percent(25);
+            st.on_failure = on;
+            let mut w = world(4, st);
+            w.set("h1", HostState::RolledBack);
+            assert_eq!(w.plan().grants, vec!["h2"], "1 of 4 is within 25%");
+            w.set("h2", HostState::Failed);
+            let p = w.plan();
+            assert_eq!(p.phase.map(|(ph, _)| ph), want_phase, "{on}");
+            assert_eq!(p.rollback.is_some(), want_rollback, "{on}");
+            // An operator resuming accepts the failures so far.
+            w.rollout.tolerated_failures = 2;
+            assert_eq!(w.plan().grants, vec!["h3"]);
+        }
+    }
+
+    #[test]
+    fn failures_within_max_failures_end_succeeded() {
+        let mut st = strategy(Budget::Count(1));
+        st.max_failures = FailureBudget::Count(1);
+        let mut w = world(4, st);
         w.set("h1", HostState::RolledBack);
         assert_eq!(w.plan().grants, vec!["h2".to_string()]);
         for h in ["h2", "h3", "h4"] {
@@ -395,19 +895,18 @@ mod tests {
     }
 
     #[test]
-    fn done_when_every_target_is_done_and_no_slot_is_held() {
-        let mut w = world(2, Budget::Count(1), 0);
+    fn done_when_every_target_is_done_and_none_is_in_flight() {
+        let mut w = world(2, strategy(Budget::Count(1)));
         w.set("h1", HostState::Done);
+        w.hold("h2");
+        assert_eq!(w.plan().phase, None);
         w.set("h2", HostState::Done);
         assert_eq!(w.plan().phase.map(|(ph, _)| ph), Some(Phase::Succeeded));
-        w.hold("h2");
-        w.set("h2", HostState::Done);
-        assert_eq!(w.plan().phase, None, "a slot still held keeps it open");
     }
 
     #[test]
     fn paused_grants_nothing_and_says_so() {
-        let mut w = world(3, Budget::Count(3), 0);
+        let mut w = world(3, strategy(Budget::Count(3)));
         w.rollout.phase = Phase::Paused;
         let p = w.plan();
         assert!(p.grants.is_empty());
@@ -416,9 +915,10 @@ mod tests {
 
     #[test]
     fn fresh_hosts_are_not_outages() {
-        let mut w = world(4, Budget::Count(2), 0);
+        let mut w = world(4, strategy(Budget::Count(2)));
         for h in ["h1", "h2", "h3", "h4"] {
             let s = w
+                .fleet
                 .hosts
                 .get_mut(h)
                 .and_then(|r| r.services.get_mut("svc"))
@@ -429,5 +929,118 @@ mod tests {
         let p = w.plan();
         assert!(p.unavailable.is_empty());
         assert_eq!(p.grants.len(), 2);
+    }
+
+    #[test]
+    fn wave_bounds_table() {
+        let mut st = strategy(Budget::Count(1));
+        assert_eq!(wave_bounds(&st, 10, false), vec![10]);
+        st.canary = Some(Budget::Count(1));
+        st.waves = vec![Budget::Percent(50)];
+        assert_eq!(wave_bounds(&st, 10, false), vec![1, 5, 10]);
+        assert_eq!(
+            wave_bounds(&st, 10, true),
+            vec![10],
+            "rollbacks have no canary"
+        );
+        st.waves = vec![Budget::Count(1), Budget::Percent(100)];
+        assert_eq!(wave_bounds(&st, 3, false), vec![1, 3]);
+    }
+
+    #[test]
+    fn manual_canary_gate() {
+        let mut st = strategy(Budget::Count(2));
+        st.canary = Some(Budget::Count(1));
+        let mut w = world(4, st);
+        assert_eq!(w.plan().grants, vec!["h1"], "only the canary");
+        w.set("h1", HostState::Done);
+        let p = w.plan();
+        assert!(p.grants.is_empty());
+        assert_eq!(p.gate, "manual promote");
+        assert!(
+            p.blocked_by.contains("rollgate rollout promote r"),
+            "{}",
+            p.blocked_by
+        );
+        w.now += 3_600_000;
+        assert_eq!(
+            w.plan().phase,
+            None,
+            "no progress deadline at a manual gate"
+        );
+        w.rollout.wave = 1;
+        assert_eq!(w.plan().grants, vec!["h2", "h3"]);
+    }
+
+    #[test]
+    fn baked_canary_and_paused_waves() {
+        let mut st = strategy(Budget::Count(4));
+        st.canary = Some(Budget::Count(1));
+        st.canary_gate = Gate::Bake(Duration::from_secs(60));
+        st.waves = vec![Budget::Count(2)];
+        st.pause_between_waves = Duration::from_secs(10);
+        let mut w = world(4, st);
+        w.set("h1", HostState::Done); // done at NOW - 500
+        let p = w.plan();
+        assert!(p.gate.starts_with("canary bake"), "{}", p.gate);
+        assert_eq!(p.wake_at_ms, Some(NOW - 500 + 60_000));
+        w.now = NOW - 500 + 60_000;
+        assert_eq!(w.plan().advance_wave, Some(1));
+        w.rollout.wave = 1;
+        w.rollout.updated_at_ms = w.now;
+        assert_eq!(w.plan().grants, vec!["h2"]);
+        w.set("h2", HostState::Done);
+        w.steps.get_mut("h2").expect("h2").updated_at_ms = w.now;
+        let p = w.plan();
+        assert!(p.gate.starts_with("pause between waves"), "{}", p.gate);
+        w.now += 10_000;
+        assert_eq!(w.plan().advance_wave, Some(2));
+    }
+
+    #[test]
+    fn progress_deadline_fails_a_stall_with_its_reason() {
+        let mut st = strategy(Budget::Count(1));
+        st.progress_deadline = Duration::from_secs(300);
+        let mut w = world(3, st);
+        w.fleet.connected.remove("h2");
+        w.set("h1", HostState::Done);
+        let p = w.plan();
+        assert!(p.phase.is_none());
+        assert_eq!(p.wake_at_ms, Some(NOW - 500 + 300_000));
+        w.now = NOW - 500 + 300_000;
+        let (phase, reason) = w.plan().phase.expect("deadline fires");
+        assert_eq!(phase, Phase::Failed);
+        assert!(
+            reason.contains("no progress for 5m") && reason.contains("h2 offline"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn stage_first_waits_for_every_target() {
+        let mut st = strategy(Budget::Count(2));
+        st.stage_first = true;
+        let mut w = world(3, st);
+        let ok = |ok: bool, reason: &str| StageRecord {
+            ok,
+            reason: reason.into(),
+            at_ms: NOW,
+        };
+        w.staged.insert("h1".into(), ok(true, ""));
+        w.staged.insert("h2".into(), ok(false, "disk full"));
+        w.fleet.connected.remove("h3");
+        let p = w.plan();
+        assert!(p.grants.is_empty());
+        assert!(
+            p.blocked_by.contains("1/3")
+                && p.blocked_by.contains("h2: disk full")
+                && p.blocked_by.contains("h3"),
+            "{}",
+            p.blocked_by
+        );
+        w.staged.insert("h2".into(), ok(true, ""));
+        w.staged.insert("h3".into(), ok(true, ""));
+        w.fleet.connected.insert("h3".into(), 7);
+        assert_eq!(w.plan().grants, vec!["h1", "h2"]);
     }
 }

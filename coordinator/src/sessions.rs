@@ -6,9 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use etcd_client::{
-    Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-};
+use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
 use rand::Rng;
 use rollgate_proto::{names, pb};
 use tokio::sync::mpsc;
@@ -18,7 +16,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::store::{
     self, decode, encode, now_ms, HostRecord, HostState, HostStep, ServiceState, SessionRecord,
-    SlotRecord, StoreError,
+    SlotRecord, StageRecord, StoreError,
 };
 use crate::Ctx;
 
@@ -84,15 +82,14 @@ impl Hub {
             .collect()
     }
 
-    /// Sends an order to a host if its stream is here; false otherwise.
-    async fn send_order(&self, host: &str, order: pb::UpdateOrder) -> bool {
+    /// Sends a message to a host if its stream is here; false otherwise.
+    async fn send(&self, host: &str, msg: pb::coordinator_message::Msg) -> bool {
         let Some(tx) = self.sender(host) else {
             return false;
         };
-        let msg = pb::CoordinatorMessage {
-            msg: Some(pb::coordinator_message::Msg::Update(order)),
-        };
-        tx.send(Ok(msg)).await.is_ok()
+        tx.send(Ok(pb::CoordinatorMessage { msg: Some(msg) }))
+            .await
+            .is_ok()
     }
 }
 
@@ -166,7 +163,7 @@ pub async fn serve(
                 warn!("cannot record a result from hello: {e}");
             }
         }
-        if let Err(e) = session.resend_orders().await {
+        if let Err(e) = session.catch_up(&hello).await {
             warn!("cannot look up orders for this host: {e}");
         }
         let silent = ctx.config.session_timeout();
@@ -194,7 +191,10 @@ pub async fn serve(
                 }
             };
             if let Err(e) = session.handle(msg).await {
-                warn!("cannot record what the agent said: {e}");
+                // Nothing the agent said is lost: it re-sends results and in-flight orders in
+                // the hello of its next session.
+                warn!("cannot record what the agent said: {e}; closing the session so it re-sends on reconnect");
+                break;
             }
         }
         ctx.hub.unregister(&host, &conn_id);
@@ -244,6 +244,7 @@ impl Session {
                 .map(|s| (s.service.clone(), ServiceState::from(s)))
                 .collect(),
             last_seen_ms: now_ms(),
+            fenced: false,
         };
         let keys = &self.ctx.keys;
         let mut etcd = self.ctx.etcd.clone();
@@ -288,6 +289,7 @@ impl Session {
             Some(Msg::Status(s)) => self.status(&s).await,
             Some(Msg::Progress(p)) => self.progress(&p).await,
             Some(Msg::Result(r)) => self.apply_result(&r).await,
+            Some(Msg::Staged(s)) => self.staged(&s).await,
         }
     }
 
@@ -299,113 +301,106 @@ impl Session {
         let mut etcd = self.ctx.etcd.clone();
         etcd.put(self.ctx.keys.host(&self.host), encode(&self.record), None)
             .await?;
-        if s.health() == pb::Health::Healthy {
-            self.release_failed_slots(&s.service, &s.version).await?;
-        }
         Ok(())
     }
 
-    /// A host that failed and kept its slot frees it once it reports healthy again (S2).
-    async fn release_failed_slots(&self, service: &str, version: &str) -> Result<(), StoreError> {
-        let keys = &self.ctx.keys;
-        let mut etcd = self.ctx.etcd.clone();
-        for rid in store::active_rollouts(&mut etcd, keys).await? {
-            let slot_key = keys.slot(&rid, &self.host);
-            let resp = etcd.get(slot_key.clone(), None).await?;
-            let Some(kv) = resp.kvs().first() else {
-                continue;
-            };
-            let slot: SlotRecord = decode(kv)?;
-            if slot.service != service {
-                continue;
-            }
-            let step_resp = etcd.get(keys.step(&rid, &self.host), None).await?;
-            let failed = step_resp
-                .kvs()
-                .first()
-                .map(decode::<HostStep>)
-                .transpose()?
-                .map(|s| s.state == HostState::Failed)
-                .unwrap_or(false);
-            if !failed {
-                continue;
-            }
-            let txn = Txn::new()
-                .when(vec![Compare::create_revision(
-                    slot_key.clone(),
-                    CompareOp::Equal,
-                    kv.create_revision(),
-                )])
-                .and_then(vec![TxnOp::delete(slot_key, None)]);
-            if etcd.txn(txn).await?.succeeded() {
-                info!(rollout = %rid, %version, "host is healthy again; its slot is released");
-            }
+    async fn staged(&self, s: &pb::StageResult) -> Result<(), StoreError> {
+        if s.ok {
+            info!(rollout = %s.rollout_id, service = %s.service, "release staged");
+        } else {
+            warn!(rollout = %s.rollout_id, service = %s.service, reason = %s.reason, "cannot stage the release");
         }
+        let rec = StageRecord {
+            ok: s.ok,
+            reason: s.reason.clone(),
+            at_ms: now_ms(),
+        };
+        let key = self.ctx.keys.staged(&s.rollout_id, &self.host);
+        // Only for a rollout that exists (a confused agent must not create stray keys).
+        let txn = Txn::new()
+            .when(vec![Compare::version(
+                self.ctx.keys.rollout(&s.rollout_id),
+                CompareOp::Greater,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(key, encode(&rec), None)]);
+        self.ctx.etcd.clone().txn(txn).await?;
         Ok(())
+    }
+
+    /// Reads this host's step in a rollout with its key's mod revision.
+    async fn step(&self, rid: &str) -> Result<Option<(HostStep, i64)>, StoreError> {
+        let resp = self
+            .ctx
+            .etcd
+            .clone()
+            .get(self.ctx.keys.step(rid, &self.host), None)
+            .await?;
+        resp.kvs()
+            .first()
+            .map(|kv| Ok((decode::<HostStep>(kv)?, kv.mod_revision())))
+            .transpose()
     }
 
     async fn progress(&mut self, p: &pb::OrderProgress) -> Result<(), StoreError> {
-        let keys = &self.ctx.keys;
-        let mut etcd = self.ctx.etcd.clone();
-        let slot_key = keys.slot(&p.rollout_id, &self.host);
-        let step_key = keys.step(&p.rollout_id, &self.host);
-        let resp = etcd.get(step_key.clone(), None).await?;
-        let Some(kv) = resp.kvs().first() else {
+        let Some((mut step, rev)) = self.step(&p.rollout_id).await? else {
             return Ok(());
         };
-        let mut step: HostStep = decode(kv)?;
-        if step.state != HostState::Updating {
+        if step.state != HostState::Updating || step.token != p.token {
             return Ok(());
         }
         debug!(rollout = %p.rollout_id, token = p.token, step = p.step().word(), message = %p.message, "progress");
         step.step = p.step().word().to_string();
         step.message = p.message.clone();
-        step.token = p.token;
         step.updated_at_ms = now_ms();
+        let key = self.ctx.keys.step(&p.rollout_id, &self.host);
         let txn = Txn::new()
-            .when(vec![
-                Compare::create_revision(slot_key, CompareOp::Equal, p.token as i64),
-                Compare::mod_revision(step_key.clone(), CompareOp::Equal, kv.mod_revision()),
-            ])
-            .and_then(vec![TxnOp::put(step_key, encode(&step), None)]);
-        etcd.txn(txn).await?;
+            .when(vec![Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                rev,
+            )])
+            .and_then(vec![TxnOp::put(key, encode(&step), None)]);
+        self.ctx.etcd.clone().txn(txn).await?;
         Ok(())
     }
 
-    /// Records an order's outcome. Fenced by the slot's token, so a stale or repeated result
-    /// changes nothing. A slot is freed only on evidence: healthy on the new release, or healthy
-    /// again on the old one (or back to nothing on a host that never ran the service).
+    /// Records an order's outcome. Fenced by the step's token, so a stale or repeated result
+    /// changes nothing. The host's share of the budget is freed by this evidence only: done
+    /// (healthy on the new release), or back on the old one; a host that is not healthy again
+    /// keeps counting as unavailable through its reported health (S2).
     async fn apply_result(&mut self, r: &pb::OrderResult) -> Result<(), StoreError> {
         let keys = &self.ctx.keys;
         let mut etcd = self.ctx.etcd.clone();
-        let slot_key = keys.slot(&r.rollout_id, &self.host);
-        let resp = etcd.get(slot_key.clone(), None).await?;
-        let Some(kv) = resp.kvs().first() else {
-            debug!(rollout = %r.rollout_id, token = r.token, "result for a slot that is no longer held; already recorded");
+        let Some((step, step_rev)) = self.step(&r.rollout_id).await? else {
+            debug!(rollout = %r.rollout_id, token = r.token, "result for a rollout this host has no step in; ignored");
             return Ok(());
         };
-        if kv.create_revision() as u64 != r.token {
-            debug!(rollout = %r.rollout_id, token = r.token, slot_token = kv.create_revision(), "result with a stale token ignored");
+        if step.state != HostState::Updating || step.token != r.token {
+            debug!(rollout = %r.rollout_id, token = r.token, step_token = step.token, state = %step.state, "stale or repeated result ignored");
             return Ok(());
         }
-        let slot: SlotRecord = decode(kv)?;
         let health = r.health();
-        let back_to_nothing = r.running_version.is_empty() && health == pb::Health::Stopped;
-        let (state, free) = match r.outcome() {
-            pb::Outcome::Succeeded => (HostState::Done, true),
-            pb::Outcome::RolledBack => (
-                HostState::RolledBack,
-                health == pb::Health::Healthy || back_to_nothing,
-            ),
-            pb::Outcome::Refused => (
-                HostState::Failed,
-                health == pb::Health::Healthy || back_to_nothing,
-            ),
-            pb::Outcome::Failed | pb::Outcome::Unspecified => (HostState::Failed, false),
+        let state = match r.outcome() {
+            pb::Outcome::Succeeded => HostState::Done,
+            pb::Outcome::RolledBack => HostState::RolledBack,
+            pb::Outcome::Refused | pb::Outcome::Failed | pb::Outcome::Unspecified => {
+                HostState::Failed
+            }
         };
-        let step = HostStep {
+        let resp = etcd.get(keys.rollout(&r.rollout_id), None).await?;
+        let service_version = match resp.kvs().first() {
+            Some(kv) => {
+                let rec: crate::store::RolloutRecord = decode(kv)?;
+                (rec.spec.service, rec.spec.release)
+            }
+            None => return Ok(()),
+        };
+        let (service, release) = service_version;
+        let new_step = HostStep {
             state,
             token: r.token,
+            granted_at_ms: step.granted_at_ms,
             step: String::new(),
             message: String::new(),
             reason: r.reason.clone(),
@@ -415,15 +410,15 @@ impl Session {
         let prev = self
             .record
             .services
-            .get(&slot.service)
+            .get(&service)
             .cloned()
             .unwrap_or_default();
         self.record.services.insert(
-            slot.service.clone(),
+            service.clone(),
             ServiceState {
                 version: r.running_version.clone(),
-                sha256: if r.running_version == slot.version {
-                    slot.sha256.clone()
+                sha256: if r.running_version == release.version {
+                    release.sha256.clone()
                 } else {
                     prev.sha256
                 },
@@ -436,48 +431,186 @@ impl Session {
             },
         );
         self.record.last_seen_ms = now_ms();
+        let step_key = keys.step(&r.rollout_id, &self.host);
+        let mut compares = vec![Compare::mod_revision(
+            step_key.clone(),
+            CompareOp::Equal,
+            step_rev,
+        )];
         let mut ops = vec![
-            TxnOp::put(keys.step(&r.rollout_id, &self.host), encode(&step), None),
+            TxnOp::put(step_key, encode(&new_step), None),
             TxnOp::put(keys.host(&self.host), encode(&self.record), None),
         ];
-        if free {
-            ops.push(TxnOp::delete(slot_key.clone(), None));
+        // The grant is over: drop its live slot (if its holder still has it).
+        let slot_key = keys.slot(&service, &self.host);
+        let resp = etcd.get(slot_key.clone(), None).await?;
+        if let Some(kv) = resp.kvs().first() {
+            let slot: SlotRecord = decode(kv)?;
+            if slot.token == r.token {
+                compares.push(Compare::mod_revision(
+                    slot_key.clone(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                ));
+                ops.push(TxnOp::delete(slot_key, None));
+            }
         }
-        let txn = Txn::new()
-            .when(vec![Compare::create_revision(
-                slot_key,
-                CompareOp::Equal,
-                r.token as i64,
-            )])
-            .and_then(ops);
-        if etcd.txn(txn).await?.succeeded() {
+        if etcd
+            .txn(Txn::new().when(compares).and_then(ops))
+            .await?
+            .succeeded()
+        {
             let outcome = r.outcome().word();
-            if state == HostState::Done {
-                info!(rollout = %r.rollout_id, token = r.token, version = %r.running_version, "host updated and healthy; slot released");
-            } else if free {
-                warn!(rollout = %r.rollout_id, token = r.token, %outcome, reason = %r.reason, "update failed; host is back on {:?} and healthy; slot released", r.running_version);
-            } else {
-                warn!(rollout = %r.rollout_id, token = r.token, %outcome, reason = %r.reason, "update failed and the host is not healthy; it keeps its slot (counts as unavailable) until it reports healthy or an operator forgets it");
+            match (state, health) {
+                (HostState::Done, _) => {
+                    info!(rollout = %r.rollout_id, token = r.token, version = %r.running_version, "host updated and healthy")
+                }
+                (_, pb::Health::Healthy) | (_, pb::Health::Stopped)
+                    if r.outcome() != pb::Outcome::Failed =>
+                {
+                    warn!(rollout = %r.rollout_id, token = r.token, %outcome, reason = %r.reason, "update failed; host is back on {:?}", r.running_version)
+                }
+                _ => {
+                    warn!(rollout = %r.rollout_id, token = r.token, %outcome, reason = %r.reason, "update failed and the host is not healthy; it counts as unavailable until it reports healthy or an operator fences it")
+                }
             }
         }
         Ok(())
     }
 
-    /// Sends the orders for slots this host holds (after a reconnect; the agent ignores an
-    /// order it is already running and re-reports one it has finished).
-    async fn resend_orders(&self) -> Result<(), StoreError> {
-        resend_for(&self.ctx, &self.host).await
+    /// After a (re)connect: re-attaches grants whose slot vanished with an old replica (the
+    /// agent may still be working on them), re-sends orders, and stage orders still due.
+    async fn catch_up(&self, hello: &pb::Hello) -> Result<(), StoreError> {
+        let keys = &self.ctx.keys;
+        let mut etcd = self.ctx.etcd.clone();
+        for rid in store::active_rollouts(&mut etcd, keys).await? {
+            let resp = etcd.get(keys.rollout(&rid), None).await?;
+            let Some(kv) = resp.kvs().first() else {
+                continue;
+            };
+            let rollout: crate::store::RolloutRecord = decode(kv)?;
+            if !rollout.targets.contains(&self.host) {
+                continue;
+            }
+            if let Some((step, step_rev)) = self.step(&rid).await? {
+                if step.state == HostState::Updating {
+                    reattach(&self.ctx, &rollout, &self.host, &step, step_rev).await?;
+                }
+            }
+            if rollout.spec.strategy.stage_first && !rollout.phase.is_terminal() {
+                let staged_key = keys.staged(&rid, &self.host);
+                let done = etcd.get(staged_key, None).await?;
+                let ok = done
+                    .kvs()
+                    .first()
+                    .map(decode::<StageRecord>)
+                    .transpose()?
+                    .is_some_and(|s| s.ok);
+                let have = hello.staged.iter().any(|s| {
+                    s.service == rollout.spec.service && s.sha256 == rollout.spec.release.sha256
+                });
+                if have && !ok {
+                    self.staged(&pb::StageResult {
+                        rollout_id: rid.clone(),
+                        service: rollout.spec.service.clone(),
+                        sha256: rollout.spec.release.sha256.clone(),
+                        ok: true,
+                        reason: String::new(),
+                    })
+                    .await?;
+                } else if !ok {
+                    send_stage(&self.ctx, &rollout, &self.host).await;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
-/// Watches for new slots and sends each one's order to its host if that host's stream is held
-/// by this replica. Runs until `cancel`.
+/// Makes sure an `updating` step has a live slot bound to this replica's lease (its old holder
+/// may be gone), then sends its order; the agent ignores an order it is running and re-reports
+/// one it has finished.
+async fn reattach(
+    ctx: &Arc<Ctx>,
+    rollout: &crate::store::RolloutRecord,
+    host: &str,
+    step: &HostStep,
+    step_rev: i64,
+) -> Result<(), StoreError> {
+    let keys = &ctx.keys;
+    let mut etcd = ctx.etcd.clone();
+    let slot_key = keys.slot(&rollout.spec.service, host);
+    let resp = etcd.get(slot_key.clone(), None).await?;
+    let slot = match resp.kvs().first() {
+        Some(kv) => decode::<SlotRecord>(kv)?,
+        None => {
+            let r = &rollout.spec;
+            let slot = SlotRecord {
+                rollout_id: rollout.id.clone(),
+                token: step.token,
+                host_id: host.to_string(),
+                service: r.service.clone(),
+                version: r.release.version.clone(),
+                source: r.release.source.clone(),
+                sha256: r.release.sha256.clone(),
+                size: r.release.size,
+                min_healthy_time_ms: r.strategy.min_healthy_time.as_millis() as u64,
+                healthy_deadline_ms: r.strategy.healthy_deadline.as_millis() as u64,
+                granted_by: ctx.config.replica_id.clone(),
+                granted_at_ms: step.granted_at_ms,
+            };
+            // Same grant, same token: only if the step is still this grant and no slot exists.
+            let txn = Txn::new()
+                .when(vec![
+                    Compare::mod_revision(keys.step(&rollout.id, host), CompareOp::Equal, step_rev),
+                    Compare::version(slot_key.clone(), CompareOp::Equal, 0),
+                ])
+                .and_then(vec![TxnOp::put(
+                    slot_key,
+                    encode(&slot),
+                    Some(PutOptions::new().with_lease(ctx.lease)),
+                )]);
+            if !etcd.txn(txn).await?.succeeded() {
+                return Ok(());
+            }
+            info!(rollout = %rollout.id, %host, token = step.token, "re-attached a grant whose holder went away");
+            return Ok(()); // the slot watch sends the order
+        }
+    };
+    if slot.token == step.token {
+        info!(rollout = %rollout.id, %host, token = slot.token, "sending the order for the slot this host holds");
+        ctx.hub
+            .send(host, pb::coordinator_message::Msg::Update(slot.order()))
+            .await;
+    }
+    Ok(())
+}
+
+async fn send_stage(ctx: &Arc<Ctx>, rollout: &crate::store::RolloutRecord, host: &str) {
+    let r = &rollout.spec.release;
+    let msg = pb::coordinator_message::Msg::Stage(pb::StageOrder {
+        rollout_id: rollout.id.clone(),
+        service: rollout.spec.service.clone(),
+        release: Some(pb::Release {
+            version: r.version.clone(),
+            source: r.source.clone(),
+            sha256: r.sha256.clone(),
+            size: r.size,
+        }),
+    });
+    if ctx.hub.send(host, msg).await {
+        info!(rollout = %rollout.id, %host, "stage order sent");
+    }
+}
+
+/// Watches etcd and sends, to the hosts whose streams this replica holds, the order of every
+/// new slot and the stage orders of every new `stage_first` rollout. Runs until `cancel`.
 pub async fn dispatch_orders(ctx: Arc<Ctx>, cancel: CancellationToken) {
     let keys = ctx.keys.clone();
     loop {
         let mut etcd = ctx.etcd.clone();
         let watch = etcd
-            .watch(keys.rollouts(), Some(WatchOptions::new().with_prefix()))
+            .watch(keys.all(), Some(WatchOptions::new().with_prefix()))
             .await;
         let mut stream = match watch {
             Ok(s) => s,
@@ -489,7 +622,7 @@ pub async fn dispatch_orders(ctx: Arc<Ctx>, cancel: CancellationToken) {
                 }
             }
         };
-        // Orders granted while the watch was down: resend for every host held here.
+        // Orders granted while the watch was down: catch up for every host held here.
         for host in ctx.hub.hosts() {
             if let Err(e) = resend_for(&ctx, &host).await {
                 warn!(%host, "cannot resend orders: {e}");
@@ -503,7 +636,7 @@ pub async fn dispatch_orders(ctx: Arc<Ctx>, cancel: CancellationToken) {
             let resp = match msg {
                 Ok(Some(r)) => r,
                 Ok(None) | Err(_) => {
-                    warn!("slot watch ended; re-opening it");
+                    warn!("order watch ended; re-opening it");
                     break;
                 }
             };
@@ -516,19 +649,31 @@ pub async fn dispatch_orders(ctx: Arc<Ctx>, cancel: CancellationToken) {
                     continue;
                 }
                 let Ok(key) = kv.key_str() else { continue };
-                let Some((rid, "slots", host)) = keys.parse_rollout_key(key) else {
-                    continue;
-                };
-                let slot: SlotRecord = match decode(kv) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        warn!("{e}");
-                        continue;
+                if key.starts_with(&keys.all_slots()) {
+                    let slot: SlotRecord = match decode(kv) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            warn!("{e}");
+                            continue;
+                        }
+                    };
+                    let order = slot.order();
+                    if ctx
+                        .hub
+                        .send(&slot.host_id, pb::coordinator_message::Msg::Update(order))
+                        .await
+                    {
+                        info!(rollout = %slot.rollout_id, host = %slot.host_id, token = slot.token, version = %slot.version, "order sent");
                     }
-                };
-                let token = kv.create_revision() as u64;
-                if ctx.hub.send_order(host, slot.order(token)).await {
-                    info!(rollout = %rid, %host, token, version = %slot.version, "order sent");
+                } else if let Some((_, "", _)) = keys.parse_rollout_key(key) {
+                    let Ok(rollout) = decode::<crate::store::RolloutRecord>(kv) else {
+                        continue;
+                    };
+                    if rollout.spec.strategy.stage_first {
+                        for host in &rollout.targets {
+                            send_stage(&ctx, &rollout, host).await;
+                        }
+                    }
                 }
             }
         }
@@ -543,14 +688,18 @@ async fn resend_for(ctx: &Arc<Ctx>, host: &str) -> Result<(), StoreError> {
     let keys = &ctx.keys;
     let mut etcd = ctx.etcd.clone();
     for rid in store::active_rollouts(&mut etcd, keys).await? {
-        let resp = etcd
-            .get(keys.slot(&rid, host), Some(GetOptions::new()))
-            .await?;
-        if let Some(kv) = resp.kvs().first() {
-            let slot: SlotRecord = decode(kv)?;
-            let token = kv.create_revision() as u64;
-            info!(rollout = %rid, %host, token, "sending the order for the slot this host holds");
-            ctx.hub.send_order(host, slot.order(token)).await;
+        let resp = etcd.get(keys.step(&rid, host), None).await?;
+        let Some(kv) = resp.kvs().first() else {
+            continue;
+        };
+        let step: HostStep = decode(kv)?;
+        if step.state != HostState::Updating {
+            continue;
+        }
+        let resp = etcd.get(keys.rollout(&rid), None).await?;
+        if let Some(rkv) = resp.kvs().first() {
+            let rollout: crate::store::RolloutRecord = decode(rkv)?;
+            reattach(ctx, &rollout, host, &step, kv.mod_revision()).await?;
         }
     }
     Ok(())

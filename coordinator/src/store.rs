@@ -8,18 +8,25 @@
 //! | `hosts/<id>` | durable | [`HostRecord`] |
 //! | `sessions/<id>` | lease of the replica holding the stream | [`SessionRecord`] |
 //! | `rollouts/<rid>` | durable | [`RolloutRecord`] |
-//! | `rollouts/<rid>/hosts/<id>` | durable | [`HostStep`] |
-//! | `rollouts/<rid>/slots/<id>` | durable | [`SlotRecord`]; its create revision is the fencing token |
+//! | `rollouts/<rid>/hosts/<id>` | durable | [`HostStep`]: the budget holder while `updating` |
+//! | `rollouts/<rid>/staged/<id>` | durable | [`StageRecord`] (stage_first) |
+//! | `slots/<service>/<id>` | lease of the replica holding the host's stream | [`SlotRecord`]: the live grant; one per host and service |
+//! | `token` | durable | the last fencing token handed out (grows with every grant) |
 //! | `services/<name>/active` | until the rollout ends | id of the one active rollout |
+//! | `services/<name>/history/<at>` | durable | [`HistoryRecord`]: releases that completed |
 //! | `artifacts/<sha256>` | durable | [`ArtifactRecord`] |
+//!
+//! A slot key vanishes when the replica holding the host's stream loses its lease. That never
+//! frees budget (S2): the durable step stays `updating`, and the planner sees the host as lost
+//! until it reports (through any replica) or an operator fences it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use etcd_client::{Client, GetOptions, KeyValue};
 use rollgate_proto::pb;
-use rollgate_proto::spec::RolloutSpec;
+use rollgate_proto::spec::{ReleaseSpec, RolloutSpec};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use thiserror::Error;
 
@@ -100,13 +107,36 @@ impl Keys {
     pub fn step(&self, rid: &str, host: &str) -> String {
         format!("{}rollouts/{rid}/hosts/{host}", self.prefix)
     }
-    /// Prefix of a rollout's slots.
-    pub fn slots(&self, rid: &str) -> String {
-        format!("{}rollouts/{rid}/slots/", self.prefix)
+    /// A host's staging report in a rollout.
+    pub fn staged(&self, rid: &str, host: &str) -> String {
+        format!("{}rollouts/{rid}/staged/{host}", self.prefix)
     }
-    /// One host's slot in a rollout.
-    pub fn slot(&self, rid: &str, host: &str) -> String {
-        format!("{}rollouts/{rid}/slots/{host}", self.prefix)
+    /// Prefix of all slots.
+    pub fn all_slots(&self) -> String {
+        format!("{}slots/", self.prefix)
+    }
+    /// Prefix of a service's slots.
+    pub fn slots(&self, service: &str) -> String {
+        format!("{}slots/{service}/", self.prefix)
+    }
+    /// One host's slot for a service.
+    pub fn slot(&self, service: &str, host: &str) -> String {
+        format!("{}slots/{service}/{host}", self.prefix)
+    }
+    /// The fencing-token counter.
+    pub fn token(&self) -> String {
+        format!("{}token", self.prefix)
+    }
+    /// Prefix of a service's release history.
+    pub fn history(&self, service: &str) -> String {
+        format!("{}services/{service}/history/", self.prefix)
+    }
+    /// One history entry (keys sort by time).
+    pub fn history_entry(&self, service: &str, at_ms: i64, rid: &str) -> String {
+        format!(
+            "{}services/{service}/history/{at_ms:015}-{rid}",
+            self.prefix
+        )
     }
     /// Prefix of the active-rollout markers.
     pub fn services(&self) -> String {
@@ -122,7 +152,7 @@ impl Keys {
     }
 
     /// Splits a key under `rollouts/` into (rollout id, kind, host): kind is "" for the rollout
-    /// record, "hosts" or "slots".
+    /// record, "hosts" or "staged".
     pub fn parse_rollout_key<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str, &'k str)> {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix("rollouts/")?;
         let mut parts = rest.splitn(3, '/');
@@ -148,6 +178,10 @@ pub struct HostRecord {
     pub services: BTreeMap<String, ServiceState>,
     /// When the host last connected or reported.
     pub last_seen_ms: i64,
+    /// An operator fenced the host (`rollgate host fence`): it counts against no budget and
+    /// gets no orders until it reconnects.
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 /// A service's last reported release and health on one host.
@@ -236,12 +270,23 @@ pub enum Phase {
     Failed,
     /// Stopped for good by an operator.
     Aborted,
+    /// The failure policy or an operator started a rollback rollout for it.
+    RollingBack,
+    /// Its rollback rollout finished.
+    RolledBack,
 }
 
 impl Phase {
     /// Whether the rollout has ended for good.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Succeeded | Phase::Failed | Phase::Aborted)
+        matches!(
+            self,
+            Phase::Succeeded
+                | Phase::Failed
+                | Phase::Aborted
+                | Phase::RollingBack
+                | Phase::RolledBack
+        )
     }
 }
 
@@ -253,6 +298,8 @@ impl fmt::Display for Phase {
             Phase::Succeeded => "succeeded",
             Phase::Failed => "failed",
             Phase::Aborted => "aborted",
+            Phase::RollingBack => "rolling_back",
+            Phase::RolledBack => "rolled_back",
         })
     }
 }
@@ -274,8 +321,45 @@ pub struct RolloutRecord {
     pub reason: String,
     /// Creation time.
     pub created_at_ms: i64,
-    /// Last phase change.
+    /// Last phase change (also: resume, promote, wave opened).
     pub updated_at_ms: i64,
+    /// Index of the wave now open (0 = canary when there is one).
+    #[serde(default)]
+    pub wave: u32,
+    /// Failures an operator accepted by resuming after the failure policy paused the rollout.
+    #[serde(default)]
+    pub tolerated_failures: u32,
+    /// The release the service ran before (what a rollback goes back to).
+    #[serde(default)]
+    pub previous: Option<ReleaseSpec>,
+    /// This rollout rolls back that one.
+    #[serde(default)]
+    pub rollback_of: Option<String>,
+    /// The rollout that rolls this one back.
+    #[serde(default)]
+    pub rolled_back_by: Option<String>,
+}
+
+/// A host's answer to a stage order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// Staged and verified.
+    pub ok: bool,
+    /// Why not.
+    pub reason: String,
+    /// When.
+    pub at_ms: i64,
+}
+
+/// A release a service completed a rollout to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    /// The release.
+    pub release: ReleaseSpec,
+    /// The rollout that installed it.
+    pub rollout_id: String,
+    /// When it completed.
+    pub at_ms: i64,
 }
 
 /// Where one host is in one rollout.
@@ -327,6 +411,9 @@ pub struct HostStep {
     pub state: HostState,
     /// Fencing token of its grant (0 before a grant).
     pub token: u64,
+    /// When the slot was granted.
+    #[serde(default)]
+    pub granted_at_ms: i64,
     /// Last step the agent reported.
     pub step: String,
     /// Last progress message.
@@ -345,6 +432,7 @@ impl HostStep {
         HostStep {
             state: HostState::Pending,
             token: 0,
+            granted_at_ms: 0,
             step: String::new(),
             message: String::new(),
             reason: String::new(),
@@ -360,6 +448,8 @@ impl HostStep {
 pub struct SlotRecord {
     /// Rollout id.
     pub rollout_id: String,
+    /// Fencing token of this grant.
+    pub token: u64,
     /// Host id.
     pub host_id: String,
     /// Service to update.
@@ -383,11 +473,11 @@ pub struct SlotRecord {
 }
 
 impl SlotRecord {
-    /// The order an agent receives for this slot, fenced by `token`.
-    pub fn order(&self, token: u64) -> pb::UpdateOrder {
+    /// The order an agent receives for this slot, fenced by its token.
+    pub fn order(&self) -> pb::UpdateOrder {
         pb::UpdateOrder {
             rollout_id: self.rollout_id.clone(),
-            token,
+            token: self.token,
             service: self.service.clone(),
             release: Some(pb::Release {
                 version: self.version.clone(),
@@ -427,16 +517,7 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("records always serialize")
 }
 
-/// A slot as read back: its record and fencing token.
-#[derive(Debug, Clone)]
-pub struct Slot {
-    /// The grant.
-    pub record: SlotRecord,
-    /// Fencing token: the slot key's create revision.
-    pub token: u64,
-}
-
-/// A rollout and all its per-host state, read at one etcd revision.
+/// A rollout and its per-host state, read at one etcd revision.
 #[derive(Debug, Clone)]
 pub struct RolloutView {
     /// The rollout record.
@@ -445,8 +526,8 @@ pub struct RolloutView {
     pub rollout_rev: i64,
     /// Each target's step (absent: pending, never granted).
     pub steps: BTreeMap<String, HostStep>,
-    /// Slots held, by host.
-    pub slots: BTreeMap<String, Slot>,
+    /// Staging reports, by host.
+    pub staged: BTreeMap<String, StageRecord>,
 }
 
 /// The fleet as read at one etcd revision.
@@ -454,13 +535,26 @@ pub struct RolloutView {
 pub struct FleetView {
     /// Durable host records.
     pub hosts: BTreeMap<String, HostRecord>,
-    /// Hosts with a live session.
-    pub connected: BTreeSet<String>,
+    /// Hosts with a live session, and the lease their session key is bound to.
+    pub connected: BTreeMap<String, i64>,
+    /// Live slots: (service, host) -> grant.
+    pub slots: BTreeMap<(String, String), SlotRecord>,
     /// The revision all of this was read at.
     pub revision: i64,
 }
 
-/// Reads all host records and sessions (one consistent revision).
+impl FleetView {
+    /// Whether a host has a live session.
+    pub fn is_connected(&self, host: &str) -> bool {
+        self.connected.contains_key(host)
+    }
+    /// The live slot of a host for a service.
+    pub fn slot(&self, service: &str, host: &str) -> Option<&SlotRecord> {
+        self.slots.get(&(service.to_string(), host.to_string()))
+    }
+}
+
+/// Reads all host records, sessions and slots (one consistent revision).
 pub async fn read_fleet(client: &mut Client, keys: &Keys) -> Result<FleetView, StoreError> {
     let resp = client
         .get(keys.hosts(), Some(GetOptions::new().with_prefix()))
@@ -471,31 +565,41 @@ pub async fn read_fleet(client: &mut Client, keys: &Keys) -> Result<FleetView, S
         let rec: HostRecord = decode(kv)?;
         hosts.insert(rec.host_id.clone(), rec);
     }
+    let at = |o: GetOptions| o.with_prefix().with_revision(revision);
     let resp = client
         .get(
             keys.sessions(),
-            Some(
-                GetOptions::new()
-                    .with_prefix()
-                    .with_keys_only()
-                    .with_revision(revision),
-            ),
+            Some(at(GetOptions::new().with_keys_only())),
         )
         .await?;
     let sp = keys.sessions();
     let connected = resp
         .kvs()
         .iter()
-        .filter_map(|kv| kv.key_str().ok()?.strip_prefix(&sp).map(str::to_string))
+        .filter_map(|kv| {
+            Some((
+                kv.key_str().ok()?.strip_prefix(&sp)?.to_string(),
+                kv.lease(),
+            ))
+        })
         .collect();
+    let resp = client
+        .get(keys.all_slots(), Some(at(GetOptions::new())))
+        .await?;
+    let mut slots = BTreeMap::new();
+    for kv in resp.kvs() {
+        let rec: SlotRecord = decode(kv)?;
+        slots.insert((rec.service.clone(), rec.host_id.clone()), rec);
+    }
     Ok(FleetView {
         hosts,
         connected,
+        slots,
         revision,
     })
 }
 
-/// Reads one rollout with its steps and slots; `None` when it does not exist.
+/// Reads one rollout with its steps and staging reports; `None` when it does not exist.
 pub async fn read_rollout(
     client: &mut Client,
     keys: &Keys,
@@ -506,11 +610,11 @@ pub async fn read_rollout(
     if revision > 0 {
         opts = opts.with_revision(revision);
     }
-    // `rollouts/<rid>` plus `rollouts/<rid>/...`, without `rollouts/<rid>x...`.
+    // `rollouts/<rid>` plus `rollouts/<rid>/...`; `rollouts/<rid>x...` is filtered out below.
     let resp = client.get(keys.rollout(rid), Some(opts)).await?;
     let mut rollout = None;
     let mut steps = BTreeMap::new();
-    let mut slots = BTreeMap::new();
+    let mut staged = BTreeMap::new();
     for kv in resp.kvs() {
         let Ok(key) = kv.key_str() else { continue };
         match keys.parse_rollout_key(key) {
@@ -520,14 +624,8 @@ pub async fn read_rollout(
             Some((r, "hosts", host)) if r == rid => {
                 steps.insert(host.to_string(), decode::<HostStep>(kv)?);
             }
-            Some((r, "slots", host)) if r == rid => {
-                slots.insert(
-                    host.to_string(),
-                    Slot {
-                        record: decode(kv)?,
-                        token: kv.create_revision() as u64,
-                    },
-                );
+            Some((r, "staged", host)) if r == rid => {
+                staged.insert(host.to_string(), decode::<StageRecord>(kv)?);
             }
             _ => {}
         }
@@ -536,11 +634,11 @@ pub async fn read_rollout(
         rollout,
         rollout_rev,
         steps,
-        slots,
+        staged,
     }))
 }
 
-/// Ids of every rollout, newest first.
+/// Every rollout, newest first.
 pub async fn list_rollouts(
     client: &mut Client,
     keys: &Keys,
@@ -576,6 +674,24 @@ pub async fn active_rollouts(client: &mut Client, keys: &Keys) -> Result<Vec<Str
         .collect())
 }
 
+/// A service's release history, newest first.
+pub async fn history(
+    client: &mut Client,
+    keys: &Keys,
+    service: &str,
+) -> Result<Vec<HistoryRecord>, StoreError> {
+    let resp = client
+        .get(keys.history(service), Some(GetOptions::new().with_prefix()))
+        .await?;
+    let mut out = resp
+        .kvs()
+        .iter()
+        .map(decode::<HistoryRecord>)
+        .collect::<Result<Vec<_>, _>>()?;
+    out.reverse();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,14 +704,14 @@ mod tests {
             Some(("r1", "", ""))
         );
         assert_eq!(
-            k.parse_rollout_key("/rollgate/rollouts/r1/slots/web-1"),
-            Some(("r1", "slots", "web-1"))
+            k.parse_rollout_key("/rollgate/rollouts/r1/staged/web-1"),
+            Some(("r1", "staged", "web-1"))
         );
         assert_eq!(
             k.parse_rollout_key("/rollgate/rollouts/r1/hosts/web-1"),
             Some(("r1", "hosts", "web-1"))
         );
         assert_eq!(k.parse_rollout_key("/rollgate/hosts/web-1"), None);
-        assert_eq!(k.parse_rollout_key("/rollgate/rollouts/r1/slots"), None);
+        assert_eq!(k.parse_rollout_key("/rollgate/rollouts/r1/staged"), None);
     }
 }
