@@ -620,6 +620,9 @@ mod example_tests {
         let text = std::fs::read_to_string(path).expect("deploy/rollout.toml exists");
         let spec = RolloutSpec::parse(&text).expect("deploy/rollout.toml must stay valid");
         assert_eq!(spec.strategy.max_unavailable, Budget::Percent(25));
+        assert_eq!(spec.strategy.canary_gate, Gate::Manual);
+        assert_eq!(spec.strategy.on_failure, OnFailure::Rollback);
+        assert!(spec.strategy.stage_first);
         assert!(spec.release.file.is_some());
     }
 }
