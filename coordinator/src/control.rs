@@ -663,11 +663,9 @@ pub async fn start_rollback(
             r.id.clone(),
         ));
     }
-    let mut new_rec = new.clone();
-    new_rec.rollback_of = Some(r.id.clone());
     store_new_rollout(
         ctx,
-        &new_rec,
+        &new,
         compares,
         vec![TxnOp::put(keys.rollout(&r.id), encode(&parent), None)],
     )
