@@ -1,4 +1,4 @@
-//! The agent's config file (TOML): this host, its coordinator, how each service runs.
+//! The agent's config file (TOML): this host, its coordinator replicas, how each service runs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -54,7 +54,8 @@ fn field_err(field: impl Into<String>, problem: impl Into<String>) -> ConfigErro
 ///
 /// ```toml
 /// host_id = "web-1"                       # 1-128 of a-z A-Z 0-9 . _ -
-/// coordinator = "http://127.0.0.1:7443"   # a coordinator replica
+/// coordinator = "http://127.0.0.1:7443"   # a coordinator replica, or instead:
+/// # coordinators = ["http://a:7443", "http://b:7443"]   # several, tried in turn
 /// state_dir = "/var/lib/rollgate-agent"
 /// heartbeat_interval = "1s"               # until the coordinator's welcome says otherwise
 /// [labels]
@@ -84,8 +85,10 @@ fn field_err(field: impl Into<String>, problem: impl Into<String>) -> ConfigErro
 pub struct Config {
     /// This host's id (also the name its certificate will carry).
     pub host_id: String,
-    /// URL of a coordinator replica, e.g. `http://127.0.0.1:7443`.
-    pub coordinator: String,
+    /// URLs of the coordinator replicas, e.g. `http://127.0.0.1:7443`, in the order they are
+    /// tried: after a failed connect or a lost session the agent dials the next one
+    /// (round-robin). Never empty; from `coordinator` (one) or `coordinators` (a list).
+    pub coordinators: Vec<String>,
     /// Where the agent keeps releases, its journal and service logs (absolute).
     pub state_dir: PathBuf,
     /// Heartbeat interval until the coordinator's `Welcome` overrides it.
@@ -197,7 +200,8 @@ impl ServiceConfig {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     host_id: String,
-    coordinator: String,
+    coordinator: Option<String>,
+    coordinators: Option<Vec<String>>,
     state_dir: PathBuf,
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
     heartbeat_interval: Duration,
@@ -258,35 +262,7 @@ fn default_probe_timeout() -> Duration {
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
         names::check("host id", &self.host_id).map_err(|e| field_err("host_id", e.to_string()))?;
-        if let Some(rest) = self.coordinator.strip_prefix("https://") {
-            return Err(field_err(
-                "coordinator",
-                format!(
-                    "TLS is not built into this agent yet; use \"http://{rest}\" on a trusted \
-                     network"
-                ),
-            ));
-        }
-        let Some(authority) = self.coordinator.strip_prefix("http://") else {
-            return Err(field_err(
-                "coordinator",
-                format!(
-                    "{:?} is not a coordinator URL; write it as \"http://HOST:PORT\"",
-                    self.coordinator
-                ),
-            ));
-        };
-        if authority.trim_end_matches('/').is_empty()
-            || tonic::transport::Endpoint::from_shared(self.coordinator.clone()).is_err()
-        {
-            return Err(field_err(
-                "coordinator",
-                format!(
-                    "{:?} is not a valid URL; write it as \"http://HOST:PORT\"",
-                    self.coordinator
-                ),
-            ));
-        }
+        let coordinators = coordinator_urls(self.coordinator, self.coordinators)?;
         if self.state_dir.as_os_str().is_empty() {
             return Err(field_err(
                 "state_dir",
@@ -327,13 +303,88 @@ impl RawConfig {
         }
         Ok(Config {
             host_id: self.host_id,
-            coordinator: self.coordinator,
+            coordinators,
             state_dir,
             heartbeat_interval: self.heartbeat_interval,
             labels: self.labels,
             services,
         })
     }
+}
+
+/// The coordinator URLs from `coordinator` (one) or `coordinators` (several): exactly one of
+/// the two fields, every URL `http://HOST:PORT`, none twice.
+fn coordinator_urls(
+    one: Option<String>,
+    list: Option<Vec<String>>,
+) -> Result<Vec<String>, ConfigError> {
+    let fields: Vec<(String, String)> = match (one, list) {
+        (Some(_), Some(_)) => {
+            return Err(field_err(
+                "coordinators",
+                "is given together with `coordinator`; keep one of them: `coordinator` for a \
+                 single replica, or `coordinators` to list all of them",
+            ))
+        }
+        (None, None) => {
+            return Err(field_err(
+                "coordinator",
+                "is missing; set `coordinator = \"http://HOST:PORT\"`, or `coordinators = \
+                 [\"http://HOST:PORT\", ...]` to list several replicas",
+            ))
+        }
+        (Some(url), None) => vec![("coordinator".to_string(), url)],
+        (None, Some(urls)) if urls.is_empty() => {
+            return Err(field_err(
+                "coordinators",
+                "lists no URL; name at least one replica, e.g. [\"http://127.0.0.1:7443\"]",
+            ))
+        }
+        (None, Some(urls)) => urls
+            .into_iter()
+            .enumerate()
+            .map(|(i, url)| (format!("coordinators[{i}]"), url))
+            .collect(),
+    };
+    let mut urls: Vec<String> = Vec::with_capacity(fields.len());
+    for (field, url) in fields {
+        check_coordinator_url(&field, &url)?;
+        if urls.contains(&url) {
+            return Err(field_err(
+                field,
+                format!("{url:?} is listed twice; name each replica once"),
+            ));
+        }
+        urls.push(url);
+    }
+    Ok(urls)
+}
+
+fn check_coordinator_url(field: &str, url: &str) -> Result<(), ConfigError> {
+    if let Some(rest) = url.strip_prefix("https://") {
+        return Err(field_err(
+            field,
+            format!(
+                "TLS is not built into this agent yet; use \"http://{rest}\" on a trusted \
+                 network"
+            ),
+        ));
+    }
+    let Some(authority) = url.strip_prefix("http://") else {
+        return Err(field_err(
+            field,
+            format!("{url:?} is not a coordinator URL; write it as \"http://HOST:PORT\""),
+        ));
+    };
+    if authority.trim_end_matches('/').is_empty()
+        || tonic::transport::Endpoint::from_shared(url.to_string()).is_err()
+    {
+        return Err(field_err(
+            field,
+            format!("{url:?} is not a valid URL; write it as \"http://HOST:PORT\""),
+        ));
+    }
+    Ok(())
 }
 
 impl RawService {
@@ -582,6 +633,88 @@ command = ["/bin/sh", "-c", "true"]
             assert!(err.contains(field), "error {err:?} should name {field}");
             assert!(err.contains(fix), "error {err:?} should say {fix:?}");
         }
+    }
+
+    #[test]
+    fn coordinator_replicas() {
+        let one = Config::parse(GOOD).expect("valid config");
+        assert_eq!(one.coordinators, ["http://127.0.0.1:7443"]);
+
+        let list = GOOD.replace(
+            "coordinator = \"http://127.0.0.1:7443\"",
+            "coordinators = [\"http://a:7443\", \"http://b:7443\"]",
+        );
+        let many = Config::parse(&list).expect("valid config");
+        assert_eq!(many.coordinators, ["http://a:7443", "http://b:7443"]);
+
+        let line = "coordinator = \"http://127.0.0.1:7443\"";
+        let cases: Vec<(String, &str, &[&str])> = vec![
+            (
+                GOOD.replace(line, &format!("{line}\ncoordinators = [\"http://b:7443\"]")),
+                "`coordinators`",
+                &["`coordinator`", "keep one of them"],
+            ),
+            (
+                GOOD.replace(line, ""),
+                "`coordinator`",
+                &["is missing", "`coordinators = ["],
+            ),
+            (
+                GOOD.replace(line, "coordinators = []"),
+                "`coordinators`",
+                &["lists no URL"],
+            ),
+            (
+                GOOD.replace(line, "coordinators = [\"http://a:7443\", \"b:7443\"]"),
+                "`coordinators[1]`",
+                &["http://HOST:PORT"],
+            ),
+            (
+                GOOD.replace(line, "coordinators = [\"https://a:7443\"]"),
+                "`coordinators[0]`",
+                &["TLS"],
+            ),
+            (
+                GOOD.replace(
+                    line,
+                    "coordinators = [\"http://a:7443\", \"http://b:7443\", \"http://a:7443\"]",
+                ),
+                "`coordinators[2]`",
+                &["listed twice"],
+            ),
+            (
+                GOOD.replace(line, "coordinators = \"http://a:7443\""),
+                "coordinators",
+                &["invalid type"],
+            ),
+        ];
+        for (text, field, says) in cases {
+            let err = Config::parse(&text).expect_err(field).to_string();
+            assert!(err.contains(field), "error {err:?} should name {field}");
+            for s in says {
+                assert!(err.contains(s), "error {err:?} should say {s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn example_config_in_deploy_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");
+        let c = Config::load(&path).expect("deploy/agent.toml must stay valid");
+        assert_eq!(c.coordinators.len(), 1);
+        // The commented-out replica list there must be valid too once uncommented (and the
+        // single `coordinator` line dropped).
+        let text = std::fs::read_to_string(&path).expect("read");
+        let listed: String = text
+            .lines()
+            .filter(|l| !l.starts_with("coordinator = "))
+            .map(|l| match l.strip_prefix("# coordinators = ") {
+                Some(list) => format!("coordinators = {list}\n"),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        let c = Config::parse(&listed).expect("the documented replica list must be valid");
+        assert!(c.coordinators.len() > 1, "{:?}", c.coordinators);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Orders: token fencing at intake, the update procedure with rollback, and undo after a restart.
+//! Orders: token fencing at intake, stage orders, the update procedure with rollback, and undo
+//! after a restart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,16 +12,18 @@ use rollgate_proto::pb::{self, agent_message::Msg, Health, Outcome, Step};
 use rollgate_proto::spec::{human, DEFAULT_HEALTHY_DEADLINE};
 use thiserror::Error;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::fetch::{Artifact, Fetcher};
 use crate::journal::{InFlight, Journal, JournalError};
 use crate::probe::{HealthWindow, ProbeSetupError, Prober, Verdict};
-use crate::releases::{DiskError, ReleaseInfo, ServiceDir};
+use crate::releases::{DiskError, ServiceDir};
 use crate::service::ServiceUnit;
+use crate::staging::{self, StageJob};
 
 /// How many committed releases each service keeps on disk (plus the one before the last update).
 pub const KEEP_RELEASES: usize = 3;
@@ -204,6 +207,13 @@ enum Admission {
     Accept(Box<Accepted>),
 }
 
+fn unknown_service(service: &str, host_id: &str) -> String {
+    format!(
+        "service {service:?} is not configured on host {host_id}; add a [[services]] table for \
+         it to the agent's config"
+    )
+}
+
 /// Decides what to do with an order, from the journal alone (no side effects).
 fn admit(
     order: &pb::UpdateOrder,
@@ -212,6 +222,14 @@ fn admit(
     known: &dyn Fn(&str) -> bool,
 ) -> Admission {
     let token = order.token;
+    if token == 0 {
+        // S4: 0 is what proto3 sends when the field is unset; no grant ever has it.
+        return Admission::Refuse(
+            "no fencing token: the order carries token 0, and an update is only carried out \
+             under a slot grant's token (is the coordinator older than this agent?)"
+                .into(),
+        );
+    }
     if let Some(f) = journal.in_flight(&order.service) {
         if f.token == token {
             return Admission::Ignore(format!("token {token} is already being carried out"));
@@ -234,11 +252,7 @@ fn admit(
         _ => {}
     }
     if !known(&order.service) {
-        return Admission::Refuse(format!(
-            "service {:?} is not configured on host {host_id}; add a [[services]] table for it \
-             to the agent's config",
-            order.service
-        ));
+        return Admission::Refuse(unknown_service(&order.service, host_id));
     }
     if let Some(f) = journal.in_flight(&order.service) {
         return Admission::Refuse(format!(
@@ -289,6 +303,10 @@ pub struct Executor {
     queues: BTreeMap<String, mpsc::Sender<Accepted>>,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
+    /// Stage orders run beside the services' tasks (staging must not wait for an update).
+    stages: Mutex<JoinSet<()>>,
+    /// For stage orders (the services' tasks hold their own clones).
+    fetcher: Fetcher,
     cancel: CancellationToken,
     /// Held for the executor's lifetime so a second agent cannot share the state dir.
     _lock: Flock<fs::File>,
@@ -393,6 +411,8 @@ impl Executor {
                 queues,
                 shared,
                 tasks,
+                stages: Mutex::new(JoinSet::new()),
+                fetcher,
                 cancel,
                 _lock: lock,
             },
@@ -481,6 +501,67 @@ impl Executor {
         }
     }
 
+    /// Takes one stage order: download and verify a release ahead of its slot, touching
+    /// nothing running (no token needed). Returns at once; the answer goes to the outbox when
+    /// staging ends. May run while the service has an update in flight.
+    pub fn handle_stage(&self, order: pb::StageOrder) {
+        let span = tracing::info_span!(
+            "stage",
+            rollout = %order.rollout_id,
+            service = %order.service
+        );
+        let _enter = span.enter();
+        let answer = |ok: bool, reason: String| pb::StageResult {
+            rollout_id: order.rollout_id.clone(),
+            service: order.service.clone(),
+            sha256: order
+                .release
+                .as_ref()
+                .map(|r| r.sha256.clone())
+                .unwrap_or_default(),
+            ok,
+            reason,
+        };
+        let refuse = |reason: String| {
+            tracing::warn!("stage order refused: {reason}");
+            self.shared.send(Msg::Staged(answer(false, reason)));
+        };
+        let Some(dir) = self.dirs.get(&order.service) else {
+            return refuse(unknown_service(&order.service, &self.host_id));
+        };
+        let artifact = match order.release.as_ref().map(Artifact::try_from) {
+            None => return refuse("the stage order carries no release".into()),
+            Some(Err(e)) => return refuse(e.to_string()),
+            Some(Ok(a)) => a,
+        };
+        if self.cancel.is_cancelled() {
+            return refuse("the agent is shutting down; send the stage order again later".into());
+        }
+        tracing::info!("stage order: {} {}", order.service, artifact.version);
+        let job = StageJob {
+            rollout_id: order.rollout_id.clone(),
+            service: order.service.clone(),
+            artifact,
+            dir: dir.clone(),
+            fetcher: self.fetcher.clone(),
+            shared: self.shared.clone(),
+        };
+        let shared = self.shared.clone();
+        let cancel = self.cancel.child_token();
+        let task = async move {
+            tokio::select! {
+                // A partial download stays for the next try to resume; the next hello says
+                // what is staged.
+                _ = cancel.cancelled() => tracing::info!("shutting down: staging abandoned"),
+                result = job.run() => shared.send(Msg::Staged(result)),
+            }
+        };
+        let mut stages = lock(&self.stages);
+        // Forget the stage orders that have ended (their answers are already sent).
+        while stages.try_join_next().is_some() {}
+        stages.spawn(task.instrument(span.clone()));
+    }
+
     fn refuse(&self, order: &pb::UpdateOrder, reason: String) {
         tracing::warn!("refused: {reason}");
         let status = self.shared.status(&order.service);
@@ -491,8 +572,10 @@ impl Executor {
         self.shared.send(Msg::Result(result));
     }
 
-    /// The hello for a new session: statuses, highest token, recent results, order in flight.
+    /// The hello for a new session: statuses, highest token, recent results, order in flight,
+    /// and the releases on disk ready to swap to without a download.
     pub fn hello(&self) -> pb::Hello {
+        let staged = self.staged_releases();
         let journal = self.shared.journal();
         let statuses = lock(&self.shared.statuses);
         let progress = lock(&self.shared.progress);
@@ -509,14 +592,50 @@ impl Executor {
             highest_token: journal.highest_token().unwrap_or(0),
             recent_results: journal.recent_results(),
             in_flight,
+            staged,
         }
     }
 
-    /// Stops the services' tasks: an order in flight is abandoned (the journal makes the next
-    /// start undo it) and each service's process is stopped gracefully.
+    /// Every complete release dir of every service (including the one running): each was
+    /// digest-verified when installed, and is hashed again before a swap.
+    fn staged_releases(&self) -> Vec<pb::StagedRelease> {
+        let mut out = Vec::new();
+        for service in &self.order {
+            let Some(dir) = self.dirs.get(service) else {
+                continue;
+            };
+            let installed = match dir.installed() {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!("cannot list the staged releases of {service}: {e}");
+                    continue;
+                }
+            };
+            let mut seen = BTreeSet::new();
+            for r in installed {
+                if seen.insert(r.info.sha256.clone()) {
+                    out.push(pb::StagedRelease {
+                        service: service.clone(),
+                        sha256: r.info.sha256,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Stops the services' tasks and stage orders: an order in flight is abandoned (the journal
+    /// makes the next start undo it), staging stops (a partial download is resumed by the
+    /// next try), and each service's process is stopped gracefully.
     pub async fn shutdown(self) {
         self.cancel.cancel();
         drop(self.queues);
+        let mut stages = self.stages.into_inner().unwrap_or_else(|e| e.into_inner());
+        while let Some(done) = stages.join_next().await {
+            if let Err(e) = done {
+                tracing::error!("a stage order's task failed: {e}");
+            }
+        }
         for t in self.tasks {
             if let Err(e) = t.await {
                 tracing::error!("a service task failed: {e}");
@@ -533,7 +652,7 @@ impl Executor {
 /// roll back to the previous release.
 pub(crate) async fn carry_out(unit: &mut ServiceUnit, order: &Accepted) -> Finished {
     let v = order.artifact.version.clone();
-    let target = match stage(unit, order).await {
+    let target = match obtain_release(unit, order).await {
         Ok(t) => t,
         Err(reason) => return refused_after_accept(unit, order, reason),
     };
@@ -601,57 +720,34 @@ pub(crate) async fn carry_out(unit: &mut ServiceUnit, order: &Accepted) -> Finis
     }
 }
 
-/// Gets the verified release dir for the order: reuses one already on disk (digest checked
-/// again), or downloads, verifies and installs it. Nothing running is touched.
-async fn stage(unit: &mut ServiceUnit, order: &Accepted) -> Result<String, String> {
+/// Gets the verified release dir for the order: reuses one already on disk (staged ahead, or
+/// installed before; digest checked again), or downloads, verifies and installs it. Nothing
+/// running is touched.
+async fn obtain_release(unit: &mut ServiceUnit, order: &Accepted) -> Result<String, String> {
     let a = &order.artifact;
-    let name = order.target_dir.clone();
-    let dir = unit.dir.clone();
-    let (check_name, sha) = (name.clone(), a.sha256.clone());
-    let reusable = tokio::task::spawn_blocking(move || dir.holds_verified(&check_name, &sha)).await;
-    if matches!(reusable, Ok(Ok(true))) {
+    let fetching = || {
         unit.advance(
             &order.id,
-            Step::Staged,
-            format!("{} is already on disk; its sha256 checked again", a.version),
+            Step::Fetching,
+            format!(
+                "fetching {} ({} bytes) from {}",
+                a.version, a.size, a.source_text
+            ),
             None,
-        );
-        return Ok(name);
-    }
-    unit.advance(
-        &order.id,
-        Step::Fetching,
-        format!(
-            "fetching {} ({} bytes) from {}",
-            a.version, a.size, a.source_text
-        ),
-        None,
-    );
-    let verified = unit
-        .fetcher
-        .fetch(a, &unit.dir.staging_dir())
-        .await
-        .map_err(|e| e.to_string())?;
-    let info = ReleaseInfo {
-        version: a.version.clone(),
-        sha256: a.sha256.clone(),
-        size: a.size,
+        )
     };
-    let dir = unit.dir.clone();
-    let installed = tokio::task::spawn_blocking(move || dir.install(&verified, &info))
-        .await
-        .map_err(|e| format!("staging failed: {e}"))?
-        .map_err(|e| e.to_string())?;
-    unit.advance(
-        &order.id,
-        Step::Staged,
+    let got = staging::obtain(&unit.dir, &unit.fetcher, a, fetching).await?;
+    let msg = if got.downloaded {
         format!(
-            "{} downloaded, sha256 verified, staged as {installed}",
-            a.version
-        ),
-        None,
-    );
-    Ok(installed)
+            "{} downloaded, sha256 verified, staged as {}",
+            a.version, got.dir
+        )
+    } else {
+        format!("{} is already on disk; its sha256 checked again", a.version)
+    };
+    unit.advance(&order.id, Step::Staged, msg, None);
+    // Only this task prunes, and only at commit: the dir stays without the claim.
+    Ok(got.dir)
 }
 
 /// A failure before the swap: nothing was touched, the service runs as before.
@@ -960,6 +1056,7 @@ mod tests {
             o
         };
         let cases: Vec<(&str, pb::UpdateOrder, &str)> = vec![
+            ("no token", order(0, "other"), "no fencing token"),
             ("repeat of the order in flight", order(9, "demo"), "ignore"),
             ("repeat of a finished order", order(5, "demo"), "resend"),
             (
@@ -1024,6 +1121,16 @@ mod tests {
                 _ => false,
             };
             assert!(ok, "{name}: got {got:?}, want {want}");
+        }
+
+        // Token 0 is refused even by an agent that has never acted on an order.
+        let fresh_dir = tempfile::tempdir().expect("tempdir");
+        let fresh = Journal::open(fresh_dir.path()).expect("journal");
+        match admit(&order(0, "other"), &fresh, "web-1", &known) {
+            Admission::Refuse(reason) => {
+                assert!(reason.starts_with("no fencing token"), "{reason}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
         }
 
         let mut o = order(10, "other");

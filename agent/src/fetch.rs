@@ -245,11 +245,17 @@ impl Fetcher {
                     attempt += 1;
                 }
                 Err(e) => {
-                    // Bytes from a source that broke the size promise are not worth resuming.
-                    if matches!(
-                        e,
-                        FetchError::Oversized { .. } | FetchError::SizeMismatch { .. }
-                    ) {
+                    // Not worth resuming: bytes from a source that broke the size promise, or
+                    // an empty file (the source could not even be opened).
+                    let empty = tokio::fs::metadata(&partial)
+                        .await
+                        .is_ok_and(|m| m.len() == 0);
+                    if empty
+                        || matches!(
+                            e,
+                            FetchError::Oversized { .. } | FetchError::SizeMismatch { .. }
+                        )
+                    {
                         let _ = tokio::fs::remove_file(&partial).await;
                     }
                     return Err(e);

@@ -1,4 +1,4 @@
-//! The agent's durable memory: highest token, orders in flight, recent results.
+//! The agent's durable memory: highest token, orders in flight, recent results, staged pins.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -143,6 +143,11 @@ struct Data {
     recent_results: VecDeque<StoredResult>,
     /// Release dirs each service committed to, oldest first (for keeping the last few).
     history: BTreeMap<String, Vec<String>>,
+    /// Release dirs each service staged for an order that has not come yet: pruning keeps
+    /// them until the next update order for the service is accepted. (Absent in files
+    /// written before staging existed.)
+    #[serde(default)]
+    staged: BTreeMap<String, Vec<String>>,
 }
 
 /// The durable state. Every change is written (tmp, fsync, rename, fsync dir) before the
@@ -216,10 +221,32 @@ impl Journal {
         self.data.history.get(service).map_or(&[], Vec::as_slice)
     }
 
-    /// Records an accepted order (and raises the highest token) durably.
+    /// Release dirs `service` staged ahead of an order that has not come yet, oldest first.
+    pub fn staged(&self, service: &str) -> &[String] {
+        self.data.staged.get(service).map_or(&[], Vec::as_slice)
+    }
+
+    /// Records that release dir `dir` of `service` was staged for an order still to come, so
+    /// pruning keeps it.
+    pub fn pin_staged(&mut self, service: &str, dir: &str) -> Result<(), JournalError> {
+        if self.staged(service).iter().any(|d| d == dir) {
+            return Ok(());
+        }
+        self.change(|d| {
+            d.staged
+                .entry(service.to_string())
+                .or_default()
+                .push(dir.to_string());
+        })
+    }
+
+    /// Records an accepted order (and raises the highest token) durably. The coordinator has
+    /// moved on to an order for this service, so what was staged before is either this
+    /// order's release or superseded: its pins are dropped (the dirs go at the next commit).
     pub fn begin(&mut self, order: InFlight) -> Result<(), JournalError> {
         self.change(|d| {
             d.highest_token = Some(d.highest_token.map_or(order.token, |h| h.max(order.token)));
+            d.staged.remove(&order.service);
             d.in_flight.insert(order.service.clone(), order);
         })
     }
@@ -366,6 +393,35 @@ mod tests {
         );
         j.begin(order(3, "other")).expect("begin");
         assert_eq!(j.highest_token(), Some(40));
+    }
+
+    #[test]
+    fn staged_pins_last_until_the_next_order_for_the_service() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path()).expect("open");
+        j.pin_staged("demo", "3.0.0-x").expect("pin");
+        j.pin_staged("demo", "3.0.0-x").expect("pin again");
+        j.pin_staged("other", "1.0.0-y").expect("pin");
+        let mut j = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(j.staged("demo"), ["3.0.0-x".to_string()]);
+        j.begin(order(1, "demo")).expect("begin");
+        assert!(j.staged("demo").is_empty());
+        assert_eq!(j.staged("other"), ["1.0.0-y".to_string()]);
+        let j = Journal::open(dir.path()).expect("reopen");
+        assert!(j.staged("demo").is_empty());
+    }
+
+    #[test]
+    fn a_file_from_before_staging_still_opens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join(JOURNAL_FILE),
+            br#"{"format":1,"highest_token":4,"in_flight":{},"recent_results":[],"history":{}}"#,
+        )
+        .expect("write");
+        let j = Journal::open(dir.path()).expect("open");
+        assert_eq!(j.highest_token(), Some(4));
+        assert!(j.staged("demo").is_empty());
     }
 
     #[test]

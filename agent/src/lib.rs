@@ -1,14 +1,17 @@
-//! rollgate-agent: the daemon on every host. It dials out to a coordinator, reports its
-//! services' releases and health, and carries out update orders: fetch and verify a release,
-//! swap it in, restart, watch its health, and commit or roll back, so that whatever happens
-//! the service ends on exactly the old or the new release.
+//! rollgate-agent: the daemon on every host. It dials out to a coordinator (any of its
+//! replicas), reports its services' releases and health, stages releases ahead of their slot
+//! on request, and carries out update orders: fetch and verify a release (unless it is
+//! staged), swap it in, restart, watch its health, and commit or roll back, so that whatever
+//! happens the service ends on exactly the old or the new release.
 //!
 //! Layout:
 //! - [`config`]: the agent's TOML config and its validation.
 //! - [`session`]: the bidi stream to the coordinator (hello, heartbeats, orders, results) and
-//!   reconnecting with backoff.
+//!   reconnecting with backoff, round-robin over the coordinator replicas.
 //! - [`executor`]: order intake with fencing tokens, and the update procedure (stage, swap,
 //!   start, verify, commit or roll back, undo after a restart).
+//! - `staging`: getting a verified release dir, ahead of the slot (stage orders, which run
+//!   beside an update) or as an update's first step; pins staged releases against pruning.
 //! - `service`: one task per service: supervision, idle health reports, running its orders.
 //! - [`process`]: the process backend (start, stop by process group, pidfile).
 //! - [`probe`]: http/tcp/exec health probes and the min-healthy-time rule.
@@ -24,7 +27,8 @@
 //! ```text
 //! <state_dir>/
 //!   agent.lock            held (flock) while an agent runs: one agent per state dir
-//!   agent-state.json      the journal: highest token, orders in flight, last 32 results
+//!   agent-state.json      the journal: highest token, orders in flight, last 32 results,
+//!                         releases staged for orders still to come
 //!   services/<svc>/       one per configured service; see [`releases`]
 //! ```
 
@@ -40,6 +44,7 @@ pub mod process;
 pub mod releases;
 mod service;
 pub mod session;
+mod staging;
 
 use std::future::Future;
 
@@ -74,13 +79,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         state_dir = %config.state_dir.display(),
         "rollgate-agent {} started; connecting to {}",
         env!("CARGO_PKG_VERSION"),
-        config.coordinator
+        config.coordinators.join(", then ")
     );
     rollgate_proto::telemetry::notify_ready();
 
     let cancel = CancellationToken::new();
     let session_cfg = session::SessionConfig {
-        coordinator: config.coordinator.clone(),
+        coordinators: config.coordinators.clone(),
         heartbeat_interval: config.heartbeat_interval,
     };
     {

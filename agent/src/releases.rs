@@ -10,14 +10,22 @@
 //!   pid                               process group of the running service (for a restarted agent)
 //!   service.log                       the service's stdout and stderr, appended
 //! ```
+//!
+//! Release dirs are written by two kinds of work that may overlap: an update order (run by the
+//! service's task) and stage orders (run beside it). Each takes a [`ReleaseClaim`] on the
+//! release's digest before it touches `staging/` or `releases/`, so two of them never write the
+//! same files, and [`ServiceDir::prune`] leaves claimed files alone.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use tokio::sync::Notify;
 
 use crate::durable;
 
@@ -70,11 +78,45 @@ pub struct InstalledRelease {
     pub info: ReleaseInfo,
 }
 
-/// One service's directory under the agent's state dir.
+/// One service's directory under the agent's state dir. Clones share one claim registry, so
+/// make one per service and clone it.
 #[derive(Debug, Clone)]
 pub struct ServiceDir {
     root: PathBuf,
     binary: String,
+    /// Digests of the releases being fetched or installed right now.
+    busy: Arc<Busy>,
+}
+
+/// The digests claimed in one service's dir, and a wake-up for those waiting for one.
+#[derive(Debug, Default)]
+struct Busy {
+    claimed: Mutex<BTreeSet<String>>,
+    released: Notify,
+}
+
+impl Busy {
+    /// Locks the set even if a thread panicked holding it: it is only ever inserted into or
+    /// removed from, which leaves it consistent.
+    fn claimed(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        self.claimed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The exclusive right to fetch and install one release (by digest) in a service's dir. While
+/// it is held, nobody else writes that release's files and pruning leaves them alone. Released
+/// on drop.
+#[derive(Debug)]
+pub struct ReleaseClaim {
+    busy: Arc<Busy>,
+    sha256: String,
+}
+
+impl Drop for ReleaseClaim {
+    fn drop(&mut self) {
+        self.busy.claimed().remove(&self.sha256);
+        self.busy.released.notify_waiters();
+    }
 }
 
 impl ServiceDir {
@@ -84,6 +126,23 @@ impl ServiceDir {
         ServiceDir {
             root: state_dir.join("services").join(service),
             binary: binary.to_string(),
+            busy: Arc::default(),
+        }
+    }
+
+    /// Waits until nobody else holds a claim on `sha256` in this dir, then claims it. Dropping
+    /// the future while it waits claims nothing.
+    pub async fn claim(&self, sha256: &str) -> ReleaseClaim {
+        loop {
+            // Registered before the check, so a release between the check and the wait is seen.
+            let released = self.busy.released.notified();
+            if self.busy.claimed().insert(sha256.to_string()) {
+                return ReleaseClaim {
+                    busy: self.busy.clone(),
+                    sha256: sha256.to_string(),
+                };
+            }
+            released.await;
         }
     }
 
@@ -251,16 +310,45 @@ impl ServiceDir {
         Ok(out)
     }
 
+    /// The complete release dirs whose artifact is in place with its recorded size. Each was
+    /// digest-verified before it was renamed into place and is never written afterwards; the
+    /// bytes are hashed again before any swap ([`ServiceDir::holds_verified`]). Dirs that do
+    /// not read back are left out.
+    pub fn installed(&self) -> Result<Vec<InstalledRelease>, DiskError> {
+        let mut out = Vec::new();
+        for name in self.list_releases()? {
+            let Ok(Some(info)) = self.release_info(&name) else {
+                continue;
+            };
+            let bin = self.release_path(&name).join(&self.binary);
+            if fs::metadata(&bin).is_ok_and(|m| m.is_file() && m.len() == info.size) {
+                out.push(InstalledRelease { dir: name, info });
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes every release dir not named in `keep`, half-assembled dirs, and leftover
-    /// downloads. `current` is always kept, whatever `keep` says. Returns the deleted names.
+    /// downloads, except those of a claimed release (a fetch or install in progress).
+    /// `current` is always kept, whatever `keep` says. Returns the deleted names.
     pub fn prune(&self, keep: &[String]) -> Result<Vec<String>, DiskError> {
+        // Held throughout, so no claim can start between the check and the removal.
+        let claimed = self.busy.claimed();
+        let in_use = |name: &str| {
+            let name = name.strip_suffix(ASSEMBLING_SUFFIX).unwrap_or(name);
+            claimed.iter().any(|sha| {
+                let short = sha.get(..DIR_DIGEST_CHARS).unwrap_or(sha);
+                name.strip_suffix(short)
+                    .is_some_and(|rest| rest.ends_with('-'))
+            })
+        };
         let current = self.current_dir()?;
         let dir = self.releases_dir();
         let mut removed = Vec::new();
         for entry in fs::read_dir(&dir).map_err(disk("list", &dir))? {
             let entry = entry.map_err(disk("list", &dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if keep.contains(&name) || current.as_deref() == Some(name.as_str()) {
+            if keep.contains(&name) || current.as_deref() == Some(name.as_str()) || in_use(&name) {
                 continue;
             }
             let p = entry.path();
@@ -270,6 +358,11 @@ impl ServiceDir {
         let staging = self.staging_dir();
         for entry in fs::read_dir(&staging).map_err(disk("list", &staging))? {
             let entry = entry.map_err(disk("list", &staging))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let sha = name.strip_suffix(".partial").unwrap_or(&name);
+            if claimed.contains(sha) {
+                continue;
+            }
             let p = entry.path();
             fs::remove_file(&p).map_err(disk("remove", &p))?;
         }
@@ -362,6 +455,75 @@ mod tests {
             vec![names[0].clone(), names[3].clone(), names[4].clone()]
         );
         assert!(!dir.partial_path("abc").exists());
+    }
+
+    #[tokio::test]
+    async fn a_claim_is_exclusive_and_keeps_pruning_away() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let dir = ServiceDir::new(state.path(), "demo", "demo-svc");
+        dir.create().expect("create");
+        let old = stage(&dir, "1.0.0", b"old");
+        let body = b"being staged";
+        let sha = hex::encode(Sha256::digest(body));
+
+        let claim = dir.claim(&sha).await;
+        // The same release waits; another one does not (and is not held up).
+        let clone = dir.clone();
+        let (s2, s3) = (sha.clone(), sha.clone());
+        let mut second = tokio::spawn(async move { clone.claim(&s2).await });
+        let other = dir.claim(&"b".repeat(64)).await;
+        drop(other);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !second.is_finished(),
+            "a second claim on the same digest must wait"
+        );
+
+        // What the claimed release has on disk survives a prune; everything else goes.
+        fs::write(dir.partial_path(&sha), &body[..4]).expect("partial");
+        let assembling = dir.releases_dir().join(format!(
+            "{}{ASSEMBLING_SUFFIX}",
+            ServiceDir::release_dir_name("2.0.0", &s3)
+        ));
+        fs::create_dir(&assembling).expect("assembling");
+        fs::write(dir.partial_path(&"c".repeat(64)), b"left over").expect("other partial");
+        assert_eq!(dir.prune(&[]).expect("prune"), vec![old.clone()]);
+        assert!(dir.partial_path(&sha).exists());
+        assert!(assembling.exists());
+        assert!(!dir.partial_path(&"c".repeat(64)).exists());
+
+        drop(claim);
+        let again = tokio::time::timeout(std::time::Duration::from_secs(5), &mut second)
+            .await
+            .expect("the waiting claim gets its turn")
+            .expect("task");
+        drop(again);
+        dir.prune(&[]).expect("prune");
+        assert!(!dir.partial_path(&sha).exists());
+        assert!(!assembling.exists());
+    }
+
+    #[test]
+    fn installed_lists_complete_releases_only() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let dir = ServiceDir::new(state.path(), "demo", "demo-svc");
+        dir.create().expect("create");
+        let a = stage(&dir, "1.0.0", b"one");
+        let b = stage(&dir, "2.0.0", b"two");
+        fs::create_dir(
+            dir.releases_dir()
+                .join(format!("3.0.0-x{ASSEMBLING_SUFFIX}")),
+        )
+        .expect("assembling");
+        // A truncated artifact is not listed as ready.
+        fs::write(dir.release_path(&b).join("demo-svc"), b"tw").expect("truncate");
+        let listed: Vec<(String, String)> = dir
+            .installed()
+            .expect("list")
+            .into_iter()
+            .map(|r| (r.dir, r.info.sha256))
+            .collect();
+        assert_eq!(listed, vec![(a, hex::encode(Sha256::digest(b"one")))]);
     }
 
     use std::os::unix::fs::MetadataExt;

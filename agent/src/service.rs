@@ -161,6 +161,8 @@ impl ServiceUnit {
                 .cloned()
                 .collect();
             keep.extend(f.previous.clone());
+            // Staged for an order still to come (see `staging`).
+            keep.extend(journal.staged(&service).iter().cloned());
             keep
         };
         if f.committed.is_some() {

@@ -2,7 +2,8 @@
 //!
 //! Losing the stream never touches the services or the order in flight: the executor runs on
 //! its own, and everything said while disconnected is in the next hello (statuses, the order in
-//! flight, and the durable recent results).
+//! flight, the durable recent results, the staged releases). With several coordinator replicas
+//! configured, every failed connect or lost session moves on to the next one in the list.
 
 use std::time::Duration;
 
@@ -39,8 +40,8 @@ const OUTBOUND_QUEUE: usize = 64;
 /// Where and how often to talk to the coordinator.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    /// The coordinator's URL.
-    pub coordinator: String,
+    /// The coordinator replicas' URLs, tried in this order, round-robin.
+    pub coordinators: Vec<String>,
     /// Heartbeat interval until a welcome says otherwise.
     pub heartbeat_interval: Duration,
 }
@@ -54,6 +55,51 @@ pub fn backoff_delay(attempt: u32, rng: &mut impl Rng) -> Duration {
         .min(BACKOFF_CAP);
     let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(rng.gen_range(0..=ms))
+}
+
+/// The coordinator replicas and the one to dial: after every failed connect or lost session
+/// the next one in the list is tried (round-robin), so a dead replica costs one attempt.
+#[derive(Debug, Clone)]
+pub struct Replicas {
+    urls: Vec<String>,
+    next: usize,
+}
+
+impl Replicas {
+    /// The replicas in the order they are tried, starting with the first; `None` if `urls`
+    /// is empty.
+    pub fn new(urls: Vec<String>) -> Option<Replicas> {
+        (!urls.is_empty()).then_some(Replicas { urls, next: 0 })
+    }
+
+    /// The URL to dial now.
+    pub fn current(&self) -> &str {
+        &self.urls[self.next]
+    }
+
+    /// Place of the current replica in the list (0-based).
+    pub fn index(&self) -> usize {
+        self.next
+    }
+
+    /// How many replicas there are (at least one).
+    pub fn count(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// Moves on to the next replica (after the last, back to the first).
+    pub fn advance(&mut self) {
+        self.next = (self.next + 1) % self.urls.len();
+    }
+
+    /// The current replica for logs: its URL, and its place in the list when there are
+    /// several.
+    pub fn describe(&self) -> String {
+        match self.urls.len() {
+            1 => self.current().to_string(),
+            n => format!("{} (replica {} of {n})", self.current(), self.next + 1),
+        }
+    }
 }
 
 /// Why a session ended.
@@ -70,8 +116,9 @@ enum End {
 }
 
 /// Keeps a session with the coordinator until `cancel`: connect, hello, heartbeats, orders to
-/// `executor`, messages from `outbox` to the coordinator; on loss, back off and reconnect.
-/// `channel` publishes the live connection (for `store:` downloads) or `None`.
+/// `executor`, messages from `outbox` to the coordinator; on loss, back off and reconnect to
+/// the next replica. `channel` publishes the live connection (for `store:` downloads) or
+/// `None`.
 pub async fn run(
     cfg: SessionConfig,
     executor: &Executor,
@@ -79,12 +126,21 @@ pub async fn run(
     channel: watch::Sender<Option<Channel>>,
     cancel: CancellationToken,
 ) {
+    let Some(mut replicas) = Replicas::new(cfg.coordinators.clone()) else {
+        tracing::error!("no coordinator URL configured; services run, but no orders can come");
+        wait_offline(None, outbox, &cancel).await;
+        return;
+    };
     let mut attempt = 0u32;
     let mut seq = 0u64;
-    let mut quiet = QuietRepeats::default();
+    // One per replica: with replicas taken in turn, a single one would never see a repeat.
+    let mut quiet = vec![QuietRepeats::default(); replicas.count()];
     loop {
         let began = Instant::now();
-        let end = serve(&cfg, executor, outbox, &channel, &mut seq, &cancel).await;
+        let end = serve(
+            &cfg, &replicas, executor, outbox, &channel, &mut seq, &cancel,
+        )
+        .await;
         channel.send_replace(None);
         let (welcomed, why) = match end {
             End::Shutdown => return,
@@ -95,38 +151,56 @@ pub async fn run(
         }
         let delay = backoff_delay(attempt, &mut rand::thread_rng());
         attempt = attempt.saturating_add(1);
-        let url = &cfg.coordinator;
+        let (at, index) = (replicas.describe(), replicas.index());
+        replicas.advance();
+        let then = if replicas.count() > 1 {
+            format!("trying {} in {}", replicas.current(), human(delay))
+        } else {
+            format!("retrying in {}", human(delay))
+        };
         if welcomed {
+            tracing::warn!("lost coordinator at {at}: {why}; services keep running; {then}");
+            quiet.fill(QuietRepeats::default());
+        } else if quiet[index].should_warn(&why) {
             tracing::warn!(
-                "lost coordinator at {url}: {why}; services keep running; retrying in {}",
-                human(delay)
-            );
-            quiet = QuietRepeats::default();
-        } else if quiet.should_warn(&why) {
-            tracing::warn!(
-                "cannot reach coordinator at {url}: {why}; services keep running; retrying in {}",
-                human(delay)
+                "cannot reach coordinator at {at}: {why}; services keep running; {then}"
             );
         } else {
-            tracing::debug!(
-                "cannot reach coordinator at {url}: {why}; retrying in {}",
-                human(delay)
-            );
+            tracing::debug!("cannot reach coordinator at {at}: {why}; {then}");
         }
-        let wake = Instant::now() + delay;
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep_until(wake) => break,
-                // Nobody to tell; the next hello carries the same facts.
-                m = outbox.recv() => if m.is_none() { return },
-            }
+        if !wait_offline(Some(Instant::now() + delay), outbox, &cancel).await {
+            return;
+        }
+    }
+}
+
+/// Waits until `wake` (forever if `None`) while disconnected, dropping what the outbox says:
+/// nobody is there to hear it, and the next hello carries the same facts. Returns `false` when
+/// the agent is shutting down.
+async fn wait_offline(
+    wake: Option<Instant>,
+    outbox: &mut Outbox,
+    cancel: &CancellationToken,
+) -> bool {
+    let sleep = async {
+        match wake {
+            Some(t) => tokio::time::sleep_until(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            _ = &mut sleep => return true,
+            m = outbox.recv() => if m.is_none() { return false },
         }
     }
 }
 
 async fn serve(
     cfg: &SessionConfig,
+    replicas: &Replicas,
     executor: &Executor,
     outbox: &mut Outbox,
     channel_slot: &watch::Sender<Option<Channel>>,
@@ -137,7 +211,7 @@ async fn serve(
         welcomed: false,
         why,
     };
-    let endpoint = match Endpoint::from_shared(cfg.coordinator.clone()) {
+    let endpoint = match Endpoint::from_shared(replicas.current().to_string()) {
         Ok(e) => e
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -183,6 +257,7 @@ async fn serve(
     };
     channel_slot.send_replace(Some(channel));
 
+    let at = replicas.describe();
     let mut welcomed = false;
     let mut heartbeat = heartbeat_timer(cfg.heartbeat_interval);
     loop {
@@ -190,7 +265,7 @@ async fn serve(
             _ = cancel.cancelled() => return End::Shutdown,
             msg = inbound.message() => match msg {
                 Ok(Some(m)) => {
-                    if let Err(why) = on_message(m, cfg, executor, &mut welcomed, &mut heartbeat) {
+                    if let Err(why) = on_message(m, &at, executor, &mut welcomed, &mut heartbeat) {
                         return End::Lost { welcomed, why };
                     }
                 }
@@ -217,10 +292,11 @@ async fn serve(
     }
 }
 
-/// Acts on one coordinator message; `Err` ends the session with that reason.
+/// Acts on one coordinator message from the replica at `at`; `Err` ends the session with that
+/// reason.
 fn on_message(
     msg: pb::CoordinatorMessage,
-    cfg: &SessionConfig,
+    at: &str,
     executor: &Executor,
     welcomed: &mut bool,
     heartbeat: &mut tokio::time::Interval,
@@ -234,9 +310,8 @@ fn on_message(
             }
             if !*welcomed {
                 tracing::info!(
-                    "connected to coordinator {} at {}; heartbeat every {}",
+                    "connected to coordinator {} at {at}; heartbeat every {}",
                     w.coordinator_id,
-                    cfg.coordinator,
                     human(every)
                 );
             }
@@ -246,6 +321,7 @@ fn on_message(
             return Err(format!("the coordinator refused this agent: {}", r.reason));
         }
         Some(coordinator_message::Msg::Update(order)) => executor.handle_order(order),
+        Some(coordinator_message::Msg::Stage(order)) => executor.handle_stage(order),
         None => tracing::debug!("ignoring an empty message from the coordinator"),
     }
     Ok(())
@@ -261,7 +337,7 @@ fn heartbeat_timer(every: Duration) -> tokio::time::Interval {
 
 /// Keeps a coordinator that stays down from filling the log: the same failure is logged as a
 /// warning the first time and then every [`REPEAT_WARN_EVERY`] attempts.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct QuietRepeats {
     last: String,
     repeats: u32,
@@ -294,6 +370,28 @@ fn message(msg: Msg) -> pb::AgentMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_are_tried_round_robin() {
+        assert!(Replicas::new(Vec::new()).is_none());
+        let mut one = Replicas::new(vec!["http://a:1".into()]).expect("one");
+        assert_eq!(one.describe(), "http://a:1");
+        one.advance();
+        assert_eq!(one.current(), "http://a:1");
+
+        let urls = ["http://a:1", "http://b:1", "http://c:1"];
+        let mut r = Replicas::new(urls.iter().map(|u| u.to_string()).collect()).expect("three");
+        let mut dialed = Vec::new();
+        for _ in 0..7 {
+            dialed.push(r.current().to_string());
+            r.advance();
+        }
+        assert_eq!(
+            dialed,
+            [urls[0], urls[1], urls[2], urls[0], urls[1], urls[2], urls[0]]
+        );
+        assert_eq!(r.describe(), "http://b:1 (replica 2 of 3)");
+    }
 
     #[test]
     fn backoff_grows_caps_and_jitters() {

@@ -123,14 +123,15 @@ async fn update_success_crash_rollback_and_unhealthy_rollback() {
         Outcome::Succeeded,
         "token 1's recorded result is resent"
     );
-    let mut stale = order(0, v1.clone(), 200, 5000);
-    stale.rollout_id = "old".into();
+    // (Another service, so no result is on record for the token.)
+    let mut stale = order(2, world.release("9.0.0", &healthy("9.0.0")), 200, 5000);
+    stale.service = "other".into();
     exec.handle_order(stale);
-    let (r, _) = result_for(&mut outbox, 0).await;
+    let (r, _) = result_for(&mut outbox, 2).await;
     assert_eq!(r.outcome(), Outcome::Refused);
     assert_eq!(
         r.reason,
-        "stale order: token 0 is older than 3, the highest this host has acted on"
+        "stale order: token 2 is older than 3, the highest this host has acted on"
     );
 
     // S8: bytes with the wrong digest are refused and nothing is swapped.
@@ -274,6 +275,28 @@ async fn crashed_service_is_restarted_and_reported() {
     let new_pid = world.running_pid().expect("restarted");
     assert_ne!(new_pid, pid);
     assert!(alive(new_pid));
+    exec.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_order_without_a_fencing_token_is_refused() {
+    let world = World::new();
+    let (exec, mut outbox) = start(&world);
+    // Even on a host that has never acted on an order (no highest token yet).
+    exec.handle_order(order(
+        0,
+        world.release("1.0.0", &healthy("1.0.0")),
+        100,
+        5000,
+    ));
+    let (r, seen) = result_for(&mut outbox, 0).await;
+    assert_eq!(r.outcome(), Outcome::Refused, "{r:?}");
+    assert!(r.reason.starts_with("no fencing token"), "{}", r.reason);
+    assert!(seen.steps.is_empty(), "nothing was started: {seen:?}");
+    assert_eq!(world.current(), None);
+    let hello = exec.hello();
+    assert_eq!(hello.highest_token, 0);
+    assert!(hello.staged.is_empty(), "nothing was fetched");
     exec.shutdown().await;
 }
 

@@ -207,3 +207,46 @@ pub async fn wait_step(outbox: &mut Outbox, token: u64, step: pb::Step) {
         }
     }
 }
+
+pub fn stage_order(rollout_id: &str, release: pb::Release) -> pb::StageOrder {
+    pb::StageOrder {
+        rollout_id: rollout_id.into(),
+        service: "demo".into(),
+        release: Some(release),
+    }
+}
+
+/// Reads the outbox until the answer to a stage order of `rollout_id`.
+pub async fn staged_result(outbox: &mut Outbox, rollout_id: &str) -> pb::StageResult {
+    let deadline = tokio::time::Instant::now() + RESULT_WAIT;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, outbox.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no stage result for {rollout_id} within {RESULT_WAIT:?}"))
+            .expect("outbox open");
+        if let Some(Msg::Staged(r)) = msg.msg {
+            if r.rollout_id == rollout_id {
+                return r;
+            }
+        }
+    }
+}
+
+/// The source file a `file://` release names.
+pub fn source_path(release: &pb::Release) -> PathBuf {
+    PathBuf::from(
+        release
+            .source
+            .strip_prefix("file://")
+            .expect("a file:// release"),
+    )
+}
+
+/// The release dir a release is installed as (`<version>-<sha12>`).
+pub fn release_dir(world: &World, release: &pb::Release) -> PathBuf {
+    world.service_dir().join("releases").join(format!(
+        "{}-{}",
+        release.version,
+        &release.sha256[..12]
+    ))
+}
