@@ -18,6 +18,9 @@ pub const DEFAULT_LOCAL_ETCD_PORT: u16 = 23790;
 pub struct Config {
     /// Address the gRPC server (agents, operators, health) listens on.
     pub listen: SocketAddr,
+    /// URL other replicas reach this one at (to copy artifacts pushed here); default
+    /// `http://<listen>`.
+    pub advertise: String,
     /// Where the artifact store (and the local etcd, when used) live.
     pub state_dir: PathBuf,
     /// Name of this replica in logs and session records; default `<hostname>-<pid>`.
@@ -65,6 +68,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            advertise: String::new(),
             state_dir: PathBuf::from("/var/lib/rollgate-coordinator"),
             replica_id: String::new(),
             max_artifact_bytes: 1 << 30,
@@ -113,6 +117,9 @@ impl Config {
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| "coordinator".to_string());
             self.replica_id = format!("{host}-{}", std::process::id());
+        }
+        if self.advertise.is_empty() {
+            self.advertise = format!("http://{}", self.listen);
         }
         if !self.etcd.prefix.starts_with('/') || !self.etcd.prefix.ends_with('/') {
             bail!(

@@ -832,3 +832,75 @@ pub async fn record_artifact(ctx: &Arc<Ctx>, sha256: &str, size: u64) -> Result<
         .await?;
     Ok(())
 }
+
+/// Copies an artifact that was pushed to another replica into this replica's store, verifying
+/// its digest, so agents streaming to any replica can fetch any `store:` release.
+pub async fn copy_artifact_from_peer(ctx: &Arc<Ctx>, sha256: &str) -> Result<(), tonic::Status> {
+    use rollgate_proto::pb::agent_service_client::AgentServiceClient;
+    let mut etcd = ctx.etcd.clone();
+    let unavailable = |e: String| tonic::Status::unavailable(e);
+    let resp = etcd
+        .get(ctx.keys.artifact(sha256), None)
+        .await
+        .map_err(|e| unavailable(format!("cannot read artifact metadata: {e}")))?;
+    let Some(kv) = resp.kvs().first() else {
+        return Err(tonic::Status::not_found(format!(
+            "no artifact sha256:{sha256} was pushed to this fleet; push it with `rollgate artifact push FILE`"
+        )));
+    };
+    let art: ArtifactRecord = decode(kv).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let resp = etcd
+        .get(ctx.keys.replica(&art.stored_by), None)
+        .await
+        .map_err(|e| unavailable(format!("cannot look up replica {}: {e}", art.stored_by)))?;
+    let Some(url) = resp
+        .kvs()
+        .first()
+        .and_then(|kv| kv.value_str().ok())
+        .map(str::to_string)
+    else {
+        return Err(unavailable(format!(
+            "artifact sha256:{sha256} is stored on replica {}, which is not running; start it, or push the artifact again",
+            art.stored_by
+        )));
+    };
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|e| {
+            tonic::Status::internal(format!(
+                "replica {} advertises a bad URL {url:?}: {e}",
+                art.stored_by
+            ))
+        })?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| {
+            unavailable(format!(
+                "cannot reach replica {} at {url}: {e}",
+                art.stored_by
+            ))
+        })?;
+    let mut client = AgentServiceClient::new(channel)
+        .max_decoding_message_size(rollgate_proto::MAX_MESSAGE_BYTES);
+    let mut stream = client
+        .fetch_artifact(pb::FetchArtifactRequest {
+            sha256: sha256.to_string(),
+            offset: 0,
+        })
+        .await?
+        .into_inner();
+    let mut upload = ctx.artifacts.upload()?;
+    while let Some(chunk) = stream.message().await? {
+        upload.write(&chunk.data).await?;
+    }
+    let (got, size) = upload.finish().await?;
+    if got != sha256 || size != art.size {
+        let _ = std::fs::remove_file(ctx.artifacts.path(&got));
+        return Err(tonic::Status::data_loss(format!(
+            "replica {} served sha256:{got} ({size} bytes) for sha256:{sha256} ({} bytes); not kept",
+            art.stored_by, art.size
+        )));
+    }
+    tracing::info!(%sha256, from = %art.stored_by, "copied artifact from another replica");
+    Ok(())
+}

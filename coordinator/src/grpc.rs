@@ -81,7 +81,14 @@ impl AgentService for AgentApi {
         let req = request.into_inner();
         rollgate_proto::names::check_sha256(&req.sha256)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (mut file, total) = self.ctx.artifacts.open(&req.sha256, req.offset).await?;
+        let (mut file, total) = match self.ctx.artifacts.open(&req.sha256, req.offset).await {
+            Err(ArtifactError::NotFound(_)) => {
+                // Pushed to another replica: copy it here first (verified), then serve it.
+                control::copy_artifact_from_peer(&self.ctx, &req.sha256).await?;
+                self.ctx.artifacts.open(&req.sha256, req.offset).await?
+            }
+            other => other?,
+        };
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let mut offset = req.offset.min(total);
         tokio::spawn(async move {

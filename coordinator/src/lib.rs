@@ -101,6 +101,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("etcd at {endpoints:?} refused a lease"))?
         .id();
 
+    etcd.put(
+        Keys::new(&config.etcd.prefix).replica(&config.replica_id),
+        config.advertise.clone(),
+        Some(etcd_client::PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .context("cannot register this replica in etcd")?;
     let artifacts = ArtifactStore::new(
         config.state_dir.join("artifacts"),
         config.max_artifact_bytes,

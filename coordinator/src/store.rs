@@ -15,6 +15,7 @@
 //! | `services/<name>/active` | until the rollout ends | id of the one active rollout |
 //! | `services/<name>/history/<at>` | durable | [`HistoryRecord`]: releases that completed |
 //! | `artifacts/<sha256>` | durable | [`ArtifactRecord`] |
+//! | `replicas/<id>` | that replica's lease | its advertised URL (to copy artifacts from it) |
 //!
 //! A slot key vanishes when the replica holding the host's stream loses its lease. That never
 //! frees budget (S2): the durable step stays `updating`, and the planner sees the host as lost
@@ -145,6 +146,10 @@ impl Keys {
     /// The one active rollout of a service.
     pub fn active(&self, service: &str) -> String {
         format!("{}services/{service}/active", self.prefix)
+    }
+    /// A live replica's address (bound to its lease).
+    pub fn replica(&self, id: &str) -> String {
+        format!("{}replicas/{id}", self.prefix)
     }
     /// An artifact's metadata.
     pub fn artifact(&self, sha256: &str) -> String {
