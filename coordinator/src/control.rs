@@ -185,11 +185,24 @@ async fn store_new_rollout(
 /// Dry run: what a spec would target and how, and what would block it right now.
 pub async fn plan(ctx: &Arc<Ctx>, spec_toml: &str) -> Result<pb::RolloutPlan, ControlError> {
     let (record, fleet) = prepare(ctx, spec_toml, false).await?;
+    // Staging is the rollout's first step, not something blocking it now.
+    let staged = record
+        .targets
+        .iter()
+        .map(|h| {
+            let ok = store::StageRecord {
+                ok: true,
+                reason: String::new(),
+                at_ms: 0,
+            };
+            (h.clone(), ok)
+        })
+        .collect();
     let view = RolloutView {
         rollout: record,
         rollout_rev: 0,
         steps: Default::default(),
-        staged: Default::default(),
+        staged,
     };
     let p = planner::plan_view(&view, &fleet, now_ms());
     let r = &view.rollout;
