@@ -11,6 +11,7 @@ fn agent_killed_while_verifying_ends_on_the_old_release() -> anyhow::Result<()> 
     let mut fleet = Fleet::start(FleetOpts {
         agents: 2,
         start_delay_ms: 0,
+        ..FleetOpts::default()
     })?;
     fleet.install("1.0.0", "max_unavailable = 2\nmin_healthy_time = \"200ms\"")?;
 

@@ -10,6 +10,7 @@ fn unhealthy_release_halts_and_rolls_back_within_the_budget() -> anyhow::Result<
     let fleet = Fleet::start(FleetOpts {
         agents: 6,
         start_delay_ms: 0,
+        ..FleetOpts::default()
     })?;
     fleet.install("1.0.0", "max_unavailable = 6\nmin_healthy_time = \"200ms\"")?;
 

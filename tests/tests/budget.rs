@@ -12,6 +12,7 @@ fn ten_hosts_roll_with_at_most_three_unavailable() -> anyhow::Result<()> {
     let fleet = Fleet::start(FleetOpts {
         agents: 10,
         start_delay_ms: 300,
+        ..FleetOpts::default()
     })?;
     fleet.install(
         "1.0.0",

@@ -30,6 +30,7 @@ fn operator_commands_on_a_real_fleet() -> anyhow::Result<()> {
     let fleet = Fleet::start(FleetOpts {
         agents: 2,
         start_delay_ms: 0,
+        ..FleetOpts::default()
     })?;
 
     let hosts = fleet.cli_ok(&["hosts"])?;

@@ -7,9 +7,10 @@ use rollgate_tests::{wait_for, Fleet, FleetOpts, Mode};
 
 #[test]
 fn coordinator_killed_mid_rollout_continues_after_restart() -> anyhow::Result<()> {
-    let mut fleet = Fleet::start(FleetOpts {
+    let fleet = Fleet::start(FleetOpts {
         agents: 6,
         start_delay_ms: 200,
+        ..FleetOpts::default()
     })?;
     fleet.install("1.0.0", "max_unavailable = 6\nmin_healthy_time = \"200ms\"")?;
 
@@ -29,7 +30,7 @@ fn coordinator_killed_mid_rollout_continues_after_restart() -> anyhow::Result<()
             Ok((s.done >= 1 && updating >= 1).then_some(s))
         },
     )?;
-    fleet.coordinator.kill9();
+    fleet.coordinator().kill9();
     println!(
         "killed the coordinator with {} done, {} updating",
         before.done,
@@ -40,7 +41,7 @@ fn coordinator_killed_mid_rollout_continues_after_restart() -> anyhow::Result<()
             .count()
     );
     std::thread::sleep(Duration::from_millis(500));
-    fleet.coordinator.restart()?;
+    fleet.coordinator().restart()?;
     fleet.wait_coordinator()?;
 
     let after = fleet.status(&id)?;

@@ -11,6 +11,7 @@ fn offline_host_holds_the_budget_until_it_returns() -> anyhow::Result<()> {
     let mut fleet = Fleet::start(FleetOpts {
         agents: 4,
         start_delay_ms: 0,
+        ..FleetOpts::default()
     })?;
     fleet.install("1.0.0", "max_unavailable = 4\nmin_healthy_time = \"200ms\"")?;
 

@@ -13,7 +13,9 @@
 //! Releases are wrapper scripts (`exec rollgate-testsvc --version 2.0.0 --mode healthy "$@"`)
 //! and the agent appends `--port P`, so flags are accepted in any order and a later flag
 //! overrides an earlier one. `TESTSVC_VERSION`, `TESTSVC_MODE` and `TESTSVC_PORT` are fallbacks
-//! for flags that are not given. SIGTERM keeps its default action (exit at once).
+//! for flags that are not given. `--bind ADDR` (default `127.0.0.1`, fallback `TESTSVC_BIND`)
+//! picks the address to listen on: a host in its own network namespace binds `0.0.0.0` so the
+//! test's observer can reach it from outside. SIGTERM keeps its default action (exit at once).
 //!
 //! Only `std` is used so the binary builds fast and behaves the same everywhere.
 
@@ -42,8 +44,8 @@ const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
 const EXIT_USAGE: u8 = 2;
 
 const USAGE: &str = "usage: rollgate-testsvc --port P --version V \
-[--mode healthy|unhealthy|crash|slow-start] [--start-delay-ms N]\n\
-env fallbacks: TESTSVC_PORT, TESTSVC_VERSION, TESTSVC_MODE";
+[--mode healthy|unhealthy|crash|slow-start] [--start-delay-ms N] [--bind ADDR]\n\
+env fallbacks: TESTSVC_PORT, TESTSVC_VERSION, TESTSVC_MODE, TESTSVC_BIND";
 
 /// How this instance behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +93,8 @@ struct Config {
     mode: Mode,
     /// Sleep before binding; `None` means "the mode's default".
     start_delay: Option<Duration>,
+    /// Address to listen on.
+    bind: Ipv4Addr,
 }
 
 impl Config {
@@ -120,6 +124,7 @@ fn parse_args(
     let mut version = None;
     let mut mode = None;
     let mut delay = None;
+    let mut bind = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         if arg == "-h" || arg == "--help" {
@@ -139,6 +144,7 @@ fn parse_args(
             "--version" => version = Some(value()?),
             "--mode" => mode = Some(value()?),
             "--start-delay-ms" => delay = Some(value()?),
+            "--bind" => bind = Some(value()?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -163,11 +169,18 @@ fn parse_args(
         })?)),
         None => None,
     };
+    let bind = match bind.or_else(|| env("TESTSVC_BIND")) {
+        Some(b) => b
+            .parse()
+            .map_err(|_| format!("--bind {b:?} is not an IPv4 address such as 0.0.0.0"))?,
+        None => Ipv4Addr::LOCALHOST,
+    };
     Ok(Invocation::Run(Config {
         port,
         version,
         mode,
         start_delay,
+        bind,
     }))
 }
 
@@ -285,7 +298,7 @@ fn serve(config: Config) -> ExitCode {
         thread::sleep(delay);
     }
 
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
+    let addr = SocketAddr::from((config.bind, config.port));
     let listener = match bind_with_retry(addr) {
         Ok(l) => l,
         Err(e) => {
@@ -365,6 +378,7 @@ mod tests {
             version: version.into(),
             mode,
             start_delay,
+            bind: Ipv4Addr::LOCALHOST,
         };
         /// Command line, environment, expected config.
         type Case = (
@@ -398,6 +412,22 @@ mod tests {
                 &[("TESTSVC_VERSION", "3"), ("TESTSVC_MODE", "crash")],
                 cfg(1, "4", Mode::Healthy, None),
             ),
+            (
+                "--port 1 --version 1 --bind 0.0.0.0",
+                &[],
+                Config {
+                    bind: Ipv4Addr::UNSPECIFIED,
+                    ..cfg(1, "1", Mode::Healthy, None)
+                },
+            ),
+            (
+                "--port 1 --version 1",
+                &[("TESTSVC_BIND", "10.0.0.2")],
+                Config {
+                    bind: Ipv4Addr::new(10, 0, 0, 2),
+                    ..cfg(1, "1", Mode::Healthy, None)
+                },
+            ),
             // A later flag wins (the agent's appended flags come last).
             (
                 "--mode unhealthy --port 1 --version 1 --port 2",
@@ -420,6 +450,7 @@ mod tests {
             ("--port 1 --version 1 --bogus", "unknown argument"),
             ("--port 1 --version", "--version needs a value"),
             ("--port 1 --version 1 --start-delay-ms soon", "milliseconds"),
+            ("--port 1 --version 1 --bind localhost", "IPv4 address"),
         ];
         for (line, want) in table {
             let err = run(line, &[]).expect_err(line);

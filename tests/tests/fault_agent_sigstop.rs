@@ -1,0 +1,299 @@
+//! S1/S2 with a frozen agent: while host X holds the only slot (verifying), its agent is
+//! SIGSTOPped for longer than the session timeout plus the coordinator's lease TTL. X is then
+//! unreachable, so it is unavailable by definition even though its service still answers; the
+//! observer is told so (`count_as_down`) and must never see a second host down. Nothing else may
+//! start while X is away (lease/session expiry never frees the budget), and `blocked_by` names
+//! X. After SIGCONT, X reconnects and the rollout finishes.
+//!
+//! S4 (a token lower than the agent's `highest_token` is refused): the running coordinator never
+//! re-sends an old token, so the first test only checks the journal side (the agent durably
+//! recorded the token it acted on, the one in the status). The last two tests get a stale token
+//! to an agent with real parts: an etcd backup restored under a running fleet puts the grant
+//! counter back in time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use nix::sys::signal::Signal;
+use rollgate_tests::{brief, session_timeout, Fleet, FleetOpts, Mode, LEASE_TTL_SECS};
+
+#[test]
+fn frozen_agent_holds_its_slot_and_nothing_else_starts() -> anyhow::Result<()> {
+    let mut fleet = Fleet::start(FleetOpts {
+        agents: 4,
+        ..FleetOpts::default()
+    })?;
+    fleet.install("1.0.0", "max_unavailable = 4\nmin_healthy_time = \"200ms\"")?;
+
+    let observer = fleet.observe();
+    let v2 = fleet.release("2.0.0", Mode::Healthy)?;
+    // max_failures = 1: a host that vanishes mid-update may count as a failure (S2); this test
+    // is about the budget, not the failure policy.
+    let spec = fleet.spec(
+        &v2,
+        "max_unavailable = 1\nmin_healthy_time = \"2s\"\nhealthy_deadline = \"30s\"\nmax_failures = 1",
+    )?;
+    let id = fleet.start_rollout(&spec)?;
+    let before = fleet.wait_status(
+        &id,
+        "a host verifying 2.0.0",
+        Duration::from_secs(30),
+        |s| {
+            s.hosts
+                .iter()
+                .any(|h| h.state == "updating" && h.step == "verifying")
+        },
+    )?;
+    let x = before
+        .hosts
+        .iter()
+        .find(|h| h.state == "updating" && h.step == "verifying")
+        .map(|h| h.host_id.clone())
+        .expect("found above");
+    let states_before: BTreeMap<String, String> = before
+        .hosts
+        .iter()
+        .map(|h| (h.host_id.clone(), h.state.clone()))
+        .collect();
+
+    fleet.agent(&x).proc.signal(Signal::SIGSTOP);
+    observer.count_as_down(&x, true);
+    let window =
+        session_timeout() + Duration::from_secs(LEASE_TTL_SECS) + Duration::from_millis(1500);
+    println!("SIGSTOPped {x}'s agent while it was verifying; watching for {window:?}");
+
+    let mut x_states = BTreeSet::new();
+    let mut worst_unavailable = 0;
+    let last = fleet.hold_for(&id, window, |s| {
+        worst_unavailable = worst_unavailable.max(s.unavailable);
+        for h in &s.hosts {
+            if h.host_id == x {
+                x_states.insert(h.state.clone());
+                if !matches!(h.state.as_str(), "updating" | "lost") {
+                    bail!("{x} left updating/lost while frozen: {}", h.state);
+                }
+            } else if Some(&h.state) != states_before.get(&h.host_id) {
+                bail!(
+                    "{} went from {:?} to {} while {x} held the budget frozen",
+                    h.host_id,
+                    states_before.get(&h.host_id),
+                    h.state
+                );
+            }
+        }
+        if s.unavailable > 1 {
+            bail!("status says {} unavailable (budget 1)", s.unavailable);
+        }
+        Ok(())
+    })?;
+    println!(
+        "while {x} was frozen: its states {x_states:?}; worst unavailable in status {worst_unavailable}/1; blocked_by: {:?}",
+        last.blocked_by
+    );
+    assert!(
+        last.blocked_by.contains(&x),
+        "blocked_by does not name the frozen host {x}: {:?}",
+        last.blocked_by
+    );
+
+    fleet.agent(&x).proc.signal(Signal::SIGCONT);
+    // X's agent runs again: from here on the observer judges X by its service alone. Until the
+    // coordinator hears from X again (connected, or its result counted), X still holds the
+    // budget, so no other host may move.
+    observer.count_as_down(&x, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = fleet.status(&id)?;
+        let hx = s.hosts.iter().find(|h| h.host_id == x).expect("x");
+        let back = hx.connected || hx.state != "updating" && hx.state != "lost";
+        if !back {
+            for h in s.hosts.iter().filter(|h| h.host_id != x) {
+                assert_eq!(
+                    Some(&h.state),
+                    states_before.get(&h.host_id),
+                    "{} moved before {x} was back: {}",
+                    h.host_id,
+                    brief(&s)
+                );
+            }
+        }
+        if back {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{x} did not come back within 30 s of SIGCONT: {}",
+            brief(&s)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reconnected = Instant::now();
+
+    let s = fleet.wait_settled(&id, Duration::from_secs(60))?;
+    println!(
+        "settled {:?} after {x} reconnected: phase {}, reason {:?}",
+        reconnected.elapsed(),
+        s.phase,
+        s.reason
+    );
+    let seen = observer.finish();
+    seen.print(1, None);
+
+    let hx = s.hosts.iter().find(|h| h.host_id == x).expect("x");
+    println!(
+        "{x}: {} token {} running {:?} reason {:?}",
+        hx.state, hx.token, hx.running_version, hx.reason
+    );
+    for h in s.hosts.iter().filter(|h| h.host_id != x) {
+        assert_eq!(h.state, "done", "{} did not finish: {s:?}", h.host_id);
+    }
+    if hx.state == "done" {
+        assert_eq!(s.phase, "succeeded", "{s:?}");
+        assert_eq!(fleet.serving(&x).as_deref(), Some("2.0.0"));
+    } else {
+        assert!(
+            !hx.reason.is_empty(),
+            "{x} ended {} without a reason: {s:?}",
+            hx.state
+        );
+    }
+    // Grants are distinct per host.
+    let tokens: Vec<u64> = s.hosts.iter().map(|h| h.token).filter(|t| *t > 0).collect();
+    let distinct: BTreeSet<u64> = tokens.iter().copied().collect();
+    assert_eq!(tokens.len(), distinct.len(), "a token was reused: {s:?}");
+    // S4, journal side: the agent durably remembers the token it acted on.
+    let highest = fleet.highest_token(&x)?;
+    println!(
+        "{x}: journal highest_token {highest:?}, status token {}",
+        hx.token
+    );
+    if hx.token > 0 {
+        assert!(
+            highest.is_some_and(|h| h >= hx.token),
+            "{x}'s journal highest_token {highest:?} is below the token it was granted ({})",
+            hx.token
+        );
+    }
+    assert!(
+        seen.max_unavailable <= 1,
+        "budget broken: the observer saw {} hosts unavailable at once: {:?}",
+        seen.max_unavailable,
+        seen.worst_set
+    );
+    Ok(())
+}
+
+/// A fleet of 2 on 1.0.0 whose etcd was backed up, then rolled forward once per entry of
+/// `forward` (each a one-host rollout), then restored from the backup: the coordinator's grant
+/// counter is back where it was, below the tokens the agents have acted on since. Returns the
+/// fleet and host-1's highest token.
+fn fleet_restored_after(forward: &[(&str, &str)]) -> anyhow::Result<(Fleet, u64)> {
+    let mut fleet = Fleet::start(FleetOpts {
+        agents: 2,
+        ..FleetOpts::default()
+    })?;
+    fleet.install("1.0.0", "max_unavailable = 2\nmin_healthy_time = \"200ms\"")?;
+    let backup = fleet.etcd_backup("etcd-backup")?;
+    fleet.wait_coordinator()?;
+    fleet.wait_connected(2)?;
+    let strategy = "max_unavailable = 1\nmin_healthy_time = \"200ms\"";
+    for (version, host) in forward {
+        let rel = fleet.release(version, Mode::Healthy)?;
+        let id = fleet.start_rollout(&fleet.spec_for_hosts(&rel, strategy, &[host])?)?;
+        let s = fleet.wait_settled(&id, Duration::from_secs(30))?;
+        assert_eq!(s.phase, "succeeded", "{s:?}");
+        fleet.wait_service_free("web")?;
+        println!(
+            "{version} on {host}: token {}",
+            s.hosts.first().map_or(0, |h| h.token)
+        );
+    }
+    let highest = fleet
+        .highest_token("host-1")?
+        .expect("host-1 acted on orders");
+    println!("host-1's highest token: {highest}; restoring the etcd backup taken before");
+    fleet.etcd_restore(&backup)?;
+    fleet.wait_connected(2)?;
+    Ok((fleet, highest))
+}
+
+/// Orders 3.0.0 to host-1 on a restored fleet and checks S4: the agent refuses the stale token
+/// (its log says so), nothing is disrupted, `highest_token` is unchanged, and the rollout does
+/// not stall in silence (L1): it ends, or `blocked_by` names host-1.
+fn stale_order_is_refused(fleet: &Fleet, highest: u64) -> anyhow::Result<()> {
+    let observer = fleet.observe();
+    let v3 = fleet.release("3.0.0", Mode::Healthy)?;
+    let strategy = "max_unavailable = 1\nmin_healthy_time = \"200ms\"";
+    let id = fleet.start_rollout(&fleet.spec_for_hosts(&v3, strategy, &["host-1"])?)?;
+    let granted = fleet.wait_status(&id, "host-1 granted", Duration::from_secs(30), |s| {
+        s.hosts.iter().any(|h| h.host_id == "host-1" && h.token > 0)
+    })?;
+    let token = granted.hosts[0].token;
+    println!("after the restore host-1 was granted token {token} (its highest: {highest})");
+    assert!(
+        token < highest,
+        "the restored coordinator handed out token {token}, not below {highest}: nothing stale to refuse"
+    );
+    let refused = fleet.wait(
+        &format!("host-1 to refuse the stale token {token}"),
+        Duration::from_secs(15),
+        || {
+            let log = std::fs::read_to_string(&fleet.host("host-1").proc.log)?;
+            let line = log
+                .lines()
+                .find(|l| l.contains(&format!("order{{rollout={id} token={token} ")))
+                .map(str::to_string);
+            match line {
+                Some(l) if l.contains("stale order") => Ok(Some(l)),
+                Some(l) => bail!("host-1 did not refuse it: {l}"),
+                None => Ok(None),
+            }
+        },
+    )?;
+    println!("host-1: {refused}");
+    let after = fleet.wait_status(
+        &id,
+        "the rollout to end or name host-1 in blocked_by",
+        Duration::from_secs(15),
+        |s| rollgate_tests::is_ended(&s.phase) || s.blocked_by.contains("host-1"),
+    )?;
+    println!("the rollout after the refusal: {}", brief(&after));
+    let seen = observer.finish();
+    seen.print(1, None);
+    assert_eq!(fleet.highest_token("host-1")?, Some(highest));
+    assert_eq!(fleet.serving("host-1").as_deref(), Some("2.0.1"));
+    let (_, versions) = &seen.versions[0];
+    assert!(
+        !versions.iter().any(|v| v == "3.0.0"),
+        "host-1 ran 3.0.0 on a stale token: {versions:?}"
+    );
+    assert_eq!(
+        seen.max_unavailable, 0,
+        "a stale order disrupted a host: {:?}",
+        seen.worst_set
+    );
+    Ok(())
+}
+
+/// S4 with real parts: the only way the real coordinator hands an agent a token lower than one
+/// it has acted on is a coordinator whose state went back in time, which is what restoring an
+/// etcd backup does (the grant counter lives in etcd). Here the stale token is one host-1 never
+/// saw (host-2 got it before the restore).
+#[test]
+fn token_lower_than_the_agents_highest_is_refused() -> anyhow::Result<()> {
+    let (fleet, highest) = fleet_restored_after(&[
+        ("1.0.1", "host-2"),
+        ("2.0.0", "host-1"),
+        ("2.0.1", "host-1"),
+    ])?;
+    stale_order_is_refused(&fleet, highest)
+}
+
+/// The same, when the stale token is one host-1 did act on, for another rollout: it is still
+/// below `highest_token`, so it must be refused, not answered with that other rollout's result.
+#[test]
+fn reused_token_of_another_rollout_is_refused() -> anyhow::Result<()> {
+    let (fleet, highest) = fleet_restored_after(&[("2.0.0", "host-1"), ("2.0.1", "host-1")])?;
+    stale_order_is_refused(&fleet, highest)
+}
