@@ -231,12 +231,21 @@ fn admit(
         );
     }
     if let Some(f) = journal.in_flight(&order.service) {
-        if f.token == token {
+        if f.token == token && f.rollout_id == order.rollout_id {
             return Admission::Ignore(format!("token {token} is already being carried out"));
         }
     }
     if let Some(r) = journal.result_for(token, &order.service) {
-        return Admission::Resend(r);
+        // The same token under another rollout is not a repeat: a coordinator restored from
+        // an old backup (or otherwise confused) is reusing tokens. S4: refuse it.
+        if r.rollout_id == order.rollout_id {
+            return Admission::Resend(r);
+        }
+        return Admission::Refuse(format!(
+            "stale order: token {token} was already used by rollout {}, not {}; the coordinator \
+             is handing out old tokens (restored from a backup?)",
+            r.rollout_id, order.rollout_id
+        ));
     }
     match journal.highest_token() {
         Some(h) if token < h => {
@@ -1017,7 +1026,7 @@ mod tests {
 
     fn in_flight(token: u64, service: &str) -> InFlight {
         InFlight {
-            rollout_id: "r0".into(),
+            rollout_id: "r1".into(),
             token,
             service: service.into(),
             version: "2.0.0".into(),
@@ -1059,6 +1068,15 @@ mod tests {
             ("no token", order(0, "other"), "no fencing token"),
             ("repeat of the order in flight", order(9, "demo"), "ignore"),
             ("repeat of a finished order", order(5, "demo"), "resend"),
+            (
+                "finished token reused by another rollout",
+                with(&|o| {
+                    o.token = 5;
+                    o.service = "demo".into();
+                    o.rollout_id = "r-other".into();
+                }),
+                "stale order: token 5 was already used by rollout r1, not r-other",
+            ),
             (
                 "older token",
                 order(4, "other"),
