@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Sourced by tests/run.sh and deploy/demo.sh: makes sure the system packages rollgate builds and
-# tests with are present (etcd-server for etcd, protobuf-compiler for protoc). As root it installs
-# them with apt; otherwise it says exactly what to install.
+# tests with are present (etcd-server for etcd, protobuf-compiler for protoc, iproute2 for the
+# network-namespace fault tests). As root it installs them with apt; otherwise it says exactly
+# what to install.
 rollgate_ensure_deps() {
   local missing=()
   command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   if [ -z "${ETCD_BIN:-}" ] && ! command -v etcd >/dev/null 2>&1; then
     missing+=(etcd-server)
   fi
