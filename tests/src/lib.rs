@@ -1128,6 +1128,25 @@ timeout = "500ms"
         Ok(last.expect("polled at least once"))
     }
 
+    /// The moment fault tests strike: installs 1.0.0 everywhere, starts rolling out a healthy
+    /// 2.0.0 with `strategy` under an observer, and returns once `ready` holds for its status.
+    pub fn mid_rollout(
+        &self,
+        strategy: &str,
+        what: &str,
+        ready: impl Fn(&pb::RolloutStatus) -> bool,
+    ) -> anyhow::Result<(Observer, String, pb::RolloutStatus)> {
+        self.install(
+            "1.0.0",
+            "max_unavailable = 100\nmin_healthy_time = \"200ms\"",
+        )?;
+        let observer = self.observe();
+        let v2 = self.release("2.0.0", Mode::Healthy)?;
+        let id = self.start_rollout(&self.spec(&v2, strategy)?)?;
+        let status = self.wait_status(&id, what, Duration::from_secs(60), ready)?;
+        Ok((observer, id, status))
+    }
+
     /// Installs `version` (healthy) on every host from scratch and waits until all serve it.
     pub fn install(&self, version: &str, strategy: &str) -> anyhow::Result<()> {
         let rel = self.release(version, Mode::Healthy)?;

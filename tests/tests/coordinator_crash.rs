@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rollgate_tests::{wait_for, Fleet, FleetOpts, Mode};
+use rollgate_tests::{Fleet, FleetOpts};
 
 #[test]
 fn coordinator_killed_mid_rollout_continues_after_restart() -> anyhow::Result<()> {
@@ -12,23 +12,10 @@ fn coordinator_killed_mid_rollout_continues_after_restart() -> anyhow::Result<()
         start_delay_ms: 200,
         ..FleetOpts::default()
     })?;
-    fleet.install("1.0.0", "max_unavailable = 6\nmin_healthy_time = \"200ms\"")?;
-
-    let observer = fleet.observe();
-    let v2 = fleet.release("2.0.0", Mode::Healthy)?;
-    let spec = fleet.spec(
-        &v2,
+    let (observer, id, before) = fleet.mid_rollout(
         "max_unavailable = 2\nmin_healthy_time = \"1500ms\"\nhealthy_deadline = \"30s\"",
-    )?;
-    let id = fleet.start_rollout(&spec)?;
-    let before = wait_for(
         "some hosts done and some updating",
-        Duration::from_secs(60),
-        || {
-            let s = fleet.status(&id)?;
-            let updating = s.hosts.iter().filter(|h| h.state == "updating").count();
-            Ok((s.done >= 1 && updating >= 1).then_some(s))
-        },
+        |s| s.done >= 1 && s.hosts.iter().any(|h| h.state == "updating"),
     )?;
     fleet.coordinator().kill9();
     println!(

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use rollgate_tests::{Fleet, FleetOpts, Mode};
+use rollgate_tests::{Fleet, FleetOpts};
 
 #[test]
 fn etcd_killed_and_restarted_mid_rollout_loses_nothing() -> anyhow::Result<()> {
@@ -16,19 +16,9 @@ fn etcd_killed_and_restarted_mid_rollout_loses_nothing() -> anyhow::Result<()> {
         start_delay_ms: 200,
         ..FleetOpts::default()
     })?;
-    fleet.install("1.0.0", "max_unavailable = 6\nmin_healthy_time = \"200ms\"")?;
-
-    let observer = fleet.observe();
-    let v2 = fleet.release("2.0.0", Mode::Healthy)?;
-    let spec = fleet.spec(
-        &v2,
+    let (observer, id, before) = fleet.mid_rollout(
         "max_unavailable = 2\nmin_healthy_time = \"1500ms\"\nhealthy_deadline = \"30s\"",
-    )?;
-    let id = fleet.start_rollout(&spec)?;
-    let before = fleet.wait_status(
-        &id,
         "some hosts done and some updating",
-        Duration::from_secs(60),
         |s| s.done >= 1 && s.hosts.iter().any(|h| h.state == "updating"),
     )?;
     let done_before: BTreeSet<String> = before

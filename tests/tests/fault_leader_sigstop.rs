@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use rollgate_tests::{brief, Fleet, FleetOpts, Mode, LEASE_TTL_SECS};
+use rollgate_tests::{brief, Fleet, FleetOpts, LEASE_TTL_SECS};
 
 #[test]
 fn deposed_leader_grants_nothing_after_it_wakes_up() -> anyhow::Result<()> {
@@ -18,18 +18,11 @@ fn deposed_leader_grants_nothing_after_it_wakes_up() -> anyhow::Result<()> {
         coordinators: 2,
         ..FleetOpts::default()
     })?;
-    fleet.install("1.0.0", "max_unavailable = 6\nmin_healthy_time = \"200ms\"")?;
-
-    let observer = fleet.observe();
-    let v2 = fleet.release("2.0.0", Mode::Healthy)?;
-    let spec = fleet.spec(
-        &v2,
+    let (observer, id, at_stop) = fleet.mid_rollout(
         "max_unavailable = 2\nmin_healthy_time = \"1500ms\"\nhealthy_deadline = \"30s\"\nmax_failures = 6",
+        "some hosts updating",
+        |s| { s.hosts.iter().any(|h| h.state == "updating") },
     )?;
-    let id = fleet.start_rollout(&spec)?;
-    let at_stop = fleet.wait_status(&id, "some hosts updating", Duration::from_secs(60), |s| {
-        s.hosts.iter().any(|h| h.state == "updating")
-    })?;
     let old = fleet.wait_leader(Duration::from_secs(10))?;
     let old_id = fleet.coordinators[old].id.clone();
     fleet.coordinators[old].signal(Signal::SIGSTOP);
