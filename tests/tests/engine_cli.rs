@@ -89,3 +89,85 @@ fn plan_stage_first_history_and_operator_rollback() -> anyhow::Result<()> {
     assert_eq!(rb.version, "1.0.0");
     Ok(())
 }
+
+/// `rollgate host fence`: a host that froze while holding the budget keeps it (S2) until an
+/// operator vouches for it; then its grant is void, the next host goes, and the frozen agent's
+/// late result changes nothing.
+#[test]
+fn fencing_a_frozen_host_frees_its_share_and_voids_its_grant() -> anyhow::Result<()> {
+    use nix::sys::signal::Signal;
+    let mut fleet = Fleet::start(FleetOpts {
+        agents: 3,
+        ..FleetOpts::default()
+    })?;
+    fleet.install("1.0.0", "max_unavailable = 3\nmin_healthy_time = \"200ms\"")?;
+    let v2 = fleet.release("2.0.0", Mode::Healthy)?;
+    let spec = fleet.spec(
+        &v2,
+        "max_unavailable = 1\nmax_failures = 1\nmin_healthy_time = \"3s\"",
+    )?;
+    let id = fleet.start_rollout(&spec)?;
+    let s = fleet.wait_status(&id, "host-1 verifying", Duration::from_secs(30), |s| {
+        s.hosts
+            .iter()
+            .any(|h| h.host_id == "host-1" && h.step == "verifying")
+    })?;
+    let token = s.hosts[0].token;
+    fleet.agent("host-1").proc.signal(Signal::SIGSTOP);
+    fleet.hold_for(&id, Duration::from_secs(2), |s| {
+        let moved = s
+            .hosts
+            .iter()
+            .filter(|h| h.host_id != "host-1" && h.state != "pending")
+            .count();
+        anyhow::ensure!(
+            moved == 0,
+            "another host started while host-1 held the budget"
+        );
+        Ok(())
+    })?;
+
+    let out = fleet.cli_ok(&["host", "fence", "host-1"])?;
+    println!("{out}");
+    assert!(out.contains("fenced") && out.contains(&id), "{out}");
+    let s = fleet.wait_status(
+        &id,
+        "host-2 to start after the fence",
+        Duration::from_secs(15),
+        |s| {
+            s.hosts
+                .iter()
+                .any(|h| h.host_id == "host-2" && h.state != "pending")
+        },
+    )?;
+    let h1 = s
+        .hosts
+        .iter()
+        .find(|h| h.host_id == "host-1")
+        .expect("host-1");
+    assert_eq!(h1.state, "failed", "{s:?}");
+    assert!(h1.reason.contains("fenced"), "{:?}", h1.reason);
+
+    // The frozen agent wakes up, finishes its now-void update and reports: nothing changes.
+    fleet.agent("host-1").proc.signal(Signal::SIGCONT);
+    let s = fleet.wait_settled(&id, Duration::from_secs(60))?;
+    let h1 = s
+        .hosts
+        .iter()
+        .find(|h| h.host_id == "host-1")
+        .expect("host-1");
+    println!(
+        "after the late report: host-1 {} ({}), token {token}",
+        h1.state, h1.reason
+    );
+    assert_eq!(
+        h1.state, "failed",
+        "the void grant's late result must not count: {s:?}"
+    );
+    assert_eq!(
+        s.phase, "succeeded",
+        "1 failure is within max_failures = 1: {s:?}"
+    );
+    assert_eq!(s.done, 2);
+    Ok(())
+}
