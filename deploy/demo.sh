@@ -84,7 +84,7 @@ done
 rollgate hosts
 
 # Releases: tiny wrappers around the demo service binary, each a distinct artifact.
-release() { # version mode
+release() { # version mode max_unavailable min_healthy_time healthy_deadline [extra strategy lines]
   local f="$DEMO/demo-svc-$1"
   printf '#!/bin/sh\nexec %s --version %s --mode %s --start-delay-ms 300 "$@"\n' "$BIN/rollgate-testsvc" "$1" "$2" >"$f"
   chmod +x "$f"
@@ -97,6 +97,7 @@ file = "$f"
 max_unavailable = $3
 min_healthy_time = "$4"
 healthy_deadline = "$5"
+${6:-}
 TOML
 }
 
@@ -104,8 +105,12 @@ bold "installing demo 1.0.0 on every host"
 release 1.0.0 healthy 8 1s 30s
 rollgate rollout start "$DEMO/rollout-1.0.0.toml" --watch
 
-bold "rolling out 2.0.0: at most 3 hosts unavailable at once, each healthy for 2s before it counts"
-release 2.0.0 healthy 3 2s 30s
+bold "rolling out 2.0.0: a canary first (baked 3s), then at most 3 hosts unavailable at once and 2 per site, each healthy for 2s before it counts"
+release 2.0.0 healthy 3 2s 30s 'canary = 1
+canary_gate = "3s"
+group_by = "site"
+max_unavailable_per_group = 2'
+rollgate rollout plan "$DEMO/rollout-2.0.0.toml"
 rollgate rollout start "$DEMO/rollout-2.0.0.toml" --watch
 
 bold "rolling out a bad 3.0.0 (fails its health check): it must halt at the first failure and roll back"
