@@ -423,8 +423,9 @@ pub fn plan(o: Observed<'_>) -> Plan {
                     return plan;
                 }
                 plan.wake(opens_at);
-                let left = rollgate_proto::spec::human(std::time::Duration::from_millis(
-                    (opens_at - o.now_ms) as u64,
+                // Whole seconds, rounded up: "3s left", not "2s 989ms left".
+                let left = rollgate_proto::spec::human(std::time::Duration::from_secs(
+                    ((opens_at - o.now_ms) as u64).div_ceil(1000),
                 ));
                 plan.gate = if canary_gate {
                     format!("canary bake, {left} left")
