@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sourced by tests/run.sh and deploy/demo.sh: makes sure the system packages rollgate builds and
 # tests with are present (etcd-server for etcd, protobuf-compiler for protoc, iproute2 for the
-# network-namespace fault tests). As root it installs them with apt; otherwise it says exactly
+# network-namespace fault tests, systemd and dbus-user-session for the agent's systemd backend
+# tests). As root it installs them with apt; otherwise it says exactly
 # what to install.
 rollgate_ensure_deps() {
   local missing=()
@@ -10,6 +11,10 @@ rollgate_ensure_deps() {
   if [ -z "${ETCD_BIN:-}" ] && ! command -v etcd >/dev/null 2>&1; then
     missing+=(etcd-server)
   fi
+  # The agent's systemd backend is tested against a real `systemd --user` manager, which
+  # needs systemd itself and dbus-user-session (the user manager's session bus).
+  [ -x /lib/systemd/systemd ] && command -v systemd-notify >/dev/null 2>&1 || missing+=(systemd)
+  [ -e /usr/lib/systemd/user/dbus.socket ] || missing+=(dbus-user-session)
   command -v cargo >/dev/null 2>&1 || {
     echo "rollgate: cargo is not installed; install Rust (https://rustup.rs) and run this again" >&2
     return 1

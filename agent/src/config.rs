@@ -18,6 +18,12 @@ pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_secs(1);
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Default time one probe run may take before it counts as failed.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default time one hook command may run before it is killed and counts as failed.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default cap on the bytes a tarball release may unpack to (1 GiB).
+pub const DEFAULT_UNPACK_MAX_BYTES: u64 = 1 << 30;
+/// Default cap on the entries (files, dirs, links) a tarball release may hold.
+pub const DEFAULT_UNPACK_MAX_ENTRIES: u64 = 10_000;
 
 /// A config the agent cannot run with; the message names the field and the fix.
 #[derive(Debug, Error)]
@@ -62,24 +68,49 @@ fn field_err(field: impl Into<String>, problem: impl Into<String>) -> ConfigErro
 /// site = "a"
 /// [[services]]
 /// name = "demo"
-/// backend = "process"                     # the only backend so far
-/// binary = "demo-svc"                     # file name of the artifact in each release dir
-/// args = ["--port", "18081"]
-/// env = { GREETING = "hi" }
-/// stop_timeout = "5s"                     # SIGTERM, then SIGKILL after this (default 10s)
-/// restart_delay = "1s"                    # restart after an unexpected exit (default 1s)
+/// backend = "process"                     # "process" (the agent runs it) or "systemd"
+/// binary = "demo-svc"                     # what runs, inside each release dir (may be
+///                                         # "bin/demo-svc" for a tarball)
+/// format = "auto"                         # "binary" | "tar.gz" | "auto" (gzip magic bytes)
+/// unpack_max_bytes = 1073741824           # tarballs: at most this many bytes unpacked
+/// unpack_max_entries = 10000              # tarballs: at most this many entries
+/// args = ["--port", "18081"]              # process backend only
+/// env = { GREETING = "hi" }               # process backend only
+/// stop_timeout = "5s"                     # process: SIGTERM, then SIGKILL after this (10s)
+/// restart_delay = "1s"                    # process: restart after an unexpected exit (1s)
+/// hook_timeout = "30s"                    # each hook command (default 30s)
+/// watch_after_commit = "30s"              # report a regression this long after a commit
+/// # backend = "systemd" instead takes:
+/// # unit = "demo.service"                 # installed by the operator; runs current/<binary>
+/// # manager = "system"                    # or "user" (a `systemd --user` manager)
+/// # bus = "unix:path=/run/user/1000/bus"  # D-Bus address, if not the manager's default
+/// [services.hooks]                        # shell commands (`/bin/sh -c`), run in order
+/// pre_stop = ["drain.sh"]                 # fails: the update is refused, nothing stopped
+/// pre_start = []                          # after the swap, before the new release starts
+/// post_start = ["undrain.sh"]             # after it is healthy; fails: rolled back
+/// on_rollback = ["undrain.sh"]            # after going back to the previous release
 /// [[services.probes]]
-/// kind = "http"                           # http | tcp | exec
+/// kind = "http"                           # http | tcp | exec | systemd | grpc
 /// url = "http://127.0.0.1:18081/health"
 /// expect_status = 200                     # default: any 2xx
+/// expect_body = "ok"                      # the body must contain this (optional)
 /// interval = "200ms"                      # default 1s
 /// timeout = "1s"                          # default 1s
+/// success_threshold = 1                   # consecutive passes to count as passing
+/// failure_threshold = 1                   # consecutive failures to count as failing
 /// [[services.probes]]
 /// kind = "tcp"
 /// address = "127.0.0.1:18081"
 /// [[services.probes]]
 /// kind = "exec"
 /// command = ["/bin/sh", "-c", "true"]
+/// [[services.probes]]
+/// kind = "grpc"                           # grpc.health.v1 Check, plaintext HTTP/2
+/// address = "127.0.0.1:50051"
+/// grpc_service = ""                       # the service name to ask about ("" = server)
+/// [[services.probes]]
+/// kind = "systemd"                        # the unit is active
+/// unit = "demo.service"                   # default: the service's own unit
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -104,27 +135,117 @@ pub struct Config {
 pub struct ServiceConfig {
     /// Service name, as rollouts name it.
     pub name: String,
-    /// How the service is run (only the process backend exists for now).
+    /// How the service is run.
     pub backend: Backend,
-    /// File name the artifact is stored as inside each release directory.
+    /// What runs, relative to a release dir: the artifact itself for a single binary, an
+    /// entry of the unpacked tree for a tarball (e.g. `bin/demo-svc`).
     pub binary: String,
-    /// Arguments passed to the binary.
+    /// What kind of artifact the releases are.
+    pub format: ArtifactFormat,
+    /// Caps on what a tarball release may unpack to.
+    pub unpack_limits: UnpackLimits,
+    /// Arguments passed to the binary (process backend).
     pub args: Vec<String>,
-    /// Extra environment for the binary (on top of the agent's own).
+    /// Extra environment for the binary, on top of the agent's own (process backend).
     pub env: BTreeMap<String, String>,
-    /// Grace between SIGTERM and SIGKILL when stopping the service.
+    /// Grace between SIGTERM and SIGKILL when stopping the service (process backend).
     pub stop_timeout: Duration,
-    /// Pause before restarting a service that exited on its own.
+    /// Pause before restarting a service that exited on its own (process backend).
     pub restart_delay: Duration,
     /// Health probes; the service is healthy when all of them pass.
     pub probes: Vec<ProbeConfig>,
+    /// Commands run around an update.
+    pub hooks: Hooks,
+    /// Time each hook command may take before it is killed and counts as failed.
+    pub hook_timeout: Duration,
+    /// How long after a commit a failing health check is reported as a regression of the
+    /// release just committed (zero: not at all).
+    pub watch_after_commit: Duration,
 }
 
 /// How a service is run on the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
     /// The agent starts and supervises the process itself (its lifetime is tied to the agent).
     Process,
+    /// A systemd unit the operator installed runs `current/<binary>`; the agent restarts it
+    /// over D-Bus and reads its state. The service outlives the agent.
+    Systemd(SystemdTarget),
+}
+
+/// A systemd unit and the manager it lives in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemdTarget {
+    /// Unit name, e.g. `demo.service`.
+    pub unit: String,
+    /// Which manager runs it.
+    pub manager: Manager,
+    /// D-Bus address to reach the manager through, when not the manager's default bus.
+    pub bus: Option<String>,
+}
+
+/// A systemd manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Manager {
+    /// The system manager (PID 1), over the system bus.
+    System,
+    /// A user manager (`systemd --user`), over that user's session bus.
+    User,
+}
+
+impl Manager {
+    /// "system" or "user".
+    pub fn word(self) -> &'static str {
+        match self {
+            Manager::System => "system",
+            Manager::User => "user",
+        }
+    }
+}
+
+/// What kind of artifact a service's releases are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactFormat {
+    /// One file, stored as `binary` in the release dir.
+    Binary,
+    /// A gzip-compressed tarball, unpacked into the release dir.
+    TarGz,
+    /// Decided per release by its first bytes (the gzip magic means a tarball).
+    Auto,
+}
+
+/// Caps on unpacking a tarball release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Most bytes the archive may decompress to (file contents and headers together).
+    pub max_bytes: u64,
+    /// Most entries (files, dirs, links) it may hold.
+    pub max_entries: u64,
+}
+
+impl Default for UnpackLimits {
+    fn default() -> UnpackLimits {
+        UnpackLimits {
+            max_bytes: DEFAULT_UNPACK_MAX_BYTES,
+            max_entries: DEFAULT_UNPACK_MAX_ENTRIES,
+        }
+    }
+}
+
+/// Commands run around an update, each with `/bin/sh -c`, in order; the first failure stops
+/// the list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// Before anything stops (drain). A failure refuses the update; nothing was touched.
+    pub pre_stop: Vec<String>,
+    /// After `current` names the new release, before it starts. A failure rolls back.
+    pub pre_start: Vec<String>,
+    /// After the new release passed its health checks, before the commit (undrain). A
+    /// failure rolls back.
+    pub post_start: Vec<String>,
+    /// After the agent went back to the previous release (or failed to). A failure is
+    /// reported but changes nothing.
+    pub on_rollback: Vec<String>,
 }
 
 /// One health probe.
@@ -136,6 +257,10 @@ pub struct ProbeConfig {
     pub interval: Duration,
     /// Time one run may take before it counts as failed.
     pub timeout: Duration,
+    /// Consecutive passes before a failing (or new) probe counts as passing.
+    pub success_threshold: u32,
+    /// Consecutive failures before a passing probe counts as failing.
+    pub failure_threshold: u32,
 }
 
 /// What a probe checks.
@@ -147,6 +272,8 @@ pub enum ProbeCheck {
         url: String,
         /// The status that counts as healthy; any 2xx when `None`.
         expect_status: Option<u16>,
+        /// Text the body must contain (its first 64 KiB are read).
+        expect_body: Option<String>,
     },
     /// A TCP connect to `host:port`.
     Tcp {
@@ -157,6 +284,15 @@ pub enum ProbeCheck {
     Exec {
         /// Program and arguments (no shell unless you name one).
         command: Vec<String>,
+    },
+    /// A systemd unit that must be active.
+    Systemd(SystemdTarget),
+    /// A `grpc.health.v1.Health/Check` call that must answer SERVING (plaintext HTTP/2).
+    Grpc {
+        /// `host:port` of the gRPC server.
+        address: String,
+        /// The service name asked about; "" asks about the server as a whole.
+        service: String,
     },
 }
 
@@ -217,16 +353,39 @@ struct RawService {
     name: String,
     backend: String,
     binary: String,
+    format: Option<String>,
+    unpack_max_bytes: Option<u64>,
+    unpack_max_entries: Option<u64>,
+    args: Option<Vec<String>>,
+    env: Option<BTreeMap<String, String>>,
+    #[serde(default, with = "humantime_serde")]
+    stop_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    restart_delay: Option<Duration>,
+    unit: Option<String>,
+    manager: Option<String>,
+    bus: Option<String>,
     #[serde(default)]
-    args: Vec<String>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    #[serde(default = "default_stop_timeout", with = "humantime_serde")]
-    stop_timeout: Duration,
-    #[serde(default = "default_restart_delay", with = "humantime_serde")]
-    restart_delay: Duration,
+    hooks: RawHooks,
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    hook_timeout: Duration,
+    #[serde(default, with = "humantime_serde")]
+    watch_after_commit: Duration,
     #[serde(default)]
     probes: Vec<RawProbe>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    #[serde(default)]
+    pre_stop: Vec<String>,
+    #[serde(default)]
+    pre_start: Vec<String>,
+    #[serde(default)]
+    post_start: Vec<String>,
+    #[serde(default)]
+    on_rollback: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -235,28 +394,37 @@ struct RawProbe {
     kind: String,
     url: Option<String>,
     expect_status: Option<u16>,
+    expect_body: Option<String>,
     address: Option<String>,
     command: Option<Vec<String>>,
+    unit: Option<String>,
+    manager: Option<String>,
+    bus: Option<String>,
+    grpc_service: Option<String>,
     #[serde(default = "default_probe_interval", with = "humantime_serde")]
     interval: Duration,
     #[serde(default = "default_probe_timeout", with = "humantime_serde")]
     timeout: Duration,
+    #[serde(default = "default_threshold")]
+    success_threshold: u32,
+    #[serde(default = "default_threshold")]
+    failure_threshold: u32,
 }
 
 fn default_heartbeat() -> Duration {
     DEFAULT_HEARTBEAT_INTERVAL
-}
-fn default_stop_timeout() -> Duration {
-    DEFAULT_STOP_TIMEOUT
-}
-fn default_restart_delay() -> Duration {
-    DEFAULT_RESTART_DELAY
 }
 fn default_probe_interval() -> Duration {
     DEFAULT_PROBE_INTERVAL
 }
 fn default_probe_timeout() -> Duration {
     DEFAULT_PROBE_TIMEOUT
+}
+fn default_hook_timeout() -> Duration {
+    DEFAULT_HOOK_TIMEOUT
+}
+fn default_threshold() -> u32 {
+    1
 }
 
 impl RawConfig {
@@ -387,19 +555,137 @@ fn check_coordinator_url(field: &str, url: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A field that belongs to another kind of thing (e.g. `url` on a tcp probe, `args` on a
+/// systemd service) is a mistake worth naming, not something to ignore silently.
+fn stray(field: String, set: bool, owner: &str, fix: &str) -> Result<(), ConfigError> {
+    if set {
+        Err(field_err(
+            field,
+            format!("does not apply to {owner}; {fix}"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A systemd unit name: `name.type` with systemd's unit-name characters.
+fn check_unit_name(field: String, unit: &str) -> Result<(), ConfigError> {
+    const TYPES: [&str; 11] = [
+        "service",
+        "socket",
+        "target",
+        "device",
+        "mount",
+        "automount",
+        "swap",
+        "timer",
+        "path",
+        "slice",
+        "scope",
+    ];
+    let ok = unit.len() <= 255
+        && unit.rsplit_once('.').is_some_and(|(stem, ty)| {
+            !stem.is_empty()
+                && TYPES.contains(&ty)
+                && stem.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\' | '@')
+                })
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(field_err(
+            field,
+            format!("{unit:?} is not a systemd unit name; write it in full, e.g. \"demo.service\""),
+        ))
+    }
+}
+
+fn parse_manager(field: String, manager: Option<&str>) -> Result<Manager, ConfigError> {
+    match manager {
+        None | Some("system") => Ok(Manager::System),
+        Some("user") => Ok(Manager::User),
+        Some(other) => Err(field_err(
+            field,
+            format!("{other:?} is not a systemd manager; use \"system\" or \"user\""),
+        )),
+    }
+}
+
+fn check_bus(field: String, bus: Option<String>) -> Result<Option<String>, ConfigError> {
+    match bus {
+        Some(b) if !b.contains(':') || b.starts_with(':') => Err(field_err(
+            field,
+            format!("{b:?} is not a D-Bus address; write e.g. \"unix:path=/run/user/1000/bus\""),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// `binary`: a relative path of safe names (no `..`, no leading `/` or `.`).
+fn check_binary(field: String, binary: &str) -> Result<(), ConfigError> {
+    if binary.starts_with('/') {
+        return Err(field_err(
+            field,
+            format!("{binary:?} is absolute; name the file relative to the release dir, e.g. \"demo-svc\" or \"bin/demo-svc\""),
+        ));
+    }
+    for part in binary.split('/') {
+        names::check("binary path component", part)
+            .map_err(|e| field_err(field.clone(), e.to_string()))?;
+    }
+    Ok(())
+}
+
 impl RawService {
     fn validate(self, i: usize) -> Result<ServiceConfig, ConfigError> {
         let at = |f: &str| format!("services[{i}].{f}");
         names::check("service name", &self.name)
             .map_err(|e| field_err(at("name"), e.to_string()))?;
         let backend = match self.backend.as_str() {
-            "process" => Backend::Process,
-            "systemd" | "container" | "docker" | "podman" => {
+            "process" => {
+                let fix = "it is only for backend = \"systemd\"; remove it";
+                stray(at("unit"), self.unit.is_some(), "the process backend", fix)?;
+                stray(
+                    at("manager"),
+                    self.manager.is_some(),
+                    "the process backend",
+                    fix,
+                )?;
+                stray(at("bus"), self.bus.is_some(), "the process backend", fix)?;
+                Backend::Process
+            }
+            "systemd" => {
+                let owner = "the systemd backend";
+                let fix = "the unit decides how the service runs: set it there (ExecStart=, Environment=, TimeoutStopSec=, Restart=, RestartSec=)";
+                stray(at("args"), self.args.is_some(), owner, fix)?;
+                stray(at("env"), self.env.is_some(), owner, fix)?;
+                stray(at("stop_timeout"), self.stop_timeout.is_some(), owner, fix)?;
+                stray(
+                    at("restart_delay"),
+                    self.restart_delay.is_some(),
+                    owner,
+                    fix,
+                )?;
+                let Some(unit) = self.unit.clone() else {
+                    return Err(field_err(
+                        at("unit"),
+                        "a systemd service needs the unit that runs it, e.g. unit = \"demo.service\" (the operator installs the unit; its ExecStart runs the release through the service's `current` link)",
+                    ));
+                };
+                check_unit_name(at("unit"), &unit)?;
+                Backend::Systemd(SystemdTarget {
+                    unit,
+                    manager: parse_manager(at("manager"), self.manager.as_deref())?,
+                    bus: check_bus(at("bus"), self.bus.clone())?,
+                })
+            }
+            "container" | "docker" | "podman" => {
                 return Err(field_err(
                     at("backend"),
                     format!(
                         "the {:?} backend is not available in this agent yet; use \"process\" \
-                         (the agent supervises the service itself)",
+                         (the agent supervises the service itself) or \"systemd\"",
                         self.backend
                     ),
                 ))
@@ -407,19 +693,51 @@ impl RawService {
             other => {
                 return Err(field_err(
                     at("backend"),
-                    format!("{other:?} is not a backend; use \"process\""),
+                    format!("{other:?} is not a backend; use \"process\" or \"systemd\""),
                 ))
             }
         };
-        names::check("binary file name", &self.binary)
-            .map_err(|e| field_err(at("binary"), e.to_string()))?;
-        if self.stop_timeout.is_zero() {
+        check_binary(at("binary"), &self.binary)?;
+        let format = match self.format.as_deref() {
+            None | Some("auto") => ArtifactFormat::Auto,
+            Some("binary") => ArtifactFormat::Binary,
+            Some("tar.gz") | Some("tgz") => ArtifactFormat::TarGz,
+            Some(other) => {
+                return Err(field_err(
+                    at("format"),
+                    format!(
+                    "{other:?} is not an artifact format; use \"binary\", \"tar.gz\" or \"auto\""
+                ),
+                ))
+            }
+        };
+        let unpack_limits = UnpackLimits {
+            max_bytes: self.unpack_max_bytes.unwrap_or(DEFAULT_UNPACK_MAX_BYTES),
+            max_entries: self
+                .unpack_max_entries
+                .unwrap_or(DEFAULT_UNPACK_MAX_ENTRIES),
+        };
+        if unpack_limits.max_bytes == 0 {
+            return Err(field_err(
+                at("unpack_max_bytes"),
+                "must be more than 0, e.g. 1073741824 (1 GiB)",
+            ));
+        }
+        if unpack_limits.max_entries == 0 {
+            return Err(field_err(
+                at("unpack_max_entries"),
+                "must be more than 0, e.g. 10000",
+            ));
+        }
+        let stop_timeout = self.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT);
+        if stop_timeout.is_zero() {
             return Err(field_err(
                 at("stop_timeout"),
                 "must be longer than 0s so the service can shut down cleanly, e.g. \"5s\"",
             ));
         }
-        for k in self.env.keys() {
+        let env = self.env.unwrap_or_default();
+        for k in env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(field_err(
                     at("env"),
@@ -427,44 +745,100 @@ impl RawService {
                 ));
             }
         }
+        if self.hook_timeout.is_zero() {
+            return Err(field_err(
+                at("hook_timeout"),
+                "must be longer than 0s, e.g. \"30s\"",
+            ));
+        }
+        let hooks = Hooks {
+            pre_stop: self.hooks.pre_stop,
+            pre_start: self.hooks.pre_start,
+            post_start: self.hooks.post_start,
+            on_rollback: self.hooks.on_rollback,
+        };
+        for (list, cmds) in [
+            ("pre_stop", &hooks.pre_stop),
+            ("pre_start", &hooks.pre_start),
+            ("post_start", &hooks.post_start),
+            ("on_rollback", &hooks.on_rollback),
+        ] {
+            for (j, c) in cmds.iter().enumerate() {
+                if c.trim().is_empty() || c.contains('\0') {
+                    return Err(field_err(
+                        at(&format!("hooks.{list}[{j}]")),
+                        "is empty; give a shell command, e.g. \"/usr/local/bin/drain demo\"",
+                    ));
+                }
+            }
+        }
+        let own_unit = match &backend {
+            Backend::Systemd(t) => Some(t),
+            Backend::Process => None,
+        };
         let probes = self
             .probes
             .into_iter()
             .enumerate()
-            .map(|(j, p)| p.validate(&format!("services[{i}].probes[{j}]")))
+            .map(|(j, p)| p.validate(&format!("services[{i}].probes[{j}]"), own_unit))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ServiceConfig {
             name: self.name,
             backend,
             binary: self.binary,
-            args: self.args,
-            env: self.env,
-            stop_timeout: self.stop_timeout,
-            restart_delay: self.restart_delay,
+            format,
+            unpack_limits,
+            args: self.args.unwrap_or_default(),
+            env,
+            stop_timeout,
+            restart_delay: self.restart_delay.unwrap_or(DEFAULT_RESTART_DELAY),
             probes,
+            hooks,
+            hook_timeout: self.hook_timeout,
+            watch_after_commit: self.watch_after_commit,
         })
     }
 }
 
 impl RawProbe {
-    fn validate(self, at: &str) -> Result<ProbeConfig, ConfigError> {
+    /// `own_unit` is the service's unit when it runs under systemd (a systemd probe's default).
+    fn validate(
+        self,
+        at: &str,
+        own_unit: Option<&SystemdTarget>,
+    ) -> Result<ProbeConfig, ConfigError> {
         let f = |name: &str| format!("{at}.{name}");
-        // A field that belongs to another kind is a mistake worth naming (e.g. `url` on a tcp
-        // probe), not something to ignore silently.
-        let stray = |name: &str, set: bool, kind: &str| -> Result<(), ConfigError> {
-            if set {
-                Err(field_err(
-                    f(name),
-                    format!("does not apply to a {kind:?} probe; remove it"),
-                ))
-            } else {
-                Ok(())
-            }
+        let kind = self.kind.clone();
+        let owner = format!("a {kind:?} probe");
+        // Which fields each kind takes; any other field set is named as a mistake.
+        let takes: &[&str] = match kind.as_str() {
+            "http" => &["url", "expect_status", "expect_body"],
+            "tcp" => &["address"],
+            "exec" => &["command"],
+            "systemd" => &["unit", "manager", "bus"],
+            "grpc" => &["address", "grpc_service"],
+            _ => &[],
         };
-        let check = match self.kind.as_str() {
+        let set = [
+            ("url", self.url.is_some()),
+            ("expect_status", self.expect_status.is_some()),
+            ("expect_body", self.expect_body.is_some()),
+            ("address", self.address.is_some()),
+            ("command", self.command.is_some()),
+            ("unit", self.unit.is_some()),
+            ("manager", self.manager.is_some()),
+            ("bus", self.bus.is_some()),
+            ("grpc_service", self.grpc_service.is_some()),
+        ];
+        if !takes.is_empty() {
+            for (name, is_set) in set {
+                if !takes.contains(&name) {
+                    stray(f(name), is_set, &owner, "remove it")?;
+                }
+            }
+        }
+        let check = match kind.as_str() {
             "http" => {
-                stray("address", self.address.is_some(), "http")?;
-                stray("command", self.command.is_some(), "http")?;
                 let Some(url) = self.url else {
                     return Err(field_err(
                         f("url"),
@@ -487,19 +861,23 @@ impl RawProbe {
                         ));
                     }
                 }
+                if self.expect_body.as_deref() == Some("") {
+                    return Err(field_err(
+                        f("expect_body"),
+                        "is empty, which every body contains; give the text to look for, or remove it",
+                    ));
+                }
                 ProbeCheck::Http {
                     url,
                     expect_status: self.expect_status,
+                    expect_body: self.expect_body,
                 }
             }
-            "tcp" => {
-                stray("url", self.url.is_some(), "tcp")?;
-                stray("expect_status", self.expect_status.is_some(), "tcp")?;
-                stray("command", self.command.is_some(), "tcp")?;
+            "tcp" | "grpc" => {
                 let Some(address) = self.address else {
                     return Err(field_err(
                         f("address"),
-                        "a tcp probe needs an address, e.g. \"127.0.0.1:8080\"",
+                        format!("a {kind} probe needs an address, e.g. \"127.0.0.1:8080\""),
                     ));
                 };
                 let port_ok = address
@@ -511,12 +889,16 @@ impl RawProbe {
                         format!("{address:?} is not HOST:PORT, e.g. \"127.0.0.1:8080\""),
                     ));
                 }
-                ProbeCheck::Tcp { address }
+                if kind == "tcp" {
+                    ProbeCheck::Tcp { address }
+                } else {
+                    ProbeCheck::Grpc {
+                        address,
+                        service: self.grpc_service.unwrap_or_default(),
+                    }
+                }
             }
             "exec" => {
-                stray("url", self.url.is_some(), "exec")?;
-                stray("expect_status", self.expect_status.is_some(), "exec")?;
-                stray("address", self.address.is_some(), "exec")?;
                 let command = self.command.unwrap_or_default();
                 if command.first().is_none_or(|c| c.is_empty()) {
                     return Err(field_err(
@@ -526,10 +908,38 @@ impl RawProbe {
                 }
                 ProbeCheck::Exec { command }
             }
+            "systemd" => {
+                let target = match (self.unit, own_unit) {
+                    (Some(unit), _) => {
+                        check_unit_name(f("unit"), &unit)?;
+                        let manager = match (self.manager.as_deref(), own_unit) {
+                            (None, Some(own)) => own.manager,
+                            (m, _) => parse_manager(f("manager"), m)?,
+                        };
+                        let bus = match (self.bus, own_unit) {
+                            (None, Some(own)) if own.manager == manager => own.bus.clone(),
+                            (b, _) => check_bus(f("bus"), b)?,
+                        };
+                        SystemdTarget { unit, manager, bus }
+                    }
+                    (None, Some(own)) => {
+                        stray(f("manager"), self.manager.is_some(), "a systemd probe of the service's own unit", "remove it (the service's `manager` applies)")?;
+                        stray(f("bus"), self.bus.is_some(), "a systemd probe of the service's own unit", "remove it (the service's `bus` applies)")?;
+                        own.clone()
+                    }
+                    (None, None) => {
+                        return Err(field_err(
+                            f("unit"),
+                            "a systemd probe of a service that systemd does not run needs the unit to check, e.g. unit = \"demo.service\"",
+                        ))
+                    }
+                };
+                ProbeCheck::Systemd(target)
+            }
             other => {
                 return Err(field_err(
                     f("kind"),
-                    format!("{other:?} is not a probe kind; use \"http\", \"tcp\" or \"exec\""),
+                    format!("{other:?} is not a probe kind; use \"http\", \"tcp\", \"exec\", \"systemd\" or \"grpc\""),
                 ))
             }
         };
@@ -545,10 +955,23 @@ impl RawProbe {
                 "must be longer than 0s, e.g. \"1s\"",
             ));
         }
+        for (name, v) in [
+            ("success_threshold", self.success_threshold),
+            ("failure_threshold", self.failure_threshold),
+        ] {
+            if v == 0 {
+                return Err(field_err(
+                    f(name),
+                    "must be at least 1 (consecutive results)",
+                ));
+            }
+        }
         Ok(ProbeConfig {
             check,
             interval: self.interval,
             timeout: self.timeout,
+            success_threshold: self.success_threshold,
+            failure_threshold: self.failure_threshold,
         })
     }
 }
@@ -599,7 +1022,8 @@ command = ["/bin/sh", "-c", "true"]
             s.probes[0].check,
             ProbeCheck::Http {
                 url: "http://127.0.0.1:18081/health".into(),
-                expect_status: Some(200)
+                expect_status: Some(200),
+                expect_body: None,
             }
         );
         assert_eq!(s.probes[1].interval, DEFAULT_PROBE_INTERVAL);
@@ -612,11 +1036,14 @@ command = ["/bin/sh", "-c", "true"]
             (GOOD.replace("\"web-1\"", "\"web/1\""), "`host_id`", "not valid"),
             (GOOD.replace("http://127.0.0.1:7443", "127.0.0.1:7443"), "`coordinator`", "http://HOST:PORT"),
             (GOOD.replace("http://127.0.0.1:7443", "https://c:7443"), "`coordinator`", "TLS"),
-            (GOOD.replace("\"process\"", "\"systemd\""), "`services[0].backend`", "use \"process\""),
+            (GOOD.replace("\"process\"", "\"container\""), "`services[0].backend`", "not available in this agent yet"),
+            (GOOD.replace("\"process\"", "\"systemd\""), "`services[0].args`", "does not apply to the systemd backend"),
             (GOOD.replace("\"process\"", "\"foo\""), "`services[0].backend`", "not a backend"),
-            (GOOD.replace("\"demo-svc\"", "\"bin/demo\""), "`services[0].binary`", "not valid"),
+            (GOOD.replace("\"demo-svc\"", "\"../demo\""), "`services[0].binary`", "not valid"),
+            (GOOD.replace("\"demo-svc\"", "\"/bin/demo\""), "`services[0].binary`", "is absolute"),
+            (GOOD.replace("\"demo-svc\"", "\"bin//demo\""), "`services[0].binary`", "not valid"),
             (GOOD.replace("\"5s\"", "\"0s\""), "`services[0].stop_timeout`", "longer than 0s"),
-            (GOOD.replace("kind = \"tcp\"", "kind = \"udp\""), "`services[0].probes[1].kind`", "\"http\", \"tcp\" or \"exec\""),
+            (GOOD.replace("kind = \"tcp\"", "kind = \"udp\""), "`services[0].probes[1].kind`", "\"exec\", \"systemd\" or \"grpc\""),
             (GOOD.replace("address = \"127.0.0.1:18081\"", "address = \"localhost\""), "`services[0].probes[1].address`", "HOST:PORT"),
             (GOOD.replace("address = \"127.0.0.1:18081\"", "url = \"http://x/\""), "`services[0].probes[1].url`", "remove it"),
             (GOOD.replace("url = \"http://127.0.0.1:18081/health\"", ""), "`services[0].probes[0].url`", "needs a url"),
@@ -633,6 +1060,248 @@ command = ["/bin/sh", "-c", "true"]
             assert!(err.contains(field), "error {err:?} should name {field}");
             assert!(err.contains(fix), "error {err:?} should say {fix:?}");
         }
+    }
+
+    const SYSTEMD: &str = r#"
+host_id = "web-1"
+coordinator = "http://127.0.0.1:7443"
+state_dir = "/var/lib/rollgate-agent"
+[[services]]
+name = "demo"
+backend = "systemd"
+unit = "demo.service"
+binary = "bin/demo-svc"
+format = "tar.gz"
+unpack_max_bytes = 1000000
+unpack_max_entries = 50
+hook_timeout = "5s"
+watch_after_commit = "30s"
+[services.hooks]
+pre_stop = ["/usr/local/bin/drain demo"]
+post_start = ["/usr/local/bin/undrain demo"]
+on_rollback = ["logger rolled back"]
+[[services.probes]]
+kind = "systemd"
+[[services.probes]]
+kind = "grpc"
+address = "127.0.0.1:50051"
+grpc_service = "demo"
+success_threshold = 2
+failure_threshold = 3
+[[services.probes]]
+kind = "http"
+url = "http://127.0.0.1:8080/ready"
+expect_body = "ready"
+"#;
+
+    #[test]
+    fn systemd_services_hooks_tarballs_and_new_probes() {
+        let c = Config::parse(SYSTEMD).expect("valid config");
+        let s = c.service("demo").expect("demo configured");
+        let own = SystemdTarget {
+            unit: "demo.service".into(),
+            manager: Manager::System,
+            bus: None,
+        };
+        assert_eq!(s.backend, Backend::Systemd(own.clone()));
+        assert_eq!(s.binary, "bin/demo-svc");
+        assert_eq!(s.format, ArtifactFormat::TarGz);
+        assert_eq!(
+            s.unpack_limits,
+            UnpackLimits {
+                max_bytes: 1_000_000,
+                max_entries: 50
+            }
+        );
+        assert_eq!(s.hook_timeout, Duration::from_secs(5));
+        assert_eq!(s.watch_after_commit, Duration::from_secs(30));
+        assert_eq!(s.hooks.pre_stop, ["/usr/local/bin/drain demo"]);
+        assert!(s.hooks.pre_start.is_empty());
+        assert_eq!(s.hooks.on_rollback, ["logger rolled back"]);
+        assert_eq!(
+            s.probes[0].check,
+            ProbeCheck::Systemd(own),
+            "defaults to the own unit"
+        );
+        assert_eq!(
+            s.probes[1].check,
+            ProbeCheck::Grpc {
+                address: "127.0.0.1:50051".into(),
+                service: "demo".into()
+            }
+        );
+        assert_eq!(
+            (s.probes[1].success_threshold, s.probes[1].failure_threshold),
+            (2, 3)
+        );
+        assert_eq!(
+            (s.probes[2].success_threshold, s.probes[2].failure_threshold),
+            (1, 1)
+        );
+        assert!(
+            matches!(&s.probes[2].check, ProbeCheck::Http { expect_body: Some(b), .. } if b == "ready")
+        );
+
+        let user = Config::parse(&SYSTEMD.replace(
+            "unit = \"demo.service\"",
+            "unit = \"demo.service\"\nmanager = \"user\"\nbus = \"unix:path=/tmp/x/bus\"",
+        ))
+        .expect("user manager");
+        let Backend::Systemd(t) = &user.services[0].backend else {
+            panic!("systemd backend");
+        };
+        assert_eq!(
+            (t.manager, t.bus.as_deref()),
+            (Manager::User, Some("unix:path=/tmp/x/bus"))
+        );
+        // The systemd probe of the service's own unit goes through the same manager and bus.
+        assert_eq!(
+            user.services[0].probes[0].check,
+            ProbeCheck::Systemd(t.clone())
+        );
+
+        // The defaults: auto format, 1 GiB / 10000 entries, 30s hooks, no watch window.
+        let plain = Config::parse(GOOD).expect("valid config");
+        let p = &plain.services[0];
+        assert_eq!(p.format, ArtifactFormat::Auto);
+        assert_eq!(p.unpack_limits, UnpackLimits::default());
+        assert_eq!(p.hook_timeout, DEFAULT_HOOK_TIMEOUT);
+        assert!(p.watch_after_commit.is_zero());
+        assert_eq!(p.hooks, Hooks::default());
+
+        let cases: Vec<(String, &str, &str)> = vec![
+            (
+                SYSTEMD.replace("unit = \"demo.service\"\n", ""),
+                "`services[0].unit`",
+                "needs the unit",
+            ),
+            (
+                SYSTEMD.replace("\"demo.service\"", "\"demo\""),
+                "`services[0].unit`",
+                "not a systemd unit name",
+            ),
+            (
+                SYSTEMD.replace(
+                    "unit = \"demo.service\"",
+                    "unit = \"demo.service\"\nmanager = \"root\"",
+                ),
+                "`services[0].manager`",
+                "\"system\" or \"user\"",
+            ),
+            (
+                SYSTEMD.replace(
+                    "unit = \"demo.service\"",
+                    "unit = \"demo.service\"\nbus = \"/run/bus\"",
+                ),
+                "`services[0].bus`",
+                "not a D-Bus address",
+            ),
+            (
+                SYSTEMD.replace(
+                    "unit = \"demo.service\"",
+                    "unit = \"demo.service\"\nrestart_delay = \"1s\"",
+                ),
+                "`services[0].restart_delay`",
+                "RestartSec=",
+            ),
+            (
+                SYSTEMD.replace("\"tar.gz\"", "\"zip\""),
+                "`services[0].format`",
+                "\"binary\", \"tar.gz\" or \"auto\"",
+            ),
+            (
+                SYSTEMD.replace("1000000", "0"),
+                "`services[0].unpack_max_bytes`",
+                "more than 0",
+            ),
+            (
+                SYSTEMD.replace("= 50", "= 0"),
+                "`services[0].unpack_max_entries`",
+                "more than 0",
+            ),
+            (
+                SYSTEMD.replace("\"5s\"", "\"0s\""),
+                "`services[0].hook_timeout`",
+                "longer than 0s",
+            ),
+            (
+                SYSTEMD.replace("[\"logger rolled back\"]", "[\"  \"]"),
+                "`services[0].hooks.on_rollback[0]`",
+                "is empty",
+            ),
+            (
+                SYSTEMD.replace("post_start", "post_stop"),
+                "post_stop",
+                "unknown field",
+            ),
+            (
+                SYSTEMD.replace("success_threshold = 2", "success_threshold = 0"),
+                "`services[0].probes[1].success_threshold`",
+                "at least 1",
+            ),
+            (
+                SYSTEMD.replace("expect_body = \"ready\"", "expect_body = \"\""),
+                "`services[0].probes[2].expect_body`",
+                "is empty",
+            ),
+            (
+                SYSTEMD.replace(
+                    "grpc_service = \"demo\"",
+                    "grpc_service = \"demo\"\nurl = \"http://x/\"",
+                ),
+                "`services[0].probes[1].url`",
+                "does not apply to a \"grpc\" probe",
+            ),
+            (
+                SYSTEMD.replace("address = \"127.0.0.1:50051\"", "address = \"localhost\""),
+                "`services[0].probes[1].address`",
+                "HOST:PORT",
+            ),
+            (
+                SYSTEMD.replace(
+                    "kind = \"systemd\"",
+                    "kind = \"systemd\"\nmanager = \"user\"",
+                ),
+                "`services[0].probes[0].manager`",
+                "the service's `manager` applies",
+            ),
+            (
+                GOOD.replace(
+                    "kind = \"tcp\"\naddress = \"127.0.0.1:18081\"",
+                    "kind = \"systemd\"",
+                ),
+                "`services[0].probes[1].unit`",
+                "needs the unit to check",
+            ),
+            (
+                GOOD.replace(
+                    "binary = \"demo-svc\"",
+                    "binary = \"demo-svc\"\nunit = \"x.service\"",
+                ),
+                "`services[0].unit`",
+                "only for backend = \"systemd\"",
+            ),
+        ];
+        for (text, field, fix) in cases {
+            let err = Config::parse(&text).expect_err(field).to_string();
+            assert!(err.contains(field), "error {err:?} should name {field}");
+            assert!(err.contains(fix), "error {err:?} should say {fix:?}");
+        }
+
+        // A systemd probe of another unit, on a process-backend service.
+        let other = Config::parse(&GOOD.replace(
+            "kind = \"tcp\"\naddress = \"127.0.0.1:18081\"",
+            "kind = \"systemd\"\nunit = \"postgresql.service\"",
+        ))
+        .expect("valid config");
+        assert_eq!(
+            other.services[0].probes[1].check,
+            ProbeCheck::Systemd(SystemdTarget {
+                unit: "postgresql.service".into(),
+                manager: Manager::System,
+                bus: None
+            })
+        );
     }
 
     #[test]
@@ -715,6 +1384,27 @@ command = ["/bin/sh", "-c", "true"]
             .collect();
         let c = Config::parse(&listed).expect("the documented replica list must be valid");
         assert!(c.coordinators.len() > 1, "{:?}", c.coordinators);
+    }
+
+    #[test]
+    fn example_systemd_config_and_unit_in_deploy_agree() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let c = Config::load(&deploy.join("agent-systemd.toml"))
+            .expect("deploy/agent-systemd.toml must stay valid");
+        let s = &c.services[0];
+        let Backend::Systemd(target) = &s.backend else {
+            panic!("the example is for the systemd backend: {:?}", s.backend);
+        };
+        assert_eq!(target.unit, "demo.service");
+        assert!(!s.hooks.pre_stop.is_empty() && !s.hooks.on_rollback.is_empty());
+        // The example unit runs the release through the `current` link the agent swaps.
+        let unit = std::fs::read_to_string(deploy.join("demo-systemd.service")).expect("unit");
+        let current = c.state_dir.join("services").join(&s.name).join("current");
+        let exec = format!("ExecStart={}/{}", current.display(), s.binary);
+        assert!(
+            unit.lines().any(|l| l.starts_with(&exec)),
+            "demo-systemd.service should have a line starting with {exec}"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::fetch::{Artifact, Fetcher};
+use crate::hooks::{self, HookEnv, Phase};
 use crate::journal::{InFlight, Journal, JournalError};
 use crate::probe::{HealthWindow, ProbeSetupError, Prober, Verdict};
 use crate::releases::{DiskError, ServiceDir};
@@ -360,7 +361,8 @@ impl Executor {
         let mut queues = BTreeMap::new();
         let mut units = Vec::new();
         for svc in &config.services {
-            let dir = ServiceDir::new(&state_dir, &svc.name, &svc.binary);
+            let dir = ServiceDir::new(&state_dir, &svc.name, &svc.binary)
+                .with_format(svc.format, svc.unpack_limits);
             dir.create()?;
             let prober = Prober::new(svc)?;
             let initial = match dir.current() {
@@ -400,6 +402,7 @@ impl Executor {
                     prober,
                     fetcher.clone(),
                     shared.clone(),
+                    Arc::from(config.host_id.as_str()),
                 ),
                 interrupted,
                 qrx,
@@ -657,10 +660,18 @@ impl Executor {
 // The update procedure, run by the service's task.
 // ---------------------------------------------------------------------------------------------
 
-/// Carries out an accepted order: stage, swap, start, verify; on failure after the swap,
-/// roll back to the previous release.
+/// Carries out an accepted order: check the backend, stage, `pre_stop` hooks, swap, `pre_start`
+/// hooks, restart, verify, `post_start` hooks; on a failure after the swap, roll back to the
+/// previous release. One path for every backend.
 pub(crate) async fn carry_out(unit: &mut ServiceUnit, order: &Accepted) -> Finished {
     let v = order.artifact.version.clone();
+    if let Err(why) = unit.backend.preflight().await {
+        return refused_after_accept(
+            unit,
+            order,
+            format!("cannot update {}: {why}", unit.cfg.name),
+        );
+    }
     let target = match obtain_release(unit, order).await {
         Ok(t) => t,
         Err(reason) => return refused_after_accept(unit, order, reason),
@@ -682,9 +693,21 @@ pub(crate) async fn carry_out(unit: &mut ServiceUnit, order: &Accepted) -> Finis
         Some(p) => (Some(p.dir), p.info.version),
         None => (None, String::new()),
     };
+    let env = hook_env(unit, order, &prev_version);
+
+    // Drain: nothing has been touched yet, so a failure refuses the update.
+    if prev_dir.is_some() {
+        if let Err(why) = run_hooks(unit, &order.id, Step::Staged, Phase::PreStop, &env).await {
+            return refused_after_accept(
+                unit,
+                order,
+                format!("{why}; the update is refused and {prev_version} was not stopped"),
+            );
+        }
+    }
 
     let msg = match &prev_dir {
-        Some(_) => format!("stopping {prev_version} and switching current to {v}"),
+        Some(_) => format!("switching current from {prev_version} to {v}"),
         None => format!("switching current to {v} (first install)"),
     };
     unit.advance(
@@ -693,13 +716,22 @@ pub(crate) async fn carry_out(unit: &mut ServiceUnit, order: &Accepted) -> Finis
         msg,
         Some((prev_dir.clone(), prev_version.clone())),
     );
-    unit.supervisor.stop().await;
     if let Err(e) = unit.dir.point_current_at(&target) {
         return rollback(unit, order, prev_dir, prev_version, e.to_string()).await;
     }
 
-    unit.advance(&order.id, Step::Starting, format!("starting {v}"), None);
-    let started = match unit.supervisor.start().await {
+    if let Err(why) = run_hooks(unit, &order.id, Step::Starting, Phase::PreStart, &env).await {
+        return rollback(unit, order, prev_dir, prev_version, why).await;
+    }
+    let msg = match &prev_dir {
+        Some(_) => format!(
+            "restarting {} on {v} (stopping {prev_version})",
+            unit.cfg.name
+        ),
+        None => format!("starting {v}"),
+    };
+    unit.advance(&order.id, Step::Starting, msg, None);
+    let started = match unit.backend.restart(order.deadline).await {
         Ok(t) => t,
         Err(e) => return rollback(unit, order, prev_dir, prev_version, e.to_string()).await,
     };
@@ -714,19 +746,60 @@ pub(crate) async fn carry_out(unit: &mut ServiceUnit, order: &Accepted) -> Finis
         ),
         None,
     );
-    match verify(unit, started, order.min_healthy, order.deadline).await {
-        Ok(()) => Finished {
-            result: order.id.result(
-                Outcome::Succeeded,
-                &v,
-                Health::Healthy,
-                format!("{v} healthy for {}", human(order.min_healthy)),
-            ),
-            committed: Some(target),
-            previous: prev_dir,
-        },
-        Err(why) => rollback(unit, order, prev_dir, prev_version, why).await,
+    if let Err(why) = verify(unit, started, order.min_healthy, order.deadline).await {
+        return rollback(unit, order, prev_dir, prev_version, why).await;
     }
+    // Undrain: a failure here fails the update like a failed health check.
+    if let Err(why) = run_hooks(unit, &order.id, Step::Verifying, Phase::PostStart, &env).await {
+        return rollback(unit, order, prev_dir, prev_version, why).await;
+    }
+    Finished {
+        result: order.id.result(
+            Outcome::Succeeded,
+            &v,
+            Health::Healthy,
+            format!("{v} healthy for {}", human(order.min_healthy)),
+        ),
+        committed: Some(target),
+        previous: prev_dir,
+    }
+}
+
+/// The hooks' view of the order: service, versions, rollout, host.
+fn hook_env(unit: &ServiceUnit, order: &Accepted, old_version: &str) -> HookEnv {
+    HookEnv {
+        service: unit.cfg.name.clone(),
+        old_version: old_version.to_string(),
+        new_version: order.artifact.version.clone(),
+        rollout: order.id.rollout_id.clone(),
+        host: unit.host_id.to_string(),
+    }
+}
+
+/// Runs the service's `phase` hooks, reporting them as progress of `step`; the error is the
+/// failing command, how it failed and its last output.
+async fn run_hooks(
+    unit: &mut ServiceUnit,
+    id: &OrderRef,
+    step: Step,
+    phase: Phase,
+    env: &HookEnv,
+) -> Result<(), String> {
+    let commands = hooks::commands(&unit.cfg.hooks, phase);
+    if commands.is_empty() {
+        return Ok(());
+    }
+    unit.advance(
+        id,
+        step,
+        format!("running {} {} hook(s)", commands.len(), phase.name()),
+        None,
+    );
+    let summary = hooks::run(phase, commands, env, unit.cfg.hook_timeout, unit.dir.root()).await?;
+    if let Some(summary) = summary {
+        unit.advance(id, step, summary, None);
+    }
+    Ok(())
 }
 
 /// Gets the verified release dir for the order: reuses one already on disk (staged ahead, or
@@ -778,10 +851,13 @@ async fn reverify(unit: &mut ServiceUnit, order: &Accepted, target: String) -> F
         format!("{v} is already installed; checking its health"),
         None,
     );
-    let started = if unit.supervisor.is_running() {
+    let started = if unit.backend.is_up() {
         Ok(Instant::now())
     } else {
-        unit.supervisor.start().await.map_err(|e| e.to_string())
+        unit.backend
+            .restart(order.deadline)
+            .await
+            .map_err(|e| e.to_string())
     };
     let outcome = match started {
         Ok(t) => verify(unit, t, order.min_healthy, order.deadline).await,
@@ -820,8 +896,9 @@ async fn reverify(unit: &mut ServiceUnit, order: &Accepted, target: String) -> F
     }
 }
 
-/// Undoes a failed swap: stop the new release, point `current` back, start and verify the
-/// previous one (or remove `current` if nothing was installed before).
+/// Undoes a failed swap: point `current` back, restart and verify the previous release (or
+/// stop the service and remove `current` if nothing was installed before), then run the
+/// `on_rollback` hooks.
 async fn rollback(
     unit: &mut ServiceUnit,
     order: &Accepted,
@@ -836,12 +913,27 @@ async fn rollback(
         None => format!("{failed}; removing it (nothing was installed before)"),
     };
     unit.advance(&order.id, Step::RollingBack, msg, None);
-    unit.supervisor.stop().await;
     let back = restore(unit, prev_dir.as_deref(), order.min_healthy, order.deadline).await;
+    let env = hook_env(unit, order, &prev_version);
+    let mut result = back.into_result(&order.id, &failed, &prev_version);
+    after_rollback(unit, &order.id, &env, &mut result).await;
     Finished {
-        result: back.into_result(&order.id, &failed, &prev_version),
+        result,
         committed: None,
         previous: prev_dir,
+    }
+}
+
+/// Runs the `on_rollback` hooks once the service is back (or failed to come back); a failing
+/// hook is added to the result's reason but changes nothing else.
+async fn after_rollback(
+    unit: &mut ServiceUnit,
+    id: &OrderRef,
+    env: &HookEnv,
+    result: &mut pb::OrderResult,
+) {
+    if let Err(why) = run_hooks(unit, id, Step::RollingBack, Phase::OnRollback, env).await {
+        result.reason.push_str(&format!("; {why}"));
     }
 }
 
@@ -876,8 +968,17 @@ pub(crate) async fn recover(unit: &mut ServiceUnit, f: &InFlight) -> Finished {
     let min = Duration::from_millis(f.min_healthy_time_ms);
     let deadline = Duration::from_millis(f.healthy_deadline_ms);
     let back = restore(unit, back_to.as_deref(), min, deadline).await;
+    let env = HookEnv {
+        service: unit.cfg.name.clone(),
+        old_version: back_version.clone(),
+        new_version: f.version.clone(),
+        rollout: f.rollout_id.clone(),
+        host: unit.host_id.to_string(),
+    };
+    let mut result = back.into_result(&id, &base, &back_version);
+    after_rollback(unit, &id, &env, &mut result).await;
     Finished {
-        result: back.into_result(&id, &base, &back_version),
+        result,
         committed: None,
         previous: back_to,
     }
@@ -940,7 +1041,7 @@ async fn restore(
     deadline: Duration,
 ) -> Restored {
     let Some(prev) = prev_dir else {
-        unit.supervisor.stop().await;
+        unit.backend.stop().await;
         return match unit.dir.remove_current() {
             Ok(()) => Restored::NothingBefore,
             Err(e) => Restored::Failed {
@@ -960,7 +1061,7 @@ async fn restore(
             return fail(unit, e.to_string());
         }
     }
-    let started = match unit.supervisor.start().await {
+    let started = match unit.backend.restart(deadline).await {
         Ok(t) => t,
         Err(e) => return fail(unit, e.to_string()),
     };
@@ -971,8 +1072,9 @@ async fn restore(
 }
 
 /// Probes the service until it has been healthy for `min_healthy` (counted from the first
-/// all-pass, reset by any failure), or fails: at once if the process exits, or when
-/// `deadline` (from `started`) passes.
+/// all-pass, reset by any failure), or fails: at once if the service goes down (the process
+/// exits; the unit fails, crash-loops or is restarted by systemd), or when `deadline` (from
+/// `started`) passes.
 pub(crate) async fn verify(
     unit: &mut ServiceUnit,
     started: Instant,
@@ -981,17 +1083,19 @@ pub(crate) async fn verify(
 ) -> Result<(), String> {
     let mut window = HealthWindow::new(started, min_healthy, deadline);
     let interval = unit.prober.interval();
+    // A new process: earlier passes of the probes say nothing about it.
+    unit.prober.reset();
     let mut next = Instant::now();
     loop {
         tokio::select! {
-            exit = unit.supervisor.exited() => return Err(exit.description),
+            exit = unit.backend.exited() => return Err(exit.description),
             _ = tokio::time::sleep_until(next) => {}
         }
         let result = if unit.prober.is_empty() {
             Ok(())
         } else {
             tokio::select! {
-                exit = unit.supervisor.exited() => return Err(exit.description),
+                exit = unit.backend.exited() => return Err(exit.description),
                 r = unit.prober.check() => r,
             }
         };

@@ -8,15 +8,23 @@
 //! - [`config`]: the agent's TOML config and its validation.
 //! - [`session`]: the bidi stream to the coordinator (hello, heartbeats, orders, results) and
 //!   reconnecting with backoff, round-robin over the coordinator replicas.
-//! - [`executor`]: order intake with fencing tokens, and the update procedure (stage, swap,
-//!   start, verify, commit or roll back, undo after a restart).
+//! - [`executor`]: order intake with fencing tokens, and the update procedure (stage, drain,
+//!   swap, restart, verify, undrain, commit or roll back, undo after a restart): one path
+//!   whatever runs the service.
 //! - `staging`: getting a verified release dir, ahead of the slot (stage orders, which run
 //!   beside an update) or as an update's first step; pins staged releases against pruning.
-//! - `service`: one task per service: supervision, idle health reports, running its orders.
+//! - `service`: one task per service: supervision, idle health reports (and regressions
+//!   within `watch_after_commit`), running its orders.
+//! - [`backend`]: the seam between the update procedure and what runs a service.
 //! - [`process`]: the process backend (start, stop by process group, pidfile).
-//! - [`probe`]: http/tcp/exec health probes and the min-healthy-time rule.
+//! - [`systemd`]: the systemd backend (restart a unit over D-Bus, judge it by its state).
+//! - [`probe`]: http/tcp/exec/systemd/grpc health probes, their thresholds, and the
+//!   min-healthy-time rule.
+//! - [`hooks`]: the operator's commands around an update (pre_stop, pre_start, post_start,
+//!   on_rollback).
 //! - [`fetch`]: downloading artifacts (store, http, file), resuming, size and digest checks.
 //! - [`releases`]: a service's directory: staging, release dirs, the `current` link.
+//! - [`unpack`]: tarball releases, unpacked without escaping their release dir.
 //! - [`journal`]: the durable state file (highest token, orders in flight, recent results).
 //! - [`durable`]: write-fsync-rename-fsync and link swaps by rename.
 //!
@@ -34,10 +42,12 @@
 
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod config;
 pub mod durable;
 pub mod executor;
 pub mod fetch;
+pub mod hooks;
 pub mod journal;
 pub mod probe;
 pub mod process;
@@ -45,6 +55,8 @@ pub mod releases;
 mod service;
 pub mod session;
 mod staging;
+pub mod systemd;
+pub mod unpack;
 
 use std::future::Future;
 

@@ -1,13 +1,22 @@
-//! Health probes (http, tcp, exec) and the rule "healthy for `min_healthy_time` in time".
+//! Health probes (http, tcp, exec, systemd, grpc), their consecutive-result thresholds, and
+//! the rule "healthy for `min_healthy_time` in time".
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use thiserror::Error;
 use tokio::time::Instant;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
-use crate::config::{ProbeCheck, ProbeConfig, ServiceConfig};
+use crate::config::{ProbeCheck, ProbeConfig, ServiceConfig, SystemdTarget};
+use crate::systemd::SystemdClient;
+
+/// How much of an HTTP probe's body is read to look for `expect_body`.
+pub const HTTP_BODY_LIMIT: usize = 64 * 1024;
 
 /// A probe set that cannot be built.
 #[derive(Debug, Error)]
@@ -19,19 +28,25 @@ pub struct ProbeSetupError {
     pub message: String,
 }
 
-/// All of a service's probes; the service is healthy when every one passes.
-#[derive(Debug, Clone)]
+/// All of a service's probes; the service is healthy when every one passes (after its
+/// thresholds: see [`Threshold`]).
+#[derive(Debug)]
 pub struct Prober {
     probes: Vec<Probe>,
     interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Probe {
     check: ProbeCheck,
     timeout: Duration,
     /// One client per http probe, built once: it keeps connections and the TLS setup.
     http: Option<reqwest::Client>,
+    /// The gRPC channel, made on first use (it needs the runtime) and kept.
+    grpc: OnceLock<tonic::transport::Channel>,
+    /// The D-Bus connection of a systemd probe, made on first use, dropped after an error.
+    systemd: Arc<tokio::sync::Mutex<Option<SystemdClient>>>,
+    threshold: Threshold,
 }
 
 impl Prober {
@@ -58,13 +73,26 @@ impl Prober {
         self.probes.is_empty()
     }
 
-    /// Runs every probe at once; `Err` carries the first failure's message.
-    pub async fn check(&self) -> Result<(), String> {
+    /// Runs every probe at once and applies each one's thresholds; `Err` carries the first
+    /// failing probe's message.
+    pub async fn check(&mut self) -> Result<(), String> {
         let results = futures::future::join_all(self.probes.iter().map(Probe::run)).await;
-        results
-            .into_iter()
-            .collect::<Result<Vec<()>, String>>()
-            .map(|_| ())
+        let mut verdict = Ok(());
+        for (probe, result) in self.probes.iter_mut().zip(results) {
+            let judged = probe.threshold.observe(result);
+            if verdict.is_ok() {
+                verdict = judged;
+            }
+        }
+        verdict
+    }
+
+    /// Forgets past results: a new process starts out not yet passing (used when verifying a
+    /// release that was just started).
+    pub fn reset(&mut self) {
+        for p in &mut self.probes {
+            p.threshold.reset();
+        }
     }
 }
 
@@ -86,33 +114,23 @@ impl Probe {
             check: cfg.check.clone(),
             timeout: cfg.timeout,
             http,
+            grpc: OnceLock::new(),
+            systemd: Arc::default(),
+            threshold: Threshold::new(cfg.success_threshold, cfg.failure_threshold),
         })
     }
 
     async fn run(&self) -> Result<(), String> {
         match &self.check {
-            ProbeCheck::Http { url, expect_status } => {
+            ProbeCheck::Http {
+                url,
+                expect_status,
+                expect_body,
+            } => {
                 let Some(client) = &self.http else {
                     return Err(format!("http probe {url}: no HTTP client"));
                 };
-                let resp = client
-                    .get(url)
-                    .send()
-                    .await
-                    .map_err(|e| format!("http probe {url}: {}", crate::error_chain(&e)))?;
-                let status = resp.status();
-                let ok = match expect_status {
-                    Some(want) => status.as_u16() == *want,
-                    None => status.is_success(),
-                };
-                if ok {
-                    Ok(())
-                } else {
-                    let want = expect_status.map_or("2xx".to_string(), |s| s.to_string());
-                    Err(format!(
-                        "http probe {url}: answered {status}, expected {want}"
-                    ))
-                }
+                http_check(client, url, *expect_status, expect_body.as_deref()).await
             }
             ProbeCheck::Tcp { address } => {
                 match tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(address))
@@ -127,7 +145,220 @@ impl Probe {
                 }
             }
             ProbeCheck::Exec { command } => run_exec(command, self.timeout).await,
+            ProbeCheck::Systemd(target) => {
+                let unit = &target.unit;
+                match tokio::time::timeout(self.timeout, self.systemd_check(target)).await {
+                    Ok(r) => r.map_err(|e| format!("systemd probe {unit}: {e}")),
+                    Err(_) => Err(format!(
+                        "systemd probe {unit}: no answer within {:?}",
+                        self.timeout
+                    )),
+                }
+            }
+            ProbeCheck::Grpc { address, service } => {
+                match tokio::time::timeout(self.timeout, self.grpc_check(address, service)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!(
+                        "grpc probe {address}: no answer within {:?}",
+                        self.timeout
+                    )),
+                }
+            }
         }
+    }
+
+    async fn systemd_check(&self, target: &SystemdTarget) -> Result<(), String> {
+        let mut slot = self.systemd.lock().await;
+        let client = match slot.as_ref() {
+            Some(c) => c.clone(),
+            None => {
+                let c = SystemdClient::connect(target)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                *slot = Some(c.clone());
+                c
+            }
+        };
+        let r = crate::systemd::check_active(&client, &target.unit).await;
+        if matches!(r, Err(crate::systemd::SystemdError::Call { .. })) {
+            // Maybe the bus went away: connect again next time.
+            *slot = None;
+        }
+        r.map_err(|e| match e {
+            crate::systemd::SystemdError::Down { why, .. } => why,
+            other => other.to_string(),
+        })
+    }
+
+    async fn grpc_check(&self, address: &str, service: &str) -> Result<(), String> {
+        let shown = if service.is_empty() {
+            format!("grpc probe {address}")
+        } else {
+            format!("grpc probe {address} ({service})")
+        };
+        let channel = match self.grpc.get() {
+            Some(c) => c.clone(),
+            None => {
+                let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                    .map_err(|e| format!("{shown}: {e}"))?
+                    .connect_timeout(self.timeout)
+                    .timeout(self.timeout);
+                self.grpc.get_or_init(|| endpoint.connect_lazy()).clone()
+            }
+        };
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .map_err(|s| {
+                let msg = if s.message().is_empty() {
+                    crate::error_chain(&s)
+                } else {
+                    s.message().to_string()
+                };
+                format!("{shown}: {:?}: {msg}", s.code())
+            })?;
+        match reply.into_inner().status() {
+            ServingStatus::Serving => Ok(()),
+            other => Err(format!("{shown}: {}", other.as_str_name())),
+        }
+    }
+}
+
+async fn http_check(
+    client: &reqwest::Client,
+    url: &str,
+    expect_status: Option<u16>,
+    expect_body: Option<&str>,
+) -> Result<(), String> {
+    let mut resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("http probe {url}: {}", crate::error_chain(&e)))?;
+    let status = resp.status();
+    let ok = match expect_status {
+        Some(want) => status.as_u16() == want,
+        None => status.is_success(),
+    };
+    if !ok {
+        let want = expect_status.map_or("2xx".to_string(), |s| s.to_string());
+        return Err(format!(
+            "http probe {url}: answered {status}, expected {want}"
+        ));
+    }
+    let Some(needle) = expect_body else {
+        return Ok(());
+    };
+    let mut body = Vec::new();
+    while body.len() < HTTP_BODY_LIMIT {
+        match resp.chunk().await {
+            Ok(Some(bytes)) => body.extend_from_slice(&bytes),
+            Ok(None) => break,
+            Err(e) => {
+                return Err(format!(
+                    "http probe {url}: reading the body: {}",
+                    crate::error_chain(&e)
+                ))
+            }
+        }
+    }
+    body.truncate(HTTP_BODY_LIMIT);
+    if body_contains(&body, needle) {
+        Ok(())
+    } else {
+        Err(format!(
+            "http probe {url}: the body does not contain {needle:?} (first {} bytes read)",
+            body.len()
+        ))
+    }
+}
+
+fn body_contains(body: &[u8], needle: &str) -> bool {
+    let needle = needle.as_bytes();
+    needle.is_empty() || body.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The consecutive-results rule of one probe: a probe that is not passing (a new one, or
+/// after failures) passes once it has passed `success` times in a row; a passing probe fails
+/// once it has failed `failure` times in a row (failures before that are tolerated). With
+/// both at 1 every result counts at once. Pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Threshold {
+    success: u32,
+    failure: u32,
+    passing: bool,
+    /// Consecutive results against the current verdict.
+    streak: u32,
+}
+
+impl Threshold {
+    /// A probe that has not passed yet.
+    pub fn new(success: u32, failure: u32) -> Threshold {
+        Threshold {
+            success: success.max(1),
+            failure: failure.max(1),
+            passing: false,
+            streak: 0,
+        }
+    }
+
+    /// Records one result and says whether the probe counts as passing now (with the reason
+    /// when it does not).
+    pub fn observe(&mut self, result: Result<(), String>) -> Result<(), String> {
+        match (self.passing, result) {
+            (true, Ok(())) => {
+                self.streak = 0;
+                Ok(())
+            }
+            (true, Err(e)) => {
+                self.streak += 1;
+                if self.streak >= self.failure {
+                    self.passing = false;
+                    self.streak = 0;
+                    Err(self.failed_message(e))
+                } else {
+                    tracing::debug!(
+                        "probe failed ({} of {} in a row tolerated): {e}",
+                        self.streak,
+                        self.failure
+                    );
+                    Ok(())
+                }
+            }
+            (false, Ok(())) => {
+                self.streak += 1;
+                if self.streak >= self.success {
+                    self.passing = true;
+                    self.streak = 0;
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "passed {} of the {} consecutive checks it needs",
+                        self.streak, self.success
+                    ))
+                }
+            }
+            (false, Err(e)) => {
+                self.streak = 0;
+                Err(e)
+            }
+        }
+    }
+
+    fn failed_message(&self, e: String) -> String {
+        if self.failure > 1 {
+            format!("{e} ({} times in a row)", self.failure)
+        } else {
+            e
+        }
+    }
+
+    /// Back to "not passed yet".
+    pub fn reset(&mut self) {
+        self.passing = false;
+        self.streak = 0;
     }
 }
 
@@ -273,7 +504,7 @@ mod tests {
     async fn tcp_probe_passes_on_a_bound_port_and_fails_on_a_free_one() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let p = prober(&format!(
+        let mut p = prober(&format!(
             "[[services.probes]]\nkind = \"tcp\"\naddress = \"{addr}\"\ntimeout = \"500ms\""
         ));
         p.check().await.expect("bound port passes");
@@ -314,33 +545,207 @@ mod tests {
         assert!(err.contains("cannot start"), "{err}");
     }
 
-    #[tokio::test]
-    async fn http_probe_checks_the_status() {
+    /// Serves one canned HTTP answer per connection, in turn.
+    fn serve_http(answers: Vec<(&'static str, &'static str)>) -> std::net::SocketAddr {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         std::thread::spawn(move || {
-            for (i, conn) in listener.incoming().enumerate() {
+            for ((status, body), conn) in answers.into_iter().zip(listener.incoming()) {
                 let Ok(mut c) = conn else { return };
                 let mut buf = [0u8; 2048];
                 let _ = c.read(&mut buf);
-                let status = if i == 0 {
-                    "200 OK"
-                } else {
-                    "503 Service Unavailable"
-                };
                 let _ = write!(
                     c,
-                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
                 );
             }
         });
-        let p = prober(&format!(
-            "[[services.probes]]\nkind = \"http\"\nurl = \"http://{addr}/health\""
+        addr
+    }
+
+    #[tokio::test]
+    async fn http_probe_table() {
+        // (name, probe fields, answer, Ok / Err(contains))
+        type Answer = (&'static str, &'static str);
+        type Case = (&'static str, &'static str, Answer, Result<(), &'static str>);
+        let cases: Vec<Case> = vec![
+            ("any 2xx", "", ("204 No Content", ""), Ok(())),
+            (
+                "503 fails",
+                "",
+                ("503 Service Unavailable", ""),
+                Err("answered 503 Service Unavailable, expected 2xx"),
+            ),
+            (
+                "exact status",
+                "expect_status = 418",
+                ("418 I'm a teapot", ""),
+                Ok(()),
+            ),
+            (
+                "other status",
+                "expect_status = 200",
+                ("201 Created", ""),
+                Err("expected 200"),
+            ),
+            (
+                "body match",
+                "expect_body = \"ready\"",
+                ("200 OK", "{\"status\":\"ready\"}"),
+                Ok(()),
+            ),
+            (
+                "body mismatch",
+                "expect_body = \"ready\"",
+                ("200 OK", "{\"status\":\"starting\"}"),
+                Err("the body does not contain \"ready\""),
+            ),
+            (
+                "status checked before the body",
+                "expect_body = \"ready\"",
+                ("500 Oops", "ready"),
+                Err("expected 2xx"),
+            ),
+        ];
+        for (name, fields, answer, want) in cases {
+            let addr = serve_http(vec![answer]);
+            let mut p = prober(&format!(
+                "[[services.probes]]\nkind = \"http\"\nurl = \"http://{addr}/health\"\n{fields}"
+            ));
+            let got = p.check().await;
+            match (&got, want) {
+                (Ok(()), Ok(())) => {}
+                (Err(e), Err(w)) if e.contains(w) => {}
+                _ => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn threshold_table() {
+        let ok = || Ok::<(), String>(());
+        let bad = || Err::<(), String>("down".to_string());
+        // (success, failure, results in order, expected verdicts)
+        type Case = (&'static str, u32, u32, Vec<bool>, Vec<bool>);
+        let cases: Vec<Case> = vec![
+            (
+                "1/1: every result counts",
+                1,
+                1,
+                vec![true, false, true],
+                vec![true, false, true],
+            ),
+            (
+                "needs 3 passes in a row",
+                3,
+                1,
+                vec![true, true, true, true],
+                vec![false, false, true, true],
+            ),
+            (
+                "a failure restarts the passes",
+                2,
+                1,
+                vec![true, false, true, true],
+                vec![false, false, false, true],
+            ),
+            (
+                "tolerates 2 failures",
+                1,
+                3,
+                vec![true, false, false, true, false, false, false],
+                vec![true, true, true, true, true, true, false],
+            ),
+            (
+                "then needs passes again",
+                2,
+                2,
+                vec![true, true, false, false, true, true],
+                vec![false, true, true, false, false, true],
+            ),
+        ];
+        for (name, success, failure, results, want) in cases {
+            let mut t = Threshold::new(success, failure);
+            let got: Vec<bool> = results
+                .iter()
+                .map(|r| t.observe(if *r { ok() } else { bad() }).is_ok())
+                .collect();
+            assert_eq!(got, want, "{name}");
+        }
+        let mut t = Threshold::new(2, 1);
+        let first = t.observe(ok()).expect_err("one pass of two");
+        assert_eq!(first, "passed 1 of the 2 consecutive checks it needs");
+        t.observe(ok()).expect("two passes");
+        t.reset();
+        assert!(
+            t.observe(ok()).is_err(),
+            "reset: not passing until it passes twice again"
+        );
+        let mut t = Threshold::new(1, 2);
+        t.observe(ok()).expect("passes");
+        t.observe(bad()).expect("one failure tolerated");
+        assert_eq!(t.observe(bad()), Err("down (2 times in a row)".to_string()));
+    }
+
+    #[tokio::test]
+    async fn prober_applies_thresholds_across_probes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let flag = dir.path().join("up");
+        let mut p = prober(&format!(
+            "[[services.probes]]\nkind = \"exec\"\ncommand = [\"test\", \"-e\", \"{}\"]\n\
+             success_threshold = 2\nfailure_threshold = 2\n",
+            flag.display()
         ));
-        p.check().await.expect("200 passes");
-        let err = p.check().await.expect_err("503 fails");
-        assert!(err.contains("503") && err.contains("expected 2xx"), "{err}");
+        assert!(p.check().await.is_err(), "no flag yet");
+        std::fs::write(&flag, b"").expect("flag");
+        assert!(p.check().await.is_err(), "one pass of two");
+        p.check().await.expect("two passes");
+        std::fs::remove_file(&flag).expect("unflag");
+        p.check().await.expect("one failure is tolerated");
+        assert!(p.check().await.is_err(), "two failures are not");
+    }
+
+    #[tokio::test]
+    async fn grpc_health_probe() {
+        use tonic_health::ServingStatus as S;
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter.set_service_status("", S::Serving).await;
+        reporter.set_service_status("demo", S::NotServing).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let grpc = |svc: &str| {
+            prober(&format!(
+                "[[services.probes]]\nkind = \"grpc\"\naddress = \"{addr}\"\ngrpc_service = \"{svc}\"\ntimeout = \"2s\""
+            ))
+        };
+        grpc("").check().await.expect("the server is SERVING");
+        let err = grpc("demo").check().await.expect_err("NOT_SERVING");
+        assert!(err.ends_with("(demo): NOT_SERVING"), "{err}");
+        let err = grpc("nope").check().await.expect_err("unknown service");
+        assert!(err.contains("NotFound"), "{err}");
+        reporter.set_service_status("demo", S::Serving).await;
+        grpc("demo").check().await.expect("SERVING now");
+        server.abort();
+        let _ = server.await;
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let closed = free.local_addr().expect("addr");
+        drop(free);
+        let err = prober(&format!(
+            "[[services.probes]]\nkind = \"grpc\"\naddress = \"{closed}\"\ntimeout = \"1s\""
+        ))
+        .check()
+        .await
+        .expect_err("nothing listens");
+        assert!(err.starts_with(&format!("grpc probe {closed}")), "{err}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! an agent restarted after a crash or `kill -9` can stop the process it left behind (and free
 //! its port) before starting the service again. This backend ties the service's lifetime to the
 //! agent's: a clean agent shutdown stops the service. Hosts that need the service to outlive the
-//! agent will use the systemd or container backends.
+//! agent use the systemd backend ([`crate::systemd`]).
 
 use std::fs;
 use std::io;
@@ -20,6 +20,10 @@ use nix::unistd::{getpgid, Pid};
 use thiserror::Error;
 use tokio::time::Instant;
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use crate::backend::{Backend, BackendError, Exit};
 use crate::config::ServiceConfig;
 use crate::probe::describe_exit;
 use crate::releases::{DiskError, ServiceDir};
@@ -51,15 +55,6 @@ pub enum ProcessError {
     /// A file the start needs could not be read or written.
     #[error(transparent)]
     Disk(#[from] DiskError),
-}
-
-/// How a supervised process ended on its own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exit {
-    /// The release dir it ran from.
-    pub release: String,
-    /// "process exited with status 1", "process was killed by signal 9".
-    pub description: String,
 }
 
 /// Runs one service's process and knows whether it is up.
@@ -241,6 +236,56 @@ impl Supervisor {
         let releases = self.dir.releases_dir();
         let releases = fs::canonicalize(&releases).unwrap_or(releases);
         cwd.starts_with(&releases)
+    }
+}
+
+impl Backend for Supervisor {
+    fn is_up(&self) -> bool {
+        self.is_running()
+    }
+
+    fn agent_restarts(&self) -> bool {
+        true
+    }
+
+    fn adopt(&mut self) -> BoxFuture<'_, (Option<String>, Result<(), BackendError>)> {
+        async move {
+            let note = self
+                .stop_leftover()
+                .await
+                .map(|pid| format!("stopped process {pid}, left running by a previous agent"));
+            let started = self.start().await.map(|_| ()).map_err(BackendError::from);
+            (note, started)
+        }
+        .boxed()
+    }
+
+    fn preflight(&mut self) -> BoxFuture<'_, Result<(), String>> {
+        futures::future::ready(Ok(())).boxed()
+    }
+
+    fn restart(&mut self, _deadline: Duration) -> BoxFuture<'_, Result<Instant, BackendError>> {
+        // `start` stops the running process first; spawning is all "up" means here (the
+        // probes decide health).
+        async move { self.start().await.map_err(BackendError::from) }.boxed()
+    }
+
+    fn stop(&mut self) -> BoxFuture<'_, Option<String>> {
+        Supervisor::stop(self).boxed()
+    }
+
+    fn exited(&mut self) -> BoxFuture<'_, Exit> {
+        Supervisor::exited(self).boxed()
+    }
+
+    fn shutdown(&mut self) -> BoxFuture<'_, ()> {
+        async move {
+            if self.is_running() {
+                tracing::info!("stopping {} (the agent is shutting down)", self.cfg.name);
+            }
+            Supervisor::stop(self).await;
+        }
+        .boxed()
     }
 }
 

@@ -4,8 +4,10 @@
 //! <state_dir>/services/<svc>/
 //!   staging/<sha256>.partial          download in progress (resumed from its length)
 //!   releases/<version>-<sha12>/       one verified release, complete or absent
-//!     <binary>                        the artifact, mode 0755
+//!     <binary>                        a single-binary artifact, mode 0755
 //!     .release.json                   version, sha256 and size of the artifact
+//!     .release.tar.gz                 a tarball artifact, kept to hash again (S8) ...
+//!     ...                             ... next to its unpacked tree (see [`crate::unpack`])
 //!   current -> releases/<dir>         the release that runs; replaced only by rename
 //!   pid                               process group of the running service (for a restarted agent)
 //!   service.log                       the service's stdout and stderr, appended
@@ -27,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::Notify;
 
+use crate::config::{ArtifactFormat, UnpackLimits};
 use crate::durable;
 
 /// Name of the metadata file inside each release dir. It starts with '.', which a configured
@@ -36,6 +39,8 @@ const RELEASE_INFO_FILE: &str = ".release.json";
 const ASSEMBLING_SUFFIX: &str = ".assembling";
 /// How many hex digits of the digest go into a release dir's name.
 const DIR_DIGEST_CHARS: usize = 12;
+/// A tarball release's archive inside its release dir (its presence marks the dir as one).
+const ARCHIVE_FILE: &str = ".release.tar.gz";
 
 /// A disk operation on a service's directory that failed.
 #[derive(Debug, Error)]
@@ -56,6 +61,20 @@ fn disk(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DiskErro
         path,
         source,
     }
+}
+
+/// Why a verified download could not become a release dir. Nothing of it is kept.
+#[derive(Debug, Error)]
+pub enum InstallError {
+    /// A file operation failed.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// The tarball is hostile, damaged or too big.
+    #[error(transparent)]
+    Unpack(#[from] crate::unpack::UnpackError),
+    /// The release does not hold a runnable `binary`.
+    #[error("{0}")]
+    NotRunnable(String),
 }
 
 /// What a release dir holds, recorded next to the artifact.
@@ -84,6 +103,10 @@ pub struct InstalledRelease {
 pub struct ServiceDir {
     root: PathBuf,
     binary: String,
+    /// What kind of artifact new releases are.
+    format: ArtifactFormat,
+    /// Caps on unpacking a tarball.
+    limits: UnpackLimits,
     /// Digests of the releases being fetched or installed right now.
     busy: Arc<Busy>,
 }
@@ -122,12 +145,22 @@ impl Drop for ReleaseClaim {
 impl ServiceDir {
     /// The directory of service `service` under `state_dir`; `binary` is the artifact's file
     /// name inside each release dir.
+    /// Releases are single binaries; see [`ServiceDir::with_format`].
     pub fn new(state_dir: &Path, service: &str, binary: &str) -> ServiceDir {
         ServiceDir {
             root: state_dir.join("services").join(service),
             binary: binary.to_string(),
+            format: ArtifactFormat::Binary,
+            limits: UnpackLimits::default(),
             busy: Arc::default(),
         }
+    }
+
+    /// The same dir, installing new releases as `format` (tarballs within `limits`).
+    pub fn with_format(mut self, format: ArtifactFormat, limits: UnpackLimits) -> ServiceDir {
+        self.format = format;
+        self.limits = limits;
+        self
     }
 
     /// Waits until nobody else holds a claim on `sha256` in this dir, then claims it. Dropping
@@ -182,9 +215,21 @@ impl ServiceDir {
     pub fn partial_path(&self, sha256: &str) -> PathBuf {
         self.staging_dir().join(format!("{sha256}.partial"))
     }
-    /// The artifact's file name inside a release dir.
+    /// What runs, relative to a release dir (the artifact itself, or an unpacked entry).
     pub fn binary(&self) -> &str {
         &self.binary
+    }
+
+    /// The file in release dir `name` whose digest is the release's: the tarball kept next
+    /// to its unpacked tree, or the single binary.
+    pub fn artifact_path(&self, name: &str) -> PathBuf {
+        let dir = self.release_path(name);
+        let archive = dir.join(ARCHIVE_FILE);
+        if fs::symlink_metadata(&archive).is_ok() {
+            archive
+        } else {
+            dir.join(&self.binary)
+        }
     }
 
     /// Dir name of a release: `<version>-<first 12 hex digits of sha256>`.
@@ -237,7 +282,7 @@ impl ServiceDir {
             Ok(Some(info)) if info.sha256 == sha256 => {}
             Ok(_) | Err(_) => return Ok(false),
         }
-        let bin = self.release_path(name).join(&self.binary);
+        let bin = self.artifact_path(name);
         match crate::fetch::sha256_file(&bin) {
             Ok(got) => Ok(got == sha256),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -245,10 +290,12 @@ impl ServiceDir {
         }
     }
 
-    /// Turns a verified download into release dir `<version>-<sha12>` and returns its name.
-    /// The dir is assembled under a temporary name, fsynced, and renamed into place, so a
-    /// release dir is always complete. An existing dir of that name is replaced.
-    pub fn install(&self, verified: &Path, info: &ReleaseInfo) -> Result<String, DiskError> {
+    /// Turns a verified download into release dir `<version>-<sha12>` and returns its name:
+    /// a single binary is moved to `binary`; a tarball is unpacked (see [`crate::unpack`])
+    /// and kept as `.release.tar.gz`, and must hold an executable `binary`. The dir is
+    /// assembled under a temporary name, fsynced, and renamed into place, so a release dir is
+    /// always complete. An existing dir of that name is replaced.
+    pub fn install(&self, verified: &Path, info: &ReleaseInfo) -> Result<String, InstallError> {
         let name = Self::release_dir_name(&info.version, &info.sha256);
         let releases = self.releases_dir();
         let building = releases.join(format!("{name}{ASSEMBLING_SUFFIX}"));
@@ -256,20 +303,13 @@ impl ServiceDir {
             fs::remove_dir_all(&building).map_err(disk("remove", &building))?;
         }
         fs::create_dir(&building).map_err(disk("create", &building))?;
-
-        let meta = building.join(RELEASE_INFO_FILE);
-        let json = serde_json::to_vec_pretty(info)
-            .map_err(|e| disk("encode", &meta)(io::Error::other(e)))?;
-        durable::write_atomic(&meta, &json).map_err(disk("write", &meta))?;
-
-        let bin = building.join(&self.binary);
-        fs::rename(verified, &bin).map_err(disk("move the download to", &bin))?;
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))
-            .map_err(disk("make executable", &bin))?;
-        fs::File::open(&bin)
-            .and_then(|f| f.sync_all())
-            .map_err(disk("fsync", &bin))?;
-        durable::fsync_dir(&building).map_err(disk("fsync", &building))?;
+        let assembled = self.assemble(verified, info, &building);
+        if assembled.is_err() {
+            // A bad tarball stays bad: drop it and its half-made dir.
+            let _ = fs::remove_dir_all(&building);
+            let _ = fs::remove_file(verified);
+        }
+        assembled?;
 
         let dest = self.release_path(&name);
         if dest.exists() {
@@ -280,6 +320,73 @@ impl ServiceDir {
         fs::rename(&building, &dest).map_err(disk("rename", &building))?;
         durable::fsync_dir(&releases).map_err(disk("fsync", &releases))?;
         Ok(name)
+    }
+
+    /// Fills the dir `building` from the verified download.
+    fn assemble(
+        &self,
+        verified: &Path,
+        info: &ReleaseInfo,
+        building: &Path,
+    ) -> Result<(), InstallError> {
+        let meta = building.join(RELEASE_INFO_FILE);
+        let json = serde_json::to_vec_pretty(info)
+            .map_err(|e| disk("encode", &meta)(io::Error::other(e)))?;
+        durable::write_atomic(&meta, &json).map_err(disk("write", &meta))?;
+
+        let gzip = crate::unpack::is_gzip(verified).map_err(disk("read", verified))?;
+        let tarball = match self.format {
+            ArtifactFormat::Binary => false,
+            ArtifactFormat::Auto => gzip,
+            ArtifactFormat::TarGz if gzip => true,
+            ArtifactFormat::TarGz => {
+                return Err(InstallError::NotRunnable(format!(
+                    "the service's releases are tarballs (format = \"tar.gz\"), but {} is \
+                     not gzip-compressed; publish a .tar.gz, or set format = \"binary\"",
+                    info.version
+                )))
+            }
+        };
+        if !tarball {
+            let bin = building.join(&self.binary);
+            if let Some(parent) = bin.parent() {
+                fs::create_dir_all(parent).map_err(disk("create", parent))?;
+            }
+            fs::rename(verified, &bin).map_err(disk("move the download to", &bin))?;
+            fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))
+                .map_err(disk("make executable", &bin))?;
+            fs::File::open(&bin)
+                .and_then(|f| f.sync_all())
+                .map_err(disk("fsync", &bin))?;
+            if let Some(parent) = bin.parent() {
+                durable::fsync_dir(parent).map_err(disk("fsync", parent))?;
+            }
+            return Ok(());
+        }
+        let done = crate::unpack::unpack(verified, building, self.limits)?;
+        let runs = crate::unpack::resolve_beneath(building, Path::new(&self.binary))
+            .map_err(|why| InstallError::NotRunnable(format!("binary {:?} {why}", self.binary)))?;
+        match fs::metadata(&runs) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {}
+            Ok(m) if m.is_file() => {
+                return Err(InstallError::NotRunnable(format!(
+                    "the tarball of {} has {:?} but it is not executable; fix its mode in the \
+                     archive",
+                    info.version, self.binary
+                )))
+            }
+            _ => {
+                return Err(InstallError::NotRunnable(format!(
+                    "the tarball of {} ({} entries) has no file {:?} to run; set `binary` to \
+                     its path inside the archive (e.g. \"bin/demo-svc\")",
+                    info.version, done.entries, self.binary
+                )))
+            }
+        }
+        let archive = building.join(ARCHIVE_FILE);
+        fs::rename(verified, &archive).map_err(disk("move the download to", &archive))?;
+        durable::fsync_dir(building).map_err(disk("fsync", building))?;
+        Ok(())
     }
 
     /// Points `current` at release dir `name` by renaming a new link over it (S5).
@@ -320,7 +427,7 @@ impl ServiceDir {
             let Ok(Some(info)) = self.release_info(&name) else {
                 continue;
             };
-            let bin = self.release_path(&name).join(&self.binary);
+            let bin = self.artifact_path(&name);
             if fs::metadata(&bin).is_ok_and(|m| m.is_file() && m.len() == info.size) {
                 out.push(InstalledRelease { dir: name, info });
             }

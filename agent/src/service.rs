@@ -9,29 +9,41 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::backend::{self, Backend, BackendError, Exit};
 use crate::config::ServiceConfig;
 use crate::executor::{self, Accepted, Finished, OrderRef, Shared, KEEP_RELEASES};
 use crate::fetch::Fetcher;
 use crate::journal::InFlight;
 use crate::probe::Prober;
-use crate::process::{Exit, ProcessError, Supervisor};
 use crate::releases::ServiceDir;
+
+/// How long a restart after an unexpected exit may take to come up (only backends the agent
+/// restarts get here; the process backend is up once spawned).
+const SUPERVISED_RESTART_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Everything one service's task owns.
 #[derive(Debug)]
 pub(crate) struct ServiceUnit {
     pub(crate) cfg: Arc<ServiceConfig>,
     pub(crate) dir: ServiceDir,
-    pub(crate) supervisor: Supervisor,
+    /// What runs the service (process, systemd).
+    pub(crate) backend: Box<dyn Backend>,
     pub(crate) prober: Prober,
     pub(crate) fetcher: Fetcher,
     pub(crate) shared: Arc<Shared>,
+    /// This host's id, for the hooks' environment.
+    pub(crate) host_id: Arc<str>,
     /// (health, version, sha256) last reported, so only transitions are sent.
     last_sent: Option<(i32, String, String)>,
-    /// Why the process is down (shown as STOPPED's detail).
+    /// Why the service is down (shown as STOPPED's detail).
     down_reason: Option<String>,
-    /// When to restart a process that exited on its own.
+    /// When to restart a process that exited on its own (only backends the agent restarts).
     restart_at: Option<Instant>,
+    /// Until when a failing health check counts as a regression of the release just
+    /// committed (`watch_after_commit`).
+    watch_until: Option<Instant>,
+    /// A regression was reported and the service has not been healthy since.
+    regressed: bool,
 }
 
 impl ServiceUnit {
@@ -41,23 +53,28 @@ impl ServiceUnit {
         prober: Prober,
         fetcher: Fetcher,
         shared: Arc<Shared>,
+        host_id: Arc<str>,
     ) -> ServiceUnit {
-        let supervisor = Supervisor::new(dir.clone(), cfg.clone());
+        let backend = backend::for_service(dir.clone(), cfg.clone());
         ServiceUnit {
             cfg,
             dir,
-            supervisor,
+            backend,
             prober,
             fetcher,
             shared,
+            host_id,
             last_sent: None,
             down_reason: None,
             restart_at: None,
+            watch_until: None,
+            regressed: false,
         }
     }
 
     /// The task: start (or undo an interrupted update), then supervise, probe and take orders
-    /// until `cancel`; then stop the process.
+    /// until `cancel`; then hand the service to the backend's shutdown (the process backend
+    /// stops it; a systemd unit keeps running).
     /// `interrupted` is the order a previous agent left unfinished, read from the journal before
     /// any new order could be accepted.
     pub(crate) async fn run(
@@ -81,6 +98,8 @@ impl ServiceUnit {
                     _ = cancel.cancelled() => break,
                     Some(order) = orders.recv() => {
                         let id = &order.id;
+                        self.watch_until = None;
+                        self.regressed = false;
                         let span =
                             tracing::info_span!("order", rollout = %id.rollout_id, token = id.token);
                         let update = executor::carry_out(&mut self, &order).instrument(span);
@@ -101,7 +120,7 @@ impl ServiceUnit {
                         }
                         next_probe = Instant::now() + self.prober.interval();
                     }
-                    exit = self.supervisor.exited() => self.on_exit(exit),
+                    exit = self.backend.exited() => self.on_exit(exit),
                     _ = tokio::time::sleep_until(restart_at.unwrap_or(next_probe)),
                         if restart_at.is_some() => {
                         self.restart().await
@@ -112,36 +131,35 @@ impl ServiceUnit {
                     }
                 }
             }
-            if self.supervisor.is_running() {
-                tracing::info!("stopping {} (the agent is shutting down)", self.cfg.name);
-            }
-            self.supervisor.stop().await;
+            self.backend.shutdown().await;
         }
         .instrument(span)
         .await
     }
 
-    /// Frees the port from a process a previous agent left, then either undoes an update that
-    /// agent left unfinished or starts the installed release.
+    /// Either undoes an update a previous agent left unfinished, or takes the service over
+    /// as that agent left it (process: frees the port from its leftover process, then starts
+    /// the installed release; systemd: starts the unit unless it is active).
     async fn startup(&mut self, interrupted: Option<InFlight>) {
-        if let Some(pid) = self.supervisor.stop_leftover().await {
-            tracing::info!("stopped process {pid}, left running by a previous agent");
-        }
         if let Some(f) = interrupted {
             let span = tracing::info_span!("order", rollout = %f.rollout_id, token = f.token);
             let done = executor::recover(self, &f).instrument(span).await;
             self.finish(done);
             return;
         }
-        match self.supervisor.start().await {
-            Ok(_) => {}
-            Err(ProcessError::NotInstalled(_)) => {
+        let (note, started) = self.backend.adopt().await;
+        if let Some(note) = note {
+            tracing::info!("{note}");
+        }
+        match started {
+            Ok(()) => {}
+            Err(BackendError::NotInstalled(_)) => {
                 tracing::info!(
                     "no release of {} is installed yet; waiting for an order",
                     self.cfg.name
                 );
             }
-            Err(e) => self.schedule_restart(format!("cannot start: {e}")),
+            Err(e) => self.went_down(format!("cannot start: {e}")),
         }
     }
 
@@ -187,11 +205,18 @@ impl ServiceUnit {
             // A refusal touched nothing: supervision and health reports carry on as before.
             return;
         }
-        // The update drove the process itself; from here on it is supervised again.
+        if f.result.outcome() == pb::Outcome::Succeeded && !self.cfg.watch_after_commit.is_zero() {
+            self.watch_until = Some(Instant::now() + self.cfg.watch_after_commit);
+        }
+        // The update drove the service itself; from here on it is supervised again.
         self.down_reason = None;
         self.restart_at = None;
-        if !self.supervisor.is_running() && matches!(self.dir.current(), Ok(Some(_))) {
-            self.schedule_restart(format!("{}; restarting", f.result.reason));
+        if !self.backend.is_up() && matches!(self.dir.current(), Ok(Some(_))) {
+            if self.backend.agent_restarts() {
+                self.schedule_restart(format!("{}; restarting", f.result.reason));
+            } else {
+                self.went_down(f.result.reason.clone());
+            }
         } else {
             let health = f.result.health();
             let detail = if health == Health::Healthy {
@@ -232,7 +257,7 @@ impl ServiceUnit {
             .map_or(Health::Unknown, |s| s.health());
         (
             version,
-            if self.supervisor.is_running() {
+            if self.backend.is_up() {
                 health
             } else {
                 Health::Stopped
@@ -240,9 +265,9 @@ impl ServiceUnit {
         )
     }
 
-    /// UNHEALTHY if the process runs (it failed its probes), STOPPED if it does not.
+    /// UNHEALTHY if the service runs (it failed its probes), STOPPED if it does not.
     pub(crate) fn running_health(&self) -> Health {
-        if self.supervisor.is_running() {
+        if self.backend.is_up() {
             Health::Unhealthy
         } else {
             Health::Stopped
@@ -250,14 +275,32 @@ impl ServiceUnit {
     }
 
     fn on_exit(&mut self, exit: Exit) {
-        tracing::warn!(
-            release = %exit.release,
-            "{} {}; restarting it in {}",
-            self.cfg.name,
-            exit.description,
-            human(self.cfg.restart_delay)
+        if self.backend.agent_restarts() {
+            tracing::warn!(
+                release = %exit.release,
+                "{} {}; restarting it in {}",
+                self.cfg.name,
+                exit.description,
+                human(self.cfg.restart_delay)
+            );
+            self.schedule_restart(exit.description);
+        } else {
+            tracing::warn!(release = %exit.release, "{}", exit.description);
+            self.went_down(exit.description);
+        }
+    }
+
+    /// The service is down. The agent restarts it after `restart_delay` if its backend
+    /// leaves that to the agent; otherwise (systemd's `Restart=`) it only reports it.
+    fn went_down(&mut self, why: String) {
+        if self.backend.agent_restarts() {
+            return self.schedule_restart(why);
+        }
+        self.down_reason = Some(why);
+        self.publish(
+            Health::Stopped,
+            self.down_reason.clone().unwrap_or_default(),
         );
-        self.schedule_restart(exit.description);
     }
 
     fn schedule_restart(&mut self, why: String) {
@@ -272,9 +315,9 @@ impl ServiceUnit {
 
     async fn restart(&mut self) {
         self.restart_at = None;
-        match self.supervisor.start().await {
+        match self.backend.restart(SUPERVISED_RESTART_WAIT).await {
             Ok(_) => self.down_reason = None,
-            Err(ProcessError::NotInstalled(_)) => {
+            Err(BackendError::NotInstalled(_)) => {
                 self.down_reason = None;
                 self.publish(Health::Stopped, "no release installed".into());
             }
@@ -290,19 +333,18 @@ impl ServiceUnit {
         let (health, detail) = match self.dir.current() {
             Err(e) => (Health::Unknown, e.to_string()),
             Ok(None) => (Health::Stopped, "no release installed".to_string()),
-            Ok(Some(_)) if !self.supervisor.is_running() => (
+            Ok(Some(_)) if !self.backend.is_up() => (
                 Health::Stopped,
                 self.down_reason
                     .clone()
-                    .unwrap_or_else(|| "process is not running".into()),
+                    .unwrap_or_else(|| "the service is not running".into()),
             ),
-            Ok(Some(_)) if self.prober.is_empty() => (
-                Health::Healthy,
-                "process running; no probes configured".into(),
-            ),
+            Ok(Some(_)) if self.prober.is_empty() => {
+                (Health::Healthy, "running; no probes configured".into())
+            }
             Ok(Some(_)) => {
                 let checked = tokio::select! {
-                    exit = self.supervisor.exited() => Err(exit),
+                    exit = self.backend.exited() => Err(exit),
                     r = self.prober.check() => Ok(r),
                 };
                 match checked {
@@ -315,8 +357,11 @@ impl ServiceUnit {
         self.publish(health, detail);
     }
 
-    /// Updates the status hellos report, and sends it if health or version changed.
+    /// Updates the status hellos report, and sends it if health or version changed. Within
+    /// `watch_after_commit` of a commit, not being healthy is reported as a regression (and
+    /// stays so labelled until the service is healthy again).
     fn publish(&mut self, health: Health, detail: String) {
+        let detail = self.label_regression(health, detail);
         let (version, sha256) = match self.dir.current() {
             Ok(Some(r)) => (r.info.version, r.info.sha256),
             _ => (String::new(), String::new()),
@@ -345,5 +390,26 @@ impl ServiceUnit {
             self.last_sent = Some(key);
             self.shared.send(Msg::Status(status));
         }
+    }
+
+    fn label_regression(&mut self, health: Health, detail: String) -> String {
+        if health == Health::Healthy {
+            self.regressed = false;
+            return detail;
+        }
+        let watching = self.watch_until.is_some_and(|t| Instant::now() < t);
+        if !self.regressed && !watching {
+            return detail;
+        }
+        if !self.regressed {
+            self.regressed = true;
+            self.watch_until = None;
+            tracing::warn!(
+                "{} regressed within {} of its last commit: {detail}",
+                self.cfg.name,
+                human(self.cfg.watch_after_commit)
+            );
+        }
+        format!("regressed after commit: {detail}")
     }
 }

@@ -21,7 +21,7 @@ fn binary_reports_a_bad_config_clearly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("`services[0].backend`") && err.contains("use \"process\""),
+        err.contains("`services[0].unit`") && err.contains("unit = \"demo.service\""),
         "{err}"
     );
 }

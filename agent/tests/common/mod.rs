@@ -2,6 +2,8 @@
 //! config around them, and reading the executor's outbox.
 #![allow(dead_code)]
 
+pub mod user_manager;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -52,7 +54,19 @@ impl World {
     /// The agent config: service `demo` whose exec probe checks the current release's pid
     /// file. `coordinator` is where the session dials.
     pub fn config_text(&self, coordinator: &str) -> String {
+        self.config_text_with(coordinator, "", "")
+    }
+
+    /// [`World::config_text`] with more keys for the service (`service_keys`, e.g.
+    /// `binary = "bin/x"`, which replaces the default binary) and more tables after its
+    /// probe (`tables`, e.g. `[services.hooks]`).
+    pub fn config_text_with(&self, coordinator: &str, service_keys: &str, tables: &str) -> String {
         let pidfile = self.service_dir().join("current").join("healthy.pid");
+        let binary = if service_keys.contains("binary =") {
+            ""
+        } else {
+            "binary = \"demo-svc\""
+        };
         format!(
             r#"host_id = "web-1"
 coordinator = "{coordinator}"
@@ -63,14 +77,16 @@ site = "a"
 [[services]]
 name = "demo"
 backend = "process"
-binary = "demo-svc"
+{binary}
 stop_timeout = "2s"
 restart_delay = "100ms"
+{service_keys}
 [[services.probes]]
 kind = "exec"
 command = ["/bin/sh", "-c", 'kill -0 "$(cat {pidfile})" 2>/dev/null']
 interval = "50ms"
 timeout = "1s"
+{tables}
 "#,
             state = self.state_dir().display(),
             pidfile = pidfile.display(),
@@ -83,14 +99,20 @@ timeout = "1s"
 
     /// Writes an artifact and returns the release that names it (`file://` source).
     pub fn release(&self, version: &str, body: &str) -> pb::Release {
+        self.release_bytes(version, body.as_bytes())
+    }
+
+    /// [`World::release`] for any bytes (a tarball, say).
+    pub fn release_bytes(&self, version: &str, body: &[u8]) -> pb::Release {
         let dir = self.root.path().join("artifacts");
         std::fs::create_dir_all(&dir).expect("artifacts dir");
-        let path = dir.join(format!("{version}-{}.sh", &sha(body)[..8]));
+        let digest = hex::encode(Sha256::digest(body));
+        let path = dir.join(format!("{version}-{}.bin", &digest[..8]));
         std::fs::write(&path, body).expect("artifact");
         pb::Release {
             version: version.into(),
             source: format!("file://{}", path.display()),
-            sha256: sha(body),
+            sha256: digest,
             size: body.len() as u64,
         }
     }

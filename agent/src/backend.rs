@@ -1,0 +1,104 @@
+//! The seam between the update procedure and what runs a service: the [`Backend`] trait.
+//!
+//! The executor has one update path (fetch → stage → swap the `current` link → restart →
+//! verify → commit or undo) whatever runs the service. A backend only knows how to (re)start
+//! what `current` names, stop it, and tell when it went down on its own:
+//!
+//! - [`process`](crate::process): the agent runs the binary as its child and supervises it.
+//! - [`systemd`](crate::systemd): a unit the operator installed runs `current/<binary>`; the
+//!   agent restarts it over D-Bus and watches its state.
+//!
+//! A container backend would fit the same trait: restart = create the new container from the
+//! release and stop the old one, keeping the old container until commit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use thiserror::Error;
+use tokio::time::Instant;
+
+use crate::config::{Backend as BackendKind, ServiceConfig};
+use crate::process::{ProcessError, Supervisor};
+use crate::releases::ServiceDir;
+use crate::systemd::{SystemdError, SystemdUnit};
+
+/// A service that could not be (re)started.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    /// No release is installed (`current` does not exist).
+    #[error("no release is installed ({} does not exist)", .0.display())]
+    NotInstalled(PathBuf),
+    /// The process backend could not start the binary.
+    #[error(transparent)]
+    Process(ProcessError),
+    /// systemd refused the start, or the unit failed or did not come up in time.
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
+}
+
+impl From<ProcessError> for BackendError {
+    fn from(e: ProcessError) -> BackendError {
+        match e {
+            ProcessError::NotInstalled(p) => BackendError::NotInstalled(p),
+            other => BackendError::Process(other),
+        }
+    }
+}
+
+/// How a service went down on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    /// The release dir it ran from.
+    pub release: String,
+    /// "process exited with status 1", "unit demo.service failed (...)".
+    pub description: String,
+}
+
+/// What runs one service. Every method acts on the release the `current` link names; the
+/// executor swaps the link itself (by rename, S5) before asking for a restart.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Whether the service was up when the backend last looked (no I/O).
+    fn is_up(&self) -> bool;
+
+    /// Whether the agent restarts the service after it went down on its own (the process
+    /// backend), or leaves that to the backend's own policy (systemd's `Restart=`).
+    fn agent_restarts(&self) -> bool;
+
+    /// At agent start: takes over the service as a previous agent left it and makes sure the
+    /// installed release runs (process: stop a leftover process, then start; systemd: start
+    /// the unit if it is not active, without disturbing it if it is). Returns a note for the
+    /// log about anything left over.
+    fn adopt(&mut self) -> BoxFuture<'_, (Option<String>, Result<(), BackendError>)>;
+
+    /// Checks, before an update touches anything, that the backend can carry it out (systemd:
+    /// the manager answers, the unit is installed and runs through `current`). The error is
+    /// the reason to refuse the update.
+    fn preflight(&mut self) -> BoxFuture<'_, Result<(), String>>;
+
+    /// Stops whatever runs and starts the release `current` names. Returns when it is up as
+    /// far as the backend can tell (process: spawned; systemd: the start job finished and the
+    /// unit is active, so a `Type=notify` unit has said READY=1), or fails once `deadline`
+    /// has passed. The instant is when the start began (the healthy deadline counts from it).
+    fn restart(&mut self, deadline: Duration) -> BoxFuture<'_, Result<Instant, BackendError>>;
+
+    /// Stops the service. Returns how it went, or `None` if nothing was running.
+    fn stop(&mut self) -> BoxFuture<'_, Option<String>>;
+
+    /// Completes when the service goes down on its own (exits, fails, is restarted by its
+    /// manager); never completes while it is not up. Cancel-safe.
+    fn exited(&mut self) -> BoxFuture<'_, Exit>;
+
+    /// The agent is shutting down: the process backend stops the service (its lifetime is
+    /// the agent's); the systemd backend leaves the unit running.
+    fn shutdown(&mut self) -> BoxFuture<'_, ()>;
+}
+
+/// The backend a service's config asks for.
+pub fn for_service(dir: ServiceDir, cfg: Arc<ServiceConfig>) -> Box<dyn Backend> {
+    match &cfg.backend {
+        BackendKind::Process => Box::new(Supervisor::new(dir, cfg.clone())),
+        BackendKind::Systemd(target) => Box::new(SystemdUnit::new(dir, target.clone())),
+    }
+}
