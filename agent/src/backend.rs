@@ -72,6 +72,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// log about anything left over.
     fn adopt(&mut self) -> BoxFuture<'_, (Option<String>, Result<(), BackendError>)>;
 
+    /// At agent start, before undoing an update a killed agent left half done: stops whatever
+    /// that agent left running outside the backend's control (process: its orphaned child, or
+    /// the undo would restart the old release beside the new one still holding the port), so
+    /// the undo starts from a known state. Returns a note for the log. Backends whose service
+    /// lives in a manager (systemd) have nothing to reclaim.
+    fn reclaim(&mut self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async { None })
+    }
+
     /// Checks, before an update touches anything, that the backend can carry it out (systemd:
     /// the manager answers, the unit is installed and runs through `current`). The error is
     /// the reason to refuse the update.

@@ -260,6 +260,15 @@ impl Backend for Supervisor {
         .boxed()
     }
 
+    fn reclaim(&mut self) -> BoxFuture<'_, Option<String>> {
+        async move {
+            self.stop_leftover()
+                .await
+                .map(|pid| format!("stopped process {pid}, left running by the killed agent"))
+        }
+        .boxed()
+    }
+
     fn preflight(&mut self) -> BoxFuture<'_, Result<(), String>> {
         futures::future::ready(Ok(())).boxed()
     }

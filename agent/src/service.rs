@@ -142,6 +142,9 @@ impl ServiceUnit {
     /// the installed release; systemd: starts the unit unless it is active).
     async fn startup(&mut self, interrupted: Option<InFlight>) {
         if let Some(f) = interrupted {
+            if let Some(note) = self.backend.reclaim().await {
+                tracing::info!("{note}");
+            }
             let span = tracing::info_span!("order", rollout = %f.rollout_id, token = f.token);
             let done = executor::recover(self, &f).instrument(span).await;
             self.finish(done);
@@ -240,6 +243,7 @@ impl ServiceUnit {
         if let Err(e) = self.shared.journal().step(&id.service, step, previous) {
             tracing::error!("{e}; continuing");
         }
+        crash_point(step);
         let progress = id.progress(step, message);
         self.shared.set_progress(progress.clone());
         self.shared.send(Msg::Progress(progress));
@@ -411,5 +415,18 @@ impl ServiceUnit {
             );
         }
         format!("regressed after commit: {detail}")
+    }
+}
+
+/// Test-only fault injection for the crash-safety tests (S5): with `ROLLGATE_TEST_CRASH_AT`
+/// set to a step word (`fetching`, `staged`, `swapping`, `starting`, `verifying`, `rolling
+/// back`), the agent aborts right after journaling that step, before doing it, as a power cut
+/// or kill -9 would. Never set in production; read on every step so a test can arm it.
+fn crash_point(step: Step) {
+    if let Some(at) = std::env::var_os("ROLLGATE_TEST_CRASH_AT") {
+        if at == step.word() {
+            tracing::error!("ROLLGATE_TEST_CRASH_AT={}: aborting now (fault injection)", step.word());
+            std::process::abort();
+        }
     }
 }

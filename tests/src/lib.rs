@@ -70,11 +70,14 @@ pub fn session_timeout() -> Duration {
 /// The cargo target directory the test executable lives in (target/debug or target/release).
 pub fn own_bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/<test> -> target/debug
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
+    let dir = exe.parent().expect("target dir");
+    // A test: target/debug/deps/<test> -> target/debug. A binary of this crate (the
+    // benchmark): target/release/<bin> -> target/release.
+    if dir.file_name() == Some(std::ffi::OsStr::new("deps")) {
+        dir.parent().expect("target dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Directory holding rollgate's binaries (coordinator, agent, CLI): `ROLLGATE_BIN_DIR` when
@@ -145,6 +148,16 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, cmd: &[String], log: &Path) -> anyhow::Result<Self> {
+        Self::spawn_with_env(name, cmd, log, &[])
+    }
+
+    /// Like [`Proc::spawn`], with extra environment variables (e.g. fault injection).
+    pub fn spawn_with_env(
+        name: &str,
+        cmd: &[String],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
         let child = Command::new(&cmd[0])
             .args(&cmd[1..])
@@ -152,6 +165,7 @@ impl Proc {
             .stdout(out.try_clone()?)
             .stderr(out)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .spawn()
             .with_context(|| format!("cannot start {name}: {cmd:?}"))?;
         Ok(Proc {
@@ -200,8 +214,13 @@ impl Proc {
 
     /// Starts the same command again (after a kill), appending to the same log.
     pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.restart_with_env(&[])
+    }
+
+    /// Starts the same command again with extra environment variables.
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) -> anyhow::Result<()> {
         self.kill9();
-        let mut fresh = Proc::spawn(&self.name, &self.cmd, &self.log)?;
+        let mut fresh = Proc::spawn_with_env(&self.name, &self.cmd, &self.log, env)?;
         self.child = fresh.child.take();
         Ok(())
     }
@@ -1246,6 +1265,47 @@ timeout = "500ms"
                     (
                         String::from_utf8_lossy(kv.key()).into_owned(),
                         String::from_utf8_lossy(kv.value()).into_owned(),
+                    )
+                })
+                .collect())
+        })
+    }
+
+    /// etcd's current revision (the header of a read under [`ETCD_PREFIX`]): it grows with
+    /// every write anywhere in etcd, so an unchanged revision means nothing was written.
+    pub fn etcd_revision(&self) -> anyhow::Result<i64> {
+        self.runtime.block_on(async {
+            let mut c = self.etcd_client().await?;
+            let r = c
+                .get(
+                    ETCD_PREFIX,
+                    Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()),
+                )
+                .await?;
+            r.header()
+                .map(|h| h.revision())
+                .context("etcd answered without a header")
+        })
+    }
+
+    /// Keys under [`ETCD_PREFIX`] last written after revision `rev`, with their mod revision
+    /// (deleted keys do not show).
+    pub fn etcd_keys_modified_after(&self, rev: i64) -> anyhow::Result<Vec<(String, i64)>> {
+        self.runtime.block_on(async {
+            let mut c = self.etcd_client().await?;
+            let r = c
+                .get(
+                    ETCD_PREFIX,
+                    Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()),
+                )
+                .await?;
+            Ok(r.kvs()
+                .iter()
+                .filter(|kv| kv.mod_revision() > rev)
+                .map(|kv| {
+                    (
+                        String::from_utf8_lossy(kv.key()).into_owned(),
+                        kv.mod_revision(),
                     )
                 })
                 .collect())
