@@ -425,7 +425,10 @@ impl ServiceUnit {
 fn crash_point(step: Step) {
     if let Some(at) = std::env::var_os("ROLLGATE_TEST_CRASH_AT") {
         if at == step.word() {
-            tracing::error!("ROLLGATE_TEST_CRASH_AT={}: aborting now (fault injection)", step.word());
+            tracing::error!(
+                "ROLLGATE_TEST_CRASH_AT={}: aborting now (fault injection)",
+                step.word()
+            );
             std::process::abort();
         }
     }

@@ -577,8 +577,17 @@ min_healthy_time = "2s"
         assert_eq!(s.max_failures.resolve(25), 2);
         assert_eq!(s.on_failure, OnFailure::Rollback);
         assert!(s.stage_first);
-        let manual = GOOD.replace("min_healthy_time", "canary_gate = \"manual\"\nmin_healthy_time");
-        assert_eq!(RolloutSpec::parse(&manual).expect("valid").strategy.canary_gate, Gate::Manual);
+        let manual = GOOD.replace(
+            "min_healthy_time",
+            "canary_gate = \"manual\"\nmin_healthy_time",
+        );
+        assert_eq!(
+            RolloutSpec::parse(&manual)
+                .expect("valid")
+                .strategy
+                .canary_gate,
+            Gate::Manual
+        );
     }
 
     #[test]
@@ -595,10 +604,16 @@ min_healthy_time = "2s"
             (GOOD.replace("aaaa", "AAAA"), "`release.sha256`"),
             (format!("{GOOD}\nbogus = 1\n"), "bogus"),
             (format!("{GOOD}max_unavailable_per_group = 1\n"), "group_by"),
-            (format!("{GOOD}waves = [\"50%\", \"25%\"]\n"), "`strategy.waves`"),
+            (
+                format!("{GOOD}waves = [\"50%\", \"25%\"]\n"),
+                "`strategy.waves`",
+            ),
             (format!("{GOOD}canary_gate = \"soon\"\n"), "canary_gate"),
             (format!("{GOOD}on_failure = \"explode\"\n"), "on_failure"),
-            (format!("{GOOD}progress_deadline = \"1s\"\n"), "`strategy.progress_deadline`"),
+            (
+                format!("{GOOD}progress_deadline = \"1s\"\n"),
+                "`strategy.progress_deadline`",
+            ),
             (format!("{GOOD}max_failures = \"150%\"\n"), "max_failures"),
         ];
         for (text, want) in cases {

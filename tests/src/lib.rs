@@ -1279,7 +1279,11 @@ timeout = "500ms"
             let r = c
                 .get(
                     ETCD_PREFIX,
-                    Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()),
+                    Some(
+                        etcd_client::GetOptions::new()
+                            .with_prefix()
+                            .with_keys_only(),
+                    ),
                 )
                 .await?;
             r.header()
@@ -1296,7 +1300,11 @@ timeout = "500ms"
             let r = c
                 .get(
                     ETCD_PREFIX,
-                    Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()),
+                    Some(
+                        etcd_client::GetOptions::new()
+                            .with_prefix()
+                            .with_keys_only(),
+                    ),
                 )
                 .await?;
             Ok(r.kvs()

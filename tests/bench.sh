@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# rollgate's benchmarks against DESIGN.md's targets: builds every binary in release mode and
+# runs rollgate-bench, which starts real fleets on 127.0.0.1 (etcd, a coordinator, agents) and
+# prints each figure as `name: value (bound: X) OK|OVER`. Measurements, not tests: an OVER does
+# not fail the run. Arguments go to rollgate-bench, e.g.
+#   tests/bench.sh --idle-secs 20
+#   tests/bench.sh --only handover,halt --hosts 10
+#   tests/bench.sh --only scale --scale-agents 1000
+# KEEP_TEST_DIRS=1 keeps every fleet's directory (logs) for a look afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=../deploy/ensure-deps.sh
+. deploy/ensure-deps.sh
+rollgate_ensure_deps
+cargo build --release --workspace --bins
+# The harness takes rollgate's binaries from the directory rollgate-bench runs from.
+exec "${CARGO_TARGET_DIR:-target}/release/rollgate-bench" "$@"
