@@ -74,13 +74,6 @@ async fn lead(
         .watch(ctx.keys.all(), Some(WatchOptions::new().with_prefix()))
         .await?;
     loop {
-        if !still_leader(ctx, leader).await? {
-            return Err(StoreError::Corrupt {
-                key: ctx.keys.leader(),
-                err: "this replica's election key is gone (lease lost); another replica leads"
-                    .into(),
-            });
-        }
         let wake = drive_once(ctx, leader).await?;
         let sleep = wake
             .map(|at| Duration::from_millis((at - now_ms()).max(0) as u64))
@@ -109,10 +102,22 @@ async fn still_leader(ctx: &Arc<Ctx>, leader: &LeaderKey) -> Result<bool, StoreE
 
 /// One planning round over every active rollout; returns when the planner wants to run again.
 async fn drive_once(ctx: &Arc<Ctx>, leader: &LeaderKey) -> Result<Option<i64>, StoreError> {
-    let mut etcd = ctx.etcd.clone();
-    let fleet = store::read_fleet(&mut etcd, &ctx.keys).await?;
+    // Independent reads go out together: a freed slot is handed on within a few ms.
+    let (mut e1, mut e2, mut etcd) = (ctx.etcd.clone(), ctx.etcd.clone(), ctx.etcd.clone());
+    let (leading, fleet, active) = tokio::join!(
+        still_leader(ctx, leader),
+        store::read_fleet(&mut e1, &ctx.keys),
+        store::active_rollouts(&mut e2, &ctx.keys),
+    );
+    if !leading? {
+        return Err(StoreError::Corrupt {
+            key: ctx.keys.leader(),
+            err: "this replica's election key is gone (lease lost); another replica leads".into(),
+        });
+    }
+    let (fleet, active) = (fleet?, active?);
     let mut wake: Option<i64> = None;
-    for rid in store::active_rollouts(&mut etcd, &ctx.keys).await? {
+    for rid in active {
         let Some(view) = store::read_rollout(&mut etcd, &ctx.keys, &rid, fleet.revision).await?
         else {
             continue;

@@ -251,6 +251,13 @@ pub fn plan(o: Observed<'_>) -> Plan {
     for h in &r.targets {
         let failed = match progress_of[h] {
             Progress::RolledBack | Progress::Failed => true,
+            // The agent's failure verdict: it is rolling back. Halting now rather than when
+            // the rollback has finished keeps "a bad release halts within one probe interval
+            // of its verdict".
+            Progress::Updating => o
+                .steps
+                .get(h)
+                .is_some_and(|s| s.step == rollgate_proto::pb::Step::RollingBack.word()),
             Progress::Lost => o.steps.get(h).is_some_and(|s| {
                 o.now_ms > s.granted_at_ms + st.healthy_deadline.as_millis() as i64 + LOST_GRACE_MS
             }),
@@ -858,6 +865,17 @@ mod tests {
         let p = w.plan();
         assert!(p.grants.is_empty());
         assert_eq!(p.phase.map(|(ph, _)| ph), Some(Phase::Failed));
+    }
+
+    #[test]
+    fn a_host_rolling_back_counts_as_failed_at_once() {
+        let mut w = world(4, strategy(Budget::Count(2)));
+        w.hold("h1");
+        w.hold("h2");
+        w.steps.get_mut("h1").expect("h1").step = "rolling back".into();
+        let p = w.plan();
+        assert_eq!(p.phase.map(|(ph, _)| ph), Some(Phase::Failed));
+        assert_eq!(p.failures, vec!["h1"]);
     }
 
     #[test]
