@@ -2,7 +2,7 @@
 # Sourced by tests/run.sh and deploy/demo.sh: makes sure the system packages rollgate builds and
 # tests with are present (etcd-server for etcd, protobuf-compiler for protoc, iproute2 for the
 # network-namespace fault tests, systemd and dbus-user-session for the agent's systemd backend
-# tests). As root it installs them with apt; otherwise it says exactly
+# tests, docker.io, podman, runc and busybox-static for its container backend tests). As root it installs them with apt; otherwise it says exactly
 # what to install.
 rollgate_ensure_deps() {
   local missing=()
@@ -15,6 +15,13 @@ rollgate_ensure_deps() {
   # needs systemd itself and dbus-user-session (the user manager's session bus).
   [ -x /lib/systemd/systemd ] && command -v systemd-notify >/dev/null 2>&1 || missing+=(systemd)
   [ -e /usr/lib/systemd/user/dbus.socket ] || missing+=(dbus-user-session)
+  # The container backend is tested against a real dockerd (docker.io: dockerd and the docker
+  # CLI) and rootful podman's Docker-compatible API (podman, runc); the test images are built
+  # from the static /bin/busybox (busybox-static) with no registry.
+  command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1 || missing+=(docker.io)
+  command -v podman >/dev/null 2>&1 || missing+=(podman)
+  command -v runc >/dev/null 2>&1 || missing+=(runc)
+  [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || missing+=(busybox-static)
   command -v cargo >/dev/null 2>&1 || {
     echo "rollgate: cargo is not installed; install Rust (https://rustup.rs) and run this again" >&2
     return 1

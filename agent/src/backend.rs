@@ -7,9 +7,9 @@
 //! - [`process`](crate::process): the agent runs the binary as its child and supervises it.
 //! - [`systemd`](crate::systemd): a unit the operator installed runs `current/<binary>`; the
 //!   agent restarts it over D-Bus and watches its state.
-//!
-//! A container backend would fit the same trait: restart = create the new container from the
-//! release and stop the old one, keeping the old container until commit.
+//! - [`container`](crate::container): each release's image archive runs as its own container
+//!   (Docker Engine API); restart = create or find the release's container, stop the old one
+//!   and start it; the old container is kept until the release is settled.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use thiserror::Error;
 use tokio::time::Instant;
 
 use crate::config::{Backend as BackendKind, ServiceConfig};
+use crate::container::{ContainerError, ContainerService};
 use crate::process::{ProcessError, Supervisor};
 use crate::releases::ServiceDir;
 use crate::systemd::{SystemdError, SystemdUnit};
@@ -36,6 +37,9 @@ pub enum BackendError {
     /// systemd refused the start, or the unit failed or did not come up in time.
     #[error(transparent)]
     Systemd(#[from] SystemdError),
+    /// The container engine failed a request, or the container did not run.
+    #[error(transparent)]
+    Container(#[from] ContainerError),
 }
 
 impl From<ProcessError> for BackendError {
@@ -99,6 +103,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// manager); never completes while it is not up. Cancel-safe.
     fn exited(&mut self) -> BoxFuture<'_, Exit>;
 
+    /// The release `current` names is settled: it was committed after passing verification,
+    /// or the service was rolled back to it and passed again. The container backend removes
+    /// the service's other containers; the others have nothing to do.
+    fn settled(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     /// The agent is shutting down: the process backend stops the service (its lifetime is
     /// the agent's); the systemd backend leaves the unit running.
     fn shutdown(&mut self) -> BoxFuture<'_, ()>;
@@ -109,5 +120,6 @@ pub fn for_service(dir: ServiceDir, cfg: Arc<ServiceConfig>) -> Box<dyn Backend>
     match &cfg.backend {
         BackendKind::Process => Box::new(Supervisor::new(dir, cfg.clone())),
         BackendKind::Systemd(target) => Box::new(SystemdUnit::new(dir, target.clone())),
+        BackendKind::Container(_) => Box::new(ContainerService::new(dir, cfg)),
     }
 }

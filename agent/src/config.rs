@@ -75,8 +75,8 @@ fn field_err(field: impl Into<String>, problem: impl Into<String>) -> ConfigErro
 /// unpack_max_bytes = 1073741824           # tarballs: at most this many bytes unpacked
 /// unpack_max_entries = 10000              # tarballs: at most this many entries
 /// args = ["--port", "18081"]              # process backend only
-/// env = { GREETING = "hi" }               # process backend only
-/// stop_timeout = "5s"                     # process: SIGTERM, then SIGKILL after this (10s)
+/// env = { GREETING = "hi" }               # process and container backends
+/// stop_timeout = "5s"                     # SIGTERM, then SIGKILL after this (10s)
 /// restart_delay = "1s"                    # process: restart after an unexpected exit (1s)
 /// hook_timeout = "30s"                    # each hook command (default 30s)
 /// watch_after_commit = "30s"              # report a regression this long after a commit
@@ -84,6 +84,14 @@ fn field_err(field: impl Into<String>, problem: impl Into<String>) -> ConfigErro
 /// # unit = "demo.service"                 # installed by the operator; runs current/<binary>
 /// # manager = "system"                    # or "user" (a `systemd --user` manager)
 /// # bus = "unix:path=/run/user/1000/bus"  # D-Bus address, if not the manager's default
+/// # backend = "container" instead: `binary` names the image archive (`docker save`) in each
+/// # release dir; `env` and `stop_timeout` apply; and it takes:
+/// # socket = "/var/run/docker.sock"       # Docker Engine API (or Podman's compatible socket)
+/// # container_name = "demo"              # containers are `<container_name>-<release dir>`
+/// # ports = ["18081:8080"]                # host:container, tcp
+/// # mounts = ["/srv/data:/data:ro"]       # host:container[:ro|rw] binds
+/// # restart_policy = "no"                 # "no" | "on-failure" | "always" | "unless-stopped"
+/// # command = ["/app", "--port", "8080"]  # overrides the image's command
 /// [services.hooks]                        # shell commands (`/bin/sh -c`), run in order
 /// pre_stop = ["drain.sh"]                 # fails: the update is refused, nothing stopped
 /// pre_start = []                          # after the swap, before the new release starts
@@ -171,6 +179,64 @@ pub enum Backend {
     /// A systemd unit the operator installed runs `current/<binary>`; the agent restarts it
     /// over D-Bus and reads its state. The service outlives the agent.
     Systemd(SystemdTarget),
+    /// A container run by a Docker Engine (or Podman's Docker-compatible API); each release
+    /// is an image archive (`docker save`) run as its own container. The service outlives
+    /// the agent.
+    Container(ContainerSettings),
+}
+
+/// Default Docker Engine API socket.
+pub const DEFAULT_CONTAINER_SOCKET: &str = "/var/run/docker.sock";
+
+/// How the container backend runs a service's releases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSettings {
+    /// The engine's API socket (Docker's, or Podman's compatible one).
+    pub socket: PathBuf,
+    /// Containers are named `<container_name>-<release dir>`.
+    pub container_name: String,
+    /// Published ports, tcp.
+    pub ports: Vec<PortMap>,
+    /// Bind mounts as the engine takes them: `host:container[:ro]`.
+    pub mounts: Vec<String>,
+    /// The engine's restart policy for the container.
+    pub restart_policy: RestartPolicy,
+    /// Overrides the image's command, if set.
+    pub command: Option<Vec<String>>,
+}
+
+/// One published port: `host:container`, tcp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortMap {
+    /// Port on the host.
+    pub host: u16,
+    /// Port inside the container.
+    pub container: u16,
+}
+
+/// What the engine does when the container exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Nothing.
+    No,
+    /// Restart it after a non-zero exit.
+    OnFailure,
+    /// Always restart it (and at engine start).
+    Always,
+    /// Restart it unless it was stopped on purpose.
+    UnlessStopped,
+}
+
+impl RestartPolicy {
+    /// The engine's name for the policy.
+    pub fn word(self) -> &'static str {
+        match self {
+            RestartPolicy::No => "no",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Always => "always",
+            RestartPolicy::UnlessStopped => "unless-stopped",
+        }
+    }
 }
 
 /// A systemd unit and the manager it lives in.
@@ -365,6 +431,12 @@ struct RawService {
     unit: Option<String>,
     manager: Option<String>,
     bus: Option<String>,
+    socket: Option<PathBuf>,
+    container_name: Option<String>,
+    ports: Option<Vec<String>>,
+    mounts: Option<Vec<String>>,
+    restart_policy: Option<String>,
+    command: Option<Vec<String>>,
     #[serde(default)]
     hooks: RawHooks,
     #[serde(default = "default_hook_timeout", with = "humantime_serde")]
@@ -638,6 +710,129 @@ fn check_binary(field: String, binary: &str) -> Result<(), ConfigError> {
 }
 
 impl RawService {
+    /// Refuses the container backend's keys on another backend.
+    fn no_container_keys(
+        &self,
+        at: &dyn Fn(&str) -> String,
+        owner: &str,
+    ) -> Result<(), ConfigError> {
+        let fix = "it is only for backend = \"container\"; remove it";
+        for (key, set) in [
+            ("socket", self.socket.is_some()),
+            ("container_name", self.container_name.is_some()),
+            ("ports", self.ports.is_some()),
+            ("mounts", self.mounts.is_some()),
+            ("restart_policy", self.restart_policy.is_some()),
+            ("command", self.command.is_some()),
+        ] {
+            stray(at(key), set, owner, fix)?;
+        }
+        Ok(())
+    }
+
+    /// The container backend's settings, checked.
+    fn container_settings(
+        &self,
+        at: &dyn Fn(&str) -> String,
+    ) -> Result<ContainerSettings, ConfigError> {
+        let owner = "the container backend";
+        let fix = "the engine runs the image: set the command with `command`, the stop grace with `stop_timeout`";
+        stray(at("args"), self.args.is_some(), owner, fix)?;
+        stray(
+            at("restart_delay"),
+            self.restart_delay.is_some(),
+            owner,
+            fix,
+        )?;
+        for (key, set) in [
+            ("unit", self.unit.is_some()),
+            ("manager", self.manager.is_some()),
+            ("bus", self.bus.is_some()),
+        ] {
+            stray(
+                at(key),
+                set,
+                owner,
+                "it is only for backend = \"systemd\"; remove it",
+            )?;
+        }
+        let socket = self
+            .socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTAINER_SOCKET));
+        if !socket.is_absolute() {
+            return Err(field_err(
+                at("socket"),
+                "must be an absolute path, e.g. \"/var/run/docker.sock\" or \"/run/podman/podman.sock\"",
+            ));
+        }
+        let container_name = self
+            .container_name
+            .clone()
+            .unwrap_or_else(|| self.name.clone());
+        names::check("container name", &container_name)
+            .map_err(|e| field_err(at("container_name"), e.to_string()))?;
+        let ports = self
+            .ports
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(j, p)| {
+                let parsed = p.split_once(':').and_then(|(h, c)| {
+                    Some(PortMap {
+                        host: h.parse().ok()?,
+                        container: c.parse().ok()?,
+                    })
+                });
+                parsed.ok_or_else(|| {
+                    field_err(
+                        at(&format!("ports[{j}]")),
+                        format!("{p:?} is not host:container (tcp), e.g. \"18081:8080\""),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mounts = self.mounts.clone().unwrap_or_default();
+        for (j, m) in mounts.iter().enumerate() {
+            let parts: Vec<&str> = m.split(':').collect();
+            let ok = matches!(parts.len(), 2 | 3)
+                && parts[..2].iter().all(|p| p.starts_with('/'))
+                && parts.get(2).is_none_or(|o| matches!(*o, "ro" | "rw"));
+            if !ok {
+                return Err(field_err(
+                    at(&format!("mounts[{j}]")),
+                    format!("{m:?} is not an absolute host:container[:ro|rw] bind, e.g. \"/srv/data:/data:ro\""),
+                ));
+            }
+        }
+        let restart_policy = match self.restart_policy.as_deref() {
+            None | Some("no") => RestartPolicy::No,
+            Some("on-failure") => RestartPolicy::OnFailure,
+            Some("always") => RestartPolicy::Always,
+            Some("unless-stopped") => RestartPolicy::UnlessStopped,
+            Some(other) => {
+                return Err(field_err(
+                    at("restart_policy"),
+                    format!("{other:?} is not a restart policy; use \"no\", \"on-failure\", \"always\" or \"unless-stopped\""),
+                ))
+            }
+        };
+        if self.command.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err(field_err(
+                at("command"),
+                "is empty; remove it to run the image's own command, or give one, e.g. [\"/app\", \"--port\", \"8080\"]",
+            ));
+        }
+        Ok(ContainerSettings {
+            socket,
+            container_name,
+            ports,
+            mounts,
+            restart_policy,
+            command: self.command.clone(),
+        })
+    }
+
     fn validate(self, i: usize) -> Result<ServiceConfig, ConfigError> {
         let at = |f: &str| format!("services[{i}].{f}");
         names::check("service name", &self.name)
@@ -653,6 +848,7 @@ impl RawService {
                     fix,
                 )?;
                 stray(at("bus"), self.bus.is_some(), "the process backend", fix)?;
+                self.no_container_keys(&at, "the process backend")?;
                 Backend::Process
             }
             "systemd" => {
@@ -674,26 +870,20 @@ impl RawService {
                     ));
                 };
                 check_unit_name(at("unit"), &unit)?;
+                self.no_container_keys(&at, owner)?;
                 Backend::Systemd(SystemdTarget {
                     unit,
                     manager: parse_manager(at("manager"), self.manager.as_deref())?,
                     bus: check_bus(at("bus"), self.bus.clone())?,
                 })
             }
-            "container" | "docker" | "podman" => {
-                return Err(field_err(
-                    at("backend"),
-                    format!(
-                        "the {:?} backend is not available in this agent yet; use \"process\" \
-                         (the agent supervises the service itself) or \"systemd\"",
-                        self.backend
-                    ),
-                ))
-            }
+            "container" => Backend::Container(self.container_settings(&at)?),
             other => {
                 return Err(field_err(
                     at("backend"),
-                    format!("{other:?} is not a backend; use \"process\" or \"systemd\""),
+                    format!(
+                        "{other:?} is not a backend; use \"process\", \"systemd\" or \"container\""
+                    ),
                 ))
             }
         };
@@ -774,7 +964,7 @@ impl RawService {
         }
         let own_unit = match &backend {
             Backend::Systemd(t) => Some(t),
-            Backend::Process => None,
+            Backend::Process | Backend::Container(_) => None,
         };
         let probes = self
             .probes
@@ -1036,7 +1226,7 @@ command = ["/bin/sh", "-c", "true"]
             (GOOD.replace("\"web-1\"", "\"web/1\""), "`host_id`", "not valid"),
             (GOOD.replace("http://127.0.0.1:7443", "127.0.0.1:7443"), "`coordinator`", "http://HOST:PORT"),
             (GOOD.replace("http://127.0.0.1:7443", "https://c:7443"), "`coordinator`", "TLS"),
-            (GOOD.replace("\"process\"", "\"container\""), "`services[0].backend`", "not available in this agent yet"),
+            (GOOD.replace("\"process\"", "\"container\""), "`services[0].args`", "does not apply to the container backend"),
             (GOOD.replace("\"process\"", "\"systemd\""), "`services[0].args`", "does not apply to the systemd backend"),
             (GOOD.replace("\"process\"", "\"foo\""), "`services[0].backend`", "not a backend"),
             (GOOD.replace("\"demo-svc\"", "\"../demo\""), "`services[0].binary`", "not valid"),
@@ -1384,6 +1574,103 @@ expect_body = "ready"
             .collect();
         let c = Config::parse(&listed).expect("the documented replica list must be valid");
         assert!(c.coordinators.len() > 1, "{:?}", c.coordinators);
+    }
+
+    #[test]
+    fn container_services() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let c = Config::load(&deploy.join("agent-container.toml"))
+            .expect("deploy/agent-container.toml must stay valid");
+        let s = &c.services[0];
+        assert_eq!(
+            s.backend,
+            Backend::Container(ContainerSettings {
+                socket: PathBuf::from("/var/run/docker.sock"),
+                container_name: "demo".into(),
+                ports: vec![PortMap {
+                    host: 18081,
+                    container: 8080
+                }],
+                mounts: vec!["/srv/demo:/data:ro".into()],
+                restart_policy: RestartPolicy::OnFailure,
+                command: Some(vec!["/demo-svc".into(), "--port".into(), "8080".into()]),
+            })
+        );
+        assert_eq!(s.env.get("GREETING").map(String::as_str), Some("hi"));
+        assert_eq!(s.stop_timeout, Duration::from_secs(5));
+
+        // Defaults: the docker socket, the service's name, no ports or mounts, policy "no".
+        let minimal = GOOD
+            .replace("\"process\"", "\"container\"")
+            .replace("args = [\"--port\", \"18081\"]\n", "")
+            .replace("restart_delay = \"1s\"\n", "");
+        let c = Config::parse(&minimal).expect("minimal container service");
+        assert_eq!(
+            c.services[0].backend,
+            Backend::Container(ContainerSettings {
+                socket: PathBuf::from(DEFAULT_CONTAINER_SOCKET),
+                container_name: "demo".into(),
+                ports: vec![],
+                mounts: vec![],
+                restart_policy: RestartPolicy::No,
+                command: None,
+            })
+        );
+
+        let with = |extra: &str| minimal.replace("binary = ", &format!("{extra}\nbinary = "));
+        let cases: Vec<(String, &str, &str)> = vec![
+            (
+                with("ports = [\"18081\"]"),
+                "`services[0].ports[0]`",
+                "host:container",
+            ),
+            (
+                with("ports = [\"a:80\"]"),
+                "`services[0].ports[0]`",
+                "host:container",
+            ),
+            (
+                with("mounts = [\"data:/data\"]"),
+                "`services[0].mounts[0]`",
+                "absolute",
+            ),
+            (
+                with("mounts = [\"/a:/b:rx\"]"),
+                "`services[0].mounts[0]`",
+                "ro|rw",
+            ),
+            (
+                with("restart_policy = \"sometimes\""),
+                "`services[0].restart_policy`",
+                "not a restart policy",
+            ),
+            (with("command = []"), "`services[0].command`", "is empty"),
+            (
+                with("socket = \"docker.sock\""),
+                "`services[0].socket`",
+                "absolute",
+            ),
+            (
+                with("container_name = \"a/b\""),
+                "`services[0].container_name`",
+                "container name",
+            ),
+            (
+                with("unit = \"demo.service\""),
+                "`services[0].unit`",
+                "only for backend = \"systemd\"",
+            ),
+            (
+                GOOD.replace("binary = ", "ports = [\"1:2\"]\nbinary = "),
+                "`services[0].ports`",
+                "does not apply to the process backend",
+            ),
+        ];
+        for (text, field, says) in cases {
+            let err = Config::parse(&text).expect_err(field).to_string();
+            assert!(err.contains(field), "error {err:?} should name {field}");
+            assert!(err.contains(says), "error {err:?} should say {says:?}");
+        }
     }
 
     #[test]

@@ -753,6 +753,8 @@ pub(crate) async fn carry_out(unit: &mut ServiceUnit, order: &Accepted) -> Finis
     if let Err(why) = run_hooks(unit, &order.id, Step::Verifying, Phase::PostStart, &env).await {
         return rollback(unit, order, prev_dir, prev_version, why).await;
     }
+    // Committed: the backend may drop what it kept for a rollback (the old container).
+    unit.backend.settled().await;
     Finished {
         result: order.id.result(
             Outcome::Succeeded,
@@ -1066,7 +1068,11 @@ async fn restore(
         Err(e) => return fail(unit, e.to_string()),
     };
     match verify(unit, started, min, deadline).await {
-        Ok(()) => Restored::Healthy,
+        Ok(()) => {
+            // Back on the previous release: the failed release's container can go.
+            unit.backend.settled().await;
+            Restored::Healthy
+        }
         Err(why) => fail(unit, why),
     }
 }

@@ -18,6 +18,7 @@
 //! - [`backend`]: the seam between the update procedure and what runs a service.
 //! - [`process`]: the process backend (start, stop by process group, pidfile).
 //! - [`systemd`]: the systemd backend (restart a unit over D-Bus, judge it by its state).
+//! - [`container`]: the container backend (Docker Engine API: load, create, start, stop, remove).
 //! - [`probe`]: http/tcp/exec/systemd/grpc health probes, their thresholds, and the
 //!   min-healthy-time rule.
 //! - [`hooks`]: the operator's commands around an update (pre_stop, pre_start, post_start,
@@ -44,6 +45,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod container;
 pub mod durable;
 pub mod executor;
 pub mod fetch;

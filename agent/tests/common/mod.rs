@@ -2,6 +2,7 @@
 //! config around them, and reading the executor's outbox.
 #![allow(dead_code)]
 
+pub mod docker_engine;
 pub mod user_manager;
 
 use std::path::{Path, PathBuf};
