@@ -2,15 +2,26 @@
 # Sourced by tests/run.sh and deploy/demo.sh: makes sure the system packages rollgate builds and
 # tests with are present (etcd-server for etcd, protobuf-compiler for protoc, iproute2 for the
 # network-namespace fault tests, systemd and dbus-user-session for the agent's systemd backend
-# tests, docker.io, podman, runc and busybox-static for its container backend tests). As root it installs them with apt; otherwise it says exactly
-# what to install.
+# tests, docker.io, podman, runc and busybox-static for its container backend tests). As root
+# it installs them with apt; otherwise it says exactly what to install.
+#
+#   rollgate_ensure_deps        # build + demo: protobuf-compiler, etcd-server
+#   rollgate_ensure_deps test   # everything the test suite needs
 rollgate_ensure_deps() {
   local missing=()
   command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
-  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   if [ -z "${ETCD_BIN:-}" ] && ! command -v etcd >/dev/null 2>&1; then
     missing+=(etcd-server)
   fi
+  if [ "${1:-}" = test ]; then
+    rollgate_test_deps
+  fi
+  rollgate_install_missing
+}
+
+# Adds what only the tests need to `missing`.
+rollgate_test_deps() {
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   # The agent's systemd backend is tested against a real `systemd --user` manager, which
   # needs systemd itself and dbus-user-session (the user manager's session bus).
   [ -x /lib/systemd/systemd ] && command -v systemd-notify >/dev/null 2>&1 || missing+=(systemd)
@@ -22,6 +33,9 @@ rollgate_ensure_deps() {
   command -v podman >/dev/null 2>&1 || missing+=(podman)
   command -v runc >/dev/null 2>&1 || missing+=(runc)
   [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || missing+=(busybox-static)
+}
+
+rollgate_install_missing() {
   command -v cargo >/dev/null 2>&1 || {
     echo "rollgate: cargo is not installed; install Rust (https://rustup.rs) and run this again" >&2
     return 1

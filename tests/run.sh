@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=../deploy/ensure-deps.sh
 . deploy/ensure-deps.sh
-rollgate_ensure_deps
+rollgate_ensure_deps test
 cargo build --workspace --bins
 # End-to-end test files run one after another (each starts its own fleet); --nocapture shows
 # what the observers saw (worst unavailable count against the budget).

@@ -17,7 +17,10 @@ fn agent_killed_at_each_step_ends_on_old_or_new() -> anyhow::Result<()> {
         agents: STEPS.len() + 1,
         ..FleetOpts::default()
     })?;
-    fleet.install("1.0.0", "max_unavailable = 10\nmin_healthy_time = \"200ms\"")?;
+    fleet.install(
+        "1.0.0",
+        "max_unavailable = 10\nmin_healthy_time = \"200ms\"",
+    )?;
     // Arm host-1..5, one step each; host-6 keeps a normal agent and gets its service killed.
     for (i, step) in STEPS.iter().enumerate() {
         let host = format!("host-{}", i + 1);
@@ -38,25 +41,31 @@ fn agent_killed_at_each_step_ends_on_old_or_new() -> anyhow::Result<()> {
 
     // Each armed agent dies at its step; start it again, unarmed, as systemd would.
     let mut restarted = Vec::new();
-    wait_for("every armed agent to crash at its step", Duration::from_secs(30), || {
-        for (i, step) in STEPS.iter().enumerate() {
-            let host = format!("host-{}", i + 1);
-            if !restarted.contains(&host) && fleet.agent(&host).proc.exited() {
-                println!("{host}'s agent died at {step}; starting it again");
-                fleet.agent(&host).proc.restart()?;
-                restarted.push(host);
+    wait_for(
+        "every armed agent to crash at its step",
+        Duration::from_secs(30),
+        || {
+            for (i, step) in STEPS.iter().enumerate() {
+                let host = format!("host-{}", i + 1);
+                if !restarted.contains(&host) && fleet.agent(&host).proc.exited() {
+                    println!("{host}'s agent died at {step}; starting it again");
+                    fleet.agent(&host).proc.restart()?;
+                    restarted.push(host);
+                }
             }
-        }
-        if restarted.len() == STEPS.len() {
-            Ok(Some(()))
-        } else {
-            anyhow::bail!("crashed so far: {restarted:?}")
-        }
-    })?;
+            if restarted.len() == STEPS.len() {
+                Ok(Some(()))
+            } else {
+                anyhow::bail!("crashed so far: {restarted:?}")
+            }
+        },
+    )?;
 
     // host-6: kill -9 its service while it is being verified.
     fleet.wait_status(&id, "host-6 verifying", Duration::from_secs(30), |s| {
-        s.hosts.iter().any(|h| h.host_id == "host-6" && h.step == "verifying")
+        s.hosts
+            .iter()
+            .any(|h| h.host_id == "host-6" && h.step == "verifying")
     })?;
     let pidfile = fleet.agent("host-6").state_dir.join("services/web/pid");
     let pid: i32 = std::fs::read_to_string(&pidfile)?.trim().parse()?;
@@ -75,7 +84,10 @@ fn agent_killed_at_each_step_ends_on_old_or_new() -> anyhow::Result<()> {
         match h.state.as_str() {
             "done" => assert_eq!(serving.as_deref(), Some("2.0.0"), "{h:?}"),
             "rolled_back" => assert_eq!(serving.as_deref(), Some("1.0.0"), "{h:?}"),
-            other => panic!("{} ended {other}, not done or rolled back: {h:?}", h.host_id),
+            other => panic!(
+                "{} ended {other}, not done or rolled back: {h:?}",
+                h.host_id
+            ),
         }
     }
     for (host, versions) in &seen.versions {
