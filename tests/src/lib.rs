@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+pub mod managers;
 pub use rollgate_proto::pb;
 
 /// How long a daemon may take to come up.
@@ -567,6 +568,9 @@ pub struct FleetOpts {
     pub netns: bool,
     /// Restart a coordinator that exits on its own (see [`Fleet::coordinator_restarts`]).
     pub supervise: bool,
+    /// The agents' `[[services]]` tables (TOML), replacing the default `web` process service;
+    /// `{state}` becomes the agent's state dir, `{port}` its `service_port`, `{host}` its id.
+    pub agent_services: Option<String>,
 }
 
 impl Default for FleetOpts {
@@ -579,6 +583,7 @@ impl Default for FleetOpts {
             site_layout: SiteLayout::RoundRobin,
             netns: false,
             supervise: true,
+            agent_services: None,
         }
     }
 }
@@ -751,13 +756,13 @@ impl Fleet {
             SiteLayout::Blocks => index * self.opts.sites / self.opts.agents.max(1),
         };
         let group = format!("site-{site}");
-        let config = format!(
-            r#"host_id = "{id}"
-{coordinator_line}
-state_dir = "{state}"
-[labels]
-site = "{group}"
-[[services]]
+        let services = match &self.opts.agent_services {
+            Some(text) => text
+                .replace("{state}", &state_dir.display().to_string())
+                .replace("{port}", &service_port.to_string())
+                .replace("{host}", &id),
+            None => format!(
+                r#"[[services]]
 name = "web"
 backend = "process"
 binary = "web"
@@ -769,7 +774,16 @@ kind = "http"
 url = "http://127.0.0.1:{service_port}/health"
 interval = "100ms"
 timeout = "500ms"
-"#,
+"#
+            ),
+        };
+        let config = format!(
+            r#"host_id = "{id}"
+{coordinator_line}
+state_dir = "{state}"
+[labels]
+site = "{group}"
+{services}"#,
             state = state_dir.display(),
         );
         let cfg_path = adir.join("agent.toml");
