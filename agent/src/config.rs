@@ -49,6 +49,21 @@ pub enum ConfigError {
     },
 }
 
+/// Reads the CA certificates of an http probe's `ca_file` (PEM, one or more certificates).
+/// The error names the path and what is wrong with it.
+pub(crate) fn load_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{} is not a valid PEM file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (expected \"-----BEGIN CERTIFICATE-----\" blocks)",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
 fn field_err(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Field {
         field: field.into(),
@@ -99,9 +114,10 @@ fn field_err(field: impl Into<String>, problem: impl Into<String>) -> ConfigErro
 /// on_rollback = ["undrain.sh"]            # after going back to the previous release
 /// [[services.probes]]
 /// kind = "http"                           # http | tcp | exec | systemd | grpc
-/// url = "http://127.0.0.1:18081/health"
+/// url = "http://127.0.0.1:18081/health"   # or https://
 /// expect_status = 200                     # default: any 2xx
 /// expect_body = "ok"                      # the body must contain this (optional)
+/// # ca_file = "/etc/rollgate/ca.pem"      # https: PEM CA cert(s) trusted besides the built-in roots
 /// interval = "200ms"                      # default 1s
 /// timeout = "1s"                          # default 1s
 /// success_threshold = 1                   # consecutive passes to count as passing
@@ -340,6 +356,9 @@ pub enum ProbeCheck {
         expect_status: Option<u16>,
         /// Text the body must contain (its first 64 KiB are read).
         expect_body: Option<String>,
+        /// PEM file of extra CA certificates trusted for `https://` URLs, in addition to the
+        /// built-in (webpki) roots. Checked to hold at least one certificate at load time.
+        ca_file: Option<PathBuf>,
     },
     /// A TCP connect to `host:port`.
     Tcp {
@@ -467,6 +486,7 @@ struct RawProbe {
     url: Option<String>,
     expect_status: Option<u16>,
     expect_body: Option<String>,
+    ca_file: Option<PathBuf>,
     address: Option<String>,
     command: Option<Vec<String>>,
     unit: Option<String>,
@@ -1002,7 +1022,7 @@ impl RawProbe {
         let owner = format!("a {kind:?} probe");
         // Which fields each kind takes; any other field set is named as a mistake.
         let takes: &[&str] = match kind.as_str() {
-            "http" => &["url", "expect_status", "expect_body"],
+            "http" => &["url", "expect_status", "expect_body", "ca_file"],
             "tcp" => &["address"],
             "exec" => &["command"],
             "systemd" => &["unit", "manager", "bus"],
@@ -1013,6 +1033,7 @@ impl RawProbe {
             ("url", self.url.is_some()),
             ("expect_status", self.expect_status.is_some()),
             ("expect_body", self.expect_body.is_some()),
+            ("ca_file", self.ca_file.is_some()),
             ("address", self.address.is_some()),
             ("command", self.command.is_some()),
             ("unit", self.unit.is_some()),
@@ -1057,10 +1078,14 @@ impl RawProbe {
                         "is empty, which every body contains; give the text to look for, or remove it",
                     ));
                 }
+                if let Some(path) = &self.ca_file {
+                    load_ca_file(path).map_err(|problem| field_err(f("ca_file"), problem))?;
+                }
                 ProbeCheck::Http {
                     url,
                     expect_status: self.expect_status,
                     expect_body: self.expect_body,
+                    ca_file: self.ca_file,
                 }
             }
             "tcp" | "grpc" => {
@@ -1214,6 +1239,7 @@ command = ["/bin/sh", "-c", "true"]
                 url: "http://127.0.0.1:18081/health".into(),
                 expect_status: Some(200),
                 expect_body: None,
+                ca_file: None,
             }
         );
         assert_eq!(s.probes[1].interval, DEFAULT_PROBE_INTERVAL);
@@ -1250,6 +1276,41 @@ command = ["/bin/sh", "-c", "true"]
             assert!(err.contains(field), "error {err:?} should name {field}");
             assert!(err.contains(fix), "error {err:?} should say {fix:?}");
         }
+    }
+
+    #[test]
+    fn http_probe_ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.pem");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").expect("write");
+        let field = "`services[0].probes[0].ca_file`";
+        for (path, fix) in [
+            (&missing, "cannot read"),
+            (&junk, "holds no PEM certificate"),
+        ] {
+            let text = GOOD.replace(
+                "expect_status = 200",
+                &format!(
+                    "expect_status = 200\nca_file = {:?}",
+                    path.display().to_string()
+                ),
+            );
+            let err = Config::parse(&text).expect_err(fix).to_string();
+            assert!(err.contains(field), "error {err:?} should name {field}");
+            assert!(
+                err.contains(&path.display().to_string()),
+                "error {err:?} should name the path"
+            );
+            assert!(err.contains(fix), "error {err:?} should say {fix:?}");
+        }
+        // Not an http probe: named as a stray field.
+        let text = GOOD.replace(
+            "address = \"127.0.0.1:18081\"",
+            "address = \"127.0.0.1:18081\"\nca_file = \"/x.pem\"",
+        );
+        let err = Config::parse(&text).expect_err("stray").to_string();
+        assert!(err.contains("`services[0].probes[1].ca_file`"), "{err}");
     }
 
     const SYSTEMD: &str = r#"

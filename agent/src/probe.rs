@@ -98,16 +98,28 @@ impl Prober {
 
 impl Probe {
     fn new(cfg: &ProbeConfig, service: &str) -> Result<Probe, ProbeSetupError> {
-        let http = match cfg.check {
-            ProbeCheck::Http { .. } => Some(
-                reqwest::Client::builder()
-                    .timeout(cfg.timeout)
-                    .build()
-                    .map_err(|e| ProbeSetupError {
-                        service: service.to_string(),
-                        message: crate::error_chain(&e),
-                    })?,
-            ),
+        let setup_err = |message: String| ProbeSetupError {
+            service: service.to_string(),
+            message,
+        };
+        let http = match &cfg.check {
+            ProbeCheck::Http { ca_file, .. } => {
+                let mut builder = reqwest::Client::builder().timeout(cfg.timeout);
+                if let Some(path) = ca_file {
+                    // Trusted in addition to the built-in roots. Read again here (the config
+                    // load checked it) so a probe built later picks up a replaced file.
+                    let certs = crate::config::load_ca_file(path)
+                        .map_err(|e| setup_err(format!("http probe ca_file: {e}")))?;
+                    for cert in certs {
+                        builder = builder.add_root_certificate(cert);
+                    }
+                }
+                Some(
+                    builder
+                        .build()
+                        .map_err(|e| setup_err(crate::error_chain(&e)))?,
+                )
+            }
             _ => None,
         };
         Ok(Probe {
@@ -126,6 +138,7 @@ impl Probe {
                 url,
                 expect_status,
                 expect_body,
+                ..
             } => {
                 let Some(client) = &self.http else {
                     return Err(format!("http probe {url}: no HTTP client"));
@@ -621,6 +634,122 @@ mod tests {
                 _ => panic!("{name}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    /// A throwaway CA and a server certificate it signed for 127.0.0.1.
+    struct TestPki {
+        ca_pem: String,
+        server_cert: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+        server_key: Vec<u8>,
+    }
+
+    fn test_pki() -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+        let ca_key = KeyPair::generate().expect("ca key");
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "rollgate test CA");
+        let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
+        let server_key = KeyPair::generate().expect("server key");
+        let mut server = CertificateParams::default();
+        server.subject_alt_names = vec![SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into())];
+        let server_cert = server
+            .signed_by(&server_key, &ca_cert, &ca_key)
+            .expect("server cert");
+        TestPki {
+            ca_pem: ca_cert.pem(),
+            server_cert: server_cert.der().clone(),
+            server_key: server_key.serialize_der(),
+        }
+    }
+
+    /// Serves `GET /health` over TLS on 127.0.0.1, answering 200 with `body` on every connection.
+    async fn serve_https(pki: &TestPki, body: &'static str) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_rustls::rustls;
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(pki.server_key.clone().into());
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![pki.server_cert.clone()], key)
+        .expect("server tls config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // A client that rejects the certificate ends the handshake: nothing to serve.
+                    let Ok(mut s) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 2048];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&buf[..n]);
+                    let (status, body) = if head.starts_with("GET /health ") {
+                        ("200 OK", body)
+                    } else {
+                        ("404 Not Found", "")
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(answer.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn https_probe_with_a_private_ca() {
+        let pki = test_pki();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, &pki.ca_pem).expect("write ca");
+        let ca_line = format!("ca_file = {:?}", ca_path.display().to_string());
+        let addr = serve_https(&pki, "{\"status\":\"ready\"}").await;
+        let probe = |fields: String| {
+            prober(&format!(
+                "[[services.probes]]\nkind = \"http\"\nurl = \"https://{addr}/health\"\n{fields}"
+            ))
+        };
+
+        // Trusting the test CA: passes, body check included.
+        probe(format!("{ca_line}\nexpect_body = \"ready\""))
+            .check()
+            .await
+            .expect("https probe trusting the test CA passes");
+
+        // Built-in roots only: the server's issuer is unknown, and the error says so.
+        let err = probe(String::new())
+            .check()
+            .await
+            .expect_err("an unknown CA fails");
+        assert!(err.contains("https://"), "{err}");
+        assert!(
+            err.contains("certificate") && err.contains("UnknownIssuer"),
+            "not a clear TLS error: {err}"
+        );
+
+        // TLS fine, body wrong.
+        let err = probe(format!("{ca_line}\nexpect_body = \"serving\""))
+            .check()
+            .await
+            .expect_err("body mismatch fails");
+        assert!(
+            err.contains("the body does not contain \"serving\""),
+            "{err}"
+        );
     }
 
     #[test]
