@@ -1,5 +1,5 @@
 //! The container backend against a real Docker Engine that the test starts itself in its own
-//! network namespace (see `common/docker_engine.rs`). Images are built with no registry
+//! network namespace (see `rollgate_tests::managers`). Images are built with no registry
 //! (`docker import` of a static busybox and a `run.sh`), saved as archives and served to the
 //! executor as `file://` releases. Independent checks read the engine through the `docker`
 //! CLI; the health probe fetches the published port from inside the engine's namespace.

@@ -1,5 +1,5 @@
 //! The systemd backend against a real `systemd --user` manager that each test starts itself
-//! (see `common/user_manager.rs`): the agent swaps `current`, restarts the unit over D-Bus and
+//! (see `rollgate_tests::managers`): the agent swaps `current`, restarts the unit over D-Bus and
 //! judges it by what systemd says. Independent checks read the unit through `systemctl`. The
 //! tests run on tokio's current-thread runtime, as the agent binary does.
 

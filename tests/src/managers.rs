@@ -1,5 +1,5 @@
-//! Real service managers for end-to-end tests, copied from the agent's own tests
-//! (`agent/tests/common/{user_manager,docker_engine}.rs`): a `systemd --user` manager
+//! Real service managers for the agent's backend tests and the end-to-end tests: a
+//! `systemd --user` manager
 //! ([`UserManager`]) and a container engine in its own network namespace ([`DockerEngine`]).
 //! If either cannot start, the test fails with its log; it never skips.
 //!

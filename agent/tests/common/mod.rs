@@ -2,8 +2,12 @@
 //! config around them, and reading the executor's outbox.
 #![allow(dead_code)]
 
-pub mod docker_engine;
-pub mod user_manager;
+// Real managers live in the e2e harness crate, shared with the tests through the coordinator.
+// Each test binary uses one of them or neither.
+#[allow(unused_imports)]
+pub use rollgate_tests::managers as docker_engine;
+#[allow(unused_imports)]
+pub use rollgate_tests::managers as user_manager;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
