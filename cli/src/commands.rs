@@ -150,17 +150,7 @@ async fn start(
         }
     };
     let status = coord.create_rollout(text).await?;
-    match format {
-        OutputFormat::Text => emit(&render::started(&status))?,
-        // With --watch the first streamed status says the same thing; print it only once.
-        OutputFormat::Json if !follow => emit_json(&json::rollout_status(&status))?,
-        OutputFormat::Json => {}
-    }
-    if follow {
-        watch::follow(&coord, &status.id, format).await
-    } else {
-        Ok(Finish::Success)
-    }
+    announce_and_follow(&coord, format, follow, &status, &render::started(&status)).await
 }
 
 async fn plan(url: &str, format: OutputFormat, spec_path: &Path) -> anyhow::Result<Finish> {
@@ -253,14 +243,26 @@ async fn rollback(
 ) -> anyhow::Result<Finish> {
     let coord = Coordinator::connect(url).await?;
     let status = coord.rollback_rollout(id).await?;
+    let line = render::rollback_started(&status, id);
+    announce_and_follow(&coord, format, follow, &status, &line).await
+}
+
+/// Prints that a rollout started (`line` in text, the status in JSON), then follows it when
+/// asked. With --watch the first streamed status says the same thing, so JSON prints it once.
+async fn announce_and_follow(
+    coord: &Coordinator,
+    format: OutputFormat,
+    follow: bool,
+    status: &RolloutStatus,
+    line: &str,
+) -> anyhow::Result<Finish> {
     match format {
-        OutputFormat::Text => emit(&render::rollback_started(&status, id))?,
-        // With --watch the first streamed status says the same thing; print it only once.
-        OutputFormat::Json if !follow => emit_json(&json::rollout_status(&status))?,
+        OutputFormat::Text => emit(line)?,
+        OutputFormat::Json if !follow => emit_json(&json::rollout_status(status))?,
         OutputFormat::Json => {}
     }
     if follow {
-        watch::follow(&coord, &status.id, format).await
+        watch::follow(coord, &status.id, format).await
     } else {
         Ok(Finish::Success)
     }
