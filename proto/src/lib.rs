@@ -4,12 +4,14 @@
 //! - [`pb`]: code generated from `proto/rollgate.proto` (package `rollgate.v1`).
 //! - [`spec`]: the rollout spec operators write (TOML), its parsing and validation.
 //! - [`telemetry`]: log routing for the daemons (journald under systemd, stderr otherwise).
+//! - [`tls`]: peer identities (URI SANs) and the `[tls]` settings every part shares.
 //! - [`names`]: validation of host ids, service names and versions that end up in etcd keys
 //!   and file paths.
 
 pub mod names;
 pub mod spec;
 pub mod telemetry;
+pub mod tls;
 
 /// Generated protobuf and gRPC code for package `rollgate.v1`.
 #[allow(clippy::all, missing_docs)]
