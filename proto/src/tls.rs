@@ -400,7 +400,7 @@ mod tests {
             ("spiffe://prod/host/a/b", "FLEET/ROLE/NAME"),
             ("spiffe://prod/admin/a", "coordinator, host or operator"),
             ("spiffe://Prod/host/a", "fleet name"),
-            ("spiffe://prod/host/../x", "not valid"),
+            ("spiffe://prod/host/.hidden", "not valid"),
         ] {
             let e = Identity::parse_uri(uri).expect_err(uri).to_string();
             assert!(e.contains(why), "{uri}: {e}");
