@@ -348,7 +348,13 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    fn start(dir: &Path, index: usize, ip: Ipv4Addr, etcd_endpoint: &str) -> anyhow::Result<Self> {
+    fn start(
+        dir: &Path,
+        index: usize,
+        ip: Ipv4Addr,
+        etcd_endpoint: &str,
+        extra: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let id = format!("coord-{index}");
         let addr = SocketAddr::new(IpAddr::V4(ip), free_port());
         let cdir = dir.join(&id);
@@ -363,9 +369,11 @@ lease_ttl = "{LEASE_TTL_SECS}s"
 [agents]
 heartbeat_interval = "{hb}ms"
 missed_heartbeats = {MISSED_HEARTBEATS}
+{extra}
 "#,
             state = cdir.display(),
             hb = HEARTBEAT.as_millis(),
+            extra = extra.unwrap_or_default(),
         );
         let cfg_path = cdir.join("coordinator.toml");
         fs::write(&cfg_path, config)?;
@@ -571,6 +579,9 @@ pub struct FleetOpts {
     /// The agents' `[[services]]` tables (TOML), replacing the default `web` process service;
     /// `{state}` becomes the agent's state dir, `{port}` its `service_port`, `{host}` its id.
     pub agent_services: Option<String>,
+    /// TOML appended to every coordinator's config (after its `[agents]` table), e.g. an
+    /// `[etcd.tls]` table.
+    pub coordinator_extra: Option<String>,
 }
 
 impl Default for FleetOpts {
@@ -584,6 +595,7 @@ impl Default for FleetOpts {
             netns: false,
             supervise: true,
             agent_services: None,
+            coordinator_extra: None,
         }
     }
 }
@@ -635,7 +647,13 @@ impl Fleet {
         let ip = net.as_ref().map_or(Ipv4Addr::LOCALHOST, |n| n.gateway);
         let mut coordinators = Vec::new();
         for k in 1..=opts.coordinators {
-            coordinators.push(Coordinator::start(&dir, k, ip, &etcd.endpoint)?);
+            coordinators.push(Coordinator::start(
+                &dir,
+                k,
+                ip,
+                &etcd.endpoint,
+                opts.coordinator_extra.as_deref(),
+            )?);
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
