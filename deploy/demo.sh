@@ -2,7 +2,8 @@
 # rollgate demo: builds rollgate, starts a local fleet (a coordinator with its own etcd, and 8
 # agents each running a small demo web service on its own port), installs v1, rolls out v2
 # with live progress, then shows a bad v3 halted and rolled back. Cleans up after itself, also
-# on Ctrl-C. Everything listens on 127.0.0.1 only.
+# on Ctrl-C. Everything listens on 127.0.0.1 only, and every link is mTLS: the demo makes a
+# fleet CA and a certificate per coordinator, host and operator with `rollgate certs`.
 #
 #   deploy/demo.sh            # the whole story
 #   DEMO_AGENTS=12 deploy/demo.sh
@@ -21,7 +22,7 @@ bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 bold "building rollgate (cargo build --workspace --bins)"
 cargo build --workspace --bins --quiet
 BIN=$(pwd)/target/debug
-export ROLLGATE_COORDINATOR="http://127.0.0.1:$COORD_PORT"
+export ROLLGATE_COORDINATOR="https://127.0.0.1:$COORD_PORT"
 rollgate() { "$BIN/rollgate" "$@"; }
 
 DEMO=$(mktemp -d /tmp/rollgate-demo.XXXXXX)
@@ -37,10 +38,23 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+bold "making a fleet CA and certificates (rollgate certs; every link below is mTLS)"
+PKI=$DEMO/pki
+rollgate certs init --fleet demo --dir "$PKI"
+rollgate certs issue coordinator coord-1 --dir "$PKI" --ip 127.0.0.1 --dns localhost
+rollgate certs issue operator demo-operator --dir "$PKI"
+for i in $(seq 1 "$AGENTS"); do rollgate certs issue host "edge-$i" --dir "$PKI" >/dev/null; done
+echo "and $AGENTS host certificates, edge-1 .. edge-$AGENTS (spiffe://demo/host/edge-N)"
+export ROLLGATE_CA=$PKI/ca.pem ROLLGATE_CERT=$PKI/operator-demo-operator.pem ROLLGATE_KEY=$PKI/operator-demo-operator.key
+
 bold "starting the coordinator (it starts a local single-member etcd; logs in $DEMO/coordinator.log)"
 cat > "$DEMO/coordinator.toml" <<TOML
 listen = "127.0.0.1:$COORD_PORT"
 state_dir = "$DEMO/coordinator"
+[tls]
+ca = "$PKI/ca.pem"
+cert = "$PKI/coordinator-coord-1.pem"
+key = "$PKI/coordinator-coord-1.key"
 [etcd]
 local_port = $ETCD_PORT
 lease_ttl = "3s"
@@ -57,8 +71,12 @@ for i in $(seq 1 "$AGENTS"); do
   mkdir -p "$DEMO/agent-$i"
   cat > "$DEMO/agent-$i/agent.toml" <<TOML
 host_id = "edge-$i"
-coordinator = "http://127.0.0.1:$COORD_PORT"
+coordinator = "https://127.0.0.1:$COORD_PORT"
 state_dir = "$DEMO/agent-$i/state"
+[tls]
+ca = "$PKI/ca.pem"
+cert = "$PKI/host-edge-$i.pem"
+key = "$PKI/host-edge-$i.key"
 [labels]
 site = "$site"
 [[services]]

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rollgate_proto::names;
+use rollgate_proto::signing::PublicKey;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -24,6 +25,8 @@ pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_UNPACK_MAX_BYTES: u64 = 1 << 30;
 /// Default cap on the entries (files, dirs, links) a tarball release may hold.
 pub const DEFAULT_UNPACK_MAX_ENTRIES: u64 = 10_000;
+/// Default cap on the size a release may declare (4 GiB): larger ones are refused unread.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 4 << 30;
 
 /// A config the agent cannot run with; the message names the field and the fix.
 #[derive(Debug, Error)]
@@ -75,14 +78,24 @@ fn field_err(field: impl Into<String>, problem: impl Into<String>) -> ConfigErro
 ///
 /// ```toml
 /// host_id = "web-1"                       # 1-128 of a-z A-Z 0-9 . _ -
-/// coordinator = "http://127.0.0.1:7443"   # a coordinator replica, or instead:
-/// # coordinators = ["http://a:7443", "http://b:7443"]   # several, tried in turn
+/// coordinator = "https://127.0.0.1:7443"  # a coordinator replica, or instead:
+/// # coordinators = ["https://a:7443", "https://b:7443"]   # several, tried in turn
 /// state_dir = "/var/lib/rollgate-agent"
 /// heartbeat_interval = "1s"               # until the coordinator's welcome says otherwise
+/// [tls]                                   # mTLS to the coordinator (required)
+/// ca = "/etc/rollgate/pki/ca.pem"         # the fleet CA
+/// cert = "/etc/rollgate/pki/host-web-1.pem"   # rollgate certs issue host web-1
+/// key = "/etc/rollgate/pki/host-web-1.key"
+/// # insecure_plaintext = true             # development only: http:// URLs, no TLS
+/// max_artifact_bytes = 4294967296         # refuse releases declaring more bytes (4 GiB)
+/// [signing]                               # signed releases, see deploy/SIGNING.md
+/// required = true                         # refuse releases without a valid signature
+/// keys = ["/etc/rollgate/release.pub"]    # pinned ed25519 public keys (PEM); any may sign
 /// [labels]
 /// site = "a"
 /// [[services]]
 /// name = "demo"
+/// # signing_keys = ["/etc/rollgate/demo.pub"]  # only these sign `demo` (signing required)
 /// backend = "process"                     # "process" (the agent runs it) or "systemd"
 /// binary = "demo-svc"                     # what runs, inside each release dir (may be
 ///                                         # "bin/demo-svc" for a tarball)
@@ -152,6 +165,25 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     /// The services this host runs, in file order.
     pub services: Vec<ServiceConfig>,
+    /// `[tls]`: the fleet CA and this host's certificate for mTLS to the coordinator (checked
+    /// when the agent starts, see [`crate::session::check_tls`]).
+    pub tls: rollgate_proto::tls::TlsConfig,
+    /// Largest artifact a release may declare; larger ones are refused before any download.
+    pub max_artifact_bytes: u64,
+    /// `[signing]`: the fleet-wide signing keys and whether a signature is required.
+    pub signing: SigningConfig,
+}
+
+/// `[signing]`: who may sign releases for this host.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SigningConfig {
+    /// Every release must carry a valid signature by one of `keys` (or, for a service with
+    /// `signing_keys`, by one of those).
+    pub required: bool,
+    /// Pinned public keys, loaded from the PEM files the config names. With `required =
+    /// false` a release that carries a signature must still verify against them (a way to
+    /// turn signing on gradually); unsigned ones are accepted.
+    pub keys: Vec<PublicKey>,
 }
 
 /// How one service runs on this host.
@@ -185,6 +217,9 @@ pub struct ServiceConfig {
     /// How long after a commit a failing health check is reported as a regression of the
     /// release just committed (zero: not at all).
     pub watch_after_commit: Duration,
+    /// Public keys that alone may sign this service's releases (signing is then required for
+    /// it, whatever `[signing]` says); `None`: the fleet-wide `[signing]` applies.
+    pub signing_keys: Option<Vec<PublicKey>>,
 }
 
 /// How a service is run on the host.
@@ -430,6 +465,31 @@ struct RawConfig {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     services: Vec<RawService>,
+    #[serde(default)]
+    tls: rollgate_proto::tls::TlsConfig,
+    max_artifact_bytes: Option<u64>,
+    #[serde(default)]
+    signing: RawSigning,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    #[serde(default)]
+    required: bool,
+    #[serde(default)]
+    keys: Vec<PathBuf>,
+}
+
+/// Loads the pinned public keys `paths` (field `field`); the error names the file and the fix.
+fn load_keys(field: &str, paths: &[PathBuf]) -> Result<Vec<PublicKey>, ConfigError> {
+    paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            PublicKey::load(p).map_err(|e| field_err(format!("{field}[{i}]"), e.to_string()))
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -464,6 +524,7 @@ struct RawService {
     watch_after_commit: Duration,
     #[serde(default)]
     probes: Vec<RawProbe>,
+    signing_keys: Option<Vec<PathBuf>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -545,6 +606,28 @@ impl RawConfig {
             names::check("label value", v)
                 .map_err(|e| field_err(format!("labels.{k}"), e.to_string()))?;
         }
+        let max_artifact_bytes = match self.max_artifact_bytes {
+            Some(0) => {
+                return Err(field_err(
+                    "max_artifact_bytes",
+                    "must be more than 0, e.g. 4294967296 (4 GiB)",
+                ))
+            }
+            Some(n) => n,
+            None => DEFAULT_MAX_ARTIFACT_BYTES,
+        };
+        let signing = SigningConfig {
+            required: self.signing.required,
+            keys: load_keys("signing.keys", &self.signing.keys)?,
+        };
+        if signing.required && signing.keys.is_empty() {
+            return Err(field_err(
+                "signing.keys",
+                "is empty but signing.required is true, so no release could ever be installed; \
+                 pin the publisher's public key, e.g. keys = [\"/etc/rollgate/release.pub\"] \
+                 (made by `rollgate release keygen`)",
+            ));
+        }
         let mut seen = BTreeSet::new();
         let mut services = Vec::with_capacity(self.services.len());
         for (i, s) in self.services.into_iter().enumerate() {
@@ -568,6 +651,9 @@ impl RawConfig {
             heartbeat_interval: self.heartbeat_interval,
             labels: self.labels,
             services,
+            tls: self.tls,
+            max_artifact_bytes,
+            signing,
         })
     }
 }
@@ -589,15 +675,15 @@ fn coordinator_urls(
         (None, None) => {
             return Err(field_err(
                 "coordinator",
-                "is missing; set `coordinator = \"http://HOST:PORT\"`, or `coordinators = \
-                 [\"http://HOST:PORT\", ...]` to list several replicas",
+                "is missing; set `coordinator = \"https://HOST:PORT\"`, or `coordinators = \
+                 [\"https://HOST:PORT\", ...]` to list several replicas",
             ))
         }
         (Some(url), None) => vec![("coordinator".to_string(), url)],
         (None, Some(urls)) if urls.is_empty() => {
             return Err(field_err(
                 "coordinators",
-                "lists no URL; name at least one replica, e.g. [\"http://127.0.0.1:7443\"]",
+                "lists no URL; name at least one replica, e.g. [\"https://127.0.0.1:7443\"]",
             ))
         }
         (None, Some(urls)) => urls
@@ -621,19 +707,13 @@ fn coordinator_urls(
 }
 
 fn check_coordinator_url(field: &str, url: &str) -> Result<(), ConfigError> {
-    if let Some(rest) = url.strip_prefix("https://") {
+    let Some(authority) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
         return Err(field_err(
             field,
-            format!(
-                "TLS is not built into this agent yet; use \"http://{rest}\" on a trusted \
-                 network"
-            ),
-        ));
-    }
-    let Some(authority) = url.strip_prefix("http://") else {
-        return Err(field_err(
-            field,
-            format!("{url:?} is not a coordinator URL; write it as \"http://HOST:PORT\""),
+            format!("{url:?} is not a coordinator URL; write it as \"https://HOST:PORT\""),
         ));
     };
     if authority.trim_end_matches('/').is_empty()
@@ -641,7 +721,7 @@ fn check_coordinator_url(field: &str, url: &str) -> Result<(), ConfigError> {
     {
         return Err(field_err(
             field,
-            format!("{url:?} is not a valid URL; write it as \"http://HOST:PORT\""),
+            format!("{url:?} is not a valid URL; write it as \"https://HOST:PORT\""),
         ));
     }
     Ok(())
@@ -992,6 +1072,17 @@ impl RawService {
             .enumerate()
             .map(|(j, p)| p.validate(&format!("services[{i}].probes[{j}]"), own_unit))
             .collect::<Result<Vec<_>, _>>()?;
+        let signing_keys = match &self.signing_keys {
+            None => None,
+            Some(paths) if paths.is_empty() => {
+                return Err(field_err(
+                    at("signing_keys"),
+                    "is empty, so no release of this service could be installed; list the PEM \
+                     public keys that sign it, or remove the field to use [signing] keys",
+                ))
+            }
+            Some(paths) => Some(load_keys(&at("signing_keys"), paths)?),
+        };
         Ok(ServiceConfig {
             name: self.name,
             backend,
@@ -1006,6 +1097,7 @@ impl RawService {
             hooks,
             hook_timeout: self.hook_timeout,
             watch_after_commit: self.watch_after_commit,
+            signing_keys,
         })
     }
 }
@@ -1250,8 +1342,9 @@ command = ["/bin/sh", "-c", "true"]
     fn errors_name_the_field_and_the_fix() {
         let cases: Vec<(String, &str, &str)> = vec![
             (GOOD.replace("\"web-1\"", "\"web/1\""), "`host_id`", "not valid"),
-            (GOOD.replace("http://127.0.0.1:7443", "127.0.0.1:7443"), "`coordinator`", "http://HOST:PORT"),
-            (GOOD.replace("http://127.0.0.1:7443", "https://c:7443"), "`coordinator`", "TLS"),
+            (GOOD.replace("http://127.0.0.1:7443", "127.0.0.1:7443"), "`coordinator`", "https://HOST:PORT"),
+            (GOOD.replace("http://127.0.0.1:7443", "ftp://c:7443"), "`coordinator`", "not a coordinator URL"),
+            (GOOD.replace("[labels]", "[tls]\nca = \"/x\"\ncrt = \"/y\"\n[labels]"), "crt", "unknown field"),
             (GOOD.replace("\"process\"", "\"container\""), "`services[0].args`", "does not apply to the container backend"),
             (GOOD.replace("\"process\"", "\"systemd\""), "`services[0].args`", "does not apply to the systemd backend"),
             (GOOD.replace("\"process\"", "\"foo\""), "`services[0].backend`", "not a backend"),
@@ -1587,12 +1680,7 @@ expect_body = "ready"
             (
                 GOOD.replace(line, "coordinators = [\"http://a:7443\", \"b:7443\"]"),
                 "`coordinators[1]`",
-                &["http://HOST:PORT"],
-            ),
-            (
-                GOOD.replace(line, "coordinators = [\"https://a:7443\"]"),
-                "`coordinators[0]`",
-                &["TLS"],
+                &["https://HOST:PORT"],
             ),
             (
                 GOOD.replace(

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use nix::fcntl::{Flock, FlockArg};
 use rollgate_proto::pb::{self, agent_message::Msg, Health, Outcome, Step};
@@ -25,6 +25,7 @@ use crate::probe::{HealthWindow, ProbeSetupError, Prober, Verdict};
 use crate::releases::{DiskError, ServiceDir};
 use crate::service::ServiceUnit;
 use crate::staging::{self, StageJob};
+use crate::trust::Trust;
 
 /// How many committed releases each service keeps on disk (plus the one before the last update).
 pub const KEEP_RELEASES: usize = 3;
@@ -317,6 +318,8 @@ pub struct Executor {
     stages: Mutex<JoinSet<()>>,
     /// For stage orders (the services' tasks hold their own clones).
     fetcher: Fetcher,
+    /// Pinned keys, the size cap and the downgrade rule, checked before anything is touched.
+    trust: Trust,
     cancel: CancellationToken,
     /// Held for the executor's lifetime so a second agent cannot share the state dir.
     _lock: Flock<fs::File>,
@@ -425,6 +428,7 @@ impl Executor {
                 tasks,
                 stages: Mutex::new(JoinSet::new()),
                 fetcher,
+                trust: Trust::new(config),
                 cancel,
                 _lock: lock,
             },
@@ -461,15 +465,41 @@ impl Executor {
                 let Some(dir) = self.dirs.get(&order.service) else {
                     return;
                 };
-                let (previous_dir, previous_version) = match dir.current() {
-                    Ok(Some(rel)) => (Some(rel.dir), rel.info.version),
-                    Ok(None) => (None, String::new()),
+                let (previous_dir, previous_version, previous_sha) = match dir.current() {
+                    Ok(Some(rel)) => (Some(rel.dir), rel.info.version, rel.info.sha256),
+                    Ok(None) => (None, String::new(), String::new()),
                     Err(e) => {
                         drop(journal);
                         self.refuse(&order, format!("cannot read the installed release: {e}"));
                         return;
                     }
                 };
+                // S8: signature, size cap and downgrade rule, before the order is journaled
+                // and before any byte is fetched.
+                if let Some(release) = &order.release {
+                    let current = previous_dir
+                        .as_ref()
+                        .map(|_| (previous_version.as_str(), previous_sha.as_str()));
+                    let ran_before =
+                        journal.ran_before(&order.service, &release.version, &release.sha256);
+                    let checked = self
+                        .trust
+                        .check_release(&order.service, release, SystemTime::now())
+                        .and_then(|()| {
+                            self.trust.check_downgrade(
+                                &order.service,
+                                release,
+                                order.rollback,
+                                current,
+                                ran_before,
+                            )
+                        });
+                    if let Err(reason) = checked {
+                        drop(journal);
+                        self.refuse(&order, reason);
+                        return;
+                    }
+                }
                 let a = &accepted.artifact;
                 let record = InFlight {
                     rollout_id: order.rollout_id.clone(),
@@ -546,6 +576,14 @@ impl Executor {
             Some(Err(e)) => return refuse(e.to_string()),
             Some(Ok(a)) => a,
         };
+        if let Some(release) = &order.release {
+            if let Err(reason) =
+                self.trust
+                    .check_release(&order.service, release, SystemTime::now())
+            {
+                return refuse(reason);
+            }
+        }
         if self.cancel.is_cancelled() {
             return refuse("the agent is shutting down; send the stage order again later".into());
         }
@@ -1128,9 +1166,11 @@ mod tests {
                 source: "store:".into(),
                 sha256: "a".repeat(64),
                 size: 10,
+                signature: None,
             }),
             min_healthy_time_ms: 100,
             healthy_deadline_ms: 1000,
+            rollback: false,
         }
     }
 

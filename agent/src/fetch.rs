@@ -645,6 +645,7 @@ mod tests {
             source: source.into(),
             sha256: hex::encode(Sha256::digest(body)),
             size: body.len() as u64,
+            signature: None,
         })
         .expect("valid release")
     }
@@ -660,6 +661,7 @@ mod tests {
             source: "store:".into(),
             sha256: "a".repeat(64),
             size: 3,
+            signature: None,
         };
         assert!(Artifact::try_from(&ok).is_ok());
         for (bad, want) in [

@@ -148,6 +148,18 @@ struct Data {
     /// written before staging existed.)
     #[serde(default)]
     staged: BTreeMap<String, Vec<String>>,
+    /// Releases (version, sha256) each service committed to, oldest first: the only ones an
+    /// explicit rollback may go back to. (Absent in files written before signing existed;
+    /// `history` then stands in.)
+    #[serde(default)]
+    ran: BTreeMap<String, Vec<RanRelease>>,
+}
+
+/// A release a service ran here (committed to after passing its health checks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RanRelease {
+    version: String,
+    sha256: String,
 }
 
 /// The durable state. Every change is written (tmp, fsync, rename, fsync dir) before the
@@ -219,6 +231,50 @@ impl Journal {
     /// Release dirs `service` committed to, oldest first.
     pub fn history(&self, service: &str) -> &[String] {
         self.data.history.get(service).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `service` ran release `version` with digest `sha256` on this host (committed
+    /// to it after an update). For journals older than this record, a committed release dir
+    /// of that version and digest prefix counts.
+    pub fn ran_before(&self, service: &str, version: &str, sha256: &str) -> bool {
+        let exact = self
+            .data
+            .ran
+            .get(service)
+            .is_some_and(|r| r.iter().any(|x| x.version == version && x.sha256 == sha256));
+        let legacy = !self.data.ran.contains_key(service)
+            && self
+                .history(service)
+                .iter()
+                .any(|d| *d == crate::releases::ServiceDir::release_dir_name(version, sha256));
+        exact || legacy
+    }
+
+    /// Records that `service` committed to release `version` / `sha256` (see
+    /// [`Journal::ran_before`]).
+    pub fn record_ran(
+        &mut self,
+        service: &str,
+        version: &str,
+        sha256: &str,
+    ) -> Result<(), JournalError> {
+        if self
+            .data
+            .ran
+            .get(service)
+            .is_some_and(|r| r.iter().any(|x| x.version == version && x.sha256 == sha256))
+        {
+            return Ok(());
+        }
+        self.change(|d| {
+            d.ran
+                .entry(service.to_string())
+                .or_default()
+                .push(RanRelease {
+                    version: version.to_string(),
+                    sha256: sha256.to_string(),
+                });
+        })
     }
 
     /// Release dirs `service` staged ahead of an order that has not come yet, oldest first.

@@ -23,6 +23,8 @@
 //!   min-healthy-time rule.
 //! - [`hooks`]: the operator's commands around an update (pre_stop, pre_start, post_start,
 //!   on_rollback).
+//! - [`trust`]: which releases this host accepts before touching anything: signatures by
+//!   pinned keys, the size cap, no downgrade but an explicit rollback.
 //! - [`fetch`]: downloading artifacts (store, http, file), resuming, size and digest checks.
 //! - [`releases`]: a service's directory: staging, release dirs, the `current` link.
 //! - [`unpack`]: tarball releases, unpacked without escaping their release dir.
@@ -58,6 +60,7 @@ mod service;
 pub mod session;
 mod staging;
 pub mod systemd;
+pub mod trust;
 pub mod unpack;
 
 use std::future::Future;
@@ -78,12 +81,16 @@ pub enum AgentError {
     /// The download client could not be set up.
     #[error(transparent)]
     Fetch(#[from] fetch::FetchError),
+    /// The `[tls]` settings are missing or unusable.
+    #[error("cannot connect securely: {0}")]
+    Tls(String),
 }
 
 /// Runs the agent until `shutdown` completes: starts the services (undoing an update a
 /// previous run left unfinished), keeps a session with the coordinator, and carries out its
 /// orders. On shutdown it stops taking orders first, then stops the services' processes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    session::check_tls(&config).map_err(AgentError::Tls)?;
     let (channel_tx, channel_rx) = watch::channel(None);
     let fetcher = fetch::Fetcher::new(channel_rx)?;
     let (executor, mut outbox) = Executor::start(&config, fetcher)?;
@@ -101,6 +108,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let session_cfg = session::SessionConfig {
         coordinators: config.coordinators.clone(),
         heartbeat_interval: config.heartbeat_interval,
+        tls: config.tls.clone(),
     };
     {
         let session = session::run(

@@ -171,6 +171,16 @@ impl ServiceUnit {
         let service = self.cfg.name.clone();
         let keep = {
             let mut journal = self.shared.journal();
+            // What a later explicit rollback may go back to (S8: no silent downgrades).
+            if let Some(info) = f
+                .committed
+                .as_deref()
+                .and_then(|d| self.dir.release_info(d).ok().flatten())
+            {
+                if let Err(e) = journal.record_ran(&service, &info.version, &info.sha256) {
+                    tracing::error!("{e}; a later rollback to {} may be refused", info.version);
+                }
+            }
             if let Err(e) = journal.finish(&service, &f.result, f.committed.as_deref()) {
                 tracing::error!("{e}; the result is sent but will not survive an agent restart");
             }

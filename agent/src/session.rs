@@ -11,6 +11,7 @@ use rand::Rng;
 use rollgate_proto::pb::agent_service_client::AgentServiceClient;
 use rollgate_proto::pb::{self, agent_message::Msg, coordinator_message};
 use rollgate_proto::spec::human;
+use rollgate_proto::tls::{Role, TlsConfig};
 use rollgate_proto::MAX_MESSAGE_BYTES;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -44,6 +45,65 @@ pub struct SessionConfig {
     pub coordinators: Vec<String>,
     /// Heartbeat interval until a welcome says otherwise.
     pub heartbeat_interval: Duration,
+    /// mTLS settings; the files are read again at every connect, so renewed certificates are
+    /// used without a restart.
+    pub tls: TlsConfig,
+}
+
+/// Checks the `[tls]` settings before the agent starts: the files load, the certificate is a
+/// host certificate for this very host, and the URLs' scheme matches (https with TLS, http
+/// only in insecure development mode). Returns what to say on a bad setting.
+pub fn check_tls(config: &crate::Config) -> Result<(), String> {
+    let tls = &config.tls;
+    if tls.insecure() {
+        if let Some(u) = config
+            .coordinators
+            .iter()
+            .find(|u| u.starts_with("https://"))
+        {
+            return Err(format!(
+                "[tls] insecure_plaintext = true talks plain http, but the coordinator URL {u:?} \
+                 is https; use http:// for a development coordinator, or configure [tls] ca, \
+                 cert and key"
+            ));
+        }
+        tracing::warn!(
+            "INSECURE: [tls] insecure_plaintext = true: this agent talks plain http to the \
+             coordinator; anyone on the path can read and forge its orders. Development only."
+        );
+        return Ok(());
+    }
+    let hint = format!(
+        "the fleet CA, and this host's certificate from `rollgate certs issue host {}`",
+        config.host_id
+    );
+    let files = tls
+        .load(Role::Host, &hint)
+        .map_err(|e| e.to_string())?
+        .ok_or("TLS settings missing")?;
+    if files.identity.name != config.host_id {
+        return Err(format!(
+            "[tls] cert is for host {:?} ({}), but host_id is {:?}; the coordinator accepts a \
+             host only with its own certificate. Issue one with `rollgate certs issue host {}`, \
+             or fix host_id",
+            files.identity.name,
+            files.identity.uri(),
+            config.host_id,
+            config.host_id
+        ));
+    }
+    if let Some(u) = config
+        .coordinators
+        .iter()
+        .find(|u| u.starts_with("http://"))
+    {
+        return Err(format!(
+            "the coordinator URL {u:?} is plain http, but [tls] is set up; write it as \
+             \"https://{}\"",
+            u.trim_start_matches("http://")
+        ));
+    }
+    Ok(())
 }
 
 /// The delay before reconnect attempt `attempt` (0-based): exponential from
@@ -211,7 +271,7 @@ async fn serve(
         welcomed: false,
         why,
     };
-    let endpoint = match Endpoint::from_shared(replicas.current().to_string()) {
+    let mut endpoint = match Endpoint::from_shared(replicas.current().to_string()) {
         Ok(e) => e
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -219,6 +279,18 @@ async fn serve(
             .keep_alive_while_idle(true),
         Err(e) => return lost(format!("bad URL: {e}")),
     };
+    if !cfg.tls.insecure() {
+        // Read at every connect: a renewed certificate is picked up without a restart.
+        let files = match cfg.tls.load(Role::Host, "") {
+            Ok(Some(f)) => f,
+            Ok(None) => return lost("TLS settings missing".into()),
+            Err(e) => return lost(format!("cannot use the TLS files: {e}")),
+        };
+        endpoint = match endpoint.tls_config(rollgate_proto::tls::client_config(&files)) {
+            Ok(e) => e,
+            Err(e) => return lost(format!("TLS settings: {}", crate::error_chain(&e))),
+        };
+    }
     let channel = tokio::select! {
         _ = cancel.cancelled() => return End::Shutdown,
         c = endpoint.connect() => match c {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Where the coordinator listens when neither `--coordinator` nor `ROLLGATE_COORDINATOR` says.
-pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7443";
+pub const DEFAULT_COORDINATOR: &str = "https://127.0.0.1:7443";
 
 /// Exit status when a followed rollout ended failed, aborted or rolled back.
 pub const EXIT_ROLLOUT_NOT_SUCCEEDED: u8 = 1;
@@ -44,6 +44,23 @@ pub struct Cli {
     )]
     pub output: OutputFormat,
 
+    /// The fleet CA certificate (PEM) the coordinator's certificate must chain to.
+    #[arg(long, global = true, env = "ROLLGATE_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// Your operator certificate (PEM), from `rollgate certs issue operator NAME`.
+    #[arg(long, global = true, env = "ROLLGATE_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// The private key of your operator certificate (PEM).
+    #[arg(long, global = true, env = "ROLLGATE_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// Development only: talk plain http to a coordinator started with
+    /// `insecure_plaintext = true`. Nothing is encrypted or authenticated.
+    #[arg(long, global = true, env = "ROLLGATE_INSECURE")]
+    pub insecure: bool,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -77,6 +94,104 @@ pub enum Command {
     /// Vouch for a host that is gone: fence it or forget it.
     #[command(subcommand)]
     Host(HostCommand),
+    /// Make the fleet CA and certificates for coordinators, hosts and operators (mTLS).
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Sign releases: make a publisher key pair, sign an artifact (see deploy/SIGNING.md).
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+}
+
+/// `rollgate release ...`
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Make an ed25519 key pair: PREFIX.key (private, mode 0600; keep it off the fleet) and
+    /// PREFIX.pub (pin it in the agents' [signing] keys). Never overwrites.
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+    },
+    /// Sign ARTIFACT as a release of a service: writes ARTIFACT.sig (name it in the rollout
+    /// spec as release.signature_file).
+    Sign {
+        /// The private key (PEM, from `rollgate release keygen` or `openssl genpkey`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The service, as named in the agents' configs.
+        #[arg(long)]
+        service: String,
+        /// The release version, as in the rollout spec.
+        #[arg(long)]
+        version: String,
+        /// How long agents accept the signature ("90d") or until when ("2027-01-31T00:00:00Z").
+        #[arg(long, default_value = "90d")]
+        expires: String,
+        /// Where to write the signature file (default: ARTIFACT.sig).
+        #[arg(long, value_name = "FILE")]
+        sig: Option<PathBuf>,
+        /// The artifact file, exactly as it will be deployed.
+        artifact: PathBuf,
+    },
+}
+
+/// `rollgate certs ...`
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create a fleet CA: DIR/ca.pem (give to every part) and DIR/ca.key (keep offline).
+    Init {
+        /// The fleet's name (lowercase letters, digits, '-', '.'): every identity is
+        /// spiffe://FLEET/ROLE/NAME.
+        #[arg(long)]
+        fleet: String,
+        /// Where to write the CA.
+        #[arg(long, default_value = "pki", value_name = "DIR")]
+        dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue a certificate signed by the fleet CA: ROLE-NAME.pem and ROLE-NAME.key.
+    Issue {
+        /// coordinator (server and client), host (one agent; alias: agent), or operator.
+        #[arg(value_enum)]
+        role: CertRole,
+        /// Replica id, host id (as in the agent's `host_id`) or operator name.
+        name: String,
+        /// Where the CA is (ca.pem, ca.key).
+        #[arg(long, default_value = "pki", value_name = "DIR")]
+        dir: PathBuf,
+        /// Where to write the certificate and key (default: the CA's directory).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+        /// Coordinators: a DNS name agents and operators use to reach it (repeatable).
+        /// Default, with neither --dns nor --ip: localhost and 127.0.0.1.
+        #[arg(long, value_name = "NAME")]
+        dns: Vec<String>,
+        /// Coordinators: an IP address agents and operators use to reach it (repeatable).
+        #[arg(long, value_name = "ADDR")]
+        ip: Vec<std::net::IpAddr>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Print who a certificate names, who issued it and how long it is valid.
+    Show {
+        /// A PEM certificate file.
+        file: PathBuf,
+    },
+}
+
+/// Roles a certificate can be issued for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CertRole {
+    /// A coordinator replica.
+    Coordinator,
+    /// One agent host.
+    #[value(alias = "agent")]
+    Host,
+    /// A person or tool using the control API.
+    Operator,
 }
 
 /// `rollgate rollout ...`

@@ -13,6 +13,7 @@ use rollgate_proto::pb::{
     ListHostsRequest, ListHostsResponse, ListRolloutsRequest, ListRolloutsResponse,
     PushArtifactChunk, PushArtifactResponse, RolloutPlan, RolloutRef, RolloutStatus,
 };
+use rollgate_proto::tls::{Role, TlsConfig};
 use rollgate_proto::MAX_MESSAGE_BYTES;
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
@@ -54,6 +55,16 @@ pub enum ControlError {
         url: String,
         /// The lowest-level reason, e.g. "connection refused".
         cause: String,
+    },
+    /// The operator's certificate settings are missing or unusable.
+    #[error(
+        "cannot talk to the coordinator over mTLS: {problem}. Pass --ca, --cert and --key (or \
+         ROLLGATE_CA, ROLLGATE_CERT, ROLLGATE_KEY): the fleet CA and your certificate from \
+         `rollgate certs issue operator NAME`"
+    )]
+    Tls {
+        /// What is wrong.
+        problem: String,
     },
     /// The coordinator did not answer in time.
     #[error(
@@ -149,7 +160,7 @@ impl ControlError {
     /// restart or failover).
     pub fn is_transient(&self) -> bool {
         match self {
-            ControlError::BadUrl { .. } => false,
+            ControlError::BadUrl { .. } | ControlError::Tls { .. } => false,
             ControlError::Unreachable { .. } | ControlError::Timeout { .. } => true,
             ControlError::Refused { code, .. } => matches!(
                 code,
@@ -193,6 +204,12 @@ fn explain(code: Code, message: &str, subject: Subject, url: &str) -> String {
         Code::ResourceExhausted => format!(
             "the coordinator is out of capacity: {msg}. Messages may be at most {MAX_MESSAGE_BYTES} \
              bytes; see the coordinator's log."
+        ),
+        Code::Unknown if msg == "transport error" => format!(
+            "the connection to {url} broke before the coordinator answered. If this repeats, \
+             the coordinator is refusing your certificate (expired, from another CA, or not an \
+             operator's): check it with `rollgate certs show FILE`; the coordinator's log names \
+             the reason"
         ),
         Code::Internal | Code::Unknown | Code::DataLoss => format!(
             "the coordinator failed: {msg}. Its log says more; try again."
@@ -241,8 +258,9 @@ fn root_cause(err: &(dyn StdError + 'static)) -> String {
     last.to_string()
 }
 
-/// Checks and completes a `--coordinator` value: a bare `host:port` means plain http.
-pub fn normalize_url(raw: &str) -> Result<String, ControlError> {
+/// Checks and completes a `--coordinator` value: a bare `host:port` means https (plain http
+/// with `insecure`).
+pub fn normalize_url(raw: &str, insecure: bool) -> Result<String, ControlError> {
     let url = raw.trim();
     let bad = |problem: &str| ControlError::BadUrl {
         url: raw.to_string(),
@@ -253,18 +271,64 @@ pub fn normalize_url(raw: &str) -> Result<String, ControlError> {
     }
     let url = if url.contains("://") {
         url.to_string()
-    } else {
+    } else if insecure {
         format!("http://{url}")
+    } else {
+        format!("https://{url}")
     };
-    if url.starts_with("https://") {
-        return Err(bad(
-            "this rollgate build speaks plain http to the coordinator; use an http:// URL",
-        ));
+    match (url.split_once("://").map(|(s, _)| s), insecure) {
+        (Some("https"), false) | (Some("http"), true) => Ok(url),
+        (Some("http"), false) => Err(bad(
+            "plain http is for development only: use https:// (mTLS), or pass --insecure to a coordinator started with insecure_plaintext = true",
+        )),
+        (Some("https"), true) => Err(bad(
+            "--insecure talks plain http; use an http:// URL, or drop --insecure",
+        )),
+        _ => Err(bad("only https:// URLs are supported")),
     }
-    if !url.starts_with("http://") {
-        return Err(bad("only http:// URLs are supported"));
+}
+
+/// Where and how to reach a coordinator: its URL and the operator's TLS files.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// `--coordinator`.
+    pub url: String,
+    /// `--ca`, `--cert`, `--key`, `--insecure`.
+    pub tls: TlsConfig,
+}
+
+impl Target {
+    /// The channel settings: the URL checked, and TLS unless insecure.
+    fn endpoint(&self) -> Result<(String, Endpoint), ControlError> {
+        let url = normalize_url(&self.url, self.tls.insecure_plaintext)?;
+        let mut endpoint =
+            Endpoint::from_shared(url.clone()).map_err(|e| ControlError::BadUrl {
+                url: url.clone(),
+                problem: root_cause(&e),
+            })?;
+        if !self.tls.insecure_plaintext {
+            if self.tls.ca.is_none() && self.tls.cert.is_none() && self.tls.key.is_none() {
+                return Err(ControlError::Tls {
+                    problem: "no operator certificate given".into(),
+                });
+            }
+            let files = self
+                .tls
+                .load(Role::Operator, "")
+                .map_err(|e| ControlError::Tls {
+                    problem: e.to_string().replace("[tls] needs", "mTLS needs"),
+                })?
+                .ok_or_else(|| ControlError::Tls {
+                    problem: "no operator certificate given".into(),
+                })?;
+            endpoint = endpoint
+                .tls_config(rollgate_proto::tls::client_config(&files))
+                .map_err(|e| ControlError::Tls {
+                    problem: root_cause(&e),
+                })?;
+        }
+        Ok((url, endpoint))
     }
-    Ok(url)
 }
 
 /// "rollout <id>", or "the most recent rollout" for an empty id.
@@ -298,13 +362,9 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// Connects to the coordinator at `url` (waits at most [`CONNECT_TIMEOUT`]).
-    pub async fn connect(url: &str) -> Result<Self, ControlError> {
-        let url = normalize_url(url)?;
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| ControlError::BadUrl {
-                url: url.clone(),
-                problem: root_cause(&e),
-            })?
+    pub async fn connect(target: &Target) -> Result<Self, ControlError> {
+        let (url, endpoint) = target.endpoint()?;
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
@@ -312,10 +372,20 @@ impl Coordinator {
         let channel = match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
             Ok(Ok(channel)) => channel,
             Ok(Err(e)) => {
-                return Err(ControlError::Unreachable {
-                    url,
-                    cause: root_cause(&e),
-                })
+                let cause = root_cause(&e);
+                if ["certificate", "alert", "handshake"]
+                    .iter()
+                    .any(|w| cause.contains(w))
+                {
+                    return Err(ControlError::Tls {
+                        problem: format!(
+                            "the TLS handshake with {url} failed ({cause}); --ca must be the \
+                             fleet CA that signed the coordinator's certificate, and your \
+                             certificate must be current and from the same CA"
+                        ),
+                    });
+                }
+                return Err(ControlError::Unreachable { url, cause });
             }
             Err(_) => {
                 return Err(ControlError::Unreachable {
@@ -728,14 +798,17 @@ mod tests {
     #[test]
     fn urls() {
         let table = [
-            ("http://c:7443", Ok("http://c:7443")),
-            ("  10.0.0.1:7443 ", Ok("http://10.0.0.1:7443")),
-            ("https://c:7443", Err("plain http")),
-            ("grpc://c:7443", Err("only http://")),
-            ("", Err("empty")),
+            ("https://c:7443", false, Ok("https://c:7443")),
+            ("  10.0.0.1:7443 ", false, Ok("https://10.0.0.1:7443")),
+            ("10.0.0.1:7443", true, Ok("http://10.0.0.1:7443")),
+            ("http://c:7443", true, Ok("http://c:7443")),
+            ("http://c:7443", false, Err("--insecure")),
+            ("https://c:7443", true, Err("drop --insecure")),
+            ("grpc://c:7443", false, Err("only https://")),
+            ("", false, Err("empty")),
         ];
-        for (raw, want) in table {
-            match (normalize_url(raw), want) {
+        for (raw, insecure, want) in table {
+            match (normalize_url(raw, insecure), want) {
                 (Ok(got), Ok(want)) => assert_eq!(got, want),
                 (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{raw}: {e}"),
                 (got, want) => panic!("{raw:?}: got {got:?}, want {want:?}"),
@@ -760,7 +833,14 @@ mod tests {
             .expect("free port")
             .port();
         let url = format!("http://127.0.0.1:{port}");
-        let err = Coordinator::connect(&url)
+        let target = Target {
+            url: url.clone(),
+            tls: TlsConfig {
+                insecure_plaintext: true,
+                ..TlsConfig::default()
+            },
+        };
+        let err = Coordinator::connect(&target)
             .await
             .expect_err("nothing listens");
         assert_eq!(

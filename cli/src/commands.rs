@@ -10,9 +10,13 @@ use rollgate_proto::pb::{HostActionResponse, RolloutStatus};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::args::{ArtifactCommand, Cli, Command, HostCommand, OutputFormat, RolloutCommand};
-use crate::client::Coordinator;
+use crate::args::{
+    ArtifactCommand, CertRole, CertsCommand, Cli, Command, HostCommand, OutputFormat,
+    ReleaseCommand, RolloutCommand,
+};
+use crate::client::{Coordinator, Target};
 use crate::{artifact, json, render, spec_file, watch};
+use rollgate_proto::tls::{Role, TlsConfig};
 
 /// How a command that did not fail ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +42,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<Finish> {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<Finish> {
-    let url = cli.coordinator.as_str();
+    let target = Target {
+        url: cli.coordinator.clone(),
+        tls: TlsConfig {
+            ca: cli.ca.clone(),
+            cert: cli.cert.clone(),
+            key: cli.key.clone(),
+            insecure_plaintext: cli.insecure,
+        },
+    };
+    let url = &target;
     let format = cli.output;
     match cli.command {
         Command::Hosts => hosts(url, format).await,
@@ -64,7 +77,133 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Finish> {
             confirm_forget(&host, yes)?;
             host_action(url, format, HostAction::Forget, &host).await
         }
+        Command::Certs(cmd) => certs(cmd, format),
+        Command::Release(cmd) => release(cmd, format).await,
     }
+}
+
+async fn release(cmd: ReleaseCommand, format: OutputFormat) -> anyhow::Result<Finish> {
+    let v = match cmd {
+        ReleaseCommand::Keygen { out } => {
+            let k = crate::release::keygen(&out)?;
+            if format == OutputFormat::Text {
+                println!(
+                    "key {}: private {} (keep it off the fleet), public {} (pin it in the \
+                     agents' [signing] keys)",
+                    k.key_id,
+                    k.private.display(),
+                    k.public.display()
+                );
+                return Ok(Finish::Success);
+            }
+            serde_json::json!({
+                "key_id": k.key_id,
+                "private": k.private,
+                "public": k.public,
+            })
+        }
+        ReleaseCommand::Sign {
+            key,
+            service,
+            version,
+            expires,
+            sig,
+            artifact,
+        } => {
+            let expires = crate::release::parse_expires(&expires, std::time::SystemTime::now())?;
+            let (f, out) =
+                crate::release::sign(&key, &service, &version, expires, &artifact, sig).await?;
+            let until = rollgate_proto::signing::rfc3339(rollgate_proto::signing::unix(f.expires));
+            if format == OutputFormat::Text {
+                println!(
+                    "signed {} {} (sha256 {}, {} bytes) with key {}, valid until {until}: {}",
+                    f.service,
+                    f.version,
+                    f.sha256,
+                    f.size,
+                    f.key_id,
+                    out.display()
+                );
+                return Ok(Finish::Success);
+            }
+            serde_json::json!({
+                "service": f.service,
+                "version": f.version,
+                "sha256": f.sha256,
+                "size": f.size,
+                "expires": until,
+                "key_id": f.key_id,
+                "signature_file": out,
+            })
+        }
+    };
+    println!("{v}");
+    Ok(Finish::Success)
+}
+
+fn certs(cmd: CertsCommand, format: OutputFormat) -> anyhow::Result<Finish> {
+    let issued = match cmd {
+        CertsCommand::Init { fleet, dir, days } => {
+            let ca = crate::certs::init(&dir, &fleet, days)?;
+            if format == OutputFormat::Text {
+                println!(
+                    "fleet CA for {fleet}: {} (give it to every coordinator, agent and operator)\n\
+                     CA key: {} (keep it off the fleet; it signs every identity)\n\
+                     next: rollgate certs issue coordinator|host|operator NAME --dir {}",
+                    ca.cert.display(),
+                    ca.key.display(),
+                    dir.display()
+                );
+                return Ok(Finish::Success);
+            }
+            ca
+        }
+        CertsCommand::Issue {
+            role,
+            name,
+            dir,
+            out_dir,
+            dns,
+            ip,
+            days,
+        } => {
+            let role = match role {
+                CertRole::Coordinator => Role::Coordinator,
+                CertRole::Host => Role::Host,
+                CertRole::Operator => Role::Operator,
+            };
+            let opts = crate::certs::IssueOpts {
+                dns,
+                ips: ip,
+                days,
+                out_dir,
+            };
+            let issued = crate::certs::issue(&dir, role, &name, &opts)?;
+            if format == OutputFormat::Text {
+                println!(
+                    "{}: {} and {} (valid until {})",
+                    issued.uri,
+                    issued.cert.display(),
+                    issued.key.display(),
+                    issued.not_after.date()
+                );
+                return Ok(Finish::Success);
+            }
+            issued
+        }
+        CertsCommand::Show { file } => {
+            print!("{}", crate::certs::show(&file)?);
+            return Ok(Finish::Success);
+        }
+    };
+    let v = serde_json::json!({
+        "identity": issued.uri,
+        "cert": issued.cert,
+        "key": issued.key,
+        "not_after": issued.not_after.unix_timestamp(),
+    });
+    println!("{v}");
+    Ok(Finish::Success)
 }
 
 /// Maps a failed write to stdout: a closed pipe stops quietly, anything else is an error.
@@ -110,7 +249,7 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-async fn hosts(url: &str, format: OutputFormat) -> anyhow::Result<Finish> {
+async fn hosts(url: &Target, format: OutputFormat) -> anyhow::Result<Finish> {
     let coord = Coordinator::connect(url).await?;
     let resp = coord.list_hosts().await?;
     emit_as(
@@ -122,7 +261,7 @@ async fn hosts(url: &str, format: OutputFormat) -> anyhow::Result<Finish> {
 }
 
 async fn start(
-    url: &str,
+    url: &Target,
     format: OutputFormat,
     spec_path: &Path,
     follow: bool,
@@ -153,7 +292,7 @@ async fn start(
     announce_and_follow(&coord, format, follow, &status, &render::started(&status)).await
 }
 
-async fn plan(url: &str, format: OutputFormat, spec_path: &Path) -> anyhow::Result<Finish> {
+async fn plan(url: &Target, format: OutputFormat, spec_path: &Path) -> anyhow::Result<Finish> {
     let loaded = spec_file::load(spec_path)?;
     // Hash before connecting: a bad file shows without any network.
     let (text, hashed) = spec_file::for_plan(&loaded).await?;
@@ -174,7 +313,12 @@ async fn plan(url: &str, format: OutputFormat, spec_path: &Path) -> anyhow::Resu
     Ok(Finish::Success)
 }
 
-async fn status(url: &str, format: OutputFormat, id: &str, follow: bool) -> anyhow::Result<Finish> {
+async fn status(
+    url: &Target,
+    format: OutputFormat,
+    id: &str,
+    follow: bool,
+) -> anyhow::Result<Finish> {
     let coord = Coordinator::connect(url).await?;
     if follow {
         return watch::follow(&coord, id, format).await;
@@ -188,7 +332,7 @@ async fn status(url: &str, format: OutputFormat, id: &str, follow: bool) -> anyh
     Ok(Finish::Success)
 }
 
-async fn list(url: &str, format: OutputFormat) -> anyhow::Result<Finish> {
+async fn list(url: &Target, format: OutputFormat) -> anyhow::Result<Finish> {
     let coord = Coordinator::connect(url).await?;
     let resp = coord.list_rollouts().await?;
     emit_as(
@@ -208,7 +352,7 @@ enum Steer {
     Promote,
 }
 
-async fn steer(url: &str, format: OutputFormat, how: Steer, id: &str) -> anyhow::Result<Finish> {
+async fn steer(url: &Target, format: OutputFormat, how: Steer, id: &str) -> anyhow::Result<Finish> {
     let coord = Coordinator::connect(url).await?;
     let status: RolloutStatus = match how {
         Steer::Pause => coord.pause_rollout(id).await?,
@@ -224,7 +368,7 @@ async fn steer(url: &str, format: OutputFormat, how: Steer, id: &str) -> anyhow:
     Ok(Finish::Success)
 }
 
-async fn push(url: &str, format: OutputFormat, file: &Path) -> anyhow::Result<Finish> {
+async fn push(url: &Target, format: OutputFormat, file: &Path) -> anyhow::Result<Finish> {
     let coord = Coordinator::connect(url).await?;
     let pushed = artifact::push_file(&coord, file).await?;
     emit_as(
@@ -236,7 +380,7 @@ async fn push(url: &str, format: OutputFormat, file: &Path) -> anyhow::Result<Fi
 }
 
 async fn rollback(
-    url: &str,
+    url: &Target,
     format: OutputFormat,
     id: &str,
     follow: bool,
@@ -268,7 +412,7 @@ async fn announce_and_follow(
     }
 }
 
-async fn history(url: &str, format: OutputFormat, service: &str) -> anyhow::Result<Finish> {
+async fn history(url: &Target, format: OutputFormat, service: &str) -> anyhow::Result<Finish> {
     let coord = Coordinator::connect(url).await?;
     let resp = coord.get_history(service).await?;
     emit_as(
@@ -287,7 +431,7 @@ enum HostAction {
 }
 
 async fn host_action(
-    url: &str,
+    url: &Target,
     format: OutputFormat,
     action: HostAction,
     host: &str,

@@ -7,10 +7,12 @@
 //! - [`client`]: the connection to a coordinator's `ControlService`, per-call deadlines, and
 //!   [`client::ControlError`], which turns gRPC statuses into one-line messages an operator can
 //!   act on.
+//! - [`certs`]: `rollgate certs`: the fleet CA and certificates for mTLS.
 //! - [`artifact`]: streaming a local file to the coordinator's artifact store while hashing it,
 //!   or only hashing it for a plan.
 //! - [`spec_file`]: reading a rollout spec and rewriting `release.file` into a release in the
 //!   store (pushed for `start`, hashed locally for `plan`).
+//! - [`release`]: `rollgate release keygen|sign`: publisher keys and signature files.
 //! - [`render`]: text output (tables, status blocks, relative times); pure functions.
 //! - [`json`]: `--output json` conversions of the wire messages to `serde_json` values.
 //! - [`watch`]: following a rollout, redrawing in place on a terminal or printing each change,
@@ -18,9 +20,11 @@
 
 pub mod args;
 pub mod artifact;
+pub mod certs;
 pub mod client;
 pub mod commands;
 pub mod json;
+pub mod release;
 pub mod render;
 pub mod spec_file;
 pub mod watch;

@@ -1,9 +1,11 @@
 //! Reading a rollout spec file and, when it names a local `release.file`, rewriting it into a
-//! release in the coordinator's store once the file is pushed (or, for a dry run, hashed).
+//! release in the coordinator's store once the file is pushed (or, for a dry run, hashed); a
+//! `release.signature_file` is read and inlined as `[release.signature]`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
+use rollgate_proto::signing::{self, SignatureFile};
 use rollgate_proto::spec::RolloutSpec;
 use thiserror::Error;
 
@@ -23,6 +25,9 @@ pub struct LoadedSpec {
     pub spec: RolloutSpec,
     /// `release.file`, resolved against the spec file's directory.
     pub artifact: Option<PathBuf>,
+    /// The `release.signature_file` that was read and inlined into `text`, to check against
+    /// the release once its sha256 and size are known.
+    pub signature: Option<SignatureFile>,
 }
 
 /// Reads and checks the spec at `path`. Errors name the file and the field.
@@ -30,6 +35,21 @@ pub fn load(path: &Path) -> anyhow::Result<LoadedSpec> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read rollout spec {}", path.display()))?;
     let spec = RolloutSpec::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let (text, spec, signature) = match &spec.release.signature_file {
+        None => (text, spec, None),
+        Some(file) => {
+            let sig_path = resolve_file(path, file);
+            let what = format!("release.signature_file {file:?} ({})", sig_path.display());
+            let sig_text = std::fs::read_to_string(&sig_path)
+                .with_context(|| format!("{}: cannot read {what}", path.display()))?;
+            let sig = SignatureFile::parse(&sig_text, &what)
+                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let text =
+                with_signature(&text, &sig).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let spec = RolloutSpec::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            (text, spec, Some(sig))
+        }
+    };
     let artifact = match &spec.release.file {
         Some(file) => {
             let artifact = resolve_file(path, file);
@@ -50,23 +70,72 @@ pub fn load(path: &Path) -> anyhow::Result<LoadedSpec> {
             None
         }
     };
-    Ok(LoadedSpec {
+    let loaded = LoadedSpec {
         path: path.to_path_buf(),
         text,
         spec,
         artifact,
-    })
+        signature,
+    };
+    if loaded.artifact.is_none() {
+        let r = &loaded.spec.release;
+        loaded.check_signature(&r.sha256, r.size)?;
+    }
+    Ok(loaded)
 }
 
 impl LoadedSpec {
     /// The spec to send once its `release.file` is in the store (or, for a plan, would be) as
     /// `sha256` and `size`, checked to be complete. Errors name the spec file.
     pub fn resolved_with(&self, sha256: &str, size: u64) -> anyhow::Result<String> {
+        self.check_signature(sha256, size)?;
         let text = with_store_release(&self.text, sha256, size)
             .map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
         RolloutSpec::parse_resolved(&text).map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
         Ok(text)
     }
+}
+
+impl LoadedSpec {
+    /// Checks that the inlined signature file signs this release (service, version, and the
+    /// artifact's `sha256` and `size`), so a mix-up is caught here rather than on every host.
+    fn check_signature(&self, sha256: &str, size: u64) -> anyhow::Result<()> {
+        let Some(sig) = &self.signature else {
+            return Ok(());
+        };
+        let s = &self.spec;
+        sig.check_matches(&s.service, &s.release.version, sha256, size)
+            .map_err(|e| {
+                anyhow!(
+                    "{}: release.signature_file does not sign this release: {e}",
+                    self.path.display()
+                )
+            })
+    }
+}
+
+/// The spec text with `release.signature_file` replaced by `[release.signature]` from `sig`.
+pub fn with_signature(text: &str, sig: &SignatureFile) -> Result<String, RewriteError> {
+    let mut doc: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| RewriteError::Toml(e.to_string()))?;
+    let release = doc
+        .get_mut("release")
+        .and_then(toml::Value::as_table_mut)
+        .ok_or(RewriteError::NoRelease)?;
+    release.remove("signature_file");
+    let mut table = toml::Table::new();
+    table.insert("key_id".into(), toml::Value::String(sig.key_id.clone()));
+    table.insert(
+        "signature".into(),
+        toml::Value::String(sig.signature.clone()),
+    );
+    table.insert(
+        "expires".into(),
+        toml::Value::String(signing::rfc3339(signing::unix(sig.expires))),
+    );
+    release.insert("signature".into(), toml::Value::Table(table));
+    toml::to_string(&doc).map_err(|e| RewriteError::Toml(e.to_string()))
 }
 
 /// The spec text for a dry run. A `release.file` is hashed here, not pushed: the spec is
@@ -274,6 +343,54 @@ targets.labels = { site = "a" }
         );
         assert!(
             err.contains("empty.toml") && err.contains("release.file") && err.contains("is empty"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn signature_file_is_inlined_and_checked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let prefix = dir.path().join("k");
+        let key = crate::release::keygen(&prefix).expect("keygen");
+        let app = dir.path().join("app");
+        std::fs::write(&app, b"abc").expect("write artifact");
+        let expires =
+            crate::release::parse_expires("1d", std::time::SystemTime::now()).expect("expires");
+        crate::release::sign(&key.private, "demo", "2", expires, &app, None)
+            .await
+            .expect("sign");
+        let spec = |version: &str| {
+            let p = dir.path().join(format!("spec-{version}.toml"));
+            std::fs::write(
+                &p,
+                format!(
+                    "service = \"demo\"\n[release]\nversion = \"{version}\"\nfile = \"app\"\n\
+                     signature_file = \"app.sig\"\n"
+                ),
+            )
+            .expect("write spec");
+            p
+        };
+        let loaded = load(&spec("2")).expect("loads");
+        let (text, _) = for_plan(&loaded).await.expect("signed release resolves");
+        let sent = RolloutSpec::parse_resolved(&text).expect("complete");
+        assert_eq!(sent.release.signature_file, None);
+        let sig = sent.release.signature.clone().expect("inlined");
+        assert_eq!(sig.key_id, key.key_id);
+        assert_eq!(
+            sent.release.to_pb().signature.map(|s| s.signature.len()),
+            Some(64)
+        );
+
+        // A signature of another version is caught before anything is sent.
+        let err = format!(
+            "{:#}",
+            for_plan(&load(&spec("3")).expect("loads"))
+                .await
+                .expect_err("mismatch")
+        );
+        assert!(
+            err.contains("does not sign this release") && err.contains("version \"2\", not \"3\""),
             "{err}"
         );
     }

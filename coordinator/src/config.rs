@@ -31,6 +31,9 @@ pub struct Config {
     pub etcd: EtcdConfig,
     /// How agents' sessions are kept.
     pub agents: AgentsConfig,
+    /// `[tls]`: mTLS for agents and operators (ca, cert, key), or `insecure_plaintext = true`
+    /// on a development machine.
+    pub tls: rollgate_proto::tls::TlsConfig,
 }
 
 /// etcd connection and the local single-member etcd.
@@ -50,6 +53,35 @@ pub struct EtcdConfig {
     /// that stops for longer loses both; a shorter TTL hands over faster.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// `[etcd.tls]`: TLS to the endpoints (needed for `https://` endpoints), with an optional
+    /// client certificate for etcd's `--client-cert-auth`.
+    pub tls: Option<EtcdTlsConfig>,
+    /// `[etcd.auth]`: the etcd user this coordinator authenticates as, when etcd has auth
+    /// enabled.
+    pub auth: Option<EtcdAuthConfig>,
+}
+
+/// `[etcd.tls]`: PEM files for TLS to etcd.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdTlsConfig {
+    /// CA certificate(s) that signed etcd's server certificate (etcd's `--cert-file`).
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain presented to etcd (for `--client-cert-auth`); with `key`.
+    pub cert: Option<PathBuf>,
+    /// Private key of `cert`.
+    pub key: Option<PathBuf>,
+}
+
+/// `[etcd.auth]`: etcd user and password.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdAuthConfig {
+    /// etcd user name; it needs a role with readwrite on `etcd.prefix`.
+    pub username: String,
+    /// File holding the password (one trailing newline is ignored). Kept out of the config so
+    /// the config can be world-readable; the file itself must not be.
+    pub password_file: PathBuf,
 }
 
 /// Agent session settings, sent to every agent in `Welcome`.
@@ -74,6 +106,7 @@ impl Default for Config {
             max_artifact_bytes: 1 << 30,
             etcd: EtcdConfig::default(),
             agents: AgentsConfig::default(),
+            tls: rollgate_proto::tls::TlsConfig::default(),
         }
     }
 }
@@ -86,6 +119,8 @@ impl Default for EtcdConfig {
             local_port: DEFAULT_LOCAL_ETCD_PORT,
             prefix: "/rollgate/".to_string(),
             lease_ttl: Duration::from_secs(5),
+            tls: None,
+            auth: None,
         }
     }
 }
@@ -119,7 +154,8 @@ impl Config {
             self.replica_id = format!("{host}-{}", std::process::id());
         }
         if self.advertise.is_empty() {
-            self.advertise = format!("http://{}", self.listen);
+            let scheme = if self.tls.insecure() { "http" } else { "https" };
+            self.advertise = format!("{scheme}://{}", self.listen);
         }
         if !self.etcd.prefix.starts_with('/') || !self.etcd.prefix.ends_with('/') {
             bail!(
@@ -130,6 +166,7 @@ impl Config {
         if self.etcd.lease_ttl < Duration::from_secs(1) {
             bail!("etcd.lease_ttl must be at least 1s (etcd leases count whole seconds)");
         }
+        self.etcd.check_access()?;
         if self.agents.heartbeat_interval.is_zero() || self.agents.missed_heartbeats == 0 {
             bail!("agents.heartbeat_interval and agents.missed_heartbeats must be above zero");
         }
@@ -139,6 +176,68 @@ impl Config {
     /// How long an agent may stay silent before its session is dropped.
     pub fn session_timeout(&self) -> Duration {
         self.agents.heartbeat_interval * self.agents.missed_heartbeats
+    }
+}
+
+impl EtcdConfig {
+    /// Checks `[etcd.tls]` and `[etcd.auth]` against the endpoints (the files are read when
+    /// connecting, see [`crate::etcd_conn`]).
+    fn check_access(&self) -> anyhow::Result<()> {
+        if self.endpoints.is_empty() && (self.tls.is_some() || self.auth.is_some()) {
+            bail!(
+                "[etcd.tls] and [etcd.auth] apply to etcd.endpoints, which is empty (the \
+                 coordinator then runs its own local etcd on 127.0.0.1 without TLS or users); \
+                 set etcd.endpoints or remove those tables"
+            );
+        }
+        let https: Vec<&String> = self
+            .endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .collect();
+        let plain = self.endpoints.iter().find(|e| !e.starts_with("https://"));
+        let has_ca = self.tls.as_ref().is_some_and(|t| t.ca.is_some());
+        if let Some(first) = https.first() {
+            if let Some(p) = plain {
+                bail!(
+                    "etcd.endpoints mixes https:// ({first}) and plain ({p}) endpoints; use \
+                     https:// for all of them"
+                );
+            }
+            if !has_ca {
+                bail!(
+                    "etcd.endpoints uses https:// ({first}) but [etcd.tls] ca is not set; set it \
+                     to the CA certificate (PEM) that signed etcd's server certificate"
+                );
+            }
+        }
+        if let Some(tls) = &self.tls {
+            if let Some(p) = plain {
+                bail!(
+                    "[etcd.tls] is set but etcd endpoint {p} is not https://; use https:// \
+                     endpoints (etcd's --listen-client-urls) or remove [etcd.tls]"
+                );
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                bail!(
+                    "[etcd.tls] cert and key go together (the client certificate etcd checks \
+                     with --client-cert-auth); set both or neither"
+                );
+            }
+        }
+        if let Some(auth) = &self.auth {
+            if auth.username.trim().is_empty() {
+                bail!("[etcd.auth] username is empty; set it to the etcd user for rollgate");
+            }
+            if auth.password_file.as_os_str().is_empty() {
+                bail!(
+                    "[etcd.auth] password_file is empty; set it to a file (mode 600) holding \
+                     the password of etcd user '{}'",
+                    auth.username
+                );
+            }
+        }
+        Ok(())
     }
 }
 

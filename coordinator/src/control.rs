@@ -877,14 +877,21 @@ pub async fn copy_artifact_from_peer(ctx: &Arc<Ctx>, sha256: &str) -> Result<(),
             art.stored_by
         )));
     };
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|e| {
-            tonic::Status::internal(format!(
-                "replica {} advertises a bad URL {url:?}: {e}",
-                art.stored_by
-            ))
-        })?
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| {
+        tonic::Status::internal(format!(
+            "replica {} advertises a bad URL {url:?}: {e}",
+            art.stored_by
+        ))
+    })?;
+    if let Some(tls) = &ctx.tls {
+        // Replicas fetch from each other with their own (coordinator) certificate.
+        endpoint = endpoint
+            .tls_config(rollgate_proto::tls::client_config(&tls.files()))
+            .map_err(|e| tonic::Status::internal(format!("TLS settings for {url}: {e}")))?;
+    }
+    let channel = endpoint
         .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(600))
         .connect()
         .await
         .map_err(|e| {

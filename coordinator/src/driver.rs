@@ -231,6 +231,8 @@ async fn grant(
             source: r.spec.release.source.clone(),
             sha256: r.spec.release.sha256.clone(),
             size: r.spec.release.size,
+            signature: r.spec.release.signature.clone(),
+            rollback: r.rollback_of.is_some(),
             min_healthy_time_ms: r.spec.strategy.min_healthy_time.as_millis() as u64,
             healthy_deadline_ms: r.spec.strategy.healthy_deadline.as_millis() as u64,
             granted_by: ctx.config.replica_id.clone(),

@@ -8,6 +8,7 @@ use futures::Stream;
 use rollgate_proto::pb;
 use rollgate_proto::pb::agent_service_server::AgentService;
 use rollgate_proto::pb::control_service_server::ControlService;
+use rollgate_proto::tls::Role;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -67,10 +68,23 @@ impl AgentService for AgentApi {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        let fleet = self.ctx.fleet();
+        let peer = crate::tls::require(
+            &request,
+            fleet.as_deref(),
+            &[Role::Host],
+            "an agent session",
+        )?;
         let (tx, rx) = mpsc::channel(AGENT_QUEUE);
         let ctx = self.ctx.clone();
         let shutdown = self.shutdown.clone();
-        tokio::spawn(sessions::serve(ctx, request.into_inner(), tx, shutdown));
+        tokio::spawn(sessions::serve(
+            ctx,
+            peer,
+            request.into_inner(),
+            tx,
+            shutdown,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -78,6 +92,13 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::FetchArtifactRequest>,
     ) -> Result<Response<Self::FetchArtifactStream>, Status> {
+        let fleet = self.ctx.fleet();
+        crate::tls::require(
+            &request,
+            fleet.as_deref(),
+            &[Role::Host, Role::Coordinator, Role::Operator],
+            "downloading an artifact",
+        )?;
         let req = request.into_inner();
         rollgate_proto::names::check_sha256(&req.sha256)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;

@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`config`]: the TOML config and its defaults.
 //! - [`local_etcd`]: a supervised single-member etcd when no endpoints are configured.
+//! - [`etcd_conn`]: connecting to etcd (TLS, client certificate, user) and explaining refusals.
 //! - [`store`]: etcd key schema and records.
 //! - [`planner`]: the pure decision function (who gets a slot, when a rollout ends).
 //! - [`driver`]: the leader loop that carries the planner's decisions out as fenced txns.
@@ -16,18 +17,20 @@ pub mod artifacts;
 pub mod config;
 pub mod control;
 pub mod driver;
+pub mod etcd_conn;
 pub mod grpc;
 pub mod local_etcd;
 pub mod planner;
 pub mod sessions;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::Client;
 use rollgate_proto::pb::agent_service_server::AgentServiceServer;
 use rollgate_proto::pb::control_service_server::ControlServiceServer;
 use tokio_util::sync::CancellationToken;
@@ -38,14 +41,13 @@ use crate::config::Config;
 use crate::sessions::Hub;
 use crate::store::Keys;
 
-/// How long connecting to etcd may take before the coordinator gives up at start.
-const ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one etcd request may take.
-const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between attempts to re-open a broken lease keep-alive.
 const LEASE_RETRY: Duration = Duration::from_millis(200);
 /// How long in-flight work gets at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// HTTP/2 streams one connection may have open (an agent needs two or three; an operator's
+/// CLI a handful): a confused or hostile peer cannot open thousands.
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
 /// What every part of a running coordinator shares.
 pub struct Ctx {
@@ -61,6 +63,15 @@ pub struct Ctx {
     pub hub: Hub,
     /// Artifacts pushed by operators.
     pub artifacts: ArtifactStore,
+    /// mTLS state (`None`: insecure development mode).
+    pub tls: Option<Arc<tls::ServerTls>>,
+}
+
+impl Ctx {
+    /// The fleet peers must belong to; `None` without TLS (no identities at all).
+    pub fn fleet(&self) -> Option<String> {
+        self.tls.as_ref().map(|t| t.fleet())
+    }
 }
 
 impl std::fmt::Debug for Ctx {
@@ -87,13 +98,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     } else {
         (config.etcd.endpoints.clone(), None)
     };
-    let options = ConnectOptions::new()
-        .with_connect_timeout(ETCD_CONNECT_TIMEOUT)
-        .with_timeout(ETCD_REQUEST_TIMEOUT)
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-    let mut etcd = Client::connect(&endpoints, Some(options))
-        .await
-        .with_context(|| format!("cannot connect to etcd at {endpoints:?}; check etcd.endpoints in the config and that etcd is running"))?;
+    let mut etcd = etcd_conn::connect(&config.etcd, &endpoints).await?;
     let ttl = config.etcd.lease_ttl.as_secs().max(1) as i64;
     let lease = etcd
         .lease_grant(ttl, None)
@@ -113,6 +118,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config.max_artifact_bytes,
     )?;
     let listen = config.listen;
+    let tls =
+        tls::ServerTls::load(&config.tls).context("cannot set up mTLS ([tls] in the config)")?;
     let ctx = Arc::new(Ctx {
         etcd,
         keys: Keys::new(&config.etcd.prefix),
@@ -120,6 +127,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         lease,
         hub: Hub::default(),
         artifacts,
+        tls: tls.clone(),
     });
 
     let listener = tokio::net::TcpListener::bind(listen)
@@ -140,15 +148,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let max = rollgate_proto::MAX_MESSAGE_BYTES;
     let server_cancel = cancel.clone();
-    let server = tonic::transport::Server::builder()
+    let fleet = ctx.fleet();
+    let control = ControlServiceServer::new(control_api).max_decoding_message_size(max);
+    let control = tonic::service::interceptor::InterceptedService::new(
+        control,
+        move |req: tonic::Request<()>| {
+            tls::require(
+                &req,
+                fleet.as_deref(),
+                &[rollgate_proto::tls::Role::Operator],
+                "the control API",
+            )?;
+            Ok(req)
+        },
+    );
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(health_service)
         .add_service(AgentServiceServer::new(agent_api).max_decoding_message_size(max))
-        .add_service(ControlServiceServer::new(control_api).max_decoding_message_size(max))
-        .serve_with_incoming_shutdown(
+        .add_service(control);
+    let stop = async move { server_cancel.cancelled().await };
+    let server = match &tls {
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            tls::incoming(listener, tls.clone(), cancel.clone()),
+            stop,
+        )),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move { server_cancel.cancelled().await },
-        );
-    let server = tokio::spawn(server);
+            stop,
+        )),
+    };
     info!(replica = %ctx.config.replica_id, %local_addr, "coordinator listening");
 
     let keepalive = tokio::spawn(keep_lease(

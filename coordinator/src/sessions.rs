@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
 use rand::Rng;
+use rollgate_proto::tls::Identity;
 use rollgate_proto::{names, pb};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -96,6 +97,7 @@ impl Hub {
 /// Serves one agent stream until it ends, the agent goes silent, or the replica shuts down.
 pub async fn serve(
     ctx: Arc<Ctx>,
+    peer: Option<Identity>,
     mut inbound: Streaming<pb::AgentMessage>,
     tx: AgentTx,
     shutdown: CancellationToken,
@@ -121,6 +123,30 @@ pub async fn serve(
         warn!("refusing an agent session: {e}");
         refuse(&tx, &e.to_string()).await;
         return;
+    }
+    // S7: the certificate says who this is; the hello may only agree.
+    if let Some(peer) = &peer {
+        if peer.name != hello.host_id {
+            warn!(
+                certificate = %peer.uri(),
+                claimed = %hello.host_id,
+                "refusing an agent session: its certificate is for host {} but its hello claims \
+                 host {}; a host speaks only for itself",
+                peer.name,
+                hello.host_id
+            );
+            refuse(
+                &tx,
+                &format!(
+                    "your certificate is for host {:?} but your hello says host_id = {:?}; set \
+                     host_id = {:?} in the agent config, or install this host's own certificate \
+                     (rollgate certs issue host {})",
+                    peer.name, hello.host_id, peer.name, hello.host_id
+                ),
+            )
+            .await;
+            return;
+        }
     }
     let host = hello.host_id.clone();
     let span = tracing::info_span!("session", host = %host);
@@ -554,6 +580,8 @@ async fn reattach(
                 source: r.release.source.clone(),
                 sha256: r.release.sha256.clone(),
                 size: r.release.size,
+                signature: r.release.signature.clone(),
+                rollback: rollout.rollback_of.is_some(),
                 min_healthy_time_ms: r.strategy.min_healthy_time.as_millis() as u64,
                 healthy_deadline_ms: r.strategy.healthy_deadline.as_millis() as u64,
                 granted_by: ctx.config.replica_id.clone(),
@@ -587,16 +615,10 @@ async fn reattach(
 }
 
 async fn send_stage(ctx: &Arc<Ctx>, rollout: &crate::store::RolloutRecord, host: &str) {
-    let r = &rollout.spec.release;
     let msg = pb::coordinator_message::Msg::Stage(pb::StageOrder {
         rollout_id: rollout.id.clone(),
         service: rollout.spec.service.clone(),
-        release: Some(pb::Release {
-            version: r.version.clone(),
-            source: r.source.clone(),
-            sha256: r.sha256.clone(),
-            size: r.size,
-        }),
+        release: Some(rollout.spec.release.to_pb()),
     });
     if ctx.hub.send(host, msg).await {
         info!(rollout = %rollout.id, %host, "stage order sent");

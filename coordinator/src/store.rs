@@ -27,7 +27,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use etcd_client::{Client, GetOptions, KeyValue};
 use rollgate_proto::pb;
-use rollgate_proto::spec::{ReleaseSpec, RolloutSpec};
+use rollgate_proto::spec::{ReleaseSpec, RolloutSpec, SignatureSpec};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use thiserror::Error;
 
@@ -467,6 +467,14 @@ pub struct SlotRecord {
     pub sha256: String,
     /// Size of the artifact.
     pub size: u64,
+    /// The publisher's signature, passed on to the agent (absent in slots written before
+    /// releases were signed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureSpec>,
+    /// The grant belongs to a rollback rollout: the agent may go back to an older release it
+    /// has run before.
+    #[serde(default)]
+    pub rollback: bool,
     /// How long the host must stay healthy.
     pub min_healthy_time_ms: u64,
     /// How long it may take.
@@ -489,9 +497,11 @@ impl SlotRecord {
                 source: self.source.clone(),
                 sha256: self.sha256.clone(),
                 size: self.size,
+                signature: self.signature.as_ref().and_then(|s| s.to_pb().ok()),
             }),
             min_healthy_time_ms: self.min_healthy_time_ms,
             healthy_deadline_ms: self.healthy_deadline_ms,
+            rollback: self.rollback,
         }
     }
 }

@@ -5,10 +5,13 @@
 //! - [`spec`]: the rollout spec operators write (TOML), its parsing and validation.
 //! - [`telemetry`]: log routing for the daemons (journald under systemd, stderr otherwise).
 //! - [`tls`]: peer identities (URI SANs) and the `[tls]` settings every part shares.
+//! - [`signing`]: release signatures (ed25519 over service, version, digest, size and expiry),
+//!   keys in PEM, signature files.
 //! - [`names`]: validation of host ids, service names and versions that end up in etcd keys
 //!   and file paths.
 
 pub mod names;
+pub mod signing;
 pub mod spec;
 pub mod telemetry;
 pub mod tls;

@@ -74,6 +74,81 @@ pub struct ReleaseSpec {
     /// store and replaces it with `source = "store:"`, `sha256` and `size`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// The publisher's signature (`[release.signature]`); agents that pin signing keys refuse
+    /// the release without a valid one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureSpec>,
+    /// A signature file from `rollgate release sign` on the operator's machine; the CLI reads
+    /// it, checks that it signs this release, and replaces it with `signature`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_file: Option<String>,
+}
+
+/// A release signature in a spec: see [`crate::signing`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureSpec {
+    /// Which key signed: 16 hex digits (see [`crate::signing::PublicKey::key_id`]).
+    pub key_id: String,
+    /// The ed25519 signature, base64.
+    pub signature: String,
+    /// When the signature stops being accepted (RFC 3339, e.g. `"2027-01-01T00:00:00Z"`).
+    #[serde(with = "humantime_serde")]
+    pub expires: std::time::SystemTime,
+}
+
+impl SignatureSpec {
+    /// Checks the form (not the validity) of the signature; the error says what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        let hex_id = self.key_id.len() == crate::signing::KEY_ID_LEN
+            && self
+                .key_id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex_id {
+            return Err(format!(
+                "key_id {:?} is not a key id (16 lowercase hex digits, as `rollgate release \
+                 sign` prints)",
+                self.key_id
+            ));
+        }
+        self.to_pb().map(|_| ())
+    }
+
+    /// The signature as it goes on the wire.
+    pub fn to_pb(&self) -> Result<crate::pb::ReleaseSignature, String> {
+        use base64::Engine as _;
+        let bytes = crate::signing::b64()
+            .decode(self.signature.trim())
+            .map_err(|e| format!("signature is not base64 ({e}); copy it from the .sig file"))?;
+        if bytes.len() != crate::signing::SIGNATURE_LEN {
+            return Err(format!(
+                "signature is {} bytes, not the {} of an ed25519 signature; copy it from the \
+                 .sig file",
+                bytes.len(),
+                crate::signing::SIGNATURE_LEN
+            ));
+        }
+        Ok(crate::pb::ReleaseSignature {
+            key_id: self.key_id.clone(),
+            signature: bytes,
+            expires_unix: crate::signing::unix(self.expires),
+        })
+    }
+}
+
+impl ReleaseSpec {
+    /// The release as orders carry it (a malformed signature, which validation refuses,
+    /// would be sent as none).
+    pub fn to_pb(&self) -> crate::pb::Release {
+        crate::pb::Release {
+            version: self.version.clone(),
+            source: self.source.clone(),
+            sha256: self.sha256.clone(),
+            size: self.size,
+            signature: self.signature.as_ref().and_then(|s| s.to_pb().ok()),
+        }
+    }
 }
 
 /// Which hosts a rollout targets. With neither field set: every host known to the coordinator.
@@ -451,6 +526,15 @@ impl RolloutSpec {
                 "give either `file` (pushed by the CLI) or `source`, not both",
             ));
         }
+        if self.release.signature_file.is_some() && self.release.signature.is_some() {
+            return Err(field_err(
+                "release.signature_file",
+                "give either `signature_file` (read by the CLI) or [release.signature], not both",
+            ));
+        }
+        if let Some(sig) = &self.release.signature {
+            sig.check().map_err(|e| field_err("release.signature", e))?;
+        }
         Ok(())
     }
 
@@ -476,6 +560,14 @@ impl RolloutSpec {
                      \"http://...\" or \"file:///absolute/path\"",
                     r.source
                 ),
+            ));
+        }
+        if r.signature_file.is_some() {
+            return Err(field_err(
+                "release.signature_file",
+                "the coordinator cannot read files on your machine; use `rollgate rollout \
+                 start`, which reads it, or copy its key_id, signature and expires into \
+                 [release.signature]",
             ));
         }
         names::check_sha256(&r.sha256).map_err(|e| field_err("release.sha256", e.to_string()))?;
@@ -615,6 +707,86 @@ min_healthy_time = "2s"
                 "`strategy.progress_deadline`",
             ),
             (format!("{GOOD}max_failures = \"150%\"\n"), "max_failures"),
+        ];
+        for (text, want) in cases {
+            let err = RolloutSpec::parse_resolved(&text)
+                .expect_err(want)
+                .to_string();
+            assert!(err.contains(want), "error {err:?} should name {want}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod signature_tests {
+    use super::*;
+    use base64::Engine as _;
+
+    const SIGNED: &str = r#"
+service = "demo"
+[release]
+version = "2.0.0"
+source = "store:"
+sha256 = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+size = 10
+[release.signature]
+key_id = "0123456789abcdef"
+signature = "SIG"
+expires = "2030-01-01T00:00:00Z"
+"#;
+
+    fn with_sig(sig: &str) -> String {
+        SIGNED.replace("SIG", sig)
+    }
+
+    #[test]
+    fn signature_goes_on_the_wire() {
+        let sig = crate::signing::b64().encode([7u8; 64]);
+        let spec = RolloutSpec::parse_resolved(&with_sig(&sig)).expect("valid");
+        let pb = spec.release.to_pb().signature.expect("signature");
+        assert_eq!(pb.signature, vec![7u8; 64]);
+        assert_eq!(pb.key_id, "0123456789abcdef");
+        assert_eq!(pb.expires_unix, 1_893_456_000);
+        // The stored form keeps it.
+        let again = toml_roundtrip(&spec);
+        assert_eq!(again.release.signature, spec.release.signature);
+    }
+
+    fn toml_roundtrip(spec: &RolloutSpec) -> RolloutSpec {
+        let text = toml::to_string(spec).expect("encode");
+        RolloutSpec::parse(&text).expect("decode")
+    }
+
+    #[test]
+    fn bad_signatures_name_the_field() {
+        let good = crate::signing::b64().encode([7u8; 64]);
+        let cases = [
+            (with_sig("not base64!"), "`release.signature`"),
+            (
+                with_sig(&crate::signing::b64().encode([7u8; 10])),
+                "10 bytes",
+            ),
+            (
+                with_sig(&good).replace("0123456789abcdef", "KEY"),
+                "`release.signature`",
+            ),
+            (
+                with_sig(&good).replace(
+                    "[release.signature]",
+                    "signature_file = \"x.sig\"\n[release.signature]",
+                ),
+                "`release.signature_file`",
+            ),
+            (
+                format!(
+                    "{}signature_file = \"x.sig\"\n",
+                    SIGNED
+                        .split("[release.signature]")
+                        .next()
+                        .unwrap_or_default()
+                ),
+                "`release.signature_file`",
+            ),
         ];
         for (text, want) in cases {
             let err = RolloutSpec::parse_resolved(&text)

@@ -265,7 +265,7 @@ pub enum TlsError {
         source: IdentityError,
     },
     /// Own certificate is for another role.
-    #[error("the certificate {path} is for {found}, but this is a {expected}; issue one with `rollgate certs issue {expected_word} ...`")]
+    #[error("the certificate {path} is for {found}, but it is used for a{n} {expected}; issue one with `rollgate certs issue {expected_word} NAME`", n = if matches!(expected, Role::Operator) { "n" } else { "" })]
     WrongRole {
         /// Its path.
         path: PathBuf,

@@ -15,13 +15,26 @@ fn text(o: &std::process::Output) -> String {
 
 #[test]
 fn unreachable_coordinator_is_a_clear_error() -> anyhow::Result<()> {
-    let out = std::process::Command::new(bin("rollgate"))
-        .args(["--coordinator", "http://127.0.0.1:9", "hosts"])
-        .output()?;
-    assert!(!out.status.success());
-    let t = text(&out);
+    let run = |args: &[&str]| -> anyhow::Result<String> {
+        let out = std::process::Command::new(bin("rollgate"))
+            .args(args)
+            .env_remove("ROLLGATE_CA")
+            .env_remove("ROLLGATE_CERT")
+            .env_remove("ROLLGATE_KEY")
+            .output()?;
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        Ok(text(&out))
+    };
+    let t = run(&["--insecure", "--coordinator", "http://127.0.0.1:9", "hosts"])?;
     assert!(t.contains("cannot reach the coordinator"), "{t}");
     assert!(t.contains("ROLLGATE_COORDINATOR"), "{t}");
+    // Without an operator certificate the CLI says which flags to pass, before dialing.
+    let t = run(&["--coordinator", "https://127.0.0.1:9", "hosts"])?;
+    assert!(t.contains("no operator certificate given"), "{t}");
+    assert!(t.contains("--ca, --cert and --key"), "{t}");
+    // Plain http needs the explicit development switch.
+    let t = run(&["--coordinator", "http://127.0.0.1:9", "hosts"])?;
+    assert!(t.contains("plain http is for development only"), "{t}");
     Ok(())
 }
 

@@ -119,6 +119,7 @@ timeout = "1s"
             source: format!("file://{}", path.display()),
             sha256: digest,
             size: body.len() as u64,
+            signature: None,
         }
     }
 
@@ -153,6 +154,7 @@ pub fn order(
         release: Some(release),
         min_healthy_time_ms: min_healthy_ms,
         healthy_deadline_ms: deadline_ms,
+        rollback: false,
     }
 }
 

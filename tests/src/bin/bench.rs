@@ -777,8 +777,9 @@ fn scale(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         let dir = base.join(&id);
         fs::create_dir_all(&dir)?;
         // An agent with no services: it connects, says hello and heartbeats.
+        let tls = fleet.pki.host(&id)?.toml();
         let cfg = format!(
-            "host_id = \"{id}\"\ncoordinator = \"{url}\"\nstate_dir = \"{}\"\n[labels]\nsite = \"site-{}\"\n",
+            "host_id = \"{id}\"\ncoordinator = \"{url}\"\nstate_dir = \"{}\"\n{tls}[labels]\nsite = \"site-{}\"\n",
             dir.join("state").display(),
             i % 10
         );

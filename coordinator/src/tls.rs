@@ -1,0 +1,282 @@
+//! mTLS on the coordinator's listener, certificate reload, and who may call what (S7).
+//!
+//! Every connection must present a certificate from the fleet CA (rustls's WebPKI client
+//! verifier: chain, validity period, clientAuth usage). The peer's identity is read from that
+//! certificate's `spiffe://FLEET/ROLE/NAME` URI SAN, never from a message: agents may open only
+//! their own host's session, the control API takes only operators, artifacts go to hosts,
+//! operators and other replicas.
+//!
+//! Reload: before each handshake the listener compares the files' modification times with the
+//! loaded ones and rebuilds its rustls config when they changed (SIGHUP forces it). A renewed
+//! certificate or CA takes effect for the next connection, without a restart; a broken file
+//! is reported and the last good config stays in use.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use rollgate_proto::tls::{Identity, Role, TlsConfig, TlsFiles};
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Status};
+use tracing::{debug, error, info, warn};
+
+/// A TLS handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; more connections wait for a free one (a flood of idle
+/// sockets cannot starve the accept loop or the memory).
+const MAX_HANDSHAKES: usize = 256;
+
+/// The listener's TLS state: the files, the current rustls config, and our own identity.
+#[derive(Debug)]
+pub struct ServerTls {
+    settings: TlsConfig,
+    current: Mutex<Loaded>,
+}
+
+struct Loaded {
+    acceptor: TlsAcceptor,
+    files: Arc<TlsFiles>,
+    stamps: Vec<Option<SystemTime>>,
+}
+
+impl ServerTls {
+    /// Loads `[tls]`; `Ok(None)` in insecure mode (logged loudly).
+    pub fn load(settings: &TlsConfig) -> anyhow::Result<Option<Arc<Self>>> {
+        if settings.insecure() {
+            warn!(
+                "INSECURE: [tls] insecure_plaintext = true: agents and operators talk plain \
+                 http, nothing is encrypted and nobody is authenticated; any process that can \
+                 reach this port can run releases on every host. Development only."
+            );
+            return Ok(None);
+        }
+        let loaded = Self::build(settings)?;
+        info!(
+            identity = %loaded.files.identity.uri(),
+            "mTLS on: peers must present a certificate from the fleet CA"
+        );
+        Ok(Some(Arc::new(ServerTls {
+            settings: settings.clone(),
+            current: Mutex::new(loaded),
+        })))
+    }
+
+    fn build(settings: &TlsConfig) -> anyhow::Result<Loaded> {
+        let stamps = stamps(settings);
+        let files = settings
+            .load(
+                Role::Coordinator,
+                "make them with `rollgate certs issue coordinator REPLICA_ID`",
+            )?
+            .context("TLS settings vanished")?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in &files.ca {
+            roots
+                .add(ca.clone())
+                .context("the fleet CA certificate in [tls] ca is not a usable CA")?;
+        }
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .context("cannot build the client certificate verifier from [tls] ca")?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(files.chain.clone(), files.key()?)
+            .context("[tls] cert and key do not belong together")?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Loaded {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            files: Arc::new(files),
+            stamps,
+        })
+    }
+
+    /// Our fleet (from our own certificate).
+    pub fn fleet(&self) -> String {
+        self.files().identity.fleet.clone()
+    }
+
+    /// The files currently in use (for dialing other replicas with our certificate).
+    pub fn files(&self) -> Arc<TlsFiles> {
+        lock(&self.current).files.clone()
+    }
+
+    /// The acceptor to use now, reloading first when a file changed (or `force`).
+    fn acceptor(&self, force: bool) -> TlsAcceptor {
+        let mut cur = lock(&self.current);
+        let now = stamps(&self.settings);
+        if force || now != cur.stamps {
+            match Self::build(&self.settings) {
+                Ok(fresh) => {
+                    info!(
+                        identity = %fresh.files.identity.uri(),
+                        "TLS certificates reloaded; new connections use them"
+                    );
+                    *cur = fresh;
+                }
+                Err(e) => {
+                    error!(
+                        "cannot reload the TLS files ({e:#}); still using the ones loaded before. \
+                         Fix the files named in [tls]; they are read again on the next connection"
+                    );
+                    // Do not retry on every connection until they change again.
+                    cur.stamps = now;
+                }
+            }
+        }
+        cur.acceptor.clone()
+    }
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("identity", &self.files.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+fn stamps(settings: &TlsConfig) -> Vec<Option<SystemTime>> {
+    settings
+        .paths()
+        .into_iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Accepts TCP connections and hands out the ones whose TLS handshake (client certificate
+/// included) succeeded. Refused handshakes are logged with the peer's address and why.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    cancel: CancellationToken,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    tokio::spawn(async move {
+        loop {
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let (tcp, peer) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = hangup => {
+                    info!("SIGHUP: reloading the TLS files");
+                    tls.acceptor(true);
+                    continue;
+                }
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off a little instead of spinning.
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let acceptor = tls.acceptor(false);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = tcp.set_nodelay(true);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => warn!(
+                        %peer,
+                        "refused a connection: TLS handshake failed: {e}. A peer needs a \
+                         certificate from this fleet's CA (rollgate certs issue ...)"
+                    ),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Who is calling, from the verified client certificate of the connection. `Ok(None)` when
+/// the coordinator runs without TLS (insecure development mode).
+pub fn peer<T>(req: &Request<T>, fleet: Option<&str>) -> Result<Option<Identity>, Status> {
+    let Some(fleet) = fleet else {
+        return Ok(None);
+    };
+    let certs = req.peer_certs().ok_or_else(|| {
+        Status::unauthenticated("no client certificate on this connection; connect with mTLS")
+    })?;
+    let first = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
+    let id = Identity::from_cert_der(first).map_err(|e| {
+        warn!("refused a request: the client certificate names no usable identity: {e}");
+        Status::unauthenticated(format!("your certificate is not usable here: {e}"))
+    })?;
+    if id.fleet != fleet {
+        warn!(identity = %id.uri(), "refused a request from another fleet's identity");
+        return Err(Status::permission_denied(format!(
+            "your certificate is for fleet {:?}, this coordinator serves fleet {fleet:?}",
+            id.fleet
+        )));
+    }
+    Ok(Some(id))
+}
+
+/// Requires one of `roles`; `what` names the call in the refusal.
+pub fn require<T>(
+    req: &Request<T>,
+    fleet: Option<&str>,
+    roles: &[Role],
+    what: &str,
+) -> Result<Option<Identity>, Status> {
+    let id = peer(req, fleet)?;
+    if let Some(id) = &id {
+        if !roles.contains(&id.role) {
+            let allowed: Vec<_> = roles.iter().map(|r| r.word()).collect();
+            warn!(identity = %id.uri(), "refused {what}: not allowed for a {}", id.role);
+            return Err(Status::permission_denied(format!(
+                "{what} is for {} certificates; yours is {} ({}). Use a certificate from \
+                 `rollgate certs issue {} NAME`",
+                allowed.join(" or "),
+                id,
+                id.uri(),
+                allowed[0]
+            )));
+        }
+    }
+    Ok(id)
+}
+
+/// Paths named in `[tls]`, for messages.
+pub fn describe(settings: &TlsConfig) -> String {
+    let p = |o: &Option<PathBuf>| o.as_ref().map_or("-".into(), |p| p.display().to_string());
+    format!(
+        "ca {}, cert {}, key {}",
+        p(&settings.ca),
+        p(&settings.cert),
+        p(&settings.key)
+    )
+}
