@@ -122,7 +122,7 @@ impl Trust {
             release.version,
             short(&release.sha256)
         );
-        if false && !rollback {
+        if !rollback {
             return Err(format!(
                 "{what}, and the order is not a rollback. A downgrade happens only through an \
                  explicit rollback (`rollgate rollout rollback ROLLOUT`) to a release this host \

@@ -70,9 +70,12 @@ async fn lead(
     cancel: &CancellationToken,
 ) -> Result<(), StoreError> {
     let mut etcd = ctx.etcd.clone();
-    let mut watch = etcd
-        .watch(ctx.keys.all(), Some(WatchOptions::new().with_prefix()))
-        .await?;
+    let mut watch = crate::etcd_conn::watch(
+        &mut etcd,
+        ctx.keys.all(),
+        Some(WatchOptions::new().with_prefix()),
+    )
+    .await?;
     loop {
         let wake = drive_once(ctx, leader).await?;
         let sleep = wake

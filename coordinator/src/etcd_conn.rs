@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
-    TxnOp,
+    TxnOp, WatchOptions, WatchResponse, WatchStream,
 };
 
 use crate::config::{EtcdConfig, EtcdTlsConfig};
@@ -22,6 +22,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// Permission bits for "other users": a password file with any of them set is refused.
 const OTHERS_MASK: u32 = 0o007;
+/// How etcd words a refused (expired, unknown) auth token.
+const INVALID_TOKEN: &str = "invalid auth token";
 
 /// Why the coordinator cannot use etcd, written for the operator: what happened, what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +186,60 @@ pub async fn connect(cfg: &EtcdConfig, endpoints: &[String]) -> Result<Client, E
     Ok(client)
 }
 
+/// A watch that reports etcd cancelling it as an error instead of going silent.
+#[derive(Debug)]
+pub struct Watch {
+    stream: WatchStream,
+}
+
+impl Watch {
+    /// The next response; `Err` when the stream breaks or etcd cancels the watch (a compacted
+    /// revision, a revoked permission), so the caller re-opens it.
+    pub async fn message(&mut self) -> Result<Option<WatchResponse>, etcd_client::Error> {
+        match self.stream.message().await? {
+            Some(r) if r.canceled() => Err(etcd_client::Error::WatchError(format!(
+                "etcd cancelled the watch: {}",
+                r.cancel_reason()
+            ))),
+            other => Ok(other),
+        }
+    }
+}
+
+/// Opens a watch and waits for etcd to confirm it (that first, event-less response is not
+/// passed on). etcd checks the auth token when it creates the watch, not when the stream opens,
+/// so an expired token (idle for `--auth-token-ttl`, or etcd restarted) shows up as a watch
+/// cancelled at once, which the client's own token refresh never sees: refresh it and retry
+/// once.
+pub async fn watch(
+    client: &mut Client,
+    key: impl Into<Vec<u8>>,
+    options: Option<WatchOptions>,
+) -> Result<Watch, etcd_client::Error> {
+    let key = key.into();
+    let mut refreshed = false;
+    loop {
+        let mut watch = Watch {
+            stream: client.watch(key.clone(), options.clone()).await?,
+        };
+        match watch.message().await {
+            Ok(Some(_)) => return Ok(watch),
+            Ok(None) => {
+                return Err(etcd_client::Error::WatchError(
+                    "etcd closed the watch before confirming it".into(),
+                ))
+            }
+            Err(etcd_client::Error::WatchError(why))
+                if !refreshed && why.contains(INVALID_TOKEN) =>
+            {
+                refreshed = true;
+                client.refresh_token().await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Builds the TLS options from `[etcd.tls]`.
 fn tls_options(tls: &EtcdTlsConfig) -> Result<TlsOptions, EtcdAccessError> {
     let mut options = TlsOptions::new();
@@ -279,7 +335,7 @@ fn explain(cfg: &EtcdConfig, endpoints: &[String], err: &etcd_client::Error) -> 
     }
     if user.is_none()
         && (lower.contains("user name is empty")
-            || lower.contains("invalid auth token")
+            || lower.contains(INVALID_TOKEN)
             || lower.contains("user name not found"))
     {
         return EtcdAccessError::AuthRequired { endpoints, why };

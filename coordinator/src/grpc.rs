@@ -190,12 +190,12 @@ impl ControlService for ControlApi {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut etcd = ctx.etcd.clone();
-            let watch = etcd
-                .watch(
-                    ctx.keys.all(),
-                    Some(etcd_client::WatchOptions::new().with_prefix()),
-                )
-                .await;
+            let watch = crate::etcd_conn::watch(
+                &mut etcd,
+                ctx.keys.all(),
+                Some(etcd_client::WatchOptions::new().with_prefix()),
+            )
+            .await;
             let mut last = first.clone();
             if tx.send(Ok(first)).await.is_err() {
                 return;

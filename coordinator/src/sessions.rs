@@ -631,9 +631,12 @@ pub async fn dispatch_orders(ctx: Arc<Ctx>, cancel: CancellationToken) {
     let keys = ctx.keys.clone();
     loop {
         let mut etcd = ctx.etcd.clone();
-        let watch = etcd
-            .watch(keys.all(), Some(WatchOptions::new().with_prefix()))
-            .await;
+        let watch = crate::etcd_conn::watch(
+            &mut etcd,
+            keys.all(),
+            Some(WatchOptions::new().with_prefix()),
+        )
+        .await;
         let mut stream = match watch {
             Ok(s) => s,
             Err(e) => {

@@ -24,7 +24,7 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[test]
 fn rollouts_complete_through_a_tls_client_cert_auth_etcd() -> anyhow::Result<()> {
-    let fleet = Fleet::start(FleetOpts {
+    let mut fleet = Fleet::start(FleetOpts {
         agents: 3,
         etcd_secure: true,
         ..FleetOpts::default()
@@ -60,6 +60,17 @@ fn rollouts_complete_through_a_tls_client_cert_auth_etcd() -> anyhow::Result<()>
     assert!(
         fleet.coordinator_restarts().is_empty(),
         "the coordinator exited: {:?}",
+        fleet.coordinator_restarts()
+    );
+
+    // etcd forgets every token when it restarts: the coordinator's re-opened watches and its
+    // requests must authenticate again, or new slots would never reach the agents.
+    fleet.restart_etcd(Duration::from_millis(300))?;
+    fleet.wait_coordinator()?;
+    fleet.wait_connected(3)?;
+    fleet.install("4.0.0", "max_unavailable = 1")?;
+    println!(
+        "supervisor restarts after the etcd restart: {:?}",
         fleet.coordinator_restarts()
     );
     let log = fs::read_to_string(fleet.coordinator().log())?;
