@@ -367,3 +367,41 @@ fn oversized_messages_are_refused_with_memory_bounded() -> anyhow::Result<()> {
     assert_eq!(list_hosts(&fleet, Some(identity_of(&fleet.operator))), Ok(1));
     Ok(())
 }
+
+#[test]
+fn an_agent_with_another_hosts_certificate_refuses_to_start() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::init(&dir.path().join("pki"))?;
+    let files = pki.host("host-1")?;
+    let run = |host_id: &str, url: &str, tls: &str| -> anyhow::Result<String> {
+        let cfg = dir.path().join(format!("{host_id}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "host_id = \"{host_id}\"\ncoordinator = \"{url}\"\nstate_dir = \"{}\"\n{tls}",
+                dir.path().join(host_id).display()
+            ),
+        )?;
+        let out = std::process::Command::new(rollgate_tests::bin("rollgate-agent"))
+            .arg("--config")
+            .arg(&cfg)
+            .output()?;
+        assert!(!out.status.success(), "{host_id} started");
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let e = run("host-7", "https://127.0.0.1:9", &files.toml())?;
+    println!("{e}");
+    assert!(e.contains("is for host \"host-1\""), "{e}");
+    assert!(e.contains("rollgate certs issue host host-7"), "{e}");
+    let e = run("host-1", "http://127.0.0.1:9", &files.toml())?;
+    println!("{e}");
+    assert!(e.contains("plain http"), "{e}");
+    let e = run("host-1", "https://127.0.0.1:9", "")?;
+    println!("{e}");
+    assert!(e.contains("insecure_plaintext"), "{e}");
+    let op = pki.operator()?;
+    let e = run("host-1", "https://127.0.0.1:9", &op.toml())?;
+    println!("{e}");
+    assert!(e.contains("is for operator tester"), "{e}");
+    Ok(())
+}
