@@ -261,4 +261,71 @@ mod tests {
         assert!(toml::from_str::<Config>("listen = 5").is_err());
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
     }
+
+    #[test]
+    fn etcd_tls_and_auth_are_checked_against_the_endpoints() {
+        let cases = [
+            // (config, what the error must name; "" = valid)
+            (
+                "[etcd]\nendpoints = [\"https://e:2379\"]\n[etcd.tls]\nca = \"/ca.pem\"\n\
+                 cert = \"/c.pem\"\nkey = \"/k.pem\"\n[etcd.auth]\nusername = \"rollgate\"\n\
+                 password_file = \"/pw\"",
+                "",
+            ),
+            (
+                "[etcd]\nendpoints = [\"https://e:2379\"]\n[etcd.tls]\nca = \"/ca.pem\"",
+                "",
+            ),
+            (
+                "[etcd]\nendpoints = [\"https://e:2379\"]",
+                "[etcd.tls] ca is not set",
+            ),
+            (
+                "[etcd]\nendpoints = [\"https://e:2379\"]\n[etcd.tls]\ncert = \"/c.pem\"\n\
+                 key = \"/k.pem\"",
+                "[etcd.tls] ca is not set",
+            ),
+            (
+                "[etcd]\nendpoints = [\"https://e:2379\"]\n[etcd.tls]\nca = \"/ca.pem\"\n\
+                 cert = \"/c.pem\"",
+                "cert and key go together",
+            ),
+            (
+                "[etcd]\nendpoints = [\"http://e:2379\"]\n[etcd.tls]\nca = \"/ca.pem\"",
+                "is not https://",
+            ),
+            (
+                "[etcd]\nendpoints = [\"https://a:2379\", \"http://b:2379\"]\n[etcd.tls]\n\
+                 ca = \"/ca.pem\"",
+                "mixes https://",
+            ),
+            (
+                "[etcd.auth]\nusername = \"rollgate\"\npassword_file = \"/pw\"",
+                "etcd.endpoints, which is empty",
+            ),
+            (
+                "[etcd]\nendpoints = [\"http://e:2379\"]\n[etcd.auth]\nusername = \"\"\n\
+                 password_file = \"/pw\"",
+                "[etcd.auth] username is empty",
+            ),
+            (
+                "[etcd]\nendpoints = [\"http://e:2379\"]\n[etcd.auth]\nusername = \"u\"\n\
+                 password_file = \"\"",
+                "[etcd.auth] password_file is empty",
+            ),
+        ];
+        for (text, want) in cases {
+            let mut c: Config = toml::from_str(text).expect("parses");
+            match (c.finish(), want) {
+                (Ok(()), "") => {}
+                (Ok(()), want) => panic!("{text:?} was accepted; want an error naming {want:?}"),
+                (Err(e), "") => panic!("{text:?} was refused: {e}"),
+                (Err(e), want) => assert!(e.to_string().contains(want), "{text:?}: {e}"),
+            }
+        }
+        // The password itself never goes into the config.
+        let no_inline = "[etcd]\nendpoints = [\"http://e:2379\"]\n[etcd.auth]\n\
+                         username = \"u\"\npassword = \"x\"";
+        assert!(toml::from_str::<Config>(no_inline).is_err());
+    }
 }

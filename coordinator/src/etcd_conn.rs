@@ -171,6 +171,12 @@ pub async fn connect(cfg: &EtcdConfig, endpoints: &[String]) -> Result<Client, E
     }
     if let Some(auth) = &cfg.auth {
         let Password(password) = read_password(&auth.password_file)?;
+        if cfg.tls.is_none() {
+            tracing::warn!(
+                user = %auth.username,
+                "the etcd password goes over plain http; use https:// endpoints and [etcd.tls]"
+            );
+        }
         // etcd's tokens expire (`--auth-token-ttl`, 5 min by default, counted from the last
         // use): a request refused for an expired token re-authenticates and is retried once.
         options = options
@@ -233,6 +239,10 @@ pub async fn watch(
                 if !refreshed && why.contains(INVALID_TOKEN) =>
             {
                 refreshed = true;
+                tracing::info!(
+                    "etcd refused the watch's auth token (expired, or etcd restarted); \
+                     authenticating again"
+                );
                 client.refresh_token().await?;
             }
             Err(e) => return Err(e),
@@ -494,7 +504,7 @@ mod tests {
             cert: None,
             key: None,
         };
-        let err = tls_options(&tls).err().expect("junk").to_string();
+        let err = tls_options(&tls).expect_err("junk").to_string();
         assert!(
             err.contains("[etcd.tls] ca") && err.contains("CERTIFICATE"),
             "{err}"
@@ -504,7 +514,7 @@ mod tests {
             cert: None,
             key: None,
         };
-        let err = tls_options(&tls).err().expect("missing").to_string();
+        let err = tls_options(&tls).expect_err("missing").to_string();
         assert!(err.contains("missing.pem"), "{err}");
     }
 

@@ -11,6 +11,8 @@
 //!   and records it ([`Fleet::coordinator_restarts`]). [`Fleet::leader`] reads the election key
 //!   from etcd. Control RPCs ([`Fleet::rpc`], [`Fleet::status`], [`Fleet::promote`], ...) fail
 //!   over between replicas.
+//! - [`Etcd`]: plain, or ([`Etcd::start_secure`], `FleetOpts::etcd_secure`) https with client
+//!   certificates and auth enabled, a throwaway CA and a `rollgate` user ([`EtcdSecurity`]).
 //! - [`NetLab`]: netns mode; every agent (and so its service) runs in its own network namespace
 //!   on a bridge in the root namespace; removed on drop, even when the test panics.
 //! - [`Observer`]: polls every host's service directly (not the coordinator's word) and records
