@@ -150,7 +150,7 @@ struct Data {
     staged: BTreeMap<String, Vec<String>>,
     /// Releases (version, sha256) each service committed to, oldest first: the only ones an
     /// explicit rollback may go back to. (Absent in files written before signing existed;
-    /// `history` then stands in.)
+    /// `history` stands in for what was committed before.)
     #[serde(default)]
     ran: BTreeMap<String, Vec<RanRelease>>,
 }
@@ -234,20 +234,24 @@ impl Journal {
     }
 
     /// Whether `service` ran release `version` with digest `sha256` on this host (committed
-    /// to it after an update). For journals older than this record, a committed release dir
-    /// of that version and digest prefix counts.
+    /// to it after an update). A version in the record must match its full digest. A version
+    /// committed before the record existed is known only by its release dir name (version and
+    /// the first 12 hex digits of the digest), which then counts: passing for it would take an
+    /// artifact of that version whose digest shares those digits and, where signing is
+    /// required, the publisher's signature over it.
     pub fn ran_before(&self, service: &str, version: &str, sha256: &str) -> bool {
-        let exact = self
+        let recorded: Vec<&RanRelease> = self
             .data
             .ran
             .get(service)
-            .is_some_and(|r| r.iter().any(|x| x.version == version && x.sha256 == sha256));
-        let legacy = !self.data.ran.contains_key(service)
-            && self
-                .history(service)
-                .iter()
-                .any(|d| *d == crate::releases::ServiceDir::release_dir_name(version, sha256));
-        exact || legacy
+            .map(|r| r.iter().filter(|x| x.version == version).collect())
+            .unwrap_or_default();
+        if !recorded.is_empty() {
+            return recorded.iter().any(|x| x.sha256 == sha256);
+        }
+        self.history(service)
+            .iter()
+            .any(|d| *d == crate::releases::ServiceDir::release_dir_name(version, sha256))
     }
 
     /// Records that `service` committed to release `version` / `sha256` (see
@@ -431,6 +435,35 @@ mod tests {
         assert_eq!(j.result_for(7, "demo"), Some(result(7)));
         assert_eq!(j.result_for(7, "other"), None);
         assert_eq!(j.history("demo"), ["2.0.0-aaaaaaaaaaaa".to_string()]);
+    }
+
+    #[test]
+    fn releases_run_are_remembered_exactly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let mut j = Journal::open(dir.path()).expect("open");
+        // A journal from before the record: a committed dir of that version and digest counts.
+        j.finish("demo", &result(1), Some("1.0.0-aaaaaaaaaaaa"))
+            .expect("finish");
+        assert!(j.ran_before("demo", "1.0.0", &a));
+        assert!(!j.ran_before("demo", "1.0.0", &b));
+        assert!(!j.ran_before("other", "1.0.0", &a));
+        // The record keeps exact (version, sha256) pairs, across a reopen.
+        j.finish("demo", &result(2), Some("2.0.0-bbbbbbbbbbbb"))
+            .expect("finish");
+        j.record_ran("demo", "2.0.0", &b).expect("record");
+        let j = Journal::open(dir.path()).expect("reopen");
+        assert!(j.ran_before("demo", "2.0.0", &b));
+        assert!(!j.ran_before("demo", "2.0.0", &a));
+        let same_prefix = format!("{}{}", &b[..12], "c".repeat(52));
+        assert!(
+            !j.ran_before("demo", "2.0.0", &same_prefix),
+            "a recorded version needs its full digest"
+        );
+        assert!(
+            j.ran_before("demo", "1.0.0", &a),
+            "what was committed before the record still counts"
+        );
     }
 
     #[test]

@@ -103,7 +103,16 @@ async fn staged_release_is_verified_idempotent_and_swapped_without_a_download() 
 #[tokio::test]
 async fn staging_failures_are_explained_and_change_nothing() {
     let world = World::new();
-    let (exec, mut outbox) = start(&world);
+    // A cap far above any disk, so that the free-space check is what refuses 2^60 bytes.
+    let config = rollgate_agent::Config::parse(&format!(
+        "max_artifact_bytes = {}\n{}",
+        i64::MAX,
+        world.config_text("http://127.0.0.1:1")
+    ))
+    .expect("config");
+    let (_tx, rx) = watch::channel(None);
+    let (exec, mut outbox) =
+        Executor::start(&config, Fetcher::new(rx).expect("fetcher")).expect("executor");
     install(&world, &exec, &mut outbox, 1, "1.0.0").await;
     let v1_dir = world.current().expect("current");
     let pid = world.running_pid().expect("running");

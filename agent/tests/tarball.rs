@@ -173,7 +173,8 @@ async fn tarball_releases_unpack_run_and_hostile_ones_are_refused() {
     }
     assert!(alive(pid), "the running release was never touched");
 
-    // The next good tarball goes in; going back to 1.0.0 reuses its dir (archive re-hashed).
+    // The next good tarball goes in; going back to 1.0.0 (an explicit rollback: it ran here)
+    // reuses its dir (archive re-hashed).
     let v2 = world.release_bytes(
         "2.0.0",
         &targz(&[("bin/demo-svc", &healthy("2.0.0"), 0o755)], &[]),
@@ -181,7 +182,9 @@ async fn tarball_releases_unpack_run_and_hostile_ones_are_refused() {
     exec.handle_order(order(20, v2, 100, 5000));
     let (r, _) = result_for(&mut outbox, 20).await;
     assert_eq!(r.outcome(), Outcome::Succeeded, "{r:?}");
-    exec.handle_order(order(21, v1, 100, 5000));
+    let mut back = order(21, v1, 100, 5000);
+    back.rollback = true;
+    exec.handle_order(back);
     let (r, seen) = result_for(&mut outbox, 21).await;
     assert_eq!(r.outcome(), Outcome::Succeeded, "{r:?}");
     assert!(
