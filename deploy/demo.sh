@@ -3,7 +3,8 @@
 # agents each running a small demo web service on its own port), installs v1, rolls out v2
 # with live progress, then shows a bad v3 halted and rolled back. Cleans up after itself, also
 # on Ctrl-C. Everything listens on 127.0.0.1 only, and every link is mTLS: the demo makes a
-# fleet CA and a certificate per coordinator, host and operator with `rollgate certs`.
+# fleet CA and a certificate per coordinator, host and operator with `rollgate certs`; the
+# agents pin a release signing key and every release is signed with `rollgate release sign`.
 #
 #   deploy/demo.sh            # the whole story
 #   DEMO_AGENTS=12 deploy/demo.sh
@@ -45,6 +46,7 @@ rollgate certs issue coordinator coord-1 --dir "$PKI" --ip 127.0.0.1 --dns local
 rollgate certs issue operator demo-operator --dir "$PKI"
 for i in $(seq 1 "$AGENTS"); do rollgate certs issue host "edge-$i" --dir "$PKI" >/dev/null; done
 echo "and $AGENTS host certificates, edge-1 .. edge-$AGENTS (spiffe://demo/host/edge-N)"
+rollgate release keygen --out "$PKI/release"
 export ROLLGATE_CA=$PKI/ca.pem ROLLGATE_CERT=$PKI/operator-demo-operator.pem ROLLGATE_KEY=$PKI/operator-demo-operator.key
 
 bold "starting the coordinator (it starts a local single-member etcd; logs in $DEMO/coordinator.log)"
@@ -77,6 +79,9 @@ state_dir = "$DEMO/agent-$i/state"
 ca = "$PKI/ca.pem"
 cert = "$PKI/host-edge-$i.pem"
 key = "$PKI/host-edge-$i.key"
+[signing]
+required = true
+keys = ["$PKI/release.pub"]
 [labels]
 site = "$site"
 [[services]]
@@ -106,11 +111,16 @@ release() { # version mode max_unavailable min_healthy_time healthy_deadline [ex
   local f="$DEMO/demo-svc-$1"
   printf '#!/bin/sh\nexec %s --version %s --mode %s --start-delay-ms 300 "$@"\n' "$BIN/rollgate-testsvc" "$1" "$2" >"$f"
   chmod +x "$f"
+  local sig="signature_file = \"$f.sig\""
+  if [ "${UNSIGNED:-}" = 1 ]; then sig=""; else
+    rollgate release sign --key "$PKI/release.key" --service demo --version "$1" --expires 1d "$f" >/dev/null
+  fi
   cat > "$DEMO/rollout-$1.toml" <<TOML
 service = "demo"
 [release]
 version = "$1"
 file = "$f"
+$sig
 [strategy]
 max_unavailable = $3
 min_healthy_time = "$4"
@@ -135,6 +145,12 @@ bold "rolling out a bad 3.0.0 (fails its health check): it must halt at the firs
 release 3.0.0 unhealthy 2 1s 4s
 if rollgate rollout start "$DEMO/rollout-3.0.0.toml" --watch; then
   echo "unexpected: the bad release was not halted"; exit 1
+fi
+
+bold "an unsigned 3.1.0: the agents pin the release key, so the first host refuses it before swapping anything"
+UNSIGNED=1 release 3.1.0 healthy 2 1s 4s
+if rollgate rollout start "$DEMO/rollout-3.1.0.toml" --watch; then
+  echo "unexpected: the unsigned release was installed"; exit 1
 fi
 
 bold "every host still serves 2.0.0, healthy"
