@@ -278,10 +278,18 @@ pub fn plan(o: Observed<'_>) -> Plan {
         let first = &plan.failures[0];
         let why = match progress_of[first] {
             Progress::Lost => "lost mid-update and silent past its deadline".to_string(),
+            // Halted at the agent's "rolling back" step: the result (and its reason) is still
+            // to come, the progress message says why it is rolling back.
             _ => o
                 .steps
                 .get(first)
-                .map(|s| s.reason.clone())
+                .map(|s| {
+                    if s.reason.is_empty() {
+                        s.message.clone()
+                    } else {
+                        s.reason.clone()
+                    }
+                })
                 .unwrap_or_default(),
         };
         let what = format!(
@@ -876,9 +884,14 @@ mod tests {
         let mut w = world(4, strategy(Budget::Count(2)));
         w.hold("h1");
         w.hold("h2");
-        w.steps.get_mut("h1").expect("h1").step = "rolling back".into();
+        let s = w.steps.get_mut("h1").expect("h1");
+        s.step = "rolling back".into();
+        s.message = "not healthy within 4s: http probe answered 500".into();
         let p = w.plan();
-        assert_eq!(p.phase.map(|(ph, _)| ph), Some(Phase::Failed));
+        let (phase, why) = p.phase.expect("halted");
+        assert_eq!(phase, Phase::Failed);
+        // The reason is the agent's verdict, not empty (the result is still to come).
+        assert!(why.contains("first: h1: not healthy within 4s"), "{why}");
         assert_eq!(p.failures, vec!["h1"]);
     }
 
