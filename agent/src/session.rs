@@ -293,9 +293,14 @@ async fn serve(
     }
     let channel = tokio::select! {
         _ = cancel.cancelled() => return End::Shutdown,
-        c = endpoint.connect() => match c {
-            Ok(c) => c,
-            Err(e) => return lost(crate::error_chain(&e)),
+        // TCP connect and TLS handshake each have their own timeout; this bounds the whole.
+        c = tokio::time::timeout(CONNECT_TIMEOUT * 3, endpoint.connect()) => match c {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return lost(crate::error_chain(&e)),
+            Err(_) => return lost(format!(
+                "no connection within {:?} (the coordinator accepts TCP but does not answer)",
+                CONNECT_TIMEOUT * 3
+            )),
         },
     };
 

@@ -374,10 +374,16 @@ fn certs(
     Ok(v)
 }
 
+/// Longest TLS handshake a client waits for. A peer that accepts TCP but never answers (a
+/// SIGSTOPped or wedged coordinator: the kernel still accepts connections for it) must not
+/// hold a client forever; the agent then moves on to the next replica.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// tonic client settings for dialing a coordinator with `files`: trust only the fleet CA,
-/// present our own certificate.
+/// present our own certificate, give up on a handshake after [`HANDSHAKE_TIMEOUT`].
 pub fn client_config(files: &TlsFiles) -> tonic::transport::ClientTlsConfig {
     tonic::transport::ClientTlsConfig::new()
+        .timeout(HANDSHAKE_TIMEOUT)
         .ca_certificate(tonic::transport::Certificate::from_pem(&files.ca_pem))
         .identity(tonic::transport::Identity::from_pem(
             &files.cert_pem,

@@ -283,6 +283,14 @@ pub struct Etcd {
     pub security: Option<EtcdSecurity>,
 }
 
+impl Etcd {
+    /// `127.0.0.1:PORT` of the plain-HTTP port that answers `/health` and `/metrics` (never
+    /// the key space).
+    pub fn metrics_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.health_port)
+    }
+}
+
 /// The etcd user the coordinators of a secure etcd authenticate as.
 pub const ETCD_USER: &str = "rollgate";
 /// etcd's `--auth-token-ttl` (seconds) when secure: short, so that a test outlives several of
@@ -776,7 +784,8 @@ pub struct FleetOpts {
     pub coordinator_extra: Option<String>,
     /// Run etcd with TLS, client certificates and auth ([`Etcd::start_secure`]); every
     /// coordinator gets the `[etcd.tls]` and `[etcd.auth]` tables it needs, after
-    /// `coordinator_extra` (which must then not hold those tables itself).
+    /// `coordinator_extra` (which must then not hold those tables itself). The default: every
+    /// link in the tests is mTLS, etcd's included.
     pub etcd_secure: bool,
 }
 
@@ -792,7 +801,7 @@ impl Default for FleetOpts {
             supervise: true,
             agent_services: None,
             coordinator_extra: None,
-            etcd_secure: false,
+            etcd_secure: true,
         }
     }
 }

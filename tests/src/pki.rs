@@ -56,6 +56,7 @@ impl TlsFiles {
     /// tonic client settings with these files.
     pub fn client_config(&self) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
         Ok(tonic::transport::ClientTlsConfig::new()
+            .timeout(std::time::Duration::from_secs(2))
             .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(
                 &self.ca,
             )?))

@@ -46,9 +46,7 @@ fn list_hosts(fleet: &Fleet, tls: Option<ClientTlsConfig>) -> Result<usize, Stri
 }
 
 fn ca_only(pki_ca: &Path) -> ClientTlsConfig {
-    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(
-        std::fs::read(pki_ca).expect("ca"),
-    ))
+    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(pki_ca).expect("ca")))
 }
 
 /// An operator certificate signed by the fleet CA that expired yesterday (made with rcgen
@@ -87,7 +85,10 @@ fn mtls_refuses_strangers_impostors_and_wrong_roles() -> anyhow::Result<()> {
     let ca = fleet.pki.ca();
 
     // The operator gets in.
-    assert_eq!(list_hosts(&fleet, Some(identity_of(&fleet.operator))), Ok(2));
+    assert_eq!(
+        list_hosts(&fleet, Some(identity_of(&fleet.operator))),
+        Ok(2)
+    );
 
     // Each refusal below must be the coordinator's, for the right reason: its log says why.
     let log = LogCursor::new(&fleet);
@@ -138,8 +139,14 @@ fn mtls_refuses_strangers_impostors_and_wrong_roles() -> anyhow::Result<()> {
         "{refusal}"
     );
     let hosts = fleet.hosts()?;
-    let h2 = hosts.iter().find(|h| h.host_id == "host-2").expect("host-2");
-    assert!(h2.connected, "host-2 must still be connected by its own agent");
+    let h2 = hosts
+        .iter()
+        .find(|h| h.host_id == "host-2")
+        .expect("host-2");
+    assert!(
+        h2.connected,
+        "host-2 must still be connected by its own agent"
+    );
 
     // An operator opening an agent session.
     let e = hello_as(&fleet, &fleet.operator, "host-2").expect_err("operator as agent");
@@ -302,8 +309,7 @@ fn oversized_messages_are_refused_with_memory_bounded() -> anyhow::Result<()> {
     let mut worst = before;
     let results = fleet.block_on(async {
         let calls = (0..8).map(|_| {
-            let mut c = ControlServiceClient::new(ch.clone())
-                .max_encoding_message_size(usize::MAX);
+            let mut c = ControlServiceClient::new(ch.clone()).max_encoding_message_size(usize::MAX);
             let spec = huge.clone();
             async move {
                 c.create_rollout(pb::CreateRolloutRequest { spec_toml: spec })
@@ -317,7 +323,10 @@ fn oversized_messages_are_refused_with_memory_bounded() -> anyhow::Result<()> {
     for r in &results {
         let (code, msg) = r.clone().expect_err("oversized spec accepted");
         assert!(
-            matches!(code, tonic::Code::OutOfRange | tonic::Code::ResourceExhausted),
+            matches!(
+                code,
+                tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+            ),
             "{code:?}: {msg}"
         );
     }
@@ -364,7 +373,10 @@ fn oversized_messages_are_refused_with_memory_bounded() -> anyhow::Result<()> {
     );
     assert!(grew < 64 * 1024, "the coordinator grew by {grew} KiB");
     // Still serving.
-    assert_eq!(list_hosts(&fleet, Some(identity_of(&fleet.operator))), Ok(1));
+    assert_eq!(
+        list_hosts(&fleet, Some(identity_of(&fleet.operator))),
+        Ok(1)
+    );
     Ok(())
 }
 

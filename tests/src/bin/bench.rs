@@ -552,8 +552,7 @@ fn handover(args: &Args, report: &mut Report) -> anyhow::Result<()> {
 
 /// Mean duration (ms) and count of etcd's WAL fsyncs, from its Prometheus metrics.
 fn etcd_fsync_ms(fleet: &Fleet) -> Option<(f64, u64)> {
-    let addr = fleet.etcd.endpoint.strip_prefix("http://")?;
-    let (_, body) = rollgate_tests::http_get(addr, "/metrics").ok()?;
+    let (_, body) = rollgate_tests::http_get(&fleet.etcd.metrics_addr(), "/metrics").ok()?;
     let metric = |name: &str| -> Option<f64> {
         body.lines()
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?
