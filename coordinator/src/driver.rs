@@ -94,38 +94,28 @@ async fn lead(
     }
 }
 
-async fn still_leader(ctx: &Arc<Ctx>, leader: &LeaderKey) -> Result<bool, StoreError> {
-    let resp = ctx.etcd.clone().get(leader.key(), None).await?;
-    Ok(resp
-        .kvs()
-        .first()
-        .map(|kv| kv.create_revision() == leader.rev())
-        .unwrap_or(false))
-}
-
 /// One planning round over every active rollout; returns when the planner wants to run again.
 async fn drive_once(ctx: &Arc<Ctx>, leader: &LeaderKey) -> Result<Option<i64>, StoreError> {
-    // Independent reads go out together: a freed slot is handed on within a few ms.
-    let (mut e1, mut e2, mut etcd) = (ctx.etcd.clone(), ctx.etcd.clone(), ctx.etcd.clone());
-    let (leading, fleet, active) = tokio::join!(
-        still_leader(ctx, leader),
-        store::read_fleet(&mut e1, &ctx.keys),
-        store::active_rollouts(&mut e2, &ctx.keys),
-    );
-    if !leading? {
+    // One read-only transaction for everything but the rollouts: a freed slot is handed on
+    // after this, one read per active rollout, and the grant itself.
+    let mut etcd = ctx.etcd.clone();
+    let round = store::read_round(&mut etcd, &ctx.keys, Some(leader.key())).await?;
+    if round.leader_rev != Some(leader.rev()) {
         return Err(StoreError::Corrupt {
             key: ctx.keys.leader(),
             err: "this replica's election key is gone (lease lost); another replica leads".into(),
         });
     }
-    let (fleet, active) = (fleet?, active?);
+    let fleet = round.fleet;
+    // The token counter as read, then as this round's grants move it.
+    let mut token = round.token;
     let mut wake: Option<i64> = None;
-    for rid in active {
+    for rid in round.active {
         let Some(view) = store::read_rollout(&mut etcd, &ctx.keys, &rid, fleet.revision).await?
         else {
             continue;
         };
-        match drive_rollout(ctx, leader, &fleet, &view).await {
+        match drive_rollout(ctx, leader, &fleet, &view, &mut token).await {
             Ok(Some(at)) => wake = Some(wake.map_or(at, |w: i64| w.min(at))),
             Ok(None) => {}
             Err(e) => warn!(rollout = %rid, "planning round failed: {e}"),
@@ -144,6 +134,7 @@ async fn drive_rollout(
     leader: &LeaderKey,
     fleet: &FleetView,
     view: &RolloutView,
+    token: &mut (u64, i64),
 ) -> Result<Option<i64>, StoreError> {
     let keys = &ctx.keys;
     let r = &view.rollout;
@@ -195,7 +186,7 @@ async fn drive_rollout(
         }
         return Ok(None);
     }
-    grant(ctx, leader, fleet, view, &plan).await?;
+    grant(ctx, leader, fleet, view, &plan, token).await?;
     Ok(plan.wake_at_ms)
 }
 
@@ -206,6 +197,7 @@ async fn grant(
     fleet: &FleetView,
     view: &RolloutView,
     plan: &Plan,
+    counter: &mut (u64, i64),
 ) -> Result<(), StoreError> {
     if plan.grants.is_empty() {
         return Ok(());
@@ -213,11 +205,9 @@ async fn grant(
     let keys = &ctx.keys;
     let r = &view.rollout;
     let mut etcd = ctx.etcd.clone();
-    let resp = etcd.get(keys.token(), None).await?;
-    let (mut last_token, mut token_rev) = match resp.kvs().first() {
-        Some(kv) => (decode::<u64>(kv)?, kv.mod_revision()),
-        None => (0, 0),
-    };
+    // The counter as read at the start of the round (each grant's txn compares its mod
+    // revision, so a stale value grants nothing).
+    let (mut last_token, mut token_rev) = *counter;
     let mut unavailable = plan.unavailable.len();
     for host in &plan.grants {
         let Some(&lease) = fleet.connected.get(host) else {
@@ -277,6 +267,7 @@ async fn grant(
         }
         last_token = token;
         token_rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        *counter = (last_token, token_rev);
         unavailable += usize::from(!plan.unavailable.iter().any(|(h, _)| h == host));
         info!(
             rollout = %r.id, %host, token, unavailable, budget = r.max_unavailable,

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, GetOptions, KeyValue};
+use etcd_client::{Client, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use rollgate_proto::pb;
 use rollgate_proto::spec::{ReleaseSpec, RolloutSpec, SignatureSpec};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -571,25 +571,64 @@ impl FleetView {
 
 /// Reads all host records, sessions and slots (one consistent revision).
 pub async fn read_fleet(client: &mut Client, keys: &Keys) -> Result<FleetView, StoreError> {
-    let resp = client
-        .get(keys.hosts(), Some(GetOptions::new().with_prefix()))
-        .await?;
+    Ok(read_round(client, keys, None).await?.fleet)
+}
+
+/// What a planning round reads besides the rollouts themselves.
+#[derive(Debug, Clone)]
+pub struct RoundView {
+    /// Hosts, sessions, slots.
+    pub fleet: FleetView,
+    /// Ids of the active rollouts.
+    pub active: Vec<String>,
+    /// The token counter and its mod revision (0, 0 before the first grant).
+    pub token: (u64, i64),
+    /// Create revision of `leader_key`, when one was asked for and exists.
+    pub leader_rev: Option<i64>,
+}
+
+/// Reads hosts, sessions, slots, the active rollouts, the token counter and (optionally) the
+/// leader's election key in one read-only transaction: one round trip, one revision, no
+/// write (etcd serves a read-only txn like a linearizable read). A freed slot is handed on
+/// after this, one read per active rollout, and the grant.
+pub async fn read_round(
+    client: &mut Client,
+    keys: &Keys,
+    leader_key: Option<&[u8]>,
+) -> Result<RoundView, StoreError> {
+    let prefix = || Some(GetOptions::new().with_prefix());
+    let mut ops = vec![
+        TxnOp::get(keys.hosts(), prefix()),
+        TxnOp::get(
+            keys.sessions(),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        ),
+        TxnOp::get(keys.all_slots(), prefix()),
+        TxnOp::get(keys.services(), prefix()),
+        TxnOp::get(keys.token(), None),
+    ];
+    if let Some(k) = leader_key {
+        ops.push(TxnOp::get(k.to_vec(), None));
+    }
+    let resp = client.txn(Txn::new().and_then(ops)).await?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let gets: Vec<_> = resp
+        .op_responses()
+        .into_iter()
+        .filter_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        })
+        .collect();
+    let kvs = |i: usize| gets.get(i).map(|g| g.kvs()).unwrap_or_default();
+
     let mut hosts = BTreeMap::new();
-    for kv in resp.kvs() {
+    for kv in kvs(0) {
         let rec: HostRecord = decode(kv)?;
         hosts.insert(rec.host_id.clone(), rec);
     }
-    let at = |o: GetOptions| o.with_prefix().with_revision(revision);
-    let resp = client
-        .get(
-            keys.sessions(),
-            Some(at(GetOptions::new().with_keys_only())),
-        )
-        .await?;
     let sp = keys.sessions();
-    let connected = resp
-        .kvs()
+    let connected = kvs(1)
         .iter()
         .filter_map(|kv| {
             Some((
@@ -598,19 +637,27 @@ pub async fn read_fleet(client: &mut Client, keys: &Keys) -> Result<FleetView, S
             ))
         })
         .collect();
-    let resp = client
-        .get(keys.all_slots(), Some(at(GetOptions::new())))
-        .await?;
     let mut slots = BTreeMap::new();
-    for kv in resp.kvs() {
+    for kv in kvs(2) {
         let rec: SlotRecord = decode(kv)?;
         slots.insert((rec.service.clone(), rec.host_id.clone()), rec);
     }
-    Ok(FleetView {
-        hosts,
-        connected,
-        slots,
-        revision,
+    let active = active_from(kvs(3));
+    let token = match kvs(4).first() {
+        Some(kv) => (decode::<u64>(kv)?, kv.mod_revision()),
+        None => (0, 0),
+    };
+    let leader_rev = kvs(5).first().map(KeyValue::create_revision);
+    Ok(RoundView {
+        fleet: FleetView {
+            hosts,
+            connected,
+            slots,
+            revision,
+        },
+        active,
+        token,
+        leader_rev,
     })
 }
 
@@ -677,16 +724,18 @@ pub async fn active_rollouts(client: &mut Client, keys: &Keys) -> Result<Vec<Str
     let resp = client
         .get(keys.services(), Some(GetOptions::new().with_prefix()))
         .await?;
-    Ok(resp
-        .kvs()
-        .iter()
+    Ok(active_from(resp.kvs()))
+}
+
+fn active_from(kvs: &[KeyValue]) -> Vec<String> {
+    kvs.iter()
         .filter(|kv| {
             kv.key_str()
                 .map(|k| k.ends_with("/active"))
                 .unwrap_or(false)
         })
         .filter_map(|kv| kv.value_str().ok().map(str::to_string))
-        .collect())
+        .collect()
 }
 
 /// A service's release history, newest first.
