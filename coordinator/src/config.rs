@@ -186,7 +186,7 @@ impl EtcdConfig {
         if self.endpoints.is_empty() && (self.tls.is_some() || self.auth.is_some()) {
             bail!(
                 "[etcd.tls] and [etcd.auth] apply to etcd.endpoints, which is empty (the \
-                 coordinator then runs its own local etcd on 127.0.0.1 without TLS or users); \
+                 coordinator then runs its own local etcd on 127.0.0.1, mTLS with a private CA under state_dir/etcd-pki); \
                  set etcd.endpoints or remove those tables"
             );
         }

@@ -3,7 +3,8 @@
 //!
 //! Layout:
 //! - [`config`]: the TOML config and its defaults.
-//! - [`local_etcd`]: a supervised single-member etcd when no endpoints are configured.
+//! - [`local_etcd`]: a supervised single-member etcd when no endpoints are configured, mTLS only
+//!   with a private CA under `state_dir/etcd-pki`.
 //! - [`etcd_conn`]: connecting to etcd (TLS, client certificate, user) and explaining refusals.
 //! - [`store`]: etcd key schema and records.
 //! - [`planner`]: the pure decision function (who gets a slot, when a rollout ends).
@@ -98,7 +99,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     } else {
         (config.etcd.endpoints.clone(), None)
     };
-    let mut etcd = etcd_conn::connect(&config.etcd, &endpoints).await?;
+    // The local etcd takes only the client certificate its own CA issued this coordinator.
+    let etcd_config = match &local {
+        Some(local) => local.connect_config(&config.etcd),
+        None => config.etcd.clone(),
+    };
+    let mut etcd = etcd_conn::connect(&etcd_config, &endpoints).await?;
+    if let Some(local) = &local {
+        local.record_peer_url(&mut etcd).await;
+    }
     let ttl = config.etcd.lease_ttl.as_secs().max(1) as i64;
     let lease = etcd
         .lease_grant(ttl, None)

@@ -1,20 +1,35 @@
 //! A local single-member etcd, started and supervised when the config names no endpoints, so
 //! one machine works out of the box. Its data lives under `state_dir/etcd`.
+//!
+//! It speaks mTLS only, on its client port and on its peer port alike (etcd serves its whole
+//! gRPC API on the peer port too): certificates from a private CA under `state_dir/etcd-pki`
+//! ([`pki`]), made on first start without any setup. Any other local user or process that can
+//! reach 127.0.0.1 is refused, and so is every fleet certificate.
+
+pub mod pki;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use rustls::pki_types::ServerName;
 use tokio::process::{Child, Command};
+use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::EtcdConfig;
+use pki::{LocalPki, LOOPBACK};
 
 /// How long the local etcd may take to answer its health endpoint.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pause between health checks while etcd starts.
+const HEALTH_POLL: Duration = Duration::from_millis(50);
+/// How long one health check may take.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause before restarting a local etcd that exited.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 /// How long etcd gets to stop after SIGTERM.
@@ -23,14 +38,19 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// A running local etcd, restarted if it dies, stopped when the token is cancelled.
 #[derive(Debug)]
 pub struct LocalEtcd {
-    /// Client URL to connect to.
+    /// Client URL to connect to (`https://127.0.0.1:local_port`).
     pub endpoint: String,
+    /// Its CA and the coordinator's client certificate: the only way in.
+    pub pki: LocalPki,
+    /// Peer URL (`https://127.0.0.1:local_port+1`), to correct what an older data dir records.
+    peer_url: String,
     /// The supervisor task; awaited at shutdown so etcd stops before the coordinator exits.
     task: tokio::task::JoinHandle<()>,
 }
 
 impl LocalEtcd {
-    /// Starts etcd under `state_dir/etcd` and waits until it is healthy.
+    /// Makes (or reuses) the local CA and certificates, starts etcd under `state_dir/etcd` and
+    /// waits until it is healthy.
     pub async fn start(
         cfg: &EtcdConfig,
         state_dir: &Path,
@@ -39,25 +59,79 @@ impl LocalEtcd {
         let dir = state_dir.join("etcd");
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create local etcd directory {}", dir.display()))?;
+        let pki = LocalPki::ensure(state_dir).with_context(|| {
+            format!(
+                "cannot set up the local etcd's CA in {}",
+                state_dir.join(pki::PKI_DIR).display()
+            )
+        })?;
+        let tls = TlsConnector::from(Arc::new(pki.rustls_client()?));
         let pidfile = dir.join("etcd.pid");
         kill_stale(&pidfile);
-        let endpoint = format!("http://127.0.0.1:{}", cfg.local_port);
+        let endpoint = format!("https://{LOOPBACK}:{}", cfg.local_port);
+        let peer_url = format!("https://{LOOPBACK}:{}", cfg.local_port + 1);
         let spawn = Spawn {
             binary: cfg.binary.clone(),
             dir: dir.clone(),
             client_port: cfg.local_port,
             pidfile,
+            pki: pki.clone(),
         };
         let child = spawn.spawn()?;
-        wait_ready(cfg.local_port).await.with_context(|| {
+        wait_ready(cfg.local_port, &tls).await.with_context(|| {
             format!(
                 "local etcd did not become healthy; see {}",
                 dir.join("etcd.log").display()
             )
         })?;
-        tracing::info!(%endpoint, dir = %dir.display(), "local etcd is up");
+        tracing::info!(
+            %endpoint,
+            dir = %dir.display(),
+            pki = %pki.dir.display(),
+            "local etcd is up (mTLS only, private CA)"
+        );
         let task = tokio::spawn(supervise(spawn, child, cancel));
-        Ok(LocalEtcd { endpoint, task })
+        Ok(LocalEtcd {
+            endpoint,
+            pki,
+            peer_url,
+            task,
+        })
+    }
+
+    /// A data directory from before the local etcd used TLS still records its peer URL as
+    /// `http://`: record the `https://` one it listens on now. etcd never dials itself, so this
+    /// only keeps `etcdctl member list` truthful; a failure is logged and ignored.
+    pub async fn record_peer_url(&self, client: &mut etcd_client::Client) {
+        let members = match client.member_list().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("cannot list the local etcd's members: {e}");
+                return;
+            }
+        };
+        for m in members.members() {
+            if m.peer_urls() == [self.peer_url.as_str()] {
+                continue;
+            }
+            match client.member_update(m.id(), [self.peer_url.clone()]).await {
+                Ok(_) => tracing::info!(
+                    was = ?m.peer_urls(),
+                    now = %self.peer_url,
+                    "recorded the local etcd's peer URL (its data dir is from before TLS)"
+                ),
+                Err(e) => tracing::warn!("cannot record the local etcd's peer URL: {e}"),
+            }
+        }
+    }
+
+    /// `[etcd]` for connecting to this etcd: `cfg` with the local CA and the coordinator's
+    /// client certificate as its `[etcd.tls]`.
+    pub fn connect_config(&self, cfg: &EtcdConfig) -> EtcdConfig {
+        EtcdConfig {
+            tls: Some(self.pki.client_tls()),
+            ..cfg.clone()
+        }
     }
 
     /// Waits for the supervisor to stop etcd (after the cancel token fired).
@@ -71,6 +145,7 @@ struct Spawn {
     dir: PathBuf,
     client_port: u16,
     pidfile: PathBuf,
+    pki: LocalPki,
 }
 
 impl Spawn {
@@ -80,8 +155,10 @@ impl Spawn {
             .append(true)
             .open(self.dir.join("etcd.log"))
             .context("cannot open the local etcd log")?;
-        let client = format!("http://127.0.0.1:{}", self.client_port);
-        let peer = format!("http://127.0.0.1:{}", self.client_port + 1);
+        let client = format!("https://{LOOPBACK}:{}", self.client_port);
+        let peer = format!("https://{LOOPBACK}:{}", self.client_port + 1);
+        // With a data dir, etcd ignores the --initial-* flags (see record_peer_url).
+        let pki = &self.pki;
         let child = Command::new(&self.binary)
             .arg("--name")
             .arg("rollgate")
@@ -101,6 +178,22 @@ impl Spawn {
             ])
             .arg("--initial-cluster")
             .arg(format!("rollgate={peer}"))
+            // Clients: TLS, and only certificates from the local CA.
+            .arg("--cert-file")
+            .arg(&pki.server_cert)
+            .arg("--key-file")
+            .arg(&pki.server_key)
+            .arg("--trusted-ca-file")
+            .arg(&pki.ca)
+            .arg("--client-cert-auth")
+            // The peer port serves the same gRPC API: the same certificate and the same rule.
+            .arg("--peer-cert-file")
+            .arg(&pki.server_cert)
+            .arg("--peer-key-file")
+            .arg(&pki.server_key)
+            .arg("--peer-trusted-ca-file")
+            .arg(&pki.ca)
+            .arg("--peer-client-cert-auth")
             .args(["--logger", "zap", "--log-level", "warn"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -185,29 +278,54 @@ fn kill_stale(pidfile: &Path) {
     }
 }
 
-async fn wait_ready(port: u16) -> anyhow::Result<()> {
+async fn wait_ready(port: u16, tls: &TlsConnector) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
-        if health_ok(port).await {
-            return Ok(());
-        }
+        let last = match tokio::time::timeout(HEALTH_TIMEOUT, health(port, tls)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(_) => format!("no answer within {HEALTH_TIMEOUT:?}"),
+        };
         if tokio::time::Instant::now() > deadline {
-            bail!("no healthy answer on 127.0.0.1:{port}/health within {READY_TIMEOUT:?}");
+            bail!(
+                "no healthy answer on https://{LOOPBACK}:{port}/health within \
+                 {READY_TIMEOUT:?}; last: {last}"
+            );
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(HEALTH_POLL).await;
     }
 }
 
-async fn health_ok(port: u16) -> bool {
+/// `GET /health` over TLS with the coordinator's client certificate (etcd takes no other).
+async fn health(port: u16, tls: &TlsConnector) -> Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
-    };
-    let req = "GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return false;
-    }
+    let tcp = tokio::net::TcpStream::connect((LOOPBACK, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::IpAddress(std::net::IpAddr::V4(LOOPBACK).into());
+    let mut s = tls
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let req = format!("GET /health HTTP/1.0\r\nHost: {LOOPBACK}\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    // Read until the answer is in: etcd need not close the connection (or say close_notify).
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut buf)).await;
-    String::from_utf8_lossy(&buf).contains("\"health\":\"true\"")
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if text.contains("\"health\":\"true\"") {
+            return Ok(());
+        }
+        if n == 0 {
+            return Err(format!(
+                "unhealthy: {}",
+                text.lines().last().unwrap_or_default()
+            ));
+        }
+    }
 }
