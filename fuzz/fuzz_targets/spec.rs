@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let resolved = RolloutSpec::parse_resolved(text);
     let Ok(spec) = RolloutSpec::parse(text) else {
-        assert!(resolved.is_err(), "parse_resolved accepted what parse refused");
+        assert!(
+            resolved.is_err(),
+            "parse_resolved accepted what parse refused"
+        );
         return;
     };
     if let Ok(r) = &resolved {
@@ -41,7 +44,12 @@ fuzz_target!(|data: &[u8]| {
     let json = serde_json::to_vec(&spec).expect("an accepted spec serializes to JSON");
     let back: RolloutSpec =
         serde_json::from_slice(&json).expect("an accepted spec reads back from its JSON");
-    assert_eq!(back, spec, "JSON round trip changed the spec: {}", String::from_utf8_lossy(&json));
+    assert_eq!(
+        back,
+        spec,
+        "JSON round trip changed the spec: {}",
+        String::from_utf8_lossy(&json)
+    );
 
     let again = toml::to_string(&spec).expect("an accepted spec serializes to TOML");
     let reparsed = RolloutSpec::parse(&again).expect("an accepted spec's TOML parses");

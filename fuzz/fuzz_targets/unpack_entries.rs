@@ -115,7 +115,11 @@ fn entry(e: &Entry, outside: &str) -> Vec<u8> {
 fuzz_target!(|entries: Vec<Entry>| {
     let scratch = Scratch::new();
     let outside = scratch.outside().display().to_string();
-    let mut tar: Vec<u8> = entries.iter().take(64).flat_map(|e| entry(e, &outside)).collect();
+    let mut tar: Vec<u8> = entries
+        .iter()
+        .take(64)
+        .flat_map(|e| entry(e, &outside))
+        .collect();
     tar.extend_from_slice(&[0u8; 1024]);
     unpack_and_check(&scratch, &gzip(&tar));
 });

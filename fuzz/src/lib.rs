@@ -79,7 +79,13 @@ pub fn fix_tar_checksums(tar: &mut [u8]) {
         let sum: u32 = block
             .iter()
             .enumerate()
-            .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u32::from(b) })
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u32::from(b)
+                }
+            })
             .sum();
         let field = format!("{sum:06o}\0 ");
         block[148..156].copy_from_slice(field.as_bytes());
@@ -129,7 +135,12 @@ pub fn unpack_and_check(scratch: &Scratch, targz: &[u8]) {
     for next in UP.iter().skip(1).chain(["dest"].iter()) {
         let mut names: Vec<String> = fs::read_dir(&at)
             .expect("list the scratch dir")
-            .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         names.sort();
         expect.sort();

@@ -251,7 +251,11 @@ impl fmt::Display for Gate {
 
 impl Serialize for Gate {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
+        // Exact, not `human` (whole milliseconds): the stored spec must read back equal.
+        match self {
+            Gate::Manual => s.serialize_str("manual"),
+            Gate::Bake(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+        }
     }
 }
 
@@ -590,7 +594,10 @@ fn same_kind_not_growing(prev: Budget, next: Budget) -> bool {
 
 /// Formats a duration for people ("1m 30s").
 pub fn human(d: Duration) -> String {
-    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+    // Whole milliseconds, without going through a u64 of them (which wraps past 584 million
+    // years).
+    let ms = Duration::new(d.as_secs(), d.subsec_millis() * 1_000_000);
+    humantime::format_duration(ms).to_string()
 }
 
 mod humantime {
@@ -714,6 +721,31 @@ min_healthy_time = "2s"
                 .to_string();
             assert!(err.contains(want), "error {err:?} should name {want}");
         }
+    }
+
+    /// The round trip `fuzz/fuzz_targets/spec.rs` checks: a bake time that is not whole
+    /// milliseconds (or is more than u64::MAX of them) was serialized rounded (or wrapped), so
+    /// the spec read back from the coordinator's record (JSON, same `Serialize`) was not the
+    /// one accepted.
+    #[test]
+    fn bake_times_survive_serialization() {
+        for gate in [
+            "1500us",
+            "1ns",
+            "10m 1ns",
+            "600000000y",
+            "584542046090y 1ns",
+        ] {
+            let text = format!("{GOOD}canary_gate = \"{gate}\"\n");
+            let spec = RolloutSpec::parse_resolved(&text).expect(gate);
+            let again = toml::to_string(&spec).expect("serializes");
+            assert_eq!(RolloutSpec::parse(&again).expect(gate), spec, "{gate}");
+        }
+        assert_eq!(
+            human(Duration::from_secs(600_000_000 * 31_557_600)),
+            "600000000years"
+        );
+        assert_eq!(human(Duration::from_micros(1500)), "1ms");
     }
 }
 
