@@ -11,3 +11,6 @@ cargo build --workspace --bins
 # End-to-end test files run one after another (each starts its own fleet); --nocapture shows
 # what the observers saw (worst unavailable count against the budget).
 cargo test --workspace -- --nocapture
+# The fuzz targets (their own crate, outside the workspace) must keep compiling and stay lint
+# clean; running them is tests/fuzz.sh, which needs cargo-fuzz and takes minutes per target.
+cargo clippy --manifest-path fuzz/Cargo.toml --bins -- -D warnings

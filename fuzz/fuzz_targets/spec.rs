@@ -29,7 +29,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = s.max_unavailable_per_group.map(|b| b.resolve(n));
         let _ = s.canary.map(|b| b.resolve(n));
         let _ = s.max_failures.resolve(n);
-        let _ = s.waves.iter().map(|w| w.resolve(n)).count();
+        for w in &s.waves {
+            let _ = w.resolve(n);
+        }
     }
     let _ = (
         s.canary_gate.to_string(),
