@@ -117,6 +117,11 @@ async fn install(exec: &Executor, outbox: &mut Outbox, o: pb::UpdateOrder) -> pb
     r
 }
 
+/// A release of `version` that serves healthy, signed by `key`, valid for an hour.
+fn signed(key: &SigningKey, world: &World, version: &str) -> pb::Release {
+    sign(key, world.release(version, &healthy(version)), in_an_hour())
+}
+
 /// Overwrites the bytes a `file://` release names (the source was tampered with).
 fn overwrite(release: &pb::Release, bytes: &[u8]) -> PathBuf {
     let p = source_path(release);
@@ -131,11 +136,7 @@ async fn signature_negatives_are_refused_with_nothing_swapped() {
     let (world, config) = signed_world(&key);
     let (exec, mut outbox) = start(&config);
 
-    let v1 = sign(
-        &key,
-        world.release("1.0.0", &healthy("1.0.0")),
-        in_an_hour(),
-    );
+    let v1 = signed(&key, &world, "1.0.0");
     install(&exec, &mut outbox, order(1, v1, 100, 5000)).await;
     let before = Before::of(&world);
 
@@ -224,11 +225,7 @@ async fn signature_negatives_are_refused_with_nothing_swapped() {
 
     // Tampered bytes: the order is validly signed, but the source now holds other bytes of
     // the same size; the digest check of the download refuses them.
-    let tampered = sign(
-        &key,
-        world.release("2.1.0", &healthy("2.1.0")),
-        in_an_hour(),
-    );
+    let tampered = signed(&key, &world, "2.1.0");
     let evil = healthy("2.1.0").replace("sleep 1000", "sleep 1001");
     assert_eq!(evil.len() as u64, tampered.size);
     overwrite(&tampered, evil.as_bytes());
@@ -265,11 +262,7 @@ async fn oversized_releases_are_refused_with_nothing_swapped() {
     let key = SigningKey::generate().expect("key");
     let (world, config) = signed_world(&key);
     let (exec, mut outbox) = start(&config);
-    let v1 = sign(
-        &key,
-        world.release("1.0.0", &healthy("1.0.0")),
-        in_an_hour(),
-    );
+    let v1 = signed(&key, &world, "1.0.0");
     install(&exec, &mut outbox, order(1, v1, 100, 5000)).await;
     let before = Before::of(&world);
 
@@ -298,11 +291,7 @@ async fn oversized_releases_are_refused_with_nothing_swapped() {
 
     // The source holds more bytes than the signed size: at most the declared size is read,
     // and the release is refused.
-    let long = sign(
-        &key,
-        world.release("2.1.0", &healthy("2.1.0")),
-        in_an_hour(),
-    );
+    let long = signed(&key, &world, "2.1.0");
     let mut more = healthy("2.1.0").into_bytes();
     more.extend_from_slice(b"\necho extra\n");
     overwrite(&long, &more);
@@ -323,16 +312,8 @@ async fn downgrade_only_as_explicit_rollback_to_a_release_run_here() {
     let key = SigningKey::generate().expect("key");
     let (world, config) = signed_world(&key);
     let (exec, mut outbox) = start(&config);
-    let v1 = sign(
-        &key,
-        world.release("1.0.0", &healthy("1.0.0")),
-        in_an_hour(),
-    );
-    let v2 = sign(
-        &key,
-        world.release("2.0.0", &healthy("2.0.0")),
-        in_an_hour(),
-    );
+    let v1 = signed(&key, &world, "1.0.0");
+    let v2 = signed(&key, &world, "2.0.0");
     install(&exec, &mut outbox, order(1, v1.clone(), 100, 5000)).await;
     let v1_dir = world.current();
     install(&exec, &mut outbox, order(2, v2.clone(), 100, 5000)).await;
@@ -356,11 +337,7 @@ async fn downgrade_only_as_explicit_rollback_to_a_release_run_here() {
     before.still_running(&world, "downgrade without rollback");
 
     // A rollback to a release this host never ran.
-    let v0 = sign(
-        &key,
-        world.release("0.9.0", &healthy("0.9.0")),
-        in_an_hour(),
-    );
+    let v0 = signed(&key, &world, "0.9.0");
     let mut o = order(0, v0.clone(), 100, 5000);
     o.rollback = true;
     expect_refused(&exec, &mut outbox, o, 4, "never ran that release").await;

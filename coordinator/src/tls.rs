@@ -11,7 +11,6 @@
 //! certificate or CA takes effect for the next connection, without a restart; a broken file
 //! is reported and the last good config stays in use.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -268,15 +267,4 @@ pub fn require<T>(
         }
     }
     Ok(id)
-}
-
-/// Paths named in `[tls]`, for messages.
-pub fn describe(settings: &TlsConfig) -> String {
-    let p = |o: &Option<PathBuf>| o.as_ref().map_or("-".into(), |p| p.display().to_string());
-    format!(
-        "ca {}, cert {}, key {}",
-        p(&settings.ca),
-        p(&settings.cert),
-        p(&settings.key)
-    )
 }
