@@ -417,3 +417,62 @@ fn an_agent_with_another_hosts_certificate_refuses_to_start() -> anyhow::Result<
     assert!(e.contains("is for operator tester"), "{e}");
     Ok(())
 }
+
+/// The development switch works, says so loudly, and is never implied: a plain coordinator
+/// answers `--insecure` over http, and the CLI refuses http without the switch.
+#[test]
+fn insecure_plaintext_is_explicit_and_loud() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let etcd = rollgate_tests::Etcd::start(dir.path())?;
+    let port = rollgate_tests::free_port();
+    let cfg = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nreplica_id = \"dev\"\n\
+             [tls]\ninsecure_plaintext = true\n[etcd]\nendpoints = [\"{}\"]\n",
+            dir.path().join("coord").display(),
+            etcd.endpoint
+        ),
+    )?;
+    let log = dir.path().join("coordinator.log");
+    let _coord = rollgate_tests::Proc::spawn(
+        "coordinator",
+        &[
+            rollgate_tests::bin("rollgate-coordinator")
+                .display()
+                .to_string(),
+            "--config".into(),
+            cfg.display().to_string(),
+        ],
+        &log,
+    )?;
+    let url = format!("http://127.0.0.1:{port}");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(rollgate_tests::bin("rollgate"))
+            .args(["--coordinator", &url])
+            .args(args)
+            .env_remove("ROLLGATE_INSECURE")
+            .output()
+    };
+    rollgate_tests::wait_for(
+        "the insecure coordinator to answer",
+        Duration::from_secs(20),
+        || {
+            Ok(cli(&["--insecure", "hosts"])?
+                .status
+                .success()
+                .then_some(()))
+        },
+    )?;
+    let out = cli(&["hosts"])?;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("plain http is for development only"), "{err}");
+    let text = std::fs::read_to_string(&log)?;
+    assert!(
+        text.contains("INSECURE: [tls] insecure_plaintext = true"),
+        "{text}"
+    );
+    Ok(())
+}
