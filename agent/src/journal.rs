@@ -128,6 +128,7 @@ impl From<&StoredResult> for pb::OrderResult {
             running_version: r.running_version.clone(),
             reason: r.reason.clone(),
             health: health as i32,
+            ..Default::default()
         }
     }
 }
@@ -406,6 +407,7 @@ mod tests {
             running_version: "2.0.0".into(),
             reason: String::new(),
             health: pb::Health::Healthy as i32,
+            ..Default::default()
         }
     }
 

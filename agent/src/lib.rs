@@ -8,8 +8,9 @@
 //! - [`config`]: the agent's TOML config and its validation.
 //! - [`session`]: the bidi stream to the coordinator (hello, heartbeats, orders, results) and
 //!   reconnecting with backoff, round-robin over the coordinator replicas.
-//! - [`executor`]: order intake with fencing tokens, and the update procedure (stage, drain,
-//!   swap, restart, verify, undrain, commit or roll back, undo after a restart): one path
+//! - [`executor`]: order intake with fencing tokens, stage orders, hellos.
+//! - `update`: the update procedure itself (stage, drain, swap, restart, verify, undrain,
+//!   commit or roll back) and the undo of an update an agent restart interrupted: one path
 //!   whatever runs the service.
 //! - `staging`: getting a verified release dir, ahead of the slot (stage orders, which run
 //!   beside an update) or as an update's first step; pins staged releases against pruning.
@@ -63,6 +64,7 @@ mod staging;
 pub mod systemd;
 pub mod trust;
 pub mod unpack;
+mod update;
 
 use std::future::Future;
 

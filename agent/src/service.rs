@@ -11,11 +11,12 @@ use tracing::Instrument;
 
 use crate::backend::{self, Backend, BackendError, Exit};
 use crate::config::ServiceConfig;
-use crate::executor::{self, Accepted, Finished, OrderRef, Shared, KEEP_RELEASES};
+use crate::executor::{Accepted, Finished, OrderRef, Shared, KEEP_RELEASES};
 use crate::fetch::Fetcher;
 use crate::journal::InFlight;
 use crate::probe::Prober;
 use crate::releases::ServiceDir;
+use crate::update;
 
 /// How long a restart after an unexpected exit may take to come up (only backends the agent
 /// restarts get here; the process backend is up once spawned).
@@ -102,7 +103,7 @@ impl ServiceUnit {
                         self.regressed = false;
                         let span =
                             tracing::info_span!("order", rollout = %id.rollout_id, token = id.token);
-                        let update = executor::carry_out(&mut self, &order).instrument(span);
+                        let update = update::carry_out(&mut self, &order).instrument(span);
                         let done = tokio::select! {
                             biased;
                             _ = cancel.cancelled() => None,
@@ -146,7 +147,7 @@ impl ServiceUnit {
                 tracing::info!("{note}");
             }
             let span = tracing::info_span!("order", rollout = %f.rollout_id, token = f.token);
-            let done = executor::recover(self, &f).instrument(span).await;
+            let done = update::recover(self, &f).instrument(span).await;
             self.finish(done);
             return;
         }
@@ -386,6 +387,7 @@ impl ServiceUnit {
             sha256,
             health: health as i32,
             detail,
+            ..Default::default()
         };
         self.shared.set_status(status.clone());
         let key = (status.health, status.version.clone(), status.sha256.clone());

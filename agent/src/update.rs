@@ -1,0 +1,469 @@
+//! The update procedure, run by a service's task: stage, drain, swap, restart, verify,
+//! undrain, commit or roll back; and the undo of an update an agent restart interrupted.
+
+use std::time::Duration;
+
+use rollgate_proto::pb::{self, Health, Outcome, Step};
+use rollgate_proto::spec::human;
+use tokio::time::Instant;
+
+use crate::executor::{Accepted, Finished, OrderRef};
+use crate::hooks::{self, HookEnv, Phase};
+use crate::journal::InFlight;
+use crate::probe::{HealthWindow, Verdict};
+use crate::service::ServiceUnit;
+use crate::staging;
+
+/// Carries out an accepted order: check the backend, stage, `pre_stop` hooks, swap, `pre_start`
+/// hooks, restart, verify, `post_start` hooks; on a failure after the swap, roll back to the
+/// previous release. One path for every backend.
+pub(crate) async fn carry_out(unit: &mut ServiceUnit, order: &Accepted) -> Finished {
+    let v = order.artifact.version.clone();
+    if let Err(why) = unit.backend.preflight().await {
+        return refused_after_accept(
+            unit,
+            order,
+            format!("cannot update {}: {why}", unit.cfg.name),
+        );
+    }
+    let target = match obtain_release(unit, order).await {
+        Ok(t) => t,
+        Err(reason) => return refused_after_accept(unit, order, reason),
+    };
+    let previous = match unit.dir.current() {
+        Ok(p) => p,
+        Err(e) => {
+            return refused_after_accept(
+                unit,
+                order,
+                format!("cannot read the installed release: {e}"),
+            )
+        }
+    };
+    if previous.as_ref().is_some_and(|p| p.dir == target) {
+        return reverify(unit, order, target).await;
+    }
+    let (prev_dir, prev_version) = match previous {
+        Some(p) => (Some(p.dir), p.info.version),
+        None => (None, String::new()),
+    };
+    let env = hook_env(unit, order, &prev_version);
+
+    // Drain: nothing has been touched yet, so a failure refuses the update.
+    if prev_dir.is_some() {
+        if let Err(why) = run_hooks(unit, &order.id, Step::Staged, Phase::PreStop, &env).await {
+            return refused_after_accept(
+                unit,
+                order,
+                format!("{why}; the update is refused and {prev_version} was not stopped"),
+            );
+        }
+    }
+
+    let msg = match &prev_dir {
+        Some(_) => format!("switching current from {prev_version} to {v}"),
+        None => format!("switching current to {v} (first install)"),
+    };
+    unit.advance(
+        &order.id,
+        Step::Swapping,
+        msg,
+        Some((prev_dir.clone(), prev_version.clone())),
+    );
+    if let Err(e) = unit.dir.point_current_at(&target) {
+        return rollback(unit, order, prev_dir, prev_version, e.to_string()).await;
+    }
+
+    if let Err(why) = run_hooks(unit, &order.id, Step::Starting, Phase::PreStart, &env).await {
+        return rollback(unit, order, prev_dir, prev_version, why).await;
+    }
+    let msg = match &prev_dir {
+        Some(_) => format!(
+            "restarting {} on {v} (stopping {prev_version})",
+            unit.cfg.name
+        ),
+        None => format!("starting {v}"),
+    };
+    unit.advance(&order.id, Step::Starting, msg, None);
+    let started = match unit.backend.restart(order.deadline).await {
+        Ok(t) => t,
+        Err(e) => return rollback(unit, order, prev_dir, prev_version, e.to_string()).await,
+    };
+
+    unit.advance(
+        &order.id,
+        Step::Verifying,
+        format!(
+            "waiting for {v} to pass its health checks for {} (deadline {})",
+            human(order.min_healthy),
+            human(order.deadline)
+        ),
+        None,
+    );
+    if let Err(why) = verify(unit, started, order.min_healthy, order.deadline).await {
+        return rollback(unit, order, prev_dir, prev_version, why).await;
+    }
+    // Undrain: a failure here fails the update like a failed health check.
+    if let Err(why) = run_hooks(unit, &order.id, Step::Verifying, Phase::PostStart, &env).await {
+        return rollback(unit, order, prev_dir, prev_version, why).await;
+    }
+    // Committed: the backend may drop what it kept for a rollback (the old container).
+    unit.backend.settled().await;
+    Finished {
+        result: order.id.result(
+            Outcome::Succeeded,
+            &v,
+            Health::Healthy,
+            format!("{v} healthy for {}", human(order.min_healthy)),
+        ),
+        committed: Some(target),
+        previous: prev_dir,
+    }
+}
+
+/// The hooks' view of the order: service, versions, rollout, host.
+fn hook_env(unit: &ServiceUnit, order: &Accepted, old_version: &str) -> HookEnv {
+    HookEnv {
+        service: unit.cfg.name.clone(),
+        old_version: old_version.to_string(),
+        new_version: order.artifact.version.clone(),
+        rollout: order.id.rollout_id.clone(),
+        host: unit.host_id.to_string(),
+    }
+}
+
+/// Runs the service's `phase` hooks, reporting them as progress of `step`; the error is the
+/// failing command, how it failed and its last output.
+async fn run_hooks(
+    unit: &mut ServiceUnit,
+    id: &OrderRef,
+    step: Step,
+    phase: Phase,
+    env: &HookEnv,
+) -> Result<(), String> {
+    let commands = hooks::commands(&unit.cfg.hooks, phase);
+    if commands.is_empty() {
+        return Ok(());
+    }
+    unit.advance(
+        id,
+        step,
+        format!("running {} {} hook(s)", commands.len(), phase.name()),
+        None,
+    );
+    let summary = hooks::run(phase, commands, env, unit.cfg.hook_timeout, unit.dir.root()).await?;
+    if let Some(summary) = summary {
+        unit.advance(id, step, summary, None);
+    }
+    Ok(())
+}
+
+/// Gets the verified release dir for the order: reuses one already on disk (staged ahead, or
+/// installed before; digest checked again), or downloads, verifies and installs it. Nothing
+/// running is touched.
+async fn obtain_release(unit: &mut ServiceUnit, order: &Accepted) -> Result<String, String> {
+    let a = &order.artifact;
+    let fetching = || {
+        unit.advance(
+            &order.id,
+            Step::Fetching,
+            format!(
+                "fetching {} ({} bytes) from {}",
+                a.version, a.size, a.source_text
+            ),
+            None,
+        )
+    };
+    let got = staging::obtain(&unit.dir, &unit.fetcher, a, fetching).await?;
+    let msg = if got.downloaded {
+        format!(
+            "{} downloaded, sha256 verified, staged as {}",
+            a.version, got.dir
+        )
+    } else {
+        format!("{} is already on disk; its sha256 checked again", a.version)
+    };
+    unit.advance(&order.id, Step::Staged, msg, None);
+    // Only this task prunes, and only at commit: the dir stays without the claim.
+    Ok(got.dir)
+}
+
+/// A failure before the swap: nothing was touched, the service runs as before.
+fn refused_after_accept(unit: &ServiceUnit, order: &Accepted, reason: String) -> Finished {
+    let (version, health) = unit.running_state();
+    Finished {
+        result: order.id.result(Outcome::Refused, &version, health, reason),
+        committed: None,
+        previous: None,
+    }
+}
+
+/// The order's release is already `current`: make sure it runs, and check its health.
+async fn reverify(unit: &mut ServiceUnit, order: &Accepted, target: String) -> Finished {
+    let v = order.artifact.version.clone();
+    unit.advance(
+        &order.id,
+        Step::Verifying,
+        format!("{v} is already installed; checking its health"),
+        None,
+    );
+    let started = if unit.backend.is_up() {
+        Ok(Instant::now())
+    } else {
+        unit.backend
+            .restart(order.deadline)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let outcome = match started {
+        Ok(t) => verify(unit, t, order.min_healthy, order.deadline).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(()) => Finished {
+            result: order.id.result(
+                Outcome::Succeeded,
+                &v,
+                Health::Healthy,
+                format!(
+                    "{v} was already installed; healthy for {}",
+                    human(order.min_healthy)
+                ),
+            ),
+            committed: Some(target),
+            previous: None,
+        },
+        Err(why) => {
+            let health = unit.running_health();
+            Finished {
+                result: order.id.result(
+                    Outcome::Failed,
+                    &v,
+                    health,
+                    format!(
+                        "{v} is already installed but not healthy: {why}; there is no other \
+                         release to go back to"
+                    ),
+                ),
+                committed: None,
+                previous: None,
+            }
+        }
+    }
+}
+
+/// Undoes a failed swap: point `current` back, restart and verify the previous release (or
+/// stop the service and remove `current` if nothing was installed before), then run the
+/// `on_rollback` hooks.
+async fn rollback(
+    unit: &mut ServiceUnit,
+    order: &Accepted,
+    prev_dir: Option<String>,
+    prev_version: String,
+    why: String,
+) -> Finished {
+    let failed = format!("{} failed: {why}", order.artifact.version);
+    tracing::warn!("{failed}; rolling back");
+    let msg = match &prev_dir {
+        Some(_) => format!("{failed}; switching back to {prev_version}"),
+        None => format!("{failed}; removing it (nothing was installed before)"),
+    };
+    unit.advance(&order.id, Step::RollingBack, msg, None);
+    let back = restore(unit, prev_dir.as_deref(), order.min_healthy, order.deadline).await;
+    let env = hook_env(unit, order, &prev_version);
+    let mut result = back.into_result(&order.id, &failed, &prev_version);
+    after_rollback(unit, &order.id, &env, &mut result).await;
+    Finished {
+        result,
+        committed: None,
+        previous: prev_dir,
+    }
+}
+
+/// Runs the `on_rollback` hooks once the service is back (or failed to come back); a failing
+/// hook is added to the result's reason but changes nothing else.
+async fn after_rollback(
+    unit: &mut ServiceUnit,
+    id: &OrderRef,
+    env: &HookEnv,
+    result: &mut pb::OrderResult,
+) {
+    if let Err(why) = run_hooks(unit, id, Step::RollingBack, Phase::OnRollback, env).await {
+        result.reason.push_str(&format!("; {why}"));
+    }
+}
+
+/// Undoes an update that an agent restart interrupted (the journal still has it in flight).
+pub(crate) async fn recover(unit: &mut ServiceUnit, f: &InFlight) -> Finished {
+    let id = OrderRef::from(f);
+    let base = format!("agent restarted during the update to {}", f.version);
+    let current = unit.dir.current_dir().ok().flatten();
+    // Only a completed switch to the new release needs undoing; otherwise `current` still
+    // names the previous release (or nothing) and that is what goes back into service.
+    let swapped = current.as_deref() == Some(f.target_dir.as_str())
+        && f.previous_dir.as_deref() != Some(f.target_dir.as_str());
+    let back_to = if swapped {
+        f.previous_dir.clone()
+    } else {
+        current
+    };
+    let back_version = back_to
+        .as_deref()
+        .and_then(|d| unit.dir.release_info(d).ok().flatten())
+        .map(|i| i.version)
+        .unwrap_or_else(|| f.previous_version.clone());
+    tracing::warn!(
+        "{base}; going back to {}",
+        if back_version.is_empty() {
+            "nothing installed"
+        } else {
+            &back_version
+        }
+    );
+    unit.advance(&id, Step::RollingBack, format!("{base}; undoing it"), None);
+    let min = Duration::from_millis(f.min_healthy_time_ms);
+    let deadline = Duration::from_millis(f.healthy_deadline_ms);
+    let back = restore(unit, back_to.as_deref(), min, deadline).await;
+    let env = HookEnv {
+        service: unit.cfg.name.clone(),
+        old_version: back_version.clone(),
+        new_version: f.version.clone(),
+        rollout: f.rollout_id.clone(),
+        host: unit.host_id.to_string(),
+    };
+    let mut result = back.into_result(&id, &base, &back_version);
+    after_rollback(unit, &id, &env, &mut result).await;
+    Finished {
+        result,
+        committed: None,
+        previous: back_to,
+    }
+}
+
+/// How going back to the previous release went.
+enum Restored {
+    /// The previous release runs and passed verification.
+    Healthy,
+    /// Nothing was installed before; `current` is gone and the service is stopped.
+    NothingBefore,
+    /// The previous release did not come back healthy.
+    Failed {
+        why: String,
+        health: Health,
+        running: String,
+    },
+}
+
+impl Restored {
+    fn into_result(self, id: &OrderRef, failed: &str, prev_version: &str) -> pb::OrderResult {
+        match self {
+            Restored::Healthy => id.result(
+                Outcome::RolledBack,
+                prev_version,
+                Health::Healthy,
+                format!("{failed}; back on {prev_version}, healthy"),
+            ),
+            Restored::NothingBefore => id.result(
+                Outcome::RolledBack,
+                "",
+                Health::Stopped,
+                format!("{failed}; nothing was installed before, so the service is stopped"),
+            ),
+            Restored::Failed {
+                why,
+                health,
+                running,
+            } => {
+                let what = if prev_version.is_empty() {
+                    "going back".to_string()
+                } else {
+                    format!("{prev_version} did not come back healthy either")
+                };
+                id.result(
+                    Outcome::Failed,
+                    &running,
+                    health,
+                    format!("{failed}; {what}: {why}"),
+                )
+            }
+        }
+    }
+}
+
+async fn restore(
+    unit: &mut ServiceUnit,
+    prev_dir: Option<&str>,
+    min: Duration,
+    deadline: Duration,
+) -> Restored {
+    let Some(prev) = prev_dir else {
+        unit.backend.stop().await;
+        return match unit.dir.remove_current() {
+            Ok(()) => Restored::NothingBefore,
+            Err(e) => Restored::Failed {
+                why: e.to_string(),
+                health: Health::Stopped,
+                running: unit.running_state().0,
+            },
+        };
+    };
+    let fail = |unit: &ServiceUnit, why: String| Restored::Failed {
+        why,
+        health: unit.running_health(),
+        running: unit.running_state().0,
+    };
+    if unit.dir.current_dir().ok().flatten().as_deref() != Some(prev) {
+        if let Err(e) = unit.dir.point_current_at(prev) {
+            return fail(unit, e.to_string());
+        }
+    }
+    let started = match unit.backend.restart(deadline).await {
+        Ok(t) => t,
+        Err(e) => return fail(unit, e.to_string()),
+    };
+    match verify(unit, started, min, deadline).await {
+        Ok(()) => {
+            // Back on the previous release: the failed release's container can go.
+            unit.backend.settled().await;
+            Restored::Healthy
+        }
+        Err(why) => fail(unit, why),
+    }
+}
+
+/// Probes the service until it has been healthy for `min_healthy` (counted from the first
+/// all-pass, reset by any failure), or fails: at once if the service goes down (the process
+/// exits; the unit fails, crash-loops or is restarted by systemd), or when `deadline` (from
+/// `started`) passes.
+pub(crate) async fn verify(
+    unit: &mut ServiceUnit,
+    started: Instant,
+    min_healthy: Duration,
+    deadline: Duration,
+) -> Result<(), String> {
+    let mut window = HealthWindow::new(started, min_healthy, deadline);
+    let interval = unit.prober.interval();
+    // A new process: earlier passes of the probes say nothing about it.
+    unit.prober.reset();
+    let mut next = Instant::now();
+    loop {
+        tokio::select! {
+            exit = unit.backend.exited() => return Err(exit.description),
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let result = if unit.prober.is_empty() {
+            Ok(())
+        } else {
+            tokio::select! {
+                exit = unit.backend.exited() => return Err(exit.description),
+                r = unit.prober.check() => r,
+            }
+        };
+        let now = Instant::now();
+        match window.observe(now, result) {
+            Verdict::Healthy => return Ok(()),
+            Verdict::Failed(why) => return Err(why),
+            Verdict::Waiting => next = window.next_round(now, interval),
+        }
+    }
+}
