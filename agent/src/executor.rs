@@ -248,15 +248,20 @@ fn admit(
             r.rollout_id, order.rollout_id
         ));
     }
-    match journal.highest_token() {
+    // Per service: grants for different services are independent, and a late order for one
+    // must not be refused because another service acted on a newer grant.
+    let service = &order.service;
+    match journal.highest_token_for(service) {
         Some(h) if token < h => {
             return Admission::Refuse(format!(
-                "stale order: token {token} is older than {h}, the highest this host has acted on"
+                "stale order: token {token} is older than {h}, the highest this host has acted \
+                 on for service {service}"
             ))
         }
         Some(h) if token == h => {
             return Admission::Refuse(format!(
-                "stale order: token {token} was already acted on, and its result is no longer kept"
+                "stale order: token {token} was already acted on for service {service}, and its \
+                 result is no longer kept"
             ))
         }
         _ => {}
@@ -745,7 +750,8 @@ mod tests {
     fn intake_table() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut j = Journal::open(dir.path()).expect("journal");
-        // Token 5 finished; token 9 is in flight for "demo"; the highest is 9.
+        // Token 5 finished; token 9 is in flight for "demo"; "demo"'s highest is 9, "other"
+        // has acted on nothing.
         j.begin(in_flight(5, "demo")).expect("begin");
         j.finish("demo", &result(5), None).expect("finish");
         j.begin(in_flight(9, "demo")).expect("begin");
@@ -771,14 +777,24 @@ mod tests {
             ),
             (
                 "older token",
-                order(4, "other"),
-                "stale order: token 4 is older than 9, the highest this host has acted on",
+                with(&|o| {
+                    o.token = 4;
+                    o.service = "demo".into();
+                }),
+                "stale order: token 4 is older than 9, the highest this host has acted on for \
+                 service demo",
             ),
             (
                 "same token, result forgotten",
-                order(9, "other"),
-                "stale order: token 9 was already acted on",
+                with(&|o| {
+                    o.token = 9;
+                    o.service = "demo".into();
+                    o.rollout_id = "r-other".into();
+                }),
+                "stale order: token 9 was already acted on for service demo",
             ),
+            // Fenced per service: "demo" acted on 9, "other" on nothing yet.
+            ("older than another service's token", order(4, "other"), "accept"),
             (
                 "unknown service",
                 order(10, "nope"),

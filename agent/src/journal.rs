@@ -1,4 +1,5 @@
-//! The agent's durable memory: highest token, orders in flight, recent results, staged pins.
+//! The agent's durable memory: highest token per service, orders in flight, recent results,
+//! staged pins.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -15,7 +16,9 @@ pub const RECENT_RESULTS: usize = 32;
 /// File name of the journal inside the state dir.
 pub const JOURNAL_FILE: &str = "agent-state.json";
 /// Format version written into the file, so a future agent can tell old files apart.
-const FORMAT: u32 = 1;
+/// 1: one highest token for the whole host. 2: a highest token per service (see
+/// [`Journal::highest_token_for`]), results carry when they finished.
+const FORMAT: u32 = 2;
 
 /// The journal could not be read or written.
 #[derive(Debug, Error)]
@@ -100,6 +103,10 @@ struct StoredResult {
     running_version: String,
     reason: String,
     health: String,
+    /// When the order finished (ms since the epoch, agent's clock); 0 in files written
+    /// before it was recorded, which reads as "older than anything".
+    #[serde(default)]
+    finished_at_ms: i64,
 }
 
 impl From<&pb::OrderResult> for StoredResult {
@@ -112,6 +119,7 @@ impl From<&pb::OrderResult> for StoredResult {
             running_version: r.running_version.clone(),
             reason: r.reason.clone(),
             health: r.health().as_str_name().to_string(),
+            finished_at_ms: r.finished_at_ms,
         }
     }
 }
@@ -128,7 +136,7 @@ impl From<&StoredResult> for pb::OrderResult {
             running_version: r.running_version.clone(),
             reason: r.reason.clone(),
             health: health as i32,
-            ..Default::default()
+            finished_at_ms: r.finished_at_ms,
         }
     }
 }
@@ -136,8 +144,21 @@ impl From<&StoredResult> for pb::OrderResult {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Data {
     format: u32,
-    /// Highest fencing token acted on; `None` until the first order is accepted.
+    /// Highest fencing token acted on for any service; `None` until the first order is
+    /// accepted. What the hello reports.
     highest_token: Option<u64>,
+    /// Highest fencing token acted on for each service: what intake fences orders with (S4).
+    /// (Absent in format 1 files; see `legacy_floor`.)
+    #[serde(default)]
+    highest_by_service: BTreeMap<String, u64>,
+    /// The host-wide highest token of a format 1 file, which did not say which service acted
+    /// on it: it stays the floor of every service's highest token. Applying it only to the
+    /// services that have a kept result would be unsafe: results are evicted (only the last
+    /// few are kept), so a service could have acted on it with no trace left, and a late
+    /// order below it would then be carried out. The floor keeps exactly the old behaviour
+    /// for old tokens; orders granted after the upgrade are fenced per service.
+    #[serde(default)]
+    legacy_floor: Option<u64>,
     /// Accepted, unfinished orders by service.
     in_flight: BTreeMap<String, InFlight>,
     /// Last results, oldest first.
@@ -176,10 +197,18 @@ impl Journal {
     pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
         let path = state_dir.join(JOURNAL_FILE);
         let data = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt {
-                path: path.clone(),
-                message: e.to_string(),
-            })?,
+            Ok(bytes) => {
+                let mut data: Data =
+                    serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+                if data.format < 2 {
+                    // Written at the next change, with the format raised.
+                    data.legacy_floor = data.highest_token;
+                }
+                data
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Data {
                 format: FORMAT,
                 ..Data::default()
@@ -195,9 +224,19 @@ impl Journal {
         Ok(Journal { path, data })
     }
 
-    /// Highest token acted on (`None` before the first order).
+    /// Highest token acted on for any service (`None` before the first order).
     pub fn highest_token(&self) -> Option<u64> {
         self.data.highest_token
+    }
+
+    /// Highest token acted on for `service` (`None` before its first order): orders for a
+    /// service are fenced by its own tokens only, so a late order for one service is not
+    /// refused because another service acted on a newer grant. A journal from before
+    /// per-service tokens contributes its host-wide value to every service (see
+    /// `Data::legacy_floor`).
+    pub fn highest_token_for(&self, service: &str) -> Option<u64> {
+        let own = self.data.highest_by_service.get(service).copied();
+        own.max(self.data.legacy_floor)
     }
 
     /// The unfinished order for `service`, if any.
@@ -307,6 +346,8 @@ impl Journal {
     pub fn begin(&mut self, order: InFlight) -> Result<(), JournalError> {
         self.change(|d| {
             d.highest_token = Some(d.highest_token.map_or(order.token, |h| h.max(order.token)));
+            let own = d.highest_by_service.entry(order.service.clone()).or_default();
+            *own = (*own).max(order.token);
             d.staged.remove(&order.service);
             d.in_flight.insert(order.service.clone(), order);
         })
@@ -513,6 +554,49 @@ mod tests {
         let j = Journal::open(dir.path()).expect("open");
         assert_eq!(j.highest_token(), Some(4));
         assert!(j.staged("demo").is_empty());
+    }
+
+    #[test]
+    fn highest_tokens_are_per_service_and_a_format_1_value_is_every_services_floor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path()).expect("open");
+        j.begin(order(9, "b")).expect("begin");
+        j.begin(order(5, "a")).expect("begin");
+        let j = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(j.highest_token_for("a"), Some(5));
+        assert_eq!(j.highest_token_for("b"), Some(9));
+        assert_eq!(j.highest_token_for("c"), None);
+        assert_eq!(j.highest_token(), Some(9), "the hello still reports the maximum");
+
+        // A format 1 file does not say which service acted on its token 7: it fences all.
+        let old = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            old.path().join(JOURNAL_FILE),
+            br#"{"format":1,"highest_token":7,"in_flight":{},"recent_results":[{"rollout_id":"r1","token":7,"service":"a","outcome":"OUTCOME_SUCCEEDED","running_version":"2.0.0","reason":"","health":"HEALTH_HEALTHY"}],"history":{}}"#,
+        )
+        .expect("write");
+        let mut j = Journal::open(old.path()).expect("open");
+        assert_eq!(j.highest_token_for("a"), Some(7));
+        assert_eq!(j.highest_token_for("never-ordered"), Some(7));
+        let r = j.result_for(7, "a").expect("an old result still reads");
+        assert_eq!(r.finished_at_ms, 0, "unknown finish time reads as oldest");
+        // The floor survives the first write (in format 2) and later tokens are per service.
+        j.begin(order(8, "a")).expect("begin");
+        let j = Journal::open(old.path()).expect("reopen");
+        assert_eq!(j.highest_token_for("a"), Some(8));
+        assert_eq!(j.highest_token_for("b"), Some(7));
+    }
+
+    #[test]
+    fn a_result_keeps_when_it_finished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path()).expect("open");
+        let mut r = result(3);
+        r.finished_at_ms = 1_700_000_000_123;
+        j.finish("demo", &r, None).expect("finish");
+        let j = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(j.result_for(3, "demo"), Some(r.clone()));
+        assert_eq!(j.recent_results(), [r]);
     }
 
     #[test]

@@ -5,20 +5,24 @@
 
 use std::sync::Arc;
 
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use rand::Rng;
 use rollgate_proto::pb;
-use rollgate_proto::spec::{
-    FailureBudget, Gate, OnFailure, RolloutSpec, SpecError, Strategy, TargetSpec,
-};
+use rollgate_proto::spec::{Gate, RolloutSpec, SpecError};
 use thiserror::Error;
 
 use crate::planner::{self, Progress};
 use crate::store::{
-    self, decode, encode, now_ms, ArtifactRecord, FleetView, HostRecord, HostState, HostStep,
-    Phase, RolloutRecord, RolloutView, StoreError,
+    self, decode, encode, now_ms, ArtifactRecord, FleetView, HostStep, Phase, RolloutRecord,
+    RolloutView, StoreError,
 };
 use crate::Ctx;
+
+mod fence;
+mod rollback;
+
+pub use fence::fence_host;
+pub use rollback::{rollback, start_rollback};
 
 /// How many times a compare-and-set is retried when another writer got in between.
 const CAS_ATTEMPTS: usize = 5;
@@ -135,7 +139,7 @@ pub async fn create(ctx: &Arc<Ctx>, spec_toml: &str) -> Result<RolloutRecord, Co
 /// Stores a new rollout and makes it the service's active one, in one transaction (one active
 /// rollout per service). `compares`/`ops` join the transaction (a rollback also settles the
 /// rollout it replaces).
-async fn store_new_rollout(
+pub(crate) async fn store_new_rollout(
     ctx: &Arc<Ctx>,
     record: &RolloutRecord,
     mut compares: Vec<Compare>,
@@ -348,7 +352,7 @@ pub async fn status(ctx: &Arc<Ctx>, id: &str) -> Result<pb::RolloutStatus, Contr
     Ok(render(&view, &fleet))
 }
 
-fn not_found(id: &str) -> ControlError {
+pub(crate) fn not_found(id: &str) -> ControlError {
     ControlError::NotFound(format!(
         "no rollout {id}; `rollgate rollout list` shows the rollouts"
     ))
@@ -543,166 +547,6 @@ pub async fn act(
     )))
 }
 
-/// Starts a rollback of `view`'s rollout: a new rollout of the previous release to every target
-/// that took (or may have taken) the new one, under the same budget and groups, without canary
-/// or waves. Returns the new rollout, or `None` when no host needs it (the rollout is then
-/// marked rolled back directly). `fence` makes the leader's automatic rollback fenced (S3).
-pub async fn start_rollback(
-    ctx: &Arc<Ctx>,
-    view: &RolloutView,
-    fleet: &FleetView,
-    reason: &str,
-    fence: Option<Compare>,
-) -> Result<Option<RolloutRecord>, ControlError> {
-    let keys = &ctx.keys;
-    let r = &view.rollout;
-    let Some(previous) = r.previous.clone() else {
-        return Err(ControlError::Conflict(format!(
-            "cannot roll back {}: no earlier release of {} is recorded (this rollout was its \
-             first); fix forward with a new rollout instead",
-            r.id, r.spec.service
-        )));
-    };
-    if r.rollback_of.is_some() {
-        return Err(ControlError::Conflict(format!(
-            "{} is itself a rollback; start a new rollout instead",
-            r.id
-        )));
-    }
-    if matches!(r.phase, Phase::RollingBack | Phase::RolledBack) {
-        return Err(ControlError::Conflict(format!(
-            "{} is already {} (by {})",
-            r.id,
-            r.phase,
-            r.rolled_back_by.as_deref().unwrap_or("?")
-        )));
-    }
-    let observed = planner::Observed {
-        rollout: r,
-        steps: &view.steps,
-        staged: &view.staged,
-        fleet,
-        now_ms: now_ms(),
-    };
-    let targets: Vec<String> = r
-        .targets
-        .iter()
-        .filter(|h| {
-            matches!(
-                planner::progress(&observed, h),
-                Progress::Done | Progress::Updating | Progress::Lost | Progress::Failed
-            )
-        })
-        .cloned()
-        .collect();
-    let mut parent = r.clone();
-    parent.updated_at_ms = now_ms();
-    let mut compares = vec![Compare::mod_revision(
-        keys.rollout(&r.id),
-        CompareOp::Equal,
-        view.rollout_rev,
-    )];
-    compares.extend(fence);
-    if targets.is_empty() {
-        parent.phase = Phase::RolledBack;
-        parent.reason = format!(
-            "{reason}; no host took {}, nothing to roll back",
-            r.spec.release.version
-        );
-        let mut ops = vec![TxnOp::put(keys.rollout(&r.id), encode(&parent), None)];
-        if !r.phase.is_terminal() {
-            compares.push(Compare::value(
-                keys.active(&r.spec.service),
-                CompareOp::Equal,
-                r.id.clone(),
-            ));
-            ops.push(TxnOp::delete(keys.active(&r.spec.service), None));
-        }
-        ctx.etcd
-            .clone()
-            .txn(Txn::new().when(compares).and_then(ops))
-            .await?;
-        return Ok(None);
-    }
-    let strategy = Strategy {
-        canary: None,
-        waves: Vec::new(),
-        pause_between_waves: std::time::Duration::ZERO,
-        max_failures: FailureBudget::Count(0),
-        on_failure: OnFailure::Halt,
-        stage_first: false,
-        ..r.spec.strategy.clone()
-    };
-    let spec = RolloutSpec {
-        service: r.spec.service.clone(),
-        release: previous,
-        targets: TargetSpec {
-            hosts: targets.clone(),
-            labels: Default::default(),
-        },
-        strategy,
-    };
-    let now = now_ms();
-    let new = RolloutRecord {
-        id: format!("r-{:06x}", rand::thread_rng().gen_range(0..0x100_0000u32)),
-        max_unavailable: r.max_unavailable,
-        targets,
-        spec,
-        phase: Phase::Rolling,
-        reason: format!("rolls back {}: {reason}", r.id),
-        created_at_ms: now,
-        updated_at_ms: now,
-        wave: 0,
-        tolerated_failures: 0,
-        previous: Some(r.spec.release.clone()),
-        rollback_of: Some(r.id.clone()),
-        rolled_back_by: None,
-    };
-    parent.phase = Phase::RollingBack;
-    parent.reason = reason.to_string();
-    parent.rolled_back_by = Some(new.id.clone());
-    if r.phase.is_terminal() {
-        // An ended rollout no longer owns the service: the rollback must claim it like any
-        // new rollout.
-        compares.push(Compare::version(
-            keys.active(&r.spec.service),
-            CompareOp::Equal,
-            0,
-        ));
-    } else {
-        compares.push(Compare::value(
-            keys.active(&r.spec.service),
-            CompareOp::Equal,
-            r.id.clone(),
-        ));
-    }
-    store_new_rollout(
-        ctx,
-        &new,
-        compares,
-        vec![TxnOp::put(keys.rollout(&r.id), encode(&parent), None)],
-    )
-    .await?;
-    tracing::warn!(rollout = %r.id, rollback = %new.id, hosts = new.targets.len(), version = %new.spec.release.version, %reason, "rolling back");
-    Ok(Some(new))
-}
-
-/// An operator's `rollgate rollout rollback ID`: returns the rollback rollout's status (or the
-/// rollout's own when nothing needed rolling back).
-pub async fn rollback(ctx: &Arc<Ctx>, id: &str) -> Result<pb::RolloutStatus, ControlError> {
-    let id = resolve_id(ctx, id).await?;
-    let mut etcd = ctx.etcd.clone();
-    let fleet = store::read_fleet(&mut etcd, &ctx.keys).await?;
-    let view = store::read_rollout(&mut etcd, &ctx.keys, &id, fleet.revision)
-        .await?
-        .ok_or_else(|| not_found(&id))?;
-    let reason = "rollback requested by an operator".to_string();
-    match start_rollback(ctx, &view, &fleet, &reason, None).await? {
-        Some(new) => status(ctx, &new.id).await,
-        None => status(ctx, &id).await,
-    }
-}
-
 /// A service's release history, newest first.
 pub async fn history(ctx: &Arc<Ctx>, service: &str) -> Result<Vec<pb::HistoryEntry>, ControlError> {
     rollgate_proto::names::check("service name", service)
@@ -720,87 +564,6 @@ pub async fn history(ctx: &Arc<Ctx>, service: &str) -> Result<Vec<pb::HistoryEnt
             at_ms: h.at_ms,
         })
         .collect())
-}
-
-/// `rollgate host fence|forget HOST`: the operator vouches the host is out of the picture. Its
-/// outstanding grants end (its steps fail "fenced"), its slots are dropped, and it counts
-/// against no budget until it reconnects. `forget` also deletes its record and session.
-pub async fn fence_host(ctx: &Arc<Ctx>, host: &str, forget: bool) -> Result<String, ControlError> {
-    rollgate_proto::names::check("host id", host)
-        .map_err(|e| ControlError::Invalid(e.to_string()))?;
-    let keys = &ctx.keys;
-    let mut etcd = ctx.etcd.clone();
-    let resp = etcd.get(keys.host(host), None).await?;
-    let Some(kv) = resp.kvs().first() else {
-        return Err(ControlError::NotFound(format!(
-            "no host {host}; `rollgate hosts` lists the known hosts"
-        )));
-    };
-    let mut record: HostRecord = decode(kv)?;
-    let mut ops = Vec::new();
-    let mut ended = Vec::new();
-    for rid in store::active_rollouts(&mut etcd, keys).await? {
-        let resp = etcd.get(keys.step(&rid, host), None).await?;
-        if let Some(kv) = resp.kvs().first() {
-            let mut step: HostStep = decode(kv)?;
-            if step.state == HostState::Updating {
-                step.state = HostState::Failed;
-                step.reason = format!("fenced by an operator (token {} is void)", step.token);
-                step.updated_at_ms = now_ms();
-                ops.push(TxnOp::put(keys.step(&rid, host), encode(&step), None));
-                ended.push(rid);
-            }
-        }
-    }
-    let slots = etcd
-        .get(
-            keys.all_slots(),
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        )
-        .await?;
-    for kv in slots.kvs() {
-        if let Ok(k) = kv.key_str() {
-            if k.ends_with(&format!("/{host}")) {
-                ops.push(TxnOp::delete(k, None));
-            }
-        }
-    }
-    if forget {
-        ops.push(TxnOp::delete(keys.host(host), None));
-        ops.push(TxnOp::delete(keys.session(host), None));
-    } else {
-        record.fenced = true;
-        ops.push(TxnOp::put(keys.host(host), encode(&record), None));
-    }
-    let txn = Txn::new()
-        .when(vec![Compare::mod_revision(
-            keys.host(host),
-            CompareOp::Equal,
-            kv.mod_revision(),
-        )])
-        .and_then(ops);
-    if !etcd.txn(txn).await?.succeeded() {
-        return Err(ControlError::Conflict(format!(
-            "host {host} reported while fencing it; run the command again"
-        )));
-    }
-    let what = if forget { "forgotten" } else { "fenced" };
-    tracing::warn!(%host, ?ended, "host {what} by an operator");
-    let mut msg = format!(
-        "{host} {what}: it counts against no budget{}",
-        if forget {
-            " and its record is deleted (it re-registers if its agent connects again)"
-        } else {
-            " and gets no orders until its agent reconnects"
-        }
-    );
-    if !ended.is_empty() {
-        msg.push_str(&format!(
-            "; its update in {} is marked failed",
-            ended.join(", ")
-        ));
-    }
-    Ok(msg)
 }
 
 /// Every host the coordinator has seen.
@@ -824,6 +587,7 @@ pub async fn hosts(ctx: &Arc<Ctx>) -> Result<Vec<pb::HostInfo>, ControlError> {
                     sha256: s.sha256.clone(),
                     health: pb::Health::from(s.health) as i32,
                     detail: s.detail.clone(),
+                    ..Default::default()
                 })
                 .collect(),
             last_seen_ms: h.last_seen_ms,
