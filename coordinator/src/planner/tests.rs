@@ -1,0 +1,456 @@
+//! Planner tables.
+use super::*;
+use crate::store::{HostRecord, ServiceState, SlotRecord};
+use rollgate_proto::spec::{Budget, FailureBudget, ReleaseSpec, RolloutSpec, Strategy, TargetSpec};
+use std::time::Duration;
+
+const NOW: i64 = 1_000_000;
+
+struct World {
+    rollout: RolloutRecord,
+    steps: BTreeMap<String, HostStep>,
+    staged: BTreeMap<String, StageRecord>,
+    fleet: FleetView,
+    now: i64,
+}
+
+fn world(n: usize, strategy: Strategy) -> World {
+    let targets: Vec<String> = (1..=n).map(|i| format!("h{i}")).collect();
+    let budget = strategy.max_unavailable.resolve(n);
+    let spec = RolloutSpec {
+        service: "svc".into(),
+        release: ReleaseSpec {
+            version: "2".into(),
+            source: "store:".into(),
+            sha256: "a".repeat(64),
+            size: 1,
+            file: None,
+            signature: None,
+            signature_file: None,
+        },
+        targets: TargetSpec::default(),
+        strategy,
+    };
+    let mut fleet = FleetView::default();
+    for (i, h) in targets.iter().enumerate() {
+        let mut rec = HostRecord {
+            host_id: h.clone(),
+            ..HostRecord::default()
+        };
+        rec.labels.insert("site".into(), format!("s{}", i % 3));
+        rec.services.insert(
+            "svc".into(),
+            ServiceState {
+                version: "1".into(),
+                health: Health::Healthy,
+                ..ServiceState::default()
+            },
+        );
+        fleet.hosts.insert(h.clone(), rec);
+        fleet.connected.insert(h.clone(), 7);
+    }
+    World {
+        rollout: RolloutRecord {
+            id: "r".into(),
+            max_unavailable: budget,
+            spec,
+            targets,
+            phase: Phase::Rolling,
+            reason: String::new(),
+            created_at_ms: NOW - 1000,
+            updated_at_ms: NOW - 1000,
+            wave: 0,
+            tolerated_failures: 0,
+            previous: None,
+            rollback_of: None,
+            rolled_back_by: None,
+        },
+        steps: BTreeMap::new(),
+        staged: BTreeMap::new(),
+        fleet,
+        now: NOW,
+    }
+}
+
+fn strategy(budget: Budget) -> Strategy {
+    Strategy {
+        max_unavailable: budget,
+        ..Strategy::default()
+    }
+}
+
+impl World {
+    fn plan(&self) -> Plan {
+        plan(Observed {
+            rollout: &self.rollout,
+            steps: &self.steps,
+            staged: &self.staged,
+            fleet: &self.fleet,
+            now_ms: self.now,
+        })
+    }
+    fn set(&mut self, h: &str, state: HostState) {
+        let step = self.steps.entry(h.into()).or_insert_with(HostStep::pending);
+        step.state = state;
+        step.updated_at_ms = NOW - 500;
+    }
+    fn hold(&mut self, h: &str) {
+        self.set(h, HostState::Updating);
+        let step = self.steps.get_mut(h).expect("step");
+        step.token = 9;
+        step.granted_at_ms = NOW - 500;
+        self.fleet.slots.insert(
+            ("svc".into(), h.into()),
+            SlotRecord {
+                rollout_id: "r".into(),
+                token: 9,
+                host_id: h.into(),
+                service: "svc".into(),
+                version: "2".into(),
+                source: "store:".into(),
+                sha256: String::new(),
+                size: 1,
+                signature: None,
+                rollback: false,
+                min_healthy_time_ms: 0,
+                healthy_deadline_ms: 1,
+                granted_by: "x".into(),
+                granted_at_ms: 0,
+            },
+        );
+    }
+    fn health(&mut self, h: &str, health: Health) {
+        self.fleet
+            .hosts
+            .get_mut(h)
+            .and_then(|r| r.services.get_mut("svc"))
+            .expect("host")
+            .health = health;
+    }
+}
+
+#[test]
+fn grants_up_to_the_budget() {
+    let cases = [
+        (10, Budget::Count(3), 3),
+        (10, Budget::Percent(39), 3),
+        (1, Budget::Percent(10), 1),
+        (4, Budget::Count(10), 4),
+        (9, Budget::Percent(50), 4),
+    ];
+    for (n, b, want) in cases {
+        let w = world(n, strategy(b));
+        assert_eq!(w.plan().grants.len(), want, "{n} targets at {b}");
+    }
+}
+
+#[test]
+fn slots_held_and_outages_count_against_the_budget() {
+    let mut w = world(10, strategy(Budget::Count(3)));
+    w.hold("h1");
+    w.fleet.connected.remove("h5");
+    w.health("h7", Health::Unhealthy);
+    let p = w.plan();
+    assert_eq!(p.unavailable.len(), 3);
+    // h7 is already unavailable: upgrading it keeps the count at 3; nothing else fits.
+    assert_eq!(p.grants, vec!["h7".to_string()]);
+}
+
+#[test]
+fn a_slot_in_another_rollout_of_the_service_counts() {
+    let mut w = world(3, strategy(Budget::Count(1)));
+    w.hold("h2");
+    w.steps.clear(); // the slot belongs to an older rollout
+    let p = w.plan();
+    assert!(p.grants.is_empty(), "{p:?}");
+    assert_eq!(
+        p.unavailable,
+        vec![("h2".to_string(), Unavailable::Updating)]
+    );
+}
+
+#[test]
+fn offline_host_blocks_everyone_at_budget_one() {
+    let mut w = world(5, strategy(Budget::Count(1)));
+    w.fleet.connected.remove("h3");
+    let p = w.plan();
+    assert!(p.grants.is_empty(), "{p:?}");
+    assert!(
+        p.blocked_by.contains("budget full: 1/1"),
+        "{}",
+        p.blocked_by
+    );
+    assert!(p.blocked_by.contains("h3 offline"), "{}", p.blocked_by);
+}
+
+#[test]
+fn lost_host_keeps_its_share_and_fails_only_after_its_grace() {
+    let mut w = world(3, strategy(Budget::Count(1)));
+    w.hold("h1");
+    w.fleet.slots.clear(); // its replica's lease expired
+    let p = w.plan();
+    assert_eq!(
+        progress(
+            &Observed {
+                rollout: &w.rollout,
+                steps: &w.steps,
+                staged: &w.staged,
+                fleet: &w.fleet,
+                now_ms: w.now
+            },
+            "h1"
+        ),
+        Progress::Lost
+    );
+    assert!(p.grants.is_empty(), "S2: lease expiry frees nothing: {p:?}");
+    assert!(p.blocked_by.contains("lost mid-update"), "{}", p.blocked_by);
+    assert!(p.phase.is_none());
+    let grace_end = NOW - 500 + Duration::from_secs(120).as_millis() as i64 + LOST_GRACE_MS;
+    assert_eq!(p.wake_at_ms, Some(grace_end + 1));
+    w.now = grace_end + 1;
+    assert_eq!(w.plan().phase.map(|(ph, _)| ph), Some(Phase::Failed));
+}
+
+#[test]
+fn fenced_host_stops_counting() {
+    let mut w = world(3, strategy(Budget::Count(1)));
+    w.fleet.connected.remove("h1");
+    w.fleet.hosts.get_mut("h1").expect("h1").fenced = true;
+    assert_eq!(w.plan().grants, vec!["h2".to_string()]);
+}
+
+#[test]
+fn group_budgets() {
+    let mut st = strategy(Budget::Count(5));
+    st.group_by = Some("site".into());
+    st.max_unavailable_per_group = Some(Budget::Count(1));
+    let mut w = world(9, st);
+    // h1, h4, h7 are site s0; h2, h5, h8 s1; h3, h6, h9 s2.
+    let p = w.plan();
+    assert_eq!(p.grants, vec!["h1", "h2", "h3"]);
+    w.hold("h1");
+    w.fleet.connected.remove("h2");
+    let p = w.plan();
+    assert_eq!(p.grants, vec!["h3"], "one per site: s0 and s1 are full");
+    assert_eq!(p.groups.len(), 3);
+    assert!(p.groups.iter().all(|g| g.max_unavailable == 1));
+    w.hold("h3");
+    let p = w.plan();
+    assert!(p.grants.is_empty());
+    assert!(
+        p.blocked_by.contains("site s0 budget full"),
+        "{}",
+        p.blocked_by
+    );
+}
+
+#[test]
+fn first_failure_halts_by_default() {
+    let mut w = world(10, strategy(Budget::Count(3)));
+    w.hold("h1");
+    w.set("h2", HostState::RolledBack);
+    let p = w.plan();
+    assert!(p.grants.is_empty());
+    assert_eq!(p.phase.map(|(ph, _)| ph), Some(Phase::Failed));
+}
+
+#[test]
+fn a_host_rolling_back_counts_as_failed_at_once() {
+    let mut w = world(4, strategy(Budget::Count(2)));
+    w.hold("h1");
+    w.hold("h2");
+    let s = w.steps.get_mut("h1").expect("h1");
+    s.step = "rolling back".into();
+    s.message = "not healthy within 4s: http probe answered 500".into();
+    let p = w.plan();
+    let (phase, why) = p.phase.expect("halted");
+    assert_eq!(phase, Phase::Failed);
+    // The reason is the agent's verdict, not empty (the result is still to come).
+    assert!(why.contains("first: h1: not healthy within 4s"), "{why}");
+    assert_eq!(p.failures, vec!["h1"]);
+}
+
+#[test]
+fn failure_policies() {
+    for (on, want_phase, want_rollback) in [
+        (OnFailure::Pause, Some(Phase::Paused), false),
+        (OnFailure::Rollback, None, true),
+    ] {
+        let mut st = strategy(Budget::Count(1));
+        st.max_failures = FailureBudget::Percent(25);
+        st.on_failure = on;
+        let mut w = world(4, st);
+        w.set("h1", HostState::RolledBack);
+        assert_eq!(w.plan().grants, vec!["h2"], "1 of 4 is within 25%");
+        w.set("h2", HostState::Failed);
+        let p = w.plan();
+        assert_eq!(p.phase.map(|(ph, _)| ph), want_phase, "{on}");
+        assert_eq!(p.rollback.is_some(), want_rollback, "{on}");
+        // An operator resuming accepts the failures so far.
+        w.rollout.tolerated_failures = 2;
+        assert_eq!(w.plan().grants, vec!["h3"]);
+    }
+}
+
+#[test]
+fn failures_within_max_failures_end_succeeded() {
+    let mut st = strategy(Budget::Count(1));
+    st.max_failures = FailureBudget::Count(1);
+    let mut w = world(4, st);
+    w.set("h1", HostState::RolledBack);
+    assert_eq!(w.plan().grants, vec!["h2".to_string()]);
+    for h in ["h2", "h3", "h4"] {
+        w.set(h, HostState::Done);
+    }
+    assert_eq!(w.plan().phase.map(|(ph, _)| ph), Some(Phase::Succeeded));
+}
+
+#[test]
+fn done_when_every_target_is_done_and_none_is_in_flight() {
+    let mut w = world(2, strategy(Budget::Count(1)));
+    w.set("h1", HostState::Done);
+    w.hold("h2");
+    assert_eq!(w.plan().phase, None);
+    w.set("h2", HostState::Done);
+    assert_eq!(w.plan().phase.map(|(ph, _)| ph), Some(Phase::Succeeded));
+}
+
+#[test]
+fn paused_grants_nothing_and_says_so() {
+    let mut w = world(3, strategy(Budget::Count(3)));
+    w.rollout.phase = Phase::Paused;
+    let p = w.plan();
+    assert!(p.grants.is_empty());
+    assert!(p.blocked_by.starts_with("paused"), "{}", p.blocked_by);
+}
+
+#[test]
+fn fresh_hosts_are_not_outages() {
+    let mut w = world(4, strategy(Budget::Count(2)));
+    for h in ["h1", "h2", "h3", "h4"] {
+        let s = w
+            .fleet
+            .hosts
+            .get_mut(h)
+            .and_then(|r| r.services.get_mut("svc"))
+            .expect("svc");
+        s.version.clear();
+        s.health = Health::Stopped;
+    }
+    let p = w.plan();
+    assert!(p.unavailable.is_empty());
+    assert_eq!(p.grants.len(), 2);
+}
+
+#[test]
+fn wave_bounds_table() {
+    let mut st = strategy(Budget::Count(1));
+    assert_eq!(wave_bounds(&st, 10, false), vec![10]);
+    st.canary = Some(Budget::Count(1));
+    st.waves = vec![Budget::Percent(50)];
+    assert_eq!(wave_bounds(&st, 10, false), vec![1, 5, 10]);
+    assert_eq!(
+        wave_bounds(&st, 10, true),
+        vec![10],
+        "rollbacks have no canary"
+    );
+    st.waves = vec![Budget::Count(1), Budget::Percent(100)];
+    assert_eq!(wave_bounds(&st, 3, false), vec![1, 3]);
+}
+
+#[test]
+fn manual_canary_gate() {
+    let mut st = strategy(Budget::Count(2));
+    st.canary = Some(Budget::Count(1));
+    let mut w = world(4, st);
+    assert_eq!(w.plan().grants, vec!["h1"], "only the canary");
+    w.set("h1", HostState::Done);
+    let p = w.plan();
+    assert!(p.grants.is_empty());
+    assert_eq!(p.gate, "manual promote");
+    assert!(
+        p.blocked_by.contains("rollgate rollout promote r"),
+        "{}",
+        p.blocked_by
+    );
+    w.now += 3_600_000;
+    assert_eq!(
+        w.plan().phase,
+        None,
+        "no progress deadline at a manual gate"
+    );
+    w.rollout.wave = 1;
+    assert_eq!(w.plan().grants, vec!["h2", "h3"]);
+}
+
+#[test]
+fn baked_canary_and_paused_waves() {
+    let mut st = strategy(Budget::Count(4));
+    st.canary = Some(Budget::Count(1));
+    st.canary_gate = Gate::Bake(Duration::from_secs(60));
+    st.waves = vec![Budget::Count(2)];
+    st.pause_between_waves = Duration::from_secs(10);
+    let mut w = world(4, st);
+    w.set("h1", HostState::Done); // done at NOW - 500
+    let p = w.plan();
+    assert!(p.gate.starts_with("canary bake"), "{}", p.gate);
+    assert_eq!(p.wake_at_ms, Some(NOW - 500 + 60_000));
+    w.now = NOW - 500 + 60_000;
+    assert_eq!(w.plan().advance_wave, Some(1));
+    w.rollout.wave = 1;
+    w.rollout.updated_at_ms = w.now;
+    assert_eq!(w.plan().grants, vec!["h2"]);
+    w.set("h2", HostState::Done);
+    w.steps.get_mut("h2").expect("h2").updated_at_ms = w.now;
+    let p = w.plan();
+    assert!(p.gate.starts_with("pause between waves"), "{}", p.gate);
+    w.now += 10_000;
+    assert_eq!(w.plan().advance_wave, Some(2));
+}
+
+#[test]
+fn progress_deadline_fails_a_stall_with_its_reason() {
+    let mut st = strategy(Budget::Count(1));
+    st.progress_deadline = Duration::from_secs(300);
+    let mut w = world(3, st);
+    w.fleet.connected.remove("h2");
+    w.set("h1", HostState::Done);
+    let p = w.plan();
+    assert!(p.phase.is_none());
+    assert_eq!(p.wake_at_ms, Some(NOW - 500 + 300_000));
+    w.now = NOW - 500 + 300_000;
+    let (phase, reason) = w.plan().phase.expect("deadline fires");
+    assert_eq!(phase, Phase::Failed);
+    assert!(
+        reason.contains("no progress for 5m") && reason.contains("h2 offline"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn stage_first_waits_for_every_target() {
+    let mut st = strategy(Budget::Count(2));
+    st.stage_first = true;
+    let mut w = world(3, st);
+    let ok = |ok: bool, reason: &str| StageRecord {
+        ok,
+        reason: reason.into(),
+        at_ms: NOW,
+    };
+    w.staged.insert("h1".into(), ok(true, ""));
+    w.staged.insert("h2".into(), ok(false, "disk full"));
+    w.fleet.connected.remove("h3");
+    let p = w.plan();
+    assert!(p.grants.is_empty());
+    assert!(
+        p.blocked_by.contains("1/3")
+            && p.blocked_by.contains("h2: disk full")
+            && p.blocked_by.contains("h3"),
+        "{}",
+        p.blocked_by
+    );
+    w.staged.insert("h2".into(), ok(true, ""));
+    w.staged.insert("h3".into(), ok(true, ""));
+    w.fleet.connected.insert("h3".into(), 7);
+    assert_eq!(w.plan().grants, vec!["h1", "h2"]);
+}
