@@ -3,6 +3,7 @@
 //! compare-and-set transaction in etcd, so any replica can serve it and a success means the
 //! change is durable (S6).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
@@ -22,10 +23,10 @@ mod fence;
 mod rollback;
 
 pub use fence::fence_host;
-pub use rollback::{rollback, start_rollback};
+pub use rollback::{rollback, start_rollback, Basis};
 
 /// How many times a compare-and-set is retried when another writer got in between.
-const CAS_ATTEMPTS: usize = 5;
+pub(crate) const CAS_ATTEMPTS: usize = 5;
 
 /// Why an operator action was refused.
 #[derive(Debug, Error)]
@@ -108,10 +109,10 @@ async fn prepare(
         .into_iter()
         .find(|h| h.release.sha256 != spec.release.sha256)
         .map(|h| h.release);
-    let id = format!("r-{:06x}", rand::thread_rng().gen_range(0..0x100_0000u32));
+    let (groups, group_budgets) = freeze_groups(&spec, &targets, &fleet);
     let now = now_ms();
     let record = RolloutRecord {
-        id,
+        id: new_rollout_id(),
         max_unavailable: spec.strategy.max_unavailable.resolve(targets.len()),
         targets,
         spec,
@@ -124,8 +125,47 @@ async fn prepare(
         previous,
         rollback_of: None,
         rolled_back_by: None,
+        groups,
+        group_budgets,
+        wave_done: None,
     };
     Ok((record, fleet))
+}
+
+/// A new rollout id: 64 random bits, so that an id is never reused in practice (an etcd
+/// restore followed by new rollouts must not meet an old id in agents' journals).
+pub(crate) fn new_rollout_id() -> String {
+    format!("r-{:016x}", rand::thread_rng().gen::<u64>())
+}
+
+/// With `group_by`: each host's group (the targets and every other host of the service, as
+/// labelled now) and each target group's budget, fixed for the rollout's life (S1).
+pub(crate) fn freeze_groups(
+    spec: &RolloutSpec,
+    targets: &[String],
+    fleet: &FleetView,
+) -> (BTreeMap<String, String>, BTreeMap<String, u32>) {
+    let (Some(label), Some(per)) = (
+        &spec.strategy.group_by,
+        spec.strategy.max_unavailable_per_group,
+    ) else {
+        return Default::default();
+    };
+    let groups: BTreeMap<String, String> = fleet
+        .hosts
+        .iter()
+        .filter(|(h, rec)| targets.contains(h) || rec.services.contains_key(&spec.service))
+        .filter_map(|(h, rec)| Some((h.clone(), rec.labels.get(label)?.clone())))
+        .collect();
+    let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
+    for g in targets.iter().filter_map(|h| groups.get(h)) {
+        *sizes.entry(g.clone()).or_default() += 1;
+    }
+    let budgets = sizes
+        .into_iter()
+        .map(|(g, n)| (g, per.resolve(n)))
+        .collect();
+    (groups, budgets)
 }
 
 /// Validates a spec, resolves its targets and stores the rollout, claiming the service.
@@ -400,10 +440,10 @@ pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
                 token: step.token,
                 holds_slot: fleet.slot(&r.spec.service, h).is_some(),
                 health: pb::Health::from(svc.health) as i32,
-                group: if label.is_empty() {
-                    String::new()
-                } else {
-                    planner::group_of(fleet, &label, h)
+                group: match r.groups.get(h) {
+                    _ if label.is_empty() => String::new(),
+                    Some(g) => g.clone(),
+                    None => planner::group_of(fleet, &label, h),
                 },
                 wave: wave_of(i),
                 staged: view.staged.get(h).is_some_and(|s| s.ok),

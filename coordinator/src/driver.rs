@@ -10,12 +10,13 @@ use etcd_client::{Compare, CompareOp, LeaderKey, PutOptions, Txn, TxnOp, WatchOp
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::control::{self, ControlError};
 use crate::planner::{self, Plan};
 use crate::store::{
     self, decode, encode, now_ms, FleetView, HistoryRecord, HostState, HostStep, Phase,
-    RolloutRecord, RolloutView, SlotRecord, StoreError,
+    RolloutRecord, RolloutView, SlotRecord, StoreError, WaveDone,
 };
-use crate::{control, Ctx};
+use crate::Ctx;
 
 /// Pause before campaigning again after losing leadership or an etcd error.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -136,9 +137,7 @@ async fn drive_rollout(
     view: &RolloutView,
     token: &mut (u64, i64),
 ) -> Result<Option<i64>, StoreError> {
-    let keys = &ctx.keys;
     let r = &view.rollout;
-    let mut etcd = ctx.etcd.clone();
 
     if r.phase.is_terminal() {
         finish(ctx, leader, r).await?;
@@ -148,11 +147,20 @@ async fn drive_rollout(
     let plan = planner::plan_view(view, fleet, now_ms());
     if let Some(reason) = &plan.rollback {
         let reason = format!("{reason}. Rolling back (on_failure = rollback)");
-        match control::start_rollback(ctx, view, fleet, &reason, Some(fence(leader))).await {
+        let basis = control::Basis {
+            view,
+            fleet,
+            token_rev: token.1,
+        };
+        match control::start_rollback(ctx, &basis, &reason, Some(fence(leader))).await {
             Ok(Some(new)) => {
                 info!(rollout = %r.id, rollback = %new.id, "failure policy started a rollback")
             }
             Ok(None) => {}
+            Err(ControlError::Conflict(e)) => {
+                // A grant or an operator got in between: the watch brings the next round.
+                info!(rollout = %r.id, "rollback not started yet: {e}");
+            }
             Err(e) => {
                 warn!(rollout = %r.id, "cannot roll back: {e}; halting instead");
                 set_phase(
@@ -171,23 +179,43 @@ async fn drive_rollout(
         set_phase(ctx, leader, view, *phase, reason).await?;
         return Ok(None);
     }
+    if let Some(wave) = plan.stamp_wave {
+        let mut next = r.clone();
+        let at_ms = now_ms();
+        next.wave_done = Some(WaveDone { wave, at_ms });
+        if put_rollout(ctx, leader, view, &next).await? {
+            info!(rollout = %r.id, wave = wave + 1, "wave finished; its gate starts now (leader's clock)");
+        }
+        return Ok(None);
+    }
     if let Some(wave) = plan.advance_wave {
         let mut next = r.clone();
         next.wave = wave;
         next.updated_at_ms = now_ms();
-        let txn = Txn::new()
-            .when(vec![
-                fence(leader),
-                Compare::mod_revision(keys.rollout(&r.id), CompareOp::Equal, view.rollout_rev),
-            ])
-            .and_then(vec![TxnOp::put(keys.rollout(&r.id), encode(&next), None)]);
-        if etcd.txn(txn).await?.succeeded() {
+        if put_rollout(ctx, leader, view, &next).await? {
             info!(rollout = %r.id, wave, "gate passed; wave {wave} is open");
         }
         return Ok(None);
     }
     grant(ctx, leader, fleet, view, &plan, token).await?;
     Ok(plan.wake_at_ms)
+}
+
+/// Writes a rollout record the leader changed, fenced and compared with what it read.
+async fn put_rollout(
+    ctx: &Arc<Ctx>,
+    leader: &LeaderKey,
+    view: &RolloutView,
+    next: &RolloutRecord,
+) -> Result<bool, StoreError> {
+    let key = ctx.keys.rollout(&next.id);
+    let txn = Txn::new()
+        .when(vec![
+            fence(leader),
+            Compare::mod_revision(key.clone(), CompareOp::Equal, view.rollout_rev),
+        ])
+        .and_then(vec![TxnOp::put(key, encode(next), None)]);
+    Ok(ctx.etcd.clone().txn(txn).await?.succeeded())
 }
 
 /// Grants the planned slots, one fenced transaction each, handing out increasing tokens.

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rollgate_proto::spec::{Gate, OnFailure, Strategy};
+use rollgate_proto::spec::{Budget, Gate, OnFailure, Strategy};
 
 use crate::store::{
     FleetView, Health, HostState, HostStep, Phase, RolloutRecord, RolloutView, StageRecord,
@@ -145,6 +145,9 @@ pub struct Plan {
     pub waves: Vec<usize>,
     /// Hosts whose failure counts against max_failures.
     pub failures: Vec<String>,
+    /// The open wave finished and its timed gate has no start yet: the leader stamps it with
+    /// its own clock (so the wait is measured on one clock, whichever replica wrote the steps).
+    pub stamp_wave: Option<u32>,
 }
 
 impl Plan {
@@ -185,7 +188,7 @@ pub fn wave_bounds(strategy: &Strategy, targets: usize, rollback: bool) -> Vec<u
     bounds
 }
 
-/// The group a host belongs to under `group_by` ("" without a label).
+/// The group a host belongs to under `group_by` ("" without a label), by its labels now.
 pub fn group_of(fleet: &FleetView, label: &str, host: &str) -> String {
     fleet
         .hosts
@@ -193,6 +196,71 @@ pub fn group_of(fleet: &FleetView, label: &str, host: &str) -> String {
         .and_then(|h| h.labels.get(label))
         .cloned()
         .unwrap_or_default()
+}
+
+/// The hosts whose outages count against a rollout's budget: its targets, then every other
+/// host known to run the service, then the hosts frozen into its groups at creation (S1:
+/// whatever rollout is active for a service, all of the service's hosts that are out of service
+/// count, e.g. a rollback counts its parent's hosts that are down).
+pub fn counted_hosts<'a>(o: &Observed<'a>) -> Vec<&'a String> {
+    let r = o.rollout;
+    let svc = &r.spec.service;
+    let mut seen: BTreeSet<&String> = r.targets.iter().collect();
+    let mut out: Vec<&String> = r.targets.iter().collect();
+    let runs_it = o
+        .fleet
+        .hosts
+        .iter()
+        .filter(|(_, rec)| rec.services.contains_key(svc))
+        .map(|(h, _)| h);
+    for h in runs_it.chain(r.groups.keys()) {
+        if seen.insert(h) {
+            out.push(h);
+        }
+    }
+    out
+}
+
+/// Each group's budget: the ones fixed at creation, or (a rollout stored before groups were
+/// frozen) computed from its targets' labels now.
+pub fn group_budgets(o: &Observed<'_>, label: &str, per: Budget) -> BTreeMap<String, u32> {
+    let r = o.rollout;
+    if !r.group_budgets.is_empty() {
+        return r.group_budgets.clone();
+    }
+    let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
+    for h in &r.targets {
+        *sizes.entry(group_of(o.fleet, label, h)).or_default() += 1;
+    }
+    sizes
+        .into_iter()
+        .map(|(g, n)| (g, per.resolve(n)))
+        .collect()
+}
+
+/// The group a host counts in: the one fixed at creation; a host the rollout did not know then
+/// counts in the group its label names now, if that group has a budget (a host that lost its
+/// label forms no group of its own).
+pub fn group_in(
+    o: &Observed<'_>,
+    budgets: &BTreeMap<String, u32>,
+    label: &str,
+    host: &str,
+) -> Option<String> {
+    if let Some(g) = o.rollout.groups.get(host) {
+        return Some(g.clone());
+    }
+    let g = group_of(o.fleet, label, host);
+    budgets.contains_key(&g).then_some(g)
+}
+
+/// The service's order in flight on a host, as its agent reports it (0: none).
+pub fn in_flight(o: &Observed<'_>, host: &str) -> u64 {
+    o.fleet
+        .hosts
+        .get(host)
+        .and_then(|h| h.services.get(&o.rollout.spec.service))
+        .map_or(0, |s| s.in_flight_token)
 }
 
 /// Decides what happens next for one rollout.
@@ -204,10 +272,12 @@ pub fn plan(o: Observed<'_>) -> Plan {
     let progress_of: BTreeMap<&String, Progress> =
         r.targets.iter().map(|h| (h, progress(&o, h))).collect();
 
-    let unavailable: Vec<(String, Unavailable)> = r
-        .targets
-        .iter()
-        .filter_map(|h| why_unavailable(h, progress_of[h], &o).map(|w| (h.clone(), w)))
+    let unavailable: Vec<(String, Unavailable)> = counted_hosts(&o)
+        .into_iter()
+        .filter_map(|h| {
+            let p = progress_of.get(h).copied().unwrap_or(Progress::Pending);
+            why_unavailable(h, p, &o).map(|w| (h.clone(), w))
+        })
         .collect();
     let mut plan = Plan {
         unavailable,
@@ -215,23 +285,29 @@ pub fn plan(o: Observed<'_>) -> Plan {
         ..Plan::default()
     };
 
-    // Group budgets.
+    // Group budgets, as fixed when the rollout was created.
     let mut group_budget: BTreeMap<String, (u32, u32)> = BTreeMap::new(); // group -> (hosts, budget)
     let mut group_unavail: BTreeMap<String, usize> = BTreeMap::new();
+    let mut group_at: BTreeMap<String, String> = BTreeMap::new(); // host -> group
     if let (Some(label), Some(per)) = (&st.group_by, st.max_unavailable_per_group) {
-        for h in &r.targets {
-            group_budget
-                .entry(group_of(o.fleet, label, h))
-                .or_default()
-                .0 += 1;
+        let budgets = group_budgets(&o, label, per);
+        for (g, b) in &budgets {
+            group_budget.insert(g.clone(), (0, *b));
         }
-        for (_, (hosts, b)) in group_budget.iter_mut() {
-            *b = per.resolve(*hosts as usize);
+        for h in counted_hosts(&o) {
+            if let Some(g) = group_in(&o, &budgets, label, h) {
+                group_at.insert(h.clone(), g);
+            }
+        }
+        for h in &r.targets {
+            if let Some((n, _)) = group_at.get(h).and_then(|g| group_budget.get_mut(g)) {
+                *n += 1;
+            }
         }
         for (h, _) in &plan.unavailable {
-            *group_unavail
-                .entry(group_of(o.fleet, label, h))
-                .or_default() += 1;
+            if let Some(g) = group_at.get(h) {
+                *group_unavail.entry(g.clone()).or_default() += 1;
+            }
         }
         plan.groups = group_budget
             .iter()
@@ -405,12 +481,6 @@ pub fn plan(o: Observed<'_>) -> Plan {
     let open = &r.targets[..open_end];
     let wave_final = open.iter().all(|h| progress_of[h].is_final());
     if staging_done && wave_final && wave + 1 < plan.waves.len() {
-        let wave_done_at = open
-            .iter()
-            .filter_map(|h| o.steps.get(h).map(|s| s.updated_at_ms))
-            .max()
-            .unwrap_or(r.updated_at_ms)
-            .max(r.updated_at_ms);
         let canary_gate = wave == 0 && st.canary.is_some() && r.rollback_of.is_none();
         let wait = if canary_gate {
             match st.canary_gate {
@@ -431,8 +501,16 @@ pub fn plan(o: Observed<'_>) -> Plan {
                     r.id
                 ));
             }
+            Some(_) if r.wave_done.is_none_or(|w| w.wave != wave as u32) => {
+                // Clocks: the steps' times come from whichever replica served each host. The
+                // wait starts when the leader stamps the wave's end with its own clock.
+                plan.stamp_wave = Some(wave as u32);
+                plan.gate = "gate starting".to_string();
+                why.push(format!("wave {} finished; starting its gate", wave + 1));
+            }
             Some(d) => {
-                let opens_at = wave_done_at + d.as_millis() as i64;
+                let done_at = r.wave_done.map_or(r.updated_at_ms, |w| w.at_ms);
+                let opens_at = done_at + d.as_millis() as i64;
                 if o.now_ms >= opens_at {
                     plan.advance_wave = Some(wave as u32 + 1);
                     return plan;
@@ -468,7 +546,12 @@ pub fn plan(o: Observed<'_>) -> Plan {
     if why.is_empty() {
         for h in open.iter().filter(|h| progress_of[*h] == Progress::Pending) {
             let host = o.fleet.hosts.get(h);
-            if host.is_some_and(|x| x.fenced) || o.fleet.slot(&r.spec.service, h).is_some() {
+            if host.is_some_and(|x| x.fenced)
+                || o.fleet.slot(&r.spec.service, h).is_some()
+                || in_flight(&o, h) != 0
+            {
+                // Fenced, or still busy with an order of an earlier rollout (it counts as
+                // unavailable until it reports).
                 continue;
             }
             if !o.fleet.is_connected(h) {
@@ -481,8 +564,8 @@ pub fn plan(o: Observed<'_>) -> Plan {
                 budget_blocked = true;
                 continue;
             }
-            if let Some(label) = &st.group_by {
-                let g = group_of(o.fleet, label, h);
+            if st.group_by.is_some() {
+                let g = group_at.get(h).cloned().unwrap_or_default();
                 if let Some((_, gb)) = group_budget.get(&g) {
                     let used = group_unavail.get(&g).copied().unwrap_or(0);
                     if used + usize::from(adds) > *gb as usize {
@@ -502,7 +585,7 @@ pub fn plan(o: Observed<'_>) -> Plan {
             let holders: Vec<String> = plan
                 .unavailable
                 .iter()
-                .map(|(h, w)| format!("{h} {}", w.word()))
+                .map(|(h, w)| holder(r, h, *w))
                 .collect();
             why.push(format!(
                 "budget full: {}/{} unavailable ({})",
@@ -516,8 +599,8 @@ pub fn plan(o: Observed<'_>) -> Plan {
             let holders: Vec<String> = plan
                 .unavailable
                 .iter()
-                .filter(|(h, _)| &group_of(o.fleet, label, h) == g)
-                .map(|(h, w)| format!("{h} {}", w.word()))
+                .filter(|(h, _)| group_at.get(h) == Some(g))
+                .map(|(h, w)| holder(r, h, *w))
                 .collect();
             let gb = group_budget.get(g).map(|x| x.1).unwrap_or(0);
             why.push(format!(
@@ -593,10 +676,25 @@ pub fn last_progress(o: &Observed<'_>) -> i64 {
     r.created_at_ms.max(r.updated_at_ms).max(steps).max(staged)
 }
 
+/// "host-3 offline", or "host-9 unhealthy (not a target)" for a host of the service outside
+/// the rollout's targets.
+fn holder(r: &RolloutRecord, host: &str, w: Unavailable) -> String {
+    if r.targets.iter().any(|t| t == host) {
+        format!("{host} {}", w.word())
+    } else {
+        format!("{host} {} (not a target)", w.word())
+    }
+}
+
+/// Why a host of the service is out of service right now, if it is. Evidence of an update
+/// (a live slot, a grant, an order the agent reports in flight) counts before anything else,
+/// even on a fenced host that is in fact connected.
 fn why_unavailable(host: &str, p: Progress, o: &Observed<'_>) -> Option<Unavailable> {
+    let svc = &o.rollout.spec.service;
     let record = o.fleet.hosts.get(host);
-    if record.is_some_and(|h| h.fenced) {
-        // The operator vouched for it (`rollgate host fence`).
+    let connected = o.fleet.is_connected(host);
+    if record.is_some_and(|h| h.fenced) && !connected {
+        // The operator vouched it is gone (`rollgate host fence`).
         return None;
     }
     match p {
@@ -604,16 +702,20 @@ fn why_unavailable(host: &str, p: Progress, o: &Observed<'_>) -> Option<Unavaila
         Progress::Lost => return Some(Unavailable::Lost),
         _ => {}
     }
-    if o.fleet.slot(&o.rollout.spec.service, host).is_some() {
+    if o.fleet.slot(svc, host).is_some() {
         return Some(Unavailable::Updating);
     }
-    if !o.fleet.is_connected(host) {
+    // No record: an operator forgot the host (`rollgate host forget`); it counts again when
+    // its agent re-registers.
+    let record = record?;
+    if !connected {
         return Some(Unavailable::Offline);
     }
-    match record.and_then(|h| h.services.get(&o.rollout.spec.service)) {
+    match record.services.get(svc) {
+        Some(s) if s.in_flight_token != 0 => Some(Unavailable::Updating),
         // A host that has never run the service was not serving it: installing there takes a
         // slot, but its absence is not an outage.
-        Some(s) if s.version.is_empty() => None,
+        Some(s) if s.never_ran() => None,
         Some(s) if s.health != Health::Healthy => Some(Unavailable::Unhealthy),
         Some(_) => None,
         None => Some(Unavailable::Unhealthy),

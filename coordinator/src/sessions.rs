@@ -3,7 +3,7 @@
 //! results back as the evidence that frees slots (S2). Any replica can hold any agent's stream:
 //! orders and results pass through etcd.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
@@ -184,8 +184,13 @@ pub async fn serve(
             })),
         };
         let _ = tx.send(Ok(welcome)).await;
+        if let Err(e) = raise_token(&ctx, hello.highest_token).await {
+            warn!("cannot check the token counter against this host's highest token: {e}");
+        }
+        // The hello's service states are the agent's current ones: these older results settle
+        // steps but never overwrite them (issue 9, item 3).
         for result in &hello.recent_results {
-            if let Err(e) = session.apply_result(result).await {
+            if let Err(e) = session.apply_result(result, Replay::FromHello).await {
                 warn!("cannot record a result from hello: {e}");
             }
         }
@@ -241,6 +246,51 @@ async fn refuse(tx: &AgentTx, reason: &str) {
     let _ = tx.send(Ok(msg)).await;
 }
 
+/// Where a result comes from: the live stream, or a hello's replay of recent results (older
+/// than the hello's own service states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    Live,
+    FromHello,
+}
+
+/// After an etcd restore the token counter can be below tokens agents already acted on, and
+/// every grant would be refused as stale: raise it above the highest token a host reports
+/// (issue 9, item 9). A compare-and-set; grants compare the counter's revision, so a grant
+/// racing this re-reads.
+async fn raise_token(ctx: &Arc<Ctx>, reported: u64) -> Result<(), StoreError> {
+    let key = ctx.keys.token();
+    let mut etcd = ctx.etcd.clone();
+    for _ in 0..5 {
+        let resp = etcd.get(key.clone(), None).await?;
+        let (current, rev) = match resp.kvs().first() {
+            Some(kv) => (decode::<u64>(kv)?, kv.mod_revision()),
+            None => (0, 0),
+        };
+        if reported <= current {
+            return Ok(());
+        }
+        let txn = Txn::new()
+            .when(vec![Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                rev,
+            )])
+            .and_then(vec![TxnOp::put(key.clone(), encode(&reported), None)]);
+        if etcd.txn(txn).await?.succeeded() {
+            warn!(
+                counter = current,
+                reported,
+                "this host has acted on token {reported}, above the token counter {current} \
+                 (was etcd restored from a backup?); raised the counter to {reported} so new \
+                 grants are not refused as stale"
+            );
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
 struct Session {
     ctx: Arc<Ctx>,
     host: String,
@@ -259,16 +309,64 @@ impl Session {
         })
     }
 
+    /// Compares that the host's session key is still this session's.
+    fn mine(&self) -> Compare {
+        Compare::value(
+            self.ctx.keys.session(&self.host),
+            CompareOp::Equal,
+            self.session_value(),
+        )
+    }
+
+    /// Writes the host record, only while this session is the host's (an old session never
+    /// overwrites what a newer one or an operator's fence wrote).
+    async fn put_record(&self) -> Result<(), StoreError> {
+        let put = TxnOp::put(self.ctx.keys.host(&self.host), encode(&self.record), None);
+        let txn = Txn::new().when(vec![self.mine()]).and_then(vec![put]);
+        if self.ctx.etcd.clone().txn(txn).await?.succeeded() {
+            return Ok(());
+        }
+        Err(StoreError::Superseded {
+            host: self.host.clone(),
+        })
+    }
+
+    /// Whether the host's session key is still this session's.
+    async fn still_mine(&self) -> Result<bool, StoreError> {
+        let resp = self
+            .ctx
+            .etcd
+            .clone()
+            .get(self.ctx.keys.session(&self.host), None)
+            .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.value() == self.session_value().as_slice()))
+    }
+
     async fn open(&mut self, hello: &pb::Hello) -> Result<(), StoreError> {
+        let mut services: BTreeMap<String, ServiceState> = hello
+            .services
+            .iter()
+            .map(|s| (s.service.clone(), ServiceState::from(s)))
+            .collect();
+        // An order in flight is evidence the service is out of service (S2), whatever health
+        // an agent that does not stamp its statuses reports.
+        if let Some(p) = &hello.in_flight {
+            if let Some(s) = services.get_mut(&p.service) {
+                if s.in_flight_token == 0 {
+                    s.in_flight_token = p.token;
+                    s.in_flight_rollout = p.rollout_id.clone();
+                }
+            }
+        }
+        // A new session is what clears an operator's fence.
         self.record = HostRecord {
             host_id: self.host.clone(),
             labels: hello.labels.clone().into_iter().collect(),
             agent_version: hello.agent_version.clone(),
-            services: hello
-                .services
-                .iter()
-                .map(|s| (s.service.clone(), ServiceState::from(s)))
-                .collect(),
+            services,
             last_seen_ms: now_ms(),
             fenced: false,
         };
@@ -314,20 +412,23 @@ impl Session {
             }
             Some(Msg::Status(s)) => self.status(&s).await,
             Some(Msg::Progress(p)) => self.progress(&p).await,
-            Some(Msg::Result(r)) => self.apply_result(&r).await,
+            Some(Msg::Result(r)) => self.apply_result(&r, Replay::Live).await,
             Some(Msg::Staged(s)) => self.staged(&s).await,
         }
     }
 
     async fn status(&mut self, s: &pb::ServiceStatus) -> Result<(), StoreError> {
         let state = ServiceState::from(s);
-        info!(service = %s.service, version = %s.version, health = s.health().word(), detail = %s.detail, "service status");
+        if let Some(prev) = self.record.services.get(&s.service) {
+            if !prev.superseded_by(state.observed_at_ms) {
+                debug!(service = %s.service, observed_at_ms = state.observed_at_ms, newest_ms = prev.observed_at_ms, "older status ignored");
+                return Ok(());
+            }
+        }
+        info!(service = %s.service, version = %s.version, health = s.health().word(), detail = %s.detail, in_flight_token = s.in_flight_token, "service status");
         self.record.services.insert(s.service.clone(), state);
         self.record.last_seen_ms = now_ms();
-        let mut etcd = self.ctx.etcd.clone();
-        etcd.put(self.ctx.keys.host(&self.host), encode(&self.record), None)
-            .await?;
-        Ok(())
+        self.put_record().await
     }
 
     async fn staged(&self, s: &pb::StageResult) -> Result<(), StoreError> {
@@ -395,7 +496,11 @@ impl Session {
     /// changes nothing. The host's share of the budget is freed by this evidence only: done
     /// (healthy on the new release), or back on the old one; a host that is not healthy again
     /// keeps counting as unavailable through its reported health (S2).
-    async fn apply_result(&mut self, r: &pb::OrderResult) -> Result<(), StoreError> {
+    async fn apply_result(
+        &mut self,
+        r: &pb::OrderResult,
+        replay: Replay,
+    ) -> Result<(), StoreError> {
         let keys = &self.ctx.keys;
         let mut etcd = self.ctx.etcd.clone();
         let Some((step, step_rev)) = self.step(&r.rollout_id).await? else {
@@ -439,30 +544,34 @@ impl Session {
             .get(&service)
             .cloned()
             .unwrap_or_default();
-        self.record.services.insert(
-            service.clone(),
-            ServiceState {
-                version: r.running_version.clone(),
-                sha256: if r.running_version == release.version {
-                    release.sha256.clone()
-                } else {
-                    prev.sha256
+        if replay == Replay::Live && prev.superseded_by(r.finished_at_ms) {
+            self.record.services.insert(
+                service.clone(),
+                ServiceState {
+                    version: r.running_version.clone(),
+                    sha256: if r.running_version == release.version {
+                        release.sha256.clone()
+                    } else {
+                        prev.sha256
+                    },
+                    health: health.into(),
+                    detail: if state == HostState::Done {
+                        String::new()
+                    } else {
+                        r.reason.clone()
+                    },
+                    in_flight_token: 0,
+                    in_flight_rollout: String::new(),
+                    observed_at_ms: r.finished_at_ms,
                 },
-                health: health.into(),
-                detail: if state == HostState::Done {
-                    String::new()
-                } else {
-                    r.reason.clone()
-                },
-            },
-        );
+            );
+        }
         self.record.last_seen_ms = now_ms();
         let step_key = keys.step(&r.rollout_id, &self.host);
-        let mut compares = vec![Compare::mod_revision(
-            step_key.clone(),
-            CompareOp::Equal,
-            step_rev,
-        )];
+        let mut compares = vec![
+            Compare::mod_revision(step_key.clone(), CompareOp::Equal, step_rev),
+            self.mine(),
+        ];
         let mut ops = vec![
             TxnOp::put(step_key, encode(&new_step), None),
             TxnOp::put(keys.host(&self.host), encode(&self.record), None),
@@ -481,11 +590,13 @@ impl Session {
                 ops.push(TxnOp::delete(slot_key, None));
             }
         }
-        if etcd
-            .txn(Txn::new().when(compares).and_then(ops))
-            .await?
-            .succeeded()
-        {
+        let resp = etcd.txn(Txn::new().when(compares).and_then(ops)).await?;
+        if !resp.succeeded() && !self.still_mine().await? {
+            return Err(StoreError::Superseded {
+                host: self.host.clone(),
+            });
+        }
+        if resp.succeeded() {
             let outcome = r.outcome().word();
             match (state, health) {
                 (HostState::Done, _) => {

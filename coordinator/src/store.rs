@@ -45,6 +45,13 @@ pub enum StoreError {
         /// The decode error.
         err: String,
     },
+    /// A session's write found the host's session key no longer its own (a newer session of the
+    /// host took over, or this replica's lease expired): the write was not applied.
+    #[error("this session of host {host} was replaced (a newer session, or this replica lost its etcd lease); the agent re-sends on its next session")]
+    Superseded {
+        /// The host.
+        host: String,
+    },
 }
 
 /// Milliseconds since the Unix epoch.
@@ -200,6 +207,41 @@ pub struct ServiceState {
     pub health: Health,
     /// The agent's explanation.
     pub detail: String,
+    /// The order the agent reports carrying out on this service (0: none). Evidence that the
+    /// host is out of service whichever rollout granted it (S1, S2).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub in_flight_token: u64,
+    /// The rollout of that order.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub in_flight_rollout: String,
+    /// When the agent observed this state (its clock); older reports never overwrite newer.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub observed_at_ms: i64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
+}
+
+impl ServiceState {
+    /// Whether the host never ran the service: nothing installed and nothing wrong. A host
+    /// whose release cannot be read reports an empty version with `unhealthy`: an outage.
+    pub fn never_ran(&self) -> bool {
+        self.version.is_empty()
+            && self.in_flight_token == 0
+            && matches!(self.health, Health::Stopped | Health::Unknown)
+    }
+    /// Whether `newer` may replace this state: never an older observation over a newer one
+    /// (0 means "not stamped": an agent from before the stamps, always applied).
+    pub fn superseded_by(&self, newer_observed_at_ms: i64) -> bool {
+        self.observed_at_ms == 0
+            || newer_observed_at_ms == 0
+            || newer_observed_at_ms >= self.observed_at_ms
+    }
 }
 
 /// Health as stored.
@@ -246,6 +288,9 @@ impl From<&pb::ServiceStatus> for ServiceState {
             sha256: s.sha256.clone(),
             health: s.health().into(),
             detail: s.detail.clone(),
+            in_flight_token: s.in_flight_token,
+            in_flight_rollout: s.in_flight_rollout.clone(),
+            observed_at_ms: s.observed_at_ms,
         }
     }
 }
@@ -343,6 +388,27 @@ pub struct RolloutRecord {
     /// The rollout that rolls this one back.
     #[serde(default)]
     pub rolled_back_by: Option<String>,
+    /// With `group_by`: each host's group, fixed when the rollout was created (the service's
+    /// hosts then, targets or not); a label changed later moves nothing (S1). A rollback
+    /// inherits its parent's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, String>,
+    /// With `group_by`: each group's budget, fixed at creation (a rollback inherits them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub group_budgets: BTreeMap<String, u32>,
+    /// When the leader saw the open wave finish (its own clock, so a gate's wait is measured
+    /// on one clock); `None` until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave_done: Option<WaveDone>,
+}
+
+/// The leader's stamp of a finished wave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaveDone {
+    /// The wave (index into the wave bounds).
+    pub wave: u32,
+    /// The leader's clock when it saw every host of the wave final.
+    pub at_ms: i64,
 }
 
 /// A host's answer to a stage order.

@@ -1,6 +1,6 @@
 //! Planner tables.
 use super::*;
-use crate::store::{HostRecord, ServiceState, SlotRecord};
+use crate::store::{HostRecord, ServiceState, SlotRecord, WaveDone};
 use rollgate_proto::spec::{Budget, FailureBudget, ReleaseSpec, RolloutSpec, Strategy, TargetSpec};
 use std::time::Duration;
 
@@ -64,6 +64,9 @@ fn world(n: usize, strategy: Strategy) -> World {
             previous: None,
             rollback_of: None,
             rolled_back_by: None,
+            groups: BTreeMap::new(),
+            group_budgets: BTreeMap::new(),
+            wave_done: None,
         },
         steps: BTreeMap::new(),
         staged: BTreeMap::new(),
@@ -391,17 +394,39 @@ fn baked_canary_and_paused_waves() {
     st.waves = vec![Budget::Count(2)];
     st.pause_between_waves = Duration::from_secs(10);
     let mut w = world(4, st);
-    w.set("h1", HostState::Done); // done at NOW - 500
+    w.set("h1", HostState::Done); // done at NOW - 500 (by the serving replica's clock)
+    let p = w.plan();
+    assert_eq!(
+        p.stamp_wave,
+        Some(0),
+        "the leader stamps the wave's end first"
+    );
+    assert!(p.grants.is_empty() && p.advance_wave.is_none());
+    w.rollout.wave_done = Some(WaveDone {
+        wave: 0,
+        at_ms: NOW,
+    });
     let p = w.plan();
     assert!(p.gate.starts_with("canary bake"), "{}", p.gate);
-    assert_eq!(p.wake_at_ms, Some(NOW - 500 + 60_000));
-    w.now = NOW - 500 + 60_000;
+    assert_eq!(p.wake_at_ms, Some(NOW + 60_000));
+    w.now = NOW + 60_000 - 1;
+    assert_eq!(
+        w.plan().advance_wave,
+        None,
+        "one clock: a step stamped earlier skips nothing"
+    );
+    w.now = NOW + 60_000;
     assert_eq!(w.plan().advance_wave, Some(1));
     w.rollout.wave = 1;
     w.rollout.updated_at_ms = w.now;
     assert_eq!(w.plan().grants, vec!["h2"]);
     w.set("h2", HostState::Done);
     w.steps.get_mut("h2").expect("h2").updated_at_ms = w.now;
+    assert_eq!(w.plan().stamp_wave, Some(1));
+    w.rollout.wave_done = Some(WaveDone {
+        wave: 1,
+        at_ms: w.now,
+    });
     let p = w.plan();
     assert!(p.gate.starts_with("pause between waves"), "{}", p.gate);
     w.now += 10_000;
@@ -453,4 +478,117 @@ fn stage_first_waits_for_every_target() {
     w.staged.insert("h3".into(), ok(true, ""));
     w.fleet.connected.insert("h3".into(), 7);
     assert_eq!(w.plan().grants, vec!["h1", "h2"]);
+}
+
+/// Adds a host of the service that is not a target.
+fn bystander(w: &mut World, h: &str, site: &str, health: Health) {
+    let mut rec = w.fleet.hosts.get("h1").expect("h1").clone();
+    rec.host_id = h.into();
+    rec.labels.insert("site".into(), site.into());
+    rec.services.get_mut("svc").expect("svc").health = health;
+    w.fleet.hosts.insert(h.into(), rec);
+    w.fleet.connected.insert(h.into(), 7);
+}
+
+#[test]
+fn every_host_of_the_service_counts_not_only_targets() {
+    // A rollback of h1, h2 under the parent's budget of 2, while h3 and h4 (the parent's other
+    // hosts) are down: nothing may start (issue 9, item 1).
+    let mut w = world(2, strategy(Budget::Count(2)));
+    w.rollout.rollback_of = Some("parent".into());
+    bystander(&mut w, "h3", "s0", Health::Unhealthy);
+    bystander(&mut w, "h4", "s1", Health::Healthy);
+    w.fleet.connected.remove("h4");
+    let p = w.plan();
+    assert!(p.grants.is_empty(), "{p:?}");
+    assert_eq!(p.unavailable.len(), 2);
+    assert!(
+        p.blocked_by.contains("h3 unhealthy (not a target)")
+            && p.blocked_by.contains("h4 offline (not a target)"),
+        "{}",
+        p.blocked_by
+    );
+    w.fleet.connected.insert("h4".into(), 7);
+    assert_eq!(w.plan().grants, vec!["h1"], "one unit left");
+}
+
+#[test]
+fn an_order_in_flight_counts_whatever_health_says() {
+    // h2 reconnected after its replica died while it was rolling back for an ended rollout: its
+    // slot is gone, its health still says healthy, its agent reports the order (item 2).
+    let mut w = world(3, strategy(Budget::Count(1)));
+    let s = w.fleet.hosts.get_mut("h2").expect("h2");
+    let svc = s.services.get_mut("svc").expect("svc");
+    svc.in_flight_token = 41;
+    svc.in_flight_rollout = "old".into();
+    let p = w.plan();
+    assert_eq!(p.unavailable, vec![("h2".into(), Unavailable::Updating)]);
+    assert!(p.grants.is_empty(), "{p:?}");
+}
+
+#[test]
+fn fence_and_forget() {
+    let mut w = world(3, strategy(Budget::Count(1)));
+    // A fenced host that is connected and holds a slot still counts (item 5).
+    w.hold("h1");
+    w.steps.clear();
+    w.fleet.hosts.get_mut("h1").expect("h1").fenced = true;
+    assert_eq!(
+        w.plan().unavailable,
+        vec![("h1".into(), Unavailable::Updating)]
+    );
+    // Fenced and gone: vouched for.
+    w.fleet.slots.clear();
+    w.fleet.connected.remove("h1");
+    assert!(w.plan().unavailable.is_empty());
+    // Forgotten (no record): not offline forever.
+    w.fleet.hosts.remove("h1");
+    assert!(w.plan().unavailable.is_empty());
+}
+
+#[test]
+fn an_unreadable_release_is_an_outage_not_a_fresh_host() {
+    let mut w = world(3, strategy(Budget::Count(1)));
+    let s = w.fleet.hosts.get_mut("h3").expect("h3");
+    let svc = s.services.get_mut("svc").expect("svc");
+    svc.version.clear();
+    svc.health = Health::Unhealthy;
+    svc.detail = "cannot read the current release's metadata".into();
+    assert_eq!(
+        w.plan().unavailable,
+        vec![("h3".into(), Unavailable::Unhealthy)]
+    );
+}
+
+#[test]
+fn groups_are_the_ones_frozen_at_creation() {
+    let mut st = strategy(Budget::Count(5));
+    st.group_by = Some("site".into());
+    st.max_unavailable_per_group = Some(Budget::Count(1));
+    let mut w = world(6, st);
+    // h1, h4 are s0; h2, h5 s1; h3, h6 s2 (frozen).
+    for (i, h) in ["h1", "h2", "h3", "h4", "h5", "h6"].iter().enumerate() {
+        w.rollout
+            .groups
+            .insert(h.to_string(), format!("s{}", i % 3));
+    }
+    for g in ["s0", "s1", "s2"] {
+        w.rollout.group_budgets.insert(g.into(), 1);
+    }
+    w.hold("h1");
+    // h4 is relabelled into s1 and h2 loses its label: neither moves (item 6).
+    w.fleet
+        .hosts
+        .get_mut("h4")
+        .expect("h4")
+        .labels
+        .insert("site".into(), "s1".into());
+    w.fleet.hosts.get_mut("h2").expect("h2").labels.clear();
+    let p = w.plan();
+    assert_eq!(p.grants, vec!["h2", "h3"], "{p:?}");
+    assert_eq!(p.groups.len(), 3, "no new group for the unlabelled host");
+    assert!(p
+        .groups
+        .iter()
+        .all(|g| g.hosts == 2 && g.max_unavailable == 1));
 }
