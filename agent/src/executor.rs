@@ -23,7 +23,9 @@ use crate::probe::{ProbeSetupError, Prober};
 use crate::releases::{DiskError, ServiceDir};
 use crate::service::ServiceUnit;
 use crate::staging::StageJob;
+use crate::status::{self, StatusBoard};
 use crate::trust::Trust;
+use crate::update;
 
 /// How many committed releases each service keeps on disk (plus the one before the last update).
 pub const KEEP_RELEASES: usize = 3;
@@ -73,14 +75,14 @@ pub enum StartError {
     Probe(#[from] ProbeSetupError),
 }
 
-/// What the executor and the service tasks share.
+/// What the executor and the service tasks share. Lock order: the journal, then the board
+/// (never the journal while holding the board).
 #[derive(Debug)]
 pub(crate) struct Shared {
     journal: Mutex<Journal>,
-    /// Latest status of each service (for hellos), including the latest detail.
-    statuses: Mutex<BTreeMap<String, pb::ServiceStatus>>,
-    /// Latest progress of each order in flight (for hellos).
-    progress: Mutex<BTreeMap<String, pb::OrderProgress>>,
+    /// Latest status and order in flight of each service (for statuses and hellos), and the
+    /// clock that stamps observations and results.
+    pub(crate) board: StatusBoard,
     outbox: mpsc::UnboundedSender<pb::AgentMessage>,
 }
 
@@ -100,20 +102,14 @@ impl Shared {
         let _ = self.outbox.send(pb::AgentMessage { msg: Some(msg) });
     }
 
-    pub(crate) fn set_status(&self, status: pb::ServiceStatus) {
-        lock(&self.statuses).insert(status.service.clone(), status);
-    }
-
     pub(crate) fn status(&self, service: &str) -> Option<pb::ServiceStatus> {
-        lock(&self.statuses).get(service).cloned()
+        self.board.status(service)
     }
 
+    /// Records the order's step; from the first one until [`StatusBoard::end_order`] every
+    /// status of the service names the order.
     pub(crate) fn set_progress(&self, progress: pb::OrderProgress) {
-        lock(&self.progress).insert(progress.service.clone(), progress);
-    }
-
-    pub(crate) fn clear_progress(&self, service: &str) {
-        lock(&self.progress).remove(service);
+        self.board.set_progress(progress);
     }
 }
 
@@ -358,9 +354,8 @@ impl Executor {
 
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            board: StatusBoard::new(tx.clone(), journal.latest_finish_ms()),
             journal: Mutex::new(journal),
-            statuses: Mutex::new(BTreeMap::new()),
-            progress: Mutex::new(BTreeMap::new()),
             outbox: tx,
         });
         let cancel = CancellationToken::new();
@@ -372,34 +367,13 @@ impl Executor {
                 .with_format(svc.format, svc.unpack_limits);
             dir.create()?;
             let prober = Prober::new(svc)?;
-            let initial = match dir.current() {
-                Ok(Some(rel)) => (
-                    rel.info.version,
-                    rel.info.sha256,
-                    Health::Unknown,
-                    "starting".to_string(),
-                ),
-                Ok(None) => (
-                    String::new(),
-                    String::new(),
-                    Health::Stopped,
-                    "no release installed".to_string(),
-                ),
-                Err(e) => (String::new(), String::new(), Health::Unknown, e.to_string()),
-            };
-            shared.set_status(pb::ServiceStatus {
-                service: svc.name.clone(),
-                version: initial.0,
-                sha256: initial.1,
-                health: initial.2 as i32,
-                detail: initial.3,
-                ..Default::default()
-            });
+            // First the order a previous agent left in flight, so the first status names it.
             let interrupted = shared.journal().in_flight(&svc.name).cloned();
             if let Some(f) = &interrupted {
                 shared
                     .set_progress(f.progress("the agent restarted during this update; undoing it"));
             }
+            shared.board.observe(status::initial(&svc.name, &dir));
             let (qtx, qrx) = mpsc::channel(ORDER_QUEUE);
             queues.insert(svc.name.clone(), qtx);
             dirs.insert(svc.name.clone(), dir.clone());
@@ -451,7 +425,7 @@ impl Executor {
             service = %order.service
         );
         let _enter = span.enter();
-        let mut journal = self.shared.journal();
+        let journal = self.shared.journal();
         let known = |s: &str| self.dirs.contains_key(s);
         match admit(&order, &journal, &self.host_id, &known) {
             Admission::Ignore(why) => tracing::debug!("ignoring a repeated order: {why}"),
@@ -466,85 +440,99 @@ impl Executor {
                 drop(journal);
                 self.refuse(&order, reason);
             }
-            Admission::Accept(accepted) => {
-                let Some(dir) = self.dirs.get(&order.service) else {
-                    return;
-                };
-                let (previous_dir, previous_version, previous_sha) = match dir.current() {
-                    Ok(Some(rel)) => (Some(rel.dir), rel.info.version, rel.info.sha256),
-                    Ok(None) => (None, String::new(), String::new()),
-                    Err(e) => {
-                        drop(journal);
-                        self.refuse(&order, format!("cannot read the installed release: {e}"));
-                        return;
-                    }
-                };
-                // S8: signature, size cap and downgrade rule, before the order is journaled
-                // and before any byte is fetched.
-                if let Some(release) = &order.release {
-                    let current = previous_dir
-                        .as_ref()
-                        .map(|_| (previous_version.as_str(), previous_sha.as_str()));
-                    let ran_before =
-                        journal.ran_before(&order.service, &release.version, &release.sha256);
-                    let checked = self
-                        .trust
-                        .check_release(&order.service, release, SystemTime::now())
-                        .and_then(|()| {
-                            self.trust.check_downgrade(
-                                &order.service,
-                                release,
-                                order.rollback,
-                                current,
-                                ran_before,
-                            )
-                        });
-                    if let Err(reason) = checked {
-                        drop(journal);
-                        self.refuse(&order, reason);
-                        return;
-                    }
-                }
-                let a = &accepted.artifact;
-                let record = InFlight {
-                    rollout_id: order.rollout_id.clone(),
-                    token: order.token,
-                    service: order.service.clone(),
-                    version: a.version.clone(),
-                    sha256: a.sha256.clone(),
-                    target_dir: accepted.target_dir.clone(),
-                    previous_dir,
-                    previous_version,
-                    min_healthy_time_ms: accepted.min_healthy.as_millis() as u64,
-                    healthy_deadline_ms: accepted.deadline.as_millis() as u64,
-                    step: Step::Accepted.as_str_name().to_string(),
-                };
-                // S4/S5: the token and the order are on disk before anything is touched.
-                if let Err(e) = journal.begin(record) {
-                    drop(journal);
-                    self.refuse(&order, format!("cannot record the order durably: {e}"));
-                    return;
-                }
+            Admission::Accept(accepted) => self.accept(&order, *accepted, journal),
+        }
+    }
+
+    /// Journals an order intake accepted and hands it to the service's task, after the checks
+    /// that need the disk (the installed release) and the trust rules; refuses it if they fail.
+    fn accept(
+        &self,
+        order: &pb::UpdateOrder,
+        accepted: Accepted,
+        mut journal: MutexGuard<'_, Journal>,
+    ) {
+        let Some(dir) = self.dirs.get(&order.service) else {
+            return;
+        };
+        let (previous_dir, previous_version, previous_sha) = match update::previous_release(dir) {
+            Ok(p) => (p.dir, p.version, p.sha256),
+            Err(e) => {
                 drop(journal);
-                tracing::info!("accepted order to install {} {}", order.service, a.version);
-                let progress = accepted.id.progress(
-                    Step::Accepted,
-                    format!(
-                        "accepted: install {} {} (token {})",
-                        order.service, a.version, order.token
-                    ),
-                );
-                self.shared.set_progress(progress.clone());
-                self.shared.send(Msg::Progress(progress));
-                let queued = self
-                    .queues
-                    .get(&order.service)
-                    .is_some_and(|q| q.try_send(*accepted).is_ok());
-                if !queued {
-                    // Only while shutting down; the journal entry makes the next start undo it.
-                    tracing::warn!("the service task is not taking orders (agent shutting down?)");
-                }
+                self.refuse(order, format!("cannot read the installed release: {e}"));
+                return;
             }
+        };
+        // S8: signature, size cap and downgrade rule, before the order is journaled
+        // and before any byte is fetched.
+        if let Some(release) = &order.release {
+            // A release whose metadata cannot be read is judged as the last one this
+            // service committed to: a damaged file must not open the way to a downgrade.
+            let last_ran = journal.ran(&order.service).last();
+            let current = match previous_dir {
+                None => None,
+                Some(_) if previous_version.is_empty() => last_ran,
+                Some(_) => Some((previous_version.as_str(), previous_sha.as_str())),
+            };
+            let ran_before = journal.ran_before(&order.service, &release.version, &release.sha256);
+            let checked = self
+                .trust
+                .check_release(&order.service, release, SystemTime::now())
+                .and_then(|()| {
+                    self.trust.check_downgrade(
+                        &order.service,
+                        release,
+                        order.rollback,
+                        current,
+                        ran_before,
+                    )
+                });
+            if let Err(reason) = checked {
+                drop(journal);
+                self.refuse(order, reason);
+                return;
+            }
+        }
+        let a = &accepted.artifact;
+        let record = InFlight {
+            rollout_id: order.rollout_id.clone(),
+            token: order.token,
+            service: order.service.clone(),
+            version: a.version.clone(),
+            sha256: a.sha256.clone(),
+            target_dir: accepted.target_dir.clone(),
+            previous_dir,
+            previous_version,
+            min_healthy_time_ms: accepted.min_healthy.as_millis() as u64,
+            healthy_deadline_ms: accepted.deadline.as_millis() as u64,
+            step: Step::Accepted.as_str_name().to_string(),
+        };
+        // S4/S5: the token and the order are on disk before anything is touched.
+        if let Err(e) = journal.begin(record) {
+            drop(journal);
+            self.refuse(order, format!("cannot record the order durably: {e}"));
+            return;
+        }
+        tracing::info!("accepted order to install {} {}", order.service, a.version);
+        let progress = accepted.id.progress(
+            Step::Accepted,
+            format!(
+                "accepted: install {} {} (token {})",
+                order.service, a.version, order.token
+            ),
+        );
+        self.shared.send(Msg::Progress(progress.clone()));
+        // Still under the journal's lock: a hello sees the order both journaled and named by
+        // the service's status, or neither. The status goes out after the progress.
+        self.shared.set_progress(progress);
+        drop(journal);
+        let queued = self
+            .queues
+            .get(&order.service)
+            .is_some_and(|q| q.try_send(accepted).is_ok());
+        if !queued {
+            // Only while shutting down; the journal entry makes the next start undo it.
+            tracing::warn!("the service task is not taking orders (agent shutting down?)");
         }
     }
 
@@ -623,27 +611,27 @@ impl Executor {
         let (version, health) = status.map_or((String::new(), Health::Unknown), |s| {
             (s.version.clone(), s.health())
         });
-        let result = OrderRef::of(order).result(Outcome::Refused, &version, health, reason);
+        let mut result = OrderRef::of(order).result(Outcome::Refused, &version, health, reason);
+        result.finished_at_ms = self.shared.board.stamp();
         self.shared.send(Msg::Result(result));
     }
 
     /// The hello for a new session: statuses, highest token, recent results, order in flight,
-    /// and the releases on disk ready to swap to without a download.
+    /// and the releases on disk ready to swap to without a download. The statuses are the
+    /// agent's current state, whatever was sent before (including changes while disconnected),
+    /// each observed after every kept result of its service; the highest token is the maximum
+    /// over all services.
     pub fn hello(&self) -> pb::Hello {
         let staged = self.staged_releases();
+        // The journal first (the lock order): an order being accepted or finished is seen
+        // whole, in the results and statuses alike.
         let journal = self.shared.journal();
-        let statuses = lock(&self.shared.statuses);
-        let progress = lock(&self.shared.progress);
-        let in_flight = progress.values().max_by_key(|p| p.token).cloned();
+        let (services, in_flight) = self.shared.board.snapshot(&self.order);
         pb::Hello {
             host_id: self.host_id.clone(),
             labels: self.labels.clone().into_iter().collect(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            services: self
-                .order
-                .iter()
-                .filter_map(|s| statuses.get(s).cloned())
-                .collect(),
+            services,
             highest_token: journal.highest_token().unwrap_or(0),
             recent_results: journal.recent_results(),
             in_flight,
@@ -794,7 +782,11 @@ mod tests {
                 "stale order: token 9 was already acted on for service demo",
             ),
             // Fenced per service: "demo" acted on 9, "other" on nothing yet.
-            ("older than another service's token", order(4, "other"), "accept"),
+            (
+                "older than another service's token",
+                order(4, "other"),
+                "accept",
+            ),
             (
                 "unknown service",
                 order(10, "nope"),

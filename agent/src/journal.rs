@@ -268,6 +268,27 @@ impl Journal {
             .collect()
     }
 
+    /// The latest `finished_at_ms` of the kept results (0 if none): the agent's clock never
+    /// stamps below it, even if the wall clock was set back across a restart.
+    pub fn latest_finish_ms(&self) -> i64 {
+        self.data
+            .recent_results
+            .iter()
+            .map(|r| r.finished_at_ms)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Releases (version, sha256) `service` committed to, newest last.
+    pub fn ran(&self, service: &str) -> impl Iterator<Item = (&str, &str)> {
+        self.data
+            .ran
+            .get(service)
+            .into_iter()
+            .flatten()
+            .map(|r| (r.version.as_str(), r.sha256.as_str()))
+    }
+
     /// Release dirs `service` committed to, oldest first.
     pub fn history(&self, service: &str) -> &[String] {
         self.data.history.get(service).map_or(&[], Vec::as_slice)
@@ -346,7 +367,10 @@ impl Journal {
     pub fn begin(&mut self, order: InFlight) -> Result<(), JournalError> {
         self.change(|d| {
             d.highest_token = Some(d.highest_token.map_or(order.token, |h| h.max(order.token)));
-            let own = d.highest_by_service.entry(order.service.clone()).or_default();
+            let own = d
+                .highest_by_service
+                .entry(order.service.clone())
+                .or_default();
             *own = (*own).max(order.token);
             d.staged.remove(&order.service);
             d.in_flight.insert(order.service.clone(), order);
@@ -566,7 +590,11 @@ mod tests {
         assert_eq!(j.highest_token_for("a"), Some(5));
         assert_eq!(j.highest_token_for("b"), Some(9));
         assert_eq!(j.highest_token_for("c"), None);
-        assert_eq!(j.highest_token(), Some(9), "the hello still reports the maximum");
+        assert_eq!(
+            j.highest_token(),
+            Some(9),
+            "the hello still reports the maximum"
+        );
 
         // A format 1 file does not say which service acted on its token 7: it fences all.
         let old = tempfile::tempdir().expect("tempdir");

@@ -14,6 +14,8 @@
 //!   whatever runs the service.
 //! - `staging`: getting a verified release dir, ahead of the slot (stage orders, which run
 //!   beside an update) or as an update's first step; pins staged releases against pruning.
+//! - `status`: what the agent reports about each service (latest status, order in flight)
+//!   and the clock that orders observations and results.
 //! - `service`: one task per service: supervision, idle health reports (and regressions
 //!   within `watch_after_commit`), running its orders.
 //! - [`backend`]: the seam between the update procedure and what runs a service.
@@ -61,6 +63,7 @@ pub mod releases;
 mod service;
 pub mod session;
 mod staging;
+mod status;
 pub mod systemd;
 pub mod trust;
 pub mod unpack;

@@ -265,14 +265,21 @@ impl ServiceDir {
         }
     }
 
-    /// The release `current` points at, with its metadata; `None` if nothing is installed.
+    /// The release `current` points at, with its metadata; `None` if nothing is installed
+    /// (no `current` link). A link whose release has no readable metadata (missing or corrupt
+    /// file, release dir gone) is an error: something is installed, and the agent cannot say
+    /// what.
     pub fn current(&self) -> Result<Option<InstalledRelease>, DiskError> {
         let Some(dir) = self.current_dir()? else {
             return Ok(None);
         };
-        Ok(self
-            .release_info(&dir)?
-            .map(|info| InstalledRelease { dir, info }))
+        match self.release_info(&dir)? {
+            Some(info) => Ok(Some(InstalledRelease { dir, info })),
+            None => {
+                let path = self.release_path(&dir).join(RELEASE_INFO_FILE);
+                Err(disk("read", &path)(io::ErrorKind::NotFound.into()))
+            }
+        }
     }
 
     /// Whether release dir `name` exists and its artifact really has digest `sha256` (the

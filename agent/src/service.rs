@@ -13,9 +13,10 @@ use crate::backend::{self, Backend, BackendError, Exit};
 use crate::config::ServiceConfig;
 use crate::executor::{Accepted, Finished, OrderRef, Shared, KEEP_RELEASES};
 use crate::fetch::Fetcher;
-use crate::journal::InFlight;
+use crate::journal::{InFlight, Journal};
 use crate::probe::Prober;
 use crate::releases::ServiceDir;
+use crate::status;
 use crate::update;
 
 /// How long a restart after an unexpected exit may take to come up (only backends the agent
@@ -34,8 +35,6 @@ pub(crate) struct ServiceUnit {
     pub(crate) shared: Arc<Shared>,
     /// This host's id, for the hooks' environment.
     pub(crate) host_id: Arc<str>,
-    /// (health, version, sha256) last reported, so only transitions are sent.
-    last_sent: Option<(i32, String, String)>,
     /// Why the service is down (shown as STOPPED's detail).
     down_reason: Option<String>,
     /// When to restart a process that exited on its own (only backends the agent restarts).
@@ -65,7 +64,6 @@ impl ServiceUnit {
             fetcher,
             shared,
             host_id,
-            last_sent: None,
             down_reason: None,
             restart_at: None,
             watch_until: None,
@@ -167,36 +165,26 @@ impl ServiceUnit {
         }
     }
 
-    /// Commits how an order ended: journal (durable), old releases, the result, the status.
-    fn finish(&mut self, f: Finished) {
+    /// Commits how an order ended: journal (durable), the result, the final status (with no
+    /// order in flight), then old releases. The journal stays locked until the final status
+    /// is recorded, so a hello sees the order either in flight or finished with the state it
+    /// left, never the result with a status from before it.
+    fn finish(&mut self, mut f: Finished) {
         let service = self.cfg.name.clone();
-        let keep = {
-            let mut journal = self.shared.journal();
-            // What a later explicit rollback may go back to (S8: no silent downgrades).
-            if let Some(info) = f
-                .committed
-                .as_deref()
-                .and_then(|d| self.dir.release_info(d).ok().flatten())
-            {
-                if let Err(e) = journal.record_ran(&service, &info.version, &info.sha256) {
-                    tracing::error!("{e}; a later rollback to {} may be refused", info.version);
-                }
-            }
-            if let Err(e) = journal.finish(&service, &f.result, f.committed.as_deref()) {
-                tracing::error!("{e}; the result is sent but will not survive an agent restart");
-            }
-            let mut keep: Vec<String> = journal
-                .history(&service)
-                .iter()
-                .rev()
-                .take(KEEP_RELEASES)
-                .cloned()
-                .collect();
-            keep.extend(f.previous.clone());
-            // Staged for an order still to come (see `staging`).
-            keep.extend(journal.staged(&service).iter().cloned());
-            keep
-        };
+        let shared = self.shared.clone();
+        let mut journal = shared.journal();
+        f.result.finished_at_ms = shared.board.stamp();
+        let keep = self.record(&mut journal, &f);
+        let r = &f.result;
+        let line = format!("order finished: {} ({})", r.outcome().word(), r.reason);
+        match r.outcome() {
+            pb::Outcome::Succeeded | pb::Outcome::RolledBack => tracing::info!("{line}"),
+            _ => tracing::warn!("{line}"),
+        }
+        shared.send(Msg::Result(f.result.clone()));
+        shared.board.end_order(&service);
+        self.settle(&f.result);
+        drop(journal);
         if f.committed.is_some() {
             match self.dir.prune(&keep) {
                 Ok(removed) if !removed.is_empty() => {
@@ -206,20 +194,46 @@ impl ServiceUnit {
                 Err(e) => tracing::warn!("cannot remove old releases: {e}"),
             }
         }
-        self.shared.clear_progress(&service);
-        let r = &f.result;
-        let line = format!("order finished: {} ({})", r.outcome().word(), r.reason);
-        match r.outcome() {
-            pb::Outcome::Succeeded | pb::Outcome::RolledBack => tracing::info!("{line}"),
-            _ => tracing::warn!("{line}"),
-        }
-        self.shared.send(Msg::Result(f.result.clone()));
+    }
 
-        if f.result.outcome() == pb::Outcome::Refused {
-            // A refusal touched nothing: supervision and health reports carry on as before.
-            return;
+    /// Journals how the order ended; returns the release dirs to keep.
+    fn record(&self, journal: &mut Journal, f: &Finished) -> Vec<String> {
+        let service = &self.cfg.name;
+        // What a later explicit rollback may go back to (S8: no silent downgrades).
+        if let Some(info) = f
+            .committed
+            .as_deref()
+            .and_then(|d| self.dir.release_info(d).ok().flatten())
+        {
+            if let Err(e) = journal.record_ran(service, &info.version, &info.sha256) {
+                tracing::error!("{e}; a later rollback to {} may be refused", info.version);
+            }
         }
-        if f.result.outcome() == pb::Outcome::Succeeded && !self.cfg.watch_after_commit.is_zero() {
+        if let Err(e) = journal.finish(service, &f.result, f.committed.as_deref()) {
+            tracing::error!("{e}; the result is sent but will not survive an agent restart");
+        }
+        let mut keep: Vec<String> = journal
+            .history(service)
+            .iter()
+            .rev()
+            .take(KEEP_RELEASES)
+            .cloned()
+            .collect();
+        keep.extend(f.previous.clone());
+        // Staged for an order still to come (see `staging`).
+        keep.extend(journal.staged(service).iter().cloned());
+        keep
+    }
+
+    /// Takes the service back under supervision after an order, and reports the state the
+    /// order left it in (always sent: the order in flight is over).
+    fn settle(&mut self, result: &pb::OrderResult) {
+        if result.outcome() == pb::Outcome::Refused {
+            // A refusal touched nothing: supervision carries on as before.
+            let last = self.shared.status(&self.cfg.name).unwrap_or_default();
+            return self.publish(last.health(), last.detail);
+        }
+        if result.outcome() == pb::Outcome::Succeeded && !self.cfg.watch_after_commit.is_zero() {
             self.watch_until = Some(Instant::now() + self.cfg.watch_after_commit);
         }
         // The update drove the service itself; from here on it is supervised again.
@@ -227,16 +241,16 @@ impl ServiceUnit {
         self.restart_at = None;
         if !self.backend.is_up() && matches!(self.dir.current(), Ok(Some(_))) {
             if self.backend.agent_restarts() {
-                self.schedule_restart(format!("{}; restarting", f.result.reason));
+                self.schedule_restart(format!("{}; restarting", result.reason));
             } else {
-                self.went_down(f.result.reason.clone());
+                self.went_down(result.reason.clone());
             }
         } else {
-            let health = f.result.health();
+            let health = result.health();
             let detail = if health == Health::Healthy {
                 String::new()
             } else {
-                f.result.reason.clone()
+                result.reason.clone()
             };
             self.publish(health, detail);
         }
@@ -346,7 +360,7 @@ impl ServiceUnit {
     /// One idle health round: probes if the process runs, then report any transition.
     async fn watch_health(&mut self) {
         let (health, detail) = match self.dir.current() {
-            Err(e) => (Health::Unknown, e.to_string()),
+            Err(e) => (Health::Unhealthy, e.to_string()),
             Ok(None) => (Health::Stopped, "no release installed".to_string()),
             Ok(Some(_)) if !self.backend.is_up() => (
                 Health::Stopped,
@@ -372,15 +386,18 @@ impl ServiceUnit {
         self.publish(health, detail);
     }
 
-    /// Updates the status hellos report, and sends it if health or version changed. Within
+    /// Records what the service is doing now (the status hellos report, stamped with the time
+    /// and any order in flight), and sends it if health, release or order changed. Within
     /// `watch_after_commit` of a commit, not being healthy is reported as a regression (and
-    /// stays so labelled until the service is healthy again).
-    fn publish(&mut self, health: Health, detail: String) {
-        let detail = self.label_regression(health, detail);
-        let (version, sha256) = match self.dir.current() {
-            Ok(Some(r)) => (r.info.version, r.info.sha256),
-            _ => (String::new(), String::new()),
+    /// stays so labelled until the service is healthy again). A release that is installed but
+    /// cannot be identified makes the service UNHEALTHY whatever `health` says.
+    pub(crate) fn publish(&mut self, health: Health, detail: String) {
+        let (version, sha256, health, detail) = match status::current_release(&self.dir) {
+            Ok(Some((v, s))) => (v, s, health, detail),
+            Ok(None) => (String::new(), String::new(), health, detail),
+            Err(broken) => (String::new(), String::new(), Health::Unhealthy, broken),
         };
+        let detail = self.label_regression(health, detail);
         let status = pb::ServiceStatus {
             service: self.cfg.name.clone(),
             version,
@@ -389,9 +406,7 @@ impl ServiceUnit {
             detail,
             ..Default::default()
         };
-        self.shared.set_status(status.clone());
-        let key = (status.health, status.version.clone(), status.sha256.clone());
-        if self.last_sent.as_ref() != Some(&key) {
+        if let Some(status) = self.shared.board.observe(status) {
             let on = if status.version.is_empty() {
                 String::new()
             } else {
@@ -402,9 +417,11 @@ impl ServiceUnit {
             } else {
                 format!(": {}", status.detail)
             };
-            tracing::info!("{} is {}{on}{why}", self.cfg.name, health.word());
-            self.last_sent = Some(key);
-            self.shared.send(Msg::Status(status));
+            let order = match status.in_flight_token {
+                0 => String::new(),
+                t => format!(" (order {t} in flight)"),
+            };
+            tracing::info!("{} is {}{on}{why}{order}", self.cfg.name, health.word());
         }
     }
 

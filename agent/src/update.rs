@@ -11,6 +11,7 @@ use crate::executor::{Accepted, Finished, OrderRef};
 use crate::hooks::{self, HookEnv, Phase};
 use crate::journal::InFlight;
 use crate::probe::{HealthWindow, Verdict};
+use crate::releases::{DiskError, ServiceDir};
 use crate::service::ServiceUnit;
 use crate::staging;
 
@@ -30,7 +31,7 @@ pub(crate) async fn carry_out(unit: &mut ServiceUnit, order: &Accepted) -> Finis
         Ok(t) => t,
         Err(reason) => return refused_after_accept(unit, order, reason),
     };
-    let previous = match unit.dir.current() {
+    let previous = match previous_release(&unit.dir) {
         Ok(p) => p,
         Err(e) => {
             return refused_after_accept(
@@ -40,13 +41,10 @@ pub(crate) async fn carry_out(unit: &mut ServiceUnit, order: &Accepted) -> Finis
             )
         }
     };
-    if previous.as_ref().is_some_and(|p| p.dir == target) {
+    if previous.dir.as_deref() == Some(target.as_str()) {
         return reverify(unit, order, target).await;
     }
-    let (prev_dir, prev_version) = match previous {
-        Some(p) => (Some(p.dir), p.info.version),
-        None => (None, String::new()),
-    };
+    let (prev_dir, prev_version) = (previous.dir, previous.version);
     let env = hook_env(unit, order, &prev_version);
 
     // Drain: nothing has been touched yet, so a failure refuses the update.
@@ -70,6 +68,11 @@ pub(crate) async fn carry_out(unit: &mut ServiceUnit, order: &Accepted) -> Finis
         msg,
         Some((prev_dir.clone(), prev_version.clone())),
     );
+    // From the swap until it passes verification the service is out of service.
+    unit.publish(
+        Health::Stopped,
+        format!("out of service for the update to {v}"),
+    );
     if let Err(e) = unit.dir.point_current_at(&target) {
         return rollback(unit, order, prev_dir, prev_version, e.to_string()).await;
     }
@@ -84,7 +87,8 @@ pub(crate) async fn carry_out(unit: &mut ServiceUnit, order: &Accepted) -> Finis
         ),
         None => format!("starting {v}"),
     };
-    unit.advance(&order.id, Step::Starting, msg, None);
+    unit.advance(&order.id, Step::Starting, msg.clone(), None);
+    unit.publish(Health::Stopped, msg);
     let started = match unit.backend.restart(order.deadline).await {
         Ok(t) => t,
         Err(e) => return rollback(unit, order, prev_dir, prev_version, e.to_string()).await,
@@ -118,6 +122,40 @@ pub(crate) async fn carry_out(unit: &mut ServiceUnit, order: &Accepted) -> Finis
         ),
         committed: Some(target),
         previous: prev_dir,
+    }
+}
+
+/// The release an update replaces (and goes back to if the update fails).
+#[derive(Debug, Default)]
+pub(crate) struct Previous {
+    /// Its release dir (`None`: nothing is installed).
+    pub dir: Option<String>,
+    /// Its version ("" when nothing is installed or its metadata cannot be read).
+    pub version: String,
+    /// Its digest (as `version`).
+    pub sha256: String,
+}
+
+/// What `current` names before an update. A release whose metadata cannot be read is still
+/// the one to go back to (S5: old or new), and an update over it is how it gets repaired.
+pub(crate) fn previous_release(dir: &ServiceDir) -> Result<Previous, DiskError> {
+    match dir.current() {
+        Ok(Some(r)) => Ok(Previous {
+            dir: Some(r.dir),
+            version: r.info.version,
+            sha256: r.info.sha256,
+        }),
+        Ok(None) => Ok(Previous::default()),
+        Err(e) => {
+            let Some(d) = dir.current_dir()? else {
+                return Err(e);
+            };
+            tracing::warn!("{e}; an update replaces {d}, and goes back to it if it fails");
+            Ok(Previous {
+                dir: Some(d),
+                ..Previous::default()
+            })
+        }
     }
 }
 
@@ -268,7 +306,9 @@ async fn rollback(
         Some(_) => format!("{failed}; switching back to {prev_version}"),
         None => format!("{failed}; removing it (nothing was installed before)"),
     };
-    unit.advance(&order.id, Step::RollingBack, msg, None);
+    unit.advance(&order.id, Step::RollingBack, msg.clone(), None);
+    let health = unit.running_health();
+    unit.publish(health, msg);
     let back = restore(unit, prev_dir.as_deref(), order.min_healthy, order.deadline).await;
     let env = hook_env(unit, order, &prev_version);
     let mut result = back.into_result(&order.id, &failed, &prev_version);
@@ -321,6 +361,8 @@ pub(crate) async fn recover(unit: &mut ServiceUnit, f: &InFlight) -> Finished {
         }
     );
     unit.advance(&id, Step::RollingBack, format!("{base}; undoing it"), None);
+    let health = unit.running_health();
+    unit.publish(health, format!("{base}; undoing it"));
     let min = Duration::from_millis(f.min_healthy_time_ms);
     let deadline = Duration::from_millis(f.healthy_deadline_ms);
     let back = restore(unit, back_to.as_deref(), min, deadline).await;
@@ -434,7 +476,8 @@ async fn restore(
 /// Probes the service until it has been healthy for `min_healthy` (counted from the first
 /// all-pass, reset by any failure), or fails: at once if the service goes down (the process
 /// exits; the unit fails, crash-loops or is restarted by systemd), or when `deadline` (from
-/// `started`) passes.
+/// `started`) passes. Reports what each round shows (UNKNOWN until the first round,
+/// HEALTHY or UNHEALTHY by the probes, STOPPED if it went down).
 pub(crate) async fn verify(
     unit: &mut ServiceUnit,
     started: Instant,
@@ -446,19 +489,24 @@ pub(crate) async fn verify(
     // A new process: earlier passes of the probes say nothing about it.
     unit.prober.reset();
     let mut next = Instant::now();
+    unit.publish(Health::Unknown, "started; checking its health".into());
     loop {
         tokio::select! {
-            exit = unit.backend.exited() => return Err(exit.description),
+            exit = unit.backend.exited() => return Err(went_down(unit, exit.description)),
             _ = tokio::time::sleep_until(next) => {}
         }
         let result = if unit.prober.is_empty() {
             Ok(())
         } else {
             tokio::select! {
-                exit = unit.backend.exited() => return Err(exit.description),
+                exit = unit.backend.exited() => return Err(went_down(unit, exit.description)),
                 r = unit.prober.check() => r,
             }
         };
+        match &result {
+            Ok(()) => unit.publish(Health::Healthy, "passing its health checks".into()),
+            Err(why) => unit.publish(Health::Unhealthy, why.clone()),
+        }
         let now = Instant::now();
         match window.observe(now, result) {
             Verdict::Healthy => return Ok(()),
@@ -466,4 +514,10 @@ pub(crate) async fn verify(
             Verdict::Waiting => next = window.next_round(now, interval),
         }
     }
+}
+
+/// Reports that the service went down while it was being verified; returns why.
+fn went_down(unit: &mut ServiceUnit, why: String) -> String {
+    unit.publish(Health::Stopped, why.clone());
+    why
 }

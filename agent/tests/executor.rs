@@ -123,15 +123,16 @@ async fn update_success_crash_rollback_and_unhealthy_rollback() {
         Outcome::Succeeded,
         "token 1's recorded result is resent"
     );
-    // (Another service, so no result is on record for the token.)
-    let mut stale = order(2, world.release("9.0.0", &healthy("9.0.0")), 200, 5000);
-    stale.service = "other".into();
-    exec.handle_order(stale);
+    // A finished token under another rollout is a reused token, not a repeat.
+    let mut reused = order(2, world.release("9.0.0", &healthy("9.0.0")), 200, 5000);
+    reused.rollout_id = "r-late".into();
+    exec.handle_order(reused);
     let (r, _) = result_for(&mut outbox, 2).await;
     assert_eq!(r.outcome(), Outcome::Refused);
     assert_eq!(
         r.reason,
-        "stale order: token 2 is older than 3, the highest this host has acted on"
+        "stale order: token 2 was already used by rollout r2, not r-late; the coordinator is \
+         handing out old tokens (restored from a backup?)"
     );
 
     // S8: bytes with the wrong digest are refused and nothing is swapped.
