@@ -33,6 +33,8 @@ rollgate_test_deps() {
   command -v podman >/dev/null 2>&1 || missing+=(podman)
   command -v runc >/dev/null 2>&1 || missing+=(runc)
   [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || missing+=(busybox-static)
+  # A coordinator replica whose wall clock is off (clock tests) runs under libfaketime.
+  ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || missing+=(faketime)
 }
 
 rollgate_install_missing() {

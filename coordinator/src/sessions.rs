@@ -159,6 +159,11 @@ pub async fn serve(
             conn_id: conn_id.clone(),
             record: HostRecord::default(),
         };
+        // Before the session exists (no grant can reach this host until then), so that a
+        // grant after an etcd restore is never below a token the host has acted on.
+        if let Err(e) = raise_token(&ctx, hello.highest_token).await {
+            warn!("cannot check the token counter against this host's highest token: {e}");
+        }
         if let Err(e) = session.open(&hello).await {
             warn!("cannot record the session in etcd: {e}; closing it, the agent will retry");
             refuse(&tx, "coordinator cannot reach etcd right now").await;
@@ -184,9 +189,6 @@ pub async fn serve(
             })),
         };
         let _ = tx.send(Ok(welcome)).await;
-        if let Err(e) = raise_token(&ctx, hello.highest_token).await {
-            warn!("cannot check the token counter against this host's highest token: {e}");
-        }
         // The hello's service states are the agent's current ones: these older results settle
         // steps but never overwrite them (issue 9, item 3).
         for result in &hello.recent_results {

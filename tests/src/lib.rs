@@ -552,6 +552,7 @@ impl Coordinator {
         etcd_endpoint: &str,
         extra: Option<&str>,
         pki: &pki::Pki,
+        clock_offset: Option<i64>,
     ) -> anyhow::Result<Self> {
         let id = format!("coord-{index}");
         let tls = pki.coordinator(&id, IpAddr::V4(ip))?.toml();
@@ -577,15 +578,16 @@ missed_heartbeats = {MISSED_HEARTBEATS}
         );
         let cfg_path = cdir.join("coordinator.toml");
         fs::write(&cfg_path, config)?;
-        let proc = Proc::spawn(
-            &id,
-            &[
-                bin("rollgate-coordinator").display().to_string(),
-                "--config".into(),
-                cfg_path.display().to_string(),
-            ],
-            &cdir.join("coordinator.log"),
-        )?;
+        let mut cmd = match clock_offset {
+            Some(secs) => faketime_prefix(secs)?,
+            None => Vec::new(),
+        };
+        cmd.extend([
+            bin("rollgate-coordinator").display().to_string(),
+            "--config".into(),
+            cfg_path.display().to_string(),
+        ]);
+        let proc = Proc::spawn(&id, &cmd, &cdir.join("coordinator.log"))?;
         Ok(Coordinator {
             id,
             addr,
@@ -633,6 +635,22 @@ missed_heartbeats = {MISSED_HEARTBEATS}
     pub fn tail(&self, n: usize) -> String {
         lock(&self.proc).tail(n)
     }
+}
+
+/// `env LD_PRELOAD=…libfaketime.so.1 FAKETIME=±Ns …`: `env` execs the command (no fork), so
+/// the harness's pid is the coordinator's own.
+fn faketime_prefix(secs: i64) -> anyhow::Result<Vec<String>> {
+    let lib = fs::read_dir("/usr/lib")?
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+        .context("libfaketime is not installed: apt-get install faketime (tests/run.sh does)")?;
+    Ok(vec![
+        "env".into(),
+        format!("LD_PRELOAD={}", lib.display()),
+        format!("FAKETIME={secs:+}s"),
+        "FAKETIME_DONT_FAKE_MONOTONIC=1".into(),
+    ])
 }
 
 /// Restarts coordinators that exit on their own, like systemd's `Restart=on-failure`.
@@ -787,6 +805,10 @@ pub struct FleetOpts {
     /// `coordinator_extra` (which must then not hold those tables itself). The default: every
     /// link in the tests is mTLS, etcd's included.
     pub etcd_secure: bool,
+    /// Replica `k` (1-based: `coord-k`) runs with its wall clock off by this many seconds
+    /// (negative: behind), under libfaketime from Debian's `faketime` package (monotonic time
+    /// is left alone, so its timers run normally).
+    pub clock_offset: Option<(usize, i64)>,
 }
 
 impl Default for FleetOpts {
@@ -802,6 +824,7 @@ impl Default for FleetOpts {
             agent_services: None,
             coordinator_extra: None,
             etcd_secure: true,
+            clock_offset: None,
         }
     }
 }
@@ -877,6 +900,7 @@ impl Fleet {
                 &etcd.endpoint,
                 extra.as_deref(),
                 &pki,
+                opts.clock_offset.filter(|(r, _)| *r == k).map(|(_, s)| s),
             )?);
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1756,29 +1780,65 @@ site = "{group}"
         }
     }
 
-    /// SIGKILLs the service processes an agent left behind (it was killed itself), found by
-    /// their pidfiles and checked to be this host's test service before anything is killed.
-    fn kill_orphan_services(&self) {
-        for a in &self.agents {
-            let mut pidfiles = Vec::new();
-            find_named(&a.state_dir, "pid", 4, &mut pidfiles);
-            for f in pidfiles {
-                let Some(pid) = fs::read_to_string(&f)
-                    .ok()
-                    .and_then(|t| t.trim().parse::<i32>().ok())
-                else {
-                    continue;
-                };
-                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                if cmdline.contains("rollgate-testsvc")
-                    && cmdline.contains(&format!("--port {}", a.service_port))
-                {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
+    /// kill -9 a host whole: its agent, then its service (a power cut, as far as the
+    /// coordinator and the observer can tell).
+    pub fn kill_host(&mut self, id: &str) {
+        self.agent(id).proc.kill9();
+        kill_services_of(self.host(id));
+    }
+
+    /// Sets a label in a host's agent config (it takes effect when the agent restarts).
+    pub fn set_label(&self, id: &str, key: &str, value: &str) -> anyhow::Result<()> {
+        let path = self.dir.join(id).join("agent.toml");
+        let text = fs::read_to_string(&path)?;
+        let mut out = String::new();
+        let mut in_labels = false;
+        for line in text.lines() {
+            if line.starts_with('[') {
+                in_labels = line == "[labels]";
+            }
+            if in_labels && line.starts_with(&format!("{key} =")) {
+                out.push_str(&format!("{key} = \"{value}\"\n"));
+            } else {
+                out.push_str(line);
+                out.push('\n');
             }
         }
+        fs::write(&path, out)?;
+        Ok(())
     }
+
+    /// SIGKILLs the service processes an agent left behind (it was killed itself).
+    fn kill_orphan_services(&self) {
+        for a in &self.agents {
+            kill_services_of(a);
+        }
+    }
+}
+
+/// SIGKILLs an agent's service processes.
+fn kill_services_of(a: &Agent) {
+    for pid in service_pids(a) {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+}
+
+/// An agent's running service processes, found by their pidfiles and checked to be this host's
+/// test service.
+pub fn service_pids(a: &Agent) -> Vec<Pid> {
+    let mut pidfiles = Vec::new();
+    find_named(&a.state_dir, "pid", 4, &mut pidfiles);
+    pidfiles
+        .iter()
+        .filter_map(|f| fs::read_to_string(f).ok()?.trim().parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains("rollgate-testsvc")
+                && cmdline.contains(&format!("--port {}", a.service_port))
+        })
+        .map(Pid::from_raw)
+        .collect()
 }
 
 impl Drop for Fleet {
