@@ -277,7 +277,8 @@ impl ServiceDir {
             Some(info) => Ok(Some(InstalledRelease { dir, info })),
             None => {
                 let path = self.release_path(&dir).join(RELEASE_INFO_FILE);
-                Err(disk("read", &path)(io::ErrorKind::NotFound.into()))
+                let missing = io::Error::new(io::ErrorKind::NotFound, "no such file");
+                Err(disk("read", &path)(missing))
             }
         }
     }
