@@ -41,8 +41,9 @@
 //! ```text
 //! <state_dir>/
 //!   agent.lock            held (flock) while an agent runs: one agent per state dir
-//!   agent-state.json      the journal: highest token, orders in flight, last 32 results,
-//!                         releases staged for orders still to come, releases each
+//!   agent-state.json      the journal: highest token per service, orders in flight, last
+//!                         32 results (with when they finished), releases staged for
+//!                         orders still to come, releases each
 //!                         service ran (the only ones a rollback may go back to)
 //!   services/<svc>/       one per configured service; see [`releases`]
 //! ```
