@@ -19,7 +19,7 @@ use crate::store::{
 };
 use crate::Ctx;
 
-mod fence;
+pub mod fence;
 mod rollback;
 
 pub use fence::fence_host;

@@ -19,7 +19,8 @@ pub async fn fence_host(ctx: &Arc<Ctx>, host: &str, forget: bool) -> Result<Stri
     rollgate_proto::names::check("host id", host)
         .map_err(|e| ControlError::Invalid(e.to_string()))?;
     for _ in 0..CAS_ATTEMPTS {
-        if let Some(msg) = try_fence(ctx, host, forget).await? {
+        let plan = prepare(ctx, host, forget).await?;
+        if let Some(msg) = commit(ctx, plan).await? {
             return Ok(msg);
         }
     }
@@ -28,12 +29,17 @@ pub async fn fence_host(ctx: &Arc<Ctx>, host: &str, forget: bool) -> Result<Stri
     )))
 }
 
-/// One attempt; `None` when something changed in between.
-async fn try_fence(
-    ctx: &Arc<Ctx>,
-    host: &str,
+/// A fence as read: the transaction that carries it out and what it ends.
+#[derive(Debug)]
+pub struct FencePlan {
+    host: String,
     forget: bool,
-) -> Result<Option<String>, ControlError> {
+    txn: Txn,
+    ended: Vec<String>,
+}
+
+/// Reads what fencing `host` takes (refused while it is connected).
+pub async fn prepare(ctx: &Arc<Ctx>, host: &str, forget: bool) -> Result<FencePlan, ControlError> {
     let keys = &ctx.keys;
     let mut etcd = ctx.etcd.clone();
     // The counter first: any grant after this read moves it and fails the transaction.
@@ -70,7 +76,23 @@ async fn try_fence(
             Compare::mod_revision(keys.token(), CompareOp::Equal, token_rev),
         ])
         .and_then(ops);
-    if !etcd.txn(txn).await?.succeeded() {
+    Ok(FencePlan {
+        host: host.to_string(),
+        forget,
+        txn,
+        ended,
+    })
+}
+
+/// Carries a fence out; `None` when anything it read changed (a report, a connect, a grant).
+pub async fn commit(ctx: &Arc<Ctx>, plan: FencePlan) -> Result<Option<String>, ControlError> {
+    let FencePlan {
+        host,
+        forget,
+        txn,
+        ended,
+    } = plan;
+    if !ctx.etcd.clone().txn(txn).await?.succeeded() {
         return Ok(None);
     }
     let what = if forget { "forgotten" } else { "fenced" };

@@ -1,0 +1,279 @@
+//! Operator actions racing a grant (issue 9, items 4 and 5), on a real etcd (the coordinator's
+//! own local etcd, TLS and all) with the coordinator's real code. The race window sits between
+//! an action's reads and its transaction, too narrow to hit reliably with whole processes, so
+//! each test reads, commits a grant exactly as the driver's transaction writes it (token
+//! counter, step, slot), then lets the action commit what it read. Needs the `etcd` binary
+//! (`ETCD_BIN`).
+//!
+//! Before the fix the rollback committed anyway, leaving the host granted in between outside
+//! the rollback (its parent later claimed "every host is on the old release again"), and the
+//! fence committed anyway, leaving a live order to a host that then counted as zero.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, TcpListener};
+use std::sync::Arc;
+
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use rollgate_coordinator::artifacts::ArtifactStore;
+use rollgate_coordinator::config::{Config, EtcdConfig};
+use rollgate_coordinator::control::{self, fence, ControlError};
+use rollgate_coordinator::local_etcd::LocalEtcd;
+use rollgate_coordinator::sessions::Hub;
+use rollgate_coordinator::store::{
+    self, encode, now_ms, Health, HistoryRecord, HostRecord, HostState, HostStep, Keys,
+    ServiceState, SlotRecord,
+};
+use rollgate_coordinator::Ctx;
+use rollgate_proto::spec::ReleaseSpec;
+use tokio_util::sync::CancellationToken;
+
+/// A port `p` with `p + 1` free too.
+fn free_port_pair() -> u16 {
+    loop {
+        let p = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if p < u16::MAX && TcpListener::bind((Ipv4Addr::LOCALHOST, p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+struct World {
+    ctx: Arc<Ctx>,
+    _etcd: LocalEtcd,
+    _cancel: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+const SHA1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const SHA2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+/// A real etcd with hosts h1..h3 running `web` 1.0.0 and a rollout of 2.0.0 over them.
+async fn world() -> (World, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = EtcdConfig {
+        binary: std::env::var_os("ETCD_BIN")
+            .map(Into::into)
+            .unwrap_or_else(|| "etcd".into()),
+        local_port: free_port_pair(),
+        ..EtcdConfig::default()
+    };
+    let cancel = CancellationToken::new();
+    let etcd = LocalEtcd::start(&cfg, dir.path(), cancel.clone())
+        .await
+        .expect("local etcd starts");
+    let client = rollgate_coordinator::etcd_conn::connect(
+        &etcd.connect_config(&cfg),
+        std::slice::from_ref(&etcd.endpoint),
+    )
+    .await
+    .expect("connect");
+    let config = Config {
+        etcd: cfg,
+        ..Config::default()
+    };
+    let ctx = Arc::new(Ctx {
+        etcd: client,
+        keys: Keys::new(&config.etcd.prefix),
+        artifacts: ArtifactStore::new(dir.path().join("artifacts"), 1 << 20).expect("store"),
+        config,
+        lease: 0,
+        hub: Hub::default(),
+        tls: None,
+    });
+    let mut etcd_c = ctx.etcd.clone();
+    for h in ["h1", "h2", "h3"] {
+        let mut services = BTreeMap::new();
+        services.insert(
+            "web".to_string(),
+            ServiceState {
+                version: "1.0.0".into(),
+                sha256: SHA1.into(),
+                health: Health::Healthy,
+                ..ServiceState::default()
+            },
+        );
+        let rec = HostRecord {
+            host_id: h.into(),
+            services,
+            ..HostRecord::default()
+        };
+        etcd_c
+            .put(ctx.keys.host(h), encode(&rec), None)
+            .await
+            .expect("put host");
+    }
+    let v1 = HistoryRecord {
+        release: release("1.0.0", SHA1),
+        rollout_id: "r-first".into(),
+        at_ms: 1,
+    };
+    etcd_c
+        .put(
+            ctx.keys.history_entry("web", 1, "r-first"),
+            encode(&v1),
+            None,
+        )
+        .await
+        .expect("history");
+    let spec = format!(
+        "service = \"web\"\n[release]\nversion = \"2.0.0\"\nsource = \"https://example.invalid/web\"\n\
+         sha256 = \"{SHA2}\"\nsize = 10\n[strategy]\nmax_unavailable = 1\n"
+    );
+    let r = control::create(&ctx, &spec).await.expect("create");
+    let world = World {
+        ctx,
+        _etcd: etcd,
+        _cancel: cancel,
+        _dir: dir,
+    };
+    (world, r.id)
+}
+
+fn release(version: &str, sha256: &str) -> ReleaseSpec {
+    ReleaseSpec {
+        version: version.into(),
+        source: "https://example.invalid/web".into(),
+        sha256: sha256.into(),
+        size: 10,
+        file: None,
+        signature: None,
+        signature_file: None,
+    }
+}
+
+/// Grants `host` a slot in rollout `rid` as the driver's transaction does: the token counter
+/// moves, the step becomes `updating`, the slot appears.
+async fn grant(ctx: &Arc<Ctx>, rid: &str, host: &str) -> u64 {
+    let mut etcd = ctx.etcd.clone();
+    let round = store::read_round(&mut etcd, &ctx.keys, None)
+        .await
+        .expect("round");
+    let token = round.token.0 + 1;
+    let step = HostStep {
+        state: HostState::Updating,
+        token,
+        granted_at_ms: now_ms(),
+        ..HostStep::pending()
+    };
+    let slot = SlotRecord {
+        rollout_id: rid.into(),
+        token,
+        host_id: host.into(),
+        service: "web".into(),
+        version: "2.0.0".into(),
+        source: "https://example.invalid/web".into(),
+        sha256: SHA2.into(),
+        size: 10,
+        signature: None,
+        rollback: false,
+        min_healthy_time_ms: 0,
+        healthy_deadline_ms: 1000,
+        granted_by: "test".into(),
+        granted_at_ms: now_ms(),
+    };
+    let txn = Txn::new()
+        .when(vec![Compare::mod_revision(
+            ctx.keys.token(),
+            CompareOp::Equal,
+            round.token.1,
+        )])
+        .and_then(vec![
+            TxnOp::put(ctx.keys.token(), encode(&token), None),
+            TxnOp::put(ctx.keys.slot("web", host), encode(&slot), None),
+            TxnOp::put(ctx.keys.step(rid, host), encode(&step), None),
+        ]);
+    assert!(etcd.txn(txn).await.expect("grant").succeeded());
+    token
+}
+
+#[tokio::test]
+async fn a_rollback_and_a_grant_are_exclusive() {
+    let (w, rid) = world().await;
+    let ctx = &w.ctx;
+    grant(ctx, &rid, "h1").await;
+
+    // The operator's rollback reads...
+    let mut etcd = ctx.etcd.clone();
+    let round = store::read_round(&mut etcd, &ctx.keys, None)
+        .await
+        .expect("round");
+    let view = store::read_rollout(&mut etcd, &ctx.keys, &rid, round.fleet.revision)
+        .await
+        .expect("read")
+        .expect("rollout");
+    let basis = control::Basis {
+        view: &view,
+        fleet: &round.fleet,
+        token_rev: round.token.1,
+    };
+    // ...the leader grants h2 in between...
+    grant(ctx, &rid, "h2").await;
+    // ...and the rollback decided on the old read must not commit.
+    let raced = control::start_rollback(ctx, &basis, "test", None).await;
+    match &raced {
+        Err(ControlError::Conflict(why)) => {
+            println!("refused as it should be: {why}");
+            assert!(why.contains("changed"), "{why}");
+        }
+        other => panic!("the rollback committed over a grant it did not see: {other:?}"),
+    }
+    // The operator's command re-reads: h2 is rolled back too.
+    let st = control::rollback(ctx, &rid).await.expect("rollback");
+    let targets: Vec<&str> = st.hosts.iter().map(|h| h.host_id.as_str()).collect();
+    println!("rollback {} targets {targets:?}", st.id);
+    assert_eq!(targets, vec!["h1", "h2"]);
+}
+
+#[tokio::test]
+async fn a_fence_and_a_grant_are_exclusive() {
+    let (w, rid) = world().await;
+    let ctx = &w.ctx;
+    // The operator fences h3 (offline): the fence reads...
+    let plan = fence::prepare(ctx, "h3", false).await.expect("prepare");
+    // ...the leader grants h3 in between...
+    let token = grant(ctx, &rid, "h3").await;
+    // ...and the fence decided on the old read must not commit.
+    let raced = fence::commit(ctx, plan).await.expect("commit");
+    assert!(
+        raced.is_none(),
+        "the fence committed over grant {token} it did not see: {raced:?}"
+    );
+    // Run again, it voids that grant.
+    let msg = control::fence_host(ctx, "h3", false).await.expect("fence");
+    println!("{msg}");
+    assert!(
+        msg.contains(&format!("its update in {rid} is marked failed")),
+        "{msg}"
+    );
+    let mut etcd = ctx.etcd.clone();
+    let slot = etcd
+        .get(ctx.keys.slot("web", "h3"), None)
+        .await
+        .expect("get");
+    assert_eq!(slot.count(), 0, "the voided grant's slot is gone");
+}
+
+#[tokio::test]
+async fn a_connected_host_is_not_fenced() {
+    let (w, _rid) = world().await;
+    let ctx = &w.ctx;
+    let mut etcd = ctx.etcd.clone();
+    etcd.put(ctx.keys.session("h2"), "{}", None)
+        .await
+        .expect("session");
+    match control::fence_host(ctx, "h2", false).await {
+        Err(ControlError::Conflict(why)) => {
+            println!("{why}");
+            assert!(why.contains("h2 is connected"), "{why}");
+            assert!(why.contains("shows it offline"), "names the way out: {why}");
+        }
+        other => panic!("fenced a connected host: {other:?}"),
+    }
+    match control::fence_host(ctx, "h2", true).await {
+        Err(ControlError::Conflict(why)) => assert!(why.contains("h2 is connected"), "{why}"),
+        other => panic!("forgot a connected host: {other:?}"),
+    }
+}
