@@ -13,7 +13,10 @@
 //! - [`control`]: operator actions.
 //! - [`artifacts`]: the artifact store.
 //! - [`grpc`]: the gRPC edge.
+//! - [`tls`] and [`accept`]: the mTLS listener, and the bounds on connections not yet
+//!   authenticated.
 
+pub mod accept;
 pub mod artifacts;
 pub mod config;
 pub mod control;

@@ -11,26 +11,30 @@
 //! certificate or CA takes effect for the next connection, without a restart; a broken file
 //! is reported and the last good config stays in use.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use rollgate_proto::text::printable;
 use rollgate_proto::tls::{Identity, Role, TlsConfig, TlsFiles};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{Acceptor, WebPkiClientVerifier};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
+
+use crate::accept::{Admitted, Gate, Limits};
 use tracing::{debug, error, info, warn};
 
-/// A TLS handshake must finish within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; more connections wait for a free one (a flood of idle
-/// sockets cannot starve the accept loop or the memory).
-const MAX_HANDSHAKES: usize = 256;
+/// A TLS handshake must finish within this (a peer on a slow link needs well under a second;
+/// a stalled one holds its place no longer).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after a failed `accept` (EMFILE and friends) instead of spinning.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// The listener's TLS state: the files, the current rustls config, and our own identity.
 #[derive(Debug)]
@@ -158,14 +162,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Accepts TCP connections and hands out the ones whose TLS handshake (client certificate
-/// included) succeeded. Refused handshakes are logged with the peer's address and why.
+/// included) succeeded. Every connection is accepted at once; [`Gate`] bounds the handshakes in
+/// progress by shedding the oldest unauthenticated ones. Refused handshakes are logged with the
+/// peer's address and why (rate-limited per source).
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerTls>,
     cancel: CancellationToken,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
-    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let gate = Gate::new(Limits::default());
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     tokio::spawn(async move {
@@ -188,34 +194,72 @@ pub fn incoming(
                     Err(e) => {
                         // EMFILE and friends: back off a little instead of spinning.
                         warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tokio::time::sleep(ACCEPT_RETRY).await;
                         continue;
                     }
                 },
             };
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
+            let admitted = gate.admit(peer);
             let acceptor = tls.acceptor(false);
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let _ = tcp.set_nodelay(true);
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => warn!(
-                        %peer,
-                        "refused a connection: TLS handshake failed: {e}. A peer needs a \
-                         certificate from this fleet's CA (rollgate certs issue ...)"
-                    ),
-                    Err(_) => debug!(%peer, "TLS handshake timed out"),
-                }
-            });
+            tokio::spawn(handshake(
+                tcp,
+                peer,
+                acceptor,
+                admitted,
+                gate.clone(),
+                tx.clone(),
+            ));
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// One connection's TLS handshake, until it succeeds (handed to the server), fails (logged),
+/// times out, or is shed by a newer connection.
+async fn handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    admitted: Admitted,
+    gate: Arc<Gate>,
+    tx: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let config = acceptor.config().clone();
+    let attempt = async {
+        // The ClientHello first, so that a connection stalled before it is known as such (and
+        // shed before others).
+        let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
+        admitted.hello();
+        start.into_stream(config).await
+    };
+    let outcome = tokio::select! {
+        // Logged by the gate, once per source per interval.
+        _ = admitted.shed.cancelled() => return,
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt) => r,
+    };
+    // Authenticated (or over): it no longer counts against the handshake bounds.
+    drop(admitted);
+    match outcome {
+        Ok(Ok(stream)) => {
+            let _ = tx.send(Ok(stream)).await;
+        }
+        // Port probes and abandoned sockets: not worth a line each.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            debug!(%peer, "connection closed before the TLS handshake finished")
+        }
+        Ok(Err(e)) => {
+            if gate.log_refusal(peer) {
+                warn!(
+                    %peer,
+                    "refused a connection: TLS handshake failed: {}. A peer needs a \
+                     certificate from this fleet's CA (rollgate certs issue ...)",
+                    printable(&e.to_string())
+                );
+            }
+        }
+        Err(_) => debug!(%peer, "TLS handshake timed out"),
+    }
 }
 
 /// Who is calling, from the verified client certificate of the connection. `Ok(None)` when
@@ -231,7 +275,10 @@ pub fn peer<T>(req: &Request<T>, fleet: Option<&str>) -> Result<Option<Identity>
         .first()
         .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
     let id = Identity::from_cert_der(first).map_err(|e| {
-        warn!("refused a request: the client certificate names no usable identity: {e}");
+        warn!(
+            "refused a request: the client certificate names no usable identity: {}",
+            printable(&e.to_string())
+        );
         Status::unauthenticated(format!("your certificate is not usable here: {e}"))
     })?;
     if id.fleet != fleet {
