@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use rollgate_proto::pb::{HostActionResponse, RolloutStatus};
+use rollgate_proto::text::{printable_json, printable_lines};
 use serde_json::Value;
 use thiserror::Error;
 
@@ -215,18 +216,24 @@ pub(crate) fn output_error(e: io::Error) -> anyhow::Error {
     }
 }
 
-/// Prints `text` and a newline to stdout.
+/// Prints `text` and a newline to stdout, control characters other than its line breaks
+/// escaped (a second line of defence: `render` escapes peer text field by field).
 fn emit(text: &str) -> anyhow::Result<()> {
+    write_out(&printable_lines(text))
+}
+
+/// Prints a JSON value, pretty, to stdout, with characters a terminal acts on escaped as JSON.
+fn emit_json(value: &Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value).context("cannot format JSON output")?;
+    write_out(&printable_json(&text))
+}
+
+/// Writes `text` and a newline to stdout as it is.
+fn write_out(text: &str) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     writeln!(out, "{text}")
         .and_then(|()| out.flush())
         .map_err(output_error)
-}
-
-/// Prints a JSON value, pretty, to stdout.
-fn emit_json(value: &Value) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(value).context("cannot format JSON output")?;
-    emit(&text)
 }
 
 /// Prints either the text or the JSON form.

@@ -14,7 +14,9 @@ async fn main() -> ExitCode {
         Ok(Finish::Success) => ExitCode::SUCCESS,
         Ok(Finish::RolloutNotSucceeded) => ExitCode::from(EXIT_ROLLOUT_NOT_SUCCEEDED),
         Err(e) => {
-            eprintln!("rollgate: {e:#}");
+            // The coordinator's refusals may quote what a host sent.
+            let text = format!("{e:#}");
+            eprintln!("rollgate: {}", rollgate_proto::text::printable_lines(&text));
             ExitCode::from(EXIT_ERROR)
         }
     }

@@ -1,9 +1,14 @@
 //! Text output for people: tables, rollout status blocks and relative times. Pure functions
 //! of the wire messages (and of "now", passed in), so they are tested on tables.
+//!
+//! Hosts choose much of the text shown here (labels, versions, progress messages, reasons), so
+//! every table cell and every line goes through [`printable`] before it is returned: no
+//! function here returns a control character except the line breaks it puts in itself (S9).
 
 use rollgate_proto::pb::{
     self, GroupBudget, HistoryEntry, HostInfo, HostProgress, RolloutPlan, RolloutStatus,
 };
+use rollgate_proto::text::printable;
 
 /// Columns in a table are separated by this many spaces.
 const COLUMN_GAP: usize = 2;
@@ -62,10 +67,29 @@ pub fn ago(now_ms: i64, then_ms: i64) -> String {
     }
 }
 
-/// Lays out `rows` under `header` in left-aligned columns. Trailing spaces are trimmed.
+/// `line` as shown: control characters in it escaped.
+fn shown(line: &str) -> String {
+    printable(line).into_owned()
+}
+
+/// `lines` as shown, one per line.
+fn shown_lines(lines: &[String]) -> String {
+    lines
+        .iter()
+        .map(|l| shown(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Lays out `rows` under `header` in left-aligned columns, control characters in cells
+/// escaped. Trailing spaces are trimmed.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| shown(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             let w = cell.chars().count();
             match widths.get_mut(i) {
@@ -204,7 +228,7 @@ pub fn status_header(s: &RolloutStatus) -> String {
     if s.staged > 0 {
         line.push_str(&format!("  staged {}/{}", s.staged, s.total));
     }
-    line
+    shown(&line)
 }
 
 /// "gate: ..." for a rollout waiting at a gate, with the command that opens a manual one.
@@ -320,7 +344,7 @@ pub fn status_block(s: &RolloutStatus) -> String {
     }
     if s.hosts.is_empty() {
         lines.push(format!("{HOST_INDENT}(no target hosts)"));
-        return lines.join("\n");
+        return shown_lines(&lines);
     }
     let by_group = !s.group_by.is_empty();
     let by_wave = s.waves > 1;
@@ -371,7 +395,7 @@ pub fn status_block(s: &RolloutStatus) -> String {
             .filter_map(|h| host_note(h))
             .map(|note| format!("{HOST_INDENT}{note}")),
     );
-    lines.join("\n")
+    shown_lines(&lines)
 }
 
 /// The `rollgate rollout list` table, oldest first so the newest is next to the prompt.
@@ -405,10 +429,13 @@ pub fn rollouts_table(rollouts: &[RolloutStatus], now_ms: i64) -> Vec<String> {
 
 /// What `rollout start` prints: the sentence, then the bare id for scripts.
 pub fn started(s: &RolloutStatus) -> String {
-    format!(
-        "started rollout {}: {} -> {} on {} hosts (max unavailable {})\n{}",
-        s.id, s.service, s.version, s.total, s.max_unavailable, s.id
-    )
+    shown_lines(&[
+        format!(
+            "started rollout {}: {} -> {} on {} hosts (max unavailable {})",
+            s.id, s.service, s.version, s.total, s.max_unavailable
+        ),
+        s.id.clone(),
+    ])
 }
 
 /// What `rollout pause|resume|abort|promote` prints: the new phase (and wave), why, and the
@@ -421,11 +448,8 @@ pub fn phase_changed(s: &RolloutStatus) -> String {
     if !s.reason.is_empty() {
         line.push_str(&format!(" ({})", s.reason));
     }
-    if let Some(gate) = gate_line(s) {
-        line.push('\n');
-        line.push_str(&gate);
-    }
-    line
+    let lines: Vec<String> = std::iter::once(line).chain(gate_line(s)).collect();
+    shown_lines(&lines)
 }
 
 /// What `rollout rollback` prints, given the status of the new rollback rollout and the id
@@ -436,15 +460,17 @@ pub fn rollback_started(s: &RolloutStatus, original: &str) -> String {
     } else {
         s.rollback_of.as_str()
     };
-    format!(
+    shown(&format!(
         "rolling back {original}: started rollback rollout {} to {} on {} hosts",
         s.id, s.version, s.total
-    )
+    ))
 }
 
 /// What a watch prints when the followed rollout is handed over to its rollback.
 pub fn following_rollback(id: &str, rollback_id: &str) -> String {
-    format!("rollout {id} is being rolled back by {rollback_id}; following it")
+    shown(&format!(
+        "rollout {id} is being rolled back by {rollback_id}; following it"
+    ))
 }
 
 /// A dry run for people: what, where, how fast, in which waves and groups, and whether it
@@ -525,15 +551,15 @@ pub fn plan_block(p: &RolloutPlan) -> String {
     } else {
         lines.push(format!("blocked: {}", p.blocked_by));
     }
-    lines.join("\n")
+    shown_lines(&lines)
 }
 
 /// The `rollgate history SERVICE` table, newest first.
 pub fn history_table(service: &str, entries: &[HistoryEntry], now_ms: i64) -> Vec<String> {
     if entries.is_empty() {
-        return vec![format!(
+        return vec![shown(&format!(
             "no releases recorded for service {service} yet: they are recorded as rollouts finish"
-        )];
+        ))];
     }
     let mut entries: Vec<&HistoryEntry> = entries.iter().collect();
     entries.sort_by_key(|e| std::cmp::Reverse(e.at_ms));
@@ -554,499 +580,8 @@ pub fn history_table(service: &str, entries: &[HistoryEntry], now_ms: i64) -> Ve
 
 /// What `artifact push` prints.
 pub fn pushed(sha256: &str, size: u64) -> String {
-    format!("sha256:{sha256} {size} bytes")
+    shown(&format!("sha256:{sha256} {size} bytes"))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rollgate_proto::pb::WavePlan;
-    use std::collections::HashMap;
-
-    #[test]
-    fn relative_times() {
-        let now = 1_000_000_000_000;
-        let table = [
-            (now, "0s ago"),
-            (now - 3_000, "3s ago"),
-            (now - 59_999, "59s ago"),
-            (now - 60_000, "1m ago"),
-            (now - 3_599_000, "59m ago"),
-            (now - 3_600_000, "1h ago"),
-            (now - 47 * 3_600_000, "47h ago"),
-            (now - 72 * 3_600_000, "3d ago"),
-            (now + 5_000, "0s ago"),
-            (0, "never"),
-        ];
-        for (then, want) in table {
-            assert_eq!(ago(now, then), want, "{then}");
-        }
-    }
-
-    #[test]
-    fn tables_align() {
-        let rows = vec![
-            vec!["a".to_string(), "long value".to_string(), "".to_string()],
-            vec!["bbbb".to_string(), "x".to_string(), "z".to_string()],
-        ];
-        assert_eq!(
-            table(&["H1", "H2", "H3"], &rows),
-            vec![
-                "H1    H2          H3",
-                "a     long value",
-                "bbbb  x           z"
-            ]
-        );
-    }
-
-    fn host(id: &str, state: &str, step: &str, message: &str) -> HostProgress {
-        HostProgress {
-            host_id: id.into(),
-            state: state.into(),
-            step: step.into(),
-            message: message.into(),
-            connected: true,
-            running_version: "1.0.0".into(),
-            health: pb::Health::Healthy as i32,
-            ..Default::default()
-        }
-    }
-
-    fn status() -> RolloutStatus {
-        RolloutStatus {
-            id: "r-7".into(),
-            service: "demo".into(),
-            version: "2.0.0".into(),
-            phase: "rolling".into(),
-            max_unavailable: 1,
-            unavailable: 1,
-            total: 3,
-            done: 1,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn status_blocks() {
-        let mut failed = host("h3", "failed", "", "");
-        failed.reason = "health check failed: 500".into();
-        failed.connected = false;
-        failed.health = pb::Health::Unhealthy as i32;
-        let mut updating = host("h2", "updating", "verifying", "2/5 probes");
-        updating.holds_slot = true;
-        let mut done = host("h1", "done", "", "");
-        done.running_version = "2.0.0".into();
-
-        let table: Vec<(RolloutStatus, &str)> = vec![
-            (
-                RolloutStatus {
-                    blocked_by: "budget full: h2 holds the only slot".into(),
-                    hosts: vec![failed, updating, done],
-                    ..status()
-                },
-                "\
-rollout r-7: demo -> 2.0.0  rolling  done 1/3  failed 0 (max 0)  unavailable 1/1
-waiting: budget full: h2 holds the only slot
-  HOST  STATE            VERSION  HEALTH     CONNECTED  PROGRESS
-  h1    done             2.0.0    healthy    yes        -
-  h2    updating [slot]  1.0.0    healthy    yes        verifying: 2/5 probes
-  h3    failed           1.0.0    unhealthy  no         -
-  h3: health check failed: 500",
-            ),
-            (
-                RolloutStatus {
-                    phase: "aborted".into(),
-                    reason: "aborted by operator".into(),
-                    ..status()
-                },
-                "\
-rollout r-7: demo -> 2.0.0  aborted  done 1/3  failed 0 (max 0)  unavailable 1/1
-reason: aborted by operator
-  (no target hosts)",
-            ),
-            (
-                RolloutStatus {
-                    hosts: vec![host("h1", "pending", "", "queued")],
-                    ..status()
-                },
-                "\
-rollout r-7: demo -> 2.0.0  rolling  done 1/3  failed 0 (max 0)  unavailable 1/1
-  HOST  STATE    VERSION  HEALTH   CONNECTED  PROGRESS
-  h1    pending  1.0.0    healthy  yes        queued",
-            ),
-        ];
-        for (s, want) in table {
-            assert_eq!(status_block(&s), want);
-        }
-    }
-
-    #[test]
-    fn status_blocks_with_waves_groups_and_rollbacks() {
-        let placed = |id: &str, state: &str, group: &str, wave: u32| HostProgress {
-            group: group.into(),
-            wave,
-            ..host(id, state, "", "")
-        };
-        let mut lost = placed("h4", "lost", "b", 1);
-        lost.holds_slot = true;
-        lost.connected = false;
-        lost.health = pb::Health::Unknown as i32;
-        let mut staged = placed("h3", "pending", "b", 2);
-        staged.staged = true;
-        let mut failed = placed("h2", "failed", "a", 1);
-        failed.reason = "exited with status 1".into();
-        let fleet = vec![lost, staged, failed, placed("h1", "done", "a", 0)];
-
-        let table: Vec<(RolloutStatus, &str)> = vec![
-            (
-                // Canary done, waiting at a manual gate, grouped by site, staged.
-                RolloutStatus {
-                    waves: 3,
-                    wave: 0,
-                    gate: "manual promote".into(),
-                    group_by: "site".into(),
-                    groups: vec![
-                        GroupBudget {
-                            group: "b".into(),
-                            hosts: 2,
-                            max_unavailable: 1,
-                            unavailable: 1,
-                        },
-                        GroupBudget {
-                            group: "a".into(),
-                            hosts: 2,
-                            max_unavailable: 1,
-                            unavailable: 0,
-                        },
-                    ],
-                    staged: 2,
-                    total: 4,
-                    hosts: fleet.clone(),
-                    ..status()
-                },
-                "\
-rollout r-7: demo -> 2.0.0  rolling  wave 1/3  done 1/4  failed 0 (max 0)  unavailable 1/1  staged 2/4
-gate: manual promote (`rollgate rollout promote r-7` opens it)
-groups (by site): a 0/1, b 1/1
-  HOST  GROUP  WAVE  STATE             VERSION  HEALTH   CONNECTED  PROGRESS
-  h1    a      1     done              1.0.0    healthy  yes        -
-  h2    a      2     failed            1.0.0    healthy  yes        -
-  h4    b      2     LOST [slot]       1.0.0    unknown  no         -
-  h3    b      3     pending [staged]  1.0.0    healthy  yes        -
-  h2: exited with status 1
-  h4: LOST: no word from the host; it counts as unavailable until it reports healthy. If it is gone for good: `rollgate host fence h4`",
-            ),
-            (
-                // Being rolled back; a bake gate needs no command. No group_by: no GROUP column.
-                RolloutStatus {
-                    phase: "rolling_back".into(),
-                    waves: 2,
-                    wave: 5,
-                    gate: "bake until 12:00:00".into(),
-                    rolled_back_by: "r-8".into(),
-                    reason: "1 host failed (max 0)".into(),
-                    hosts: vec![placed("h1", "done", "", 1)],
-                    ..status()
-                },
-                "\
-rollout r-7: demo -> 2.0.0  rolling_back  wave 2/2  done 1/3  failed 0 (max 0)  unavailable 1/1
-rolled back by rollout r-8
-gate: bake until 12:00:00
-reason: 1 host failed (max 0)
-  HOST  WAVE  STATE  VERSION  HEALTH   CONNECTED  PROGRESS
-  h1    2     done   1.0.0    healthy  yes        -",
-            ),
-            (
-                // The rollback rollout itself: one wave, no extra columns; a lost host with a
-                // reason keeps it. Groups set but not reported yet.
-                RolloutStatus {
-                    id: "r-8".into(),
-                    version: "1.0.0".into(),
-                    phase: "rolled_back".into(),
-                    rollback_of: "r-7".into(),
-                    waves: 1,
-                    group_by: "site".into(),
-                    hosts: vec![HostProgress {
-                        reason: "no heartbeat for 30s".into(),
-                        ..placed("h9", "lost", "a", 0)
-                    }],
-                    ..status()
-                },
-                "\
-rollout r-8: demo -> 1.0.0  rolled_back  done 1/3  failed 0 (max 0)  unavailable 1/1
-rollback of rollout r-7
-groups (by site): -
-  HOST  GROUP  STATE  VERSION  HEALTH   CONNECTED  PROGRESS
-  h9    a      LOST   1.0.0    healthy  yes        -
-  h9: LOST: no heartbeat for 30s; it counts as unavailable until it reports healthy. If it is gone for good: `rollgate host fence h9`",
-            ),
-        ];
-        for (s, want) in table {
-            assert_eq!(status_block(&s), want);
-        }
-    }
-
-    #[test]
-    fn plans() {
-        let plan = RolloutPlan {
-            service: "demo".into(),
-            version: "2.0.0".into(),
-            targets: vec!["h1".into(), "h2".into(), "h3".into(), "h4".into()],
-            max_unavailable: 2,
-            max_failures: 1,
-            waves: vec![
-                WavePlan {
-                    name: "canary".into(),
-                    hosts: vec!["h1".into()],
-                    gate_after: "manual promote".into(),
-                },
-                WavePlan {
-                    name: "wave 1".into(),
-                    hosts: vec!["h2".into(), "h3".into()],
-                    gate_after: "pause 30s".into(),
-                },
-                WavePlan {
-                    name: "wave 2".into(),
-                    hosts: vec!["h4".into()],
-                    gate_after: "".into(),
-                },
-            ],
-            group_by: "site".into(),
-            groups: vec![
-                GroupBudget {
-                    group: "b".into(),
-                    hosts: 2,
-                    max_unavailable: 1,
-                    unavailable: 1,
-                },
-                GroupBudget {
-                    group: "a".into(),
-                    hosts: 2,
-                    max_unavailable: 1,
-                    unavailable: 0,
-                },
-            ],
-            unavailable_now: vec!["h4: offline since 3m".into()],
-            blocked_by: "".into(),
-        };
-        let table = [
-            (
-                plan.clone(),
-                "\
-plan: demo -> 2.0.0
-targets (4): h1, h2, h3, h4
-max unavailable 2, max failures 1
-groups (by site):
-  GROUP  HOSTS  MAX UNAVAILABLE  UNAVAILABLE NOW
-  a      2      1                0
-  b      2      1                1
-waves:
-  #  WAVE    COUNT  GATE AFTER      HOSTS
-  1  canary  1      manual promote  h1
-  2  wave 1  2      pause 30s       h2, h3
-  3  wave 2  1      -               h4
-unavailable now (1):
-  h4: offline since 3m
-would start now",
-            ),
-            (
-                RolloutPlan {
-                    targets: vec![],
-                    waves: vec![],
-                    group_by: "".into(),
-                    groups: vec![],
-                    unavailable_now: vec![],
-                    blocked_by: "service demo already has an active rollout r-3".into(),
-                    ..plan
-                },
-                "\
-plan: demo -> 2.0.0
-targets (0): none
-max unavailable 2, max failures 1
-blocked: service demo already has an active rollout r-3",
-            ),
-        ];
-        for (p, want) in table {
-            assert_eq!(plan_block(&p), want);
-        }
-    }
-
-    #[test]
-    fn history_listing() {
-        let entry = |version: &str, size, rollout: &str, at_ms| HistoryEntry {
-            version: version.into(),
-            sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into(),
-            size,
-            source: "store:".into(),
-            rollout_id: rollout.into(),
-            at_ms,
-        };
-        let now = 10 * 3_600_000;
-        assert_eq!(
-            history_table(
-                "demo",
-                &[
-                    entry("1.0.0", 512, "", now - 7_200_000),
-                    entry("2.0.0", 3 * 1024 * 1024 / 2, "r-7", now - 60_000),
-                    entry("1.5.0", 20 * 1024 * 1024, "r-5", now - 3_600_000),
-                ],
-                now,
-            ),
-            vec![
-                "VERSION  SHA256        SIZE      ROLLOUT  WHEN",
-                "2.0.0    ba7816bf8f01  1.5 MiB   r-7      1m ago",
-                "1.5.0    ba7816bf8f01  20.0 MiB  r-5      1h ago",
-                "1.0.0    ba7816bf8f01  512 B     -        2h ago",
-            ]
-        );
-        assert_eq!(
-            history_table("demo", &[], now),
-            vec!["no releases recorded for service demo yet: they are recorded as rollouts finish"]
-        );
-    }
-
-    #[test]
-    fn sizes() {
-        let table = [
-            (0, "0 B"),
-            (1023, "1023 B"),
-            (1024, "1.0 KiB"),
-            (1536, "1.5 KiB"),
-            (5 * 1024 * 1024 * 1024, "5.0 GiB"),
-            (u64::MAX, "16777216.0 TiB"),
-        ];
-        for (bytes, want) in table {
-            assert_eq!(human_size(bytes), want, "{bytes}");
-        }
-    }
-
-    #[test]
-    fn hosts_listing() {
-        let hosts = vec![
-            HostInfo {
-                host_id: "web-2".into(),
-                labels: HashMap::from([
-                    ("site".to_string(), "b".to_string()),
-                    ("arch".to_string(), "arm64".to_string()),
-                ]),
-                connected: false,
-                services: vec![pb::ServiceStatus {
-                    service: "demo".into(),
-                    version: "".into(),
-                    health: pb::Health::Stopped as i32,
-                    ..Default::default()
-                }],
-                last_seen_ms: 10_000,
-                ..Default::default()
-            },
-            HostInfo {
-                host_id: "web-1".into(),
-                connected: true,
-                services: vec![
-                    pb::ServiceStatus {
-                        service: "zeta".into(),
-                        version: "1".into(),
-                        health: pb::Health::Healthy as i32,
-                        ..Default::default()
-                    },
-                    pb::ServiceStatus {
-                        service: "demo".into(),
-                        version: "2.0.0".into(),
-                        health: 99,
-                        ..Default::default()
-                    },
-                ],
-                last_seen_ms: 73_000,
-                ..Default::default()
-            },
-        ];
-        assert_eq!(
-            hosts_table(&hosts, 76_000),
-            vec![
-                "HOST   CONNECTED  LABELS             SERVICES                            LAST SEEN",
-                "web-1  yes        -                  demo 2.0.0 unknown, zeta 1 healthy  now",
-                "web-2  no         arch=arm64,site=b  demo - stopped                      1m ago",
-            ]
-        );
-    }
-
-    #[test]
-    fn one_liners() {
-        let s = RolloutStatus {
-            phase: "paused".into(),
-            ..status()
-        };
-        assert_eq!(
-            started(&s),
-            "started rollout r-7: demo -> 2.0.0 on 3 hosts (max unavailable 1)\nr-7"
-        );
-        assert_eq!(phase_changed(&s), "rollout r-7 is now paused");
-        let promoted = RolloutStatus {
-            phase: "rolling".into(),
-            waves: 3,
-            wave: 1,
-            ..status()
-        };
-        assert_eq!(
-            phase_changed(&promoted),
-            "rollout r-7 is now rolling, wave 2/3"
-        );
-        let gated = RolloutStatus {
-            gate: "manual promote".into(),
-            reason: "wave 2 done".into(),
-            ..promoted
-        };
-        assert_eq!(
-            phase_changed(&gated),
-            "rollout r-7 is now rolling, wave 2/3 (wave 2 done)\n\
-             gate: manual promote (`rollgate rollout promote r-7` opens it)"
-        );
-        let rollback = RolloutStatus {
-            id: "r-8".into(),
-            version: "1.0.0".into(),
-            rollback_of: "r-7".into(),
-            ..status()
-        };
-        assert_eq!(
-            rollback_started(&rollback, ""),
-            "rolling back r-7: started rollback rollout r-8 to 1.0.0 on 3 hosts"
-        );
-        assert_eq!(
-            rollback_started(
-                &RolloutStatus {
-                    rollback_of: "".into(),
-                    ..rollback
-                },
-                "r-6"
-            ),
-            "rolling back r-6: started rollback rollout r-8 to 1.0.0 on 3 hosts"
-        );
-        assert_eq!(
-            following_rollback("r-7", "r-8"),
-            "rollout r-7 is being rolled back by r-8; following it"
-        );
-        assert_eq!(pushed("ab", 12), "sha256:ab 12 bytes");
-        let list = rollouts_table(
-            &[
-                RolloutStatus {
-                    id: "r-8".into(),
-                    created_at_ms: 2_000,
-                    ..status()
-                },
-                RolloutStatus {
-                    created_at_ms: 1_000,
-                    ..s
-                },
-            ],
-            62_000,
-        );
-        assert_eq!(
-            list,
-            vec![
-                "ID   SERVICE  VERSION  PHASE    DONE  FAILED  CREATED",
-                "r-7  demo     2.0.0    paused   1/3   0       1m ago",
-                "r-8  demo     2.0.0    rolling  1/3   0       1m ago",
-            ]
-        );
-    }
-}
+mod tests;

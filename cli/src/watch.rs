@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use rollgate_proto::pb::RolloutStatus;
+use rollgate_proto::text::{printable_json, printable_lines};
 
 use crate::args::OutputFormat;
 use crate::client::{rollout_name, ControlError, Coordinator};
@@ -83,7 +84,7 @@ impl Printer {
         match self.format {
             OutputFormat::Text => render::status_block(s),
             // One compact object per line, for `jq` and line-oriented tools.
-            OutputFormat::Json => json::rollout_status(s).to_string(),
+            OutputFormat::Json => printable_json(&json::rollout_status(s).to_string()).into_owned(),
         }
     }
 
@@ -167,7 +168,7 @@ pub async fn follow(coord: &Coordinator, id: &str, format: OutputFormat) -> anyh
                             Next::Settled => {
                                 let (finish, lines) = verdict(&handed_over, &status);
                                 for line in lines {
-                                    eprintln!("rollgate: {line}");
+                                    say(&line);
                                 }
                                 return Ok(finish);
                             }
@@ -193,7 +194,7 @@ pub async fn follow(coord: &Coordinator, id: &str, format: OutputFormat) -> anyh
                             .map_err(output_error)?;
                     }
                     // Standard output stays one JSON object per line.
-                    OutputFormat::Json => eprintln!("rollgate: {line}"),
+                    OutputFormat::Json => say(&line),
                 }
                 printer.interrupted();
                 id = rollback;
@@ -210,14 +211,20 @@ pub async fn follow(coord: &Coordinator, id: &str, format: OutputFormat) -> anyh
                 rollout_name(&id)
             );
         }
-        eprintln!(
-            "rollgate: watch of {} interrupted ({why}); reconnecting in {} s",
+        say(&format!(
+            "watch of {} interrupted ({why}); reconnecting in {} s",
             rollout_name(&id),
             WATCH_RECONNECT_DELAY.as_secs()
-        );
+        ));
         printer.interrupted();
         tokio::time::sleep(WATCH_RECONNECT_DELAY).await;
     }
+}
+
+/// Prints `line` on stderr after "rollgate: ", control characters escaped (reasons and errors
+/// may quote what a host sent).
+fn say(line: &str) {
+    eprintln!("rollgate: {}", printable_lines(line));
 }
 
 /// Whether a settled rollout did what it was for. A rollback rollout may report its success

@@ -9,11 +9,14 @@
 //!   keys in PEM, signature files.
 //! - [`names`]: validation of host ids, service names and versions that end up in etcd keys
 //!   and file paths.
+//! - [`text`]: peer-supplied text made safe for terminals and logs (control characters
+//!   escaped).
 
 pub mod names;
 pub mod signing;
 pub mod spec;
 pub mod telemetry;
+pub mod text;
 pub mod tls;
 
 /// Generated protobuf and gRPC code for package `rollgate.v1`.
