@@ -6,10 +6,10 @@
 //! X. After SIGCONT, X reconnects and the rollout finishes.
 //!
 //! S4 (a token lower than the agent's `highest_token` is refused): the running coordinator never
-//! re-sends an old token, so the first test only checks the journal side (the agent durably
-//! recorded the token it acted on, the one in the status). The last two tests get a stale token
-//! to an agent with real parts: an etcd backup restored under a running fleet puts the grant
-//! counter back in time.
+//! re-sends an old token, so this test only checks the journal side (the agent durably recorded
+//! the token it acted on, the one in the status). An etcd restore that puts the grant counter
+//! back in time is `etcd_restore.rs`; the agent's refusal of a stale token is in the agent's
+//! own tests (agent/tests/executor.rs, agent/tests/reporting.rs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -182,118 +182,4 @@ fn frozen_agent_holds_its_slot_and_nothing_else_starts() -> anyhow::Result<()> {
         seen.worst_set
     );
     Ok(())
-}
-
-/// A fleet of 2 on 1.0.0 whose etcd was backed up, then rolled forward once per entry of
-/// `forward` (each a one-host rollout), then restored from the backup: the coordinator's grant
-/// counter is back where it was, below the tokens the agents have acted on since. Returns the
-/// fleet and host-1's highest token.
-fn fleet_restored_after(forward: &[(&str, &str)]) -> anyhow::Result<(Fleet, u64)> {
-    let mut fleet = Fleet::start(FleetOpts {
-        agents: 2,
-        ..FleetOpts::default()
-    })?;
-    fleet.install("1.0.0", "max_unavailable = 2\nmin_healthy_time = \"200ms\"")?;
-    let backup = fleet.etcd_backup("etcd-backup")?;
-    fleet.wait_coordinator()?;
-    fleet.wait_connected(2)?;
-    let strategy = "max_unavailable = 1\nmin_healthy_time = \"200ms\"";
-    for (version, host) in forward {
-        let rel = fleet.release(version, Mode::Healthy)?;
-        let id = fleet.start_rollout(&fleet.spec_for_hosts(&rel, strategy, &[host])?)?;
-        let s = fleet.wait_settled(&id, Duration::from_secs(30))?;
-        assert_eq!(s.phase, "succeeded", "{s:?}");
-        fleet.wait_service_free("web")?;
-        println!(
-            "{version} on {host}: token {}",
-            s.hosts.first().map_or(0, |h| h.token)
-        );
-    }
-    let highest = fleet
-        .highest_token("host-1")?
-        .expect("host-1 acted on orders");
-    println!("host-1's highest token: {highest}; restoring the etcd backup taken before");
-    fleet.etcd_restore(&backup)?;
-    fleet.wait_connected(2)?;
-    Ok((fleet, highest))
-}
-
-/// Orders 3.0.0 to host-1 on a restored fleet and checks S4: the agent refuses the stale token
-/// (its log says so), nothing is disrupted, `highest_token` is unchanged, and the rollout does
-/// not stall in silence (L1): it ends, or `blocked_by` names host-1.
-fn stale_order_is_refused(fleet: &Fleet, highest: u64) -> anyhow::Result<()> {
-    let observer = fleet.observe();
-    let v3 = fleet.release("3.0.0", Mode::Healthy)?;
-    let strategy = "max_unavailable = 1\nmin_healthy_time = \"200ms\"";
-    let id = fleet.start_rollout(&fleet.spec_for_hosts(&v3, strategy, &["host-1"])?)?;
-    let granted = fleet.wait_status(&id, "host-1 granted", Duration::from_secs(30), |s| {
-        s.hosts.iter().any(|h| h.host_id == "host-1" && h.token > 0)
-    })?;
-    let token = granted.hosts[0].token;
-    println!("after the restore host-1 was granted token {token} (its highest: {highest})");
-    assert!(
-        token < highest,
-        "the restored coordinator handed out token {token}, not below {highest}: nothing stale to refuse"
-    );
-    let refused = fleet.wait(
-        &format!("host-1 to refuse the stale token {token}"),
-        Duration::from_secs(15),
-        || {
-            let log = std::fs::read_to_string(&fleet.host("host-1").proc.log)?;
-            let line = log
-                .lines()
-                .find(|l| l.contains(&format!("order{{rollout={id} token={token} ")))
-                .map(str::to_string);
-            match line {
-                Some(l) if l.contains("stale order") => Ok(Some(l)),
-                Some(l) => bail!("host-1 did not refuse it: {l}"),
-                None => Ok(None),
-            }
-        },
-    )?;
-    println!("host-1: {refused}");
-    let after = fleet.wait_status(
-        &id,
-        "the rollout to end or name host-1 in blocked_by",
-        Duration::from_secs(15),
-        |s| rollgate_tests::is_ended(&s.phase) || s.blocked_by.contains("host-1"),
-    )?;
-    println!("the rollout after the refusal: {}", brief(&after));
-    let seen = observer.finish();
-    seen.print(1, None);
-    assert_eq!(fleet.highest_token("host-1")?, Some(highest));
-    assert_eq!(fleet.serving("host-1").as_deref(), Some("2.0.1"));
-    let (_, versions) = &seen.versions[0];
-    assert!(
-        !versions.iter().any(|v| v == "3.0.0"),
-        "host-1 ran 3.0.0 on a stale token: {versions:?}"
-    );
-    assert_eq!(
-        seen.max_unavailable, 0,
-        "a stale order disrupted a host: {:?}",
-        seen.worst_set
-    );
-    Ok(())
-}
-
-/// S4 with real parts: the only way the real coordinator hands an agent a token lower than one
-/// it has acted on is a coordinator whose state went back in time, which is what restoring an
-/// etcd backup does (the grant counter lives in etcd). Here the stale token is one host-1 never
-/// saw (host-2 got it before the restore).
-#[test]
-fn token_lower_than_the_agents_highest_is_refused() -> anyhow::Result<()> {
-    let (fleet, highest) = fleet_restored_after(&[
-        ("1.0.1", "host-2"),
-        ("2.0.0", "host-1"),
-        ("2.0.1", "host-1"),
-    ])?;
-    stale_order_is_refused(&fleet, highest)
-}
-
-/// The same, when the stale token is one host-1 did act on, for another rollout: it is still
-/// below `highest_token`, so it must be refused, not answered with that other rollout's result.
-#[test]
-fn reused_token_of_another_rollout_is_refused() -> anyhow::Result<()> {
-    let (fleet, highest) = fleet_restored_after(&[("2.0.0", "host-1"), ("2.0.1", "host-1")])?;
-    stale_order_is_refused(&fleet, highest)
 }
