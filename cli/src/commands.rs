@@ -344,7 +344,18 @@ async fn list(url: &Target, format: OutputFormat) -> anyhow::Result<Finish> {
     let resp = coord.list_rollouts().await?;
     emit_as(
         format,
-        || render::rollouts_table(&resp.rollouts, now_ms()).join("\n"),
+        || {
+            let mut lines = render::rollouts_table(&resp.rollouts, now_ms());
+            // A rollout the coordinator cannot read: the others are listed, this one named
+            // (the text is escaped on output).
+            lines.extend(
+                resp.rollouts
+                    .iter()
+                    .filter(|r| !r.unreadable.is_empty())
+                    .map(|r| format!("{}: cannot be read: {}", r.id, r.unreadable)),
+            );
+            lines.join("\n")
+        },
         || json::list_rollouts(&resp),
     )?;
     Ok(Finish::Success)

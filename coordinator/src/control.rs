@@ -370,6 +370,7 @@ pub async fn resolve_id(ctx: &Arc<Ctx>, id: &str) -> Result<String, ControlError
     let mut etcd = ctx.etcd.clone();
     store::list_rollouts(&mut etcd, &ctx.keys)
         .await?
+        .records
         .into_iter()
         .next()
         .map(|r| r.id)
@@ -488,23 +489,43 @@ pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
         on_failure: r.spec.strategy.on_failure.to_string(),
         group_by: label,
         staged: view.staged.values().filter(|s| s.ok).count() as u32,
+        unreadable: String::new(),
     }
 }
 
-/// Every rollout, newest first.
+/// Every rollout, newest first; one that cannot be read is listed as `unreadable`, naming the
+/// key, and the others as usual (S9: one bad record degrades one rollout).
 pub async fn list(ctx: &Arc<Ctx>) -> Result<Vec<pb::RolloutStatus>, ControlError> {
     let mut etcd = ctx.etcd.clone();
     let fleet = store::read_fleet(&mut etcd, &ctx.keys).await?;
+    let all = store::list_rollouts(&mut etcd, &ctx.keys).await?;
     let mut out = Vec::new();
-    for r in store::list_rollouts(&mut etcd, &ctx.keys).await? {
-        if let Some(view) = store::read_rollout(&mut etcd, &ctx.keys, &r.id, fleet.revision).await?
-        {
-            let mut s = render(&view, &fleet);
-            s.hosts.clear();
-            out.push(s);
+    for r in all.records {
+        match store::read_rollout(&mut etcd, &ctx.keys, &r.id, fleet.revision).await {
+            Ok(Some(view)) => {
+                let mut s = render(&view, &fleet);
+                s.hosts.clear();
+                out.push(s);
+            }
+            Ok(None) => {}
+            Err(e @ StoreError::Corrupt { .. }) => out.push(unreadable(&r.id, &e)),
+            Err(e) => return Err(e.into()),
         }
     }
+    out.extend(all.unreadable.iter().map(|(id, e)| unreadable(id, e)));
     Ok(out)
+}
+
+/// The list entry of a rollout that cannot be read.
+fn unreadable(id: &str, e: &StoreError) -> pb::RolloutStatus {
+    tracing::warn!(rollout = %rollgate_proto::text::printable(id), "listing rollout as unreadable: {e}");
+    pb::RolloutStatus {
+        id: id.to_string(),
+        phase: "unreadable".into(),
+        reason: e.to_string(),
+        unreadable: e.to_string(),
+        ..Default::default()
+    }
 }
 
 /// An operator's phase change.

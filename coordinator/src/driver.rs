@@ -3,8 +3,9 @@
 //! comes due), asks the planner what to do, and carries the decisions out as transactions
 //! fenced by the leader's election key (S3). A restart re-derives everything from etcd.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{Compare, CompareOp, LeaderKey, PutOptions, Txn, TxnOp, WatchOptions};
 use tokio_util::sync::CancellationToken;
@@ -12,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::control::{self, ControlError};
 use crate::planner::{self, Plan};
+use crate::sessions::limits::{LogLimit, LOG_EVERY};
 use crate::store::{
     self, decode, encode, now_ms, FleetView, HistoryRecord, HostState, HostStep, Phase,
     RolloutRecord, RolloutView, SlotRecord, StoreError, WaveDone,
@@ -77,8 +79,9 @@ async fn lead(
         Some(WatchOptions::new().with_prefix()),
     )
     .await?;
+    let mut complaints = Complaints::default();
     loop {
-        let wake = drive_once(ctx, leader).await?;
+        let wake = drive_once(ctx, leader, &mut complaints).await?;
         let sleep = wake
             .map(|at| Duration::from_millis((at - now_ms()).max(0) as u64))
             .unwrap_or(IDLE_ROUND)
@@ -95,8 +98,30 @@ async fn lead(
     }
 }
 
+/// What the leader logs about records it cannot read, rate-limited per rollout (or per fleet
+/// record): every round meets them again until an operator repairs them.
+#[derive(Debug, Default)]
+struct Complaints(BTreeMap<String, LogLimit>);
+
+impl Complaints {
+    fn warn(&mut self, about: &str, what: impl std::fmt::Display) {
+        let limit = self
+            .0
+            .entry(about.to_string())
+            .or_insert_with(|| LogLimit::new(LOG_EVERY, 1));
+        if let Some(held_back) = limit.admit(Instant::now()) {
+            warn!(held_back, "{what}");
+        }
+    }
+}
+
 /// One planning round over every active rollout; returns when the planner wants to run again.
-async fn drive_once(ctx: &Arc<Ctx>, leader: &LeaderKey) -> Result<Option<i64>, StoreError> {
+/// A rollout that cannot be read (or planned) is skipped and logged; the others go on (S9).
+async fn drive_once(
+    ctx: &Arc<Ctx>,
+    leader: &LeaderKey,
+    complaints: &mut Complaints,
+) -> Result<Option<i64>, StoreError> {
     // One read-only transaction for everything but the rollouts: a freed slot is handed on
     // after this, one read per active rollout, and the grant itself.
     let mut etcd = ctx.etcd.clone();
@@ -108,18 +133,33 @@ async fn drive_once(ctx: &Arc<Ctx>, leader: &LeaderKey) -> Result<Option<i64>, S
         });
     }
     let fleet = round.fleet;
+    for e in &fleet.unreadable {
+        complaints.warn(e, format_args!("left out of planning: {e}"));
+    }
     // The token counter as read, then as this round's grants move it.
     let mut token = round.token;
     let mut wake: Option<i64> = None;
     for rid in round.active {
-        let Some(view) = store::read_rollout(&mut etcd, &ctx.keys, &rid, fleet.revision).await?
-        else {
-            continue;
+        let view = match store::read_rollout(&mut etcd, &ctx.keys, &rid, fleet.revision).await {
+            Ok(Some(view)) => view,
+            Ok(None) => continue,
+            Err(e @ StoreError::Corrupt { .. }) => {
+                let what = format_args!(
+                    "rollout {rid}: cannot read it, skipping it (the other rollouts go on): \
+                     {e}; repair or delete that key"
+                );
+                complaints.warn(&rid, what);
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         match drive_rollout(ctx, leader, &fleet, &view, &mut token).await {
             Ok(Some(at)) => wake = Some(wake.map_or(at, |w: i64| w.min(at))),
             Ok(None) => {}
-            Err(e) => warn!(rollout = %rid, "planning round failed: {e}"),
+            Err(e) => complaints.warn(
+                &rid,
+                format_args!("rollout {rid}: planning round failed: {e}"),
+            ),
         }
     }
     Ok(wake)

@@ -33,6 +33,10 @@ impl From<ControlError> for Status {
             }
             ControlError::NotFound(_) => Status::not_found(e.to_string()),
             ControlError::Conflict(_) => Status::failed_precondition(e.to_string()),
+            // One unreadable record: retrying will not help, repairing that key will.
+            ControlError::Store(crate::store::StoreError::Corrupt { .. }) => Status::data_loss(
+                format!("{e}; only this rollout is affected: repair or delete that key"),
+            ),
             ControlError::Store(_) => Status::unavailable(format!(
                 "{e}; the coordinator cannot reach etcd right now, nothing was changed; retry"
             )),

@@ -8,20 +8,25 @@ use std::sync::{Arc, Mutex};
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use rand::Rng;
+use rollgate_proto::names::{self, RolloutId};
+use rollgate_proto::pb;
+use rollgate_proto::text::printable;
 use rollgate_proto::tls::Identity;
-use rollgate_proto::{names, pb};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::store::{
-    self, decode, encode, now_ms, HostRecord, HostState, HostStep, ServiceState, SessionRecord,
-    SlotRecord, StageRecord, StoreError,
+    self, decode, encode, now_ms, HostRecord, HostState, HostStep, RolloutRecord, ServiceState,
+    SessionRecord, SlotRecord, StageRecord, StoreError,
 };
 use crate::Ctx;
 
+pub mod limits;
 mod orders;
+
+use limits::{bounded, LogLimit, MAX_DETAIL, MAX_VERSION};
 
 pub use orders::dispatch_orders;
 use orders::{reattach, send_stage};
@@ -163,6 +168,7 @@ pub async fn serve(
             host: host.clone(),
             conn_id: conn_id.clone(),
             record: HostRecord::default(),
+            refusals: LogLimit::default(),
         };
         // Before the session exists (no grant can reach this host until then), so that a
         // grant after an etcd restore is never below a token the host has acted on.
@@ -183,7 +189,7 @@ pub async fn serve(
             },
         );
         info!(
-            agent_version = %hello.agent_version,
+            agent_version = %printable(&hello.agent_version),
             highest_token = hello.highest_token,
             "agent connected"
         );
@@ -305,6 +311,8 @@ struct Session {
     /// This replica writes the host record while it holds the stream; kept here to update it
     /// without a read.
     record: HostRecord,
+    /// Refused messages are logged, but a host sending nothing else cannot flood the log.
+    refusals: LogLimit,
 }
 
 impl Session {
@@ -364,7 +372,10 @@ impl Session {
             if let Some(s) = services.get_mut(&p.service) {
                 if s.in_flight_token == 0 {
                     s.in_flight_token = p.token;
-                    s.in_flight_rollout = p.rollout_id.clone();
+                    // Stored, so only a rollout id (the token alone marks it out of service).
+                    if RolloutId::parse(&p.rollout_id).is_ok() {
+                        s.in_flight_rollout = p.rollout_id.clone();
+                    }
                 }
             }
         }
@@ -432,43 +443,82 @@ impl Session {
                 return Ok(());
             }
         }
-        info!(service = %s.service, version = %s.version, health = s.health().word(), detail = %s.detail, in_flight_token = s.in_flight_token, "service status");
+        info!(service = %printable(&s.service), version = %printable(&s.version), health = s.health().word(), detail = %printable(&s.detail), in_flight_token = s.in_flight_token, "service status");
         self.record.services.insert(s.service.clone(), state);
         self.record.last_seen_ms = now_ms();
         self.put_record().await
     }
 
-    async fn staged(&self, s: &pb::StageResult) -> Result<(), StoreError> {
+    /// Logs (rate-limited, naming the host: the session span carries it) a message refused
+    /// because of the rollout id it names.
+    fn refused(&mut self, what: &str, rollout_id: &str, why: &str) {
+        if let Some(held_back) = self.refusals.admit(std::time::Instant::now()) {
+            warn!(
+                rollout = %printable(&bounded(rollout_id, 128)),
+                held_back,
+                "refused this host's {what}: {why}; nothing was recorded"
+            );
+        }
+    }
+
+    /// The rollout id a host sent, if it is one (S9: grammar before it comes near a key).
+    fn rollout_id(&mut self, what: &str, raw: &str) -> Option<RolloutId> {
+        let id = RolloutId::parse(raw).ok();
+        if id.is_none() {
+            self.refused(what, raw, "not a rollout id ('r-' and 16 hex digits)");
+        }
+        id
+    }
+
+    async fn staged(&mut self, s: &pb::StageResult) -> Result<(), StoreError> {
+        const WHAT: &str = "stage report";
+        let Some(rid) = self.rollout_id(WHAT, &s.rollout_id) else {
+            return Ok(());
+        };
+        // Ownership: the rollout exists and targets this host.
+        let rollout_key = self.ctx.keys.rollout(rid.as_str());
+        let resp = self.ctx.etcd.clone().get(rollout_key.clone(), None).await?;
+        let targeted = match resp.kvs().first().map(decode::<RolloutRecord>) {
+            None => Err("no such rollout"),
+            Some(Err(e)) => {
+                warn!(rollout = %rid, "cannot check a stage report: {e}");
+                return Ok(());
+            }
+            Some(Ok(r)) if !r.targets.contains(&self.host) => {
+                Err("that rollout does not target this host")
+            }
+            Some(Ok(_)) => Ok(()),
+        };
+        if let Err(why) = targeted {
+            self.refused(WHAT, rid.as_str(), why);
+            return Ok(());
+        }
+        let reason = bounded(&s.reason, MAX_DETAIL);
         if s.ok {
-            info!(rollout = %s.rollout_id, service = %s.service, "release staged");
+            info!(rollout = %rid, service = %printable(&s.service), "release staged");
         } else {
-            warn!(rollout = %s.rollout_id, service = %s.service, reason = %s.reason, "cannot stage the release");
+            warn!(rollout = %rid, service = %printable(&s.service), reason = %printable(&reason), "cannot stage the release");
         }
         let rec = StageRecord {
             ok: s.ok,
-            reason: s.reason.clone(),
+            reason,
             at_ms: now_ms(),
         };
-        let key = self.ctx.keys.staged(&s.rollout_id, &self.host);
-        // Only for a rollout that exists (a confused agent must not create stray keys).
+        let key = self.ctx.keys.staged(rid.as_str(), &self.host);
         let txn = Txn::new()
-            .when(vec![Compare::version(
-                self.ctx.keys.rollout(&s.rollout_id),
-                CompareOp::Greater,
-                0,
-            )])
+            .when(vec![Compare::version(rollout_key, CompareOp::Greater, 0)])
             .and_then(vec![TxnOp::put(key, encode(&rec), None)]);
         self.ctx.etcd.clone().txn(txn).await?;
         Ok(())
     }
 
     /// Reads this host's step in a rollout with its key's mod revision.
-    async fn step(&self, rid: &str) -> Result<Option<(HostStep, i64)>, StoreError> {
+    async fn step(&self, rid: &RolloutId) -> Result<Option<(HostStep, i64)>, StoreError> {
         let resp = self
             .ctx
             .etcd
             .clone()
-            .get(self.ctx.keys.step(rid, &self.host), None)
+            .get(self.ctx.keys.step(rid.as_str(), &self.host), None)
             .await?;
         resp.kvs()
             .first()
@@ -477,17 +527,22 @@ impl Session {
     }
 
     async fn progress(&mut self, p: &pb::OrderProgress) -> Result<(), StoreError> {
-        let Some((mut step, rev)) = self.step(&p.rollout_id).await? else {
+        let Some(rid) = self.rollout_id("progress report", &p.rollout_id) else {
+            return Ok(());
+        };
+        // Ownership: only this host's step, and only the grant it holds.
+        let Some((mut step, rev)) = self.step(&rid).await? else {
             return Ok(());
         };
         if step.state != HostState::Updating || step.token != p.token {
             return Ok(());
         }
-        debug!(rollout = %p.rollout_id, token = p.token, step = p.step().word(), message = %p.message, "progress");
+        let message = bounded(&p.message, MAX_DETAIL);
+        debug!(rollout = %rid, token = p.token, step = p.step().word(), message = %printable(&message), "progress");
         step.step = p.step().word().to_string();
-        step.message = p.message.clone();
+        step.message = message;
         step.updated_at_ms = now_ms();
-        let key = self.ctx.keys.step(&p.rollout_id, &self.host);
+        let key = self.ctx.keys.step(rid.as_str(), &self.host);
         let txn = Txn::new()
             .when(vec![Compare::mod_revision(
                 key.clone(),
@@ -508,16 +563,22 @@ impl Session {
         r: &pb::OrderResult,
         replay: Replay,
     ) -> Result<(), StoreError> {
+        let Some(rid) = self.rollout_id("order result", &r.rollout_id) else {
+            return Ok(());
+        };
         let keys = &self.ctx.keys;
         let mut etcd = self.ctx.etcd.clone();
-        let Some((step, step_rev)) = self.step(&r.rollout_id).await? else {
-            debug!(rollout = %r.rollout_id, token = r.token, "result for a rollout this host has no step in; ignored");
+        // Ownership: only this host's step, and only the grant it holds.
+        let Some((step, step_rev)) = self.step(&rid).await? else {
+            debug!(rollout = %rid, token = r.token, "result for a rollout this host has no step in; ignored");
             return Ok(());
         };
         if step.state != HostState::Updating || step.token != r.token {
-            debug!(rollout = %r.rollout_id, token = r.token, step_token = step.token, state = %step.state, "stale or repeated result ignored");
+            debug!(rollout = %rid, token = r.token, step_token = step.token, state = %step.state, "stale or repeated result ignored");
             return Ok(());
         }
+        let reason = bounded(&r.reason, MAX_DETAIL);
+        let running_version = bounded(&r.running_version, MAX_VERSION);
         let health = r.health();
         let state = match r.outcome() {
             pb::Outcome::Succeeded => HostState::Done,
@@ -526,7 +587,7 @@ impl Session {
                 HostState::Failed
             }
         };
-        let resp = etcd.get(keys.rollout(&r.rollout_id), None).await?;
+        let resp = etcd.get(keys.rollout(rid.as_str()), None).await?;
         let service_version = match resp.kvs().first() {
             Some(kv) => {
                 let rec: crate::store::RolloutRecord = decode(kv)?;
@@ -541,8 +602,8 @@ impl Session {
             granted_at_ms: step.granted_at_ms,
             step: String::new(),
             message: String::new(),
-            reason: r.reason.clone(),
-            running_version: r.running_version.clone(),
+            reason: reason.clone(),
+            running_version: running_version.clone(),
             updated_at_ms: now_ms(),
         };
         let prev = self
@@ -555,8 +616,8 @@ impl Session {
             self.record.services.insert(
                 service.clone(),
                 ServiceState {
-                    version: r.running_version.clone(),
-                    sha256: if r.running_version == release.version {
+                    version: running_version.clone(),
+                    sha256: if running_version == release.version {
                         release.sha256.clone()
                     } else {
                         prev.sha256
@@ -565,7 +626,7 @@ impl Session {
                     detail: if state == HostState::Done {
                         String::new()
                     } else {
-                        r.reason.clone()
+                        reason.clone()
                     },
                     in_flight_token: 0,
                     in_flight_rollout: String::new(),
@@ -574,7 +635,7 @@ impl Session {
             );
         }
         self.record.last_seen_ms = now_ms();
-        let step_key = keys.step(&r.rollout_id, &self.host);
+        let step_key = keys.step(rid.as_str(), &self.host);
         let mut compares = vec![
             Compare::mod_revision(step_key.clone(), CompareOp::Equal, step_rev),
             self.mine(),
@@ -607,15 +668,15 @@ impl Session {
             let outcome = r.outcome().word();
             match (state, health) {
                 (HostState::Done, _) => {
-                    info!(rollout = %r.rollout_id, token = r.token, version = %r.running_version, "host updated and healthy")
+                    info!(rollout = %rid, token = r.token, version = %printable(&running_version), "host updated and healthy")
                 }
                 (_, pb::Health::Healthy) | (_, pb::Health::Stopped)
                     if r.outcome() != pb::Outcome::Failed =>
                 {
-                    warn!(rollout = %r.rollout_id, token = r.token, %outcome, reason = %r.reason, "update failed; host is back on {:?}", r.running_version)
+                    warn!(rollout = %rid, token = r.token, %outcome, reason = %printable(&reason), "update failed; host is back on {}", printable(&running_version))
                 }
                 _ => {
-                    warn!(rollout = %r.rollout_id, token = r.token, %outcome, reason = %r.reason, "update failed and the host is not healthy; it counts as unavailable until it reports healthy or an operator fences it")
+                    warn!(rollout = %rid, token = r.token, %outcome, reason = %printable(&reason), "update failed and the host is not healthy; it counts as unavailable until it reports healthy or an operator fences it")
                 }
             }
         }
@@ -624,15 +685,26 @@ impl Session {
 
     /// After a (re)connect: re-attaches grants whose slot vanished with an old replica (the
     /// agent may still be working on them), re-sends orders, and stage orders still due.
-    async fn catch_up(&self, hello: &pb::Hello) -> Result<(), StoreError> {
-        let keys = &self.ctx.keys;
-        let mut etcd = self.ctx.etcd.clone();
+    async fn catch_up(&mut self, hello: &pb::Hello) -> Result<(), StoreError> {
+        let ctx = self.ctx.clone();
+        let keys = &ctx.keys;
+        let mut etcd = ctx.etcd.clone();
         for rid in store::active_rollouts(&mut etcd, keys).await? {
-            let resp = etcd.get(keys.rollout(&rid), None).await?;
+            let Ok(rid) = RolloutId::parse(&rid) else {
+                continue;
+            };
+            let resp = etcd.get(keys.rollout(rid.as_str()), None).await?;
             let Some(kv) = resp.kvs().first() else {
                 continue;
             };
-            let rollout: crate::store::RolloutRecord = decode(kv)?;
+            // One rollout that cannot be read does not keep this host from the others.
+            let rollout: RolloutRecord = match decode(kv) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(rollout = %rid, "skipping this rollout in the catch-up: {e}");
+                    continue;
+                }
+            };
             if !rollout.targets.contains(&self.host) {
                 continue;
             }
@@ -642,7 +714,7 @@ impl Session {
                 }
             }
             if rollout.spec.strategy.stage_first && !rollout.phase.is_terminal() {
-                let staged_key = keys.staged(&rid, &self.host);
+                let staged_key = keys.staged(rid.as_str(), &self.host);
                 let done = etcd.get(staged_key, None).await?;
                 let ok = done
                     .kvs()
@@ -655,7 +727,7 @@ impl Session {
                 });
                 if have && !ok {
                     self.staged(&pb::StageResult {
-                        rollout_id: rid.clone(),
+                        rollout_id: rid.to_string(),
                         service: rollout.spec.service.clone(),
                         sha256: rollout.spec.release.sha256.clone(),
                         ok: true,

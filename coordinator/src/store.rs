@@ -26,8 +26,8 @@ use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use etcd_client::KeyValue;
-use rollgate_proto::pb;
 use rollgate_proto::spec::{ReleaseSpec, RolloutSpec, SignatureSpec};
+use rollgate_proto::{names, pb};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use thiserror::Error;
 
@@ -35,7 +35,7 @@ mod read;
 
 pub use read::{
     active_rollouts, history, list_rollouts, read_fleet, read_rollout, read_round, FleetView,
-    RolloutView, RoundView,
+    RolloutList, RolloutView, RoundView,
 };
 
 /// A failure talking to etcd or reading what is stored there.
@@ -96,7 +96,7 @@ impl Keys {
     }
     /// One host's durable record.
     pub fn host(&self, id: &str) -> String {
-        format!("{}hosts/{id}", self.prefix)
+        format!("{}hosts/{}", self.prefix, seg(id))
     }
     /// Prefix of all live sessions.
     pub fn sessions(&self) -> String {
@@ -104,7 +104,7 @@ impl Keys {
     }
     /// One host's liveness key.
     pub fn session(&self, id: &str) -> String {
-        format!("{}sessions/{id}", self.prefix)
+        format!("{}sessions/{}", self.prefix, seg(id))
     }
     /// Prefix of all rollouts (records, host steps and slots).
     pub fn rollouts(&self) -> String {
@@ -112,19 +112,19 @@ impl Keys {
     }
     /// A rollout's record.
     pub fn rollout(&self, rid: &str) -> String {
-        format!("{}rollouts/{rid}", self.prefix)
+        format!("{}rollouts/{}", self.prefix, seg(rid))
     }
     /// Prefix of a rollout's host steps.
     pub fn steps(&self, rid: &str) -> String {
-        format!("{}rollouts/{rid}/hosts/", self.prefix)
+        format!("{}rollouts/{}/hosts/", self.prefix, seg(rid))
     }
     /// One host's step in a rollout.
     pub fn step(&self, rid: &str, host: &str) -> String {
-        format!("{}rollouts/{rid}/hosts/{host}", self.prefix)
+        format!("{}rollouts/{}/hosts/{}", self.prefix, seg(rid), seg(host))
     }
     /// A host's staging report in a rollout.
     pub fn staged(&self, rid: &str, host: &str) -> String {
-        format!("{}rollouts/{rid}/staged/{host}", self.prefix)
+        format!("{}rollouts/{}/staged/{}", self.prefix, seg(rid), seg(host))
     }
     /// Prefix of all slots.
     pub fn all_slots(&self) -> String {
@@ -132,11 +132,11 @@ impl Keys {
     }
     /// Prefix of a service's slots.
     pub fn slots(&self, service: &str) -> String {
-        format!("{}slots/{service}/", self.prefix)
+        format!("{}slots/{}/", self.prefix, seg(service))
     }
     /// One host's slot for a service.
     pub fn slot(&self, service: &str, host: &str) -> String {
-        format!("{}slots/{service}/{host}", self.prefix)
+        format!("{}slots/{}/{}", self.prefix, seg(service), seg(host))
     }
     /// The fencing-token counter.
     pub fn token(&self) -> String {
@@ -144,13 +144,15 @@ impl Keys {
     }
     /// Prefix of a service's release history.
     pub fn history(&self, service: &str) -> String {
-        format!("{}services/{service}/history/", self.prefix)
+        format!("{}services/{}/history/", self.prefix, seg(service))
     }
     /// One history entry (keys sort by time).
     pub fn history_entry(&self, service: &str, at_ms: i64, rid: &str) -> String {
         format!(
-            "{}services/{service}/history/{at_ms:015}-{rid}",
-            self.prefix
+            "{}services/{}/history/{at_ms:015}-{}",
+            self.prefix,
+            seg(service),
+            seg(rid)
         )
     }
     /// Prefix of the active-rollout markers.
@@ -159,28 +161,42 @@ impl Keys {
     }
     /// The one active rollout of a service.
     pub fn active(&self, service: &str) -> String {
-        format!("{}services/{service}/active", self.prefix)
+        format!("{}services/{}/active", self.prefix, seg(service))
     }
     /// A live replica's address (bound to its lease).
     pub fn replica(&self, id: &str) -> String {
-        format!("{}replicas/{id}", self.prefix)
+        format!("{}replicas/{}", self.prefix, seg(id))
     }
     /// An artifact's metadata.
     pub fn artifact(&self, sha256: &str) -> String {
-        format!("{}artifacts/{sha256}", self.prefix)
+        format!("{}artifacts/{}", self.prefix, seg(sha256))
     }
 
     /// Splits a key under `rollouts/` into (rollout id, kind, host): kind is "" for the rollout
-    /// record, "hosts" or "staged".
+    /// record, "hosts" or "staged". A host part that is not a host id (a key rollgate never
+    /// writes, e.g. `hosts/h/staged/h` written by an older version for a hostile host) is
+    /// `None`: never read as a step.
     pub fn parse_rollout_key<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str, &'k str)> {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix("rollouts/")?;
         let mut parts = rest.splitn(3, '/');
         let rid = parts.next()?;
         match (parts.next(), parts.next()) {
             (None, _) => Some((rid, "", "")),
-            (Some(kind), Some(host)) => Some((rid, kind, host)),
+            (Some(kind), Some(host)) if names::check("host id", host).is_ok() => {
+                Some((rid, kind, host))
+            }
             _ => None,
         }
+    }
+}
+
+/// One key segment: ids are validated before they get here (S9); escaping '/' (and '%') as
+/// well means even an id that slipped through can never add a level to the key schema.
+fn seg(id: &str) -> std::borrow::Cow<'_, str> {
+    if id.contains(['/', '%']) {
+        id.replace('%', "%25").replace('/', "%2F").into()
+    } else {
+        id.into()
     }
 }
 
@@ -625,6 +641,25 @@ mod tests {
             Some(("r1", "hosts", "web-1"))
         );
         assert_eq!(k.parse_rollout_key("/rollgate/hosts/web-1"), None);
+        assert_eq!(
+            k.parse_rollout_key("/rollgate/rollouts/r1/hosts/h/staged/h"),
+            None
+        );
         assert_eq!(k.parse_rollout_key("/rollgate/rollouts/r1/staged"), None);
+    }
+
+    #[test]
+    fn ids_never_add_a_key_level() {
+        let k = Keys::new("/rollgate/");
+        let rid = "r-0123456789abcdef/hosts/web-1";
+        assert_eq!(
+            k.staged(rid, "web-1"),
+            "/rollgate/rollouts/r-0123456789abcdef%2Fhosts%2Fweb-1/staged/web-1"
+        );
+        assert_eq!(k.host("a/b%c"), "/rollgate/hosts/a%2Fb%25c");
+        assert_eq!(
+            k.step("r-a1b2c3", "web-1"),
+            "/rollgate/rollouts/r-a1b2c3/hosts/web-1"
+        );
     }
 }

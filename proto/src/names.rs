@@ -1,4 +1,7 @@
-//! Validation of names that become etcd keys and file names: host ids, service names, versions.
+//! Validation of names that become etcd keys and file names: host ids, service names, versions,
+//! rollout ids.
+
+use std::fmt;
 
 use thiserror::Error;
 
@@ -54,6 +57,44 @@ pub fn check_sha256(value: &str) -> Result<(), InvalidName> {
     }
 }
 
+/// A rollout id as rollgate generates them: `r-` and 16 lowercase hex digits (64 random bits),
+/// or 6 for ids made before 64-bit ids. Anything else a peer sends is not a rollout (S9): it
+/// never becomes part of an etcd key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RolloutId(String);
+
+impl RolloutId {
+    /// Checks the grammar of a rollout id.
+    pub fn parse(value: &str) -> Result<Self, InvalidName> {
+        let hex = value.strip_prefix("r-").unwrap_or("");
+        let digits = hex.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'));
+        if digits && matches!(hex.len(), 6 | 16) {
+            return Ok(RolloutId(value.to_string()));
+        }
+        Err(InvalidName {
+            what: "rollout id",
+            value: value.to_string(),
+            why: "rollout ids are 'r-' and 16 (or, for old ones, 6) lowercase hex digits",
+        })
+    }
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RolloutId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for RolloutId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +116,28 @@ mod tests {
             &"x".repeat(129),
         ] {
             assert!(check("x", bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn rollout_ids() {
+        for ok in ["r-0123456789abcdef", "r-a1b2c3"] {
+            assert_eq!(
+                RolloutId::parse(ok).map(|r| r.to_string()),
+                Ok(ok.to_string())
+            );
+        }
+        for bad in [
+            "",
+            "r-",
+            "r-a1b2c3/hosts/web-1",
+            "r-0123456789abcdef/hosts/h",
+            "r-0123456789ABCDEF",
+            "r-0123456789abcde",
+            "x-0123456789abcdef",
+            "r-../../x",
+        ] {
+            assert!(RolloutId::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }
 

@@ -33,6 +33,9 @@ pub struct FleetView {
     pub slots: BTreeMap<(String, String), SlotRecord>,
     /// The revision all of this was read at.
     pub revision: i64,
+    /// Records under `hosts/` or `slots/` that could not be read (each error names its key):
+    /// left out, so one bad record degrades one host, not every read of the fleet.
+    pub unreadable: Vec<String>,
 }
 
 impl FleetView {
@@ -99,10 +102,13 @@ pub async fn read_round(
         .collect();
     let kvs = |i: usize| gets.get(i).map(|g| g.kvs()).unwrap_or_default();
 
+    let mut unreadable = Vec::new();
     let mut hosts = BTreeMap::new();
     for kv in kvs(0) {
-        let rec: HostRecord = decode(kv)?;
-        hosts.insert(rec.host_id.clone(), rec);
+        match decode::<HostRecord>(kv) {
+            Ok(rec) => _ = hosts.insert(rec.host_id.clone(), rec),
+            Err(e) => unreadable.push(e.to_string()),
+        }
     }
     let sp = keys.sessions();
     let connected = kvs(1)
@@ -116,8 +122,10 @@ pub async fn read_round(
         .collect();
     let mut slots = BTreeMap::new();
     for kv in kvs(2) {
-        let rec: SlotRecord = decode(kv)?;
-        slots.insert((rec.service.clone(), rec.host_id.clone()), rec);
+        match decode::<SlotRecord>(kv) {
+            Ok(rec) => _ = slots.insert((rec.service.clone(), rec.host_id.clone()), rec),
+            Err(e) => unreadable.push(e.to_string()),
+        }
     }
     let active = active_from(kvs(3));
     let token = match kvs(4).first() {
@@ -131,6 +139,7 @@ pub async fn read_round(
             connected,
             slots,
             revision,
+            unreadable,
         },
         active,
         token,
@@ -177,22 +186,33 @@ pub async fn read_rollout(
     }))
 }
 
-/// Every rollout, newest first.
-pub async fn list_rollouts(
-    client: &mut Client,
-    keys: &Keys,
-) -> Result<Vec<RolloutRecord>, StoreError> {
+/// Every rollout record, and the ones that cannot be read.
+#[derive(Debug, Default)]
+pub struct RolloutList {
+    /// Readable records, newest first.
+    pub records: Vec<RolloutRecord>,
+    /// Rollouts whose record cannot be read: (id from the key, error naming the key).
+    pub unreadable: Vec<(String, StoreError)>,
+}
+
+/// Every rollout, newest first; a record that cannot be read is set aside, not an error for
+/// every rollout (S9).
+pub async fn list_rollouts(client: &mut Client, keys: &Keys) -> Result<RolloutList, StoreError> {
     let resp = client
         .get(keys.rollouts(), Some(GetOptions::new().with_prefix()))
         .await?;
-    let mut out = Vec::new();
+    let mut out = RolloutList::default();
     for kv in resp.kvs() {
         let Ok(key) = kv.key_str() else { continue };
-        if let Some((_, "", _)) = keys.parse_rollout_key(key) {
-            out.push(decode::<RolloutRecord>(kv)?);
+        if let Some((rid, "", _)) = keys.parse_rollout_key(key) {
+            match decode::<RolloutRecord>(kv) {
+                Ok(r) => out.records.push(r),
+                Err(e) => out.unreadable.push((rid.to_string(), e)),
+            }
         }
     }
-    out.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(b.id.cmp(&a.id)));
+    out.records
+        .sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(b.id.cmp(&a.id)));
     Ok(out)
 }
 
