@@ -9,6 +9,11 @@ use rollgate_proto::signing::PublicKey;
 use serde::Deserialize;
 use thiserror::Error;
 
+mod release_rules;
+pub use release_rules::{
+    SourceRefusal, SourceRules, DEFAULT_ROLLBACK_WINDOW, MAX_ROLLBACK_WINDOW, STORE_SOURCE,
+};
+
 /// Default heartbeat interval until the coordinator's `Welcome` says otherwise.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default grace between SIGTERM and SIGKILL when stopping a service.
@@ -88,9 +93,14 @@ fn field_err(field: impl Into<String>, problem: impl Into<String>) -> ConfigErro
 /// key = "/etc/rollgate/pki/host-web-1.key"
 /// # insecure_plaintext = true             # development only: http:// URLs, no TLS
 /// max_artifact_bytes = 4294967296         # refuse releases declaring more bytes (4 GiB)
+/// rollback_window = 1                     # a rollback goes back at most this many releases
+/// allowed_sources = ["store:"]            # default; add "https://artifacts.example/rel/"
+/// file_source_dirs = []                   # file:// sources only under these dirs
 /// [signing]                               # signed releases, see deploy/SIGNING.md
 /// required = true                         # refuse releases without a valid signature
 /// keys = ["/etc/rollgate/release.pub"]    # pinned ed25519 public keys (PEM); any may sign
+/// # fleet = "prod"                        # default: the fleet of this host's certificate
+/// # env = "production"                    # also accept signatures made with --env production
 /// [labels]
 /// site = "a"
 /// [[services]]
@@ -172,6 +182,11 @@ pub struct Config {
     pub max_artifact_bytes: u64,
     /// `[signing]`: the fleet-wide signing keys and whether a signature is required.
     pub signing: SigningConfig,
+    /// How many releases back an explicit rollback may go (1: only to the one run
+    /// immediately before the current one).
+    pub rollback_window: u32,
+    /// Where releases may be fetched from (`allowed_sources`, `file_source_dirs`).
+    pub sources: SourceRules,
 }
 
 /// `[signing]`: who may sign releases for this host.
@@ -184,6 +199,9 @@ pub struct SigningConfig {
     /// false` a release that carries a signature must still verify against them (a way to
     /// turn signing on gradually); unsigned ones are accepted.
     pub keys: Vec<PublicKey>,
+    /// The fleet (and environment) signatures must name: `fleet`/`env`, or the fleet of the
+    /// host's certificate. Empty fleet only when no keys are pinned.
+    pub scope: rollgate_proto::signing::Scope,
 }
 
 /// How one service runs on this host.
@@ -468,6 +486,10 @@ struct RawConfig {
     #[serde(default)]
     tls: rollgate_proto::tls::TlsConfig,
     max_artifact_bytes: Option<u64>,
+    rollback_window: Option<u32>,
+    allowed_sources: Option<Vec<String>>,
+    #[serde(default)]
+    file_source_dirs: Vec<PathBuf>,
     #[serde(default)]
     signing: RawSigning,
 }
@@ -479,6 +501,8 @@ struct RawSigning {
     required: bool,
     #[serde(default)]
     keys: Vec<PathBuf>,
+    fleet: Option<String>,
+    env: Option<String>,
 }
 
 /// Loads the pinned public keys `paths` (field `field`); the error names the file and the fix.
@@ -616,10 +640,13 @@ impl RawConfig {
             Some(n) => n,
             None => DEFAULT_MAX_ARTIFACT_BYTES,
         };
-        let signing = SigningConfig {
+        let mut signing = SigningConfig {
             required: self.signing.required,
             keys: load_keys("signing.keys", &self.signing.keys)?,
+            scope: Default::default(),
         };
+        let rollback_window = release_rules::rollback_window(self.rollback_window)?;
+        let sources = release_rules::source_rules(self.allowed_sources, self.file_source_dirs)?;
         if signing.required && signing.keys.is_empty() {
             return Err(field_err(
                 "signing.keys",
@@ -644,6 +671,14 @@ impl RawConfig {
             }
             services.push(svc);
         }
+        let any_keys =
+            !signing.keys.is_empty() || services.iter().any(|s| s.signing_keys.is_some());
+        signing.scope = release_rules::signing_scope(
+            self.signing.fleet,
+            self.signing.env,
+            &self.tls,
+            any_keys,
+        )?;
         Ok(Config {
             host_id: self.host_id,
             coordinators,
@@ -654,6 +689,8 @@ impl RawConfig {
             tls: self.tls,
             max_artifact_bytes,
             signing,
+            rollback_window,
+            sources,
         })
     }
 }
@@ -1896,7 +1933,10 @@ SERVICE_KEYS
 
         let keys = format!("[\"{}\"]", pub_path.display());
         let c = Config::parse(&text(
-            &format!("max_artifact_bytes = 1000\n[signing]\nrequired = true\nkeys = {keys}"),
+            &format!(
+                "max_artifact_bytes = 1000\n[signing]\nrequired = true\nkeys = {keys}\n\
+                 fleet = \"prod\"\nenv = \"staging\""
+            ),
             &format!("signing_keys = {keys}"),
         ))
         .expect("valid");
@@ -1904,6 +1944,12 @@ SERVICE_KEYS
         assert!(c.signing.required);
         assert_eq!(c.signing.keys, vec![key.public().clone()]);
         assert_eq!(c.services[0].signing_keys, Some(vec![key.public().clone()]));
+        assert_eq!(
+            c.signing.scope,
+            rollgate_proto::signing::Scope::new("prod", "staging")
+        );
+        assert_eq!(c.rollback_window, DEFAULT_ROLLBACK_WINDOW);
+        assert_eq!(c.sources, SourceRules::default());
     }
 
     #[test]
@@ -1912,6 +1958,8 @@ SERVICE_KEYS
         let key = SigningKey::generate().expect("key");
         let private = dir.path().join("k.key");
         std::fs::write(&private, key.to_pem()).expect("write");
+        let public = dir.path().join("k.pub");
+        std::fs::write(&public, key.public().to_pem()).expect("write");
         let cases = [
             (
                 text("[signing]\nrequired = true", ""),
@@ -1945,6 +1993,24 @@ SERVICE_KEYS
                 text("[signing]\nrequire = true", ""),
                 "require",
                 "unknown field",
+            ),
+            (
+                text(&format!("[signing]\nkeys = [\"{}\"]", public.display()), ""),
+                "`signing.fleet`",
+                "set fleet = \"FLEET\"",
+            ),
+            (
+                text("rollback_window = 0", ""),
+                "`rollback_window`",
+                "must be 1 to",
+            ),
+            (
+                format!(
+                    "allowed_sources = [\"https://x.example\"]\n{}",
+                    BASE.replace("SERVICE_KEYS", "")
+                ),
+                "`allowed_sources[0]`",
+                "ending in",
             ),
         ];
         for (text, field, fix) in cases {

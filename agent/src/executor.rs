@@ -24,7 +24,7 @@ use crate::releases::{DiskError, ServiceDir};
 use crate::service::ServiceUnit;
 use crate::staging::StageJob;
 use crate::status::{self, StatusBoard};
-use crate::trust::Trust;
+use crate::trust::{Past, Trust};
 use crate::update;
 
 /// How many committed releases each service keeps on disk (plus the one before the last update).
@@ -474,7 +474,18 @@ impl Executor {
                 Some(_) if previous_version.is_empty() => last_ran,
                 Some(_) => Some((previous_version.as_str(), previous_sha.as_str())),
             };
-            let ran_before = journal.ran_before(&order.service, &release.version, &release.sha256);
+            let ordered = (release.version.as_str(), release.sha256.as_str());
+            let past = Past {
+                ran_before: journal.ran_before(&order.service, ordered.0, ordered.1),
+                in_window: current.is_some_and(|cur| {
+                    journal.within_rollback_window(
+                        &order.service,
+                        ordered,
+                        cur,
+                        self.trust.rollback_window(),
+                    )
+                }),
+            };
             let checked = self
                 .trust
                 .check_release(&order.service, release, SystemTime::now())
@@ -484,7 +495,7 @@ impl Executor {
                         release,
                         order.rollback,
                         current,
-                        ran_before,
+                        past,
                     )
                 });
             if let Err(reason) = checked {

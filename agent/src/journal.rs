@@ -177,6 +177,9 @@ struct Data {
     ran: BTreeMap<String, Vec<RanRelease>>,
 }
 
+/// Committed releases kept per service: the rollback window's limit, plus the current one.
+pub const RAN_KEPT: usize = crate::config::MAX_ROLLBACK_WINDOW as usize + 1;
+
 /// A release a service ran here (committed to after passing its health checks).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct RanRelease {
@@ -315,30 +318,69 @@ impl Journal {
             .any(|d| *d == crate::releases::ServiceDir::release_dir_name(version, sha256))
     }
 
+    /// Whether release `version` / `sha256` is among the `window` releases `service`
+    /// committed to before `current` (the one it runs now): how far an explicit rollback may
+    /// go back. A journal from before the record is judged by its release dir names.
+    pub fn within_rollback_window(
+        &self,
+        service: &str,
+        (version, sha256): (&str, &str),
+        current: (&str, &str),
+        window: u32,
+    ) -> bool {
+        let window = window as usize;
+        let ran: Vec<(&str, &str)> = self.ran(service).collect();
+        if !ran.is_empty() {
+            let before = match ran.split_last() {
+                Some((last, rest)) if *last == current => rest,
+                _ => &ran[..],
+            };
+            return before
+                .iter()
+                .rev()
+                .take(window)
+                .any(|r| *r == (version, sha256));
+        }
+        let name = |v: &str, s: &str| crate::releases::ServiceDir::release_dir_name(v, s);
+        let history = self.history(service);
+        let before = match history.split_last() {
+            Some((last, rest)) if *last == name(current.0, current.1) => rest,
+            _ => history,
+        };
+        before
+            .iter()
+            .rev()
+            .take(window)
+            .any(|d| *d == name(version, sha256))
+    }
+
     /// Records that `service` committed to release `version` / `sha256` (see
-    /// [`Journal::ran_before`]).
+    /// [`Journal::ran_before`]) as its newest; keeps the newest [`RAN_KEPT`] per service, so
+    /// a rollback can reach only recent releases (the agent's `rollback_window`).
     pub fn record_ran(
         &mut self,
         service: &str,
         version: &str,
         sha256: &str,
     ) -> Result<(), JournalError> {
-        if self
+        let newest = self
             .data
             .ran
             .get(service)
-            .is_some_and(|r| r.iter().any(|x| x.version == version && x.sha256 == sha256))
-        {
+            .and_then(|r| r.last())
+            .is_some_and(|x| x.version == version && x.sha256 == sha256);
+        if newest {
             return Ok(());
         }
         self.change(|d| {
-            d.ran
-                .entry(service.to_string())
-                .or_default()
-                .push(RanRelease {
-                    version: version.to_string(),
-                    sha256: sha256.to_string(),
-                });
+            let ran = d.ran.entry(service.to_string()).or_default();
+            ran.retain(|x| !(x.version == version && x.sha256 == sha256));
+            ran.push(RanRelease {
+                version: version.to_string(),
+                sha256: sha256.to_string(),
+            });
+            let extra = ran.len().saturating_sub(RAN_KEPT);
+            ran.drain(..extra);
         })
     }
 
@@ -531,6 +573,33 @@ mod tests {
             j.ran_before("demo", "1.0.0", &a),
             "what was committed before the record still counts"
         );
+    }
+
+    #[test]
+    fn rollback_window_reaches_only_the_last_releases_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path()).expect("open");
+        let shas: Vec<String> = ["a", "b", "c"].iter().map(|c| c.repeat(64)).collect();
+        let rel = |i: usize| (["0.9.0", "1.0.0", "2.0.0"][i], shas[i].as_str());
+        for i in 0..3 {
+            j.record_ran("demo", rel(i).0, rel(i).1).expect("record");
+        }
+        let cur = rel(2);
+        assert!(j.within_rollback_window("demo", rel(1), cur, 1));
+        assert!(
+            !j.within_rollback_window("demo", rel(0), cur, 1),
+            "two back"
+        );
+        assert!(j.within_rollback_window("demo", rel(0), cur, 2));
+        // Running 0.9.0 again makes it the newest: 2.0.0 is then the one before it.
+        j.record_ran("demo", rel(0).0, rel(0).1).expect("record");
+        assert!(j.within_rollback_window("demo", rel(2), rel(0), 1));
+        assert!(!j.within_rollback_window("demo", rel(1), rel(0), 1));
+        for i in 0..RAN_KEPT + 5 {
+            j.record_ran("demo", &format!("3.0.{i}"), &shas[0])
+                .expect("record");
+        }
+        assert_eq!(j.ran("demo").count(), RAN_KEPT, "bounded");
     }
 
     #[test]

@@ -37,6 +37,7 @@ impl Host {
             r#"host_id = "web-1"
 coordinator = "http://127.0.0.1:1"
 state_dir = "{state}"
+file_source_dirs = ["{artifacts}"]
 [[services]]
 name = "demo"
 backend = "container"
@@ -55,6 +56,7 @@ interval = "100ms"
 timeout = "2s"
 "#,
             state = self.world.state_dir().display(),
+            artifacts = self.world.artifacts_dir().display(),
             socket = self.engine.socket().display(),
             netns = self.engine.netns(),
         );

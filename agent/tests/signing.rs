@@ -13,7 +13,7 @@ use rollgate_agent::executor::{Executor, Outbox};
 use rollgate_agent::fetch::Fetcher;
 use rollgate_agent::Config;
 use rollgate_proto::pb::{self, Outcome};
-use rollgate_proto::signing::{self, Signed, SigningKey};
+use rollgate_proto::signing::{self, Scope, Signed, SigningKey};
 use tokio::sync::watch;
 
 /// The size cap these tests configure (bytes).
@@ -30,7 +30,7 @@ fn signed_world(key: &SigningKey) -> (World, Config) {
             "http://127.0.0.1:1",
             "",
             &format!(
-                "[signing]\nrequired = true\nkeys = [\"{}\"]\n",
+                "[signing]\nrequired = true\nfleet = \"prod\"\nkeys = [\"{}\"]\n",
                 pub_path.display()
             ),
         )
@@ -53,7 +53,7 @@ fn in_an_hour() -> i64 {
 fn sign(key: &SigningKey, mut release: pb::Release, expires_unix: i64) -> pb::Release {
     release.signature = Some(key.sign(&Signed {
         expires_unix,
-        ..Signed::of("demo", &release)
+        ..Signed::of(&Scope::new("prod", ""), "demo", &release)
     }));
     release
 }
@@ -307,6 +307,88 @@ async fn oversized_releases_are_refused_with_nothing_swapped() {
     exec.shutdown().await;
 }
 
+/// The rollback window (default 1): a host that ran 0.9.0, 1.0.0 and 2.0.0 rolls back to
+/// 1.0.0 only, never straight to 0.9.0, although it ran it and it is validly signed.
+#[tokio::test]
+async fn rollback_reaches_only_the_release_run_just_before() {
+    let key = SigningKey::generate().expect("key");
+    let (world, config) = signed_world(&key);
+    let (exec, mut outbox) = start(&config);
+    let v09 = signed(&key, &world, "0.9.0");
+    let v1 = signed(&key, &world, "1.0.0");
+    install(&exec, &mut outbox, order(1, v09.clone(), 100, 5000)).await;
+    install(&exec, &mut outbox, order(2, v1.clone(), 100, 5000)).await;
+    install(
+        &exec,
+        &mut outbox,
+        order(3, signed(&key, &world, "2.0.0"), 100, 5000),
+    )
+    .await;
+    let before = Before::of(&world);
+    let mut o = order(4, v09.clone(), 100, 5000);
+    o.rollback = true;
+    let r = expect_refused(&exec, &mut outbox, o, 4, "rollback_window").await;
+    assert!(r.reason.contains("rollback_window = 1"), "{}", r.reason);
+    before.still_running(&world, "rollback two releases back");
+    let mut o = order(5, v1, 100, 5000);
+    o.rollback = true;
+    assert_eq!(
+        install(&exec, &mut outbox, o).await.running_version,
+        "1.0.0"
+    );
+    exec.shutdown().await;
+}
+
+/// A signature made for another environment of the fleet (`--env staging`) does not install
+/// on a host of `env = "production"`; one made for the whole fleet does.
+#[tokio::test]
+async fn a_staging_signature_does_not_install_in_production() {
+    let key = SigningKey::generate().expect("key");
+    let world = World::new();
+    let pub_path = world.root.path().join("release.pub");
+    std::fs::write(&pub_path, key.public().to_pem()).expect("public key");
+    let text = world.config_text_with(
+        "http://127.0.0.1:1",
+        "",
+        &format!(
+            "[signing]\nrequired = true\nfleet = \"prod\"\nenv = \"production\"\nkeys = [\"{}\"]\n",
+            pub_path.display()
+        ),
+    );
+    let config = Config::parse(&text).expect("config");
+    let (exec, mut outbox) = start(&config);
+    let v1 = world.release("1.0.0", &healthy("1.0.0"));
+    let for_scope = |scope: &Scope| {
+        let mut r = v1.clone();
+        r.signature = Some(key.sign(&Signed {
+            expires_unix: in_an_hour(),
+            ..Signed::of(scope, "demo", &v1)
+        }));
+        r
+    };
+    let staging = for_scope(&Scope::new("prod", "staging"));
+    exec.handle_order(order(1, staging, 100, 5000));
+    let (r, _) = result_for(&mut outbox, 1).await;
+    assert_eq!(r.outcome(), Outcome::Refused, "{r:?}");
+    assert!(
+        r.reason.contains("for fleet prod, environment production"),
+        "{}",
+        r.reason
+    );
+    assert_eq!(world.current(), None);
+    let other_fleet = for_scope(&Scope::new("lab", ""));
+    exec.handle_order(order(2, other_fleet, 100, 5000));
+    let (r, _) = result_for(&mut outbox, 2).await;
+    assert_eq!(r.outcome(), Outcome::Refused, "{r:?}");
+    install(
+        &exec,
+        &mut outbox,
+        order(3, for_scope(&Scope::new("prod", "")), 100, 5000),
+    )
+    .await;
+    exec.shutdown().await;
+}
+
 #[tokio::test]
 async fn downgrade_only_as_explicit_rollback_to_a_release_run_here() {
     let key = SigningKey::generate().expect("key");
@@ -328,7 +410,7 @@ async fn downgrade_only_as_explicit_rollback_to_a_release_run_here() {
         "not a rollback",
     )
     .await;
-    assert!(r.reason.contains("older than 2.0.0"), "{}", r.reason);
+    assert!(r.reason.contains("not newer than 2.0.0"), "{}", r.reason);
     assert!(
         r.reason.starts_with("host web-1 refuses demo 1.0.0"),
         "{}",
@@ -340,11 +422,36 @@ async fn downgrade_only_as_explicit_rollback_to_a_release_run_here() {
     let v0 = signed(&key, &world, "0.9.0");
     let mut o = order(0, v0.clone(), 100, 5000);
     o.rollback = true;
-    expect_refused(&exec, &mut outbox, o, 4, "never ran that release").await;
+    expect_refused(&exec, &mut outbox, o, 4, "never ran it").await;
     before.unchanged(&world, &v0, "rollback to a release never run here");
 
+    // An old pre-release, signed but never run here: semver puts it below 2.0.0.
+    let rc = signed(&key, &world, "1.5.0-rc1");
+    let r = expect_refused(
+        &exec,
+        &mut outbox,
+        order(0, rc.clone(), 100, 5000),
+        5,
+        "not newer than",
+    )
+    .await;
+    assert!(r.reason.contains("not newer than 2.0.0"), "{}", r.reason);
+    before.unchanged(&world, &rc, "an old pre-release");
+    // A version that cannot be ordered (a git hash) is refused whatever it is.
+    let hash = signed(&key, &world, "3f2a9c1");
+    let r = expect_refused(
+        &exec,
+        &mut outbox,
+        order(0, hash.clone(), 100, 5000),
+        6,
+        "cannot be ordered",
+    )
+    .await;
+    assert!(r.reason.contains("cannot be ordered"), "{}", r.reason);
+    before.unchanged(&world, &hash, "a git hash version");
+
     // The explicit rollback to 1.0.0, which ran here: accepted.
-    let mut o = order(5, v1.clone(), 100, 5000);
+    let mut o = order(7, v1.clone(), 100, 5000);
     o.rollback = true;
     let r = install(&exec, &mut outbox, o).await;
     assert_eq!(r.running_version, "1.0.0");
@@ -354,8 +461,8 @@ async fn downgrade_only_as_explicit_rollback_to_a_release_run_here() {
     // The record of releases run survives a restart: forward to 2.0.0 again, then the
     // rollback to 1.0.0 is still accepted by a new executor on the same state dir.
     let (exec, mut outbox) = start(&config);
-    install(&exec, &mut outbox, order(6, v2, 100, 5000)).await;
-    let mut o = order(7, v1, 100, 5000);
+    install(&exec, &mut outbox, order(8, v2, 100, 5000)).await;
+    let mut o = order(9, v1, 100, 5000);
     o.rollback = true;
     install(&exec, &mut outbox, o).await;
     assert_eq!(world.current(), v1_dir);
@@ -378,7 +485,10 @@ async fn service_keys_override_the_fleet_keys() {
     let text = world.config_text_with(
         "http://127.0.0.1:1",
         &format!("signing_keys = [\"{}\"]", own_pub.display()),
-        &format!("[signing]\nkeys = [\"{}\"]\n", fleet_pub.display()),
+        &format!(
+            "[signing]\nfleet = \"prod\"\nkeys = [\"{}\"]\n",
+            fleet_pub.display()
+        ),
     );
     let config = Config::parse(&text).expect("config");
     let (exec, mut outbox) = start(&config);

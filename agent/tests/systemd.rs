@@ -64,6 +64,7 @@ impl Host {
             r#"host_id = "web-1"
 coordinator = "http://127.0.0.1:1"
 state_dir = "{state}"
+file_source_dirs = ["{artifacts}"]
 [[services]]
 name = "demo"
 backend = "systemd"
@@ -75,6 +76,7 @@ binary = "demo-svc"
 {extra_services}
 "#,
             state = self.world.state_dir().display(),
+            artifacts = self.world.artifacts_dir().display(),
             bus = self.manager.bus(),
         );
         Config::parse(&text).expect("config")

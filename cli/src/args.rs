@@ -121,9 +121,16 @@ pub enum ReleaseCommand {
         /// The service, as named in the agents' configs.
         #[arg(long)]
         service: String,
-        /// The release version, as in the rollout spec.
+        /// The release version, as in the rollout spec (semver: agents refuse others).
         #[arg(long)]
         version: String,
+        /// The fleet it may install in (agents check it against their certificate's fleet).
+        #[arg(long)]
+        fleet: String,
+        /// Only this environment of the fleet (agents with `[signing] env` = this one);
+        /// default: every environment of the fleet.
+        #[arg(long, value_name = "ENV")]
+        env: Option<String>,
         /// How long agents accept the signature ("90d") or until when ("2027-01-31T00:00:00Z").
         #[arg(long, default_value = "90d")]
         expires: String,

@@ -107,19 +107,24 @@ async fn release(cmd: ReleaseCommand, format: OutputFormat) -> anyhow::Result<Fi
             key,
             service,
             version,
+            fleet,
+            env,
             expires,
             sig,
             artifact,
         } => {
             let expires = crate::release::parse_expires(&expires, std::time::SystemTime::now())?;
+            let scope = rollgate_proto::signing::Scope::new(&fleet, env.as_deref().unwrap_or(""));
             let (f, out) =
-                crate::release::sign(&key, &service, &version, expires, &artifact, sig).await?;
+                crate::release::sign(&key, &scope, &service, &version, expires, &artifact, sig)
+                    .await?;
             let until = rollgate_proto::signing::rfc3339(rollgate_proto::signing::unix(f.expires));
             if format == OutputFormat::Text {
                 println!(
-                    "signed {} {} (sha256 {}, {} bytes) with key {}, valid until {until}: {}",
+                    "signed {} {} for {} (sha256 {}, {} bytes) with key {}, valid until {until}: {}",
                     f.service,
                     f.version,
+                    scope.describe(),
                     f.sha256,
                     f.size,
                     f.key_id,
@@ -130,6 +135,8 @@ async fn release(cmd: ReleaseCommand, format: OutputFormat) -> anyhow::Result<Fi
             serde_json::json!({
                 "service": f.service,
                 "version": f.version,
+                "fleet": f.fleet,
+                "env": f.env,
                 "sha256": f.sha256,
                 "size": f.size,
                 "expires": until,

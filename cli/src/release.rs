@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, bail, Context};
 use base64::Engine as _;
 use rollgate_proto::names;
-use rollgate_proto::signing::{self, SignatureFile, Signed, SigningKey};
+use rollgate_proto::signing::{self, Scope, SignatureFile, Signed, SigningKey};
 
 use crate::artifact;
 
@@ -84,11 +84,12 @@ pub fn parse_expires(text: &str, now: SystemTime) -> anyhow::Result<SystemTime> 
     Ok(now + d)
 }
 
-/// Signs `artifact` as release `version` of `service` with the key in `key`, valid until
-/// `expires`, and writes the signature file to `out` (default `ARTIFACT.sig`). Returns what
-/// was written and where.
+/// Signs `artifact` as release `version` of `service` for `scope` (a fleet, optionally one
+/// environment) with the key in `key`, valid until `expires`, and writes the signature file
+/// to `out` (default `ARTIFACT.sig`). Returns what was written and where.
 pub async fn sign(
     key: &Path,
+    scope: &Scope,
     service: &str,
     version: &str,
     expires: SystemTime,
@@ -97,6 +98,10 @@ pub async fn sign(
 ) -> anyhow::Result<(SignatureFile, PathBuf)> {
     names::check("service name", service).map_err(|e| anyhow!("--service: {e}"))?;
     names::check("version", version).map_err(|e| anyhow!("--version: {e}"))?;
+    rollgate_proto::tls::check_fleet(&scope.fleet).map_err(|e| anyhow!("--fleet: {e}"))?;
+    if !scope.env.is_empty() {
+        names::check("environment", &scope.env).map_err(|e| anyhow!("--env: {e}"))?;
+    }
     if expires <= SystemTime::now() {
         bail!("--expires is in the past; agents would refuse the signature at once");
     }
@@ -106,6 +111,8 @@ pub async fn sign(
         .with_context(|| format!("cannot hash {}", artifact.display()))?;
     let expires_unix = signing::unix(expires);
     let sig = key.sign(&Signed {
+        fleet: &scope.fleet,
+        env: &scope.env,
         service,
         version,
         sha256: &hashed.sha256,
@@ -113,6 +120,8 @@ pub async fn sign(
         expires_unix,
     });
     let file = SignatureFile {
+        fleet: scope.fleet.clone(),
+        env: scope.env.clone(),
         service: service.to_string(),
         version: version.to_string(),
         sha256: hashed.sha256,
@@ -150,9 +159,18 @@ mod tests {
         let artifact = dir.path().join("demo-2.0.0");
         std::fs::write(&artifact, b"bytes").expect("artifact");
         let expires = parse_expires("30d", SystemTime::now()).expect("expires");
-        let (file, out) = sign(&files.private, "demo", "2.0.0", expires, &artifact, None)
-            .await
-            .expect("sign");
+        let scope = Scope::new("prod", "");
+        let (file, out) = sign(
+            &files.private,
+            &scope,
+            "demo",
+            "2.0.0",
+            expires,
+            &artifact,
+            None,
+        )
+        .await
+        .expect("sign");
         assert_eq!(out, dir.path().join("demo-2.0.0.sig"));
         let read = SignatureFile::parse(&std::fs::read_to_string(&out).expect("sig"), "sig")
             .expect("parse");
@@ -167,7 +185,18 @@ mod tests {
             size: read.size,
             signature: Some(read.spec().to_pb().expect("pb")),
         };
-        signing::verify(&[public], "demo", &release, SystemTime::now()).expect("verifies");
+        signing::verify(
+            std::slice::from_ref(&public),
+            &scope,
+            "demo",
+            &release,
+            SystemTime::now(),
+        )
+        .expect("verifies");
+        let elsewhere = Scope::new("staging", "");
+        assert!(
+            signing::verify(&[public], &elsewhere, "demo", &release, SystemTime::now()).is_err()
+        );
     }
 
     #[test]

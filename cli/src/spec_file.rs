@@ -356,7 +356,8 @@ targets.labels = { site = "a" }
         std::fs::write(&app, b"abc").expect("write artifact");
         let expires =
             crate::release::parse_expires("1d", std::time::SystemTime::now()).expect("expires");
-        crate::release::sign(&key.private, "demo", "2", expires, &app, None)
+        let scope = rollgate_proto::signing::Scope::new("prod", "");
+        crate::release::sign(&key.private, &scope, "demo", "2", expires, &app, None)
             .await
             .expect("sign");
         let spec = |version: &str| {

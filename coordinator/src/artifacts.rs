@@ -2,10 +2,13 @@
 //! `state_dir/artifacts/<sha256>` with their metadata in etcd, served to agents in chunks.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+pub mod downloads;
 
 /// What can go wrong storing or reading an artifact.
 #[derive(Debug, Error)]
@@ -34,6 +37,8 @@ pub enum ArtifactError {
 pub struct ArtifactStore {
     dir: PathBuf,
     limit: u64,
+    /// Copies from other replicas in progress: de-duplicated and bounded.
+    pub gate: Arc<downloads::CopyGate>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
@@ -58,7 +63,23 @@ impl ArtifactStore {
     /// A store under `dir`, accepting artifacts up to `limit` bytes.
     pub fn new(dir: PathBuf, limit: u64) -> Result<Self, ArtifactError> {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        Ok(ArtifactStore { dir, limit })
+        Ok(ArtifactStore {
+            dir,
+            limit,
+            gate: Arc::default(),
+        })
+    }
+
+    /// Bytes the store's files take (stored artifacts and uploads in progress).
+    pub fn used_bytes(&self) -> Result<u64, ArtifactError> {
+        let mut used = 0u64;
+        for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let entry = entry.map_err(io(&self.dir))?;
+            if let Ok(meta) = entry.metadata() {
+                used = used.saturating_add(meta.len());
+            }
+        }
+        Ok(used)
     }
 
     /// Path of a stored artifact.

@@ -34,6 +34,13 @@ pub struct Config {
     /// `[tls]`: mTLS for agents and operators (ca, cert, key), or `insecure_plaintext = true`
     /// on a development machine.
     pub tls: rollgate_proto::tls::TlsConfig,
+    /// How many of a service's latest rollouts `rollgate rollout rollback` may roll back
+    /// (1: only the latest; agents have their own `rollback_window` too).
+    pub rollback_window: u32,
+    /// Copies of artifacts from other replicas running at once (others wait).
+    pub max_artifact_copies: u32,
+    /// Bytes this replica's artifact store may hold; a push or copy past it is refused.
+    pub max_artifact_store_bytes: u64,
 }
 
 /// etcd connection and the local single-member etcd.
@@ -107,6 +114,9 @@ impl Default for Config {
             etcd: EtcdConfig::default(),
             agents: AgentsConfig::default(),
             tls: rollgate_proto::tls::TlsConfig::default(),
+            rollback_window: 1,
+            max_artifact_copies: 2,
+            max_artifact_store_bytes: 16 << 30,
         }
     }
 }

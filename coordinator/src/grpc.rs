@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::artifacts::{read_chunk, ArtifactError};
+use crate::artifacts::{downloads, read_chunk, ArtifactError};
 use crate::control::{self, Action, ControlError};
 use crate::{sessions, Ctx};
 
@@ -97,19 +97,20 @@ impl AgentService for AgentApi {
         request: Request<pb::FetchArtifactRequest>,
     ) -> Result<Response<Self::FetchArtifactStream>, Status> {
         let fleet = self.ctx.fleet();
-        crate::tls::require(
+        let who = crate::tls::require(
             &request,
             fleet.as_deref(),
             &[Role::Host, Role::Coordinator, Role::Operator],
             "downloading an artifact",
         )?;
         let req = request.into_inner();
-        rollgate_proto::names::check_sha256(&req.sha256)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        downloads::check_request(&req)?;
+        // S9: a host downloads only the artifacts of its own orders.
+        downloads::authorize(&self.ctx, who.as_ref(), &req.sha256).await?;
         let (mut file, total) = match self.ctx.artifacts.open(&req.sha256, req.offset).await {
             Err(ArtifactError::NotFound(_)) => {
-                // Pushed to another replica: copy it here first (verified), then serve it.
-                control::copy_artifact_from_peer(&self.ctx, &req.sha256).await?;
+                // Pushed to another replica: copy it here first (once, verified), then serve it.
+                downloads::ensure_local(&self.ctx, &req.sha256).await?;
                 self.ctx.artifacts.open(&req.sha256, req.offset).await?
             }
             other => other?,
@@ -322,8 +323,16 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::RolloutRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let operator = crate::tls::peer(&request, self.ctx.fleet().as_deref())
+            .ok()
+            .flatten()
+            .map_or_else(|| "an operator (plaintext)".to_string(), |i| i.uri());
         let id = request.into_inner().id;
-        Ok(Response::new(control::rollback(&self.ctx, &id).await?))
+        let done = control::rollback(&self.ctx, &id).await;
+        if let Err(e @ ControlError::Conflict(_)) = &done {
+            tracing::warn!(%operator, rollout = %id, "rollback refused: {e}");
+        }
+        Ok(Response::new(done?))
     }
 
     async fn get_history(

@@ -1,10 +1,13 @@
-//! Release signatures: ed25519 over (service, version, sha256, size, expiry), with keys in
-//! standard PEM so that OpenSSL is a compatible tool for making and checking them.
+//! Release signatures: ed25519 over (fleet, environment, service, version, sha256, size,
+//! expiry), with keys in standard PEM so that OpenSSL is a compatible tool for making and
+//! checking them.
 //!
 //! The signed message is [`Signed::message`]:
 //!
 //! ```text
-//! rollgate-release-v1
+//! rollgate-release-v2
+//! fleet=<fleet>
+//! env=<environment, or empty for every environment of the fleet>
 //! service=<service>
 //! version=<version>
 //! sha256=<lowercase hex>
@@ -12,16 +15,19 @@
 //! expires=<unix seconds>
 //! ```
 //!
-//! (each line ends with `\n`). Keys: a private key is PKCS#8 PEM (`BEGIN PRIVATE KEY`), a
-//! public key is SubjectPublicKeyInfo PEM (`BEGIN PUBLIC KEY`); a key's id is the first 16 hex
-//! digits of the sha256 of its raw 32-byte public key. With OpenSSL 3 instead of
-//! `rollgate release keygen` / `rollgate release sign`:
+//! (each line ends with `\n`). The fleet and environment do not travel with the release: an
+//! agent rebuilds the message with its own (see [`Scope`]), so a signature made for another
+//! fleet or environment does not verify there. A `rollgate-release-v1` signature (no fleet)
+//! is recognised and refused by name ([`VerifyError::NoFleet`]). Keys: a private key is
+//! PKCS#8 PEM (`BEGIN PRIVATE KEY`), a public key is SubjectPublicKeyInfo PEM (`BEGIN PUBLIC
+//! KEY`); a key's id is the first 16 hex digits of the sha256 of its raw 32-byte public key.
+//! With OpenSSL 3 instead of `rollgate release keygen` / `rollgate release sign`:
 //!
 //! ```text
 //! openssl genpkey -algorithm ed25519 -out release.key
 //! openssl pkey -in release.key -pubout -out release.pub
-//! printf 'rollgate-release-v1\nservice=%s\nversion=%s\nsha256=%s\nsize=%s\nexpires=%s\n' \
-//!     demo 2.0.0 "$SHA256" "$SIZE" "$EXPIRES" > msg
+//! printf 'rollgate-release-v2\nfleet=%s\nenv=%s\nservice=%s\nversion=%s\nsha256=%s\nsize=%s\nexpires=%s\n' \
+//!     prod "" demo 2.0.0 "$SHA256" "$SIZE" "$EXPIRES" > msg
 //! openssl pkeyutl -sign -rawin -inkey release.key -in msg | base64 -w0
 //! ```
 //!
@@ -43,7 +49,9 @@ use crate::pb;
 use crate::spec::SignatureSpec;
 
 /// First line of every signed message; a new format gets a new tag.
-pub const MESSAGE_TAG: &str = "rollgate-release-v1";
+pub const MESSAGE_TAG: &str = "rollgate-release-v2";
+/// The tag of the first format, which bound no fleet: recognised only to refuse it by name.
+pub const OLD_MESSAGE_TAG: &str = "rollgate-release-v1";
 /// Length of an ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
 /// Hex digits of a key id.
@@ -251,9 +259,41 @@ fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// Where a signature is valid: a fleet and, optionally, one environment of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// The fleet (as in the certificates' `spiffe://FLEET/...`).
+    pub fleet: String,
+    /// The environment (`staging`, `production`); empty: every environment of the fleet.
+    pub env: String,
+}
+
+impl Scope {
+    /// `fleet` with environment `env` (empty: any).
+    pub fn new(fleet: &str, env: &str) -> Scope {
+        Scope {
+            fleet: fleet.to_string(),
+            env: env.to_string(),
+        }
+    }
+
+    /// How an operator reads it: `fleet prod` or `fleet prod, environment staging`.
+    pub fn describe(&self) -> String {
+        if self.env.is_empty() {
+            format!("fleet {}", self.fleet)
+        } else {
+            format!("fleet {}, environment {}", self.fleet, self.env)
+        }
+    }
+}
+
 /// What a signature covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signed<'a> {
+    /// The fleet it installs in.
+    pub fleet: &'a str,
+    /// The environment it installs in; empty: every environment of the fleet.
+    pub env: &'a str,
     /// Service name.
     pub service: &'a str,
     /// Release version.
@@ -267,9 +307,12 @@ pub struct Signed<'a> {
 }
 
 impl<'a> Signed<'a> {
-    /// The fields of `release` of `service`, with the expiry its signature claims (0 without).
-    pub fn of(service: &'a str, release: &'a pb::Release) -> Signed<'a> {
+    /// The fields of `release` of `service` in `scope`, with the expiry its signature claims
+    /// (0 without).
+    pub fn of(scope: &'a Scope, service: &'a str, release: &'a pb::Release) -> Signed<'a> {
         Signed {
+            fleet: &scope.fleet,
+            env: &scope.env,
             service,
             version: &release.version,
             sha256: &release.sha256,
@@ -281,10 +324,24 @@ impl<'a> Signed<'a> {
     /// The exact bytes that are signed (see the module docs).
     pub fn message(&self) -> Vec<u8> {
         format!(
-            "{MESSAGE_TAG}\nservice={}\nversion={}\nsha256={}\nsize={}\nexpires={}\n",
-            self.service, self.version, self.sha256, self.size, self.expires_unix
+            "{MESSAGE_TAG}\nfleet={}\nenv={}\n{}",
+            self.fleet,
+            self.env,
+            self.body()
         )
         .into_bytes()
+    }
+
+    /// The bytes a `rollgate-release-v1` signature covered (no fleet): only to recognise one.
+    fn old_message(&self) -> Vec<u8> {
+        format!("{OLD_MESSAGE_TAG}\n{}", self.body()).into_bytes()
+    }
+
+    fn body(&self) -> String {
+        format!(
+            "service={}\nversion={}\nsha256={}\nsize={}\nexpires={}\n",
+            self.service, self.version, self.sha256, self.size, self.expires_unix
+        )
     }
 }
 
@@ -310,13 +367,27 @@ pub enum VerifyError {
         /// The pinned key ids, comma-separated.
         pinned: String,
     },
-    /// The signature does not verify.
+    /// The signature does not verify for this host's fleet and environment.
     #[error(
-        "its signature by key {key_id} does not match it: the service, version, sha256, size \
-         or expiry were changed after signing, or the signature is of another release; sign \
-         this exact artifact again with `rollgate release sign`"
+        "its signature by key {key_id} does not match it for {scope}: it was signed for \
+         another fleet or environment, or the service, version, sha256, size or expiry were \
+         changed after signing; sign this exact artifact for this fleet with `rollgate release \
+         sign --fleet FLEET [--env ENV]`"
     )]
     BadSignature {
+        /// The key id the signature names.
+        key_id: String,
+        /// This host's fleet and environment, as [`Scope::describe`] says them.
+        scope: String,
+    },
+    /// A valid signature in the first format, which binds no fleet.
+    #[error(
+        "its signature by key {key_id} is in the old rollgate-release-v1 format, which names no \
+         fleet, so a build signed for one fleet or environment could install in another; \
+         such signatures are refused. Sign it again with `rollgate release sign --fleet \
+         FLEET [--env ENV]` (rollgate 0.2 or later)"
+    )]
+    NoFleet {
         /// The key id the signature names.
         key_id: String,
     },
@@ -334,10 +405,13 @@ pub enum VerifyError {
 }
 
 /// Checks the signature `release` carries against the pinned `keys` at `now`: a known key,
-/// a valid signature over (service, version, sha256, size, expiry), not expired. The bytes
-/// themselves are checked against sha256 and size when they are downloaded.
+/// a valid signature over (fleet, environment, service, version, sha256, size, expiry) for
+/// `scope` (a signature for the whole fleet, without environment, is valid in each of its
+/// environments), not expired. The bytes themselves are checked against sha256 and size when
+/// they are downloaded.
 pub fn verify(
     keys: &[PublicKey],
+    scope: &Scope,
     service: &str,
     release: &pb::Release,
     now: SystemTime,
@@ -359,9 +433,23 @@ pub fn verify(
         });
     };
     // The signature first: an expiry is only worth reporting when it is the publisher's.
-    if !key.verifies(&Signed::of(service, release).message(), &sig.signature) {
+    let fleet_wide = Scope::new(&scope.fleet, "");
+    let signed = Signed::of(scope, service, release);
+    let valid = key.verifies(&signed.message(), &sig.signature)
+        || (!scope.env.is_empty()
+            && key.verifies(
+                &Signed::of(&fleet_wide, service, release).message(),
+                &sig.signature,
+            ));
+    if !valid {
+        if key.verifies(&signed.old_message(), &sig.signature) {
+            return Err(VerifyError::NoFleet {
+                key_id: sig.key_id.clone(),
+            });
+        }
         return Err(VerifyError::BadSignature {
             key_id: sig.key_id.clone(),
+            scope: scope.describe(),
         });
     }
     if unix(now) >= sig.expires_unix {
@@ -400,6 +488,12 @@ pub fn rfc3339(secs: i64) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignatureFile {
+    /// The fleet it installs in (absent in files of the old format, which agents refuse).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fleet: String,
+    /// The environment it installs in; empty: every environment of the fleet.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub env: String,
     /// Service name.
     pub service: String,
     /// Release version.
@@ -426,6 +520,14 @@ impl SignatureFile {
         f.spec()
             .check()
             .map_err(|problem| format!("{what}: {problem}"))?;
+        if f.fleet.is_empty() {
+            return Err(format!(
+                "{what} names no fleet: it was made by an older `rollgate release sign` \
+                 (rollgate-release-v1 signatures), which agents refuse; sign the artifact again \
+                 with `rollgate release sign --fleet FLEET [--env ENV]`"
+            ));
+        }
+        crate::tls::check_fleet(&f.fleet).map_err(|e| format!("{what}: fleet: {e}"))?;
         Ok(f)
     }
 
@@ -495,9 +597,13 @@ mod tests {
         let r = release(None);
         let sig = key.sign(&Signed {
             expires_unix,
-            ..Signed::of("demo", &r)
+            ..Signed::of(&prod(), "demo", &r)
         });
         release(Some(sig))
+    }
+
+    fn prod() -> Scope {
+        Scope::new("prod", "")
     }
 
     fn later() -> i64 {
@@ -514,7 +620,7 @@ mod tests {
         assert_eq!(public.key_id().len(), KEY_ID_LEN);
         let r = signed(&key, later());
         assert_eq!(r.signature.as_ref().map(|s| s.signature.len()), Some(64));
-        verify(&[public], "demo", &r, SystemTime::now()).expect("valid");
+        verify(&[public], &prod(), "demo", &r, SystemTime::now()).expect("valid");
     }
 
     #[test]
@@ -525,36 +631,53 @@ mod tests {
         let now = SystemTime::now();
         let good = signed(&key, later());
         let id = key.public().key_id().to_string();
-        let bad = || Err(VerifyError::BadSignature { key_id: id.clone() });
+        let bad = || {
+            Err(VerifyError::BadSignature {
+                key_id: id.clone(),
+                scope: "fleet prod".into(),
+            })
+        };
 
         assert_eq!(
-            verify(&keys, "demo", &release(None), now),
+            verify(&keys, &prod(), "demo", &release(None), now),
             Err(VerifyError::Unsigned)
         );
-        assert_eq!(verify(&keys, "other", &good, now), bad(), "service");
+        assert_eq!(
+            verify(&keys, &prod(), "other", &good, now),
+            bad(),
+            "service"
+        );
         let mut r = good.clone();
         r.version = "2.0.1".into();
-        assert_eq!(verify(&keys, "demo", &r, now), bad(), "version");
+        assert_eq!(verify(&keys, &prod(), "demo", &r, now), bad(), "version");
         let mut r = good.clone();
         r.sha256 = "cd".repeat(32);
-        assert_eq!(verify(&keys, "demo", &r, now), bad(), "sha256");
+        assert_eq!(verify(&keys, &prod(), "demo", &r, now), bad(), "sha256");
         let mut r = good.clone();
         r.size += 1;
-        assert_eq!(verify(&keys, "demo", &r, now), bad(), "size");
+        assert_eq!(verify(&keys, &prod(), "demo", &r, now), bad(), "size");
         let mut r = good.clone();
         if let Some(s) = r.signature.as_mut() {
             s.expires_unix += 86_400;
         }
-        assert_eq!(verify(&keys, "demo", &r, now), bad(), "expiry extended");
+        assert_eq!(
+            verify(&keys, &prod(), "demo", &r, now),
+            bad(),
+            "expiry extended"
+        );
         let mut r = good.clone();
         if let Some(s) = r.signature.as_mut() {
             s.signature[0] ^= 1;
         }
-        assert_eq!(verify(&keys, "demo", &r, now), bad(), "signature bytes");
+        assert_eq!(
+            verify(&keys, &prod(), "demo", &r, now),
+            bad(),
+            "signature bytes"
+        );
 
         // Another key's signature, named honestly: unknown key, with the pinned ones listed.
         let theirs = signed(&other, later());
-        match verify(&keys, "demo", &theirs, now) {
+        match verify(&keys, &prod(), "demo", &theirs, now) {
             Err(e @ VerifyError::UnknownKey { .. }) => {
                 assert!(e.to_string().contains(&id), "{e}");
             }
@@ -565,15 +688,70 @@ mod tests {
         if let Some(s) = r.signature.as_mut() {
             s.key_id = id.clone();
         }
-        assert_eq!(verify(&keys, "demo", &r, now), bad(), "forged key id");
+        assert_eq!(
+            verify(&keys, &prod(), "demo", &r, now),
+            bad(),
+            "forged key id"
+        );
 
         let old = signed(&key, unix(now) - 10);
-        match verify(&keys, "demo", &old, now) {
+        match verify(&keys, &prod(), "demo", &old, now) {
             Err(VerifyError::Expired { expired_at, .. }) => {
                 assert_eq!(expired_at, rfc3339(unix(now) - 10))
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A signature is valid only in its fleet (and its environment, when it names one); a
+    /// v1 signature (no fleet) is recognised and refused by name.
+    #[test]
+    fn fleet_and_environment_binding() {
+        let key = SigningKey::generate().expect("key");
+        let keys = [key.public().clone()];
+        let now = SystemTime::now();
+        let unsigned = release(None);
+        let sign_for = |scope: &Scope| {
+            release(Some(key.sign(&Signed {
+                expires_unix: later(),
+                ..Signed::of(scope, "demo", &unsigned)
+            })))
+        };
+        let staging = Scope::new("prod", "staging");
+        let production = Scope::new("prod", "production");
+        let fleet_wide = sign_for(&prod());
+        let staging_only = sign_for(&staging);
+        // (signature, host's scope, accepted)
+        let table = [
+            (&fleet_wide, &prod(), true),
+            (&fleet_wide, &staging, true),
+            (&fleet_wide, &production, true),
+            (&staging_only, &staging, true),
+            (&staging_only, &production, false),
+            (&staging_only, &prod(), false),
+            (&fleet_wide, &Scope::new("other", ""), false),
+        ];
+        for (r, scope, ok) in table {
+            let got = verify(&keys, scope, "demo", r, now);
+            assert_eq!(got.is_ok(), ok, "{scope:?}: {got:?}");
+        }
+        let e = verify(&keys, &production, "demo", &staging_only, now).expect_err("staging");
+        assert!(
+            e.to_string()
+                .contains("for fleet prod, environment production"),
+            "{e}"
+        );
+
+        let fleet_scope = prod();
+        let v1 = Signed::of(&fleet_scope, "demo", &unsigned);
+        let old = pb::ReleaseSignature {
+            key_id: key.public().key_id().to_string(),
+            signature: key.pair.sign(&v1.old_message()).as_ref().to_vec(),
+            expires_unix: 0,
+        };
+        let e = verify(&keys, &prod(), "demo", &release(Some(old)), now).expect_err("v1");
+        assert!(matches!(e, VerifyError::NoFleet { .. }), "{e:?}");
+        assert!(e.to_string().contains("--fleet"), "{e}");
     }
 
     #[test]
@@ -584,7 +762,14 @@ mod tests {
         );
         let keys = [a.public().clone(), b.public().clone()];
         for k in [&a, &b] {
-            verify(&keys, "demo", &signed(k, later()), SystemTime::now()).expect("pinned");
+            verify(
+                &keys,
+                &prod(),
+                "demo",
+                &signed(k, later()),
+                SystemTime::now(),
+            )
+            .expect("pinned");
         }
     }
 
@@ -603,6 +788,8 @@ mod tests {
         let r = signed(&key, 2_000_000_000);
         let sig = r.signature.clone().expect("sig");
         let f = SignatureFile {
+            fleet: "prod".into(),
+            env: String::new(),
             service: "demo".into(),
             version: r.version.clone(),
             sha256: r.sha256.clone(),
@@ -660,7 +847,7 @@ mod tests {
         let unsigned = release(None);
         let msg = Signed {
             expires_unix: expires,
-            ..Signed::of("demo", &unsigned)
+            ..Signed::of(&prod(), "demo", &unsigned)
         }
         .message();
         std::fs::write(dir.join("msg"), &msg).expect("msg");
@@ -675,9 +862,9 @@ mod tests {
             signature: sig.clone(),
             expires_unix: expires,
         }));
-        verify(&[public], "demo", &r, SystemTime::now()).expect("openssl's signature");
+        verify(&[public], &prod(), "demo", &r, SystemTime::now()).expect("openssl's signature");
         // Ed25519 is deterministic: our signature with OpenSSL's key is the same bytes.
-        assert_eq!(ours.sign(&Signed::of("demo", &r)).signature, sig);
+        assert_eq!(ours.sign(&Signed::of(&prod(), "demo", &r)).signature, sig);
 
         // The other way: OpenSSL reads our keys and verifies our signature.
         let key = SigningKey::generate().expect("key");
@@ -685,7 +872,7 @@ mod tests {
         std::fs::write(dir.join("ours.pub"), key.public().to_pem()).expect("write");
         let sig = key.sign(&Signed {
             expires_unix: expires,
-            ..Signed::of("demo", &unsigned)
+            ..Signed::of(&prod(), "demo", &unsigned)
         });
         std::fs::write(dir.join("sig"), &sig.signature).expect("write");
         run(&["pkey", "-in", "ours.pem", "-noout"]);

@@ -60,6 +60,8 @@ fn sign(fleet: &Fleet, key: &Path, release: &Release, out: &Path) -> anyhow::Res
         "web",
         "--version",
         &release.version,
+        "--fleet",
+        rollgate_tests::pki::FLEET,
         "--expires",
         "1d",
         "--sig",

@@ -52,6 +52,11 @@ impl World {
         self.root.path().join("state")
     }
 
+    /// Where [`World::release`] writes artifacts (an allowed `file://` dir in the config).
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.root.path().join("artifacts")
+    }
+
     pub fn service_dir(&self) -> PathBuf {
         self.state_dir().join("services").join("demo")
     }
@@ -77,6 +82,7 @@ impl World {
 coordinator = "{coordinator}"
 state_dir = "{state}"
 heartbeat_interval = "200ms"
+file_source_dirs = ["{artifacts}"]
 [labels]
 site = "a"
 [[services]]
@@ -94,6 +100,7 @@ timeout = "1s"
 {tables}
 "#,
             state = self.state_dir().display(),
+            artifacts = self.artifacts_dir().display(),
             pidfile = pidfile.display(),
         )
     }
@@ -109,7 +116,7 @@ timeout = "1s"
 
     /// [`World::release`] for any bytes (a tarball, say).
     pub fn release_bytes(&self, version: &str, body: &[u8]) -> pb::Release {
-        let dir = self.root.path().join("artifacts");
+        let dir = self.artifacts_dir();
         std::fs::create_dir_all(&dir).expect("artifacts dir");
         let digest = hex::encode(Sha256::digest(body));
         let path = dir.join(format!("{version}-{}.bin", &digest[..8]));

@@ -126,6 +126,35 @@ fn rollbackable(r: &RolloutRecord) -> Result<ReleaseSpec, ControlError> {
     Ok(previous)
 }
 
+/// The rule that keeps an operator from reaching back to an old release without the signing
+/// key: a rollout can be rolled back only while fewer than `window` rollouts of its service
+/// that succeeded (rollbacks included) came after it, i.e. (window 1) only when what it
+/// replaced is the release the hosts ran just before the current one. Rollouts that failed or
+/// were aborted after it do not count. `all` is every rollout, newest first.
+fn within_window(all: &[RolloutRecord], id: &str, window: u32) -> Result<(), String> {
+    let Some(pos) = all.iter().position(|r| r.id == id) else {
+        return Ok(()); // read again below, and reported as not found there
+    };
+    let service = &all[pos].spec.service;
+    let newer: Vec<&RolloutRecord> = all[..pos]
+        .iter()
+        .filter(|r| &r.spec.service == service && r.phase == Phase::Succeeded)
+        .collect();
+    if newer.len() < window.max(1) as usize {
+        return Ok(());
+    }
+    let latest = newer.first().map_or("?", |r| r.id.as_str());
+    let version = newer
+        .first()
+        .map_or("?", |r| r.spec.release.version.as_str());
+    Err(format!(
+        "cannot roll back {id}: it is not the latest rollout of {service} ({latest} is, with \
+         {version}), and a rollback goes back only {window} rollout(s) (rollback_window = \
+         {window}), so no operator can reach an older release without the signing key. Roll \
+         back {latest}, or publish the fix as a new version"
+    ))
+}
+
 /// The parent's targets that took, or may have taken, the new release: granted (done,
 /// updating, lost, failed), reporting it, or with one of its orders in flight.
 fn rollback_targets(basis: &Basis<'_>) -> Vec<String> {
@@ -217,6 +246,8 @@ fn rollback_record(
 pub async fn rollback(ctx: &Arc<Ctx>, id: &str) -> Result<pb::RolloutStatus, ControlError> {
     let id = resolve_id(ctx, id).await?;
     let mut etcd = ctx.etcd.clone();
+    let all = store::list_rollouts(&mut etcd, &ctx.keys).await?;
+    within_window(&all.records, &id, ctx.config.rollback_window).map_err(ControlError::Conflict)?;
     let reason = "rollback requested by an operator".to_string();
     let mut last = None;
     for _ in 0..CAS_ATTEMPTS {
