@@ -26,7 +26,7 @@ use crate::Ctx;
 pub mod limits;
 mod orders;
 
-use limits::{bounded, LogLimit, MAX_DETAIL, MAX_VERSION};
+use limits::{bounded, LogLimit, Trimmed, WriteGate, HOST_WRITE_INTERVAL, MAX_DETAIL, MAX_VERSION};
 
 pub use orders::dispatch_orders;
 use orders::{reattach, send_stage};
@@ -169,6 +169,9 @@ pub async fn serve(
             conn_id: conn_id.clone(),
             record: HostRecord::default(),
             refusals: LogLimit::default(),
+            written: HostRecord::default(),
+            writes: WriteGate::new(HOST_WRITE_INTERVAL),
+            floods: LogLimit::new(limits::LOG_EVERY, 1),
         };
         // Before the session exists (no grant can reach this host until then), so that a
         // grant after an etcd restore is never below a token the host has acted on.
@@ -212,8 +215,16 @@ pub async fn serve(
         }
         let silent = ctx.config.session_timeout();
         loop {
+            let flush = session.writes.due();
             let msg = tokio::select! {
                 m = tokio::time::timeout(silent, inbound.message()) => m,
+                _ = sleep_until(flush), if flush.is_some() => {
+                    if let Err(e) = session.write_status().await {
+                        warn!("cannot record the host's latest status: {e}; closing the session so it re-sends on reconnect");
+                        break;
+                    }
+                    continue;
+                }
                 _ = cancel.cancelled() => {
                     debug!("session replaced or replica shutting down");
                     break;
@@ -248,6 +259,23 @@ pub async fn serve(
     }
     .instrument(span)
     .await
+}
+
+async fn sleep_until(at: Option<std::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+/// Whether two host records say the same, apart from when things were seen.
+fn same_content(a: &HostRecord, b: &HostRecord) -> bool {
+    let untimed = |r: &HostRecord| {
+        let mut r = r.clone();
+        r.last_seen_ms = 0;
+        r.services.values_mut().for_each(|s| s.observed_at_ms = 0);
+        r
+    };
+    untimed(a) == untimed(b)
 }
 
 async fn refuse(tx: &AgentTx, reason: &str) {
@@ -313,6 +341,12 @@ struct Session {
     record: HostRecord,
     /// Refused messages are logged, but a host sending nothing else cannot flood the log.
     refusals: LogLimit,
+    /// The record as last written: a status that changes nothing is not written again.
+    written: HostRecord,
+    /// Paces status writes (S9: a host cannot grow etcd at the rate it sends).
+    writes: WriteGate,
+    /// The "statuses coalesced" line, once a minute.
+    floods: LogLimit,
 }
 
 impl Session {
@@ -335,7 +369,8 @@ impl Session {
 
     /// Writes the host record, only while this session is the host's (an old session never
     /// overwrites what a newer one or an operator's fence wrote).
-    async fn put_record(&self) -> Result<(), StoreError> {
+    async fn put_record(&mut self) -> Result<(), StoreError> {
+        self.wrote();
         let put = TxnOp::put(self.ctx.keys.host(&self.host), encode(&self.record), None);
         let txn = Txn::new().when(vec![self.mine()]).and_then(vec![put]);
         if self.ctx.etcd.clone().txn(txn).await?.succeeded() {
@@ -344,6 +379,34 @@ impl Session {
         Err(StoreError::Superseded {
             host: self.host.clone(),
         })
+    }
+
+    /// Notes that the host record is being written as it stands.
+    fn wrote(&mut self) {
+        self.written = self.record.clone();
+        self.writes.wrote(std::time::Instant::now());
+    }
+
+    /// Logs what was dropped or cut from the host's report (rate-limited).
+    fn trimmed(&mut self, what: &str, trimmed: &Trimmed) {
+        if trimmed.is_empty() {
+            return;
+        }
+        if let Some(held_back) = self.refusals.admit(std::time::Instant::now()) {
+            warn!(
+                held_back,
+                "this host's {what} is over rollgate's bounds, kept within them: {trimmed}"
+            );
+        }
+    }
+
+    /// Writes the record's latest state if it differs from what was written (times aside).
+    async fn write_status(&mut self) -> Result<(), StoreError> {
+        if same_content(&self.record, &self.written) {
+            self.writes.wrote(std::time::Instant::now());
+            return Ok(());
+        }
+        self.put_record().await
     }
 
     /// Whether the host's session key is still this session's.
@@ -361,11 +424,23 @@ impl Session {
     }
 
     async fn open(&mut self, hello: &pb::Hello) -> Result<(), StoreError> {
-        let mut services: BTreeMap<String, ServiceState> = hello
-            .services
-            .iter()
-            .map(|s| (s.service.clone(), ServiceState::from(s)))
-            .collect();
+        let mut trimmed = Trimmed::default();
+        let mut services: BTreeMap<String, ServiceState> = BTreeMap::new();
+        for s in &hello.services {
+            if limits::service_fits(&s.service, &services, &mut trimmed) {
+                let s = limits::status(s, &mut trimmed);
+                services.insert(s.service.clone(), ServiceState::from(&s));
+            }
+        }
+        let labels = limits::labels(&hello.labels, &mut trimmed);
+        let mut agent_version = hello.agent_version.clone();
+        limits::cut(
+            &mut agent_version,
+            MAX_VERSION,
+            "agent version",
+            &mut trimmed,
+        );
+        self.trimmed("hello", &trimmed);
         // An order in flight is evidence the service is out of service (S2), whatever health
         // an agent that does not stamp its statuses reports.
         if let Some(p) = &hello.in_flight {
@@ -382,8 +457,8 @@ impl Session {
         // A new session is what clears an operator's fence.
         self.record = HostRecord {
             host_id: self.host.clone(),
-            labels: hello.labels.clone().into_iter().collect(),
-            agent_version: hello.agent_version.clone(),
+            labels,
+            agent_version,
             services,
             last_seen_ms: now_ms(),
             fenced: false,
@@ -399,6 +474,7 @@ impl Session {
             ),
         ]);
         etcd.txn(txn).await?;
+        self.wrote();
         Ok(())
     }
 
@@ -435,7 +511,16 @@ impl Session {
         }
     }
 
+    /// Records a service's status: kept within bounds, written only when it changes and at
+    /// most once per [`HOST_WRITE_INTERVAL`] (faster ones coalesce; the latest wins).
     async fn status(&mut self, s: &pb::ServiceStatus) -> Result<(), StoreError> {
+        let mut trimmed = Trimmed::default();
+        if !limits::service_fits(&s.service, &self.record.services, &mut trimmed) {
+            self.trimmed("status", &trimmed);
+            return Ok(());
+        }
+        let s = &limits::status(s, &mut trimmed);
+        self.trimmed("status", &trimmed);
         let state = ServiceState::from(s);
         if let Some(prev) = self.record.services.get(&s.service) {
             if !prev.superseded_by(state.observed_at_ms) {
@@ -446,7 +531,26 @@ impl Session {
         info!(service = %printable(&s.service), version = %printable(&s.version), health = s.health().word(), detail = %printable(&s.detail), in_flight_token = s.in_flight_token, "service status");
         self.record.services.insert(s.service.clone(), state);
         self.record.last_seen_ms = now_ms();
-        self.put_record().await
+        if same_content(&self.record, &self.written) {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        if self.writes.admit(now) {
+            return self.put_record().await;
+        }
+        // An agent's burst around an update coalesces a few; only a flood is worth a line.
+        if self.writes.coalesced < limits::FLOOD_AFTER {
+            return Ok(());
+        }
+        if let Some(held_back) = self.floods.admit(now) {
+            warn!(
+                held_back,
+                coalesced = self.writes.coalesced,
+                "this host sends changing statuses faster than one per {HOST_WRITE_INTERVAL:?}; \
+                 coalescing them: its latest state is written at most every {HOST_WRITE_INTERVAL:?}"
+            );
+        }
+        Ok(())
     }
 
     /// Logs (rate-limited, naming the host: the session span carries it) a message refused
@@ -659,6 +763,9 @@ impl Session {
             }
         }
         let resp = etcd.txn(Txn::new().when(compares).and_then(ops)).await?;
+        if resp.succeeded() {
+            self.wrote();
+        }
         if !resp.succeeded() && !self.still_mine().await? {
             return Err(StoreError::Superseded {
                 host: self.host.clone(),

@@ -72,6 +72,59 @@ impl LogLimit {
     }
 }
 
+/// Shortest time between two writes of one host's record for its statuses: faster statuses
+/// are coalesced and the latest state is written when the interval is up.
+pub const HOST_WRITE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Coalesced statuses in a session after which the host is logged as flooding.
+pub const FLOOD_AFTER: u64 = 20;
+
+/// Paces the writes of one host's record: at most one per interval, the latest state wins.
+#[derive(Debug, Clone)]
+pub struct WriteGate {
+    interval: Duration,
+    last: Option<Instant>,
+    pending: bool,
+    /// Statuses coalesced since the last write (for the log line).
+    pub coalesced: u64,
+}
+
+impl WriteGate {
+    /// At most one write per `interval`.
+    pub fn new(interval: Duration) -> Self {
+        WriteGate {
+            interval,
+            last: None,
+            pending: false,
+            coalesced: 0,
+        }
+    }
+    /// Whether a changed record may be written now; if not, it is pending until [`Self::due`].
+    pub fn admit(&mut self, now: Instant) -> bool {
+        if self
+            .last
+            .is_none_or(|at| now.duration_since(at) >= self.interval)
+        {
+            return true;
+        }
+        self.pending = true;
+        self.coalesced += 1;
+        false
+    }
+    /// Records a write of the host record (for any reason): nothing is pending any more.
+    pub fn wrote(&mut self, now: Instant) {
+        self.last = Some(now);
+        self.pending = false;
+    }
+    /// When the pending state is to be written, if one is.
+    pub fn due(&self) -> Option<Instant> {
+        match (self.pending, self.last) {
+            (true, Some(at)) => Some(at + self.interval),
+            _ => None,
+        }
+    }
+}
+
 /// Text cut to at most `max` bytes (on a character boundary), marked when cut.
 pub fn bounded(text: &str, max: usize) -> String {
     if text.len() <= max {
@@ -228,6 +281,21 @@ mod tests {
         assert!(!service_fits("new", &known, &mut t));
         assert!(service_fits("s1", &known, &mut t));
         assert!(!service_fits("a/b", &BTreeMap::<String, ()>::new(), &mut t));
+    }
+
+    #[test]
+    fn writes_are_paced_and_the_latest_is_due() {
+        let mut g = WriteGate::new(Duration::from_millis(250));
+        let t0 = Instant::now();
+        assert!(g.admit(t0));
+        g.wrote(t0);
+        assert_eq!(g.due(), None);
+        assert!(!g.admit(t0 + Duration::from_millis(10)));
+        assert!(!g.admit(t0 + Duration::from_millis(20)));
+        assert_eq!(g.due(), Some(t0 + Duration::from_millis(250)));
+        g.wrote(t0 + Duration::from_millis(250));
+        assert_eq!((g.due(), g.coalesced), (None, 2));
+        assert!(g.admit(t0 + Duration::from_millis(600)));
     }
 
     #[test]
