@@ -130,7 +130,10 @@ pub async fn serve(
         }
     };
     if let Err(e) = names::check("host id", &hello.host_id) {
-        warn!("refusing an agent session: {e}");
+        warn!(
+            "refusing an agent session: {}",
+            printable(&bounded(&e.to_string(), MAX_DETAIL))
+        );
         refuse(&tx, &e.to_string()).await;
         return;
     }
@@ -524,7 +527,7 @@ impl Session {
         let state = ServiceState::from(s);
         if let Some(prev) = self.record.services.get(&s.service) {
             if !prev.superseded_by(state.observed_at_ms) {
-                debug!(service = %s.service, observed_at_ms = state.observed_at_ms, newest_ms = prev.observed_at_ms, "older status ignored");
+                debug!(service = %printable(&s.service), observed_at_ms = state.observed_at_ms, newest_ms = prev.observed_at_ms, "older status ignored");
                 return Ok(());
             }
         }
