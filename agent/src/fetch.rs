@@ -215,6 +215,8 @@ impl Fetcher {
         let http = reqwest::Client::builder()
             .connect_timeout(HTTP_CONNECT_TIMEOUT)
             .read_timeout(FETCH_IDLE_TIMEOUT)
+            // A redirect could lead outside allowed_sources (an internal address): refused.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| transfer(format!("cannot set up the HTTP client: {e}"), false))?;
         Ok(Fetcher { http, coordinator })
@@ -368,7 +370,7 @@ impl Fetcher {
         let mut resp = req
             .send()
             .await
-            .map_err(|e| transfer(format!("GET {url}: {e}"), true))?;
+            .map_err(|e| transfer(format!("GET {url}: {}", terse(&e)), true))?;
         let status = resp.status();
         match status.as_u16() {
             206 => {
@@ -401,11 +403,23 @@ impl Fetcher {
                     true,
                 ));
             }
+            _ if status.is_redirection() => {
+                // Never followed: where it points is not in the order, and may be internal.
+                tracing::warn!(%url, %status, "release source redirected; not followed");
+                return Err(transfer(
+                    format!(
+                        "GET {url}: the server answered {status}, a redirect, which the agent \
+                         does not follow; use the final URL (under allowed_sources) as the source"
+                    ),
+                    false,
+                ));
+            }
             _ => {
+                // The status only: the body (an error page, maybe internal) is never echoed.
                 return Err(transfer(
                     format!("GET {url}: the server answered {status}"),
                     status.is_server_error() || status.as_u16() == 429,
-                ))
+                ));
             }
         }
         if let Some(len) = resp.content_length() {
@@ -419,7 +433,7 @@ impl Fetcher {
             match resp.chunk().await {
                 Ok(Some(bytes)) => sink.write(&bytes).await?,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(transfer(format!("GET {url}: {e}"), true)),
+                Err(e) => return Err(transfer(format!("GET {url}: {}", terse(&e)), true)),
             }
         }
     }
@@ -430,17 +444,27 @@ async fn download_file(
     artifact: &Artifact,
     sink: &mut Sink,
 ) -> Result<(), FetchError> {
-    let mut file = tokio::fs::File::open(path).await.map_err(|e| {
+    // Terse: whether a path exists or is readable is not the operator's to probe, so the OS
+    // error text stays out of the refusal (the agent's log has it).
+    let unreadable = |e: io::Error| {
+        tracing::warn!(path = %path.display(), "cannot read a file:// release source: {e}");
         transfer(
-            format!("cannot open source file {}: {e}", path.display()),
+            format!(
+                "cannot read source file {}; check it exists and is readable by the agent",
+                path.display()
+            ),
             false,
         )
-    })?;
-    let len = file
-        .metadata()
-        .await
-        .map_err(io_err("inspect", path))?
-        .len();
+    };
+    let mut file = tokio::fs::File::open(path).await.map_err(unreadable)?;
+    let meta = file.metadata().await.map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(transfer(
+            format!("source {} is not a regular file", path.display()),
+            false,
+        ));
+    }
+    let len = meta.len();
     if len > artifact.size {
         return Err(FetchError::Oversized {
             size: artifact.size,
@@ -455,14 +479,28 @@ async fn download_file(
     }
     file.seek(io::SeekFrom::Start(sink.written))
         .await
-        .map_err(io_err("seek in", path))?;
+        .map_err(unreadable)?;
     let mut buf = vec![0u8; ARTIFACT_CHUNK_BYTES];
     loop {
-        let n = file.read(&mut buf).await.map_err(io_err("read", path))?;
+        let n = file.read(&mut buf).await.map_err(unreadable)?;
         if n == 0 {
             return Ok(());
         }
         sink.write(&buf[..n]).await?;
+    }
+}
+
+/// What kind of HTTP failure `e` was, without its text (which may carry OS error strings or
+/// a peer's bytes): enough for the operator to act on.
+fn terse(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_body() || e.is_decode() {
+        "the transfer broke off"
+    } else {
+        "the request failed"
     }
 }
 
@@ -525,9 +563,11 @@ struct Sink {
 
 impl Sink {
     async fn open(path: &Path, have: u64, limit: u64) -> Result<Sink, FetchError> {
+        // 0600: bytes not yet verified are nobody else's to read.
         let file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)
             .await
             .map_err(io_err("open", path))?;
@@ -628,277 +668,4 @@ pub async fn sha256_file_async(path: &Path) -> io::Result<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{BufRead, BufReader, Write};
-    use std::net::TcpListener;
-    use std::sync::{Arc, Mutex};
-
-    fn fetcher() -> Fetcher {
-        let (_tx, rx) = watch::channel(None);
-        Fetcher::new(rx).expect("fetcher")
-    }
-
-    fn artifact_for(body: &[u8], source: &str) -> Artifact {
-        Artifact::try_from(&pb::Release {
-            version: "2.0.0".into(),
-            source: source.into(),
-            sha256: hex::encode(Sha256::digest(body)),
-            size: body.len() as u64,
-            signature: None,
-        })
-        .expect("valid release")
-    }
-
-    fn body() -> Vec<u8> {
-        (0..200_000u32).map(|i| (i % 251) as u8).collect()
-    }
-
-    #[test]
-    fn release_checks() {
-        let ok = pb::Release {
-            version: "1.0.0".into(),
-            source: "store:".into(),
-            sha256: "a".repeat(64),
-            size: 3,
-            signature: None,
-        };
-        assert!(Artifact::try_from(&ok).is_ok());
-        for (bad, want) in [
-            (
-                pb::Release {
-                    version: "../x".into(),
-                    ..ok.clone()
-                },
-                "version",
-            ),
-            (
-                pb::Release {
-                    sha256: "abc".into(),
-                    ..ok.clone()
-                },
-                "sha256",
-            ),
-            (
-                pb::Release {
-                    size: 0,
-                    ..ok.clone()
-                },
-                "size is 0",
-            ),
-            (
-                pb::Release {
-                    source: "ftp://x".into(),
-                    ..ok.clone()
-                },
-                "not one the agent knows",
-            ),
-            (
-                pb::Release {
-                    source: "file://relative".into(),
-                    ..ok.clone()
-                },
-                "not one the agent knows",
-            ),
-        ] {
-            let err = Artifact::try_from(&bad).expect_err(want).to_string();
-            assert!(err.contains(want), "{err}");
-        }
-    }
-
-    #[tokio::test]
-    async fn file_source_is_fetched_and_verified() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let src = dir.path().join("artifact");
-        std::fs::write(&src, body()).expect("source");
-        let a = artifact_for(&body(), &format!("file://{}", src.display()));
-        let got = fetcher().fetch(&a, dir.path()).await.expect("fetch");
-        assert_eq!(got, dir.path().join(format!("{}.partial", a.sha256)));
-        assert_eq!(std::fs::read(&got).expect("read"), body());
-    }
-
-    #[tokio::test]
-    async fn wrong_digest_is_refused_and_deleted() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let src = dir.path().join("artifact");
-        std::fs::write(&src, body()).expect("source");
-        let mut a = artifact_for(&body(), &format!("file://{}", src.display()));
-        let actual = a.sha256.clone();
-        a.sha256 = "0".repeat(64);
-        let err = fetcher().fetch(&a, dir.path()).await.expect_err("mismatch");
-        assert_eq!(
-            err.to_string(),
-            format!("sha256 mismatch: expected {}, got {actual}", "0".repeat(64))
-        );
-        assert!(!dir.path().join(format!("{}.partial", a.sha256)).exists());
-    }
-
-    #[tokio::test]
-    async fn oversized_source_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let src = dir.path().join("artifact");
-        std::fs::write(&src, body()).expect("source");
-        let mut a = artifact_for(&body(), &format!("file://{}", src.display()));
-        a.size -= 1;
-        let err = fetcher()
-            .fetch(&a, dir.path())
-            .await
-            .expect_err("oversized");
-        assert!(matches!(err, FetchError::Oversized { .. }), "{err}");
-        assert!(
-            err.to_string().contains("refusing to write past it"),
-            "{err}"
-        );
-        assert!(!dir.path().join(format!("{}.partial", a.sha256)).exists());
-    }
-
-    #[tokio::test]
-    async fn resume_appends_to_the_partial_file_and_still_verifies() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let src = dir.path().join("artifact");
-        let full = body();
-        std::fs::write(&src, &full).expect("source");
-        let a = artifact_for(&full, &format!("file://{}", src.display()));
-        let partial = dir.path().join(format!("{}.partial", a.sha256));
-
-        // A correct prefix is resumed.
-        std::fs::write(&partial, &full[..70_000]).expect("prefix");
-        fetcher()
-            .fetch(&a, dir.path())
-            .await
-            .expect("resumed fetch");
-        assert_eq!(std::fs::read(&partial).expect("read"), full);
-
-        // A corrupt prefix is kept by the resume (only the tail is read) but caught by the digest.
-        let mut bad = full[..70_000].to_vec();
-        bad[10] ^= 0xff;
-        std::fs::write(&partial, &bad).expect("bad prefix");
-        let err = fetcher()
-            .fetch(&a, dir.path())
-            .await
-            .expect_err("corrupt prefix");
-        assert!(matches!(err, FetchError::Digest { .. }), "{err}");
-        assert!(!partial.exists(), "a mismatching download is deleted");
-    }
-
-    /// A one-request-per-connection HTTP server that honours (or ignores) Range and records
-    /// the Range header of each request.
-    fn serve(
-        body: Vec<u8>,
-        honour_range: bool,
-        extra: usize,
-    ) -> (String, Arc<Mutex<Vec<Option<String>>>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
-                let mut range = None;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                        range = v.trim().trim_end_matches('-').parse::<usize>().ok();
-                    }
-                }
-                log.lock()
-                    .expect("log")
-                    .push(range.map(|r| format!("bytes={r}-")));
-                let mut payload = body.clone();
-                payload.extend(std::iter::repeat_n(b'x', extra));
-                let head = match range {
-                    Some(start) if honour_range => {
-                        let total = payload.len();
-                        payload.drain(..start);
-                        format!(
-                            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{total}\r\nConnection: close\r\n\r\n",
-                            payload.len(),
-                            total - 1
-                        )
-                    }
-                    _ => format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        payload.len()
-                    ),
-                };
-                let _ = conn.write_all(head.as_bytes());
-                let _ = conn.write_all(&payload);
-            }
-        });
-        (format!("http://{addr}/artifact"), seen)
-    }
-
-    #[tokio::test]
-    async fn http_fetch_resumes_with_a_range_request() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let full = body();
-        let (url, seen) = serve(full.clone(), true, 0);
-        let a = artifact_for(&full, &url);
-        let partial = dir.path().join(format!("{}.partial", a.sha256));
-        std::fs::write(&partial, &full[..123_456]).expect("prefix");
-        fetcher().fetch(&a, dir.path()).await.expect("fetch");
-        assert_eq!(std::fs::read(&partial).expect("read"), full);
-        assert_eq!(
-            *seen.lock().expect("log"),
-            vec![Some("bytes=123456-".to_string())]
-        );
-    }
-
-    #[tokio::test]
-    async fn http_fetch_starts_over_when_range_is_ignored() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let full = body();
-        let (url, _) = serve(full.clone(), false, 0);
-        let a = artifact_for(&full, &url);
-        let partial = dir.path().join(format!("{}.partial", a.sha256));
-        std::fs::write(&partial, &full[..1000]).expect("prefix");
-        fetcher().fetch(&a, dir.path()).await.expect("fetch");
-        assert_eq!(std::fs::read(&partial).expect("read"), full);
-    }
-
-    #[tokio::test]
-    async fn http_source_larger_than_declared_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let full = body();
-        let (url, _) = serve(full.clone(), true, 10);
-        let a = artifact_for(&full, &url);
-        let err = fetcher()
-            .fetch(&a, dir.path())
-            .await
-            .expect_err("oversized");
-        assert!(matches!(err, FetchError::Oversized { .. }), "{err}");
-    }
-
-    #[tokio::test]
-    async fn http_error_status_is_reported() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        std::thread::spawn(move || {
-            if let Some(Ok(mut c)) = listener.incoming().next() {
-                let mut buf = [0u8; 1024];
-                let _ = c.read(&mut buf);
-                let _ = c.write_all(
-                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-            }
-        });
-        let a = artifact_for(b"abc", &format!("http://{addr}/missing"));
-        let err = fetcher().fetch(&a, dir.path()).await.expect_err("404");
-        assert!(err.to_string().contains("404"), "{err}");
-        assert!(!err.retryable());
-    }
-
-    #[test]
-    fn no_space_is_a_clear_error() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let err = check_space(dir.path(), u64::MAX).expect_err("nobody has that much space");
-        assert!(err.to_string().contains("not enough disk space"), "{err}");
-        check_space(dir.path(), 1).expect("one byte is free");
-    }
-}
+mod tests;
