@@ -19,6 +19,14 @@ pub enum ArtifactError {
         /// The limit.
         limit: u64,
     },
+    /// Keeping the artifact would pass the store's disk budget.
+    #[error("this replica's artifact store holds {used} bytes and may hold {limit} (max_artifact_store_bytes); the artifact does not fit, so it was not kept: remove old artifacts or raise the limit")]
+    StoreFull {
+        /// Bytes the store held when the transfer started.
+        used: u64,
+        /// `max_artifact_store_bytes`.
+        limit: u64,
+    },
     /// No artifact with this digest is stored here.
     #[error("no artifact sha256:{0} in this coordinator's store; push it with `rollgate artifact push FILE`")]
     NotFound(String),
@@ -56,6 +64,11 @@ pub struct Upload {
     hasher: Sha256,
     size: u64,
     limit: u64,
+    /// Bytes the store may still take (its budget less what it held at the start).
+    room: u64,
+    /// What the store held at the start, and its budget (for the refusal).
+    used: u64,
+    store_limit: u64,
     dir: PathBuf,
 }
 
@@ -87,8 +100,16 @@ impl ArtifactStore {
         self.dir.join(sha256)
     }
 
-    /// Starts receiving an artifact.
-    pub fn upload(&self) -> Result<Upload, ArtifactError> {
+    /// Starts receiving an artifact (a push or a copy from another replica) that must fit in
+    /// `store_limit` bytes with everything already in the store, uploads in progress included.
+    pub fn upload(&self, store_limit: u64) -> Result<Upload, ArtifactError> {
+        let used = self.used_bytes()?;
+        if used >= store_limit {
+            return Err(ArtifactError::StoreFull {
+                used,
+                limit: store_limit,
+            });
+        }
         let tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(io(&self.dir))?;
         let file = tokio::fs::File::from_std(tmp.reopen().map_err(io(tmp.path()))?);
         Ok(Upload {
@@ -97,6 +118,9 @@ impl ArtifactStore {
             hasher: Sha256::new(),
             size: 0,
             limit: self.limit,
+            room: store_limit - used,
+            used,
+            store_limit,
             dir: self.dir.clone(),
         })
     }
@@ -129,6 +153,12 @@ impl Upload {
         self.size += data.len() as u64;
         if self.size > self.limit {
             return Err(ArtifactError::TooLarge { limit: self.limit });
+        }
+        if self.size > self.room {
+            return Err(ArtifactError::StoreFull {
+                used: self.used,
+                limit: self.store_limit,
+            });
         }
         self.hasher.update(data);
         self.file.write_all(data).await.map_err(io(self.tmp.path()))

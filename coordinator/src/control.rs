@@ -734,7 +734,7 @@ pub async fn copy_artifact_from_peer(ctx: &Arc<Ctx>, sha256: &str) -> Result<(),
         })
         .await?
         .into_inner();
-    let mut upload = ctx.artifacts.upload()?;
+    let mut upload = ctx.artifacts.upload(ctx.config.max_artifact_store_bytes)?;
     while let Some(chunk) = stream.message().await? {
         upload.write(&chunk.data).await?;
     }

@@ -48,7 +48,9 @@ impl From<ArtifactError> for Status {
     fn from(e: ArtifactError) -> Self {
         match &e {
             ArtifactError::NotFound(_) => Status::not_found(e.to_string()),
-            ArtifactError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+            ArtifactError::TooLarge { .. } | ArtifactError::StoreFull { .. } => {
+                Status::resource_exhausted(e.to_string())
+            }
             ArtifactError::Io { .. } => Status::internal(e.to_string()),
         }
     }
@@ -110,7 +112,7 @@ impl AgentService for AgentApi {
         let (mut file, total) = match self.ctx.artifacts.open(&req.sha256, req.offset).await {
             Err(ArtifactError::NotFound(_)) => {
                 // Pushed to another replica: copy it here first (once, verified), then serve it.
-                downloads::ensure_local(&self.ctx, &req.sha256).await?;
+                downloads::ensure_local(&self.ctx, who.as_ref(), &req.sha256).await?;
                 self.ctx.artifacts.open(&req.sha256, req.offset).await?
             }
             other => other?,
@@ -290,12 +292,23 @@ impl ControlService for ControlApi {
         &self,
         request: Request<Streaming<pb::PushArtifactChunk>>,
     ) -> Result<Response<pb::PushArtifactResponse>, Status> {
+        let operator = crate::tls::peer(&request, self.ctx.fleet().as_deref())
+            .ok()
+            .flatten()
+            .map_or_else(|| "an operator (plaintext)".to_string(), |i| i.uri());
         let mut stream = request.into_inner();
-        let mut upload = self.ctx.artifacts.upload()?;
-        while let Some(chunk) = stream.message().await? {
-            upload.write(&chunk.data).await?;
-        }
-        let (sha256, size) = upload.finish().await?;
+        // Bounded by max_artifact_bytes and, with what the store holds, max_artifact_store_bytes.
+        let received = async {
+            let limit = self.ctx.config.max_artifact_store_bytes;
+            let mut upload = self.ctx.artifacts.upload(limit)?;
+            while let Some(chunk) = stream.message().await? {
+                upload.write(&chunk.data).await?;
+            }
+            Ok::<_, Status>(upload.finish().await?)
+        };
+        let (sha256, size) = received.await.inspect_err(|e| {
+            tracing::warn!(%operator, "artifact push refused: {}", e.message());
+        })?;
         control::record_artifact(&self.ctx, &sha256, size).await?;
         tracing::info!(%sha256, size, "artifact stored");
         Ok(Response::new(pb::PushArtifactResponse { sha256, size }))

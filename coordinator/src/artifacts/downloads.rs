@@ -58,9 +58,13 @@ fn orders(r: &RolloutRecord, host: &str, sha256: &str) -> bool {
     !r.phase.is_terminal() && r.spec.release.sha256 == sha256 && r.targets.iter().any(|t| t == host)
 }
 
-/// Makes sure `sha256` is in this replica's store, copying it once from the replica that
-/// holds it: concurrent requests for it wait for that one copy.
-pub async fn ensure_local(ctx: &Arc<Ctx>, sha256: &str) -> Result<(), Status> {
+/// Makes sure `sha256` is in this replica's store for `who`'s download, copying it once from
+/// the replica that holds it: concurrent requests for it wait for that one copy.
+pub async fn ensure_local(
+    ctx: &Arc<Ctx>,
+    who: Option<&Identity>,
+    sha256: &str,
+) -> Result<(), Status> {
     let gate = &ctx.artifacts.gate;
     let lock = {
         let mut copying = gate.copying.lock().unwrap_or_else(|p| p.into_inner());
@@ -70,7 +74,10 @@ pub async fn ensure_local(ctx: &Arc<Ctx>, sha256: &str) -> Result<(), Status> {
     let result = if ctx.artifacts.path(sha256).exists() {
         Ok(()) // another request copied it while this one waited
     } else {
-        copy_once(ctx, sha256).await
+        copy_once(ctx, sha256).await.inspect_err(|e| {
+            let peer = who.map_or_else(|| "a plaintext peer".to_string(), Identity::uri);
+            tracing::warn!(%peer, %sha256, "artifact download refused: {}", e.message());
+        })
     };
     drop(guard);
     let mut copying = gate.copying.lock().unwrap_or_else(|p| p.into_inner());
@@ -85,7 +92,6 @@ async fn copy_once(ctx: &Arc<Ctx>, sha256: &str) -> Result<(), Status> {
     if art.stored_by == ctx.config.replica_id {
         // The record says this replica holds it, and it does not: dialing ourselves would
         // only ask again.
-        tracing::warn!(%sha256, "artifact recorded as stored here is missing from the store");
         return Err(Status::not_found(format!(
             "artifact sha256:{sha256} was pushed to this replica but its file is gone; push it \
              again with `rollgate artifact push FILE`"
