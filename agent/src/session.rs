@@ -271,32 +271,38 @@ async fn serve(
         welcomed: false,
         why,
     };
-    let mut endpoint = match Endpoint::from_shared(replicas.current().to_string()) {
-        Ok(e) => e
-            .connect_timeout(CONNECT_TIMEOUT)
+    let url = replicas.current().to_string();
+    let settings = |e: Endpoint| {
+        e.connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true),
-        Err(e) => return lost(format!("bad URL: {e}")),
+            .keep_alive_while_idle(true)
     };
-    if !cfg.tls.insecure() {
+    let connect = async {
+        if cfg.tls.insecure() {
+            let e = Endpoint::from_shared(url.clone()).map_err(|e| format!("bad URL: {e}"))?;
+            return settings(e)
+                .connect()
+                .await
+                .map_err(|e| crate::error_chain(&e));
+        }
         // Read at every connect: a renewed certificate is picked up without a restart.
         let files = match cfg.tls.load(Role::Host, "") {
             Ok(Some(f)) => f,
-            Ok(None) => return lost("TLS settings missing".into()),
-            Err(e) => return lost(format!("cannot use the TLS files: {e}")),
+            Ok(None) => return Err("TLS settings missing".into()),
+            Err(e) => return Err(format!("cannot use the TLS files: {e}")),
         };
-        endpoint = match endpoint.tls_config(rollgate_proto::tls::client_config(&files)) {
-            Ok(e) => e,
-            Err(e) => return lost(format!("TLS settings: {}", crate::error_chain(&e))),
-        };
-    }
+        // The server must be a coordinator of our fleet, not only hold a certificate of our CA.
+        rollgate_proto::tls::dial(&url, settings, &files)
+            .await
+            .map_err(|e| crate::error_chain(&e))
+    };
     let channel = tokio::select! {
         _ = cancel.cancelled() => return End::Shutdown,
         // TCP connect and TLS handshake each have their own timeout; this bounds the whole.
-        c = tokio::time::timeout(CONNECT_TIMEOUT * 3, endpoint.connect()) => match c {
+        c = tokio::time::timeout(CONNECT_TIMEOUT * 3, connect) => match c {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return lost(crate::error_chain(&e)),
+            Ok(Err(e)) => return lost(e),
             Err(_) => return lost(format!(
                 "no connection within {:?} (the coordinator accepts TCP but does not answer)",
                 CONNECT_TIMEOUT * 3

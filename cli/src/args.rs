@@ -57,8 +57,9 @@ pub struct Cli {
     pub key: Option<PathBuf>,
 
     /// Development only: talk plain http to a coordinator started with
-    /// `insecure_plaintext = true`. Nothing is encrypted or authenticated.
-    #[arg(long, global = true, env = "ROLLGATE_INSECURE")]
+    /// `insecure_plaintext = true`. Nothing is encrypted or authenticated. Only as a flag,
+    /// never from the environment: a stray variable must not turn TLS off.
+    #[arg(long, global = true)]
     pub insecure: bool,
 
     /// What to do.
@@ -160,9 +161,10 @@ pub enum CertsCommand {
     },
     /// Issue a certificate signed by the fleet CA: ROLE-NAME.pem and ROLE-NAME.key.
     Issue {
-        /// coordinator (server and client), host (one agent; alias: agent), or operator.
-        #[arg(value_enum)]
-        role: CertRole,
+        /// coordinator (server and client), host (one agent; alias: agent), or operator (see
+        /// --role).
+        #[arg(value_enum, value_name = "KIND")]
+        kind: CertRole,
         /// Replica id, host id (as in the agent's `host_id`) or operator name.
         name: String,
         /// Where the CA is (ca.pem, ca.key).
@@ -181,6 +183,14 @@ pub enum CertsCommand {
         /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: u32,
+        /// Operators only: what the certificate may do (written into its identity,
+        /// spiffe://FLEET/ROLE/NAME). operator: everything; viewer: read only; deployer:
+        /// rollouts of --services only.
+        #[arg(long, value_enum, default_value_t = OperatorRole::Operator)]
+        role: OperatorRole,
+        /// Deployers only: the services whose rollouts it may create and steer (comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "A,B")]
+        services: Vec<String>,
     },
     /// Print who a certificate names, who issued it and how long it is valid.
     Show {
@@ -199,6 +209,17 @@ pub enum CertRole {
     Host,
     /// A person or tool using the control API.
     Operator,
+}
+
+/// What an operator certificate may do (`--role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OperatorRole {
+    /// Everything, including fencing and forgetting hosts.
+    Operator,
+    /// Read only: rollouts, hosts, history, plans.
+    Viewer,
+    /// Create and steer rollouts of its --services, push artifacts; read.
+    Deployer,
 }
 
 /// `rollgate rollout ...`

@@ -78,6 +78,9 @@ pub struct IssueOpts {
     pub days: u32,
     /// Where to write; default: the CA's directory.
     pub out_dir: Option<PathBuf>,
+    /// A deployer's services (its `urn:rollgate:services:` URI SAN); required for deployers,
+    /// refused for every other role.
+    pub services: Vec<String>,
 }
 
 /// Issues a certificate for `role`/`name`, signed by the CA in `ca_dir`.
@@ -113,7 +116,9 @@ pub fn issue(ca_dir: &Path, role: Role, name: &str, opts: &IssueOpts) -> anyhow:
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ],
-        Role::Host | Role::Operator => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Role::Host | Role::Operator | Role::Viewer | Role::Deployer => {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        }
     };
     params.use_authority_key_identifier_extension = true;
     let uri = identity.uri();
@@ -138,6 +143,7 @@ pub fn issue(ca_dir: &Path, role: Role, name: &str, opts: &IssueOpts) -> anyhow:
     } else if !opts.dns.is_empty() || !opts.ips.is_empty() {
         bail!("--dns and --ip are for coordinator certificates; a {role} certificate names only its identity");
     }
+    sans.extend(services_san(role, &opts.services)?);
     params.subject_alt_names = sans;
     let not_after = validity(&mut params, opts.days);
     let key = KeyPair::generate()?;
@@ -150,6 +156,30 @@ pub fn issue(ca_dir: &Path, role: Role, name: &str, opts: &IssueOpts) -> anyhow:
         uri,
         not_after,
     })
+}
+
+/// The `urn:rollgate:services:A,B` URI SAN of a deployer (none for other roles).
+fn services_san(role: Role, services: &[String]) -> anyhow::Result<Option<SanType>> {
+    match (role, services.is_empty()) {
+        (Role::Deployer, true) => bail!(
+            "a deployer certificate needs --services a,b: the services whose rollouts it may \
+             create and steer"
+        ),
+        (Role::Deployer, false) => {
+            for s in services {
+                rollgate_proto::names::check("service", s)
+                    .map_err(|e| anyhow::anyhow!("--services: {e}"))?;
+            }
+            let urn = format!(
+                "{}{}",
+                rollgate_proto::tls::SERVICES_URN,
+                services.join(",")
+            );
+            Ok(Some(SanType::URI(urn.try_into()?)))
+        }
+        (_, true) => Ok(None),
+        (_, false) => bail!("--services is for deployer certificates (--role deployer)"),
+    }
 }
 
 /// The fleet a rollgate CA certificate (PEM) is for: its `spiffe://FLEET` URI SAN.

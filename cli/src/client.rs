@@ -13,7 +13,7 @@ use rollgate_proto::pb::{
     ListHostsRequest, ListHostsResponse, ListRolloutsRequest, ListRolloutsResponse,
     PushArtifactChunk, PushArtifactResponse, RolloutPlan, RolloutRef, RolloutStatus,
 };
-use rollgate_proto::tls::{Role, TlsConfig};
+use rollgate_proto::tls::{DialFailure, Role, TlsConfig, TlsFiles};
 use rollgate_proto::MAX_MESSAGE_BYTES;
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
@@ -298,36 +298,31 @@ pub struct Target {
 }
 
 impl Target {
-    /// The channel settings: the URL checked, and TLS unless insecure.
-    fn endpoint(&self) -> Result<(String, Endpoint), ControlError> {
+    /// The URL checked, and the operator's TLS files unless insecure.
+    fn prepare(&self) -> Result<(String, Option<TlsFiles>), ControlError> {
         let url = normalize_url(&self.url, self.tls.insecure_plaintext)?;
-        let mut endpoint =
-            Endpoint::from_shared(url.clone()).map_err(|e| ControlError::BadUrl {
-                url: url.clone(),
-                problem: root_cause(&e),
-            })?;
-        if !self.tls.insecure_plaintext {
-            if self.tls.ca.is_none() && self.tls.cert.is_none() && self.tls.key.is_none() {
-                return Err(ControlError::Tls {
-                    problem: "no operator certificate given".into(),
-                });
-            }
-            let files = self
-                .tls
-                .load(Role::Operator, "")
-                .map_err(|e| ControlError::Tls {
-                    problem: e.to_string().replace("[tls] needs", "mTLS needs"),
-                })?
-                .ok_or_else(|| ControlError::Tls {
-                    problem: "no operator certificate given".into(),
-                })?;
-            endpoint = endpoint
-                .tls_config(rollgate_proto::tls::client_config(&files))
-                .map_err(|e| ControlError::Tls {
-                    problem: root_cause(&e),
-                })?;
+        Endpoint::from_shared(url.clone()).map_err(|e| ControlError::BadUrl {
+            url: url.clone(),
+            problem: root_cause(&e),
+        })?;
+        if self.tls.insecure_plaintext {
+            return Ok((url, None));
         }
-        Ok((url, endpoint))
+        if self.tls.ca.is_none() && self.tls.cert.is_none() && self.tls.key.is_none() {
+            return Err(ControlError::Tls {
+                problem: "no operator certificate given".into(),
+            });
+        }
+        let files = self
+            .tls
+            .load(Role::Operator, "")
+            .map_err(|e| ControlError::Tls {
+                problem: e.to_string().replace("[tls] needs", "mTLS needs"),
+            })?
+            .ok_or_else(|| ControlError::Tls {
+                problem: "no operator certificate given".into(),
+            })?;
+        Ok((url, Some(files)))
     }
 }
 
@@ -363,16 +358,32 @@ pub struct Coordinator {
 impl Coordinator {
     /// Connects to the coordinator at `url` (waits at most [`CONNECT_TIMEOUT`]).
     pub async fn connect(target: &Target) -> Result<Self, ControlError> {
-        let (url, endpoint) = target.endpoint()?;
-        let endpoint = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
-        let channel = match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+        let (url, files) = target.prepare()?;
+        let settings = |e: Endpoint| {
+            e.connect_timeout(CONNECT_TIMEOUT)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
+        };
+        let connect = async {
+            match &files {
+                // The server must be a coordinator of our fleet (its certificate says so).
+                Some(files) => rollgate_proto::tls::dial(&url, settings, files).await,
+                None => {
+                    let e = Endpoint::from_shared(url.clone()).map_err(DialFailure::from)?;
+                    Ok(settings(e).connect().await?)
+                }
+            }
+        };
+        let channel = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(channel)) => channel,
             Ok(Err(e)) => {
                 let cause = root_cause(&e);
+                if let Some(at) = cause.find("the server at ") {
+                    return Err(ControlError::Tls {
+                        problem: format!("refused to talk to {url}: {}", &cause[at..]),
+                    });
+                }
                 if ["certificate", "alert", "handshake"]
                     .iter()
                     .any(|w| cause.contains(w))

@@ -12,7 +12,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::args::{
-    ArtifactCommand, CertRole, CertsCommand, Cli, Command, HostCommand, OutputFormat,
+    ArtifactCommand, CertRole, CertsCommand, Cli, Command, HostCommand, OperatorRole, OutputFormat,
     ReleaseCommand, RolloutCommand,
 };
 use crate::client::{Coordinator, Target};
@@ -167,24 +167,32 @@ fn certs(cmd: CertsCommand, format: OutputFormat) -> anyhow::Result<Finish> {
             ca
         }
         CertsCommand::Issue {
-            role,
+            kind,
             name,
             dir,
             out_dir,
             dns,
             ip,
             days,
+            role,
+            services,
         } => {
-            let role = match role {
-                CertRole::Coordinator => Role::Coordinator,
-                CertRole::Host => Role::Host,
-                CertRole::Operator => Role::Operator,
+            let role = match (kind, role) {
+                (CertRole::Coordinator, OperatorRole::Operator) => Role::Coordinator,
+                (CertRole::Host, OperatorRole::Operator) => Role::Host,
+                (CertRole::Operator, OperatorRole::Operator) => Role::Operator,
+                (CertRole::Operator, OperatorRole::Viewer) => Role::Viewer,
+                (CertRole::Operator, OperatorRole::Deployer) => Role::Deployer,
+                (_, OperatorRole::Viewer | OperatorRole::Deployer) => {
+                    anyhow::bail!("--role is for operator certificates")
+                }
             };
             let opts = crate::certs::IssueOpts {
                 dns,
                 ips: ip,
                 days,
                 out_dir,
+                services,
             };
             let issued = crate::certs::issue(&dir, role, &name, &opts)?;
             if format == OutputFormat::Text {

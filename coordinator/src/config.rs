@@ -34,6 +34,8 @@ pub struct Config {
     /// `[tls]`: mTLS for agents and operators (ca, cert, key), or `insecure_plaintext = true`
     /// on a development machine.
     pub tls: rollgate_proto::tls::TlsConfig,
+    /// `[access]`: revoked identities and certificates.
+    pub access: AccessConfig,
     /// How many of a service's latest rollouts `rollgate rollout rollback` may roll back
     /// (1: only the latest; agents have their own `rollback_window` too).
     pub rollback_window: u32,
@@ -41,6 +43,16 @@ pub struct Config {
     pub max_artifact_copies: u32,
     /// Bytes this replica's artifact store may hold; a push or copy past it is refused.
     pub max_artifact_store_bytes: u64,
+}
+
+/// `[access]`: who is refused although the fleet CA signed their certificate.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessConfig {
+    /// A file of denied identities (`spiffe://FLEET/ROLE/NAME`), certificate serials
+    /// (`serial:HEX`) and fingerprints (`sha256:HEX`), one per line, `#` comments. Read again
+    /// when it changes and on SIGHUP; open sessions of a denied peer are cut within seconds.
+    pub deny_list: Option<PathBuf>,
 }
 
 /// etcd connection and the local single-member etcd.
@@ -66,6 +78,10 @@ pub struct EtcdConfig {
     /// `[etcd.auth]`: the etcd user this coordinator authenticates as, when etcd has auth
     /// enabled.
     pub auth: Option<EtcdAuthConfig>,
+    /// Accept external `endpoints` without TLS (`https://` and `[etcd.tls] ca`) or without
+    /// authentication (a client certificate or `[etcd.auth]`). Anyone who can reach such an
+    /// etcd can grant slots and change every rollout: development only.
+    pub allow_insecure_etcd: bool,
 }
 
 /// `[etcd.tls]`: PEM files for TLS to etcd.
@@ -114,6 +130,7 @@ impl Default for Config {
             etcd: EtcdConfig::default(),
             agents: AgentsConfig::default(),
             tls: rollgate_proto::tls::TlsConfig::default(),
+            access: AccessConfig::default(),
             rollback_window: 1,
             max_artifact_copies: 2,
             max_artifact_store_bytes: 16 << 30,
@@ -131,6 +148,7 @@ impl Default for EtcdConfig {
             lease_ttl: Duration::from_secs(5),
             tls: None,
             auth: None,
+            allow_insecure_etcd: false,
         }
     }
 }
@@ -166,6 +184,16 @@ impl Config {
         if self.advertise.is_empty() {
             let scheme = if self.tls.insecure() { "http" } else { "https" };
             self.advertise = format!("{scheme}://{}", self.listen);
+        }
+        if self.tls.insecure() && !self.listen.ip().is_loopback() {
+            bail!(
+                "[tls] insecure_plaintext = true is refused on listen = {}: without TLS anyone \
+                 who can reach that address can run releases on every host. Plaintext is for a \
+                 development machine and only on a loopback address (listen = \"127.0.0.1:{}\"); \
+                 otherwise set [tls] ca, cert and key",
+                self.listen,
+                self.listen.port()
+            );
         }
         if !self.etcd.prefix.starts_with('/') || !self.etcd.prefix.ends_with('/') {
             bail!(
@@ -247,7 +275,39 @@ impl EtcdConfig {
                 );
             }
         }
-        Ok(())
+        self.check_secure()
+    }
+}
+
+impl EtcdConfig {
+    /// An external etcd must be TLS (`https://`) and authenticate us (client certificate or
+    /// user), unless `allow_insecure_etcd` says otherwise: whoever can write rollgate's keys
+    /// controls the fleet.
+    fn check_secure(&self) -> anyhow::Result<()> {
+        let Some(first) = self.endpoints.first() else {
+            return Ok(());
+        };
+        if self.allow_insecure_etcd {
+            tracing::warn!(
+                "INSECURE: [etcd] allow_insecure_etcd = true: etcd at {first} may be reached \
+                 without TLS or authentication; whoever can write its keys controls the fleet"
+            );
+            return Ok(());
+        }
+        let tls = first.starts_with("https://");
+        let client_cert = self.tls.as_ref().is_some_and(|t| t.cert.is_some());
+        let missing = match (tls, client_cert || self.auth.is_some()) {
+            (true, true) => return Ok(()),
+            (false, false) => "neither TLS nor authentication",
+            (false, true) => "no TLS (the endpoint is not https://)",
+            (true, false) => "no authentication (no [etcd.tls] cert/key and no [etcd.auth])",
+        };
+        bail!(
+            "external etcd {first} is configured with {missing}: anyone who can reach it could \
+             grant slots and rewrite rollouts. Use https:// endpoints with [etcd.tls] ca and a \
+             client certificate (cert, key) or [etcd.auth]; on a development machine only, set \
+             allow_insecure_etcd = true in [etcd]"
+        )
     }
 }
 
@@ -284,6 +344,27 @@ mod tests {
             ),
             (
                 "[etcd]\nendpoints = [\"https://e:2379\"]\n[etcd.tls]\nca = \"/ca.pem\"",
+                "no authentication",
+            ),
+            (
+                "[etcd]\nendpoints = [\"https://e:2379\"]\n[etcd.tls]\nca = \"/ca.pem\"\n\
+                 [etcd.auth]\nusername = \"u\"\npassword_file = \"/pw\"",
+                "",
+            ),
+            (
+                "[etcd]\nendpoints = [\"http://e:2379\"]",
+                "allow_insecure_etcd = true",
+            ),
+            (
+                "[etcd]\nendpoints = [\"http://e:2379\"]\nallow_insecure_etcd = true",
+                "",
+            ),
+            (
+                "listen = \"0.0.0.0:7443\"\n[tls]\ninsecure_plaintext = true",
+                "only on a loopback address",
+            ),
+            (
+                "listen = \"127.0.0.1:7443\"\n[tls]\ninsecure_plaintext = true",
                 "",
             ),
             (

@@ -702,29 +702,30 @@ pub async fn copy_artifact_from_peer(ctx: &Arc<Ctx>, sha256: &str) -> Result<(),
             art.stored_by
         )));
     };
-    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| {
-        tonic::Status::internal(format!(
-            "replica {} advertises a bad URL {url:?}: {e}",
+    let settings = |e: tonic::transport::Endpoint| {
+        e.connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(600))
+    };
+    let unreachable = |e: String| {
+        unavailable(format!(
+            "cannot reach replica {} at {url}: {e}",
             art.stored_by
         ))
-    })?;
-    if let Some(tls) = &ctx.tls {
-        // Replicas fetch from each other with their own (coordinator) certificate.
-        endpoint = endpoint
-            .tls_config(rollgate_proto::tls::client_config(&tls.files()))
-            .map_err(|e| tonic::Status::internal(format!("TLS settings for {url}: {e}")))?;
-    }
-    let channel = endpoint
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(600))
+    };
+    let channel = match &ctx.tls {
+        // Replicas fetch from each other with their own (coordinator) certificate, and only
+        // from a server whose certificate names a coordinator of this fleet.
+        Some(tls) => rollgate_proto::tls::dial(&url, settings, &tls.files())
+            .await
+            .map_err(|e| unreachable(crate::tls::chain(&e)))?,
+        None => settings(
+            tonic::transport::Endpoint::from_shared(url.clone())
+                .map_err(|e| unreachable(e.to_string()))?,
+        )
         .connect()
         .await
-        .map_err(|e| {
-            unavailable(format!(
-                "cannot reach replica {} at {url}: {e}",
-                art.stored_by
-            ))
-        })?;
+        .map_err(|e| unreachable(e.to_string()))?,
+    };
     let mut client = AgentServiceClient::new(channel)
         .max_decoding_message_size(rollgate_proto::MAX_MESSAGE_BYTES);
     let mut stream = client

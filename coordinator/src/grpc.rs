@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::artifacts::{downloads, read_chunk, ArtifactError};
 use crate::control::{self, Action, ControlError};
+use crate::roles::{self, Rpc, Target};
 use crate::{sessions, Ctx};
 
 /// Queue depth of one agent's outgoing messages.
@@ -74,23 +75,21 @@ impl AgentService for AgentApi {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let fleet = self.ctx.fleet();
-        let peer = crate::tls::require(
-            &request,
-            fleet.as_deref(),
-            &[Role::Host],
-            "an agent session",
-        )?;
+        let tls = self.ctx.tls.clone();
+        let peer =
+            crate::tls::require(&request, tls.as_deref(), &[Role::Host], "an agent session")?;
+        let chain = crate::tls::peer_chain(&request);
+        if let (Some(id), Some(leaf)) = (&peer, chain.first()) {
+            roles::admit_host(&self.ctx, &id.name, leaf).await?;
+        }
         let (tx, rx) = mpsc::channel(AGENT_QUEUE);
         let ctx = self.ctx.clone();
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(sessions::serve(
-            ctx,
-            peer,
-            request.into_inner(),
-            tx,
-            shutdown,
-        ));
+        // Cut when the host's certificate is denied, expires or loses its CA (roles::guard).
+        let shutdown = roles::guard(tls, peer.clone(), chain, &self.shutdown, "agent session");
+        tokio::spawn(async move {
+            sessions::serve(ctx, peer, request.into_inner(), tx, shutdown.clone()).await;
+            shutdown.cancel();
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -98,10 +97,9 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::FetchArtifactRequest>,
     ) -> Result<Response<Self::FetchArtifactStream>, Status> {
-        let fleet = self.ctx.fleet();
         let who = crate::tls::require(
             &request,
-            fleet.as_deref(),
+            self.ctx.tls.as_deref(),
             &[Role::Host, Role::Coordinator, Role::Operator],
             "downloading an artifact",
         )?;
@@ -164,6 +162,8 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::CreateRolloutRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let spec = &request.get_ref().spec_toml;
+        roles::authorize(&self.ctx, &request, Rpc::Create, Target::Spec(spec)).await?;
         let r = control::create(&self.ctx, &request.into_inner().spec_toml).await?;
         Ok(Response::new(control::status(&self.ctx, &r.id).await?))
     }
@@ -172,6 +172,8 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::RolloutRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let id = &request.get_ref().id;
+        roles::authorize(&self.ctx, &request, Rpc::ReadRollouts, Target::Rollout(id)).await?;
         Ok(Response::new(
             control::status(&self.ctx, &request.into_inner().id).await?,
         ))
@@ -179,8 +181,9 @@ impl ControlService for ControlApi {
 
     async fn list_rollouts(
         &self,
-        _request: Request<pb::ListRolloutsRequest>,
+        request: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        roles::authorize(&self.ctx, &request, Rpc::ReadRollouts, Target::Fleet).await?;
         Ok(Response::new(pb::ListRolloutsResponse {
             rollouts: control::list(&self.ctx).await?,
         }))
@@ -190,12 +193,19 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::RolloutRef>,
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        let id = &request.get_ref().id;
+        let who =
+            roles::authorize(&self.ctx, &request, Rpc::ReadRollouts, Target::Rollout(id)).await?;
+        let chain = crate::tls::peer_chain(&request);
         let id = control::resolve_id(&self.ctx, &request.into_inner().id).await?;
         let first = control::status(&self.ctx, &id).await?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let ctx = self.ctx.clone();
-        let shutdown = self.shutdown.clone();
+        // Cut when the operator's certificate is denied, expires or loses its CA.
+        let shutdown = roles::guard(ctx.tls.clone(), who, chain, &self.shutdown, "watch");
+        let guarded = shutdown.clone();
         tokio::spawn(async move {
+            let _done = guarded.drop_guard();
             let mut etcd = ctx.etcd.clone();
             let watch = crate::etcd_conn::watch(
                 &mut etcd,
@@ -253,6 +263,8 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::RolloutRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let id = &request.get_ref().id;
+        roles::authorize(&self.ctx, &request, Rpc::Pause, Target::Rollout(id)).await?;
         let id = request.into_inner().id;
         Ok(Response::new(
             control::act(&self.ctx, &id, Action::Pause).await?,
@@ -263,6 +275,8 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::RolloutRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let id = &request.get_ref().id;
+        roles::authorize(&self.ctx, &request, Rpc::Resume, Target::Rollout(id)).await?;
         let id = request.into_inner().id;
         Ok(Response::new(
             control::act(&self.ctx, &id, Action::Resume).await?,
@@ -273,6 +287,8 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::RolloutRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let id = &request.get_ref().id;
+        roles::authorize(&self.ctx, &request, Rpc::Abort, Target::Rollout(id)).await?;
         let id = request.into_inner().id;
         Ok(Response::new(
             control::act(&self.ctx, &id, Action::Abort).await?,
@@ -281,8 +297,9 @@ impl ControlService for ControlApi {
 
     async fn list_hosts(
         &self,
-        _request: Request<pb::ListHostsRequest>,
+        request: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        roles::authorize(&self.ctx, &request, Rpc::ListHosts, Target::Fleet).await?;
         Ok(Response::new(pb::ListHostsResponse {
             hosts: control::hosts(&self.ctx).await?,
         }))
@@ -292,6 +309,7 @@ impl ControlService for ControlApi {
         &self,
         request: Request<Streaming<pb::PushArtifactChunk>>,
     ) -> Result<Response<pb::PushArtifactResponse>, Status> {
+        roles::authorize(&self.ctx, &request, Rpc::PushArtifact, Target::Fleet).await?;
         let operator = crate::tls::peer(&request, self.ctx.fleet().as_deref())
             .ok()
             .flatten()
@@ -318,6 +336,8 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::CreateRolloutRequest>,
     ) -> Result<Response<pb::RolloutPlan>, Status> {
+        let spec = &request.get_ref().spec_toml;
+        roles::authorize(&self.ctx, &request, Rpc::Plan, Target::Spec(spec)).await?;
         let spec = request.into_inner().spec_toml;
         Ok(Response::new(control::plan(&self.ctx, &spec).await?))
     }
@@ -326,6 +346,8 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::RolloutRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let id = &request.get_ref().id;
+        roles::authorize(&self.ctx, &request, Rpc::Promote, Target::Rollout(id)).await?;
         let id = request.into_inner().id;
         Ok(Response::new(
             control::act(&self.ctx, &id, Action::Promote).await?,
@@ -336,6 +358,8 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::RolloutRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let id = &request.get_ref().id;
+        roles::authorize(&self.ctx, &request, Rpc::Rollback, Target::Rollout(id)).await?;
         let operator = crate::tls::peer(&request, self.ctx.fleet().as_deref())
             .ok()
             .flatten()
@@ -352,6 +376,8 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let service = &request.get_ref().service;
+        roles::authorize(&self.ctx, &request, Rpc::History, Target::Service(service)).await?;
         let service = request.into_inner().service;
         Ok(Response::new(pb::HistoryResponse {
             entries: control::history(&self.ctx, &service).await?,
@@ -362,6 +388,8 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::HostRef>,
     ) -> Result<Response<pb::HostActionResponse>, Status> {
+        let host = &request.get_ref().host_id;
+        roles::authorize(&self.ctx, &request, Rpc::Fence, Target::Host(host)).await?;
         let host = request.into_inner().host_id;
         let message = control::fence_host(&self.ctx, &host, false).await?;
         Ok(Response::new(pb::HostActionResponse { message }))
@@ -371,8 +399,12 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::HostRef>,
     ) -> Result<Response<pb::HostActionResponse>, Status> {
+        let host = &request.get_ref().host_id;
+        let who = roles::authorize(&self.ctx, &request, Rpc::Forget, Target::Host(host)).await?;
         let host = request.into_inner().host_id;
         let message = control::fence_host(&self.ctx, &host, true).await?;
+        // Its certificate stays refused until re-issued (issue 10 item 9).
+        roles::ban_forgotten(&self.ctx, &host, who.as_ref()).await?;
         Ok(Response::new(pb::HostActionResponse { message }))
     }
 }

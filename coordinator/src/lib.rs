@@ -15,6 +15,8 @@
 //! - [`grpc`]: the gRPC edge.
 //! - [`tls`] and [`accept`]: the mTLS listener, and the bounds on connections not yet
 //!   authenticated.
+//! - [`roles`]: which operator role may call which RPC, the deny list, revocation of open
+//!   streams, the audit line.
 
 pub mod accept;
 pub mod artifacts;
@@ -25,6 +27,7 @@ pub mod etcd_conn;
 pub mod grpc;
 pub mod local_etcd;
 pub mod planner;
+pub mod roles;
 pub mod sessions;
 pub mod store;
 pub mod tls;
@@ -130,8 +133,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config.max_artifact_bytes,
     )?;
     let listen = config.listen;
-    let tls =
-        tls::ServerTls::load(&config.tls).context("cannot set up mTLS ([tls] in the config)")?;
+    let tls = tls::ServerTls::load(&config.tls, config.access.deny_list.as_deref())
+        .context("cannot set up mTLS ([tls] and [access] in the config)")?;
     let ctx = Arc::new(Ctx {
         etcd,
         keys: Keys::new(&config.etcd.prefix),
@@ -160,15 +163,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let max = rollgate_proto::MAX_MESSAGE_BYTES;
     let server_cancel = cancel.clone();
-    let fleet = ctx.fleet();
+    let checked = tls.clone();
     let control = ControlServiceServer::new(control_api).max_decoding_message_size(max);
     let control = tonic::service::interceptor::InterceptedService::new(
         control,
         move |req: tonic::Request<()>| {
+            use rollgate_proto::tls::Role;
+            // Which operator role may call which RPC: roles::authorize in each handler.
             tls::require(
                 &req,
-                fleet.as_deref(),
-                &[rollgate_proto::tls::Role::Operator],
+                checked.as_deref(),
+                &[Role::Operator, Role::Viewer, Role::Deployer],
                 "the control API",
             )?;
             Ok(req)

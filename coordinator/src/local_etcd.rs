@@ -78,7 +78,7 @@ impl LocalEtcd {
         })?;
         let tls = TlsConnector::from(Arc::new(pki.rustls_client()?));
         let pidfile = dir.join("etcd.pid");
-        kill_stale(&pidfile);
+        kill_stale(&pidfile, &cfg.binary, &dir.join("data"));
         let endpoint = format!("https://{LOOPBACK}:{}", cfg.local_port);
         let peer_url = format!("https://{LOOPBACK}:{}", cfg.local_port + 1);
         let spawn = Spawn {
@@ -268,28 +268,62 @@ async fn stop(child: &mut Child) {
     }
 }
 
-/// A coordinator killed with -9 leaves its etcd running; stop it so the port is free.
-fn kill_stale(pidfile: &Path) {
+/// A coordinator killed with -9 leaves its etcd running; stop it so the port is free. Only
+/// when the pidfile's process really is that etcd: its command line names the etcd binary and
+/// this very data dir (a pid is reused; a pidfile can be stale or planted).
+fn kill_stale(pidfile: &Path, binary: &Path, data_dir: &Path) {
     let Ok(text) = std::fs::read_to_string(pidfile) else {
         return;
     };
     let Ok(pid) = text.trim().parse::<i32>() else {
         return;
     };
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim() == "etcd" {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return;
+    };
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    if !is_our_etcd(&args, binary, data_dir) {
         tracing::warn!(
             pid,
-            "stopping a local etcd left over by an earlier coordinator"
+            pidfile = %pidfile.display(),
+            cmdline = %rollgate_proto::text::printable(&args.join(" ")),
+            "the local etcd's pidfile names a process that is not this etcd (not {} with \
+             --data-dir {}); leaving it alone",
+            binary.display(),
+            data_dir.display()
         );
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        for _ in 0..50 {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        return;
     }
+    tracing::warn!(
+        pid,
+        "stopping a local etcd left over by an earlier coordinator"
+    );
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    for _ in 0..50 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `args` (a `/proc/PID/cmdline`) is an etcd started as `binary` on `data_dir`.
+fn is_our_etcd(args: &[String], binary: &Path, data_dir: &Path) -> bool {
+    let Some(argv0) = args.first() else {
+        return false;
+    };
+    let name = |p: &Path| p.file_name().map(|n| n.to_os_string());
+    let same_binary = Path::new(argv0) == binary || name(Path::new(argv0)) == name(binary);
+    let data = data_dir.to_string_lossy();
+    let same_data = args
+        .windows(2)
+        .any(|w| w[0] == "--data-dir" && w[1] == data)
+        || args.iter().any(|a| *a == format!("--data-dir={data}"));
+    same_binary && same_data
 }
 
 async fn wait_ready(port: u16, tls: &TlsConnector) -> anyhow::Result<()> {

@@ -18,6 +18,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use rollgate_proto::text::printable;
 use rollgate_proto::tls::{Identity, Role, TlsConfig, TlsFiles};
+use rustls::pki_types::CertificateDer;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{Acceptor, WebPkiClientVerifier};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -28,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
 
 use crate::accept::{Admitted, Gate, Limits};
+use crate::roles::DenyList;
 use tracing::{debug, error, info, warn};
 
 /// A TLS handshake must finish within this (a peer on a slow link needs well under a second;
@@ -36,22 +39,31 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept` (EMFILE and friends) instead of spinning.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
-/// The listener's TLS state: the files, the current rustls config, and our own identity.
+/// The listener's TLS state: the files, the current rustls config, our own identity, and the
+/// deny list.
 #[derive(Debug)]
 pub struct ServerTls {
     settings: TlsConfig,
     current: Mutex<Loaded>,
+    /// Identities and certificates refused even though the CA signed them.
+    pub deny: DenyList,
 }
 
 struct Loaded {
     acceptor: TlsAcceptor,
+    /// The client verifier of `acceptor`, to re-check peers of open connections against the
+    /// CA bundle in use now.
+    verifier: Arc<dyn ClientCertVerifier>,
     files: Arc<TlsFiles>,
     stamps: Vec<Option<SystemTime>>,
 }
 
 impl ServerTls {
-    /// Loads `[tls]`; `Ok(None)` in insecure mode (logged loudly).
-    pub fn load(settings: &TlsConfig) -> anyhow::Result<Option<Arc<Self>>> {
+    /// Loads `[tls]` and the deny list; `Ok(None)` in insecure mode (logged loudly).
+    pub fn load(
+        settings: &TlsConfig,
+        deny_list: Option<&std::path::Path>,
+    ) -> anyhow::Result<Option<Arc<Self>>> {
         if settings.insecure() {
             warn!(
                 "INSECURE: [tls] insecure_plaintext = true: agents and operators talk plain \
@@ -68,6 +80,7 @@ impl ServerTls {
         Ok(Some(Arc::new(ServerTls {
             settings: settings.clone(),
             current: Mutex::new(loaded),
+            deny: DenyList::load(deny_list).context("[access] deny_list")?,
         })))
     }
 
@@ -93,12 +106,13 @@ impl ServerTls {
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(verifier.clone())
             .with_single_cert(files.chain.clone(), files.key()?)
             .context("[tls] cert and key do not belong together")?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Loaded {
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            verifier,
             files: Arc::new(files),
             stamps,
         })
@@ -112,6 +126,32 @@ impl ServerTls {
     /// The files currently in use (for dialing other replicas with our certificate).
     pub fn files(&self) -> Arc<TlsFiles> {
         lock(&self.current).files.clone()
+    }
+
+    /// Whether `who`, presenting `chain`, may still be served: not denied, and the chain still
+    /// verifies (validity period, CA bundle in use now). For requests on long-lived HTTP/2
+    /// connections and for open streams.
+    pub fn recheck(&self, who: &Identity, chain: &[CertificateDer<'static>]) -> Result<(), String> {
+        let Some((leaf, rest)) = chain.split_first() else {
+            return Err("no client certificate".into());
+        };
+        if let Some(why) = self.deny.denies(who, leaf) {
+            return Err(why);
+        }
+        let verifier = {
+            // Picks up a renewed CA bundle (and the deny list) before judging.
+            self.acceptor(false);
+            lock(&self.current).verifier.clone()
+        };
+        verifier
+            .verify_client_cert(leaf, rest, rustls::pki_types::UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| {
+                format!(
+                    "its certificate no longer verifies ({e}): expired, or not signed by the \
+                     fleet CA in use now"
+                )
+            })
     }
 
     /// The acceptor to use now, reloading first when a file changed (or `force`).
@@ -185,8 +225,9 @@ pub fn incoming(
             let (tcp, peer) = tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = hangup => {
-                    info!("SIGHUP: reloading the TLS files");
+                    info!("SIGHUP: reloading the TLS files and the deny list");
                     tls.acceptor(true);
+                    tls.deny.refresh(true);
                     continue;
                 }
                 r = listener.accept() => match r {
@@ -204,7 +245,7 @@ pub fn incoming(
             tokio::spawn(handshake(
                 tcp,
                 peer,
-                acceptor,
+                (acceptor, tls.clone()),
                 admitted,
                 gate.clone(),
                 tx.clone(),
@@ -219,7 +260,7 @@ pub fn incoming(
 async fn handshake(
     tcp: TcpStream,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
+    (acceptor, tls): (TlsAcceptor, Arc<ServerTls>),
     admitted: Admitted,
     gate: Arc<Gate>,
     tx: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
@@ -242,6 +283,10 @@ async fn handshake(
     drop(admitted);
     match outcome {
         Ok(Ok(stream)) => {
+            if let Err(why) = denied(&tls, &stream) {
+                warn!(%peer, "refused a connection: {why}");
+                return;
+            }
             let _ = tx.send(Ok(stream)).await;
         }
         // Port probes and abandoned sockets: not worth a line each.
@@ -260,6 +305,53 @@ async fn handshake(
         }
         Err(_) => debug!(%peer, "TLS handshake timed out"),
     }
+}
+
+/// Whether the deny list refuses the client certificate of a finished handshake.
+fn denied(tls: &ServerTls, stream: &TlsStream<TcpStream>) -> Result<(), String> {
+    let Some(leaf) = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+    else {
+        return Ok(());
+    };
+    match Identity::from_cert_der(leaf) {
+        Ok(id) => match tls.deny.denies(&id, leaf) {
+            Some(why) => Err(why),
+            None => Ok(()),
+        },
+        // Refused with the reason at its first request.
+        Err(_) => Ok(()),
+    }
+}
+
+/// The caller's identity, checked again now (deny list, expiry, current CA bundle): every
+/// request on a long-lived connection is judged by today's rules. `Ok(None)` without TLS.
+pub fn admitted<T>(req: &Request<T>, tls: Option<&ServerTls>) -> Result<Option<Identity>, Status> {
+    let Some(tls) = tls else { return Ok(None) };
+    let Some(id) = peer(req, Some(&tls.fleet()))? else {
+        return Ok(None);
+    };
+    let chain: Vec<CertificateDer<'static>> = req
+        .peer_certs()
+        .map(|c| c.iter().cloned().collect())
+        .unwrap_or_default();
+    if let Err(why) = tls.recheck(&id, &chain) {
+        warn!(peer = %id.uri(), "refused a request: {why}");
+        return Err(Status::permission_denied(format!(
+            "refused: {why}. Ask the fleet's admin for a new certificate"
+        )));
+    }
+    Ok(Some(id))
+}
+
+/// The client certificate chain of a request (empty without TLS).
+pub fn peer_chain<T>(req: &Request<T>) -> Vec<CertificateDer<'static>> {
+    req.peer_certs()
+        .map(|c| c.iter().cloned().collect())
+        .unwrap_or_default()
 }
 
 /// Who is calling, from the verified client certificate of the connection. `Ok(None)` when
@@ -291,14 +383,14 @@ pub fn peer<T>(req: &Request<T>, fleet: Option<&str>) -> Result<Option<Identity>
     Ok(Some(id))
 }
 
-/// Requires one of `roles`; `what` names the call in the refusal.
+/// Requires one of `roles` (and passes [`admitted`]); `what` names the call in the refusal.
 pub fn require<T>(
     req: &Request<T>,
-    fleet: Option<&str>,
+    tls: Option<&ServerTls>,
     roles: &[Role],
     what: &str,
 ) -> Result<Option<Identity>, Status> {
-    let id = peer(req, fleet)?;
+    let id = admitted(req, tls)?;
     if let Some(id) = &id {
         if !roles.contains(&id.role) {
             let allowed: Vec<_> = roles.iter().map(|r| r.word()).collect();
@@ -314,4 +406,19 @@ pub fn require<T>(
         }
     }
     Ok(id)
+}
+
+/// `e` and its sources, each said once (for log lines and statuses).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    printable(&s).into_owned()
 }

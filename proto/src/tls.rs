@@ -7,6 +7,14 @@
 //! | coordinator   | `spiffe://FLEET/coordinator/REPLICA`  | serverAuth, clientAuth |
 //! | agent (host)  | `spiffe://FLEET/host/HOST_ID`         | clientAuth             |
 //! | operator      | `spiffe://FLEET/operator/NAME`        | clientAuth             |
+//! | viewer        | `spiffe://FLEET/viewer/NAME`          | clientAuth             |
+//! | deployer      | `spiffe://FLEET/deployer/NAME` and `urn:rollgate:services:A,B` | clientAuth |
+//!
+//! Operators come in three roles, named in the certificate (so a role cannot be changed
+//! without the CA, and the coordinator needs no table of people): `operator` may do everything,
+//! `viewer` only reads, `deployer` creates and steers rollouts of the services its certificate
+//! lists in a second URI SAN (`urn:rollgate:services:web,api`). Which RPC needs what is decided
+//! in the coordinator's `roles` module.
 //!
 //! The coordinator takes a peer's identity only from the certificate it presented in the TLS
 //! handshake (verified against the fleet CA), never from a message field. A fleet with its own
@@ -14,6 +22,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -23,6 +32,8 @@ use crate::names;
 
 /// URI scheme of rollgate identities (SPIFFE-shaped, so fleets with a SPIFFE PKI can use theirs).
 pub const SCHEME: &str = "spiffe://";
+/// Prefix of the URI SAN that lists a deployer's services, comma-separated.
+pub const SERVICES_URN: &str = "urn:rollgate:services:";
 
 /// What a certificate's holder may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,8 +42,14 @@ pub enum Role {
     Coordinator,
     /// An agent, for exactly one host id.
     Host,
-    /// A person or tool driving rollouts through the control API.
+    /// A person or tool driving rollouts through the control API: everything, including
+    /// fencing and forgetting hosts.
     Operator,
+    /// An operator who only reads (rollouts, hosts, history, plans).
+    Viewer,
+    /// An operator who may create and steer rollouts of the services its certificate lists,
+    /// and push artifacts; reads like a viewer.
+    Deployer,
 }
 
 impl Role {
@@ -42,7 +59,14 @@ impl Role {
             Role::Coordinator => "coordinator",
             Role::Host => "host",
             Role::Operator => "operator",
+            Role::Viewer => "viewer",
+            Role::Deployer => "deployer",
         }
+    }
+
+    /// Whether this is one of the operator roles (may use the control API at all).
+    pub fn is_operator(self) -> bool {
+        matches!(self, Role::Operator | Role::Viewer | Role::Deployer)
     }
 
     fn from_word(s: &str) -> Option<Role> {
@@ -50,6 +74,8 @@ impl Role {
             "coordinator" => Some(Role::Coordinator),
             "host" => Some(Role::Host),
             "operator" => Some(Role::Operator),
+            "viewer" => Some(Role::Viewer),
+            "deployer" => Some(Role::Deployer),
             _ => None,
         }
     }
@@ -70,6 +96,8 @@ pub struct Identity {
     pub role: Role,
     /// Host id, replica id or operator name.
     pub name: String,
+    /// A deployer's services (from its `urn:rollgate:services:` URI SAN); empty otherwise.
+    pub services: Vec<String>,
 }
 
 impl Identity {
@@ -84,6 +112,7 @@ impl Identity {
             fleet: fleet.to_string(),
             role,
             name: name.to_string(),
+            services: Vec::new(),
         })
     }
 
@@ -107,8 +136,9 @@ impl Identity {
         else {
             return Err(bad("expected spiffe://FLEET/ROLE/NAME"));
         };
-        let role = Role::from_word(role)
-            .ok_or_else(|| bad("the role must be coordinator, host or operator"))?;
+        let role = Role::from_word(role).ok_or_else(|| {
+            bad("the role must be coordinator, host, operator, viewer or deployer")
+        })?;
         Identity::new(fleet, role, name)
     }
 
@@ -117,20 +147,33 @@ impl Identity {
         let (_, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| IdentityError::Unreadable(e.to_string()))?;
         let mut found = Vec::new();
+        let mut services = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for name in &san.value.general_names {
                 if let x509_parser::extensions::GeneralName::URI(u) = name {
                     if u.starts_with(SCHEME) {
                         found.push(u.to_string());
+                    } else if let Some(list) = u.strip_prefix(SERVICES_URN) {
+                        services.extend(list.split(',').map(str::to_string));
                     }
                 }
             }
         }
-        match found.as_slice() {
-            [one] => Identity::parse_uri(one),
-            [] => Err(IdentityError::NoIdentity),
-            _ => Err(IdentityError::Ambiguous(found)),
+        let mut id = match found.as_slice() {
+            [one] => Identity::parse_uri(one)?,
+            [] => return Err(IdentityError::NoIdentity),
+            _ => return Err(IdentityError::Ambiguous(found)),
+        };
+        if id.role == Role::Deployer {
+            for s in &services {
+                names::check("service", s).map_err(|e| IdentityError::BadName {
+                    name: s.clone(),
+                    why: e.to_string(),
+                })?;
+            }
+            id.services = services;
         }
+        Ok(id)
     }
 }
 
@@ -316,7 +359,8 @@ impl TlsConfig {
                 path: cert.clone(),
                 source,
             })?;
-        if identity.role != role {
+        let fits = identity.role == role || (role == Role::Operator && identity.role.is_operator());
+        if !fits {
             return Err(TlsError::WrongRole {
                 path: cert.clone(),
                 found: identity,
@@ -380,7 +424,9 @@ fn certs(
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// tonic client settings for dialing a coordinator with `files`: trust only the fleet CA,
-/// present our own certificate, give up on a handshake after [`HANDSHAKE_TIMEOUT`].
+/// present our own certificate, give up on a handshake after [`HANDSHAKE_TIMEOUT`]. This checks
+/// only the CA chain and the DNS name; [`dial`] also checks the server's rollgate identity and
+/// is what every rollgate client uses.
 pub fn client_config(files: &TlsFiles) -> tonic::transport::ClientTlsConfig {
     tonic::transport::ClientTlsConfig::new()
         .timeout(HANDSHAKE_TIMEOUT)
@@ -389,6 +435,194 @@ pub fn client_config(files: &TlsFiles) -> tonic::transport::ClientTlsConfig {
             &files.cert_pem,
             &files.key_pem,
         ))
+}
+
+/// Why a server certificate is not a coordinator of our fleet (the chain itself was fine).
+#[derive(Debug, thiserror::Error)]
+#[error("the server at {server} presented {got}, not a coordinator of fleet {fleet:?} (spiffe://{fleet}/coordinator/REPLICA): it is not a rollgate coordinator of this fleet. Check the URL, or issue the server a certificate with `rollgate certs issue coordinator REPLICA_ID`")]
+pub struct NotOurCoordinator {
+    /// The name we dialed.
+    pub server: String,
+    /// What its certificate says (its identity URI, or why it has none).
+    pub got: String,
+    /// Our fleet.
+    pub fleet: String,
+}
+
+/// rustls's WebPKI check (chain to the fleet CA, validity, serverAuth, DNS/IP name) and then
+/// the identity: `spiffe://FLEET/coordinator/*` of our own fleet (S7: a host or operator
+/// certificate from the same CA must not be able to play coordinator).
+#[derive(Debug)]
+struct CoordinatorVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    fleet: String,
+}
+
+impl rustls::client::danger::ServerCertVerifier for CoordinatorVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ok =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        let got = match Identity::from_cert_der(end_entity) {
+            Ok(id) if id.role == Role::Coordinator && id.fleet == self.fleet => return Ok(ok),
+            Ok(id) => id.uri(),
+            Err(e) => format!("no rollgate identity ({e})"),
+        };
+        let e = NotOurCoordinator {
+            server: server_name.to_str().into_owned(),
+            got,
+            fleet: self.fleet.clone(),
+        };
+        // `General` keeps our text (rustls shows `Other` errors by their Debug form).
+        Err(rustls::Error::General(e.to_string()))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A rustls client config for dialing a coordinator of our fleet with `files`.
+pub fn coordinator_client(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsError> {
+    let bad = |why: String| TlsError::File {
+        what: "CA certificate",
+        path: PathBuf::new(),
+        why,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in &files.ca {
+        roots.add(ca.clone()).map_err(|e| bad(e.to_string()))?;
+    }
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| bad(e.to_string()))?;
+    let verifier = Arc::new(CoordinatorVerifier {
+        inner,
+        fleet: files.identity.fleet.clone(),
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(files.chain.clone(), files.key()?)
+        .map_err(|e| TlsError::File {
+            what: "private key",
+            path: PathBuf::new(),
+            why: format!("it does not belong to the certificate: {e}"),
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// Connects `endpoint` (an `https://` URL, with the caller's timeouts) to a coordinator over
+/// mTLS with `files`, accepting only a server whose certificate names a coordinator of our
+/// fleet ([`NotOurCoordinator`] otherwise). The TLS is ours (tonic's own cannot check the
+/// identity), so tonic is handed the URL as plain `http://` over the finished TLS stream.
+pub async fn dial(
+    url: &str,
+    endpoint: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
+    files: &TlsFiles,
+) -> Result<tonic::transport::Channel, DialFailure> {
+    let plain = match url.strip_prefix("https://") {
+        Some(rest) => format!("http://{rest}"),
+        None => url.to_string(),
+    };
+    let ep = endpoint(tonic::transport::Endpoint::from_shared(plain)?);
+    let config = coordinator_client(files)?;
+    let connector = CoordinatorConnector {
+        tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+    };
+    Ok(ep.connect_with_connector(connector).await?)
+}
+
+/// Why [`dial`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialFailure {
+    /// Our own TLS files cannot make a client config.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The URL, the connection or the handshake (the source chain says which).
+    #[error(transparent)]
+    Connect(#[from] tonic::transport::Error),
+}
+
+/// tonic connector: TCP, then our TLS handshake (bounded by [`HANDSHAKE_TIMEOUT`]).
+#[derive(Clone)]
+struct CoordinatorConnector {
+    tls: tokio_rustls::TlsConnector,
+}
+
+type Dialed = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+type DialError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for CoordinatorConnector {
+    type Response = Dialed;
+    type Error = DialError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Dialed, DialError>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), DialError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: tonic::codegen::http::Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let host = uri.host().ok_or("the coordinator URL has no host")?;
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let name = rustls_pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| format!("{host:?} is not a DNS name or IP address: {e}"))?;
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let _ = tcp.set_nodelay(true);
+            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connect(name, tcp))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no TLS handshake within {:?} (the server accepts TCP but does not answer)",
+                        HANDSHAKE_TIMEOUT
+                    )
+                })??;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -404,7 +638,7 @@ mod tests {
             ("https://prod/host/a", "spiffe://"),
             ("spiffe://prod/host", "FLEET/ROLE/NAME"),
             ("spiffe://prod/host/a/b", "FLEET/ROLE/NAME"),
-            ("spiffe://prod/admin/a", "coordinator, host or operator"),
+            ("spiffe://prod/admin/a", "coordinator, host, operator"),
             ("spiffe://Prod/host/a", "fleet name"),
             ("spiffe://prod/host/.hidden", "not valid"),
         ] {

@@ -566,6 +566,7 @@ replica_id = "{id}"
 [etcd]
 endpoints = ["{etcd_endpoint}"]
 lease_ttl = "{LEASE_TTL_SECS}s"
+{insecure_etcd}
 [agents]
 heartbeat_interval = "{hb}ms"
 missed_heartbeats = {MISSED_HEARTBEATS}
@@ -575,6 +576,12 @@ missed_heartbeats = {MISSED_HEARTBEATS}
             state = cdir.display(),
             hb = HEARTBEAT.as_millis(),
             extra = extra.unwrap_or_default(),
+            // A plain test etcd must be allowed explicitly (the coordinator refuses it otherwise).
+            insecure_etcd = if etcd_endpoint.starts_with("http://") {
+                "allow_insecure_etcd = true"
+            } else {
+                ""
+            },
         );
         let cfg_path = cdir.join("coordinator.toml");
         fs::write(&cfg_path, config)?;

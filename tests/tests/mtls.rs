@@ -430,7 +430,7 @@ fn insecure_plaintext_is_explicit_and_loud() -> anyhow::Result<()> {
         &cfg,
         format!(
             "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nreplica_id = \"dev\"\n\
-             [tls]\ninsecure_plaintext = true\n[etcd]\nendpoints = [\"{}\"]\n",
+             [tls]\ninsecure_plaintext = true\n[etcd]\nendpoints = [\"{}\"]\nallow_insecure_etcd = true\n",
             dir.path().join("coord").display(),
             etcd.endpoint
         ),
