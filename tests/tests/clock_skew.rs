@@ -14,7 +14,7 @@ const BAKE: Duration = Duration::from_secs(15);
 
 #[test]
 fn a_late_replica_clock_does_not_skip_a_bake() -> anyhow::Result<()> {
-    let fleet = Fleet::start(FleetOpts {
+    let mut fleet = Fleet::start(FleetOpts {
         agents: 3,
         coordinators: 2,
         clock_offset: Some((2, -120)),
@@ -23,9 +23,16 @@ fn a_late_replica_clock_does_not_skip_a_bake() -> anyhow::Result<()> {
     fleet.install("1.0.0", "max_unavailable = 3\nmin_healthy_time = \"200ms\"")?;
     let mut leader = fleet.wait_leader(Duration::from_secs(10))?;
     if leader == 1 {
-        // The late replica must not be the one comparing: hand leadership to coord-1.
+        // The late replica must not be the one comparing: hand leadership to coord-1, then
+        // bring host-2 (which lists coord-2 first) back to coord-2.
         fleet.coordinators[1].restart()?;
         leader = fleet.wait_leader_change(1, Duration::from_secs(15))?;
+        fleet.agent("host-2").proc.restart()?;
+        fleet.wait("host-2 back on coord-2", Duration::from_secs(20), || {
+            let s = fleet.etcd_get_prefix("/rollgate/sessions/host-2")?;
+            Ok(s.iter().any(|(_, v)| v.contains("coord-2")).then_some(()))
+        })?;
+        fleet.wait_all_serving("1.0.0")?;
     }
     assert_eq!(leader, 0, "coord-1 leads");
     let sessions = fleet.etcd_get_prefix("/rollgate/sessions/host-2")?;

@@ -61,7 +61,10 @@ fn restored_fleet_grants_above_the_highest(fleet: &Fleet, highest: u64) -> anyho
         .find(|l| l.contains("above the token counter"))
         .unwrap_or_default();
     println!("coordinator: {raised}");
-    assert!(raised.contains("raised the counter"), "not logged: {raised:?}");
+    assert!(
+        raised.contains("raised the counter"),
+        "not logged: {raised:?}"
+    );
     let seen = observer.finish();
     seen.print(1, None);
     assert!(seen.max_unavailable <= 1, "{:?}", seen.worst_set);
