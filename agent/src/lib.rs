@@ -30,7 +30,9 @@
 //!   pinned keys, the size cap, no downgrade but an explicit rollback.
 //! - [`fetch`]: downloading artifacts (store, http, file), resuming, size and digest checks.
 //! - [`releases`]: a service's directory: staging, release dirs, the `current` link.
-//! - [`unpack`]: tarball releases, unpacked without escaping their release dir.
+//! - [`unpack`]: tarball releases, unpacked without escaping their release dir, modes
+//!   normalized.
+//! - [`release_tree`]: what a release dir held when installed, checked before each start.
 //! - [`journal`]: the durable state file (highest token, orders in flight, recent results).
 //! - [`durable`]: write-fsync-rename-fsync and link swaps by rename.
 //!
@@ -60,6 +62,7 @@ pub mod hooks;
 pub mod journal;
 pub mod probe;
 pub mod process;
+pub mod release_tree;
 pub mod releases;
 mod service;
 pub mod session;

@@ -10,8 +10,12 @@
 //!     ...                             ... next to its unpacked tree (see [`crate::unpack`])
 //!   current -> releases/<dir>         the release that runs; replaced only by rename
 //!   pid                               process group of the running service (for a restarted agent)
-//!   service.log                       the service's stdout and stderr, appended
+//!   service.log                       the service's stdout and stderr, appended (0640)
 //! ```
+//!
+//! Each release dir also holds `.release.tree.json` ([`crate::release_tree`]): what it held
+//! once assembled, checked before the release is started or gone back to. `staging/` is
+//! 0700 and downloads in it 0600: bytes not yet verified are nobody else's to read.
 //!
 //! Release dirs are written by two kinds of work that may overlap: an update order (run by the
 //! service's task) and stage orders (run beside it). Each takes a [`ReleaseClaim`] on the
@@ -21,7 +25,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -41,6 +45,10 @@ const ASSEMBLING_SUFFIX: &str = ".assembling";
 const DIR_DIGEST_CHARS: usize = 12;
 /// A tarball release's archive inside its release dir (its presence marks the dir as one).
 const ARCHIVE_FILE: &str = ".release.tar.gz";
+/// `staging/`: the agent's alone.
+const STAGING_MODE: u32 = 0o700;
+/// `service.log`: the agent and the service's group may read it, others not.
+const LOG_MODE: u32 = 0o640;
 
 /// A disk operation on a service's directory that failed.
 #[derive(Debug, Error)]
@@ -179,12 +187,29 @@ impl ServiceDir {
         }
     }
 
-    /// Creates the directory tree if it is missing.
+    /// Creates the directory tree if it is missing, with `staging/` private and the service
+    /// log not world-readable (modes fixed on a tree made by an older agent too).
     pub fn create(&self) -> Result<(), DiskError> {
         for d in [self.staging_dir(), self.releases_dir()] {
             fs::create_dir_all(&d).map_err(disk("create", &d))?;
         }
-        Ok(())
+        let staging = self.staging_dir();
+        fs::set_permissions(&staging, fs::Permissions::from_mode(STAGING_MODE))
+            .map_err(disk("set the mode of", &staging))?;
+        let log = self.log_file();
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(LOG_MODE)
+            .open(&log)
+            .and_then(|f| f.set_permissions(fs::Permissions::from_mode(LOG_MODE)))
+            .map_err(disk("create", &log))
+    }
+
+    /// Checks that release dir `name` still holds what was installed (see
+    /// [`crate::release_tree`]); the error names the file that changed.
+    pub fn check_tree(&self, name: &str) -> Result<(), crate::release_tree::TreeError> {
+        crate::release_tree::check(&self.release_path(name))
     }
 
     /// `<state_dir>/services/<svc>`.
@@ -369,7 +394,7 @@ impl ServiceDir {
             if let Some(parent) = bin.parent() {
                 durable::fsync_dir(parent).map_err(disk("fsync", parent))?;
             }
-            return Ok(());
+            return record_tree(building);
         }
         let done = crate::unpack::unpack(verified, building, self.limits)?;
         let runs = crate::unpack::resolve_beneath(building, Path::new(&self.binary))
@@ -393,8 +418,7 @@ impl ServiceDir {
         }
         let archive = building.join(ARCHIVE_FILE);
         fs::rename(verified, &archive).map_err(disk("move the download to", &archive))?;
-        durable::fsync_dir(building).map_err(disk("fsync", building))?;
-        Ok(())
+        record_tree(building)
     }
 
     /// Points `current` at release dir `name` by renaming a new link over it (S5).
@@ -484,6 +508,22 @@ impl ServiceDir {
         removed.sort();
         Ok(removed)
     }
+}
+
+/// Records the assembled tree (and fsyncs the dir, which the record's write does).
+fn record_tree(building: &Path) -> Result<(), InstallError> {
+    crate::release_tree::record(building).map_err(|e| match e {
+        crate::release_tree::TreeError::Io {
+            action,
+            path,
+            source,
+        } => InstallError::Disk(DiskError {
+            action,
+            path,
+            source,
+        }),
+        other => InstallError::NotRunnable(other.to_string()),
+    })
 }
 
 #[cfg(test)]

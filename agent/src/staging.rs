@@ -44,6 +44,8 @@ pub(crate) async fn obtain(
     let (d, check, sha) = (dir.clone(), name.clone(), a.sha256.clone());
     let reusable = tokio::task::spawn_blocking(move || d.holds_verified(&check, &sha)).await;
     if matches!(reusable, Ok(Ok(true))) {
+        // The archive is intact; the files unpacked from it must be too.
+        check_tree(dir, &name).await?;
         return Ok(Obtained {
             dir: name,
             downloaded: false,
@@ -78,6 +80,20 @@ pub(crate) async fn obtain(
         downloaded: true,
         claim,
     })
+}
+
+/// S8 before a start: release dir `name` still holds what was installed. The error names
+/// the file that changed, for the operator (and the agent's log).
+pub(crate) async fn check_tree(dir: &ServiceDir, name: &str) -> Result<(), String> {
+    let (d, n) = (dir.clone(), name.to_string());
+    match tokio::task::spawn_blocking(move || d.check_tree(&n)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::warn!("{e}");
+            Err(e.to_string())
+        }
+        Err(e) => Err(format!("checking release dir {name} failed: {e}")),
+    }
 }
 
 /// What a stage order works with; everything is owned, so the order runs as its own task.

@@ -13,8 +13,9 @@
 //! - appears twice (except directories);
 //!
 //! or when the archive decompresses to more than `unpack_max_bytes`, or holds more than
-//! `unpack_max_entries` entries. Ownership is never taken from the archive; setuid, setgid
-//! and sticky bits are dropped. Every file and directory is fsynced.
+//! `unpack_max_entries` entries. Ownership is never taken from the archive (everything is
+//! the agent's); modes are normalized ([`file_mode`], [`dir_mode`]): setuid, setgid and
+//! sticky bits dropped, nothing group- or world-writable. Every file and directory is fsynced.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -141,6 +142,18 @@ impl<R: Read> Read for Capped<R> {
     }
 }
 
+/// The mode an unpacked file gets from the archive's `mode`: its permission bits without
+/// setuid/setgid/sticky and without group or world write (0777 -> 0755, 04644 -> 0644).
+pub fn file_mode(mode: u32) -> u32 {
+    mode & 0o755
+}
+
+/// The mode an unpacked directory gets: as [`file_mode`], always with the owner's rwx (the
+/// agent must be able to prune it).
+pub fn dir_mode(mode: u32) -> u32 {
+    file_mode(mode) | 0o700
+}
+
 /// Unpacks the gzip-compressed tarball `archive` into the existing, empty dir `dest`.
 pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpacked, UnpackError> {
     let file = fs::File::open(archive).map_err(io_err("open", archive))?;
@@ -200,7 +213,7 @@ pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpac
                 limit: limits.max_bytes,
             });
         }
-        let mode = entry.header().mode().map_err(read_err)? & 0o777;
+        let mode = entry.header().mode().map_err(read_err)?;
         make_parents(dest, &rel, &shown, &mut made_dirs)?;
         let to = dest.join(&rel);
         match kind {
@@ -242,7 +255,7 @@ pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpac
                         shown.display()
                     )));
                 }
-                out.set_permissions(fs::Permissions::from_mode(mode))
+                out.set_permissions(fs::Permissions::from_mode(file_mode(mode)))
                     .map_err(io_err("set the mode of", &to))?;
                 out.sync_all().map_err(io_err("fsync", &to))?;
                 done.bytes += copied;
@@ -314,7 +327,7 @@ pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpac
     // owner's rwx (the agent must be able to prune it), and every dir fsynced.
     for (dir, mode) in made_dirs.iter().rev() {
         if dir != dest {
-            fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o700))
+            fs::set_permissions(dir, fs::Permissions::from_mode(dir_mode(*mode)))
                 .map_err(io_err("set the mode of", dir))?;
         }
         crate::durable::fsync_dir(dir).map_err(io_err("fsync", dir))?;

@@ -89,6 +89,9 @@ pub(crate) async fn carry_out(unit: &mut ServiceUnit, order: &Accepted) -> Finis
     };
     unit.advance(&order.id, Step::Starting, msg.clone(), None);
     unit.publish(Health::Stopped, msg);
+    if let Err(why) = staging::check_tree(&unit.dir, &target).await {
+        return rollback(unit, order, prev_dir, prev_version, why).await;
+    }
     let started = match unit.backend.restart(order.deadline).await {
         Ok(t) => t,
         Err(e) => return rollback(unit, order, prev_dir, prev_version, e.to_string()).await,
@@ -454,6 +457,10 @@ async fn restore(
         health: unit.running_health(),
         running: unit.running_state().0,
     };
+    // Going back starts the previous release again: its files must be as installed.
+    if let Err(why) = staging::check_tree(&unit.dir, prev).await {
+        return fail(unit, why);
+    }
     if unit.dir.current_dir().ok().flatten().as_deref() != Some(prev) {
         if let Err(e) = unit.dir.point_current_at(prev) {
             return fail(unit, e.to_string());

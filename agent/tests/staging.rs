@@ -151,7 +151,7 @@ async fn staging_failures_are_explained_and_change_nothing() {
                 "r-missing",
                 with(&|r| r.source = format!("file://{}", missing.display())),
             ),
-            format!("cannot open source file {}", missing.display()),
+            format!("cannot read source file {}", missing.display()),
         ),
         (
             "unknown service",
