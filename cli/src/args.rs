@@ -298,6 +298,20 @@ pub enum HostCommand {
         #[arg(long, short = 'y')]
         yes: bool,
     },
+    /// Pin what rollouts see of a host: its labels (and optionally the services it may be
+    /// targeted for), whatever its agent claims. Rollouts created afterwards use the pin.
+    Label {
+        /// Host id.
+        host: String,
+        /// Labels as key=value (they replace every label the host claims).
+        labels: Vec<String>,
+        /// Services the host may be targeted for, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        services: Vec<String>,
+        /// Remove the pin.
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 /// `rollgate artifact ...`

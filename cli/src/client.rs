@@ -583,6 +583,18 @@ impl Coordinator {
             .await
     }
 
+    /// Pins (or unpins) what rollouts see of a host.
+    pub async fn pin_host(
+        &self,
+        req: rollgate_proto::pb::PinHostRequest,
+    ) -> Result<HostActionResponse, ControlError> {
+        let mut c = self.client.clone();
+        let action = format!("pin host {}", req.host_id);
+        let req = request(req, RPC_DEADLINE);
+        self.finish(&action, Subject::Host, RPC_DEADLINE, c.pin_host(req))
+            .await
+    }
+
     /// Fences a host and deletes its record.
     pub async fn forget_host(&self, host_id: &str) -> Result<HostActionResponse, ControlError> {
         let mut c = self.client.clone();

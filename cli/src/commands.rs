@@ -78,6 +78,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Finish> {
             confirm_forget(&host, yes)?;
             host_action(url, format, HostAction::Forget, &host).await
         }
+        Command::Host(HostCommand::Label {
+            host,
+            labels,
+            services,
+            clear,
+        }) => pin(url, format, &host, &labels, services, clear).await,
         Command::Certs(cmd) => certs(cmd, format),
         Command::Release(cmd) => release(cmd, format).await,
     }
@@ -474,6 +480,34 @@ async fn host_action(
         HostAction::Fence => coord.fence_host(host).await?,
         HostAction::Forget => coord.forget_host(host).await?,
     };
+    emit_as(format, || resp.message.clone(), || json::host_action(&resp))?;
+    Ok(Finish::Success)
+}
+
+/// `rollgate host label HOST key=value... [--services a,b] [--clear]`.
+async fn pin(
+    url: &Target,
+    format: OutputFormat,
+    host: &str,
+    labels: &[String],
+    services: Vec<String>,
+    clear: bool,
+) -> anyhow::Result<Finish> {
+    let mut map = std::collections::HashMap::new();
+    for l in labels {
+        let Some((k, v)) = l.split_once('=') else {
+            anyhow::bail!("label {l:?} is not key=value (e.g. site=fra1)");
+        };
+        map.insert(k.to_string(), v.to_string());
+    }
+    let req = rollgate_proto::pb::PinHostRequest {
+        host_id: host.to_string(),
+        labels: map,
+        services,
+        clear,
+    };
+    let coord = Coordinator::connect(url).await?;
+    let resp = coord.pin_host(req).await?;
     emit_as(format, || resp.message.clone(), || json::host_action(&resp))?;
     Ok(Finish::Success)
 }

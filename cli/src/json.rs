@@ -146,6 +146,8 @@ pub fn host_info(h: &HostInfo) -> Value {
         "agent_version": h.agent_version,
         "services": h.services.iter().map(service_status).collect::<Vec<_>>(),
         "last_seen_ms": h.last_seen_ms,
+        "pinned": h.pinned,
+        "overridden": h.overridden,
     })
 }
 

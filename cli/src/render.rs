@@ -148,11 +148,17 @@ fn or_dash(s: &str) -> String {
 fn labels(host: &HostInfo) -> String {
     let mut pairs: Vec<_> = host.labels.iter().collect();
     pairs.sort();
-    let text = pairs
+    let mut text = pairs
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
+    if host.pinned {
+        text.push_str(" (pinned)");
+    }
+    if !host.overridden.is_empty() {
+        text.push_str(&format!("; agent claims {}", host.overridden));
+    }
     or_dash(&text)
 }
 

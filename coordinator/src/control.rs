@@ -20,6 +20,7 @@ use crate::store::{
 use crate::Ctx;
 
 pub mod fence;
+pub mod pins;
 mod rollback;
 
 pub use fence::fence_host;
@@ -652,6 +653,12 @@ pub async fn hosts(ctx: &Arc<Ctx>) -> Result<Vec<pb::HostInfo>, ControlError> {
                 })
                 .collect(),
             last_seen_ms: h.last_seen_ms,
+            pinned: fleet.pins.contains_key(&h.host_id),
+            overridden: fleet
+                .overridden
+                .get(&h.host_id)
+                .map(|o| o.join("; "))
+                .unwrap_or_default(),
         })
         .collect())
 }

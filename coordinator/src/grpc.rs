@@ -407,6 +407,24 @@ impl ControlService for ControlApi {
         roles::ban_forgotten(&self.ctx, &host, who.as_ref()).await?;
         Ok(Response::new(pb::HostActionResponse { message }))
     }
+
+    async fn pin_host(
+        &self,
+        request: Request<pb::PinHostRequest>,
+    ) -> Result<Response<pb::HostActionResponse>, Status> {
+        let host = &request.get_ref().host_id;
+        let who = roles::authorize(&self.ctx, &request, Rpc::Pin, Target::Host(host)).await?;
+        let r = request.into_inner();
+        let req = control::pins::PinRequest {
+            host: r.host_id,
+            labels: r.labels.into_iter().collect(),
+            services: r.services.into_iter().collect(),
+            clear: r.clear,
+        };
+        let by = who.map_or_else(|| "insecure-development".to_string(), |w| w.uri());
+        let message = control::pins::pin_host(&self.ctx, &req, &by).await?;
+        Ok(Response::new(pb::HostActionResponse { message }))
+    }
 }
 
 /// A watch ends once the rollout has ended and no host is still in the middle of its update

@@ -62,6 +62,8 @@ pub enum Rpc {
     Fence,
     /// ForgetHost.
     Forget,
+    /// PinHost (`rollgate host label`).
+    Pin,
 }
 
 impl Rpc {
@@ -81,6 +83,7 @@ impl Rpc {
             Rpc::PushArtifact => "push-artifact",
             Rpc::Fence => "fence-host",
             Rpc::Forget => "forget-host",
+            Rpc::Pin => "pin-host",
         }
     }
 
@@ -456,6 +459,9 @@ mod tests {
             (&web, Rpc::ListHosts, None, true),
             (&web, Rpc::Fence, None, false),
             (&web, Rpc::Forget, None, false),
+            (&web, Rpc::Pin, None, false),
+            (&viewer, Rpc::Pin, None, false),
+            (&op, Rpc::Pin, None, true),
             (&host, Rpc::ListHosts, None, false),
         ];
         for (who, rpc, service, want) in table {

@@ -478,6 +478,32 @@ impl Session {
         ]);
         etcd.txn(txn).await?;
         self.wrote();
+        self.check_pin().await
+    }
+
+    /// A hello whose labels or services differ from what an operator pinned is an event: the
+    /// pin stands (rollouts see the pinned values), the claim is logged naming the host.
+    async fn check_pin(&self) -> Result<(), StoreError> {
+        let resp = self
+            .ctx
+            .etcd
+            .clone()
+            .get(self.ctx.keys.pin(&self.host), None)
+            .await?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(());
+        };
+        let pin: crate::store::PinRecord = decode(kv)?;
+        let overridden = pin.apply(&mut self.record.clone());
+        if !overridden.is_empty() {
+            let claimed = printable(&overridden.join("; ")).into_owned();
+            warn!(
+                pinned_by = %printable(&pin.by),
+                "this host claims {claimed}, which differs from what an operator pinned; rollouts \
+                 see the pinned labels {:?} (`rollgate host label` changes the pin)",
+                pin.labels
+            );
+        }
         Ok(())
     }
 

@@ -171,6 +171,14 @@ impl Keys {
     pub fn artifact(&self, sha256: &str) -> String {
         format!("{}artifacts/{}", self.prefix, seg(sha256))
     }
+    /// Prefix of the operators' pins (outside `hosts/`, which holds only host records).
+    pub fn pins(&self) -> String {
+        format!("{}pins/", self.prefix)
+    }
+    /// What an operator pinned for a host (`rollgate host label`).
+    pub fn pin(&self, host: &str) -> String {
+        format!("{}pins/{}", self.prefix, seg(host))
+    }
 
     /// Splits a key under `rollouts/` into (rollout id, kind, host): kind is "" for the rollout
     /// record, "hosts" or "staged". A host part that is not a host id (a key rollgate never
@@ -197,6 +205,46 @@ fn seg(id: &str) -> std::borrow::Cow<'_, str> {
         id.replace('%', "%25").replace('/', "%2F").into()
     } else {
         id.into()
+    }
+}
+
+/// What an operator granted a host (`rollgate host label`): rollouts see these labels (and,
+/// when `services` is set, only these services) whatever the host's agent claims (S9).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinRecord {
+    /// The host's labels, as rollouts see them.
+    pub labels: BTreeMap<String, String>,
+    /// The services the host may be targeted for; `None`: whatever it reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<std::collections::BTreeSet<String>>,
+    /// Who pinned it (the operator's identity), for the record.
+    pub by: String,
+    /// When.
+    pub at_ms: i64,
+}
+
+impl PinRecord {
+    /// Applies the pin to a host record as read: labels replaced, services outside the pin
+    /// dropped. Returns what the host claimed that the pin overrides, for the operator.
+    pub fn apply(&self, rec: &mut HostRecord) -> Vec<String> {
+        let mut overridden = Vec::new();
+        if rec.labels != self.labels {
+            overridden.push(format!("labels {:?}", rec.labels));
+            rec.labels = self.labels.clone();
+        }
+        if let Some(allowed) = &self.services {
+            let extra: Vec<String> = rec
+                .services
+                .keys()
+                .filter(|s| !allowed.contains(*s))
+                .cloned()
+                .collect();
+            if !extra.is_empty() {
+                overridden.push(format!("services {extra:?}"));
+                rec.services.retain(|s, _| allowed.contains(s));
+            }
+        }
+        overridden
     }
 }
 

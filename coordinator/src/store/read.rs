@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use etcd_client::{Client, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 
 use super::{
-    decode, HistoryRecord, HostRecord, HostStep, Keys, RolloutRecord, SlotRecord, StageRecord,
-    StoreError,
+    decode, HistoryRecord, HostRecord, HostStep, Keys, PinRecord, RolloutRecord, SlotRecord,
+    StageRecord, StoreError,
 };
 
 /// A rollout and its per-host state, read at one etcd revision.
@@ -36,6 +36,10 @@ pub struct FleetView {
     /// Records under `hosts/` or `slots/` that could not be read (each error names its key):
     /// left out, so one bad record degrades one host, not every read of the fleet.
     pub unreadable: Vec<String>,
+    /// Operators' pins, by host: already applied to `hosts`.
+    pub pins: BTreeMap<String, PinRecord>,
+    /// Per pinned host, what its agent claims that the pin overrides (empty: nothing).
+    pub overridden: BTreeMap<String, Vec<String>>,
 }
 
 impl FleetView {
@@ -86,6 +90,7 @@ pub async fn read_round(
         TxnOp::get(keys.all_slots(), prefix()),
         TxnOp::get(keys.services(), prefix()),
         TxnOp::get(keys.token(), None),
+        TxnOp::get(keys.pins(), prefix()),
     ];
     if let Some(k) = leader_key {
         ops.push(TxnOp::get(k.to_vec(), None));
@@ -132,7 +137,8 @@ pub async fn read_round(
         Some(kv) => (decode::<u64>(kv)?, kv.mod_revision()),
         None => (0, 0),
     };
-    let leader_rev = kvs(5).first().map(KeyValue::create_revision);
+    let leader_rev = kvs(6).first().map(KeyValue::create_revision);
+    let (pins, overridden) = apply_pins(kvs(5), keys, &mut hosts, &mut unreadable);
     Ok(RoundView {
         fleet: FleetView {
             hosts,
@@ -140,6 +146,8 @@ pub async fn read_round(
             slots,
             revision,
             unreadable,
+            pins,
+            overridden,
         },
         active,
         token,
@@ -251,4 +259,38 @@ pub async fn history(
         .collect::<Result<Vec<_>, _>>()?;
     out.reverse();
     Ok(out)
+}
+
+/// Pins by host, applied to the host records (a pin that cannot be read is named in
+/// `unreadable`, and its host left out: better no host than one with labels it chose).
+fn apply_pins(
+    kvs: &[KeyValue],
+    keys: &Keys,
+    hosts: &mut BTreeMap<String, HostRecord>,
+    unreadable: &mut Vec<String>,
+) -> (BTreeMap<String, PinRecord>, BTreeMap<String, Vec<String>>) {
+    let prefix = keys.pins();
+    let mut pins = BTreeMap::new();
+    let mut overridden = BTreeMap::new();
+    for kv in kvs {
+        let Some(host) = kv.key_str().ok().and_then(|k| k.strip_prefix(&prefix)) else {
+            continue;
+        };
+        match decode::<PinRecord>(kv) {
+            Ok(pin) => {
+                if let Some(rec) = hosts.get_mut(host) {
+                    let o = pin.apply(rec);
+                    if !o.is_empty() {
+                        overridden.insert(host.to_string(), o);
+                    }
+                }
+                pins.insert(host.to_string(), pin);
+            }
+            Err(e) => {
+                unreadable.push(e.to_string());
+                hosts.remove(host);
+            }
+        }
+    }
+    (pins, overridden)
 }
