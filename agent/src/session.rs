@@ -56,6 +56,19 @@ pub struct SessionConfig {
 pub fn check_tls(config: &crate::Config) -> Result<(), String> {
     let tls = &config.tls;
     if tls.insecure() {
+        // Plaintext lets anyone on the path forge orders that run as root here: only a
+        // coordinator on this very machine is close enough.
+        if let Some(u) = config.coordinators.iter().find(|u| !is_loopback_http(u)) {
+            if u.starts_with("http://") {
+                return Err(format!(
+                    "[tls] insecure_plaintext = true is refused for the coordinator URL {u:?}: \
+                     without TLS anyone on the path can forge orders this agent runs as root. \
+                     Plaintext is for a development coordinator on this machine only \
+                     (http://127.0.0.1:PORT, http://[::1]:PORT or http://localhost:PORT); \
+                     otherwise remove insecure_plaintext and set [tls] ca, cert and key"
+                ));
+            }
+        }
         if let Some(u) = config
             .coordinators
             .iter()
@@ -104,6 +117,21 @@ pub fn check_tls(config: &crate::Config) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Whether `url` is `http://` to this machine: a loopback IP (127.0.0.0/8, ::1) or
+/// `localhost`, with a port.
+fn is_loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if let Ok(addr) = authority.parse::<std::net::SocketAddr>() {
+        return addr.ip().is_loopback();
+    }
+    authority
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| host == "localhost" && port.parse::<u16>().is_ok())
 }
 
 /// The delay before reconnect attempt `attempt` (0-based): exponential from
@@ -453,6 +481,36 @@ fn message(msg: Msg) -> pb::AgentMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plaintext_only_to_a_coordinator_on_this_machine() {
+        for (url, ok) in [
+            ("http://127.0.0.1:7443", true),
+            ("http://127.3.4.5:7443/", true),
+            ("http://[::1]:7443", true),
+            ("http://localhost:7443", true),
+            ("http://10.0.0.1:7443", false),
+            ("http://0.0.0.0:7443", false),
+            ("http://localhost.example.com:7443", false),
+            ("http://coord:7443", false),
+            ("https://127.0.0.1:7443", false),
+        ] {
+            assert_eq!(is_loopback_http(url), ok, "{url}");
+        }
+        let text = "host_id = \"h\"\ncoordinators = [\"http://127.0.0.1:1\", \
+                    \"http://10.0.0.1:7443\"]\nstate_dir = \"/tmp/x\"\n\
+                    [tls]\ninsecure_plaintext = true\n";
+        let cfg = crate::Config::parse(text).expect("config");
+        let e = check_tls(&cfg).expect_err("a remote plaintext coordinator");
+        assert!(
+            e.contains("insecure_plaintext = true is refused for the coordinator URL \"http://10.0.0.1:7443\"")
+                && e.contains("http://127.0.0.1:PORT"),
+            "{e}"
+        );
+        let cfg =
+            crate::Config::parse(&text.replace(", \"http://10.0.0.1:7443\"", "")).expect("config");
+        assert_eq!(check_tls(&cfg), Ok(()));
+    }
 
     #[test]
     fn replicas_are_tried_round_robin() {
