@@ -10,9 +10,11 @@ use serde::Deserialize;
 use thiserror::Error;
 
 mod release_rules;
+mod run_as;
 pub use release_rules::{
     SourceRefusal, SourceRules, DEFAULT_ROLLBACK_WINDOW, MAX_ROLLBACK_WINDOW, STORE_SOURCE,
 };
+pub use run_as::RunAs;
 
 /// Default heartbeat interval until the coordinator's `Welcome` says otherwise.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -238,6 +240,9 @@ pub struct ServiceConfig {
     /// Public keys that alone may sign this service's releases (signing is then required for
     /// it, whatever `[signing]` says); `None`: the fleet-wide `[signing]` applies.
     pub signing_keys: Option<Vec<PublicKey>>,
+    /// The user and group the process runs as (process backend, `user`/`group`); `None`:
+    /// the agent's own (root). Supplementary groups are cleared.
+    pub run_as: Option<RunAs>,
 }
 
 /// How a service is run on the host.
@@ -549,6 +554,8 @@ struct RawService {
     #[serde(default)]
     probes: Vec<RawProbe>,
     signing_keys: Option<Vec<PathBuf>>,
+    user: Option<String>,
+    group: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -974,6 +981,12 @@ impl RawService {
         let at = |f: &str| format!("services[{i}].{f}");
         names::check("service name", &self.name)
             .map_err(|e| field_err(at("name"), e.to_string()))?;
+        let run_as = run_as::resolve(
+            &format!("services[{i}]"),
+            &self.backend,
+            self.user.as_deref(),
+            self.group.as_deref(),
+        )?;
         let backend = match self.backend.as_str() {
             "process" => {
                 let fix = "it is only for backend = \"systemd\"; remove it";
@@ -1135,6 +1148,7 @@ impl RawService {
             hook_timeout: self.hook_timeout,
             watch_after_commit: self.watch_after_commit,
             signing_keys,
+            run_as,
         })
     }
 }

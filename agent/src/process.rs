@@ -108,6 +108,16 @@ impl Supervisor {
         let bin = release_dir.join(self.dir.binary());
         let log_path = self.dir.log_file();
         let log = open_log(&log_path, &release)?;
+        if let Some(r) = &self.cfg.run_as {
+            let (d, rd, gid) = (self.dir.clone(), release_dir.clone(), r.gid);
+            tokio::task::spawn_blocking(move || share_with_group(&d, &rd, gid))
+                .await
+                .map_err(|e| DiskError {
+                    action: "share with the service's group",
+                    path: release_dir.clone(),
+                    source: io::Error::other(e),
+                })??;
+        }
         let mut attempt = 0;
         let child = loop {
             let mut cmd = tokio::process::Command::new(&bin);
@@ -120,6 +130,10 @@ impl Supervisor {
                 .process_group(0)
                 // The service must survive an agent crash; stale ones are handled by the pidfile.
                 .kill_on_drop(false);
+            if let Some(r) = &self.cfg.run_as {
+                // Run as root, std clears the supplementary groups before setuid.
+                cmd.uid(r.uid).gid(r.gid);
+            }
             match cmd.spawn() {
                 Ok(child) => break child,
                 Err(e)
@@ -142,7 +156,18 @@ impl Supervisor {
                 pid_file.display()
             );
         }
-        tracing::info!(release = %release, pid, "started {}", bin.display());
+        match &self.cfg.run_as {
+            Some(r) => tracing::info!(
+                release = %release,
+                pid,
+                "started {} as user {} (uid {}, gid {})",
+                bin.display(),
+                r.user,
+                r.uid,
+                r.gid
+            ),
+            None => tracing::info!(release = %release, pid, "started {}", bin.display()),
+        }
         self.running = Some(Running {
             child,
             pgid: Pid::from_raw(pid),
@@ -315,6 +340,51 @@ fn open_log(path: &Path, release: &str) -> Result<fs::File, DiskError> {
     Ok(f)
 }
 
+/// Lets a service running with group `gid` reach and read what is its: the release tree it
+/// runs from becomes group-owned (modes untouched, so the recorded tree still matches), its
+/// service and releases dirs group-readable, its log group-owned (mode 0640). The state dir
+/// and `services/` get o+x only (passing through, no listing) so the path can be walked.
+fn share_with_group(dir: &ServiceDir, release_dir: &Path, gid: u32) -> Result<(), DiskError> {
+    use std::os::unix::fs::{lchown, PermissionsExt};
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DiskError {
+            action: "share with the service's group",
+            path,
+            source,
+        }
+    };
+    let root = dir.root();
+    let services = root.parent().unwrap_or(root);
+    let state = services.parent().unwrap_or(services);
+    for (d, add) in [
+        (state, 0o001),
+        (services, 0o001),
+        (root, 0o050),
+        (&dir.releases_dir(), 0o050),
+    ] {
+        let mode = fs::metadata(d).map_err(err(d))?.permissions().mode();
+        if mode & add != add {
+            fs::set_permissions(d, fs::Permissions::from_mode(mode | add)).map_err(err(d))?;
+        }
+    }
+    for p in [root, &dir.releases_dir(), &dir.log_file()] {
+        lchown(p, None, Some(gid)).map_err(err(p))?;
+    }
+    chgrp_tree(release_dir, gid).map_err(err(release_dir))
+}
+
+/// Gives `path` and everything under it to group `gid`; links are changed, not followed.
+fn chgrp_tree(path: &Path, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, None, Some(gid))?;
+    if fs::symlink_metadata(path)?.is_dir() {
+        for entry in fs::read_dir(path)? {
+            chgrp_tree(&entry?.path(), gid)?;
+        }
+    }
+    Ok(())
+}
+
 fn clone_log(f: &fs::File, path: &Path) -> Result<fs::File, DiskError> {
     f.try_clone().map_err(|source| DiskError {
         action: "open",
@@ -381,11 +451,22 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     fn setup(script: &str, stop_timeout: &str) -> (tempfile::TempDir, Supervisor, ServiceDir) {
+        setup_with(script, stop_timeout, "")
+    }
+
+    /// A supervisor for one installed release running `script`; `extra` is added to the
+    /// service's table.
+    fn setup_with(
+        script: &str,
+        stop_timeout: &str,
+        extra: &str,
+    ) -> (tempfile::TempDir, Supervisor, ServiceDir) {
         let state = tempfile::tempdir().expect("tempdir");
         let text = format!(
             "host_id = \"h\"\ncoordinator = \"http://127.0.0.1:1\"\nstate_dir = \"{}\"\n\
              [[services]]\nname = \"s\"\nbackend = \"process\"\nbinary = \"svc\"\n\
-             stop_timeout = \"{stop_timeout}\"\nargs = [\"a1\"]\nenv = {{ GREETING = \"hi\" }}\n",
+             stop_timeout = \"{stop_timeout}\"\nargs = [\"a1\"]\nenv = {{ GREETING = \"hi\" }}\n\
+             {extra}",
             state.path().display()
         );
         let cfg = Config::parse(&text).expect("config");
@@ -421,6 +502,53 @@ mod tests {
         let cwd = fs::canonicalize(dir.release_path(&release)).expect("canon");
         assert!(log.contains(&format!("hi a1 {}", cwd.display())), "{log}");
         assert!(!dir.pid_file().exists(), "pidfile removed after exit");
+    }
+
+    /// The `Uid:`, `Gid:` and `Groups:` lines of /proc/PID/status.
+    fn ids_of(pid: i32) -> Vec<String> {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        status
+            .lines()
+            .filter(|l| ["Uid:", "Gid:", "Groups:"].iter().any(|k| l.starts_with(k)))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn runs_as_the_configured_user_with_its_files_readable() {
+        // The tests run as root, as the agent does; the temp state dir is 0700.
+        let script = "head -c 3 ./svc >/dev/null && echo release-readable; \
+                      head -n 1 ../../service.log >/dev/null && echo log-readable; exec sleep 30";
+        let (_state, mut sup, dir) =
+            setup_with(script, "2s", "user = \"nobody\"\ngroup = \"nogroup\"\n");
+        sup.start().await.expect("start");
+        let pid = sup.pid().expect("pid");
+        let log = || fs::read_to_string(dir.log_file()).expect("log");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !log().contains("log-readable") && Instant::now() < deadline {
+            tokio::time::sleep(GROUP_POLL_INTERVAL).await;
+        }
+        let ids = ids_of(pid);
+        println!("service as nobody: {ids:?}");
+        assert_eq!(
+            ids,
+            [
+                "Uid: 65534 65534 65534 65534",
+                "Gid: 65534 65534 65534 65534",
+                "Groups:"
+            ],
+            "{}",
+            log()
+        );
+        let text = log();
+        assert!(
+            text.contains("release-readable") && text.contains("log-readable"),
+            "{text}"
+        );
+        sup.stop().await.expect("was running");
+        let release = dir.current_dir().expect("read").expect("installed");
+        dir.check_tree(&release)
+            .expect("sharing left the recorded tree as it was");
     }
 
     #[tokio::test]
