@@ -17,7 +17,7 @@ use crate::journal::{InFlight, Journal};
 use crate::probe::Prober;
 use crate::releases::ServiceDir;
 use crate::status;
-use crate::update;
+use crate::{staging, update};
 
 /// How long a restart after an unexpected exit may take to come up (only backends the agent
 /// restarts get here; the process backend is up once spawned).
@@ -147,6 +147,13 @@ impl ServiceUnit {
             let span = tracing::info_span!("order", rollout = %f.rollout_id, token = f.token);
             let done = update::recover(self, &f).instrument(span).await;
             self.finish(done);
+            return;
+        }
+        // The agent starts `current` itself here (process backend): S8 first.
+        if self.backend.agent_restarts() && !self.tree_intact().await {
+            if let Some(note) = self.backend.reclaim().await {
+                tracing::info!("{note}");
+            }
             return;
         }
         let (note, started) = self.backend.adopt().await;
@@ -344,6 +351,9 @@ impl ServiceUnit {
 
     async fn restart(&mut self) {
         self.restart_at = None;
+        if !self.tree_intact().await {
+            return;
+        }
         match self.backend.restart(SUPERVISED_RESTART_WAIT).await {
             Ok(_) => self.down_reason = None,
             Err(BackendError::NotInstalled(_)) => {
@@ -355,6 +365,30 @@ impl ServiceUnit {
                 self.schedule_restart(format!("cannot start: {e}"));
             }
         }
+    }
+
+    /// S8 before the agent starts `current` on its own (after the service crashed, or at
+    /// agent start): its files must be as installed. If not, the service stays down, not
+    /// restarted again, with the reason (naming the file) as its status, until an order
+    /// installs a release.
+    async fn tree_intact(&mut self) -> bool {
+        let Ok(Some(name)) = self.dir.current_dir() else {
+            // Nothing installed, or unreadable: the start itself says so.
+            return true;
+        };
+        let Err(why) = staging::check_tree(&self.dir, &name).await else {
+            return true;
+        };
+        tracing::warn!("{}: {why}", self.cfg.name);
+        self.restart_at = None;
+        self.down_reason = Some(why);
+        // Often STOPPED already ("restarting in ..."): the reason must reach the coordinator.
+        self.shared.board.resend(&self.cfg.name);
+        self.publish(
+            Health::Stopped,
+            self.down_reason.clone().unwrap_or_default(),
+        );
+        false
     }
 
     /// One idle health round: probes if the process runs, then report any transition.

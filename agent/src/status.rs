@@ -179,6 +179,14 @@ impl StatusBoard {
         })
     }
 
+    /// Makes the next observation of `service` be sent even if health, release and order
+    /// are unchanged (a reason the coordinator must see, e.g. why a service is not started).
+    pub(crate) fn resend(&self, service: &str) {
+        if let Some(entry) = self.board().services.get_mut(service) {
+            entry.sent = None;
+        }
+    }
+
     /// The latest observation of `service`.
     pub(crate) fn status(&self, service: &str) -> Option<pb::ServiceStatus> {
         self.board()
