@@ -1759,11 +1759,25 @@ expect_body = "ready"
     #[test]
     fn example_config_in_deploy_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");
-        let c = Config::load(&path).expect("deploy/agent.toml must stay valid");
+        // The example names files of a real host: its signing key (generated here), and the
+        // host certificate the fleet comes from (absent here, so the fleet line is used).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("release.pub");
+        let pair = rollgate_proto::signing::SigningKey::generate().expect("key");
+        std::fs::write(&key, pair.public().to_pem()).expect("write key");
+        let text = std::fs::read_to_string(&path)
+            .expect("read")
+            .replace(
+                "keys = [\"/etc/rollgate/release.pub\"]",
+                &format!("keys = [{:?}]", key.display().to_string()),
+            )
+            .replace("# fleet = \"prod\"", "fleet = \"prod\"");
+        let c = Config::parse(&text).expect("deploy/agent.toml must stay valid");
         assert_eq!(c.coordinators.len(), 1);
+        assert!(c.signing.required, "signing is on in the example");
+        assert_eq!(c.signing.keys.len(), 1);
         // The commented-out replica list there must be valid too once uncommented (and the
         // single `coordinator` line dropped).
-        let text = std::fs::read_to_string(&path).expect("read");
         let listed: String = text
             .lines()
             .filter(|l| !l.starts_with("coordinator = "))
