@@ -113,7 +113,7 @@ release() { # version mode max_unavailable min_healthy_time healthy_deadline [ex
   chmod +x "$f"
   local sig="signature_file = \"$f.sig\""
   if [ "${UNSIGNED:-}" = 1 ]; then sig=""; else
-    rollgate release sign --key "$PKI/release.key" --service demo --version "$1" --expires 1d "$f" >/dev/null
+    rollgate release sign --key "$PKI/release.key" --fleet demo --service demo --version "$1" --expires 1d "$f" >/dev/null
   fi
   cat > "$DEMO/rollout-$1.toml" <<TOML
 service = "demo"
