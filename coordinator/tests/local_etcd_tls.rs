@@ -7,7 +7,10 @@
 //! `--peer-client-cert-auth` (or on plain http, as the local etcd was before), as the positive
 //! checks on the same paths show.
 
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+mod common;
+use common::free_port_pair;
+
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,19 +27,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// A port `p` with `p + 1` free too.
-fn free_port_pair() -> u16 {
-    loop {
-        let p = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        if p < u16::MAX && TcpListener::bind((Ipv4Addr::LOCALHOST, p + 1)).is_ok() {
-            return p;
-        }
-    }
-}
 
 /// A client trusting `ca`, presenting `identity` (cert, key) if given.
 fn client(ca: &Path, identity: Option<(&Path, &Path)>) -> TlsConnector {

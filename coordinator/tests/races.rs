@@ -9,8 +9,10 @@
 //! the rollback (its parent later claimed "every host is on the old release again"), and the
 //! fence committed anyway, leaving a live order to a host that then counted as zero.
 
+mod common;
+use common::free_port_pair;
+
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, TcpListener};
 use std::sync::Arc;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
@@ -26,19 +28,6 @@ use rollgate_coordinator::store::{
 use rollgate_coordinator::Ctx;
 use rollgate_proto::spec::ReleaseSpec;
 use tokio_util::sync::CancellationToken;
-
-/// A port `p` with `p + 1` free too.
-fn free_port_pair() -> u16 {
-    loop {
-        let p = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        if p < u16::MAX && TcpListener::bind((Ipv4Addr::LOCALHOST, p + 1)).is_ok() {
-            return p;
-        }
-    }
-}
 
 struct World {
     ctx: Arc<Ctx>,
