@@ -434,7 +434,7 @@ pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
             pb::HostProgress {
                 host_id: h.clone(),
                 state: progress.word().to_string(),
-                step: step.step,
+                step: step.step.word().to_string(),
                 message: step.message,
                 reason: step.reason,
                 connected: fleet.is_connected(h),

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use rollgate_proto::spec::{Budget, Gate, OnFailure, Strategy};
 
 use crate::store::{
-    FleetView, Health, HostState, HostStep, Phase, RolloutRecord, RolloutView, StageRecord,
+    AgentStep, FleetView, Health, HostState, HostStep, Phase, RolloutRecord, RolloutView,
+    StageRecord,
 };
 
 /// How long past its `healthy_deadline` a lost host (its slot's holder went away and it has not
@@ -333,7 +334,7 @@ pub fn plan(o: Observed<'_>) -> Plan {
             Progress::Updating => o
                 .steps
                 .get(h)
-                .is_some_and(|s| s.step == rollgate_proto::pb::Step::RollingBack.word()),
+                .is_some_and(|s| s.step == AgentStep::RollingBack),
             Progress::Lost => o.steps.get(h).is_some_and(|s| {
                 o.now_ms > s.granted_at_ms + st.healthy_deadline.as_millis() as i64 + LOST_GRACE_MS
             }),

@@ -672,7 +672,7 @@ impl Session {
         }
         let message = bounded(&p.message, MAX_DETAIL);
         debug!(rollout = %rid, token = p.token, step = p.step().word(), message = %printable(&message), "progress");
-        step.step = p.step().word().to_string();
+        step.step = p.step().into();
         step.message = message;
         step.updated_at_ms = now_ms();
         let key = self.ctx.keys.step(rid.as_str(), &self.host);
@@ -733,7 +733,7 @@ impl Session {
             state,
             token: r.token,
             granted_at_ms: step.granted_at_ms,
-            step: String::new(),
+            step: crate::store::AgentStep::None,
             message: String::new(),
             reason: reason.clone(),
             running_version: running_version.clone(),

@@ -546,6 +546,70 @@ impl fmt::Display for HostState {
     }
 }
 
+/// The step of an order an agent last reported, as stored: a serde enum, never display text
+/// (the planner halts on `RollingBack`; rewording a message must not change that). Records
+/// written before stored the display words ("rolling back"), which still read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStep {
+    /// Nothing reported (granted, or finished).
+    #[default]
+    #[serde(alias = "")]
+    None,
+    /// Order accepted.
+    Accepted,
+    /// Downloading.
+    Fetching,
+    /// Downloaded and verified.
+    Staged,
+    /// Switching `current`.
+    Swapping,
+    /// Starting the new release.
+    Starting,
+    /// Watching its health.
+    Verifying,
+    /// Going back to the previous release (the agent's failure verdict).
+    #[serde(alias = "rolling back")]
+    RollingBack,
+}
+
+impl From<pb::Step> for AgentStep {
+    fn from(s: pb::Step) -> Self {
+        match s {
+            pb::Step::Unspecified => AgentStep::None,
+            pb::Step::Accepted => AgentStep::Accepted,
+            pb::Step::Fetching => AgentStep::Fetching,
+            pb::Step::Staged => AgentStep::Staged,
+            pb::Step::Swapping => AgentStep::Swapping,
+            pb::Step::Starting => AgentStep::Starting,
+            pb::Step::Verifying => AgentStep::Verifying,
+            pb::Step::RollingBack => AgentStep::RollingBack,
+        }
+    }
+}
+
+impl From<AgentStep> for pb::Step {
+    fn from(s: AgentStep) -> Self {
+        match s {
+            AgentStep::None => pb::Step::Unspecified,
+            AgentStep::Accepted => pb::Step::Accepted,
+            AgentStep::Fetching => pb::Step::Fetching,
+            AgentStep::Staged => pb::Step::Staged,
+            AgentStep::Swapping => pb::Step::Swapping,
+            AgentStep::Starting => pb::Step::Starting,
+            AgentStep::Verifying => pb::Step::Verifying,
+            AgentStep::RollingBack => pb::Step::RollingBack,
+        }
+    }
+}
+
+impl AgentStep {
+    /// The word operators see ("rolling back").
+    pub fn word(self) -> &'static str {
+        pb::Step::from(self).word()
+    }
+}
+
 /// One host's step in one rollout (durable).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostStep {
@@ -556,8 +620,9 @@ pub struct HostStep {
     /// When the slot was granted.
     #[serde(default)]
     pub granted_at_ms: i64,
-    /// Last step the agent reported.
-    pub step: String,
+    /// Last step the agent reported (a closed set: the planner decides on it).
+    #[serde(default)]
+    pub step: AgentStep,
     /// Last progress message.
     pub message: String,
     /// Why it failed or rolled back.
@@ -575,7 +640,7 @@ impl HostStep {
             state: HostState::Pending,
             token: 0,
             granted_at_ms: 0,
-            step: String::new(),
+            step: AgentStep::None,
             message: String::new(),
             reason: String::new(),
             running_version: String::new(),
@@ -672,6 +737,28 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steps_written_as_words_still_read() {
+        for (old, want) in [
+            ("rolling back", AgentStep::RollingBack),
+            ("rolling_back", AgentStep::RollingBack),
+            ("verifying", AgentStep::Verifying),
+            ("", AgentStep::None),
+        ] {
+            let json = format!(
+                r#"{{"state":"updating","token":3,"step":"{old}","message":"m","reason":"","running_version":"","updated_at_ms":1}}"#
+            );
+            let s: HostStep = serde_json::from_str(&json).expect(old);
+            assert_eq!(s.step, want, "{old:?}");
+        }
+        // New records store the enum's name, never the display text.
+        let mut s = HostStep::pending();
+        s.step = AgentStep::RollingBack;
+        let text = String::from_utf8(encode(&s)).expect("utf-8");
+        assert!(text.contains(r#""step":"rolling_back""#), "{text}");
+        assert_eq!(AgentStep::RollingBack.word(), "rolling back");
+    }
 
     #[test]
     fn rollout_keys_parse() {

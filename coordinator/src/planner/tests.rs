@@ -263,7 +263,7 @@ fn a_host_rolling_back_counts_as_failed_at_once() {
     w.hold("h1");
     w.hold("h2");
     let s = w.steps.get_mut("h1").expect("h1");
-    s.step = "rolling back".into();
+    s.step = AgentStep::RollingBack;
     s.message = "not healthy within 4s: http probe answered 500".into();
     let p = w.plan();
     let (phase, why) = p.phase.expect("halted");
