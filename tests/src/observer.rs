@@ -1,0 +1,262 @@
+//! The independent observer: polls every host's service directly and records the worst
+//! number of hosts unavailable at once.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+
+use crate::*;
+
+/// Whether a rollout phase is final.
+pub fn is_ended(phase: &str) -> bool {
+    matches!(phase, "succeeded" | "failed" | "aborted" | "rolled_back")
+}
+
+/// A one-line summary of a status, for wait messages.
+pub fn brief(s: &pb::RolloutStatus) -> String {
+    format!(
+        "phase {} blocked_by {:?} unavailable {}/{} hosts {:?}",
+        s.phase,
+        s.blocked_by,
+        s.unavailable,
+        s.max_unavailable,
+        s.hosts
+            .iter()
+            .map(|h| format!(
+                "{}:{}{}",
+                h.host_id,
+                h.state,
+                if h.step.is_empty() {
+                    String::new()
+                } else {
+                    format!("/{}", h.step)
+                }
+            ))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// Minimal HTTP/1.0 GET; returns (status, body).
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let addr: SocketAddr = addr.parse()?;
+    let mut s = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)?;
+    s.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    s.set_write_timeout(Some(PROBE_TIMEOUT))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("not an HTTP answer: {buf:?}"))?;
+    let body = buf
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    Ok((status, body))
+}
+
+/// The version a service on 127.0.0.1:`port` reports, if it is up and healthy.
+pub fn service_version(port: u16) -> Option<String> {
+    service_version_at(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+}
+
+/// The version the service at `addr` reports, if it is up and healthy.
+pub fn service_version_at(addr: SocketAddr) -> Option<String> {
+    match http_get(&addr.to_string(), "/health") {
+        Ok((200, body)) => body.strip_prefix("ok ").map(str::to_string),
+        _ => None,
+    }
+}
+
+/// Shared state of an observer's polling threads.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    /// Per host: its service is down right now.
+    down: Vec<bool>,
+    /// Per host: the test says it is unreachable (counts as down whatever the service says).
+    forced: Vec<bool>,
+    max: usize,
+    worst: Vec<String>,
+    max_per_group: BTreeMap<String, usize>,
+    worst_per_group: BTreeMap<String, Vec<String>>,
+    versions: Vec<Vec<String>>,
+}
+
+impl Seen {
+    pub(crate) fn record(&mut self, names: &[String], groups: &[Option<String>]) {
+        let is_down = |j: usize| self.down[j] || self.forced[j];
+        let now: Vec<usize> = (0..names.len()).filter(|&j| is_down(j)).collect();
+        if now.len() > self.max {
+            self.max = now.len();
+            self.worst = now.iter().map(|&j| names[j].clone()).collect();
+        }
+        let mut per_group: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for &j in &now {
+            if let Some(g) = &groups[j] {
+                per_group.entry(g.as_str()).or_default().push(j);
+            }
+        }
+        for (g, members) in per_group {
+            let best = self.max_per_group.entry(g.to_string()).or_insert(0);
+            if members.len() > *best {
+                *best = members.len();
+                self.worst_per_group.insert(
+                    g.to_string(),
+                    members.iter().map(|&j| names[j].clone()).collect(),
+                );
+            }
+        }
+    }
+}
+
+/// Polls every host's service directly and keeps the worst count of hosts unavailable at once
+/// (fleet-wide, and per group when started with groups).
+#[derive(Debug)]
+pub struct Observer {
+    pub(crate) stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    seen: Arc<Mutex<Seen>>,
+    names: Vec<String>,
+    groups: Vec<Option<String>>,
+}
+
+/// What an observer saw.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// Most hosts unavailable at one instant.
+    pub max_unavailable: usize,
+    /// Which hosts they were, at the first time that maximum was reached.
+    pub worst_set: Vec<String>,
+    /// Per group (observers started with groups): most of its hosts unavailable at once.
+    /// Groups never seen with a host down are listed with 0.
+    pub max_per_group: BTreeMap<String, usize>,
+    /// Per group: which hosts, the first time that group's maximum was reached.
+    pub worst_per_group: BTreeMap<String, Vec<String>>,
+    /// Per host, the distinct versions seen serving healthy, in order.
+    pub versions: Vec<(String, Vec<String>)>,
+}
+
+impl Observation {
+    /// Prints the worst fleet-wide count (and per group, if kept) against the budgets.
+    pub fn print(&self, budget: usize, per_group: Option<usize>) {
+        println!(
+            "observer: worst {} hosts unavailable at once (budget {budget}): {:?}",
+            self.max_unavailable, self.worst_set
+        );
+        if let Some(g) = per_group {
+            for (group, max) in &self.max_per_group {
+                println!(
+                    "observer: {group}: worst {max} unavailable at once (budget {g}): {:?}",
+                    self.worst_per_group.get(group).cloned().unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
+impl Observer {
+    /// Starts one polling thread per (host, service address).
+    pub fn start(hosts: Vec<(String, SocketAddr)>) -> Self {
+        Self::start_inner(hosts.into_iter().map(|(h, a)| (h, a, None)).collect())
+    }
+
+    /// Like [`Observer::start`], also keeping the worst count per group (e.g. `site`).
+    pub fn start_grouped(hosts: Vec<(String, SocketAddr, String)>) -> Self {
+        Self::start_inner(hosts.into_iter().map(|(h, a, g)| (h, a, Some(g))).collect())
+    }
+
+    pub(crate) fn start_inner(hosts: Vec<(String, SocketAddr, Option<String>)>) -> Self {
+        let n = hosts.len();
+        let stop = Arc::new(AtomicBool::new(false));
+        let names: Vec<String> = hosts.iter().map(|(h, _, _)| h.clone()).collect();
+        let groups: Vec<Option<String>> = hosts.iter().map(|(_, _, g)| g.clone()).collect();
+        let mut seen = Seen {
+            down: vec![false; n],
+            forced: vec![false; n],
+            versions: vec![Vec::new(); n],
+            ..Seen::default()
+        };
+        for g in groups.iter().flatten() {
+            seen.max_per_group.insert(g.clone(), 0);
+        }
+        let seen = Arc::new(Mutex::new(seen));
+        let threads = hosts
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, addr, _))| {
+                let (stop, seen, names, groups) =
+                    (stop.clone(), seen.clone(), names.clone(), groups.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let v = service_version_at(addr);
+                        {
+                            let mut s = lock(&seen);
+                            s.down[i] = v.is_none();
+                            s.record(&names, &groups);
+                            if let Some(v) = v {
+                                if s.versions[i].last() != Some(&v) {
+                                    s.versions[i].push(v);
+                                }
+                            }
+                        }
+                        std::thread::sleep(OBSERVE_EVERY);
+                    }
+                })
+            })
+            .collect();
+        Observer {
+            stop,
+            threads,
+            seen,
+            names,
+            groups,
+        }
+    }
+
+    /// Counts `host` as unavailable (or stops doing so) whatever its service answers: for a
+    /// host the coordinator cannot reach (its agent frozen or cut off), which is unavailable
+    /// by definition even while its service still answers the observer.
+    pub fn count_as_down(&self, host: &str, down: bool) {
+        let i = self
+            .names
+            .iter()
+            .position(|n| n == host)
+            .expect("observed host");
+        let mut s = lock(&self.seen);
+        s.forced[i] = down;
+        s.record(&self.names, &self.groups);
+    }
+
+    /// The worst fleet-wide count so far.
+    pub fn max_so_far(&self) -> usize {
+        lock(&self.seen).max
+    }
+
+    /// Stops polling and reports.
+    pub fn finish(self) -> Observation {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let s = lock(&self.seen);
+        Observation {
+            max_unavailable: s.max,
+            worst_set: s.worst.clone(),
+            max_per_group: s.max_per_group.clone(),
+            worst_per_group: s.worst_per_group.clone(),
+            versions: self.names.iter().cloned().zip(s.versions.clone()).collect(),
+        }
+    }
+}
