@@ -35,6 +35,10 @@ rollgate_test_deps() {
   [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || missing+=(busybox-static)
   # A coordinator replica whose wall clock is off (clock tests) runs under libfaketime.
   ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || missing+=(faketime)
+  # The server-identity tests play a rogue coordinator with `openssl s_server`.
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  # The least-privilege tests score the units with `systemd-analyze security`.
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 }
 
 rollgate_install_missing() {
