@@ -7,6 +7,16 @@ cd "$(dirname "$0")/.."
 # shellcheck source=../deploy/ensure-deps.sh
 . deploy/ensure-deps.sh
 rollgate_ensure_deps test
+# The build and the end-to-end tests need room: ~10 GB for target/ and a few GB for the fleets'
+# temporary directories. Say so up front rather than fail in the linker with "Bus error".
+target_dir="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target_dir"
+free_gb=$(df -Pk "$target_dir" | awk 'NR==2 { print int($4 / 1048576) }')
+if [ "$free_gb" -lt 12 ]; then
+  echo "tests/run.sh: only ${free_gb} GB free where $target_dir is; the build and tests need about 12 GB." >&2
+  echo "  Free some space (an old target/ directory: cargo clean) and run again." >&2
+  exit 1
+fi
 cargo build --workspace --bins
 # End-to-end test files run one after another (each starts its own fleet); --nocapture shows
 # what the observers saw (worst unavailable count against the budget).
