@@ -86,7 +86,7 @@ impl AgentService for AgentApi {
         let ctx = self.ctx.clone();
         // Cut when the host's certificate is denied, expires or loses its CA (roles::guard).
         let shutdown = roles::guard(tls, peer.clone(), chain, &self.shutdown, "agent session");
-        tokio::spawn(async move {
+        self.ctx.tasks.spawn(async move {
             sessions::serve(ctx, peer, request.into_inner(), tx, shutdown.clone()).await;
             shutdown.cancel();
         });
@@ -117,7 +117,7 @@ impl AgentService for AgentApi {
         };
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let mut offset = req.offset.min(total);
-        tokio::spawn(async move {
+        self.ctx.tasks.spawn(async move {
             let mut buf = vec![0u8; rollgate_proto::ARTIFACT_CHUNK_BYTES];
             loop {
                 let n = match read_chunk(&mut file, &mut buf).await {
@@ -204,7 +204,7 @@ impl ControlService for ControlApi {
         // Cut when the operator's certificate is denied, expires or loses its CA.
         let shutdown = roles::guard(ctx.tls.clone(), who, chain, &self.shutdown, "watch");
         let guarded = shutdown.clone();
-        tokio::spawn(async move {
+        self.ctx.tasks.spawn(async move {
             let _done = guarded.drop_guard();
             let mut etcd = ctx.etcd.clone();
             let watch = crate::etcd_conn::watch(

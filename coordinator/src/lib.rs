@@ -41,7 +41,8 @@ use etcd_client::Client;
 use rollgate_proto::pb::agent_service_server::AgentServiceServer;
 use rollgate_proto::pb::control_service_server::ControlServiceServer;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
 
 use crate::artifacts::ArtifactStore;
 use crate::config::Config;
@@ -52,6 +53,8 @@ use crate::store::Keys;
 const LEASE_RETRY: Duration = Duration::from_millis(200);
 /// How long in-flight work gets at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long, once every session and watch has ended, unary calls in flight get to finish.
+const SERVER_DRAIN: Duration = Duration::from_secs(1);
 /// HTTP/2 streams one connection may have open (an agent needs two or three; an operator's
 /// CLI a handful): a confused or hostile peer cannot open thousands.
 const MAX_STREAMS_PER_CONNECTION: u32 = 64;
@@ -72,6 +75,9 @@ pub struct Ctx {
     pub artifacts: ArtifactStore,
     /// mTLS state (`None`: insecure development mode).
     pub tls: Option<Arc<tls::ServerTls>>,
+    /// The agent sessions, watches and downloads this replica serves. Shutdown waits for them
+    /// (after cancelling them) so that none is cut in the middle of an etcd write.
+    pub tasks: TaskTracker,
 }
 
 impl Ctx {
@@ -143,6 +149,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         hub: Hub::default(),
         artifacts,
         tls: tls.clone(),
+        tasks: TaskTracker::new(),
     });
 
     let listener = tokio::net::TcpListener::bind(listen)
@@ -225,14 +232,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
     rollgate_proto::telemetry::notify_stopping();
-    cancel.cancel();
-    let stop = async {
-        let _ = driver.await;
-        let _ = dispatcher.await;
-        let _ = server.await;
-    };
-    if tokio::time::timeout(SHUTDOWN_GRACE, stop).await.is_err() {
-        warn!("shutdown took longer than {SHUTDOWN_GRACE:?}; exiting anyway");
+    let stopped = stop_in_order(&ctx, &cancel, [driver, dispatcher], server);
+    if tokio::time::timeout(SHUTDOWN_GRACE, stopped).await.is_err() {
+        warn!(
+            unfinished = ctx.tasks.len(),
+            "shutdown took longer than {SHUTDOWN_GRACE:?}; exiting anyway (agents reconnect \
+             to another replica and re-send what they had not reported)"
+        );
     }
     if outcome.is_ok() {
         // Sessions end now rather than when the lease times out.
@@ -243,6 +249,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         local.stopped().await;
     }
     outcome
+}
+
+/// Stops a replica in order: no new work (cancel: the listener stops accepting, every session and
+/// watch is told to end), the leader's driver and the order dispatcher finish the transaction
+/// they are in, then every session and watch ends (a session finishes the write it is in and
+/// clears its session key), then the server.
+async fn stop_in_order(
+    ctx: &Ctx,
+    cancel: &CancellationToken,
+    loops: [tokio::task::JoinHandle<()>; 2],
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) {
+    let started = std::time::Instant::now();
+    info!(
+        open = ctx.tasks.len(),
+        "shutting down: waiting for the agent sessions, watches and downloads to end"
+    );
+    cancel.cancel();
+    for task in loops {
+        let _ = task.await;
+    }
+    ctx.tasks.close();
+    ctx.tasks.wait().await;
+    // Unary calls in flight finish here. Agents keep their (now idle) connections open to retry
+    // on them, which would hold a graceful drain for ever: they are closed after a short wait.
+    if tokio::time::timeout(SERVER_DRAIN, server).await.is_err() {
+        debug!("connections still open after {SERVER_DRAIN:?} (agents retrying); closing them");
+    }
+    info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "shutdown complete: every session, watch and download ended"
+    );
 }
 
 /// Keeps this replica's lease alive. A broken keep-alive stream (etcd restarting, a leader

@@ -259,6 +259,7 @@ pub async fn serve(
         if let Err(e) = session.close().await {
             warn!("cannot clear the session key (it expires with this replica's lease): {e}");
         }
+        info!("agent session ended");
     }
     .instrument(span)
     .await

@@ -71,6 +71,7 @@ async fn world() -> (World, String) {
         lease: 0,
         hub: Hub::default(),
         tls: None,
+        tasks: tokio_util::task::TaskTracker::new(),
     });
     let mut etcd_c = ctx.etcd.clone();
     for h in ["h1", "h2", "h3"] {
