@@ -39,6 +39,8 @@ rollgate_test_deps() {
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   # The least-privilege tests score the units with `systemd-analyze security`.
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+  # The metrics tests scrape the fleet with a real Prometheus server and lint with promtool.
+  [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
 }
 
 rollgate_install_missing() {

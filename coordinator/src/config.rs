@@ -43,6 +43,8 @@ pub struct Config {
     pub max_artifact_copies: u32,
     /// Bytes this replica's artifact store may hold; a push or copy past it is refused.
     pub max_artifact_store_bytes: u64,
+    /// `[metrics]`: where to serve Prometheus metrics (off by default).
+    pub metrics: rollgate_proto::metrics::MetricsConfig,
 }
 
 /// `[access]`: who is refused although the fleet CA signed their certificate.
@@ -134,6 +136,7 @@ impl Default for Config {
             rollback_window: 1,
             max_artifact_copies: 2,
             max_artifact_store_bytes: 16 << 30,
+            metrics: rollgate_proto::metrics::MetricsConfig::default(),
         }
     }
 }

@@ -52,7 +52,11 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
             epoch = leader.rev(),
             "this replica is the leader; driving rollouts"
         );
-        if let Err(e) = lead(&ctx, &leader, &cancel).await {
+        ctx.metrics.elections.inc();
+        ctx.metrics.leader.set(1);
+        let led = lead(&ctx, &leader, &cancel).await;
+        ctx.metrics.leader.set(0);
+        if let Err(e) = led {
             warn!("leading stopped: {e}; campaigning again");
         }
         if cancel.is_cancelled() {

@@ -26,6 +26,7 @@ pub mod driver;
 pub mod etcd_conn;
 pub mod grpc;
 pub mod local_etcd;
+pub mod metrics;
 pub mod planner;
 pub mod roles;
 pub mod sessions;
@@ -75,6 +76,8 @@ pub struct Ctx {
     pub artifacts: ArtifactStore,
     /// mTLS state (`None`: insecure development mode).
     pub tls: Option<Arc<tls::ServerTls>>,
+    /// Prometheus metrics (`[metrics]`).
+    pub metrics: metrics::Metrics,
     /// The agent sessions, watches and downloads this replica serves. Shutdown waits for them
     /// (after cancelling them) so that none is cut in the middle of an etcd write.
     pub tasks: TaskTracker,
@@ -150,7 +153,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         artifacts,
         tls: tls.clone(),
         tasks: TaskTracker::new(),
+        metrics: metrics::Metrics::new(),
     });
+    rollgate_proto::metrics::serve(
+        &ctx.config.metrics,
+        ctx.metrics.registry.clone(),
+        cancel.clone(),
+    )
+    .await?;
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await

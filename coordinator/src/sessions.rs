@@ -84,6 +84,11 @@ impl Hub {
             .map(|c| c.tx.clone())
     }
 
+    /// Hosts with a stream here.
+    fn len(&self) -> usize {
+        self.conns.lock().expect("hub lock").len()
+    }
+
     fn hosts(&self) -> Vec<String> {
         self.conns
             .lock()
@@ -194,6 +199,8 @@ pub async fn serve(
                 cancel: cancel.clone(),
             },
         );
+        ctx.metrics.sessions_opened.inc();
+        ctx.metrics.set_connected(ctx.hub.len());
         info!(
             agent_version = %printable(&hello.agent_version),
             highest_token = hello.highest_token,
@@ -256,6 +263,8 @@ pub async fn serve(
             }
         }
         ctx.hub.unregister(&host, &conn_id);
+        ctx.metrics.sessions_closed.inc();
+        ctx.metrics.set_connected(ctx.hub.len());
         if let Err(e) = session.close().await {
             warn!("cannot clear the session key (it expires with this replica's lease): {e}");
         }

@@ -72,6 +72,7 @@ async fn world() -> (World, String) {
         hub: Hub::default(),
         tls: None,
         tasks: tokio_util::task::TaskTracker::new(),
+        metrics: rollgate_coordinator::metrics::Metrics::new(),
     });
     let mut etcd_c = ctx.etcd.clone();
     for h in ["h1", "h2", "h3"] {

@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`pb`]: code generated from `proto/rollgate.proto` (package `rollgate.v1`).
 //! - [`spec`]: the rollout spec operators write (TOML), its parsing and validation.
+//! - [`metrics`]: the `/metrics` endpoint (Prometheus) and its `[metrics]` settings.
 //! - [`telemetry`]: log routing for the daemons (journald under systemd, stderr otherwise).
 //! - [`tls`]: peer identities (URI SANs) and the `[tls]` settings every part shares.
 //! - [`signing`]: release signatures (ed25519 over service, version, digest, size and expiry),
@@ -12,6 +13,7 @@
 //! - [`text`]: peer-supplied text made safe for terminals and logs (control characters
 //!   escaped).
 
+pub mod metrics;
 pub mod names;
 pub mod signing;
 pub mod spec;

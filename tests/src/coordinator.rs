@@ -23,6 +23,8 @@ pub struct Coordinator {
     pub id: String,
     /// Its gRPC address.
     pub addr: SocketAddr,
+    /// Where it serves Prometheus metrics (`[metrics] listen`; every test replica has one).
+    pub metrics: SocketAddr,
     /// Its state directory (config, log, artifact store).
     pub dir: PathBuf,
     pub(crate) proc: Arc<Mutex<Proc>>,
@@ -41,6 +43,7 @@ impl Coordinator {
         let id = format!("coord-{index}");
         let tls = pki.coordinator(&id, IpAddr::V4(ip))?.toml();
         let addr = SocketAddr::new(IpAddr::V4(ip), free_port());
+        let metrics = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port());
         let cdir = dir.join(&id);
         fs::create_dir_all(&cdir)?;
         let config = format!(
@@ -54,6 +57,8 @@ lease_ttl = "{LEASE_TTL_SECS}s"
 [agents]
 heartbeat_interval = "{hb}ms"
 missed_heartbeats = {MISSED_HEARTBEATS}
+[metrics]
+listen = "{metrics}"
 {tls}
 {extra}
 "#,
@@ -82,6 +87,7 @@ missed_heartbeats = {MISSED_HEARTBEATS}
         Ok(Coordinator {
             id,
             addr,
+            metrics,
             dir: cdir,
             proc: Arc::new(Mutex::new(proc)),
         })

@@ -24,7 +24,8 @@
 //! Files: `proc.rs` (processes), `etcd.rs`, `coordinator.rs` (replicas, libfaketime, the
 //! supervisor), `fleet.rs` (the fleet, its agents, releases, specs, CLI and control calls,
 //! waits), `fleet_faults.rs` (etcd helpers, leadership, kills, cuts, backup/restore, log dumps),
-//! `observer.rs`, `netlab.rs`, `pki.rs`, `managers.rs` (real systemd and container engines).
+//! `observer.rs`, `netlab.rs`, `pki.rs`, `managers.rs` (real systemd and container engines),
+//! `prometheus.rs` (a real Prometheus server and promtool).
 //!
 //! Binaries come from the cargo target directory next to the test executable (or from
 //! `ROLLGATE_BIN_DIR`); build them first with `cargo build --workspace --bins` (`tests/run.sh`
@@ -38,6 +39,7 @@ use anyhow::bail;
 
 pub mod managers;
 pub mod pki;
+pub mod prometheus;
 
 mod coordinator;
 mod etcd;
