@@ -45,6 +45,28 @@ pub struct Config {
     pub max_artifact_store_bytes: u64,
     /// `[metrics]`: where to serve Prometheus metrics (off by default).
     pub metrics: rollgate_proto::metrics::MetricsConfig,
+    /// `[events]`: how much of the event log etcd keeps.
+    pub events: EventsConfig,
+}
+
+/// `[events]`: retention of the event log (whichever limit is reached first).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Newest events kept.
+    pub max_count: u64,
+    /// Events older than this are deleted.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            max_count: 100_000,
+            max_age: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
 }
 
 /// `[access]`: who is refused although the fleet CA signed their certificate.
@@ -137,6 +159,7 @@ impl Default for Config {
             max_artifact_copies: 2,
             max_artifact_store_bytes: 16 << 30,
             metrics: rollgate_proto::metrics::MetricsConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }

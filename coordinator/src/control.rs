@@ -129,6 +129,8 @@ async fn prepare(
         groups,
         group_budgets,
         wave_done: None,
+        created_by: None,
+        operator: None,
     };
     Ok((record, fleet))
 }

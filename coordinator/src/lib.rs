@@ -24,6 +24,7 @@ pub mod config;
 pub mod control;
 pub mod driver;
 pub mod etcd_conn;
+pub mod events;
 pub mod grpc;
 pub mod local_etcd;
 pub mod metrics;

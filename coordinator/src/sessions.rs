@@ -475,6 +475,7 @@ impl Session {
             services,
             last_seen_ms: now_ms(),
             fenced: false,
+            fenced_by: None,
         };
         let keys = &self.ctx.keys;
         let mut etcd = self.ctx.etcd.clone();

@@ -265,6 +265,9 @@ pub struct HostRecord {
     /// gets no orders until it reconnects.
     #[serde(default)]
     pub fenced: bool,
+    /// Who fenced it (the operator's certificate identity), for the audit trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_by: Option<String>,
 }
 
 /// A service's last reported release and health on one host.
@@ -471,6 +474,23 @@ pub struct RolloutRecord {
     /// on one clock); `None` until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wave_done: Option<WaveDone>,
+    /// Who created it: the operator's certificate identity (`None`: the failure policy, or no
+    /// TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// The last operator action on it (pause, resume, promote, abort, rollback), for the audit
+    /// trail: the event log attributes the change it made to this operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<OperatorStamp>,
+}
+
+/// Who did what to a rollout, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorStamp {
+    /// The operator's certificate identity (`spiffe://FLEET/operator/NAME`).
+    pub by: String,
+    /// When (the replica's clock).
+    pub at_ms: i64,
 }
 
 /// The leader's stamp of a finished wave.

@@ -237,6 +237,8 @@ fn rollback_record(
         groups,
         group_budgets,
         wave_done: None,
+        created_by: None,
+        operator: None,
     }
 }
 

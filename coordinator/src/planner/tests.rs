@@ -67,6 +67,8 @@ fn world(n: usize, strategy: Strategy) -> World {
             groups: BTreeMap::new(),
             group_budgets: BTreeMap::new(),
             wave_done: None,
+            created_by: None,
+            operator: None,
         },
         steps: BTreeMap::new(),
         staged: BTreeMap::new(),

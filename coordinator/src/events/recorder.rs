@@ -1,0 +1,271 @@
+//! The leader's event recorder: watches etcd from the revision it recorded last, derives events
+//! from each change ([`super::derive`]), and stores them with sequential ids together with its
+//! cursor in one transaction fenced by the leader's election key. A new leader resumes from the
+//! stored cursor, so no change is recorded twice and none is skipped (unless etcd compacted it
+//! away first; then the gap is logged). Old events are trimmed by count and age.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Compare, CompareOp, DeleteOptions, EventType, GetOptions, LeaderKey, SortOrder, SortTarget,
+    Txn, TxnOp, WatchOptions,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::derive::{derive, Subject};
+use super::{cursor_key, event_key, Cursor, EventRecord, NewEvent};
+use crate::store::{encode, now_ms, StoreError};
+use crate::Ctx;
+
+/// Pause before re-opening the watch after an error.
+const RETRY: Duration = Duration::from_millis(500);
+/// How often events past `max_age` are looked for.
+const AGE_CHECK_EVERY: Duration = Duration::from_secs(60);
+/// Events deleted per trim transaction at most (etcd's default txn limit is 128 ops).
+const TRIM_BATCH: i64 = 100;
+
+/// Why the recorder stopped (it starts again from its cursor).
+#[derive(Debug, thiserror::Error)]
+enum RecorderError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("etcd request failed: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("{0}")]
+    Conflict(&'static str),
+}
+
+/// Records events while this replica leads, until `cancel`.
+pub async fn run(ctx: Arc<Ctx>, leader: LeaderKey, cancel: CancellationToken) {
+    while !cancel.is_cancelled() {
+        match record(&ctx, &leader, &cancel).await {
+            Ok(()) => return,
+            Err(e) => warn!("the event recorder stopped: {e}; starting again from its cursor"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+async fn record(
+    ctx: &Ctx,
+    leader: &LeaderKey,
+    cancel: &CancellationToken,
+) -> Result<(), RecorderError> {
+    let prefix = &ctx.config.etcd.prefix;
+    let mut etcd = ctx.etcd.clone();
+    let (mut cursor, cursor_rev) = read_cursor(ctx).await?;
+    let from = if cursor.revision > 0 {
+        cursor.revision + 1
+    } else {
+        // The first leader with an event log starts from the present.
+        etcd.get(ctx.keys.all(), Some(GetOptions::new().with_count_only()))
+            .await?
+            .header()
+            .map_or(1, |h| h.revision() + 1)
+    };
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_prev_key()
+        .with_start_revision(from);
+    let mut watch = match crate::etcd_conn::watch(&mut etcd, prefix.clone(), Some(options)).await {
+        Err(etcd_client::Error::WatchError(why)) if why.contains("compacted") => {
+            warn!("events from etcd revision {from} on were compacted away before they were recorded: the event log has a gap there; recording from now on");
+            write_cursor_at_present(ctx, leader, cursor).await?;
+            return Err(RecorderError::Conflict(
+                "the event cursor moved past a compaction",
+            ));
+        }
+        other => other?,
+    };
+    info!(
+        from_revision = from,
+        last_id = cursor.id,
+        "recording events"
+    );
+    let mut cursor_rev = cursor_rev;
+    let mut aged = Instant::now() - AGE_CHECK_EVERY;
+    loop {
+        let resp = tokio::select! {
+            m = watch.message() => m?,
+            _ = cancel.cancelled() => return Ok(()),
+        };
+        let Some(resp) = resp else { return Ok(()) };
+        let mut drafts: Vec<(i64, NewEvent)> = Vec::new();
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let Some(subject) = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(prefix.as_str()))
+                .and_then(Subject::of)
+            else {
+                continue;
+            };
+            let before = ev.prev_kv().map(|p| p.value());
+            let after = (ev.event_type() == EventType::Put).then(|| kv.value());
+            for e in derive(&subject, before, after) {
+                drafts.push((kv.mod_revision(), e));
+            }
+        }
+        if drafts.is_empty() {
+            continue;
+        }
+        let revision = drafts
+            .iter()
+            .map(|(r, _)| *r)
+            .max()
+            .unwrap_or(cursor.revision);
+        cursor_rev = store_batch(ctx, leader, &mut cursor, cursor_rev, drafts, revision).await?;
+        trim_by_count(ctx, cursor.id).await?;
+        if aged.elapsed() >= AGE_CHECK_EVERY {
+            aged = Instant::now();
+            trim_by_age(ctx).await?;
+        }
+    }
+}
+
+/// The cursor and its key's mod revision (0: absent).
+async fn read_cursor(ctx: &Ctx) -> Result<(Cursor, i64), RecorderError> {
+    let resp = ctx
+        .etcd
+        .clone()
+        .get(cursor_key(&ctx.config.etcd.prefix), None)
+        .await?;
+    match resp.kvs().first() {
+        Some(kv) => Ok((crate::store::decode(kv)?, kv.mod_revision())),
+        None => Ok((Cursor::default(), 0)),
+    }
+}
+
+/// Stores the events of one watch response and the cursor, fenced by leadership and by the
+/// cursor being unchanged (one recorder at a time, even across a leader change).
+async fn store_batch(
+    ctx: &Ctx,
+    leader: &LeaderKey,
+    cursor: &mut Cursor,
+    cursor_rev: i64,
+    drafts: Vec<(i64, NewEvent)>,
+    revision: i64,
+) -> Result<i64, RecorderError> {
+    let prefix = &ctx.config.etcd.prefix;
+    let mut next = *cursor;
+    let mut ops = Vec::new();
+    for (rev, draft) in drafts {
+        next.id += 1;
+        let record = EventRecord::new(next.id, rev, draft);
+        log_event(&record);
+        ops.push(TxnOp::put(
+            event_key(prefix, next.id),
+            encode(&record),
+            None,
+        ));
+    }
+    next.revision = revision;
+    ops.push(TxnOp::put(cursor_key(prefix), encode(&next), None));
+    let txn = Txn::new()
+        .when(vec![
+            crate::driver::fence(leader),
+            Compare::mod_revision(cursor_key(prefix), CompareOp::Equal, cursor_rev),
+        ])
+        .and_then(ops);
+    let resp = ctx.etcd.clone().txn(txn).await?;
+    if !resp.succeeded() {
+        return Err(RecorderError::Conflict(
+            "leadership or the event cursor changed",
+        ));
+    }
+    *cursor = next;
+    Ok(resp.header().map_or(cursor_rev, |h| h.revision()))
+}
+
+/// Moves the cursor to the present (after a compaction ate the changes it pointed at).
+async fn write_cursor_at_present(
+    ctx: &Ctx,
+    leader: &LeaderKey,
+    cursor: Cursor,
+) -> Result<(), RecorderError> {
+    let mut etcd = ctx.etcd.clone();
+    let now = etcd
+        .get(ctx.keys.all(), Some(GetOptions::new().with_count_only()))
+        .await?;
+    let revision = now.header().map_or(0, |h| h.revision());
+    let next = Cursor { revision, ..cursor };
+    let txn = Txn::new()
+        .when(vec![crate::driver::fence(leader)])
+        .and_then(vec![TxnOp::put(
+            cursor_key(&ctx.config.etcd.prefix),
+            encode(&next),
+            None,
+        )]);
+    etcd.txn(txn).await?;
+    Ok(())
+}
+
+/// Keeps the newest `max_count` events.
+async fn trim_by_count(ctx: &Ctx, last_id: u64) -> Result<(), RecorderError> {
+    let keep = ctx.config.events.max_count.max(1);
+    if last_id <= keep {
+        return Ok(());
+    }
+    let prefix = &ctx.config.etcd.prefix;
+    let first_kept = last_id - keep + 1;
+    ctx.etcd
+        .clone()
+        .delete(
+            event_key(prefix, 0),
+            Some(DeleteOptions::new().with_range(event_key(prefix, first_kept))),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes events older than `max_age` (oldest first, a batch at a time).
+async fn trim_by_age(ctx: &Ctx) -> Result<(), RecorderError> {
+    let prefix = &ctx.config.etcd.prefix;
+    let oldest_allowed = now_ms() - ctx.config.events.max_age.as_millis() as i64;
+    let options = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Key, SortOrder::Ascend)
+        .with_limit(TRIM_BATCH);
+    let resp = ctx
+        .etcd
+        .clone()
+        .get(format!("{prefix}events/"), Some(options))
+        .await?;
+    let mut old = Vec::new();
+    for kv in resp.kvs() {
+        match serde_json::from_slice::<EventRecord>(kv.value()) {
+            Ok(e) if e.at_ms < oldest_allowed => old.push(TxnOp::delete(kv.key(), None)),
+            _ => break,
+        }
+    }
+    if !old.is_empty() {
+        ctx.etcd.clone().txn(Txn::new().and_then(old)).await?;
+    }
+    Ok(())
+}
+
+/// Every event is also a log line, with the ids as fields (journald: `ROLLOUT_ID`, `HOST_ID`,
+/// `SERVICE`, so `journalctl ROLLOUT_ID=r-…` finds a rollout's story).
+fn log_event(e: &EventRecord) {
+    let kind = e
+        .event
+        .kind
+        .map(|k| serde_json::to_string(&k).unwrap_or_default())
+        .unwrap_or_default();
+    info!(
+        event_id = e.id,
+        event = %kind.trim_matches('"'),
+        rollout_id = e.event.rollout.as_deref().unwrap_or(""),
+        host_id = e.event.host.as_deref().unwrap_or(""),
+        service = e.event.service.as_deref().unwrap_or(""),
+        by = e.event.by.as_deref().unwrap_or(""),
+        reason = %rollgate_proto::text::printable(&e.event.reason),
+        "event"
+    );
+}
