@@ -116,9 +116,9 @@ fn roll(
     let id = fleet.start_rollout(&spec(fleet, release, sig, name)?)?;
     let s = fleet.wait_settled(&id, Duration::from_secs(60))?;
     let reasons: Vec<String> = s.hosts.iter().map(|h| h.reason.clone()).collect();
-    println!("{name} {id}: {} {reasons:?}", s.phase);
+    println!("{name} {id}: {} {reasons:?}", s.phase().word());
     fleet.wait_service_free("web")?;
-    Ok((id, format!("{} {}", s.phase, reasons.join(" | "))))
+    Ok((id, format!("{} {}", s.phase().word(), reasons.join(" | "))))
 }
 
 #[test]

@@ -105,7 +105,7 @@ fn roll(fleet: &Fleet, release: &Release, source: &str, name: &str) -> anyhow::R
         .map(|h| format!("{}: {}", h.host_id, h.reason))
         .collect();
     fleet.wait_service_free("web")?;
-    let r = format!("{} {}", s.phase, reasons.join(" | "));
+    let r = format!("{} {}", s.phase().word(), reasons.join(" | "));
     println!("{name} ({source}): {r}");
     Ok(r)
 }

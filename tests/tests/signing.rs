@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rollgate_tests::pb::Phase;
 use rollgate_tests::{Fleet, FleetOpts, Mode, Release};
 
 const STRATEGY: &str = "max_unavailable = 3\nmin_healthy_time = \"200ms\"";
@@ -76,8 +77,11 @@ fn rollout(fleet: &Fleet, spec: &Path) -> anyhow::Result<(String, String)> {
     let id = fleet.start_rollout(spec)?;
     let status = fleet.wait_settled(&id, Duration::from_secs(60))?;
     let reasons: Vec<String> = status.hosts.iter().map(|h| h.reason.clone()).collect();
-    println!("{id}: {} {reasons:?}", status.phase);
-    Ok((id, status.phase.clone() + " " + &reasons.join(" | ")))
+    println!("{id}: {} {reasons:?}", status.phase().word());
+    Ok((
+        id,
+        status.phase().word().to_string() + " " + &reasons.join(" | "),
+    ))
 }
 
 #[test]
@@ -152,9 +156,9 @@ fn signed_releases_roll_out_and_bad_signatures_change_nothing() -> anyhow::Resul
     println!("{out}");
     fleet.wait_all_serving("1.0.0")?;
     let s = fleet.status(&v2_id)?;
-    assert_eq!(s.phase, "rolled_back", "{s:?}");
+    assert_eq!(s.phase(), Phase::RolledBack, "{s:?}");
     let rb = fleet.status(&s.rolled_back_by)?;
-    assert_eq!(rb.phase, "succeeded", "{rb:?}");
+    assert_eq!(rb.phase(), Phase::Succeeded, "{rb:?}");
     assert_eq!(rb.version, "1.0.0");
     Ok(())
 }
