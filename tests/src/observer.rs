@@ -12,6 +12,22 @@ use anyhow::Context;
 
 use crate::*;
 
+/// How a settled rollout ended, for tests that check its phase and why its hosts failed.
+/// Shown as "failed host-1: why | host-2: why".
+#[derive(Debug, Clone)]
+pub struct Ending {
+    /// The phase it settled in.
+    pub phase: pb::Phase,
+    /// Its hosts' reasons, joined with " | ".
+    pub reasons: String,
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.phase.word(), self.reasons)
+    }
+}
+
 /// A one-line summary of a status, for wait messages.
 pub fn brief(s: &pb::RolloutStatus) -> String {
     format!(
