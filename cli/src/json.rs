@@ -186,4 +186,42 @@ mod tests {
             "{text}"
         );
     }
+
+    /// The whole of a status as scripts see it: field names, enum names, numbers.
+    #[test]
+    fn a_status_in_full() {
+        let mut s = RolloutStatus {
+            id: "r-2".into(),
+            service: "web".into(),
+            version: "2.0.0".into(),
+            max_unavailable: 1,
+            total: 1,
+            created_at_ms: 1_700_000_000_000,
+            hosts: vec![HostProgress {
+                host_id: "h1".into(),
+                message: "2/5 probes".into(),
+                token: 7,
+                health: Health::Healthy as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        s.set_phase(Phase::Failed);
+        s.set_on_failure(OnFailure::Halt);
+        s.hosts[0].set_state(HostState::Updating);
+        s.hosts[0].set_step(Step::Verifying);
+        // As before the derive, plus "unreadable" (the list-only field, now included).
+        let want = concat!(
+            r#"{"blocked_by":"","created_at_ms":1700000000000,"done":0,"failed":0,"gate":"","#,
+            r#""group_by":"","groups":[],"hosts":[{"connected":false,"group":"","#,
+            r#""health":"healthy","holds_slot":false,"host_id":"h1","message":"2/5 probes","#,
+            r#""reason":"","running_version":"","staged":false,"state":"updating","#,
+            r#""step":"verifying","token":7,"wave":0}],"id":"r-2","max_failures":0,"#,
+            r#""max_unavailable":1,"on_failure":"halt","phase":"failed","reason":"","#,
+            r#""rollback_of":"","rolled_back_by":"","service":"web","staged":0,"total":1,"#,
+            r#""unavailable":0,"unreadable":"","updated_at_ms":0,"version":"2.0.0","wave":0,"#,
+            r#""waves":0}"#
+        );
+        assert_eq!(message(&s).to_string(), want);
+    }
 }
