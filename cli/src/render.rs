@@ -6,7 +6,7 @@
 //! function here returns a control character except the line breaks it puts in itself (S9).
 
 use rollgate_proto::pb::{
-    self, GroupBudget, HistoryEntry, HostInfo, HostProgress, HostState, RolloutPlan, RolloutStatus,
+    GroupBudget, HistoryEntry, HostInfo, HostProgress, HostState, RolloutPlan, RolloutStatus,
 };
 use rollgate_proto::text::printable;
 
@@ -29,13 +29,6 @@ const SHORT_SHA_LEN: usize = 12;
 /// Binary size units, each 1024 times the one before.
 const SIZE_UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
 const BYTES_PER_KIB: u64 = 1024;
-
-/// The health word for a wire health value (unknown values read as "unknown").
-pub fn health_word(health: i32) -> &'static str {
-    pb::Health::try_from(health)
-        .unwrap_or(pb::Health::Unknown)
-        .word()
-}
 
 /// "yes" or "no".
 pub fn yes_no(b: bool) -> &'static str {
@@ -171,7 +164,7 @@ fn services(host: &HostInfo) -> String {
                 "{} {} {}",
                 s.service,
                 or_dash(&s.version),
-                health_word(s.health)
+                s.health().word()
             )
         })
         .collect::<Vec<_>>()
@@ -378,7 +371,7 @@ pub fn status_block(s: &RolloutStatus) -> String {
             row.extend([
                 state_cell(h),
                 or_dash(&h.running_version),
-                health_word(h.health).to_string(),
+                h.health().word().to_string(),
                 yes_no(h.connected).to_string(),
                 step_message(h),
             ]);

@@ -1,7 +1,7 @@
 //! Table tests of the text output.
 
 use super::*;
-use rollgate_proto::pb::{HostState, Phase, Step, WavePlan};
+use rollgate_proto::pb::{self, HostState, Phase, Step, WavePlan};
 use std::collections::HashMap;
 
 #[test]
