@@ -283,7 +283,7 @@ async fn hosts(url: &Target, format: OutputFormat) -> anyhow::Result<Finish> {
     emit_as(
         format,
         || render::hosts_table(&resp.hosts, now_ms()).join("\n"),
-        || json::list_hosts(&resp),
+        || json::message(&resp),
     )?;
     Ok(Finish::Success)
 }
@@ -336,7 +336,7 @@ async fn plan(url: &Target, format: OutputFormat, spec_path: &Path) -> anyhow::R
     emit_as(
         format,
         || render::plan_block(&plan),
-        || json::rollout_plan(&plan),
+        || json::message(&plan),
     )?;
     Ok(Finish::Success)
 }
@@ -355,7 +355,7 @@ async fn status(
     emit_as(
         format,
         || render::status_block(&status),
-        || json::rollout_status(&status),
+        || json::message(&status),
     )?;
     Ok(Finish::Success)
 }
@@ -377,7 +377,7 @@ async fn list(url: &Target, format: OutputFormat) -> anyhow::Result<Finish> {
             );
             lines.join("\n")
         },
-        || json::list_rollouts(&resp),
+        || json::message(&resp),
     )?;
     Ok(Finish::Success)
 }
@@ -402,7 +402,7 @@ async fn steer(url: &Target, format: OutputFormat, how: Steer, id: &str) -> anyh
     emit_as(
         format,
         || render::phase_changed(&status),
-        || json::rollout_status(&status),
+        || json::message(&status),
     )?;
     Ok(Finish::Success)
 }
@@ -441,7 +441,7 @@ async fn announce_and_follow(
 ) -> anyhow::Result<Finish> {
     match format {
         OutputFormat::Text => emit(line)?,
-        OutputFormat::Json if !follow => emit_json(&json::rollout_status(status))?,
+        OutputFormat::Json if !follow => emit_json(&json::message(status))?,
         OutputFormat::Json => {}
     }
     if follow {
@@ -457,7 +457,7 @@ async fn history(url: &Target, format: OutputFormat, service: &str) -> anyhow::R
     emit_as(
         format,
         || render::history_table(service, &resp.entries, now_ms()).join("\n"),
-        || json::history(&resp),
+        || json::message(&resp),
     )?;
     Ok(Finish::Success)
 }
@@ -480,7 +480,7 @@ async fn host_action(
         HostAction::Fence => coord.fence_host(host).await?,
         HostAction::Forget => coord.forget_host(host).await?,
     };
-    emit_as(format, || resp.message.clone(), || json::host_action(&resp))?;
+    emit_as(format, || resp.message.clone(), || json::message(&resp))?;
     Ok(Finish::Success)
 }
 
@@ -508,7 +508,7 @@ async fn pin(
     };
     let coord = Coordinator::connect(url).await?;
     let resp = coord.pin_host(req).await?;
-    emit_as(format, || resp.message.clone(), || json::host_action(&resp))?;
+    emit_as(format, || resp.message.clone(), || json::message(&resp))?;
     Ok(Finish::Success)
 }
 

@@ -1,177 +1,41 @@
-//! `--output json`: the wire messages as JSON objects. Field names are the proto field names
-//! (snake_case), enums are lowercase words ("healthy"), 64-bit numbers are JSON numbers.
+//! `--output json`: the wire messages as JSON objects, serialized by the protocol types
+//! themselves (`serde::Serialize` is derived on them in `rollgate-proto`'s build). Field names
+//! are the proto field names (snake_case), enums are their lower-case names ("healthy",
+//! "rolling_back"), 64-bit numbers are JSON numbers, labels are sorted by key.
 
-use rollgate_proto::pb::{
-    GroupBudget, HistoryEntry, HistoryResponse, HostActionResponse, HostInfo, HostProgress,
-    ListHostsResponse, ListRolloutsResponse, RolloutPlan, RolloutStatus, ServiceStatus, WavePlan,
-};
-use serde_json::{json, Map, Value};
+use rollgate_proto::pb::PushArtifactResponse;
+use serde::Serialize;
+use serde_json::Value;
 
-use crate::render::health_word;
-
-/// A `RolloutStatus`.
-pub fn rollout_status(s: &RolloutStatus) -> Value {
-    json!({
-        "id": s.id,
-        "service": s.service,
-        "version": s.version,
-        "phase": s.phase,
-        "blocked_by": s.blocked_by,
-        "max_unavailable": s.max_unavailable,
-        "unavailable": s.unavailable,
-        "total": s.total,
-        "done": s.done,
-        "failed": s.failed,
-        "max_failures": s.max_failures,
-        "hosts": s.hosts.iter().map(host_progress).collect::<Vec<_>>(),
-        "reason": s.reason,
-        "created_at_ms": s.created_at_ms,
-        "updated_at_ms": s.updated_at_ms,
-        "wave": s.wave,
-        "waves": s.waves,
-        "gate": s.gate,
-        "groups": s.groups.iter().map(group_budget).collect::<Vec<_>>(),
-        "rollback_of": s.rollback_of,
-        "rolled_back_by": s.rolled_back_by,
-        "on_failure": s.on_failure,
-        "group_by": s.group_by,
-        "staged": s.staged,
-    })
-}
-
-/// One group's budget.
-pub fn group_budget(g: &GroupBudget) -> Value {
-    json!({
-        "group": g.group,
-        "hosts": g.hosts,
-        "max_unavailable": g.max_unavailable,
-        "unavailable": g.unavailable,
-    })
-}
-
-/// One wave of a plan.
-pub fn wave_plan(w: &WavePlan) -> Value {
-    json!({
-        "name": w.name,
-        "hosts": w.hosts,
-        "gate_after": w.gate_after,
-    })
-}
-
-/// A `RolloutPlan` (`rollout plan`).
-pub fn rollout_plan(p: &RolloutPlan) -> Value {
-    json!({
-        "service": p.service,
-        "version": p.version,
-        "targets": p.targets,
-        "max_unavailable": p.max_unavailable,
-        "max_failures": p.max_failures,
-        "waves": p.waves.iter().map(wave_plan).collect::<Vec<_>>(),
-        "group_by": p.group_by,
-        "groups": p.groups.iter().map(group_budget).collect::<Vec<_>>(),
-        "unavailable_now": p.unavailable_now,
-        "blocked_by": p.blocked_by,
-    })
-}
-
-/// One release a service ran.
-pub fn history_entry(e: &HistoryEntry) -> Value {
-    json!({
-        "version": e.version,
-        "sha256": e.sha256,
-        "size": e.size,
-        "source": e.source,
-        "rollout_id": e.rollout_id,
-        "at_ms": e.at_ms,
-    })
-}
-
-/// A `HistoryResponse`, in the coordinator's order (newest first).
-pub fn history(r: &HistoryResponse) -> Value {
-    json!({ "entries": r.entries.iter().map(history_entry).collect::<Vec<_>>() })
-}
-
-/// A `HostActionResponse` (`host fence|forget`).
-pub fn host_action(r: &HostActionResponse) -> Value {
-    json!({ "message": r.message })
-}
-
-/// One host's progress in a rollout.
-pub fn host_progress(h: &HostProgress) -> Value {
-    json!({
-        "host_id": h.host_id,
-        "state": h.state,
-        "step": h.step,
-        "message": h.message,
-        "reason": h.reason,
-        "connected": h.connected,
-        "running_version": h.running_version,
-        "token": h.token,
-        "holds_slot": h.holds_slot,
-        "health": health_word(h.health),
-        "group": h.group,
-        "wave": h.wave,
-        "staged": h.staged,
-    })
-}
-
-/// A `ListRolloutsResponse`.
-pub fn list_rollouts(r: &ListRolloutsResponse) -> Value {
-    json!({ "rollouts": r.rollouts.iter().map(rollout_status).collect::<Vec<_>>() })
-}
-
-/// One service on a host.
-pub fn service_status(s: &ServiceStatus) -> Value {
-    json!({
-        "service": s.service,
-        "version": s.version,
-        "sha256": s.sha256,
-        "health": health_word(s.health),
-        "detail": s.detail,
-    })
-}
-
-/// One host.
-pub fn host_info(h: &HostInfo) -> Value {
-    // serde_json's map is sorted by key, so labels come out in a stable order.
-    let labels: Map<String, Value> = h
-        .labels
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    json!({
-        "host_id": h.host_id,
-        "labels": labels,
-        "connected": h.connected,
-        "agent_version": h.agent_version,
-        "services": h.services.iter().map(service_status).collect::<Vec<_>>(),
-        "last_seen_ms": h.last_seen_ms,
-        "pinned": h.pinned,
-        "overridden": h.overridden,
-    })
-}
-
-/// A `ListHostsResponse`.
-pub fn list_hosts(r: &ListHostsResponse) -> Value {
-    json!({ "hosts": r.hosts.iter().map(host_info).collect::<Vec<_>>() })
+/// A wire message (`RolloutStatus`, `ListHostsResponse`, `RolloutPlan`, ...) as JSON.
+pub fn message<T: Serialize>(m: &T) -> Value {
+    // Only a map with non-string keys can fail, and the wire messages have none.
+    serde_json::to_value(m).unwrap_or_else(|e| Value::String(format!("cannot format as JSON: {e}")))
 }
 
 /// A pushed artifact: `{"sha256": "<hex>", "size": n}`.
 pub fn pushed(sha256: &str, size: u64) -> Value {
-    json!({ "sha256": sha256, "size": size })
+    message(&PushArtifactResponse {
+        sha256: sha256.to_string(),
+        size,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rollgate_proto::pb::Health;
+    use rollgate_proto::pb::{
+        GroupBudget, Health, HistoryEntry, HistoryResponse, HostActionResponse, HostInfo,
+        HostProgress, HostState, ListHostsResponse, ListRolloutsResponse, OnFailure, Phase,
+        RolloutPlan, RolloutStatus, ServiceStatus, Step, WavePlan,
+    };
     use std::collections::HashMap;
 
     #[test]
     fn enums_are_words_and_fields_are_snake_case() {
         let s = RolloutStatus {
             id: "r-1".into(),
-            phase: "rolling".into(),
+            phase: Phase::Rolling as i32,
             hosts: vec![HostProgress {
                 host_id: "h1".into(),
                 health: Health::Unhealthy as i32,
@@ -180,11 +44,16 @@ mod tests {
             }],
             ..Default::default()
         };
-        let v = rollout_status(&s);
+        let v = message(&s);
         assert_eq!(v["id"], "r-1");
         assert_eq!(v["hosts"][0]["health"], "unhealthy");
         assert_eq!(v["hosts"][0]["token"], u64::MAX);
         assert_eq!(v["max_unavailable"], 0);
+        assert_eq!(v["phase"], "rolling");
+        // Zero values: no step, no state, no policy read as "" (as before the enums).
+        assert_eq!(v["hosts"][0]["step"], "");
+        assert_eq!(v["hosts"][0]["state"], "");
+        assert_eq!(v["on_failure"], "");
 
         let hosts = ListHostsResponse {
             hosts: vec![HostInfo {
@@ -198,7 +67,7 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let v = list_hosts(&hosts);
+        let v = message(&hosts);
         assert_eq!(v["hosts"][0]["labels"]["site"], "a");
         assert_eq!(v["hosts"][0]["services"][0]["health"], "healthy");
         assert_eq!(pushed("ab", 3).to_string(), r#"{"sha256":"ab","size":3}"#);
@@ -208,7 +77,7 @@ mod tests {
     fn new_messages_keep_proto_field_names() {
         let s = RolloutStatus {
             id: "r-2".into(),
-            phase: "rolling_back".into(),
+            phase: Phase::RollingBack as i32,
             waves: 3,
             wave: 1,
             gate: "manual promote".into(),
@@ -220,11 +89,12 @@ mod tests {
                 unavailable: 1,
             }],
             rolled_back_by: "r-3".into(),
-            on_failure: "rollback".into(),
+            on_failure: OnFailure::Rollback as i32,
             staged: 2,
             hosts: vec![HostProgress {
                 host_id: "h1".into(),
-                state: "lost".into(),
+                state: HostState::Lost as i32,
+                step: Step::RollingBack as i32,
                 group: "a".into(),
                 wave: 1,
                 staged: true,
@@ -232,7 +102,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let v = rollout_status(&s);
+        let v = message(&s);
         assert_eq!(v["waves"], 3);
         assert_eq!(v["gate"], "manual promote");
         assert_eq!(v["groups"][0]["max_unavailable"], 1);
@@ -242,8 +112,11 @@ mod tests {
         assert_eq!(v["staged"], 2);
         assert_eq!(v["hosts"][0]["group"], "a");
         assert_eq!(v["hosts"][0]["staged"], true);
+        assert_eq!(v["phase"], "rolling_back");
+        assert_eq!(v["hosts"][0]["state"], "lost");
+        assert_eq!(v["hosts"][0]["step"], "rolling_back");
 
-        let plan = rollout_plan(&RolloutPlan {
+        let plan = message(&RolloutPlan {
             service: "demo".into(),
             targets: vec!["h1".into()],
             waves: vec![WavePlan {
@@ -259,7 +132,7 @@ mod tests {
         assert_eq!(plan["unavailable_now"][0], "h1: offline");
         assert_eq!(plan["blocked_by"], "");
 
-        let h = history(&HistoryResponse {
+        let h = message(&HistoryResponse {
             entries: vec![HistoryEntry {
                 version: "1".into(),
                 size: u64::MAX,
@@ -270,11 +143,85 @@ mod tests {
         assert_eq!(h["entries"][0]["size"], u64::MAX);
         assert_eq!(h["entries"][0]["at_ms"], 5);
         assert_eq!(
-            host_action(&HostActionResponse {
+            message(&HostActionResponse {
                 message: "fenced h1".into()
             })
             .to_string(),
             r#"{"message":"fenced h1"}"#
         );
+    }
+
+    #[test]
+    fn unreadable_entries_unknown_enums_and_labels() {
+        let list = ListRolloutsResponse {
+            rollouts: vec![RolloutStatus {
+                id: "r-9".into(),
+                unreadable: "bad record at /rollgate/rollouts/r-9".into(),
+                ..Default::default()
+            }],
+        };
+        let v = message(&list);
+        assert_eq!(v["rollouts"][0]["phase"], "unreadable");
+        assert_eq!(
+            v["rollouts"][0]["unreadable"],
+            "bad record at /rollgate/rollouts/r-9"
+        );
+        // A value from a newer coordinator this CLI does not know: the number.
+        let s = RolloutStatus {
+            phase: 99,
+            ..Default::default()
+        };
+        assert_eq!(message(&s)["phase"], 99);
+        let h = HostInfo {
+            labels: HashMap::from([
+                ("zone".to_string(), "z".to_string()),
+                ("a".to_string(), "1".to_string()),
+                ("m".to_string(), "2".to_string()),
+            ]),
+            ..Default::default()
+        };
+        let text = message(&h).to_string();
+        assert!(
+            text.contains(r#""labels":{"a":"1","m":"2","zone":"z"}"#),
+            "{text}"
+        );
+    }
+
+    /// The whole of a status as scripts see it: field names, enum names, numbers.
+    #[test]
+    fn a_status_in_full() {
+        let mut s = RolloutStatus {
+            id: "r-2".into(),
+            service: "web".into(),
+            version: "2.0.0".into(),
+            max_unavailable: 1,
+            total: 1,
+            created_at_ms: 1_700_000_000_000,
+            hosts: vec![HostProgress {
+                host_id: "h1".into(),
+                message: "2/5 probes".into(),
+                token: 7,
+                health: Health::Healthy as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        s.set_phase(Phase::Failed);
+        s.set_on_failure(OnFailure::Halt);
+        s.hosts[0].set_state(HostState::Updating);
+        s.hosts[0].set_step(Step::Verifying);
+        // As before the derive, plus "unreadable" (the list-only field, now included).
+        let want = concat!(
+            r#"{"blocked_by":"","created_at_ms":1700000000000,"done":0,"failed":0,"gate":"","#,
+            r#""group_by":"","groups":[],"hosts":[{"connected":false,"group":"","#,
+            r#""health":"healthy","holds_slot":false,"host_id":"h1","message":"2/5 probes","#,
+            r#""reason":"","running_version":"","staged":false,"state":"updating","#,
+            r#""step":"verifying","token":7,"wave":0}],"id":"r-2","max_failures":0,"#,
+            r#""max_unavailable":1,"on_failure":"halt","phase":"failed","reason":"","#,
+            r#""rollback_of":"","rolled_back_by":"","service":"web","staged":0,"total":1,"#,
+            r#""unavailable":0,"unreadable":"","updated_at_ms":0,"version":"2.0.0","wave":0,"#,
+            r#""waves":0}"#
+        );
+        assert_eq!(message(&s).to_string(), want);
     }
 }

@@ -6,7 +6,7 @@
 //! function here returns a control character except the line breaks it puts in itself (S9).
 
 use rollgate_proto::pb::{
-    self, GroupBudget, HistoryEntry, HostInfo, HostProgress, RolloutPlan, RolloutStatus,
+    GroupBudget, HistoryEntry, HostInfo, HostProgress, HostState, RolloutPlan, RolloutStatus,
 };
 use rollgate_proto::text::printable;
 
@@ -29,15 +29,6 @@ const SHORT_SHA_LEN: usize = 12;
 /// Binary size units, each 1024 times the one before.
 const SIZE_UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
 const BYTES_PER_KIB: u64 = 1024;
-/// Host state of a target the coordinator lost track of mid-update.
-const LOST: &str = "lost";
-
-/// The health word for a wire health value (unknown values read as "unknown").
-pub fn health_word(health: i32) -> &'static str {
-    pb::Health::try_from(health)
-        .unwrap_or(pb::Health::Unknown)
-        .word()
-}
 
 /// "yes" or "no".
 pub fn yes_no(b: bool) -> &'static str {
@@ -173,7 +164,7 @@ fn services(host: &HostInfo) -> String {
                 "{} {} {}",
                 s.service,
                 or_dash(&s.version),
-                health_word(s.health)
+                s.health().word()
             )
         })
         .collect::<Vec<_>>()
@@ -222,7 +213,10 @@ fn wave_of(wave: u32, waves: u32) -> Option<String> {
 pub fn status_header(s: &RolloutStatus) -> String {
     let mut line = format!(
         "rollout {}: {} -> {}  {}",
-        s.id, s.service, s.version, s.phase
+        s.id,
+        s.service,
+        s.version,
+        s.phase().word()
     );
     if let Some(wave) = wave_of(s.wave, s.waves) {
         line.push_str(&format!("  wave {wave}"));
@@ -277,10 +271,11 @@ const PROGRESS_WIDTH: usize = 70;
 /// "step: message" (or just the message when it already starts with the step), shortened to
 /// [`PROGRESS_WIDTH`], or "-".
 fn step_message(h: &HostProgress) -> String {
-    let text = match (h.step.is_empty(), h.message.is_empty()) {
-        (false, false) if h.message.starts_with(&h.step) => h.message.clone(),
-        (false, false) => format!("{}: {}", h.step, h.message),
-        (false, true) => h.step.clone(),
+    let step = h.step().word();
+    let text = match (step.is_empty(), h.message.is_empty()) {
+        (false, false) if h.message.starts_with(step) => h.message.clone(),
+        (false, false) => format!("{step}: {}", h.message),
+        (false, true) => step.to_string(),
         (true, false) => h.message.clone(),
         (true, true) => return EMPTY_CELL.into(),
     };
@@ -295,15 +290,16 @@ fn step_message(h: &HostProgress) -> String {
 /// A host's state cell: lost hosts in capitals, plus what it holds ([slot]) or has ready
 /// ([staged], while still pending).
 fn state_cell(h: &HostProgress) -> String {
-    let mut cell = if h.state == LOST {
-        LOST.to_uppercase()
+    let state = h.state();
+    let mut cell = if state == HostState::Lost {
+        state.word().to_uppercase()
     } else {
-        or_dash(&h.state)
+        or_dash(state.word())
     };
     if h.holds_slot {
         cell.push_str(" [slot]");
     }
-    if h.staged && h.state == "pending" {
+    if h.staged && state == HostState::Pending {
         cell.push_str(" [staged]");
     }
     cell
@@ -312,7 +308,7 @@ fn state_cell(h: &HostProgress) -> String {
 /// The line under the host table for a host that needs a word: why it failed or rolled back,
 /// or that it is lost and how to let the rollout go on without it.
 fn host_note(h: &HostProgress) -> Option<String> {
-    if h.state == LOST {
+    if h.state() == HostState::Lost {
         let why = if h.reason.is_empty() {
             "no word from the host"
         } else {
@@ -325,7 +321,8 @@ fn host_note(h: &HostProgress) -> Option<String> {
         ));
     }
     // A done host's "healthy for 2s" is no news.
-    (!h.reason.is_empty() && h.state != "done").then(|| format!("{}: {}", h.host_id, h.reason))
+    (!h.reason.is_empty() && h.state() != HostState::Done)
+        .then(|| format!("{}: {}", h.host_id, h.reason))
 }
 
 /// A rollout's status for people: header, how it relates to other rollouts, its gate and
@@ -374,7 +371,7 @@ pub fn status_block(s: &RolloutStatus) -> String {
             row.extend([
                 state_cell(h),
                 or_dash(&h.running_version),
-                health_word(h.health).to_string(),
+                h.health().word().to_string(),
                 yes_no(h.connected).to_string(),
                 step_message(h),
             ]);
@@ -418,7 +415,7 @@ pub fn rollouts_table(rollouts: &[RolloutStatus], now_ms: i64) -> Vec<String> {
                 r.id.clone(),
                 r.service.clone(),
                 r.version.clone(),
-                r.phase.clone(),
+                r.phase().word().to_string(),
                 format!("{}/{}", r.done, r.total),
                 r.failed.to_string(),
                 ago(now_ms, r.created_at_ms),
@@ -447,7 +444,7 @@ pub fn started(s: &RolloutStatus) -> String {
 /// What `rollout pause|resume|abort|promote` prints: the new phase (and wave), why, and the
 /// gate it now waits at, if any.
 pub fn phase_changed(s: &RolloutStatus) -> String {
-    let mut line = format!("rollout {} is now {}", s.id, s.phase);
+    let mut line = format!("rollout {} is now {}", s.id, s.phase().word());
     if let Some(wave) = wave_of(s.wave, s.waves) {
         line.push_str(&format!(", wave {wave}"));
     }

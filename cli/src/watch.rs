@@ -21,17 +21,6 @@ pub const WATCH_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 /// [`WATCH_RECONNECT_DELAY`] this rides out a coordinator failover of half a minute or so.
 pub const WATCH_MAX_RECONNECTS: u32 = 15;
 
-/// Phases after which nothing changes any more.
-pub fn is_terminal(phase: &str) -> bool {
-    matches!(phase, "succeeded" | "failed" | "aborted" | "rolled_back")
-}
-
-/// A rollout has ended and no host is still in the middle of its update (a halted rollout's
-/// in-flight hosts finish or roll back after the phase changes): nothing will change any more.
-pub fn is_settled(s: &RolloutStatus) -> bool {
-    is_terminal(&s.phase) && s.hosts.iter().all(|h| h.state != "updating")
-}
-
 /// What to do after a status arrives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
@@ -47,10 +36,10 @@ pub enum Next {
 /// hands over to its rollback as soon as the coordinator names it (the rollback rollout now
 /// drives the hosts); one that is rolling back without a named rollback yet is waited on.
 pub fn next(s: &RolloutStatus) -> Next {
-    if !s.rolled_back_by.is_empty() && s.rolled_back_by != s.id {
-        return Next::FollowRollback(s.rolled_back_by.clone());
+    if let Some(rollback) = s.rollback_to_follow() {
+        return Next::FollowRollback(rollback.to_string());
     }
-    if is_settled(s) {
+    if s.is_settled() {
         Next::Settled
     } else {
         Next::Wait
@@ -84,7 +73,7 @@ impl Printer {
         match self.format {
             OutputFormat::Text => render::status_block(s),
             // One compact object per line, for `jq` and line-oriented tools.
-            OutputFormat::Json => printable_json(&json::rollout_status(s).to_string()).into_owned(),
+            OutputFormat::Json => printable_json(&json::message(s).to_string()).into_owned(),
         }
     }
 
@@ -155,7 +144,7 @@ pub async fn follow(coord: &Coordinator, id: &str, format: OutputFormat) -> anyh
                         let step = match next(&status) {
                             // Never go round in circles between rollouts already followed.
                             Next::FollowRollback(r) if handed_over.iter().any(|h| h.id == r) => {
-                                if is_settled(&status) {
+                                if status.is_settled() {
                                     Next::Settled
                                 } else {
                                     Next::Wait
@@ -227,14 +216,6 @@ fn say(line: &str) {
     eprintln!("rollgate: {}", printable_lines(line));
 }
 
-/// Whether a settled rollout did what it was for. A rollback rollout may report its success
-/// as `rolled_back` (its hosts are back on the previous release) rather than `succeeded`; one
-/// that was itself rolled back says so in `rolled_back_by`.
-fn did_its_job(s: &RolloutStatus) -> bool {
-    s.phase == "succeeded"
-        || (s.phase == "rolled_back" && !s.rollback_of.is_empty() && s.rolled_back_by.is_empty())
-}
-
 fn reason_of(s: &RolloutStatus) -> &str {
     if s.reason.is_empty() {
         "no reason given"
@@ -249,7 +230,7 @@ fn reason_of(s: &RolloutStatus) -> &str {
 /// to follow did not; its reason comes first, then how the rollback ended.
 pub fn verdict(handed_over: &[RolloutStatus], last: &RolloutStatus) -> (Finish, Vec<String>) {
     let Some(original) = handed_over.first() else {
-        if did_its_job(last) {
+        if last.did_its_job() {
             return (Finish::Success, Vec::new());
         }
         return (
@@ -257,7 +238,7 @@ pub fn verdict(handed_over: &[RolloutStatus], last: &RolloutStatus) -> (Finish, 
             vec![format!(
                 "rollout {} {}: {}",
                 last.id,
-                last.phase,
+                last.phase().word(),
                 reason_of(last)
             )],
         );
@@ -268,13 +249,13 @@ pub fn verdict(handed_over: &[RolloutStatus], last: &RolloutStatus) -> (Finish, 
         original.rolled_back_by,
         reason_of(original)
     )];
-    if did_its_job(last) {
+    if last.did_its_job() {
         lines.push(format!("rollback rollout {} succeeded", last.id));
     } else {
         lines.push(format!(
             "rollback rollout {} {}: {}",
             last.id,
-            last.phase,
+            last.phase().word(),
             reason_of(last)
         ));
     }
@@ -284,13 +265,14 @@ pub fn verdict(handed_over: &[RolloutStatus], last: &RolloutStatus) -> (Finish, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rollgate_proto::pb::{HostState, Phase};
 
-    fn status(phase: &str, done: u32) -> RolloutStatus {
+    fn status(phase: Phase, done: u32) -> RolloutStatus {
         RolloutStatus {
             id: "r-1".into(),
             service: "demo".into(),
             version: "2".into(),
-            phase: phase.into(),
+            phase: phase as i32,
             total: 2,
             done,
             ..Default::default()
@@ -311,17 +293,17 @@ mod tests {
         let out = shown(
             &mut p,
             &[
-                status("rolling", 0),
-                status("rolling", 0),
-                status("succeeded", 2),
+                status(Phase::Rolling, 0),
+                status(Phase::Rolling, 0),
+                status(Phase::Succeeded, 2),
             ],
         );
         assert_eq!(
             out,
             format!(
                 "{}\n\n{}\n",
-                render::status_block(&status("rolling", 0)),
-                render::status_block(&status("succeeded", 2))
+                render::status_block(&status(Phase::Rolling, 0)),
+                render::status_block(&status(Phase::Succeeded, 2))
             )
         );
         assert!(!out.contains('\x1b'));
@@ -330,22 +312,28 @@ mod tests {
     #[test]
     fn terminal_mode_redraws_in_place() {
         let mut p = Printer::new(OutputFormat::Text, true);
-        let first = render::status_block(&status("rolling", 0));
+        let first = render::status_block(&status(Phase::Rolling, 0));
         let lines = first.lines().count();
-        let out = shown(&mut p, &[status("rolling", 0), status("rolling", 1)]);
-        let second = render::status_block(&status("rolling", 1));
+        let out = shown(
+            &mut p,
+            &[status(Phase::Rolling, 0), status(Phase::Rolling, 1)],
+        );
+        let second = render::status_block(&status(Phase::Rolling, 1));
         assert_eq!(out, format!("{first}\n\x1b[{lines}F\x1b[J{second}\n"));
 
         // After an interruption the next block starts below, without clearing.
         p.interrupted();
-        let out = shown(&mut p, &[status("rolling", 1)]);
+        let out = shown(&mut p, &[status(Phase::Rolling, 1)]);
         assert_eq!(out, format!("{second}\n"));
     }
 
     #[test]
     fn json_mode_prints_one_object_per_line() {
         let mut p = Printer::new(OutputFormat::Json, true);
-        let out = shown(&mut p, &[status("rolling", 0), status("failed", 1)]);
+        let out = shown(
+            &mut p,
+            &[status(Phase::Rolling, 0), status(Phase::Failed, 1)],
+        );
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 2);
         for line in lines {
@@ -357,20 +345,23 @@ mod tests {
     #[test]
     fn terminal_phases_and_outcomes() {
         let table = [
-            ("pending", false),
-            ("rolling", false),
-            ("paused", false),
-            ("succeeded", true),
-            ("failed", true),
-            ("aborted", true),
-            ("rolled_back", true),
+            (Phase::Unspecified, false),
+            (Phase::Rolling, false),
+            (Phase::Paused, false),
+            (Phase::Succeeded, true),
+            (Phase::Failed, true),
+            (Phase::Aborted, true),
+            (Phase::RolledBack, true),
         ];
         for (phase, terminal) in table {
-            assert_eq!(is_terminal(phase), terminal, "{phase}");
+            assert_eq!(phase.is_final(), terminal, "{phase:?}");
         }
-        assert_eq!(verdict(&[], &status("succeeded", 2)).0, Finish::Success);
         assert_eq!(
-            verdict(&[], &status("aborted", 1)).0,
+            verdict(&[], &status(Phase::Succeeded, 2)).0,
+            Finish::Success
+        );
+        assert_eq!(
+            verdict(&[], &status(Phase::Aborted, 1)).0,
             Finish::RolloutNotSucceeded
         );
     }
@@ -378,49 +369,49 @@ mod tests {
     fn updating(id: &str) -> rollgate_proto::pb::HostProgress {
         rollgate_proto::pb::HostProgress {
             host_id: id.into(),
-            state: "updating".into(),
+            state: HostState::Updating as i32,
             ..Default::default()
         }
     }
 
     #[test]
     fn what_follows_a_status() {
-        let with = |phase: &str, rolled_back_by: &str, hosts| RolloutStatus {
+        let with = |phase: Phase, rolled_back_by: &str, hosts| RolloutStatus {
             rolled_back_by: rolled_back_by.into(),
             hosts,
             ..status(phase, 0)
         };
         let table = [
-            (with("rolling", "", vec![]), Next::Wait),
-            (with("paused", "", vec![]), Next::Wait),
-            (with("failed", "", vec![updating("h1")]), Next::Wait),
-            (with("failed", "", vec![]), Next::Settled),
-            (with("succeeded", "", vec![]), Next::Settled),
+            (with(Phase::Rolling, "", vec![]), Next::Wait),
+            (with(Phase::Paused, "", vec![]), Next::Wait),
+            (with(Phase::Failed, "", vec![updating("h1")]), Next::Wait),
+            (with(Phase::Failed, "", vec![]), Next::Settled),
+            (with(Phase::Succeeded, "", vec![]), Next::Settled),
             // Rolling back, rollback not named yet: keep watching until it is.
-            (with("rolling_back", "", vec![]), Next::Wait),
+            (with(Phase::RollingBack, "", vec![]), Next::Wait),
             (
-                with("rolling_back", "r-2", vec![updating("h1")]),
+                with(Phase::RollingBack, "r-2", vec![updating("h1")]),
                 Next::FollowRollback("r-2".into()),
             ),
             // Ended with the rollback already done or under way: follow it (it settles at
             // once when it is over).
             (
-                with("rolled_back", "r-2", vec![]),
+                with(Phase::RolledBack, "r-2", vec![]),
                 Next::FollowRollback("r-2".into()),
             ),
             (
-                with("failed", "r-2", vec![]),
+                with(Phase::Failed, "r-2", vec![]),
                 Next::FollowRollback("r-2".into()),
             ),
             // A rollout cannot roll itself back; don't loop on a bad status.
-            (with("rolled_back", "r-1", vec![]), Next::Settled),
+            (with(Phase::RolledBack, "r-1", vec![]), Next::Settled),
         ];
         for (s, want) in table {
             assert_eq!(
                 next(&s),
                 want,
-                "{} rolled_back_by={:?}",
-                s.phase,
+                "{:?} rolled_back_by={:?}",
+                s.phase(),
                 s.rolled_back_by
             );
         }
@@ -428,31 +419,31 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        let with = |id: &str, phase: &str, reason: &str, rolled_back_by: &str| RolloutStatus {
+        let with = |id: &str, phase: Phase, reason: &str, rolled_back_by: &str| RolloutStatus {
             id: id.into(),
-            phase: phase.into(),
+            phase: phase as i32,
             reason: reason.into(),
             rolled_back_by: rolled_back_by.into(),
             ..Default::default()
         };
-        let original = with("r-1", "rolling_back", "2 hosts failed (max 1)", "r-2");
+        let original = with("r-1", Phase::RollingBack, "2 hosts failed (max 1)", "r-2");
         let table = [
-            (vec![], with("r-1", "succeeded", "", ""), Finish::Success, vec![]),
+            (vec![], with("r-1", Phase::Succeeded, "", ""), Finish::Success, vec![]),
             (
                 vec![],
-                with("r-1", "failed", "h2 failed health checks", ""),
+                with("r-1", Phase::Failed, "h2 failed health checks", ""),
                 Finish::RolloutNotSucceeded,
                 vec!["rollout r-1 failed: h2 failed health checks"],
             ),
             (
                 vec![],
-                with("r-1", "aborted", "", ""),
+                with("r-1", Phase::Aborted, "", ""),
                 Finish::RolloutNotSucceeded,
                 vec!["rollout r-1 aborted: no reason given"],
             ),
             (
                 vec![original.clone()],
-                with("r-2", "succeeded", "", ""),
+                with("r-2", Phase::Succeeded, "", ""),
                 Finish::RolloutNotSucceeded,
                 vec![
                     "rollout r-1 did not succeed and was rolled back by r-2: 2 hosts failed (max 1)",
@@ -465,7 +456,7 @@ mod tests {
                 vec![],
                 RolloutStatus {
                     rollback_of: "r-1".into(),
-                    ..with("r-2", "rolled_back", "", "")
+                    ..with("r-2", Phase::RolledBack, "", "")
                 },
                 Finish::Success,
                 vec![],
@@ -474,7 +465,7 @@ mod tests {
                 vec![original.clone()],
                 RolloutStatus {
                     rollback_of: "r-1".into(),
-                    ..with("r-2", "rolled_back", "", "")
+                    ..with("r-2", Phase::RolledBack, "", "")
                 },
                 Finish::RolloutNotSucceeded,
                 vec![
@@ -485,13 +476,13 @@ mod tests {
             (
                 // An ordinary rollout rolled back in place (no separate rollback rollout).
                 vec![],
-                with("r-1", "rolled_back", "2 hosts failed (max 1)", ""),
+                with("r-1", Phase::RolledBack, "2 hosts failed (max 1)", ""),
                 Finish::RolloutNotSucceeded,
                 vec!["rollout r-1 rolled_back: 2 hosts failed (max 1)"],
             ),
             (
                 vec![original],
-                with("r-2", "failed", "h3 lost", ""),
+                with("r-2", Phase::Failed, "h3 lost", ""),
                 Finish::RolloutNotSucceeded,
                 vec![
                     "rollout r-1 did not succeed and was rolled back by r-2: 2 hosts failed (max 1)",
@@ -508,16 +499,16 @@ mod tests {
 
     #[test]
     fn settled_waits_for_hosts_still_updating() {
-        let mut s = status("failed", 0);
+        let mut s = status(Phase::Failed, 0);
         s.hosts = vec![rollgate_proto::pb::HostProgress {
             host_id: "h1".into(),
-            state: "updating".into(),
+            state: HostState::Updating as i32,
             ..Default::default()
         }];
-        assert!(!is_settled(&s), "a host is still rolling back");
-        s.hosts[0].state = "rolled_back".into();
-        assert!(is_settled(&s));
-        s.phase = "rolling".into();
-        assert!(!is_settled(&s));
+        assert!(!s.is_settled(), "a host is still rolling back");
+        s.hosts[0].set_state(HostState::RolledBack);
+        assert!(s.is_settled());
+        s.set_phase(Phase::Rolling);
+        assert!(!s.is_settled());
     }
 }

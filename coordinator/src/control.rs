@@ -435,8 +435,8 @@ pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
             *counts.entry(progress).or_default() += 1;
             pb::HostProgress {
                 host_id: h.clone(),
-                state: progress.word().to_string(),
-                step: step.step.word().to_string(),
+                state: pb::HostState::from(progress) as i32,
+                step: pb::Step::from(step.step) as i32,
                 message: step.message,
                 reason: step.reason,
                 connected: fleet.is_connected(h),
@@ -459,7 +459,7 @@ pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
         id: r.id.clone(),
         service: r.spec.service.clone(),
         version: r.spec.release.version.clone(),
-        phase: r.phase.to_string(),
+        phase: pb::Phase::from(r.phase) as i32,
         blocked_by: if r.phase.is_terminal() {
             String::new()
         } else {
@@ -489,10 +489,23 @@ pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
         groups: groups_pb(&plan),
         rollback_of: r.rollback_of.clone().unwrap_or_default(),
         rolled_back_by: r.rolled_back_by.clone().unwrap_or_default(),
-        on_failure: r.spec.strategy.on_failure.to_string(),
+        on_failure: pb::OnFailure::from(r.spec.strategy.on_failure) as i32,
         group_by: label,
         staged: view.staged.values().filter(|s| s.ok).count() as u32,
         unreadable: String::new(),
+    }
+}
+
+impl From<Progress> for pb::HostState {
+    fn from(p: Progress) -> Self {
+        match p {
+            Progress::Pending => pb::HostState::Pending,
+            Progress::Updating => pb::HostState::Updating,
+            Progress::Lost => pb::HostState::Lost,
+            Progress::Done => pb::HostState::Done,
+            Progress::RolledBack => pb::HostState::RolledBack,
+            Progress::Failed => pb::HostState::Failed,
+        }
     }
 }
 
@@ -524,7 +537,8 @@ fn unreadable(id: &str, e: &StoreError) -> pb::RolloutStatus {
     tracing::warn!(rollout = %rollgate_proto::text::printable(id), "listing rollout as unreadable: {e}");
     pb::RolloutStatus {
         id: id.to_string(),
-        phase: "unreadable".into(),
+        // Not a phase: the entry says why in `unreadable`.
+        phase: pb::Phase::Unspecified as i32,
         reason: e.to_string(),
         unreadable: e.to_string(),
         ..Default::default()

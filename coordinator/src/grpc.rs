@@ -226,7 +226,7 @@ impl ControlService for ControlApi {
                     return;
                 }
             };
-            while !terminal(&last) {
+            while !last.ends_watch() {
                 tokio::select! {
                     m = watch.message() => match m {
                         Ok(Some(_)) => {}
@@ -425,13 +425,4 @@ impl ControlService for ControlApi {
         let message = control::pins::pin_host(&self.ctx, &req, &by).await?;
         Ok(Response::new(pb::HostActionResponse { message }))
     }
-}
-
-/// A watch ends once the rollout has ended and no host is still in the middle of its update
-/// (a halted rollout's in-flight hosts finish or roll back first).
-fn terminal(s: &pb::RolloutStatus) -> bool {
-    matches!(
-        s.phase.as_str(),
-        "succeeded" | "failed" | "aborted" | "rolling_back" | "rolled_back"
-    ) && s.hosts.iter().all(|h| h.state != "updating")
 }

@@ -401,30 +401,47 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// Whether the rollout has ended for good.
+    /// The rollout has ended: it grants no more slots (rules: [`pb::Phase::has_ended`]).
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Phase::Succeeded
-                | Phase::Failed
-                | Phase::Aborted
-                | Phase::RollingBack
-                | Phase::RolledBack
-        )
+        pb::Phase::from(self).has_ended()
     }
 }
 
+impl From<Phase> for pb::Phase {
+    fn from(p: Phase) -> Self {
+        match p {
+            Phase::Rolling => pb::Phase::Rolling,
+            Phase::Paused => pb::Phase::Paused,
+            Phase::Succeeded => pb::Phase::Succeeded,
+            Phase::Failed => pb::Phase::Failed,
+            Phase::Aborted => pb::Phase::Aborted,
+            Phase::RollingBack => pb::Phase::RollingBack,
+            Phase::RolledBack => pb::Phase::RolledBack,
+        }
+    }
+}
+
+/// The wire phase has one value no record holds: unspecified (an unreadable list entry).
+impl TryFrom<pb::Phase> for Phase {
+    type Error = pb::Phase;
+    fn try_from(p: pb::Phase) -> Result<Self, Self::Error> {
+        Ok(match p {
+            pb::Phase::Unspecified => return Err(p),
+            pb::Phase::Rolling => Phase::Rolling,
+            pb::Phase::Paused => Phase::Paused,
+            pb::Phase::Succeeded => Phase::Succeeded,
+            pb::Phase::Failed => Phase::Failed,
+            pb::Phase::Aborted => Phase::Aborted,
+            pb::Phase::RollingBack => Phase::RollingBack,
+            pb::Phase::RolledBack => Phase::RolledBack,
+        })
+    }
+}
+
+/// For logs and messages: the wire word ("rolling_back").
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Phase::Rolling => "rolling",
-            Phase::Paused => "paused",
-            Phase::Succeeded => "succeeded",
-            Phase::Failed => "failed",
-            Phase::Aborted => "aborted",
-            Phase::RollingBack => "rolling_back",
-            Phase::RolledBack => "rolled_back",
-        })
+        f.write_str(pb::Phase::from(*self).word())
     }
 }
 
@@ -554,15 +571,22 @@ impl HostState {
     }
 }
 
+impl From<HostState> for pb::HostState {
+    fn from(h: HostState) -> Self {
+        match h {
+            HostState::Pending => pb::HostState::Pending,
+            HostState::Updating => pb::HostState::Updating,
+            HostState::Done => pb::HostState::Done,
+            HostState::RolledBack => pb::HostState::RolledBack,
+            HostState::Failed => pb::HostState::Failed,
+        }
+    }
+}
+
+/// For logs and messages: the wire word ("rolled_back").
 impl fmt::Display for HostState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            HostState::Pending => "pending",
-            HostState::Updating => "updating",
-            HostState::Done => "done",
-            HostState::RolledBack => "rolled_back",
-            HostState::Failed => "failed",
-        })
+        f.write_str(pb::HostState::from(*self).word())
     }
 }
 
@@ -753,6 +777,9 @@ pub fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, StoreError> {
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("records always serialize")
 }
+
+#[cfg(test)]
+mod record_tests;
 
 #[cfg(test)]
 mod tests {

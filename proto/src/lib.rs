@@ -10,13 +10,18 @@
 //!   keys in PEM, signature files.
 //! - [`names`]: validation of host ids, service names and versions that end up in etcd keys
 //!   and file paths.
+//! - [`status`]: the closed sets on the wire (phase, host state, step, ...): the words people
+//!   read and the rules that decide on them (has this rollout ended? settled?), once.
+//! - `json` (private): serde helpers the generated types use for `--output json`.
 //! - [`text`]: peer-supplied text made safe for terminals and logs (control characters
 //!   escaped).
 
+mod json;
 pub mod metrics;
 pub mod names;
 pub mod signing;
 pub mod spec;
+pub mod status;
 pub mod telemetry;
 pub mod text;
 pub mod tls;
@@ -32,44 +37,3 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Size of one artifact chunk on the wire.
 pub const ARTIFACT_CHUNK_BYTES: usize = 256 * 1024;
-
-impl pb::Health {
-    /// Short lowercase word for CLI output and logs.
-    pub fn word(self) -> &'static str {
-        match self {
-            pb::Health::Unknown => "unknown",
-            pb::Health::Healthy => "healthy",
-            pb::Health::Unhealthy => "unhealthy",
-            pb::Health::Stopped => "stopped",
-        }
-    }
-}
-
-impl pb::Step {
-    /// Short lowercase word for CLI output and logs.
-    pub fn word(self) -> &'static str {
-        match self {
-            pb::Step::Unspecified => "",
-            pb::Step::Accepted => "accepted",
-            pb::Step::Fetching => "fetching",
-            pb::Step::Staged => "staged",
-            pb::Step::Swapping => "swapping",
-            pb::Step::Starting => "starting",
-            pb::Step::Verifying => "verifying",
-            pb::Step::RollingBack => "rolling back",
-        }
-    }
-}
-
-impl pb::Outcome {
-    /// Short lowercase word for CLI output and logs.
-    pub fn word(self) -> &'static str {
-        match self {
-            pb::Outcome::Unspecified => "unspecified",
-            pb::Outcome::Succeeded => "succeeded",
-            pb::Outcome::RolledBack => "rolled back",
-            pb::Outcome::Failed => "failed",
-            pb::Outcome::Refused => "refused",
-        }
-    }
-}

@@ -674,7 +674,7 @@ site = "{group}"
     pub fn wait_settled(&self, id: &str, timeout: Duration) -> anyhow::Result<pb::RolloutStatus> {
         let r = wait_for(&format!("rollout {id} to end"), timeout, || {
             let s = self.status(id)?;
-            if is_ended(&s.phase) && s.hosts.iter().all(|h| h.state != "updating") {
+            if s.is_settled() {
                 Ok(Some(s))
             } else {
                 bail!("{}", brief(&s))
@@ -759,7 +759,7 @@ site = "{group}"
         let rel = self.release(version, Mode::Healthy)?;
         let id = self.start_rollout(&self.spec(&rel, strategy)?)?;
         let s = self.wait_settled(&id, Duration::from_secs(60))?;
-        if s.phase != "succeeded" {
+        if s.phase() != pb::Phase::Succeeded {
             self.failed.store(true, Ordering::Relaxed);
             bail!("installing {version} did not succeed: {s:?}");
         }

@@ -12,16 +12,27 @@ use anyhow::Context;
 
 use crate::*;
 
-/// Whether a rollout phase is final.
-pub fn is_ended(phase: &str) -> bool {
-    matches!(phase, "succeeded" | "failed" | "aborted" | "rolled_back")
+/// How a settled rollout ended, for tests that check its phase and why its hosts failed.
+/// Shown as "failed host-1: why | host-2: why".
+#[derive(Debug, Clone)]
+pub struct Ending {
+    /// The phase it settled in.
+    pub phase: pb::Phase,
+    /// Its hosts' reasons, joined with " | ".
+    pub reasons: String,
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.phase.word(), self.reasons)
+    }
 }
 
 /// A one-line summary of a status, for wait messages.
 pub fn brief(s: &pb::RolloutStatus) -> String {
     format!(
         "phase {} blocked_by {:?} unavailable {}/{} hosts {:?}",
-        s.phase,
+        s.phase().word(),
         s.blocked_by,
         s.unavailable,
         s.max_unavailable,
@@ -30,11 +41,10 @@ pub fn brief(s: &pb::RolloutStatus) -> String {
             .map(|h| format!(
                 "{}:{}{}",
                 h.host_id,
-                h.state,
-                if h.step.is_empty() {
-                    String::new()
-                } else {
-                    format!("/{}", h.step)
+                h.state().word(),
+                match h.step() {
+                    pb::Step::Unspecified => String::new(),
+                    step => format!("/{}", step.word()),
                 }
             ))
             .collect::<Vec<_>>()

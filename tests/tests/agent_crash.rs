@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use rollgate_tests::pb::{HostState, Phase, Step};
 use rollgate_tests::{service_version, wait_for, Fleet, FleetOpts, Mode};
 
 #[test]
@@ -26,7 +27,7 @@ fn agent_killed_while_verifying_ends_on_the_old_release() -> anyhow::Result<()> 
         let s = fleet.status(&id)?;
         Ok(s.hosts
             .iter()
-            .find(|h| h.state == "updating" && h.step == "verifying")
+            .find(|h| h.state() == HostState::Updating && h.step() == Step::Verifying)
             .map(|h| h.host_id.clone()))
     })?;
     let port = fleet.agent(&victim).service_port;
@@ -40,9 +41,9 @@ fn agent_killed_while_verifying_ends_on_the_old_release() -> anyhow::Result<()> 
         .iter()
         .find(|h| h.host_id == victim)
         .expect("victim");
-    println!("{victim}: {} — {}", h.state, h.reason);
-    assert_eq!(s.phase, "failed", "{s:?}");
-    assert_eq!(h.state, "rolled_back", "{s:?}");
+    println!("{victim}: {} — {}", h.state().word(), h.reason);
+    assert_eq!(s.phase(), Phase::Failed, "{s:?}");
+    assert_eq!(h.state(), HostState::RolledBack, "{s:?}");
     assert!(
         h.reason.contains("agent restarted during the update"),
         "{:?}",

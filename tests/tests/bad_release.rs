@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use rollgate_tests::pb::{HostState, Phase};
 use rollgate_tests::{service_version, Fleet, FleetOpts, Mode};
 
 #[test]
@@ -28,13 +29,16 @@ fn unhealthy_release_halts_and_rolls_back_within_the_budget() -> anyhow::Result<
         seen.max_unavailable
     );
 
-    assert_eq!(status.phase, "failed", "{status:?}");
+    assert_eq!(status.phase(), Phase::Failed, "{status:?}");
     let tried: Vec<_> = status
         .hosts
         .iter()
-        .filter(|h| h.state != "pending")
+        .filter(|h| h.state() != HostState::Pending)
         .collect();
-    let rolled_back: Vec<_> = tried.iter().filter(|h| h.state == "rolled_back").collect();
+    let rolled_back: Vec<_> = tried
+        .iter()
+        .filter(|h| h.state() == HostState::RolledBack)
+        .collect();
     assert!(
         !tried.is_empty() && tried.len() <= 2,
         "{} hosts tried the bad release (budget 2): {status:?}",
@@ -94,14 +98,14 @@ fn unhealthy_release_halts_and_rolls_back_within_the_budget() -> anyhow::Result<
     let id = fleet.start_rollout(&spec)?;
     let status = fleet.wait_settled(&id, Duration::from_secs(25))?;
     println!("crashing release halted after {:?}", started.elapsed());
-    assert_eq!(status.phase, "failed", "{status:?}");
+    assert_eq!(status.phase(), Phase::Failed, "{status:?}");
     let tried: Vec<_> = status
         .hosts
         .iter()
-        .filter(|h| h.state != "pending")
+        .filter(|h| h.state() != HostState::Pending)
         .collect();
     assert_eq!(tried.len(), 1, "{status:?}");
-    assert_eq!(tried[0].state, "rolled_back", "{status:?}");
+    assert_eq!(tried[0].state(), HostState::RolledBack, "{status:?}");
     let port = fleet
         .agents
         .iter()

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use rollgate_tests::pb::Phase;
 use rollgate_tests::{Fleet, FleetOpts, Mode};
 
 #[test]
@@ -34,7 +35,7 @@ fn ten_hosts_roll_with_at_most_three_unavailable() -> anyhow::Result<()> {
         "observer: worst {} hosts unavailable at once (budget 3): {:?}",
         seen.max_unavailable, seen.worst_set
     );
-    assert_eq!(status.phase, "succeeded", "{status:?}");
+    assert_eq!(status.phase(), Phase::Succeeded, "{status:?}");
     assert_eq!(status.done, 10, "{status:?}");
     assert!(
         seen.max_unavailable <= 3,

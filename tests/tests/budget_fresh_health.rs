@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
+use rollgate_tests::pb::{HostState, Step};
 use rollgate_tests::{service_pids, Fleet, FleetOpts, Mode};
 
 #[test]
@@ -22,7 +23,7 @@ fn a_replayed_result_never_overwrites_the_hellos_health() -> anyhow::Result<()> 
     let strategy = "max_unavailable = 1\nmin_healthy_time = \"2s\"";
     let id = fleet.start_rollout(&fleet.spec_for_hosts(&v2, strategy, &["host-1"])?)?;
     fleet.wait_status(&id, "host-1 verifying", Duration::from_secs(30), |s| {
-        s.hosts[0].step == "verifying"
+        s.hosts[0].step() == Step::Verifying
     })?;
     fleet.coordinator().kill9();
     println!("coordinator killed while host-1 verifies 2.0.0");
@@ -69,7 +70,8 @@ fn a_replayed_result_never_overwrites_the_hellos_health() -> anyhow::Result<()> 
     println!("host-1 after the reconnect: {:?}", shown.services);
     let s = fleet.wait_settled(&id, Duration::from_secs(20))?;
     assert_eq!(
-        s.hosts[0].state, "done",
+        s.hosts[0].state(),
+        HostState::Done,
         "the result still ends the step: {s:?}"
     );
     assert_eq!(
@@ -84,7 +86,11 @@ fn a_replayed_result_never_overwrites_the_hellos_health() -> anyhow::Result<()> 
     let id3 =
         fleet.start_rollout(&fleet.spec_for_hosts(&v3, strategy, &["host-2", "host-3"])?)?;
     let held = fleet.hold_for(&id3, Duration::from_secs(2), |s| {
-        let started: Vec<_> = s.hosts.iter().filter(|h| h.state != "pending").collect();
+        let started: Vec<_> = s
+            .hosts
+            .iter()
+            .filter(|h| h.state() != HostState::Pending)
+            .collect();
         anyhow::ensure!(started.is_empty(), "started {started:?} while host-1 hangs");
         Ok(())
     })?;

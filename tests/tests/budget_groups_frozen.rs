@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use rollgate_tests::pb::Phase;
 use rollgate_tests::{brief, Fleet, FleetOpts, Mode};
 
 #[test]
@@ -47,7 +48,7 @@ fn a_relabelled_host_keeps_counting_in_its_group() -> anyhow::Result<()> {
     println!("host-3 back, relabelled site-7, starting its service");
     let s = fleet.wait_settled(&id, Duration::from_secs(90))?;
     println!("rollout: {}", brief(&s));
-    assert_eq!(s.phase, "succeeded", "{s:?}");
+    assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
     let h3 = s
         .hosts
         .iter()

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use rollgate_tests::pb::{Phase, Step};
 use rollgate_tests::{brief, Fleet, FleetOpts};
 
 #[test]
@@ -33,8 +34,8 @@ fn a_lost_replica_frees_no_budget() -> anyhow::Result<()> {
     let s = fleet.wait_status(&id, "host-2 to roll back", Duration::from_secs(60), |s| {
         s.hosts
             .iter()
-            .any(|h| h.host_id == "host-2" && h.step == "rolling back")
-            || s.phase == "rolling_back"
+            .any(|h| h.host_id == "host-2" && h.step() == Step::RollingBack)
+            || s.phase() == Phase::RollingBack
     })?;
     println!("host-2 rolling back: {}", brief(&s));
     let holder = fleet.etcd_get_prefix("/rollgate/sessions/host-2")?;
@@ -58,7 +59,7 @@ fn a_lost_replica_frees_no_budget() -> anyhow::Result<()> {
     )?;
     let rb = fleet.wait_settled(&parent.rolled_back_by, Duration::from_secs(90))?;
     println!("rollback: {}", brief(&rb));
-    assert_eq!(rb.phase, "succeeded", "{rb:?}");
+    assert_eq!(rb.phase(), Phase::Succeeded, "{rb:?}");
     fleet.wait_all_serving("1.0.0")?;
     let seen = observer.finish();
     seen.print(1, None);

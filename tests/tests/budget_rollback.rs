@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use rollgate_tests::pb::{HostState, Phase};
 use rollgate_tests::{Fleet, FleetOpts, Mode};
 
 #[test]
@@ -32,14 +33,14 @@ fn a_rollback_counts_the_parents_hosts_that_are_down() -> anyhow::Result<()> {
     let canary: Vec<String> = at_gate
         .hosts
         .iter()
-        .filter(|h| h.state == "done")
+        .filter(|h| h.state() == HostState::Done)
         .map(|h| h.host_id.clone())
         .collect();
     assert_eq!(canary.len(), 2, "{at_gate:?}");
     let dead: Vec<String> = at_gate
         .hosts
         .iter()
-        .filter(|h| h.state == "pending")
+        .filter(|h| h.state() == HostState::Pending)
         .take(2)
         .map(|h| h.host_id.clone())
         .collect();
@@ -66,7 +67,7 @@ fn a_rollback_counts_the_parents_hosts_that_are_down() -> anyhow::Result<()> {
     // Both units of the budget are taken by the dead hosts: nothing may start.
     let held = fleet.hold_for(&rb.id, Duration::from_secs(4), |s| {
         anyhow::ensure!(
-            s.hosts.iter().all(|h| h.state == "pending"),
+            s.hosts.iter().all(|h| h.state() == HostState::Pending),
             "the rollback started a host while 2 of the service's hosts were down"
         );
         Ok(())
@@ -97,7 +98,7 @@ fn a_rollback_counts_the_parents_hosts_that_are_down() -> anyhow::Result<()> {
     println!("with one dead host back: {}", rollgate_tests::brief(&s));
     fleet.agent(&dead[1]).proc.restart()?;
     let s = fleet.wait_settled(&rb.id, Duration::from_secs(60))?;
-    assert_eq!(s.phase, "succeeded", "{s:?}");
+    assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
     fleet.wait_all_serving("1.0.0")?;
     let seen = observer.finish();
     seen.print(2, None);
@@ -112,6 +113,6 @@ fn a_rollback_counts_the_parents_hosts_that_are_down() -> anyhow::Result<()> {
         "the observer never saw the two dead hosts down: it observed nothing"
     );
     let parent = fleet.status(&id)?;
-    assert_eq!(parent.phase, "rolled_back", "{parent:?}");
+    assert_eq!(parent.phase(), Phase::RolledBack, "{parent:?}");
     Ok(())
 }

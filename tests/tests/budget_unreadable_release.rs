@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use rollgate_tests::pb::{HostState, Phase};
 use rollgate_tests::{brief, Fleet, FleetOpts, Mode};
 
 #[test]
@@ -51,9 +52,13 @@ fn a_host_whose_release_cannot_be_read_counts_as_down() -> anyhow::Result<()> {
         let repaired = s
             .hosts
             .iter()
-            .any(|h| h.host_id == "host-3" && h.state == "done");
+            .any(|h| h.host_id == "host-3" && h.state() == HostState::Done);
         let mut order = order.borrow_mut();
-        for h in s.hosts.iter().filter(|h| h.state != "pending" && !repaired) {
+        for h in s
+            .hosts
+            .iter()
+            .filter(|h| h.state() != HostState::Pending && !repaired)
+        {
             if !order.contains(&h.host_id) {
                 order.push(h.host_id.clone());
             }
@@ -73,7 +78,7 @@ fn a_host_whose_release_cannot_be_read_counts_as_down() -> anyhow::Result<()> {
         "another host started while host-3 was broken (budget 1): {order:?}"
     );
     let s = fleet.wait_settled(&id, Duration::from_secs(60))?;
-    assert_eq!(s.phase, "succeeded", "{s:?}");
+    assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
     fleet.wait_all_serving("2.0.0")?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use rollgate_tests::pb::Phase;
 use rollgate_tests::{bin, Fleet, FleetOpts, Mode};
 
 fn text(o: &std::process::Output) -> String {
@@ -92,7 +93,7 @@ fn operator_commands_on_a_real_fleet() -> anyhow::Result<()> {
     let paused = fleet.cli_ok(&["rollout", "pause", &id])?;
     assert!(paused.contains("paused"), "{paused}");
     let s = fleet.status(&id)?;
-    assert_eq!(s.phase, "paused");
+    assert_eq!(s.phase(), Phase::Paused);
     assert!(s.blocked_by.contains("paused"), "{s:?}");
     let out = fleet.cli(&["rollout", "pause", &id])?;
     assert!(!out.status.success(), "pausing twice must be refused");
@@ -105,7 +106,7 @@ fn operator_commands_on_a_real_fleet() -> anyhow::Result<()> {
     let out = fleet.cli(&["rollout", "status", &id, "--watch"])?;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let s = fleet.wait_settled(&id, Duration::from_secs(30))?;
-    assert_eq!(s.phase, "aborted");
+    assert_eq!(s.phase(), Phase::Aborted);
 
     let listed = fleet.cli_ok(&["rollout", "list"])?;
     assert!(listed.contains(&id), "{listed}");

@@ -8,6 +8,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rollgate_tests::pb::{HostState, Phase};
 use rollgate_tests::{bin, brief, Fleet, FleetOpts, Mode};
 
 const BAKE: Duration = Duration::from_secs(15);
@@ -65,14 +66,14 @@ fn a_late_replica_clock_does_not_skip_a_bake() -> anyhow::Result<()> {
     let s = fleet.wait_status(&id, "the canary done", Duration::from_secs(30), |s| {
         s.hosts
             .iter()
-            .any(|h| h.host_id == "host-2" && h.state == "done")
+            .any(|h| h.host_id == "host-2" && h.state() == HostState::Done)
     })?;
     let done_at = Instant::now();
     println!("canary done: {} (gate: {})", brief(&s), s.gate);
     let opened = fleet.wait_status(&id, "wave 1 to open", BAKE * 3, |s| {
         s.hosts
             .iter()
-            .any(|h| h.host_id != "host-2" && h.state != "pending")
+            .any(|h| h.host_id != "host-2" && h.state() != HostState::Pending)
     })?;
     let baked = done_at.elapsed();
     println!(
@@ -86,6 +87,6 @@ fn a_late_replica_clock_does_not_skip_a_bake() -> anyhow::Result<()> {
         "the bake was cut short: wave 1 opened {baked:?} after the canary was done, bake {BAKE:?}"
     );
     let s = fleet.wait_settled(&id, Duration::from_secs(60))?;
-    assert_eq!(s.phase, "succeeded", "{s:?}");
+    assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
     Ok(())
 }

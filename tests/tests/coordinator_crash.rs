@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use rollgate_tests::pb::{HostState, Phase};
 use rollgate_tests::{Fleet, FleetOpts};
 
 #[test]
@@ -15,7 +16,7 @@ fn coordinator_killed_mid_rollout_continues_after_restart() -> anyhow::Result<()
     let (observer, id, before) = fleet.mid_rollout(
         "max_unavailable = 2\nmin_healthy_time = \"1500ms\"\nhealthy_deadline = \"30s\"",
         "some hosts done and some updating",
-        |s| s.done >= 1 && s.hosts.iter().any(|h| h.state == "updating"),
+        |s| s.done >= 1 && s.hosts.iter().any(|h| h.state() == HostState::Updating),
     )?;
     fleet.coordinator().kill9();
     println!(
@@ -24,7 +25,7 @@ fn coordinator_killed_mid_rollout_continues_after_restart() -> anyhow::Result<()
         before
             .hosts
             .iter()
-            .filter(|h| h.state == "updating")
+            .filter(|h| h.state() == HostState::Updating)
             .count()
     );
     std::thread::sleep(Duration::from_millis(500));
@@ -33,14 +34,15 @@ fn coordinator_killed_mid_rollout_continues_after_restart() -> anyhow::Result<()
 
     let after = fleet.status(&id)?;
     assert_eq!(after.id, id);
-    for h in before.hosts.iter().filter(|h| h.state == "done") {
+    for h in before.hosts.iter().filter(|h| h.state() == HostState::Done) {
         let now = after
             .hosts
             .iter()
             .find(|x| x.host_id == h.host_id)
             .expect("host");
         assert_eq!(
-            now.state, "done",
+            now.state(),
+            HostState::Done,
             "{} lost its progress over the restart",
             h.host_id
         );
@@ -52,7 +54,7 @@ fn coordinator_killed_mid_rollout_continues_after_restart() -> anyhow::Result<()
         "observer: worst {} hosts unavailable at once (budget 2)",
         seen.max_unavailable
     );
-    assert_eq!(s.phase, "succeeded", "{s:?}");
+    assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
     assert_eq!(s.done, 6);
     assert!(
         seen.max_unavailable <= 2,

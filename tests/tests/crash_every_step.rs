@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use rollgate_tests::pb::{HostState, Step};
 use rollgate_tests::{wait_for, Fleet, FleetOpts, Mode};
 
 const STEPS: [&str; 5] = ["fetching", "staged", "swapping", "starting", "verifying"];
@@ -65,7 +66,7 @@ fn agent_killed_at_each_step_ends_on_old_or_new() -> anyhow::Result<()> {
     fleet.wait_status(&id, "host-6 verifying", Duration::from_secs(30), |s| {
         s.hosts
             .iter()
-            .any(|h| h.host_id == "host-6" && h.step == "verifying")
+            .any(|h| h.host_id == "host-6" && h.step() == Step::Verifying)
     })?;
     let pidfile = fleet.agent("host-6").state_dir.join("services/web/pid");
     let pid: i32 = std::fs::read_to_string(&pidfile)?.trim().parse()?;
@@ -78,15 +79,19 @@ fn agent_killed_at_each_step_ends_on_old_or_new() -> anyhow::Result<()> {
         let serving = fleet.serving(&h.host_id);
         println!(
             "{}: {} serving {:?} — {}",
-            h.host_id, h.state, serving, h.reason
+            h.host_id,
+            h.state().word(),
+            serving,
+            h.reason
         );
         // The coordinator learned an outcome, and it matches what the host really serves.
-        match h.state.as_str() {
-            "done" => assert_eq!(serving.as_deref(), Some("2.0.0"), "{h:?}"),
-            "rolled_back" => assert_eq!(serving.as_deref(), Some("1.0.0"), "{h:?}"),
+        match h.state() {
+            HostState::Done => assert_eq!(serving.as_deref(), Some("2.0.0"), "{h:?}"),
+            HostState::RolledBack => assert_eq!(serving.as_deref(), Some("1.0.0"), "{h:?}"),
             other => panic!(
-                "{} ended {other}, not done or rolled back: {h:?}",
-                h.host_id
+                "{} ended {}, not done or rolled back: {h:?}",
+                h.host_id,
+                other.word()
             ),
         }
     }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use rollgate_tests::pb::{HostState, Phase, Step};
 use rollgate_tests::{wait_for, Fleet, FleetOpts, Mode};
 
 #[test]
@@ -51,7 +52,11 @@ fn plan_stage_first_history_and_operator_rollback() -> anyhow::Result<()> {
         Duration::from_secs(30),
         || {
             let s = fleet.status(&id)?;
-            let started = s.hosts.iter().filter(|h| h.state != "pending").count();
+            let started = s
+                .hosts
+                .iter()
+                .filter(|h| h.state() != HostState::Pending)
+                .count();
             if s.staged < 4 {
                 anyhow::ensure!(
                     started == 0,
@@ -67,7 +72,7 @@ fn plan_stage_first_history_and_operator_rollback() -> anyhow::Result<()> {
         staged.blocked_by
     );
     let s = fleet.wait_settled(&id, Duration::from_secs(60))?;
-    assert_eq!(s.phase, "succeeded", "{s:?}");
+    assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
     fleet.wait_all_serving("2.0.0")?;
 
     // History lists both releases, newest first.
@@ -81,11 +86,11 @@ fn plan_stage_first_history_and_operator_rollback() -> anyhow::Result<()> {
     println!("{out}");
     fleet.wait_all_serving("1.0.0")?;
     let s = fleet.status(&id)?;
-    assert_eq!(s.phase, "rolled_back", "{s:?}");
+    assert_eq!(s.phase(), Phase::RolledBack, "{s:?}");
     assert!(!s.rolled_back_by.is_empty());
     let rb = fleet.status(&s.rolled_back_by)?;
     assert_eq!(rb.rollback_of, id);
-    assert_eq!(rb.phase, "succeeded", "{rb:?}");
+    assert_eq!(rb.phase(), Phase::Succeeded, "{rb:?}");
     assert_eq!(rb.version, "1.0.0");
     Ok(())
 }
@@ -110,7 +115,7 @@ fn fencing_a_frozen_host_frees_its_share_and_voids_its_grant() -> anyhow::Result
     let s = fleet.wait_status(&id, "host-1 verifying", Duration::from_secs(30), |s| {
         s.hosts
             .iter()
-            .any(|h| h.host_id == "host-1" && h.step == "verifying")
+            .any(|h| h.host_id == "host-1" && h.step() == Step::Verifying)
     })?;
     let token = s.hosts[0].token;
     fleet.agent("host-1").proc.signal(Signal::SIGSTOP);
@@ -118,7 +123,7 @@ fn fencing_a_frozen_host_frees_its_share_and_voids_its_grant() -> anyhow::Result
         let moved = s
             .hosts
             .iter()
-            .filter(|h| h.host_id != "host-1" && h.state != "pending")
+            .filter(|h| h.host_id != "host-1" && h.state() != HostState::Pending)
             .count();
         anyhow::ensure!(
             moved == 0,
@@ -137,7 +142,7 @@ fn fencing_a_frozen_host_frees_its_share_and_voids_its_grant() -> anyhow::Result
         |s| {
             s.hosts
                 .iter()
-                .any(|h| h.host_id == "host-2" && h.state != "pending")
+                .any(|h| h.host_id == "host-2" && h.state() != HostState::Pending)
         },
     )?;
     let h1 = s
@@ -145,7 +150,7 @@ fn fencing_a_frozen_host_frees_its_share_and_voids_its_grant() -> anyhow::Result
         .iter()
         .find(|h| h.host_id == "host-1")
         .expect("host-1");
-    assert_eq!(h1.state, "failed", "{s:?}");
+    assert_eq!(h1.state(), HostState::Failed, "{s:?}");
     assert!(h1.reason.contains("fenced"), "{:?}", h1.reason);
 
     // The frozen agent wakes up, finishes its now-void update and reports: nothing changes.
@@ -158,14 +163,17 @@ fn fencing_a_frozen_host_frees_its_share_and_voids_its_grant() -> anyhow::Result
         .expect("host-1");
     println!(
         "after the late report: host-1 {} ({}), token {token}",
-        h1.state, h1.reason
+        h1.state().word(),
+        h1.reason
     );
     assert_eq!(
-        h1.state, "failed",
+        h1.state(),
+        HostState::Failed,
         "the void grant's late result must not count: {s:?}"
     );
     assert_eq!(
-        s.phase, "succeeded",
+        s.phase(),
+        Phase::Succeeded,
         "1 failure is within max_failures = 1: {s:?}"
     );
     assert_eq!(s.done, 2);

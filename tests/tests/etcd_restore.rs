@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use rollgate_tests::pb::Phase;
 use rollgate_tests::{brief, Fleet, FleetOpts, Mode};
 
 /// A fleet of 2 on 1.0.0 whose etcd was backed up, then rolled forward once per entry of
@@ -26,7 +27,7 @@ fn fleet_restored_after(forward: &[(&str, &str)]) -> anyhow::Result<(Fleet, u64)
         let rel = fleet.release(version, Mode::Healthy)?;
         let id = fleet.start_rollout(&fleet.spec_for_hosts(&rel, strategy, &[host])?)?;
         let s = fleet.wait_settled(&id, Duration::from_secs(30))?;
-        assert_eq!(s.phase, "succeeded", "{s:?}");
+        assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
         fleet.wait_service_free("web")?;
         println!("{version} on {host}: token {}", s.hosts[0].token);
     }
@@ -53,7 +54,7 @@ fn restored_fleet_grants_above_the_highest(fleet: &Fleet, highest: u64) -> anyho
         token > highest,
         "the restored coordinator handed out token {token}, not above host-1's {highest}"
     );
-    assert_eq!(s.phase, "succeeded", "{s:?}");
+    assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
     assert_eq!(fleet.serving("host-1").as_deref(), Some("3.0.0"));
     let log = std::fs::read_to_string(fleet.coordinator().log())?;
     let raised = log

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use nix::sys::signal::Signal;
+use rollgate_tests::pb::{HostState, Phase, Step};
 use rollgate_tests::{brief, session_timeout, Fleet, FleetOpts, Mode, LEASE_TTL_SECS};
 
 #[test]
@@ -42,19 +43,19 @@ fn frozen_agent_holds_its_slot_and_nothing_else_starts() -> anyhow::Result<()> {
         |s| {
             s.hosts
                 .iter()
-                .any(|h| h.state == "updating" && h.step == "verifying")
+                .any(|h| h.state() == HostState::Updating && h.step() == Step::Verifying)
         },
     )?;
     let x = before
         .hosts
         .iter()
-        .find(|h| h.state == "updating" && h.step == "verifying")
+        .find(|h| h.state() == HostState::Updating && h.step() == Step::Verifying)
         .map(|h| h.host_id.clone())
         .expect("found above");
-    let states_before: BTreeMap<String, String> = before
+    let states_before: BTreeMap<String, HostState> = before
         .hosts
         .iter()
-        .map(|h| (h.host_id.clone(), h.state.clone()))
+        .map(|h| (h.host_id.clone(), h.state()))
         .collect();
 
     fleet.agent(&x).proc.signal(Signal::SIGSTOP);
@@ -69,16 +70,16 @@ fn frozen_agent_holds_its_slot_and_nothing_else_starts() -> anyhow::Result<()> {
         worst_unavailable = worst_unavailable.max(s.unavailable);
         for h in &s.hosts {
             if h.host_id == x {
-                x_states.insert(h.state.clone());
-                if !matches!(h.state.as_str(), "updating" | "lost") {
-                    bail!("{x} left updating/lost while frozen: {}", h.state);
+                x_states.insert(h.state());
+                if !matches!(h.state(), HostState::Updating | HostState::Lost) {
+                    bail!("{x} left updating/lost while frozen: {}", h.state().word());
                 }
-            } else if Some(&h.state) != states_before.get(&h.host_id) {
+            } else if Some(&h.state()) != states_before.get(&h.host_id) {
                 bail!(
                     "{} went from {:?} to {} while {x} held the budget frozen",
                     h.host_id,
                     states_before.get(&h.host_id),
-                    h.state
+                    h.state().word()
                 );
             }
         }
@@ -106,11 +107,12 @@ fn frozen_agent_holds_its_slot_and_nothing_else_starts() -> anyhow::Result<()> {
     loop {
         let s = fleet.status(&id)?;
         let hx = s.hosts.iter().find(|h| h.host_id == x).expect("x");
-        let back = hx.connected || hx.state != "updating" && hx.state != "lost";
+        let back =
+            hx.connected || hx.state() != HostState::Updating && hx.state() != HostState::Lost;
         if !back {
             for h in s.hosts.iter().filter(|h| h.host_id != x) {
                 assert_eq!(
-                    Some(&h.state),
+                    Some(&h.state()),
                     states_before.get(&h.host_id),
                     "{} moved before {x} was back: {}",
                     h.host_id,
@@ -134,7 +136,7 @@ fn frozen_agent_holds_its_slot_and_nothing_else_starts() -> anyhow::Result<()> {
     println!(
         "settled {:?} after {x} reconnected: phase {}, reason {:?}",
         reconnected.elapsed(),
-        s.phase,
+        s.phase().word(),
         s.reason
     );
     let seen = observer.finish();
@@ -143,19 +145,27 @@ fn frozen_agent_holds_its_slot_and_nothing_else_starts() -> anyhow::Result<()> {
     let hx = s.hosts.iter().find(|h| h.host_id == x).expect("x");
     println!(
         "{x}: {} token {} running {:?} reason {:?}",
-        hx.state, hx.token, hx.running_version, hx.reason
+        hx.state().word(),
+        hx.token,
+        hx.running_version,
+        hx.reason
     );
     for h in s.hosts.iter().filter(|h| h.host_id != x) {
-        assert_eq!(h.state, "done", "{} did not finish: {s:?}", h.host_id);
+        assert_eq!(
+            h.state(),
+            HostState::Done,
+            "{} did not finish: {s:?}",
+            h.host_id
+        );
     }
-    if hx.state == "done" {
-        assert_eq!(s.phase, "succeeded", "{s:?}");
+    if hx.state() == HostState::Done {
+        assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
         assert_eq!(fleet.serving(&x).as_deref(), Some("2.0.0"));
     } else {
         assert!(
             !hx.reason.is_empty(),
             "{x} ended {} without a reason: {s:?}",
-            hx.state
+            hx.state().word()
         );
     }
     // Grants are distinct per host.

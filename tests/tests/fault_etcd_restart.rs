@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use rollgate_tests::pb::{HostState, Phase};
 use rollgate_tests::{Fleet, FleetOpts};
 
 #[test]
@@ -19,12 +20,12 @@ fn etcd_killed_and_restarted_mid_rollout_loses_nothing() -> anyhow::Result<()> {
     let (observer, id, before) = fleet.mid_rollout(
         "max_unavailable = 2\nmin_healthy_time = \"1500ms\"\nhealthy_deadline = \"30s\"",
         "some hosts done and some updating",
-        |s| s.done >= 1 && s.hosts.iter().any(|h| h.state == "updating"),
+        |s| s.done >= 1 && s.hosts.iter().any(|h| h.state() == HostState::Updating),
     )?;
     let done_before: BTreeSet<String> = before
         .hosts
         .iter()
-        .filter(|h| h.state == "done")
+        .filter(|h| h.state() == HostState::Done)
         .map(|h| h.host_id.clone())
         .collect();
     let t0 = Instant::now();
@@ -38,7 +39,8 @@ fn etcd_killed_and_restarted_mid_rollout_loses_nothing() -> anyhow::Result<()> {
     for h in &after.hosts {
         if done_before.contains(&h.host_id) {
             assert_eq!(
-                h.state, "done",
+                h.state(),
+                HostState::Done,
                 "{} lost its progress over the etcd restart: {after:?}",
                 h.host_id
             );
@@ -58,7 +60,7 @@ fn etcd_killed_and_restarted_mid_rollout_loses_nothing() -> anyhow::Result<()> {
             restarts.len()
         );
     }
-    assert_eq!(s.phase, "succeeded", "{s:?}");
+    assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
     assert_eq!(s.done, 6, "{s:?}");
     assert!(
         seen.max_unavailable <= 2,

@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use rollgate_tests::pb::{HostState, Phase};
 use rollgate_tests::{Fleet, FleetOpts};
 
 #[test]
@@ -19,7 +20,7 @@ fn leader_killed_mid_rollout_the_other_replica_finishes_it() -> anyhow::Result<(
     let (observer, id, before) = fleet.mid_rollout(
         "max_unavailable = 2\nmin_healthy_time = \"1500ms\"\nhealthy_deadline = \"30s\"",
         "some hosts done and some updating",
-        |s| s.done >= 1 && s.hosts.iter().any(|h| h.state == "updating"),
+        |s| s.done >= 1 && s.hosts.iter().any(|h| h.state() == HostState::Updating),
     )?;
     let old = fleet.wait_leader(Duration::from_secs(10))?;
     fleet.coordinators[old].kill9();
@@ -27,7 +28,7 @@ fn leader_killed_mid_rollout_the_other_replica_finishes_it() -> anyhow::Result<(
     let done_before: BTreeSet<String> = before
         .hosts
         .iter()
-        .filter(|h| h.state == "done")
+        .filter(|h| h.state() == HostState::Done)
         .map(|h| h.host_id.clone())
         .collect();
     println!(
@@ -36,7 +37,7 @@ fn leader_killed_mid_rollout_the_other_replica_finishes_it() -> anyhow::Result<(
         before
             .hosts
             .iter()
-            .filter(|h| h.state == "updating")
+            .filter(|h| h.state() == HostState::Updating)
             .map(|h| &h.host_id)
             .collect::<Vec<_>>()
     );
@@ -51,7 +52,8 @@ fn leader_killed_mid_rollout_the_other_replica_finishes_it() -> anyhow::Result<(
     for h in &after.hosts {
         if done_before.contains(&h.host_id) {
             assert_eq!(
-                h.state, "done",
+                h.state(),
+                HostState::Done,
                 "{} lost its progress over the failover: {after:?}",
                 h.host_id
             );
@@ -69,10 +71,10 @@ fn leader_killed_mid_rollout_the_other_replica_finishes_it() -> anyhow::Result<(
     let seen = observer.finish();
     seen.print(2, None);
     println!("supervisor: {:?}", fleet.coordinator_restarts());
-    assert_eq!(s.phase, "succeeded", "{s:?}");
+    assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
     assert_eq!(s.done, 6, "{s:?}");
     for h in &s.hosts {
-        assert_eq!(h.state, "done", "{s:?}");
+        assert_eq!(h.state(), HostState::Done, "{s:?}");
     }
     assert!(
         seen.max_unavailable <= 2,

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use rollgate_tests::pb::{HostState, Phase};
 use rollgate_tests::{brief, Fleet, FleetOpts, LEASE_TTL_SECS};
 
 #[test]
@@ -21,7 +22,7 @@ fn deposed_leader_grants_nothing_after_it_wakes_up() -> anyhow::Result<()> {
     let (observer, id, at_stop) = fleet.mid_rollout(
         "max_unavailable = 2\nmin_healthy_time = \"1500ms\"\nhealthy_deadline = \"30s\"\nmax_failures = 6",
         "some hosts updating",
-        |s| { s.hosts.iter().any(|h| h.state == "updating") },
+        |s| { s.hosts.iter().any(|h| h.state() == HostState::Updating) },
     )?;
     let old = fleet.wait_leader(Duration::from_secs(10))?;
     let old_id = fleet.coordinators[old].id.clone();
@@ -36,10 +37,10 @@ fn deposed_leader_grants_nothing_after_it_wakes_up() -> anyhow::Result<()> {
     );
     // Let the new leader change something (grant or finish a host) before the old one wakes
     // up with its stale view; if it cannot within a while, wake the old one anyway.
-    let snapshot = |s: &rollgate_tests::pb::RolloutStatus| -> Vec<(String, String)> {
+    let snapshot = |s: &rollgate_tests::pb::RolloutStatus| -> Vec<(String, HostState)> {
         s.hosts
             .iter()
-            .map(|h| (h.host_id.clone(), h.state.clone()))
+            .map(|h| (h.host_id.clone(), h.state()))
             .collect()
     };
     let states_at_stop = snapshot(&at_stop);
@@ -120,7 +121,7 @@ fn deposed_leader_grants_nothing_after_it_wakes_up() -> anyhow::Result<()> {
             a.id
         );
     }
-    assert_eq!(s.phase, "succeeded", "{s:?}");
+    assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
     fleet.wait_all_serving("2.0.0")?;
     assert!(
         seen.max_unavailable <= 2,

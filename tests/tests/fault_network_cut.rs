@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use rollgate_tests::pb::{HostState, Step};
 use rollgate_tests::{session_timeout, Fleet, FleetOpts, Mode};
 
 #[test]
@@ -28,30 +29,30 @@ fn cut_host_holds_the_budget_until_its_link_heals() -> anyhow::Result<()> {
     let before = fleet.wait_status(&id, "a host verifying", Duration::from_secs(30), |s| {
         s.hosts
             .iter()
-            .any(|h| h.state == "updating" && h.step == "verifying")
+            .any(|h| h.state() == HostState::Updating && h.step() == Step::Verifying)
     })?;
     let x = before
         .hosts
         .iter()
-        .find(|h| h.state == "updating" && h.step == "verifying")
+        .find(|h| h.state() == HostState::Updating && h.step() == Step::Verifying)
         .map(|h| h.host_id.clone())
         .expect("found above");
-    let states_before: BTreeMap<String, String> = before
+    let states_before: BTreeMap<String, HostState> = before
         .hosts
         .iter()
-        .map(|h| (h.host_id.clone(), h.state.clone()))
+        .map(|h| (h.host_id.clone(), h.state()))
         .collect();
     fleet.cut(&x)?;
     let window = Duration::from_secs(3).max(session_timeout() + Duration::from_secs(1));
     println!("cut {x}'s link while it was verifying; watching for {window:?}");
     let last = fleet.hold_for(&id, window, |s| {
         for h in s.hosts.iter().filter(|h| h.host_id != x) {
-            if Some(&h.state) != states_before.get(&h.host_id) {
+            if Some(&h.state()) != states_before.get(&h.host_id) {
                 bail!(
                     "{} went from {:?} to {} while {x} was cut off",
                     h.host_id,
                     states_before.get(&h.host_id),
-                    h.state
+                    h.state().word()
                 );
             }
         }
@@ -60,7 +61,7 @@ fn cut_host_holds_the_budget_until_its_link_heals() -> anyhow::Result<()> {
     let hx = last.hosts.iter().find(|h| h.host_id == x).expect("x");
     println!(
         "while cut: {x} {} connected={} blocked_by {:?}; observer worst so far {}",
-        hx.state,
+        hx.state().word(),
         hx.connected,
         last.blocked_by,
         observer.max_so_far()
@@ -74,9 +75,9 @@ fn cut_host_holds_the_budget_until_its_link_heals() -> anyhow::Result<()> {
         "the observer never saw {x} down"
     );
     assert!(
-        matches!(hx.state.as_str(), "updating" | "lost"),
+        matches!(hx.state(), HostState::Updating | HostState::Lost),
         "{x} is {} while cut off",
-        hx.state
+        hx.state().word()
     );
 
     fleet.heal(&x)?;
@@ -98,17 +99,24 @@ fn cut_host_holds_the_budget_until_its_link_heals() -> anyhow::Result<()> {
     let seen = observer.finish();
     seen.print(1, None);
     for h in s.hosts.iter().filter(|h| h.host_id != x) {
-        assert_eq!(h.state, "done", "{} did not finish: {s:?}", h.host_id);
+        assert_eq!(
+            h.state(),
+            HostState::Done,
+            "{} did not finish: {s:?}",
+            h.host_id
+        );
     }
     let hx = s.hosts.iter().find(|h| h.host_id == x).expect("x");
     println!(
         "{x} ended {} ({:?}); phase {}",
-        hx.state, hx.reason, s.phase
+        hx.state().word(),
+        hx.reason,
+        s.phase().word()
     );
     assert!(
-        hx.state == "done" || !hx.reason.is_empty(),
+        hx.state() == HostState::Done || !hx.reason.is_empty(),
         "{x} ended {} without a reason",
-        hx.state
+        hx.state().word()
     );
     assert!(
         seen.max_unavailable <= 1,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use hostile_host_peer::{coordinator_log, service, HostilePeer};
 use rollgate_proto::pb;
 use rollgate_proto::pb::agent_message::Msg;
+use rollgate_tests::pb::Phase;
 use rollgate_tests::{http_get, Fleet, FleetOpts, Mode, ETCD_PREFIX};
 
 const EVIL: &str = "host-evil";
@@ -98,9 +99,10 @@ fn a_flooding_host_is_paced_and_others_roll_on() -> anyhow::Result<()> {
     let s = fleet.wait_settled(&id, Duration::from_secs(60))?;
     println!(
         "honest rollout beside the flood: {} ({})",
-        s.phase, s.reason
+        s.phase().word(),
+        s.reason
     );
-    assert_eq!(s.phase, "succeeded");
+    assert_eq!(s.phase(), Phase::Succeeded);
 
     // The last coalesced state lands within one interval.
     let last = format!("{:08}", STATUSES - 1);

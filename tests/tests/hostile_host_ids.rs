@@ -14,6 +14,7 @@ use std::time::Duration;
 use hostile_host_peer::{coordinator_log, etcd_put, service, spec_for, HostilePeer};
 use rollgate_proto::pb;
 use rollgate_proto::pb::agent_message::Msg;
+use rollgate_tests::pb::Phase;
 use rollgate_tests::{Fleet, FleetOpts, Mode, ETCD_PREFIX};
 
 const EVIL: &str = "host-evil";
@@ -164,8 +165,8 @@ fn hostile_ids_are_refused_and_a_bad_record_degrades_one_rollout() -> anyhow::Re
     )?;
     let api = fleet.start_rollout(&spec_for(&fleet, "api", "2.0.0", &[EVIL])?)?;
     let s = fleet.wait_settled(&api, Duration::from_secs(30))?;
-    println!("api rollout beside the broken one: {}", s.phase);
-    assert_eq!(s.phase, "succeeded");
+    println!("api rollout beside the broken one: {}", s.phase().word());
+    assert_eq!(s.phase(), Phase::Succeeded);
     let log = coordinator_log(&fleet);
     let skipped: Vec<&str> = log
         .lines()

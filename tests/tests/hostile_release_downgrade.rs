@@ -14,7 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rollgate_tests::{pki, Fleet, FleetOpts, Mode, Release};
+use rollgate_tests::pb::Phase;
+use rollgate_tests::{pki, Ending, Fleet, FleetOpts, Mode, Release};
 
 const STRATEGY: &str = "max_unavailable = 2\nmin_healthy_time = \"200ms\"";
 
@@ -106,19 +107,25 @@ fn spec(fleet: &Fleet, release: &Release, sig: &Path, name: &str) -> anyhow::Res
     Ok(path)
 }
 
-/// Rolls `release` out with `sig`; returns the id and "phase reasons...".
+/// Rolls `release` out with `sig`; returns the id and how it ended.
 fn roll(
     fleet: &Fleet,
     release: &Release,
     sig: &Path,
     name: &str,
-) -> anyhow::Result<(String, String)> {
+) -> anyhow::Result<(String, Ending)> {
     let id = fleet.start_rollout(&spec(fleet, release, sig, name)?)?;
     let s = fleet.wait_settled(&id, Duration::from_secs(60))?;
     let reasons: Vec<String> = s.hosts.iter().map(|h| h.reason.clone()).collect();
-    println!("{name} {id}: {} {reasons:?}", s.phase);
+    println!("{name} {id}: {} {reasons:?}", s.phase().word());
     fleet.wait_service_free("web")?;
-    Ok((id, format!("{} {}", s.phase, reasons.join(" | "))))
+    Ok((
+        id,
+        Ending {
+            phase: s.phase(),
+            reasons: reasons.join(" | "),
+        },
+    ))
 }
 
 #[test]
@@ -134,7 +141,7 @@ fn an_operator_cannot_downgrade_without_the_signing_key() -> anyhow::Result<()> 
         let rel = fleet.release(v, Mode::Healthy)?;
         let sig = publisher.sign(&fleet, &rel, None)?;
         let (id, r) = roll(&fleet, &rel, &sig, v)?;
-        assert!(r.starts_with("succeeded"), "{v}: {r}");
+        assert_eq!(r.phase, Phase::Succeeded, "{v}: {r}");
         fleet.wait_all_serving(v)?;
         ids.push(id);
     }
@@ -165,23 +172,23 @@ fn an_operator_cannot_downgrade_without_the_signing_key() -> anyhow::Result<()> 
     let rc = fleet.release("1.5.0-rc1", Mode::Healthy)?;
     let sig = publisher.sign(&fleet, &rc, None)?;
     let (_, r) = roll(&fleet, &rc, &sig, "rc")?;
-    assert!(r.starts_with("failed"), "rc: {r}");
-    assert!(r.contains("not newer than 2.0.0"), "rc: {r}");
+    assert_eq!(r.phase, Phase::Failed, "rc: {r}");
+    assert!(r.reasons.contains("not newer than 2.0.0"), "rc: {r}");
     fleet.wait_all_serving("2.0.0")?;
 
     // 3. A build signed for staging does not install in production; one for production does.
     let v3 = fleet.release("3.0.0", Mode::Healthy)?;
     let staging = publisher.sign(&fleet, &v3, Some("staging"))?;
     let (_, r) = roll(&fleet, &v3, &staging, "staging")?;
-    assert!(r.starts_with("failed"), "staging: {r}");
+    assert_eq!(r.phase, Phase::Failed, "staging: {r}");
     assert!(
-        r.contains("for fleet test, environment production"),
+        r.reasons.contains("for fleet test, environment production"),
         "staging: {r}"
     );
     fleet.wait_all_serving("2.0.0")?;
     let production = publisher.sign(&fleet, &v3, Some("production"))?;
     let (v3_id, r) = roll(&fleet, &v3, &production, "production")?;
-    assert!(r.starts_with("succeeded"), "production: {r}");
+    assert_eq!(r.phase, Phase::Succeeded, "production: {r}");
     fleet.wait_all_serving("3.0.0")?;
 
     // 4. The latest rollout rolls back to the release run just before it.

@@ -18,7 +18,8 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rollgate_tests::{Fleet, FleetOpts, Mode, Release};
+use rollgate_tests::pb::Phase;
+use rollgate_tests::{Ending, Fleet, FleetOpts, Mode, Release};
 use sha2::{Digest, Sha256};
 
 const STRATEGY: &str = "max_unavailable = 2\nmin_healthy_time = \"200ms\"";
@@ -95,8 +96,8 @@ fn spec_from(fleet: &Fleet, release: &Release, source: &str, name: &str) -> anyh
     Ok(id)
 }
 
-/// Rolls out `release` from `source`; returns "phase reason | reason".
-fn roll(fleet: &Fleet, release: &Release, source: &str, name: &str) -> anyhow::Result<String> {
+/// Rolls out `release` from `source`; returns how it ended.
+fn roll(fleet: &Fleet, release: &Release, source: &str, name: &str) -> anyhow::Result<Ending> {
     let id = spec_from(fleet, release, source, name)?;
     let s = fleet.wait_settled(&id, SETTLE)?;
     let reasons: Vec<String> = s
@@ -105,7 +106,10 @@ fn roll(fleet: &Fleet, release: &Release, source: &str, name: &str) -> anyhow::R
         .map(|h| format!("{}: {}", h.host_id, h.reason))
         .collect();
     fleet.wait_service_free("web")?;
-    let r = format!("{} {}", s.phase, reasons.join(" | "));
+    let r = Ending {
+        phase: s.phase(),
+        reasons: reasons.join(" | "),
+    };
     println!("{name} ({source}): {r}");
     Ok(r)
 }
@@ -162,31 +166,31 @@ fn release_sources_outside_the_allowed_prefixes_are_never_fetched() -> anyhow::R
         "https",
     )?;
     assert_eq!(seen(), Vec::<String>::new(), "the server was reached");
-    assert!(r.starts_with("failed"), "https: {r}");
+    assert_eq!(r.phase, Phase::Failed, "https: {r}");
     for h in ["host-1", "host-2"] {
         assert!(
-            r.contains(&format!("host {h} refuses web 2.0.0")),
+            r.reasons.contains(&format!("host {h} refuses web 2.0.0")),
             "https: {r}"
         );
     }
     assert!(
-        r.contains("its source (https) is not allowed here"),
+        r.reasons.contains("its source (https) is not allowed here"),
         "https: {r}"
     );
     assert!(
-        !r.contains("127.0.0.1"),
+        !r.reasons.contains("127.0.0.1"),
         "the refusal names the scheme, not the address: {r}"
     );
     fleet.wait_all_serving("1.0.0")?;
 
     // 2. A local file outside file_source_dirs (there are none).
     let r = roll(&fleet, &v2, "file:///etc/passwd", "file")?;
-    assert!(r.starts_with("failed"), "file: {r}");
+    assert_eq!(r.phase, Phase::Failed, "file: {r}");
     assert!(
-        r.contains("its source (file) is not allowed here"),
+        r.reasons.contains("its source (file) is not allowed here"),
         "file: {r}"
     );
-    assert!(r.contains("file_source_dirs"), "file: {r}");
+    assert!(r.reasons.contains("file_source_dirs"), "file: {r}");
     fleet.wait_all_serving("1.0.0")?;
     let logs = agent_logs(&fleet)?;
     for h in ["host-1", "host-2"] {
@@ -205,7 +209,7 @@ fn release_sources_outside_the_allowed_prefixes_are_never_fetched() -> anyhow::R
         &format!("http://127.0.0.1:{port}/ok/web-2.0.0"),
         "allowed",
     )?;
-    assert!(r.starts_with("succeeded"), "allowed: {r}");
+    assert_eq!(r.phase, Phase::Succeeded, "allowed: {r}");
     fleet.wait_all_serving("2.0.0")?;
     println!("server saw after the allowed rollout: {:?}", seen());
     assert!(seen().iter().all(|p| p == "/ok/web-2.0.0"), "{:?}", seen());
@@ -219,9 +223,9 @@ fn release_sources_outside_the_allowed_prefixes_are_never_fetched() -> anyhow::R
         "redirect",
     )?;
     println!("server saw after the redirect: {:?}", seen());
-    assert!(r.starts_with("failed"), "redirect: {r}");
+    assert_eq!(r.phase, Phase::Failed, "redirect: {r}");
     assert!(
-        r.contains("302 Found") && r.contains("does not follow"),
+        r.reasons.contains("302 Found") && r.reasons.contains("does not follow"),
         "redirect: {r}"
     );
     assert!(

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use rollgate_tests::pb::{HostState, Phase};
 use rollgate_tests::{wait_for, Fleet, FleetOpts, Mode};
 
 #[test]
@@ -38,7 +39,11 @@ fn offline_host_holds_the_budget_until_it_returns() -> anyhow::Result<()> {
     let mut last = None;
     while std::time::Instant::now() < window {
         let s = fleet.status(&id)?;
-        let started: Vec<_> = s.hosts.iter().filter(|h| h.state != "pending").collect();
+        let started: Vec<_> = s
+            .hosts
+            .iter()
+            .filter(|h| h.state() != HostState::Pending)
+            .collect();
         assert!(
             started.is_empty(),
             "a host started while host-3 was offline: {s:?}"
@@ -60,7 +65,7 @@ fn offline_host_holds_the_budget_until_it_returns() -> anyhow::Result<()> {
 
     fleet.agent("host-3").proc.signal(Signal::SIGCONT);
     let s = fleet.wait_settled(&id, Duration::from_secs(60))?;
-    assert_eq!(s.phase, "succeeded", "{s:?}");
+    assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
     fleet.wait_all_serving("2.0.0")?;
     Ok(())
 }

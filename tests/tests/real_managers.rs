@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rollgate_tests::managers::{DockerEngine, UserManager};
+use rollgate_tests::pb::{HostState, Phase};
 use rollgate_tests::{bin, brief, service_version, wait_for, Fleet, FleetOpts};
 
 /// The port the container publishes inside the engine's network namespace.
@@ -123,7 +124,7 @@ fn roll_out(
     let s = fleet.wait_settled(&id, ROLLOUT_WAIT)?;
     println!(
         "{service} {version}: {} in {:.1?}: {}",
-        s.phase,
+        s.phase().word(),
         started.elapsed(),
         brief(&s)
     );
@@ -202,13 +203,13 @@ fn wait_webct(engine: &DockerEngine, version: &str) -> anyhow::Result<()> {
 }
 
 fn assert_rolled_back(s: &rollgate_tests::pb::RolloutStatus, good: &str) {
-    assert_eq!(s.phase, "failed", "{s:?}");
+    assert_eq!(s.phase(), Phase::Failed, "{s:?}");
     assert_eq!(s.hosts.len(), 1, "{s:?}");
     let h = &s.hosts[0];
-    assert_eq!(h.state, "rolled_back", "{s:?}");
+    assert_eq!(h.state(), HostState::RolledBack, "{s:?}");
     assert_eq!(h.running_version, good, "{s:?}");
     assert!(!h.reason.is_empty(), "no reason given: {s:?}");
-    println!("  {}: {} ({})", h.host_id, h.state, h.reason);
+    println!("  {}: {} ({})", h.host_id, h.state().word(), h.reason);
 }
 
 #[test]
@@ -251,18 +252,18 @@ fn rollout_upgrades_and_rolls_back_systemd_and_container_services() -> anyhow::R
 
     // First install of both.
     let s = roll_out(&fleet, "websd", "1.0.0", &sd1)?;
-    assert_eq!(s.phase, "succeeded", "{s:?}");
+    assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
     let s = roll_out(&fleet, "webct", "1.0.0", &ct1)?;
-    assert_eq!(s.phase, "succeeded", "{s:?}");
+    assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
     wait_websd(&manager, port, "1.0.0")?;
     wait_webct(&engine, "1.0.0")?;
 
     // A good upgrade of both: the managers run 2.0.0 and it answers.
     let s = roll_out(&fleet, "websd", "2.0.0", &sd2)?;
-    assert_eq!(s.phase, "succeeded", "{s:?}");
+    assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
     assert_eq!(s.hosts[0].running_version, "2.0.0", "{s:?}");
     let s = roll_out(&fleet, "webct", "2.0.0", &ct2)?;
-    assert_eq!(s.phase, "succeeded", "{s:?}");
+    assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
     assert_eq!(s.hosts[0].running_version, "2.0.0", "{s:?}");
     wait_websd(&manager, port, "2.0.0")?;
     wait_webct(&engine, "2.0.0")?;

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rollgate_tests::{Fleet, FleetOpts, Mode, Release};
+use rollgate_tests::pb::Phase;
+use rollgate_tests::{Ending, Fleet, FleetOpts, Mode, Release};
 
 const STRATEGY: &str = "max_unavailable = 3\nmin_healthy_time = \"200ms\"";
 
@@ -72,12 +73,18 @@ fn sign(fleet: &Fleet, key: &Path, release: &Release, out: &Path) -> anyhow::Res
     Ok(out.to_path_buf())
 }
 
-fn rollout(fleet: &Fleet, spec: &Path) -> anyhow::Result<(String, String)> {
+fn rollout(fleet: &Fleet, spec: &Path) -> anyhow::Result<(String, Ending)> {
     let id = fleet.start_rollout(spec)?;
     let status = fleet.wait_settled(&id, Duration::from_secs(60))?;
     let reasons: Vec<String> = status.hosts.iter().map(|h| h.reason.clone()).collect();
-    println!("{id}: {} {reasons:?}", status.phase);
-    Ok((id, status.phase.clone() + " " + &reasons.join(" | ")))
+    println!("{id}: {} {reasons:?}", status.phase().word());
+    Ok((
+        id,
+        Ending {
+            phase: status.phase(),
+            reasons: reasons.join(" | "),
+        },
+    ))
 }
 
 #[test]
@@ -108,12 +115,12 @@ fn signed_releases_roll_out_and_bad_signatures_change_nothing() -> anyhow::Resul
     let v1 = fleet.release("1.0.0", Mode::Healthy)?;
     let sig1 = sign(&fleet, &private, &v1, &keys.path().join("v1.sig"))?;
     let (_, r) = rollout(&fleet, &spec(&fleet, &v1, "v1", Some(&sig1)))?;
-    assert!(r.starts_with("succeeded"), "{r}");
+    assert_eq!(r.phase, Phase::Succeeded, "{r}");
     fleet.wait_all_serving("1.0.0")?;
     let v2 = fleet.release("2.0.0", Mode::Healthy)?;
     let sig2 = sign(&fleet, &private, &v2, &keys.path().join("v2.sig"))?;
     let (v2_id, r) = rollout(&fleet, &spec(&fleet, &v2, "v2", Some(&sig2)))?;
-    assert!(r.starts_with("succeeded"), "{r}");
+    assert_eq!(r.phase, Phase::Succeeded, "{r}");
     fleet.wait_all_serving("2.0.0")?;
 
     // Unsigned, and signed by a key the agents do not pin: refused, nothing swapped.
@@ -129,8 +136,8 @@ fn signed_releases_roll_out_and_bad_signatures_change_nothing() -> anyhow::Resul
         ("wrong-key", Some(wrong.as_path()), "does not trust"),
     ] {
         let (_, r) = rollout(&fleet, &spec(&fleet, &v3, name, sig))?;
-        assert!(r.starts_with("failed"), "{name}: {r}");
-        assert!(r.contains(want), "{name}: {want:?} not in {r}");
+        assert_eq!(r.phase, Phase::Failed, "{name}: {r}");
+        assert!(r.reasons.contains(want), "{name}: {want:?} not in {r}");
         fleet.wait_all_serving("2.0.0")?;
         fleet.wait_service_free("web")?;
     }
@@ -152,9 +159,9 @@ fn signed_releases_roll_out_and_bad_signatures_change_nothing() -> anyhow::Resul
     println!("{out}");
     fleet.wait_all_serving("1.0.0")?;
     let s = fleet.status(&v2_id)?;
-    assert_eq!(s.phase, "rolled_back", "{s:?}");
+    assert_eq!(s.phase(), Phase::RolledBack, "{s:?}");
     let rb = fleet.status(&s.rolled_back_by)?;
-    assert_eq!(rb.phase, "succeeded", "{rb:?}");
+    assert_eq!(rb.phase(), Phase::Succeeded, "{rb:?}");
     assert_eq!(rb.version, "1.0.0");
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use rollgate_tests::pb::Phase;
 use rollgate_tests::{Fleet, FleetOpts, Mode, SiteLayout};
 
 #[test]
@@ -43,7 +44,7 @@ fn nine_hosts_in_three_sites_at_most_one_down_per_site() -> anyhow::Result<()> {
             ))
             .collect::<Vec<_>>()
     );
-    assert_eq!(s.phase, "succeeded", "{s:?}");
+    assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
     assert_eq!(s.done, 9, "{s:?}");
     assert_eq!(seen.max_per_group.len(), 3, "{:?}", seen.max_per_group);
     for (site, worst) in &seen.max_per_group {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use nix::sys::signal::Signal;
+use rollgate_tests::pb::{HostState, Phase};
 use rollgate_tests::{Fleet, FleetOpts, Mode};
 
 /// canary = 1 with a manual gate: the canary finishes, then nothing else starts until an
@@ -35,7 +36,7 @@ fn manual_canary_gate_holds_until_promoted() -> anyhow::Result<()> {
         let started: Vec<&str> = s
             .hosts
             .iter()
-            .filter(|h| h.state != "pending")
+            .filter(|h| h.state() != HostState::Pending)
             .map(|h| h.host_id.as_str())
             .collect();
         most_started = most_started.max(started.len());
@@ -48,7 +49,7 @@ fn manual_canary_gate_holds_until_promoted() -> anyhow::Result<()> {
         }
         Ok(s.hosts
             .iter()
-            .find(|h| h.state == "done")
+            .find(|h| h.state() == HostState::Done)
             .map(|h| Ok(h.host_id.clone())))
     })?;
     let canary = match canary {
@@ -59,11 +60,11 @@ fn manual_canary_gate_holds_until_promoted() -> anyhow::Result<()> {
 
     let last = fleet.hold_for(&id, Duration::from_secs(2), |s| {
         for h in s.hosts.iter().filter(|h| h.host_id != canary) {
-            if h.state != "pending" {
+            if h.state() != HostState::Pending {
                 bail!(
                     "{} started before the gate was promoted: {}",
                     h.host_id,
-                    h.state
+                    h.state().word()
                 );
             }
         }
@@ -71,7 +72,11 @@ fn manual_canary_gate_holds_until_promoted() -> anyhow::Result<()> {
     })?;
     println!(
         "at the gate: phase {} gate {:?} blocked_by {:?} wave {}/{}",
-        last.phase, last.gate, last.blocked_by, last.wave, last.waves
+        last.phase().word(),
+        last.gate,
+        last.blocked_by,
+        last.wave,
+        last.waves
     );
     assert!(
         !last.gate.is_empty(),
@@ -86,13 +91,14 @@ fn manual_canary_gate_holds_until_promoted() -> anyhow::Result<()> {
     let promoted = fleet.promote(&id)?;
     println!(
         "promoted: phase {} gate {:?}",
-        promoted.phase, promoted.gate
+        promoted.phase().word(),
+        promoted.gate
     );
     let s = fleet.wait_settled(&id, Duration::from_secs(60))?;
     fleet.wait_all_serving("2.0.0")?;
     let seen = observer.finish();
     seen.print(2, None);
-    assert_eq!(s.phase, "succeeded", "{s:?}");
+    assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
     assert_eq!(s.done, 4, "{s:?}");
     assert!(
         seen.max_unavailable <= 2,
@@ -124,15 +130,15 @@ fn second_failure_rolls_every_host_back_to_the_old_release() -> anyhow::Result<(
     let s = fleet.wait_settled(&id, Duration::from_secs(90))?;
     println!(
         "{id}: phase {} reason {:?} rolled_back_by {:?}; hosts {:?}",
-        s.phase,
+        s.phase().word(),
         s.reason,
         s.rolled_back_by,
         s.hosts
             .iter()
-            .map(|h| format!("{}:{}", h.host_id, h.state))
+            .map(|h| format!("{}:{}", h.host_id, h.state().word()))
             .collect::<Vec<_>>()
     );
-    assert_eq!(s.phase, "rolled_back", "{s:?}");
+    assert_eq!(s.phase(), Phase::RolledBack, "{s:?}");
     assert!(
         !s.rolled_back_by.is_empty(),
         "rolled_back_by is empty: {s:?}"
@@ -141,9 +147,14 @@ fn second_failure_rolls_every_host_back_to_the_old_release() -> anyhow::Result<(
     let rb = fleet.wait_settled(&s.rolled_back_by, Duration::from_secs(90))?;
     println!(
         "rollback {}: phase {} version {} rollback_of {:?} done {}/{}",
-        rb.id, rb.phase, rb.version, rb.rollback_of, rb.done, rb.total
+        rb.id,
+        rb.phase().word(),
+        rb.version,
+        rb.rollback_of,
+        rb.done,
+        rb.total
     );
-    assert_eq!(rb.phase, "succeeded", "{rb:?}");
+    assert_eq!(rb.phase(), Phase::Succeeded, "{rb:?}");
     assert_eq!(rb.rollback_of, id, "{rb:?}");
     assert_eq!(rb.version, "1.0.0", "{rb:?}");
     fleet.wait_all_serving("1.0.0")?;
@@ -204,13 +215,14 @@ fn stalled_rollout_fails_at_its_progress_deadline() -> anyhow::Result<()> {
     let took = started.elapsed();
     println!(
         "ended {} after {took:?} (progress_deadline 3s): reason {:?}",
-        s.phase, s.reason
+        s.phase().word(),
+        s.reason
     );
     fleet.agent("host-2").proc.signal(Signal::SIGCONT);
     observer.count_as_down("host-2", false);
     let seen = observer.finish();
     seen.print(1, None);
-    assert_eq!(s.phase, "failed", "{s:?}");
+    assert_eq!(s.phase(), Phase::Failed, "{s:?}");
     assert!(
         s.reason.to_lowercase().contains("progress"),
         "the reason does not mention progress: {:?}",
@@ -223,7 +235,8 @@ fn stalled_rollout_fails_at_its_progress_deadline() -> anyhow::Result<()> {
     );
     for h in &s.hosts {
         assert_eq!(
-            h.state, "pending",
+            h.state(),
+            HostState::Pending,
             "{} started while the budget was full: {s:?}",
             h.host_id
         );

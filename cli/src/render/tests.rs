@@ -1,7 +1,7 @@
 //! Table tests of the text output.
 
 use super::*;
-use rollgate_proto::pb::WavePlan;
+use rollgate_proto::pb::{self, HostState, Phase, Step, WavePlan};
 use std::collections::HashMap;
 
 #[test]
@@ -40,11 +40,11 @@ fn tables_align() {
     );
 }
 
-fn host(id: &str, state: &str, step: &str, message: &str) -> HostProgress {
+fn host(id: &str, state: HostState, step: Step, message: &str) -> HostProgress {
     HostProgress {
         host_id: id.into(),
-        state: state.into(),
-        step: step.into(),
+        state: state as i32,
+        step: step as i32,
         message: message.into(),
         connected: true,
         running_version: "1.0.0".into(),
@@ -58,7 +58,7 @@ fn status() -> RolloutStatus {
         id: "r-7".into(),
         service: "demo".into(),
         version: "2.0.0".into(),
-        phase: "rolling".into(),
+        phase: Phase::Rolling as i32,
         max_unavailable: 1,
         unavailable: 1,
         total: 3,
@@ -69,13 +69,13 @@ fn status() -> RolloutStatus {
 
 #[test]
 fn status_blocks() {
-    let mut failed = host("h3", "failed", "", "");
+    let mut failed = host("h3", HostState::Failed, Step::Unspecified, "");
     failed.reason = "health check failed: 500".into();
     failed.connected = false;
     failed.health = pb::Health::Unhealthy as i32;
-    let mut updating = host("h2", "updating", "verifying", "2/5 probes");
+    let mut updating = host("h2", HostState::Updating, Step::Verifying, "2/5 probes");
     updating.holds_slot = true;
-    let mut done = host("h1", "done", "", "");
+    let mut done = host("h1", HostState::Done, Step::Unspecified, "");
     done.running_version = "2.0.0".into();
 
     let table: Vec<(RolloutStatus, &str)> = vec![
@@ -96,7 +96,7 @@ waiting: budget full: h2 holds the only slot
         ),
         (
             RolloutStatus {
-                phase: "aborted".into(),
+                phase: Phase::Aborted as i32,
                 reason: "aborted by operator".into(),
                 ..status()
             },
@@ -107,7 +107,7 @@ reason: aborted by operator
         ),
         (
             RolloutStatus {
-                hosts: vec![host("h1", "pending", "", "queued")],
+                hosts: vec![host("h1", HostState::Pending, Step::Unspecified, "queued")],
                 ..status()
             },
             "\
@@ -123,20 +123,20 @@ rollout r-7: demo -> 2.0.0  rolling  done 1/3  failed 0 (max 0)  unavailable 1/1
 
 #[test]
 fn status_blocks_with_waves_groups_and_rollbacks() {
-    let placed = |id: &str, state: &str, group: &str, wave: u32| HostProgress {
+    let placed = |id: &str, state: HostState, group: &str, wave: u32| HostProgress {
         group: group.into(),
         wave,
-        ..host(id, state, "", "")
+        ..host(id, state, Step::Unspecified, "")
     };
-    let mut lost = placed("h4", "lost", "b", 1);
+    let mut lost = placed("h4", HostState::Lost, "b", 1);
     lost.holds_slot = true;
     lost.connected = false;
     lost.health = pb::Health::Unknown as i32;
-    let mut staged = placed("h3", "pending", "b", 2);
+    let mut staged = placed("h3", HostState::Pending, "b", 2);
     staged.staged = true;
-    let mut failed = placed("h2", "failed", "a", 1);
+    let mut failed = placed("h2", HostState::Failed, "a", 1);
     failed.reason = "exited with status 1".into();
-    let fleet = vec![lost, staged, failed, placed("h1", "done", "a", 0)];
+    let fleet = vec![lost, staged, failed, placed("h1", HostState::Done, "a", 0)];
 
     let table: Vec<(RolloutStatus, &str)> = vec![
         (
@@ -180,13 +180,13 @@ groups (by site): a 0/1, b 1/1
         (
             // Being rolled back; a bake gate needs no command. No group_by: no GROUP column.
             RolloutStatus {
-                phase: "rolling_back".into(),
+                phase: Phase::RollingBack as i32,
                 waves: 2,
                 wave: 5,
                 gate: "bake until 12:00:00".into(),
                 rolled_back_by: "r-8".into(),
                 reason: "1 host failed (max 0)".into(),
-                hosts: vec![placed("h1", "done", "", 1)],
+                hosts: vec![placed("h1", HostState::Done, "", 1)],
                 ..status()
             },
             "\
@@ -203,13 +203,13 @@ reason: 1 host failed (max 0)
             RolloutStatus {
                 id: "r-8".into(),
                 version: "1.0.0".into(),
-                phase: "rolled_back".into(),
+                phase: Phase::RolledBack as i32,
                 rollback_of: "r-7".into(),
                 waves: 1,
                 group_by: "site".into(),
                 hosts: vec![HostProgress {
                     reason: "no heartbeat for 30s".into(),
-                    ..placed("h9", "lost", "a", 0)
+                    ..placed("h9", HostState::Lost, "a", 0)
                 }],
                 ..status()
             },
@@ -414,7 +414,7 @@ fn hosts_listing() {
 #[test]
 fn one_liners() {
     let s = RolloutStatus {
-        phase: "paused".into(),
+        phase: Phase::Paused as i32,
         ..status()
     };
     assert_eq!(
@@ -423,7 +423,7 @@ fn one_liners() {
     );
     assert_eq!(phase_changed(&s), "rollout r-7 is now paused");
     let promoted = RolloutStatus {
-        phase: "rolling".into(),
+        phase: Phase::Rolling as i32,
         waves: 3,
         wave: 1,
         ..status()
@@ -515,7 +515,12 @@ fn peer_text_is_shown_escaped() {
     );
     assert!(table.contains("demo 1.0\\u{d}FAKE healthy"), "{table}");
 
-    let mut h = host("web-1", "failed", "verifying", "probe \u{202e}ko");
+    let mut h = host(
+        "web-1",
+        HostState::Failed,
+        Step::Verifying,
+        "probe \u{202e}ko",
+    );
     h.reason = "bad\n  web-9  done  2.0.0  healthy  yes".into();
     let mut s = status();
     s.hosts = vec![h];

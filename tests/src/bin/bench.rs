@@ -29,6 +29,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use rollgate_tests::pb::Phase;
 use rollgate_tests::{bin, Fleet, FleetOpts, Mode, Proc, HEARTBEAT};
 
 /// The probe interval the harness configures for every test service.
@@ -506,8 +507,8 @@ fn handover(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         )?;
         let id = fleet.start_rollout(&spec)?;
         let status = fleet.wait_settled(&id, Duration::from_secs(120))?;
-        if status.phase != "succeeded" {
-            bail!("rollout {id} of {version} ended {}", status.phase);
+        if status.phase() != Phase::Succeeded {
+            bail!("rollout {id} of {version} ended {}", status.phase().word());
         }
         let h = handovers_of(&fleet, &id)?;
         println!(
@@ -659,10 +660,10 @@ fn halt(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     )?;
     let id = fleet.start_rollout(&spec)?;
     let status = fleet.wait_settled(&id, Duration::from_secs(60))?;
-    if status.phase != "failed" {
+    if status.phase() != Phase::Failed {
         bail!(
             "the bad rollout {id} ended {} instead of failed",
-            status.phase
+            status.phase().word()
         );
     }
     // The last grants or results may still be on their way to the log.
