@@ -1,6 +1,6 @@
 //! Planner tables.
 use super::*;
-use crate::store::{HostRecord, ServiceState, SlotRecord, WaveDone};
+use crate::store::{Health, HostRecord, ServiceState, SlotRecord, WaveDone};
 use rollgate_proto::spec::{Budget, FailureBudget, ReleaseSpec, RolloutSpec, Strategy, TargetSpec};
 use std::time::Duration;
 
