@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rollgate_proto::spec::Budget;
 
-use super::{Observed, Progress};
+use super::report::Report;
+use super::waves::wave_bounds;
+use super::{Observed, Progress, Progresses};
 use crate::store::{FleetView, Health};
 
 /// Why a target is unavailable.
@@ -20,17 +22,6 @@ pub enum Unavailable {
     Unhealthy,
 }
 
-impl Unavailable {
-    pub(super) fn word(self) -> &'static str {
-        match self {
-            Unavailable::Updating => "updating",
-            Unavailable::Lost => "lost mid-update",
-            Unavailable::Offline => "offline",
-            Unavailable::Unhealthy => "unhealthy",
-        }
-    }
-}
-
 /// A group's share of the budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupUse {
@@ -42,6 +33,118 @@ pub struct GroupUse {
     pub max_unavailable: u32,
     /// Unavailable now.
     pub unavailable: u32,
+}
+
+/// How much of the budget is in use: the rollout's, and with group_by each group's.
+#[derive(Debug, Clone)]
+pub(super) struct BudgetUse {
+    /// Hosts of the service out of service now, with why.
+    pub unavailable: Vec<(String, Unavailable)>,
+    /// The groups' budgets (group_by with max_unavailable_per_group).
+    pub groups: Option<GroupLedger>,
+}
+
+impl BudgetUse {
+    /// The report's first part: the budget's use and the waves.
+    pub fn report(&self, o: &Observed<'_>) -> Report {
+        let r = o.rollout;
+        let groups = self.groups.iter();
+        Report {
+            unavailable: self.unavailable.clone(),
+            groups: groups.flat_map(|g| g.use_of.values().cloned()).collect(),
+            waves: wave_bounds(&r.spec.strategy, r.targets.len(), r.rollback_of.is_some()),
+            ..Report::default()
+        }
+    }
+}
+
+/// Each group's budget, its members, and its use now.
+#[derive(Debug, Clone)]
+pub(super) struct GroupLedger {
+    /// The group_by label.
+    pub label: String,
+    /// Group -> its share: targets in it, its budget, unavailable now.
+    pub use_of: BTreeMap<String, GroupUse>,
+    /// Host -> the group it counts in.
+    pub group_at: BTreeMap<String, String>,
+}
+
+impl GroupLedger {
+    /// Takes a unit of `host`'s group budget (none when `adds` is false: the host is already
+    /// out of service), counting in `used`; the group's name when it is full.
+    pub fn take(
+        &self,
+        host: &str,
+        adds: bool,
+        used: &mut BTreeMap<String, usize>,
+    ) -> Result<(), String> {
+        let g = self.group_at.get(host).cloned().unwrap_or_default();
+        let Some(share) = self.use_of.get(&g) else {
+            return Ok(());
+        };
+        let now = used.entry(g.clone()).or_insert(share.unavailable as usize);
+        if *now + usize::from(adds) > share.max_unavailable as usize {
+            return Err(g);
+        }
+        *now += usize::from(adds);
+        Ok(())
+    }
+}
+
+/// Step 1, budget use: every host of the service out of service now, and each group's share.
+pub(super) fn budget_use(o: &Observed<'_>, progress: &Progresses<'_>) -> BudgetUse {
+    let unavailable: Vec<(String, Unavailable)> = counted_hosts(o)
+        .into_iter()
+        .filter_map(|h| {
+            let p = progress.get(h).copied().unwrap_or(Progress::Pending);
+            why_unavailable(h, p, o).map(|w| (h.clone(), w))
+        })
+        .collect();
+    let groups = group_ledger(o, &unavailable);
+    BudgetUse {
+        unavailable,
+        groups,
+    }
+}
+
+/// The group budgets, as fixed when the rollout was created, with their use now.
+fn group_ledger(o: &Observed<'_>, unavailable: &[(String, Unavailable)]) -> Option<GroupLedger> {
+    let st = &o.rollout.spec.strategy;
+    let (Some(label), Some(per)) = (&st.group_by, st.max_unavailable_per_group) else {
+        return None;
+    };
+    let budgets = group_budgets(o, label, per);
+    let group_at: BTreeMap<String, String> = counted_hosts(o)
+        .into_iter()
+        .filter_map(|h| group_in(o, &budgets, label, h).map(|g| (h.clone(), g)))
+        .collect();
+    let mut use_of: BTreeMap<String, GroupUse> = budgets
+        .iter()
+        .map(|(g, b)| {
+            let share = GroupUse {
+                group: g.clone(),
+                hosts: 0,
+                max_unavailable: *b,
+                unavailable: 0,
+            };
+            (g.clone(), share)
+        })
+        .collect();
+    for h in &o.rollout.targets {
+        if let Some(share) = group_at.get(h).and_then(|g| use_of.get_mut(g)) {
+            share.hosts += 1;
+        }
+    }
+    for (h, _) in unavailable {
+        if let Some(share) = group_at.get(h).and_then(|g| use_of.get_mut(g)) {
+            share.unavailable += 1;
+        }
+    }
+    Some(GroupLedger {
+        label: label.clone(),
+        use_of,
+        group_at,
+    })
 }
 
 /// The group a host belongs to under `group_by` ("" without a label), by its labels now.
@@ -122,7 +225,7 @@ pub fn in_flight(o: &Observed<'_>, host: &str) -> u64 {
 /// Why a host of the service is out of service right now, if it is. Evidence of an update
 /// (a live slot, a grant, an order the agent reports in flight) counts before anything else,
 /// even on a fenced host that is in fact connected.
-pub(super) fn why_unavailable(host: &str, p: Progress, o: &Observed<'_>) -> Option<Unavailable> {
+fn why_unavailable(host: &str, p: Progress, o: &Observed<'_>) -> Option<Unavailable> {
     let svc = &o.rollout.spec.service;
     let record = o.fleet.hosts.get(host);
     let connected = o.fleet.is_connected(host);
