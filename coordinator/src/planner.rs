@@ -247,4 +247,6 @@ pub fn last_progress(o: &Observed<'_>) -> i64 {
 }
 
 #[cfg(test)]
+mod legacy;
+#[cfg(test)]
 mod tests;

@@ -145,7 +145,7 @@ impl World {
             fleet: &self.fleet,
             now_ms: self.now,
         })
-        .into()
+        .into_checked(self)
     }
     fn set(&mut self, h: &str, state: HostState) {
         let step = self.steps.entry(h.into()).or_insert_with(HostStep::pending);
@@ -646,4 +646,209 @@ fn groups_are_the_ones_frozen_at_creation() {
         .groups
         .iter()
         .all(|g| g.hosts == 2 && g.max_unavailable == 1));
+}
+
+impl Plan {
+    fn into_checked(self, w: &World) -> Outcome {
+        let new: Outcome = self.into();
+        let old = super::legacy::plan(super::legacy::Observed {
+            rollout: &w.rollout,
+            steps: &w.steps,
+            staged: &w.staged,
+            fleet: &w.fleet,
+            now_ms: w.now,
+        });
+        let mut want = Outcome {
+            unavailable: new.unavailable.clone(),
+            groups: new.groups.clone(),
+            failures: old.failures.clone(),
+            blocked_by: old.blocked_by.clone(),
+            gate: old.gate.clone(),
+            ..Outcome::default()
+        };
+        let ua: Vec<String> = old.unavailable.iter().map(|u| format!("{u:?}")).collect();
+        let ub: Vec<String> = new.unavailable.iter().map(|u| format!("{u:?}")).collect();
+        assert_eq!(ua, ub);
+        let ga: Vec<String> = old.groups.iter().map(|u| format!("{u:?}")).collect();
+        let gb: Vec<String> = new.groups.iter().map(|u| format!("{u:?}")).collect();
+        assert_eq!(ga, gb);
+        if let Some(r) = &old.rollback {
+            want.rollback = Some(format!("{r}. Rolling back (on_failure = rollback)"));
+        } else if let Some(p) = &old.phase {
+            want.phase = Some(p.clone());
+        } else if let Some(s) = old.stamp_wave {
+            want.stamp_wave = Some(s);
+        } else if let Some(a) = old.advance_wave {
+            want.advance_wave = Some(a);
+        } else {
+            want.grants = old.grants.clone();
+            want.wake_at_ms = old.wake_at_ms;
+        }
+        assert_eq!(want, new, "old {old:?}");
+        new
+    }
+}
+
+#[test]
+fn tmp_random_worlds_agree_with_the_old_planner() {
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    let mut rnd = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n.max(1)
+    };
+    let mut tally = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..60_000 {
+        let n = 1 + rnd(7) as usize;
+        let mut st = strategy(match rnd(3) {
+            0 => Budget::Count(rnd(4) as u32),
+            1 => Budget::Count(1),
+            _ => Budget::Percent(1 + rnd(100) as u32),
+        });
+        if rnd(2) == 0 {
+            st.canary = Some(Budget::Count(1 + rnd(2) as u32));
+            st.canary_gate = if rnd(2) == 0 {
+                Gate::Manual
+            } else {
+                Gate::Bake(Duration::from_millis(rnd(50_000)))
+            };
+        }
+        if rnd(2) == 0 {
+            st.waves = vec![
+                Budget::Percent(rnd(100) as u32),
+                Budget::Count(rnd(6) as u32),
+            ];
+            st.pause_between_waves = Duration::from_millis(rnd(3) * 15_000);
+        }
+        if rnd(3) == 0 {
+            st.group_by = Some("site".into());
+            if rnd(4) != 0 {
+                st.max_unavailable_per_group = Some(Budget::Count(rnd(3) as u32));
+            }
+        }
+        st.stage_first = rnd(4) == 0;
+        st.on_failure = [OnFailure::Halt, OnFailure::Pause, OnFailure::Rollback][rnd(3) as usize];
+        st.max_failures = FailureBudget::Count(rnd(3) as u32);
+        st.progress_deadline = Duration::from_millis(rnd(4) * 100_000);
+        st.healthy_deadline = Duration::from_millis(rnd(3) * 100);
+        let mut w = world(n, st);
+        w.rollout.phase = [
+            Phase::Rolling,
+            Phase::Rolling,
+            Phase::Rolling,
+            Phase::Paused,
+            Phase::Failed,
+            Phase::RollingBack,
+        ][rnd(6) as usize];
+        if rnd(3) == 0 {
+            w.rollout.reason = "because".into();
+        }
+        if rnd(4) == 0 {
+            w.rollout.rollback_of = Some("p".into());
+        }
+        w.rollout.wave = rnd(4) as u32;
+        if rnd(2) == 0 {
+            w.rollout.wave_done = Some(WaveDone {
+                wave: rnd(3) as u32,
+                at_ms: NOW - rnd(6000) as i64,
+            });
+        }
+        w.rollout.tolerated_failures = rnd(2) as u32;
+        w.now = NOW + rnd(60_000) as i64 - 1000;
+        for i in 1..=n + 2 {
+            let h = format!("h{i}");
+            if i > n {
+                if rnd(3) == 0 {
+                    bystander(&mut w, &h, "s1", Health::Unhealthy);
+                }
+                continue;
+            }
+            match rnd(9) {
+                0 => w.hold(&h),
+                1 => {
+                    w.hold(&h);
+                    w.fleet.slots.remove(&("svc".to_string(), h.clone()));
+                }
+                2 => w.set(&h, HostState::Done),
+                3 => w.set(&h, HostState::Failed),
+                4 => w.set(&h, HostState::RolledBack),
+                5 => {
+                    w.hold(&h);
+                    let s = w.steps.get_mut(&h).expect("step");
+                    s.step = AgentStep::RollingBack;
+                    s.message = "bad".into();
+                    if rnd(2) == 0 {
+                        s.reason = "worse".into();
+                    }
+                }
+                _ => {}
+            }
+            match rnd(8) {
+                0 => {
+                    w.fleet.connected.remove(&h);
+                }
+                1 => w.health(&h, Health::Unhealthy),
+                2 => w.fleet.hosts.get_mut(&h).expect("h").fenced = true,
+                3 => {
+                    let s = w.fleet.hosts.get_mut(&h).expect("h");
+                    s.services.get_mut("svc").expect("svc").in_flight_token = 3;
+                }
+                4 => {
+                    let s = w.fleet.hosts.get_mut(&h).expect("h");
+                    s.labels.clear();
+                }
+                _ => {}
+            }
+            if rnd(3) == 0 {
+                w.staged.insert(
+                    h.clone(),
+                    StageRecord {
+                        ok: rnd(3) != 0,
+                        reason: "no room".into(),
+                        at_ms: NOW - rnd(3000) as i64,
+                    },
+                );
+            }
+            if rnd(5) == 0 {
+                w.rollout.groups.insert(h.clone(), format!("s{}", rnd(3)));
+                w.rollout
+                    .group_budgets
+                    .insert(format!("s{}", rnd(3)), rnd(2) as u32);
+            }
+        }
+        let o = w.plan();
+        let mut k = vec![];
+        if !o.grants.is_empty() {
+            k.push("grant".to_string());
+        }
+        if let Some((ph, why)) = &o.phase {
+            k.push(format!(
+                "{ph}:{}",
+                why.split(' ').take(3).collect::<Vec<_>>().join(" ")
+            ));
+        }
+        if o.rollback.is_some() {
+            k.push("rollback".into());
+        }
+        if o.stamp_wave.is_some() {
+            k.push("stamp".into());
+        }
+        if o.advance_wave.is_some() {
+            k.push("open".into());
+        }
+        if o.wake_at_ms.is_some() {
+            k.push("wake".into());
+        }
+        for b in o.blocked_by.split("; ") {
+            k.push(b.split(' ').take(2).collect::<Vec<_>>().join(" "));
+        }
+        if !o.gate.is_empty() {
+            k.push(format!("gate {}", o.gate.split(' ').next().unwrap_or("")));
+        }
+        for x in k {
+            *tally.entry(x).or_insert(0) += 1;
+        }
+    }
+    eprintln!("{tally:#?}");
 }
