@@ -247,6 +247,4 @@ pub fn last_progress(o: &Observed<'_>) -> i64 {
 }
 
 #[cfg(test)]
-mod legacy;
-#[cfg(test)]
 mod tests;
