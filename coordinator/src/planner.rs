@@ -25,7 +25,8 @@ pub use budget::{
     counted_hosts, group_budgets, group_in, group_of, in_flight, GroupUse, Unavailable,
 };
 pub use report::{
-    Blocker, FailureCause, GateWait, Holder, Report, Response, Staging, TooManyFailures, Verdict,
+    Blocker, FailureCause, GateWait, Holder, Report, Response, StageRefusal, Staging,
+    TooManyFailures, Verdict,
 };
 pub use waves::wave_bounds;
 

@@ -119,7 +119,11 @@ fn staging(s: &Staging) -> String {
         s.staged, s.targets, s.version
     );
     if !s.cannot.is_empty() {
-        let cannot: Vec<String> = s.cannot.iter().map(|(h, r)| format!("{h}: {r}")).collect();
+        let cannot: Vec<String> = s
+            .cannot
+            .iter()
+            .map(|c| format!("{}: {}", c.host, c.reason))
+            .collect();
         w.push_str(&format!("; cannot stage: {}", cannot.join("; ")));
     }
     if !s.offline.is_empty() {

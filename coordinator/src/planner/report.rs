@@ -79,10 +79,19 @@ pub struct Staging {
     pub targets: usize,
     /// The release being staged.
     pub version: String,
-    /// Targets that reported they cannot stage, with their reason.
-    pub cannot: Vec<(String, String)>,
+    /// Targets that reported they cannot stage.
+    pub cannot: Vec<StageRefusal>,
     /// Targets with no report that are offline.
     pub offline: Vec<String>,
+}
+
+/// A target that reported it cannot stage the release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageRefusal {
+    /// The target.
+    pub host: String,
+    /// Its agent's reason.
+    pub reason: String,
 }
 
 /// What the gate after the open wave waits for.

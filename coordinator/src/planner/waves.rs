@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rollgate_proto::spec::{Gate, Strategy};
 
-use super::report::{Blocker, GateWait, Staging};
+use super::report::{Blocker, GateWait, StageRefusal, Staging};
 use super::{Observed, Progress, Progresses};
 
 /// Cumulative ends of the waves: the canary, then `waves`, then the rest. Rollbacks have one
@@ -50,7 +50,8 @@ pub(super) fn staging(o: &Observed<'_>, progress: &Progresses<'_>) -> Option<Blo
         .iter()
         .filter_map(|h| {
             let s = o.staged.get(h).filter(|s| !s.ok)?;
-            Some((h.clone(), s.reason.clone()))
+            let (host, reason) = (h.clone(), s.reason.clone());
+            Some(StageRefusal { host, reason })
         })
         .collect();
     let offline = r
