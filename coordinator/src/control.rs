@@ -251,7 +251,7 @@ pub async fn plan(ctx: &Arc<Ctx>, spec_toml: &str) -> Result<pb::RolloutPlan, Co
         steps: Default::default(),
         staged,
     };
-    let p = planner::plan_view(&view, &fleet, now_ms());
+    let p = planner::plan_view(&view, &fleet, now_ms()).report;
     let r = &view.rollout;
     let st = &r.spec.strategy;
     let mut waves = Vec::new();
@@ -279,7 +279,7 @@ pub async fn plan(ctx: &Arc<Ctx>, spec_toml: &str) -> Result<pb::RolloutPlan, Co
         });
         from = *end;
     }
-    let mut blocked_by = p.blocked_by.clone();
+    let mut blocked_by = planner::explain::blocked_by(&p);
     let mut etcd = ctx.etcd.clone();
     let resp = etcd.get(ctx.keys.active(&r.spec.service), None).await?;
     if let Some(other) = resp.kvs().first().and_then(|kv| kv.value_str().ok()) {
@@ -306,7 +306,7 @@ pub async fn plan(ctx: &Arc<Ctx>, spec_toml: &str) -> Result<pb::RolloutPlan, Co
     })
 }
 
-fn groups_pb(p: &planner::Plan) -> Vec<pb::GroupBudget> {
+fn groups_pb(p: &planner::Report) -> Vec<pb::GroupBudget> {
     p.groups
         .iter()
         .map(|g| pb::GroupBudget {
@@ -408,7 +408,7 @@ pub(crate) fn not_found(id: &str) -> ControlError {
 pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
     let r = &view.rollout;
     let now = now_ms();
-    let plan = planner::plan_view(view, fleet, now);
+    let plan = planner::plan_view(view, fleet, now).report;
     let observed = planner::Observed {
         rollout: r,
         steps: &view.steps,
@@ -463,7 +463,7 @@ pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
         blocked_by: if r.phase.is_terminal() {
             String::new()
         } else {
-            plan.blocked_by.clone()
+            planner::explain::blocked_by(&plan)
         },
         max_unavailable: r.max_unavailable,
         unavailable: plan.unavailable.len() as u32,
@@ -484,7 +484,7 @@ pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
         gate: if r.phase.is_terminal() {
             String::new()
         } else {
-            plan.gate.clone()
+            planner::explain::gate(&plan)
         },
         groups: groups_pb(&plan),
         rollback_of: r.rollback_of.clone().unwrap_or_default(),
@@ -572,7 +572,7 @@ pub async fn act(
         let view = store::read_rollout(&mut etcd, keys, &id, fleet.revision)
             .await?
             .ok_or_else(|| not_found(&id))?;
-        let plan = planner::plan_view(&view, &fleet, now_ms());
+        let plan = planner::plan_view(&view, &fleet, now_ms()).report;
         let mut r = view.rollout.clone();
         let refuse = |why: &str| {
             Err(ControlError::Conflict(format!(
@@ -592,7 +592,7 @@ pub async fn act(
                 r.tolerated_failures = r.tolerated_failures.max(plan.failures.len() as u32);
             }
             Action::Resume => return refuse("resume it (only a paused rollout can be resumed)"),
-            Action::Promote if r.phase == Phase::Rolling && !plan.gate.is_empty() => {
+            Action::Promote if r.phase == Phase::Rolling && plan.gate().is_some() => {
                 r.wave += 1;
             }
             Action::Promote => {

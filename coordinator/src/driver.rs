@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::control::{self, ControlError};
-use crate::planner::{self, Plan};
+use crate::planner::{self, explain, Decision, Plan, Unavailable};
 use crate::sessions::limits::{LogLimit, LOG_EVERY};
 use crate::store::{
     self, decode, encode, now_ms, FleetView, HistoryRecord, HostState, HostStep, Phase,
@@ -174,6 +174,8 @@ pub fn fence(leader: &LeaderKey) -> Compare {
     Compare::create_revision(leader.key(), CompareOp::Equal, leader.rev())
 }
 
+/// Plans one rollout and carries the decision out; returns when to plan it again if nothing
+/// changes before.
 async fn drive_rollout(
     ctx: &Arc<Ctx>,
     leader: &LeaderKey,
@@ -182,67 +184,103 @@ async fn drive_rollout(
     token: &mut (u64, i64),
 ) -> Result<Option<i64>, StoreError> {
     let r = &view.rollout;
-
     if r.phase.is_terminal() {
         finish(ctx, leader, r).await?;
         return Ok(None);
     }
+    let Plan { decision, report } = planner::plan_view(view, fleet, now_ms());
+    match decision {
+        Decision::Wait => Ok(None),
+        Decision::WaitUntil(at) => Ok(Some(at)),
+        Decision::Grant {
+            hosts,
+            recheck_at_ms,
+        } => {
+            grant(ctx, leader, fleet, view, &hosts, &report.unavailable, token).await?;
+            Ok(recheck_at_ms)
+        }
+        Decision::StampWave(wave) => {
+            stamp_wave(ctx, leader, view, wave).await?;
+            Ok(None)
+        }
+        Decision::OpenWave(wave) => {
+            open_wave(ctx, leader, view, wave).await?;
+            Ok(None)
+        }
+        Decision::SetPhase(phase, why) => {
+            set_phase(ctx, leader, view, phase, &explain::verdict(&why)).await?;
+            Ok(None)
+        }
+        Decision::StartRollback(why) => {
+            let basis = control::Basis {
+                view,
+                fleet,
+                token_rev: token.1,
+            };
+            start_rollback(ctx, leader, &basis, &explain::verdict(&why)).await?;
+            Ok(None)
+        }
+    }
+}
 
-    let plan = planner::plan_view(view, fleet, now_ms());
-    if let Some(reason) = &plan.rollback {
-        let reason = format!("{reason}. Rolling back (on_failure = rollback)");
-        let basis = control::Basis {
-            view,
-            fleet,
-            token_rev: token.1,
-        };
-        match control::start_rollback(ctx, &basis, &reason, Some(fence(leader))).await {
-            Ok(Some(new)) => {
-                info!(rollout = %r.id, rollback = %new.id, "failure policy started a rollback")
-            }
-            Ok(None) => {}
-            Err(ControlError::Conflict(e)) => {
-                // A grant or an operator got in between: the watch brings the next round.
-                info!(rollout = %r.id, "rollback not started yet: {e}");
-            }
-            Err(e) => {
-                warn!(rollout = %r.id, "cannot roll back: {e}; halting instead");
-                set_phase(
-                    ctx,
-                    leader,
-                    view,
-                    Phase::Failed,
-                    &format!("{reason}; but {e}"),
-                )
-                .await?;
-            }
+/// Starts the rollback the failure policy asks for; halts the rollout if it cannot.
+async fn start_rollback(
+    ctx: &Arc<Ctx>,
+    leader: &LeaderKey,
+    basis: &control::Basis<'_>,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let r = &basis.view.rollout;
+    match control::start_rollback(ctx, basis, reason, Some(fence(leader))).await {
+        Ok(Some(new)) => {
+            info!(rollout = %r.id, rollback = %new.id, "failure policy started a rollback")
         }
-        return Ok(None);
-    }
-    if let Some((phase, reason)) = &plan.phase {
-        set_phase(ctx, leader, view, *phase, reason).await?;
-        return Ok(None);
-    }
-    if let Some(wave) = plan.stamp_wave {
-        let mut next = r.clone();
-        let at_ms = now_ms();
-        next.wave_done = Some(WaveDone { wave, at_ms });
-        if put_rollout(ctx, leader, view, &next).await? {
-            info!(rollout = %r.id, wave = wave + 1, "wave finished; its gate starts now (leader's clock)");
+        Ok(None) => {}
+        Err(ControlError::Conflict(e)) => {
+            // A grant or an operator got in between: the watch brings the next round.
+            info!(rollout = %r.id, "rollback not started yet: {e}");
         }
-        return Ok(None);
-    }
-    if let Some(wave) = plan.advance_wave {
-        let mut next = r.clone();
-        next.wave = wave;
-        next.updated_at_ms = now_ms();
-        if put_rollout(ctx, leader, view, &next).await? {
-            info!(rollout = %r.id, wave, "gate passed; wave {wave} is open");
+        Err(e) => {
+            warn!(rollout = %r.id, "cannot roll back: {e}; halting instead");
+            let why = format!("{reason}; but {e}");
+            set_phase(ctx, leader, basis.view, Phase::Failed, &why).await?;
         }
-        return Ok(None);
     }
-    grant(ctx, leader, fleet, view, &plan, token).await?;
-    Ok(plan.wake_at_ms)
+    Ok(())
+}
+
+/// Stamps the end of a wave with the leader's clock: its timed gate counts from now.
+async fn stamp_wave(
+    ctx: &Arc<Ctx>,
+    leader: &LeaderKey,
+    view: &RolloutView,
+    wave: u32,
+) -> Result<(), StoreError> {
+    let mut next = view.rollout.clone();
+    next.wave_done = Some(WaveDone {
+        wave,
+        at_ms: now_ms(),
+    });
+    if put_rollout(ctx, leader, view, &next).await? {
+        info!(rollout = %next.id, wave = wave + 1, "wave finished; its gate starts now (leader's clock)");
+    }
+    Ok(())
+}
+
+/// Opens a wave: its gate passed.
+async fn open_wave(
+    ctx: &Arc<Ctx>,
+    leader: &LeaderKey,
+    view: &RolloutView,
+    wave: u32,
+) -> Result<(), StoreError> {
+    let mut next = view.rollout.clone();
+    next.wave = wave;
+    next.updated_at_ms = now_ms();
+    if put_rollout(ctx, leader, view, &next).await? {
+        info!(rollout = %next.id, wave, "gate passed; wave {wave} is open");
+    }
+    Ok(())
 }
 
 /// Writes a rollout record the leader changed, fenced and compared with what it read.
@@ -262,54 +300,64 @@ async fn put_rollout(
     Ok(ctx.etcd.clone().txn(txn).await?.succeeded())
 }
 
+/// The slot a grant hands `host`, and the step it records.
+fn grant_records(
+    ctx: &Ctx,
+    r: &RolloutRecord,
+    host: &str,
+    token: u64,
+    now: i64,
+) -> (SlotRecord, HostStep) {
+    let slot = SlotRecord {
+        rollout_id: r.id.clone(),
+        token,
+        host_id: host.to_string(),
+        service: r.spec.service.clone(),
+        version: r.spec.release.version.clone(),
+        source: r.spec.release.source.clone(),
+        sha256: r.spec.release.sha256.clone(),
+        size: r.spec.release.size,
+        signature: r.spec.release.signature.clone(),
+        rollback: r.rollback_of.is_some(),
+        min_healthy_time_ms: r.spec.strategy.min_healthy_time.as_millis() as u64,
+        healthy_deadline_ms: r.spec.strategy.healthy_deadline.as_millis() as u64,
+        granted_by: ctx.config.replica_id.clone(),
+        granted_at_ms: now,
+    };
+    let step = HostStep {
+        state: HostState::Updating,
+        token,
+        granted_at_ms: now,
+        message: "slot granted; order sent".into(),
+        ..HostStep::pending()
+    };
+    (slot, step)
+}
+
 /// Grants the planned slots, one fenced transaction each, handing out increasing tokens.
+/// `unavailable`: the hosts out of service as planned (for the count the log shows).
 async fn grant(
     ctx: &Arc<Ctx>,
     leader: &LeaderKey,
     fleet: &FleetView,
     view: &RolloutView,
-    plan: &Plan,
+    hosts: &[String],
+    unavailable: &[(String, Unavailable)],
     counter: &mut (u64, i64),
 ) -> Result<(), StoreError> {
-    if plan.grants.is_empty() {
-        return Ok(());
-    }
     let keys = &ctx.keys;
     let r = &view.rollout;
     let mut etcd = ctx.etcd.clone();
     // The counter as read at the start of the round (each grant's txn compares its mod
     // revision, so a stale value grants nothing).
     let (mut last_token, mut token_rev) = *counter;
-    let mut unavailable = plan.unavailable.len();
-    for host in &plan.grants {
+    let mut count = unavailable.len();
+    for host in hosts {
         let Some(&lease) = fleet.connected.get(host) else {
             continue;
         };
         let token = last_token + 1;
-        let now = now_ms();
-        let slot = SlotRecord {
-            rollout_id: r.id.clone(),
-            token,
-            host_id: host.clone(),
-            service: r.spec.service.clone(),
-            version: r.spec.release.version.clone(),
-            source: r.spec.release.source.clone(),
-            sha256: r.spec.release.sha256.clone(),
-            size: r.spec.release.size,
-            signature: r.spec.release.signature.clone(),
-            rollback: r.rollback_of.is_some(),
-            min_healthy_time_ms: r.spec.strategy.min_healthy_time.as_millis() as u64,
-            healthy_deadline_ms: r.spec.strategy.healthy_deadline.as_millis() as u64,
-            granted_by: ctx.config.replica_id.clone(),
-            granted_at_ms: now,
-        };
-        let step = HostStep {
-            state: HostState::Updating,
-            token,
-            granted_at_ms: now,
-            message: "slot granted; order sent".into(),
-            ..HostStep::pending()
-        };
+        let (slot, step) = grant_records(ctx, r, host, token, now_ms());
         // S3: only the current leader grants; the rollout is unchanged since it was read (a
         // pause in between wins); tokens only grow; a host holds one slot per service and is
         // granted once per rollout; its stream is still where the slot's lease says.
@@ -340,9 +388,9 @@ async fn grant(
         last_token = token;
         token_rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         *counter = (last_token, token_rev);
-        unavailable += usize::from(!plan.unavailable.iter().any(|(h, _)| h == host));
+        count += usize::from(!unavailable.iter().any(|(h, _)| h == host));
         info!(
-            rollout = %r.id, %host, token, unavailable, budget = r.max_unavailable,
+            rollout = %r.id, %host, token, unavailable = count, budget = r.max_unavailable,
             "slot granted"
         );
     }

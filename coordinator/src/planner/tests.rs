@@ -1,7 +1,9 @@
 //! Planner tables.
 use super::*;
-use crate::store::{HostRecord, ServiceState, SlotRecord, WaveDone};
-use rollgate_proto::spec::{Budget, FailureBudget, ReleaseSpec, RolloutSpec, Strategy, TargetSpec};
+use crate::store::{AgentStep, Health, HostRecord, ServiceState, SlotRecord, WaveDone};
+use rollgate_proto::spec::{
+    Budget, FailureBudget, Gate, OnFailure, ReleaseSpec, RolloutSpec, Strategy, TargetSpec,
+};
 use std::time::Duration;
 
 const NOW: i64 = 1_000_000;
@@ -84,8 +86,60 @@ fn strategy(budget: Budget) -> Strategy {
     }
 }
 
+/// The planner's answer as the tables read it: the decision and the report's words, in the
+/// fields the tables were written against (`explain` makes the words).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Outcome {
+    /// Decision::Grant's hosts.
+    grants: Vec<String>,
+    /// Decision::SetPhase, its reason in words.
+    phase: Option<(Phase, String)>,
+    /// Decision::OpenWave.
+    advance_wave: Option<u32>,
+    /// Decision::StartRollback, its reason in words.
+    rollback: Option<String>,
+    /// Decision::StampWave.
+    stamp_wave: Option<u32>,
+    /// Decision::WaitUntil, or Grant's recheck time.
+    wake_at_ms: Option<i64>,
+    unavailable: Vec<(String, Unavailable)>,
+    groups: Vec<GroupUse>,
+    failures: Vec<String>,
+    blocked_by: String,
+    gate: String,
+}
+
+impl From<Plan> for Outcome {
+    fn from(p: Plan) -> Outcome {
+        let mut out = Outcome {
+            blocked_by: explain::blocked_by(&p.report),
+            gate: explain::gate(&p.report),
+            unavailable: p.report.unavailable,
+            groups: p.report.groups,
+            failures: p.report.failures,
+            ..Outcome::default()
+        };
+        match p.decision {
+            Decision::Wait => {}
+            Decision::WaitUntil(at) => out.wake_at_ms = Some(at),
+            Decision::Grant {
+                hosts,
+                recheck_at_ms,
+            } => {
+                out.grants = hosts;
+                out.wake_at_ms = recheck_at_ms;
+            }
+            Decision::StampWave(w) => out.stamp_wave = Some(w),
+            Decision::OpenWave(w) => out.advance_wave = Some(w),
+            Decision::SetPhase(phase, why) => out.phase = Some((phase, explain::verdict(&why))),
+            Decision::StartRollback(why) => out.rollback = Some(explain::verdict(&why)),
+        }
+        out
+    }
+}
+
 impl World {
-    fn plan(&self) -> Plan {
+    fn plan(&self) -> Outcome {
         plan(Observed {
             rollout: &self.rollout,
             steps: &self.steps,
@@ -93,6 +147,7 @@ impl World {
             fleet: &self.fleet,
             now_ms: self.now,
         })
+        .into()
     }
     fn set(&mut self, h: &str, state: HostState) {
         let step = self.steps.entry(h.into()).or_insert_with(HostStep::pending);

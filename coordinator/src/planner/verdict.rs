@@ -1,0 +1,125 @@
+//! Failures and completion: which targets count as failed, what the failure policy decides,
+//! and when a rollout is over.
+
+use rollgate_proto::spec::OnFailure;
+
+use super::report::{FailureCause, Response, TooManyFailures, Verdict};
+use super::{Decision, Observed, Progress, Progresses, LOST_GRACE_MS};
+use crate::store::{AgentStep, Phase};
+
+/// The targets that count as failed, and when the next lost one would.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Failures {
+    /// Failed targets, in target order.
+    pub hosts: Vec<String>,
+    /// When the earliest lost (not yet failed) target's grace ends: plan again then.
+    pub next_lost_at_ms: Option<i64>,
+}
+
+/// Step 2a, failures: failed, refused or fenced targets, a target whose agent is rolling back
+/// (its verdict), and a lost target silent past its deadline and grace.
+pub(super) fn failures(o: &Observed<'_>, progress: &Progresses<'_>) -> Failures {
+    let st = &o.rollout.spec.strategy;
+    let grace = st.healthy_deadline.as_millis() as i64 + LOST_GRACE_MS;
+    let mut out = Failures::default();
+    for h in &o.rollout.targets {
+        let step = o.steps.get(h);
+        let failed = match progress[h] {
+            Progress::RolledBack | Progress::Failed => true,
+            // The agent's failure verdict: it is rolling back. Halting now rather than when
+            // the rollback has finished keeps "a bad release halts within one probe interval
+            // of its verdict".
+            Progress::Updating => step.is_some_and(|s| s.step == AgentStep::RollingBack),
+            Progress::Lost => step.is_some_and(|s| o.now_ms > s.granted_at_ms + grace),
+            _ => false,
+        };
+        if failed {
+            out.hosts.push(h.clone());
+        } else if progress[h] == Progress::Lost {
+            if let Some(s) = step {
+                let at = s.granted_at_ms + grace + 1;
+                out.next_lost_at_ms = Some(out.next_lost_at_ms.map_or(at, |w| w.min(at)));
+            }
+        }
+    }
+    out
+}
+
+/// Step 2b, the failure verdict: more failures than max_failures (or than an operator
+/// accepted) while rolling, and what on_failure does about it.
+pub(super) fn failure_verdict(
+    o: &Observed<'_>,
+    progress: &Progresses<'_>,
+    failed: &[String],
+) -> Option<Decision> {
+    let r = o.rollout;
+    let st = &r.spec.strategy;
+    let allowed = st
+        .max_failures
+        .resolve(r.targets.len())
+        .max(r.tolerated_failures) as usize;
+    if failed.len() <= allowed || r.phase != Phase::Rolling {
+        return None;
+    }
+    let first = &failed[0];
+    let cause = match progress[first] {
+        Progress::Lost => FailureCause::LostSilent,
+        // Halted at the agent's "rolling back" step: the result (and its reason) is still to
+        // come, the progress message says why it is rolling back.
+        _ => FailureCause::Reported(
+            o.steps
+                .get(first)
+                .map(|s| {
+                    if s.reason.is_empty() {
+                        s.message.clone()
+                    } else {
+                        s.reason.clone()
+                    }
+                })
+                .unwrap_or_default(),
+        ),
+    };
+    let verdict = |response| {
+        Verdict::TooManyFailures(TooManyFailures {
+            failed: failed.len(),
+            max_failures: st.max_failures,
+            first: first.clone(),
+            cause: cause.clone(),
+            response,
+        })
+    };
+    Some(match st.on_failure {
+        OnFailure::Halt => Decision::SetPhase(Phase::Failed, verdict(Response::Halt)),
+        OnFailure::Pause => Decision::SetPhase(Phase::Paused, verdict(Response::Pause)),
+        OnFailure::Rollback if r.rollback_of.is_none() => {
+            Decision::StartRollback(verdict(Response::RollBack))
+        }
+        OnFailure::Rollback => {
+            Decision::SetPhase(Phase::Failed, verdict(Response::AlreadyRollingBack))
+        }
+    })
+}
+
+/// Step 3, completion: every target is final (done, rolled back or failed within the budget).
+pub(super) fn completion(
+    o: &Observed<'_>,
+    progress: &Progresses<'_>,
+    failed: &[String],
+) -> Option<Verdict> {
+    let r = o.rollout;
+    if !r.targets.iter().all(|h| progress[h].is_final()) {
+        return None;
+    }
+    let done = r
+        .targets
+        .iter()
+        .filter(|h| progress[*h] == Progress::Done)
+        .count();
+    Some(Verdict::Completed {
+        done,
+        total: r.targets.len(),
+        version: r.spec.release.version.clone(),
+        failed: failed.len(),
+        max_failures: r.spec.strategy.max_failures,
+    })
+}
