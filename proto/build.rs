@@ -19,12 +19,20 @@ const JSON_MESSAGES: &[&str] = &[
 ];
 
 /// Enums inside those messages: JSON shows their lower-case names ("rolling_back").
-const JSON_ENUMS: &[&str] = &["Phase", "OnFailure", "HostState", "Step", "Health"];
+const JSON_ENUMS: &[&str] = &[
+    "Phase",
+    "OnFailure",
+    "HostState",
+    "Step",
+    "Health",
+    "GateKind",
+];
 
 /// Enum fields (an `i32` on the wire) and their enum, serialized by name.
 const ENUM_FIELDS: &[(&str, &str)] = &[
     ("RolloutStatus.phase", "Phase"),
     ("RolloutStatus.on_failure", "OnFailure"),
+    ("RolloutStatus.gate_kind", "GateKind"),
     ("HostProgress.state", "HostState"),
     ("HostProgress.step", "Step"),
     ("HostProgress.health", "Health"),
@@ -58,6 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("OnFailure.ON_FAILURE_UNSPECIFIED", ""),
         ("HostState.HOST_STATE_UNSPECIFIED", ""),
         ("Step.STEP_UNSPECIFIED", ""),
+        ("GateKind.GATE_KIND_NONE", ""),
     ];
     for (variant, name) in renames {
         b = b.field_attribute(

@@ -81,6 +81,7 @@ mod tests {
             waves: 3,
             wave: 1,
             gate: "manual promote".into(),
+            gate_kind: rollgate_proto::pb::GateKind::ManualPromote as i32,
             group_by: "site".into(),
             groups: vec![GroupBudget {
                 group: "a".into(),
@@ -213,7 +214,7 @@ mod tests {
         // As before the derive, plus "unreadable" (the list-only field, now included).
         let want = concat!(
             r#"{"blocked_by":"","created_at_ms":1700000000000,"done":0,"failed":0,"gate":"","#,
-            r#""group_by":"","groups":[],"hosts":[{"connected":false,"group":"","#,
+            r#""gate_kind":"","group_by":"","groups":[],"hosts":[{"connected":false,"group":"","#,
             r#""health":"healthy","holds_slot":false,"host_id":"h1","message":"2/5 probes","#,
             r#""reason":"","running_version":"","staged":false,"state":"updating","#,
             r#""step":"verifying","token":7,"wave":0}],"id":"r-2","max_failures":0,"#,

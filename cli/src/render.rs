@@ -6,7 +6,8 @@
 //! function here returns a control character except the line breaks it puts in itself (S9).
 
 use rollgate_proto::pb::{
-    GroupBudget, HistoryEntry, HostInfo, HostProgress, HostState, RolloutPlan, RolloutStatus,
+    GateKind, GroupBudget, HistoryEntry, HostInfo, HostProgress, HostState, RolloutPlan,
+    RolloutStatus,
 };
 use rollgate_proto::text::printable;
 
@@ -236,7 +237,7 @@ fn gate_line(s: &RolloutStatus) -> Option<String> {
     if s.gate.is_empty() {
         return None;
     }
-    if s.gate.starts_with("manual") {
+    if s.gate_kind() == GateKind::ManualPromote {
         Some(format!(
             "gate: {} (`rollgate rollout promote {}` opens it)",
             s.gate, s.id

@@ -12,7 +12,7 @@ use rollgate_proto::pb;
 use rollgate_proto::spec::{Gate, RolloutSpec, SpecError};
 use thiserror::Error;
 
-use crate::planner::{self, Progress};
+use crate::planner::{self, GateWait, Progress};
 use crate::store::{
     self, decode, encode, now_ms, ArtifactRecord, FleetView, HostStep, Phase, RolloutRecord,
     RolloutView, StoreError,
@@ -486,6 +486,14 @@ pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
         } else {
             planner::explain::gate(&plan)
         },
+        gate_kind: match plan.gate() {
+            _ if r.phase.is_terminal() => pb::GateKind::None,
+            None => pb::GateKind::None,
+            Some(GateWait::Promote { .. }) => pb::GateKind::ManualPromote,
+            Some(GateWait::Starting { .. }) => pb::GateKind::Starting,
+            Some(GateWait::Bake { .. }) => pb::GateKind::Bake,
+            Some(GateWait::Pause { .. }) => pb::GateKind::Pause,
+        } as i32,
         groups: groups_pb(&plan),
         rollback_of: r.rollback_of.clone().unwrap_or_default(),
         rolled_back_by: r.rolled_back_by.clone().unwrap_or_default(),

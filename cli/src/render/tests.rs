@@ -145,6 +145,7 @@ fn status_blocks_with_waves_groups_and_rollbacks() {
                 waves: 3,
                 wave: 0,
                 gate: "manual promote".into(),
+                gate_kind: rollgate_proto::pb::GateKind::ManualPromote as i32,
                 group_by: "site".into(),
                 groups: vec![
                     GroupBudget {
@@ -184,6 +185,7 @@ groups (by site): a 0/1, b 1/1
                 waves: 2,
                 wave: 5,
                 gate: "bake until 12:00:00".into(),
+                gate_kind: rollgate_proto::pb::GateKind::Bake as i32,
                 rolled_back_by: "r-8".into(),
                 reason: "1 host failed (max 0)".into(),
                 hosts: vec![placed("h1", HostState::Done, "", 1)],
@@ -434,6 +436,7 @@ fn one_liners() {
     );
     let gated = RolloutStatus {
         gate: "manual promote".into(),
+        gate_kind: rollgate_proto::pb::GateKind::ManualPromote as i32,
         reason: "wave 2 done".into(),
         ..promoted
     };
