@@ -12,8 +12,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+use crate::backend::systemd::SystemdClient;
 use crate::config::{ProbeCheck, ProbeConfig, ServiceConfig, SystemdTarget};
-use crate::systemd::SystemdClient;
 
 /// How much of an HTTP probe's body is read to look for `expect_body`.
 pub const HTTP_BODY_LIMIT: usize = 64 * 1024;
@@ -192,13 +192,13 @@ impl Probe {
                 c
             }
         };
-        let r = crate::systemd::check_active(&client, &target.unit).await;
-        if matches!(r, Err(crate::systemd::SystemdError::Call { .. })) {
+        let r = crate::backend::systemd::check_active(&client, &target.unit).await;
+        if matches!(r, Err(crate::backend::systemd::SystemdError::Call { .. })) {
             // Maybe the bus went away: connect again next time.
             *slot = None;
         }
         r.map_err(|e| match e {
-            crate::systemd::SystemdError::Down { why, .. } => why,
+            crate::backend::systemd::SystemdError::Down { why, .. } => why,
             other => other.to_string(),
         })
     }

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::executor::{Executor, Outbox};
+use crate::update::executor::{Executor, Outbox};
 
 /// First reconnect delay (before jitter).
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);

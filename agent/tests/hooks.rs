@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use rollgate_agent::executor::{Executor, Outbox};
-use rollgate_agent::fetch::Fetcher;
+use rollgate_agent::release::fetch::Fetcher;
+use rollgate_agent::update::executor::{Executor, Outbox};
 use rollgate_agent::Config;
 use rollgate_proto::pb::{Health, Outcome, Step};
 use tokio::sync::watch;

@@ -15,8 +15,8 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use common::*;
-use rollgate_agent::executor::{Executor, Outbox};
-use rollgate_agent::fetch::Fetcher;
+use rollgate_agent::release::fetch::Fetcher;
+use rollgate_agent::update::executor::{Executor, Outbox};
 use rollgate_agent::Config;
 use rollgate_proto::pb::{Health, Outcome};
 use tokio::sync::watch;

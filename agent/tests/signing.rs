@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use rollgate_agent::executor::{Executor, Outbox};
-use rollgate_agent::fetch::Fetcher;
+use rollgate_agent::release::fetch::Fetcher;
+use rollgate_agent::update::executor::{Executor, Outbox};
 use rollgate_agent::Config;
 use rollgate_proto::pb::{self, Outcome};
 use rollgate_proto::signing::{self, Scope, Signed, SigningKey};

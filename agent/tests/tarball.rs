@@ -7,8 +7,8 @@ mod common;
 use std::io::Write;
 
 use common::*;
-use rollgate_agent::executor::{Executor, Outbox};
-use rollgate_agent::fetch::Fetcher;
+use rollgate_agent::release::fetch::Fetcher;
+use rollgate_agent::update::executor::{Executor, Outbox};
 use rollgate_agent::Config;
 use rollgate_proto::pb::{Health, Outcome};
 use tokio::sync::watch;

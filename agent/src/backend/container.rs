@@ -38,7 +38,7 @@ use tokio::time::Instant;
 
 use crate::backend::{Backend, BackendError, Exit};
 use crate::config::{Backend as BackendKind, ContainerSettings, ServiceConfig};
-use crate::releases::ServiceDir;
+use crate::release::releases::ServiceDir;
 
 /// Label naming the service a container belongs to.
 pub const SERVICE_LABEL: &str = "rollgate.service";

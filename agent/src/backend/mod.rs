@@ -4,12 +4,16 @@
 //! verify → commit or undo) whatever runs the service. A backend only knows how to (re)start
 //! what `current` names, stop it, and tell when it went down on its own:
 //!
-//! - [`process`](crate::process): the agent runs the binary as its child and supervises it.
-//! - [`systemd`](crate::systemd): a unit the operator installed runs `current/<binary>`; the
+//! - [`process`]: the agent runs the binary as its child and supervises it.
+//! - [`systemd`]: a unit the operator installed runs `current/<binary>`; the
 //!   agent restarts it over D-Bus and watches its state.
-//! - [`container`](crate::container): each release's image archive runs as its own container
+//! - [`container`]: each release's image archive runs as its own container
 //!   (Docker Engine API); restart = create or find the release's container, stop the old one
 //!   and start it; the old container is kept until the release is settled.
+
+pub mod container;
+pub mod process;
+pub mod systemd;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,10 +24,10 @@ use thiserror::Error;
 use tokio::time::Instant;
 
 use crate::config::{Backend as BackendKind, ServiceConfig};
-use crate::container::{ContainerError, ContainerService};
-use crate::process::{ProcessError, Supervisor};
-use crate::releases::ServiceDir;
-use crate::systemd::{SystemdError, SystemdUnit};
+use crate::release::releases::ServiceDir;
+use container::{ContainerError, ContainerService};
+use process::{ProcessError, Supervisor};
+use systemd::{SystemdError, SystemdUnit};
 
 /// A service that could not be (re)started.
 #[derive(Debug, Error)]

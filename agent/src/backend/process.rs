@@ -5,7 +5,7 @@
 //! an agent restarted after a crash or `kill -9` can stop the process it left behind (and free
 //! its port) before starting the service again. This backend ties the service's lifetime to the
 //! agent's: a clean agent shutdown stops the service. Hosts that need the service to outlive the
-//! agent use the systemd backend ([`crate::systemd`]).
+//! agent use the systemd backend ([`crate::backend::systemd`]).
 
 use std::fs;
 use std::io;
@@ -26,7 +26,7 @@ use futures::FutureExt;
 use crate::backend::{Backend, BackendError, Exit};
 use crate::config::ServiceConfig;
 use crate::probe::describe_exit;
-use crate::releases::{DiskError, ServiceDir};
+use crate::release::releases::{DiskError, ServiceDir};
 
 /// After SIGKILL, how long to wait for the process group to disappear before giving up.
 pub const STOP_KILL_GRACE: Duration = Duration::from_secs(2);
@@ -149,7 +149,9 @@ impl Supervisor {
         let started = Instant::now();
         let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         let pid_file = self.dir.pid_file();
-        if let Err(e) = crate::durable::write_atomic(&pid_file, format!("{pid}\n").as_bytes()) {
+        if let Err(e) =
+            crate::state::durable::write_atomic(&pid_file, format!("{pid}\n").as_bytes())
+        {
             // Not fatal: the service runs; only the cleanup after an agent crash is weakened.
             tracing::warn!(
                 "cannot write pidfile {}: {e}; a restarted agent may not find this process",
@@ -447,7 +449,7 @@ async fn wait_group_gone(pgid: Pid, deadline: Instant) -> bool {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::releases::ReleaseInfo;
+    use crate::release::releases::ReleaseInfo;
     use sha2::{Digest, Sha256};
 
     fn setup(script: &str, stop_timeout: &str) -> (tempfile::TempDir, Supervisor, ServiceDir) {

@@ -7,13 +7,13 @@ use rollgate_proto::pb::{self, Health, Outcome, Step};
 use rollgate_proto::spec::human;
 use tokio::time::Instant;
 
-use crate::executor::{Accepted, Finished, OrderRef};
-use crate::hooks::{self, HookEnv, Phase};
-use crate::journal::InFlight;
 use crate::probe::{HealthWindow, Verdict};
-use crate::releases::{DiskError, ServiceDir};
-use crate::service::ServiceUnit;
-use crate::staging;
+use crate::release::releases::{DiskError, ServiceDir};
+use crate::state::journal::InFlight;
+use crate::update::executor::{Accepted, Finished, OrderRef};
+use crate::update::hooks::{self, HookEnv, Phase};
+use crate::update::service::ServiceUnit;
+use crate::update::staging;
 
 /// Carries out an accepted order: check the backend, stage, `pre_stop` hooks, swap, `pre_start`
 /// hooks, restart, verify, `post_start` hooks; on a failure after the swap, roll back to the

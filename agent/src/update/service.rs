@@ -11,13 +11,13 @@ use tracing::Instrument;
 
 use crate::backend::{self, Backend, BackendError, Exit};
 use crate::config::ServiceConfig;
-use crate::executor::{Accepted, Finished, OrderRef, Shared, KEEP_RELEASES};
-use crate::fetch::Fetcher;
-use crate::journal::{InFlight, Journal};
 use crate::probe::Prober;
-use crate::releases::ServiceDir;
-use crate::status;
-use crate::{staging, update};
+use crate::release::fetch::Fetcher;
+use crate::release::releases::ServiceDir;
+use crate::state::journal::{InFlight, Journal};
+use crate::update::executor::{Accepted, Finished, OrderRef, Shared, KEEP_RELEASES};
+use crate::update::status;
+use crate::update::{procedure, staging};
 
 /// How long a restart after an unexpected exit may take to come up (only backends the agent
 /// restarts get here; the process backend is up once spawned).
@@ -101,7 +101,7 @@ impl ServiceUnit {
                         self.regressed = false;
                         let span =
                             tracing::info_span!("order", rollout = %id.rollout_id, token = id.token);
-                        let update = update::carry_out(&mut self, &order).instrument(span);
+                        let update = procedure::carry_out(&mut self, &order).instrument(span);
                         let done = tokio::select! {
                             biased;
                             _ = cancel.cancelled() => None,
@@ -145,7 +145,7 @@ impl ServiceUnit {
                 tracing::info!("{note}");
             }
             let span = tracing::info_span!("order", rollout = %f.rollout_id, token = f.token);
-            let done = update::recover(self, &f).instrument(span).await;
+            let done = procedure::recover(self, &f).instrument(span).await;
             self.finish(done);
             return;
         }

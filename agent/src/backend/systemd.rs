@@ -35,7 +35,7 @@ use zbus::{Connection, MatchRule, MessageStream};
 
 use crate::backend::{Backend, BackendError, Exit};
 use crate::config::{Manager, SystemdTarget};
-use crate::releases::ServiceDir;
+use crate::release::releases::ServiceDir;
 
 const DEST: &str = "org.freedesktop.systemd1";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";

@@ -17,15 +17,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::fetch::{Artifact, Fetcher};
-use crate::journal::{InFlight, Journal, JournalError};
 use crate::probe::{ProbeSetupError, Prober};
-use crate::releases::{DiskError, ServiceDir};
-use crate::service::ServiceUnit;
-use crate::staging::StageJob;
-use crate::status::{self, StatusBoard};
-use crate::trust::{Past, Trust};
-use crate::update;
+use crate::release::fetch::{Artifact, Fetcher};
+use crate::release::releases::{DiskError, ServiceDir};
+use crate::release::trust::{Past, Trust};
+use crate::state::journal::{InFlight, Journal, JournalError};
+use crate::update::procedure;
+use crate::update::service::ServiceUnit;
+use crate::update::staging::StageJob;
+use crate::update::status::{self, StatusBoard};
 
 /// How many committed releases each service keeps on disk (plus the one before the last update).
 pub const KEEP_RELEASES: usize = 3;
@@ -455,7 +455,8 @@ impl Executor {
         let Some(dir) = self.dirs.get(&order.service) else {
             return;
         };
-        let (previous_dir, previous_version, previous_sha) = match update::previous_release(dir) {
+        let (previous_dir, previous_version, previous_sha) = match procedure::previous_release(dir)
+        {
             Ok(p) => (p.dir, p.version, p.sha256),
             Err(e) => {
                 drop(journal);
