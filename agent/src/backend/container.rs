@@ -442,7 +442,7 @@ fn create_body(
 
 /// The container backend of one service.
 #[derive(Debug)]
-pub struct ContainerService {
+pub struct ContainerBackend {
     dir: ServiceDir,
     cfg: Arc<ServiceConfig>,
     settings: ContainerSettings,
@@ -464,14 +464,14 @@ struct Running {
     restarts: u64,
 }
 
-impl ContainerService {
+impl ContainerBackend {
     /// The backend for `cfg` (whose backend must be `container`).
-    pub fn new(dir: ServiceDir, cfg: Arc<ServiceConfig>) -> ContainerService {
+    pub fn new(dir: ServiceDir, cfg: Arc<ServiceConfig>) -> ContainerBackend {
         let settings = match &cfg.backend {
             BackendKind::Container(s) => s.clone(),
             other => unreachable!("container backend for a {other:?} service"),
         };
-        ContainerService {
+        ContainerBackend {
             dir,
             engine: Engine {
                 socket: settings.socket.clone(),
@@ -642,7 +642,7 @@ impl ContainerService {
     }
 }
 
-impl Backend for ContainerService {
+impl Backend for ContainerBackend {
     fn is_up(&self) -> bool {
         self.running.is_some()
     }

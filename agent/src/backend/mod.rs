@@ -25,9 +25,9 @@ use tokio::time::Instant;
 
 use crate::config::{Backend as BackendKind, ServiceConfig};
 use crate::release::releases::ServiceDir;
-use container::{ContainerError, ContainerService};
-use process::{ProcessError, Supervisor};
-use systemd::{SystemdError, SystemdUnit};
+use container::{ContainerBackend, ContainerError};
+use process::{ProcessBackend, ProcessError};
+use systemd::{SystemdBackend, SystemdError};
 
 /// A service that could not be (re)started.
 #[derive(Debug, Error)]
@@ -122,8 +122,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 /// The backend a service's config asks for.
 pub fn for_service(dir: ServiceDir, cfg: Arc<ServiceConfig>) -> Box<dyn Backend> {
     match &cfg.backend {
-        BackendKind::Process => Box::new(Supervisor::new(dir, cfg.clone())),
-        BackendKind::Systemd(target) => Box::new(SystemdUnit::new(dir, target.clone())),
-        BackendKind::Container(_) => Box::new(ContainerService::new(dir, cfg)),
+        BackendKind::Process => Box::new(ProcessBackend::new(dir, cfg.clone())),
+        BackendKind::Systemd(target) => Box::new(SystemdBackend::new(dir, target.clone())),
+        BackendKind::Container(_) => Box::new(ContainerBackend::new(dir, cfg)),
     }
 }

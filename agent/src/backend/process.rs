@@ -57,9 +57,9 @@ pub enum ProcessError {
     Disk(#[from] DiskError),
 }
 
-/// Runs one service's process and knows whether it is up.
+/// The process backend of one service: runs its process and knows whether it is up.
 #[derive(Debug)]
-pub struct Supervisor {
+pub struct ProcessBackend {
     dir: ServiceDir,
     cfg: Arc<ServiceConfig>,
     running: Option<Running>,
@@ -73,10 +73,10 @@ struct Running {
     release: String,
 }
 
-impl Supervisor {
-    /// A supervisor for the service stored in `dir`, configured by `cfg`.
-    pub fn new(dir: ServiceDir, cfg: Arc<ServiceConfig>) -> Supervisor {
-        Supervisor {
+impl ProcessBackend {
+    /// The backend for the service stored in `dir`, configured by `cfg`.
+    pub fn new(dir: ServiceDir, cfg: Arc<ServiceConfig>) -> ProcessBackend {
+        ProcessBackend {
             dir,
             cfg,
             running: None,
@@ -266,7 +266,7 @@ impl Supervisor {
     }
 }
 
-impl Backend for Supervisor {
+impl Backend for ProcessBackend {
     fn is_up(&self) -> bool {
         self.is_running()
     }
@@ -307,11 +307,11 @@ impl Backend for Supervisor {
     }
 
     fn stop(&mut self) -> BoxFuture<'_, Option<String>> {
-        Supervisor::stop(self).boxed()
+        ProcessBackend::stop(self).boxed()
     }
 
     fn exited(&mut self) -> BoxFuture<'_, Exit> {
-        Supervisor::exited(self).boxed()
+        ProcessBackend::exited(self).boxed()
     }
 
     fn shutdown(&mut self) -> BoxFuture<'_, ()> {
@@ -319,7 +319,7 @@ impl Backend for Supervisor {
             if self.is_running() {
                 tracing::info!("stopping {} (the agent is shutting down)", self.cfg.name);
             }
-            Supervisor::stop(self).await;
+            ProcessBackend::stop(self).await;
         }
         .boxed()
     }
@@ -452,17 +452,17 @@ mod tests {
     use crate::release::releases::ReleaseInfo;
     use sha2::{Digest, Sha256};
 
-    fn setup(script: &str, stop_timeout: &str) -> (tempfile::TempDir, Supervisor, ServiceDir) {
+    fn setup(script: &str, stop_timeout: &str) -> (tempfile::TempDir, ProcessBackend, ServiceDir) {
         setup_with(script, stop_timeout, "")
     }
 
-    /// A supervisor for one installed release running `script`; `extra` is added to the
+    /// A process backend for one installed release running `script`; `extra` is added to the
     /// service's table.
     fn setup_with(
         script: &str,
         stop_timeout: &str,
         extra: &str,
-    ) -> (tempfile::TempDir, Supervisor, ServiceDir) {
+    ) -> (tempfile::TempDir, ProcessBackend, ServiceDir) {
         let state = tempfile::tempdir().expect("tempdir");
         let text = format!(
             "host_id = \"h\"\ncoordinator = \"http://127.0.0.1:1\"\nstate_dir = \"{}\"\n\
@@ -489,7 +489,7 @@ mod tests {
             )
             .expect("install");
         dir.point_current_at(&name).expect("point");
-        let sup = Supervisor::new(dir.clone(), Arc::new(cfg.services[0].clone()));
+        let sup = ProcessBackend::new(dir.clone(), Arc::new(cfg.services[0].clone()));
         (state, sup, dir)
     }
 
@@ -578,7 +578,7 @@ mod tests {
         // Forget the child as a crashed agent would; its pidfile stays behind.
         let run = sup.running.take().expect("running");
         drop(run);
-        let fresh = Supervisor::new(dir.clone(), sup.cfg.clone());
+        let fresh = ProcessBackend::new(dir.clone(), sup.cfg.clone());
         assert_eq!(fresh.stop_leftover().await, Some(pid));
         assert!(!group_alive(Pid::from_raw(pid)));
         assert!(!dir.pid_file().exists());

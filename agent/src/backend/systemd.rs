@@ -470,7 +470,7 @@ fn job_failure(result: &str, state: &UnitState) -> String {
 
 /// The systemd backend for one service.
 #[derive(Debug)]
-pub struct SystemdUnit {
+pub struct SystemdBackend {
     target: SystemdTarget,
     dir: ServiceDir,
     /// Connected on first use, and again after an error.
@@ -493,10 +493,10 @@ struct Watch {
     release: String,
 }
 
-impl SystemdUnit {
+impl SystemdBackend {
     /// The backend for the unit `target` names, running releases from `dir`.
-    pub fn new(dir: ServiceDir, target: SystemdTarget) -> SystemdUnit {
-        SystemdUnit {
+    pub fn new(dir: ServiceDir, target: SystemdTarget) -> SystemdBackend {
+        SystemdBackend {
             target,
             dir,
             client: None,
@@ -821,7 +821,7 @@ impl SystemdUnit {
     }
 }
 
-impl Backend for SystemdUnit {
+impl Backend for SystemdBackend {
     fn is_up(&self) -> bool {
         self.watch.as_ref().is_some_and(|w| w.up)
     }
