@@ -12,7 +12,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::backend::systemd::SystemdClient;
+use crate::backend::systemd::client::{check_active, SystemdClient, SystemdError};
 use crate::config::{ProbeCheck, ProbeConfig, ServiceConfig, SystemdTarget};
 
 /// How much of an HTTP probe's body is read to look for `expect_body`.
@@ -117,7 +117,7 @@ impl Probe {
                 Some(
                     builder
                         .build()
-                        .map_err(|e| setup_err(crate::error_chain(&e)))?,
+                        .map_err(|e| setup_err(crate::errors::error_chain(&e)))?,
                 )
             }
             _ => None,
@@ -192,13 +192,13 @@ impl Probe {
                 c
             }
         };
-        let r = crate::backend::systemd::check_active(&client, &target.unit).await;
-        if matches!(r, Err(crate::backend::systemd::SystemdError::Call { .. })) {
+        let r = check_active(&client, &target.unit).await;
+        if matches!(r, Err(SystemdError::Call { .. })) {
             // Maybe the bus went away: connect again next time.
             *slot = None;
         }
         r.map_err(|e| match e {
-            crate::backend::systemd::SystemdError::Down { why, .. } => why,
+            SystemdError::Down { why, .. } => why,
             other => other.to_string(),
         })
     }
@@ -226,7 +226,7 @@ impl Probe {
             .await
             .map_err(|s| {
                 let msg = if s.message().is_empty() {
-                    crate::error_chain(&s)
+                    crate::errors::error_chain(&s)
                 } else {
                     s.message().to_string()
                 };
@@ -249,7 +249,7 @@ async fn http_check(
         .get(url)
         .send()
         .await
-        .map_err(|e| format!("http probe {url}: {}", crate::error_chain(&e)))?;
+        .map_err(|e| format!("http probe {url}: {}", crate::errors::error_chain(&e)))?;
     let status = resp.status();
     let ok = match expect_status {
         Some(want) => status.as_u16() == want,
@@ -272,7 +272,7 @@ async fn http_check(
             Err(e) => {
                 return Err(format!(
                     "http probe {url}: reading the body: {}",
-                    crate::error_chain(&e)
+                    crate::errors::error_chain(&e)
                 ))
             }
         }

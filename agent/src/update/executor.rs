@@ -22,13 +22,13 @@ use crate::release::fetch::{Artifact, Fetcher};
 use crate::release::releases::{DiskError, ServiceDir};
 use crate::release::trust::{Past, Trust};
 use crate::state::journal::{InFlight, Journal, JournalError};
+use crate::update::order::{Accepted, OrderRef};
 use crate::update::procedure;
 use crate::update::service::ServiceUnit;
+use crate::update::shared::{lock, Shared};
 use crate::update::staging::StageJob;
 use crate::update::status::{self, StatusBoard};
 
-/// How many committed releases each service keeps on disk (plus the one before the last update).
-pub const KEEP_RELEASES: usize = 3;
 /// Orders queued per service; intake refuses a second order while one is in flight, so one
 /// slot would do; a few give room for the moment between intake and the task picking it up.
 const ORDER_QUEUE: usize = 4;
@@ -73,122 +73,6 @@ pub enum StartError {
     /// A service's probes cannot be set up.
     #[error(transparent)]
     Probe(#[from] ProbeSetupError),
-}
-
-/// What the executor and the service tasks share. Lock order: the journal, then the board
-/// (never the journal while holding the board).
-#[derive(Debug)]
-pub(crate) struct Shared {
-    journal: Mutex<Journal>,
-    /// Latest status and order in flight of each service (for statuses and hellos), and the
-    /// clock that stamps observations and results.
-    pub(crate) board: StatusBoard,
-    outbox: mpsc::UnboundedSender<pb::AgentMessage>,
-}
-
-/// Locks a mutex even if a task panicked while holding it: the data is plain state that every
-/// writer leaves consistent between statements.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Shared {
-    pub(crate) fn journal(&self) -> MutexGuard<'_, Journal> {
-        lock(&self.journal)
-    }
-
-    /// Queues a message for the coordinator (dropped only when the agent is shutting down).
-    pub(crate) fn send(&self, msg: Msg) {
-        let _ = self.outbox.send(pb::AgentMessage { msg: Some(msg) });
-    }
-
-    pub(crate) fn status(&self, service: &str) -> Option<pb::ServiceStatus> {
-        self.board.status(service)
-    }
-
-    /// Records the order's step; from the first one until [`StatusBoard::end_order`] every
-    /// status of the service names the order.
-    pub(crate) fn set_progress(&self, progress: pb::OrderProgress) {
-        self.board.set_progress(progress);
-    }
-}
-
-/// Which order a message is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct OrderRef {
-    pub rollout_id: String,
-    pub token: u64,
-    pub service: String,
-}
-
-impl OrderRef {
-    fn of(order: &pb::UpdateOrder) -> OrderRef {
-        OrderRef {
-            rollout_id: order.rollout_id.clone(),
-            token: order.token,
-            service: order.service.clone(),
-        }
-    }
-
-    pub(crate) fn progress(&self, step: Step, message: String) -> pb::OrderProgress {
-        pb::OrderProgress {
-            rollout_id: self.rollout_id.clone(),
-            token: self.token,
-            service: self.service.clone(),
-            step: step as i32,
-            message,
-        }
-    }
-
-    pub(crate) fn result(
-        &self,
-        outcome: Outcome,
-        running_version: &str,
-        health: Health,
-        reason: String,
-    ) -> pb::OrderResult {
-        pb::OrderResult {
-            rollout_id: self.rollout_id.clone(),
-            token: self.token,
-            service: self.service.clone(),
-            outcome: outcome as i32,
-            running_version: running_version.to_string(),
-            reason,
-            health: health as i32,
-            ..Default::default()
-        }
-    }
-}
-
-impl From<&InFlight> for OrderRef {
-    fn from(f: &InFlight) -> OrderRef {
-        OrderRef {
-            rollout_id: f.rollout_id.clone(),
-            token: f.token,
-            service: f.service.clone(),
-        }
-    }
-}
-
-/// An order that passed intake and is journaled; its service task carries it out.
-#[derive(Debug, Clone)]
-pub(crate) struct Accepted {
-    pub id: OrderRef,
-    pub artifact: Artifact,
-    pub min_healthy: Duration,
-    pub deadline: Duration,
-    /// Release dir the update installs.
-    pub target_dir: String,
-}
-
-/// How an order (or the undo of one) ended, for the service task to commit.
-#[derive(Debug, Clone)]
-pub(crate) struct Finished {
-    pub result: pb::OrderResult,
-    /// The release dir that became current and passed verification, if any.
-    pub committed: Option<String>,
-    /// The release dir to keep as the one to go back to.
-    pub previous: Option<String>,
 }
 
 /// What intake decides about an order.

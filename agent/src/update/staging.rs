@@ -16,7 +16,7 @@ use rollgate_proto::pb;
 
 use crate::release::fetch::{Artifact, Fetcher};
 use crate::release::releases::{ReleaseClaim, ReleaseInfo, ServiceDir};
-use crate::update::executor::Shared;
+use crate::update::shared::Shared;
 
 /// A verified release dir, still claimed: nobody else writes it and pruning leaves it alone
 /// until the claim is dropped.

@@ -315,6 +315,20 @@ fn with_what(e: SystemdError, what: String) -> SystemdError {
     }
 }
 
+/// A unit's state over a fresh look, for the systemd probe: Ok when it is active.
+pub async fn check_active(client: &SystemdClient, unit: &str) -> Result<(), SystemdError> {
+    let path = client.unit_path(unit).await?;
+    let state = client.state(unit, &path).await?;
+    if state.is_up() {
+        Ok(())
+    } else {
+        Err(SystemdError::Down {
+            unit: unit.to_string(),
+            why: format!("is not active: {}", state.describe()),
+        })
+    }
+}
+
 /// The `result` of job `job` if `msg` is its `JobRemoved` signal.
 pub(super) fn job_result(msg: &zbus::Message, job: &OwnedObjectPath) -> Option<String> {
     let (_id, path, _unit, result): (u32, OwnedObjectPath, String, String) =

@@ -22,7 +22,7 @@
 //! Works with the system manager (system bus) and with a user manager (`systemd --user`, over
 //! that user's session bus); `bus` names another D-Bus address.
 
-mod client;
+pub(crate) mod client;
 mod unit_state;
 
 use std::path::Path;
@@ -38,7 +38,7 @@ use crate::backend::{Backend, BackendError, Exit};
 use crate::config::SystemdTarget;
 use crate::release::releases::ServiceDir;
 use client::job_result;
-pub use client::{SystemdClient, SystemdError, DBUS_CALL_TIMEOUT};
+pub use client::{check_active, SystemdClient, SystemdError, DBUS_CALL_TIMEOUT};
 use unit_state::job_failure;
 pub use unit_state::UnitState;
 
@@ -500,20 +500,6 @@ fn runs_through(word: &str, link: &Path) -> bool {
                         .is_some_and(|p| p == link_parent)
             })
         })
-}
-
-/// A unit's state over a fresh look, for the systemd probe: Ok when it is active.
-pub async fn check_active(client: &SystemdClient, unit: &str) -> Result<(), SystemdError> {
-    let path = client.unit_path(unit).await?;
-    let state = client.state(unit, &path).await?;
-    if state.is_up() {
-        Ok(())
-    } else {
-        Err(SystemdError::Down {
-            unit: unit.to_string(),
-            why: format!("is not active: {}", state.describe()),
-        })
-    }
 }
 
 #[cfg(test)]
