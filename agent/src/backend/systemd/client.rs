@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
 use thiserror::Error;
 use zbus::message::Type as MessageType;
-use zbus::zvariant::{OwnedObjectPath, OwnedValue};
-use zbus::{Connection, MatchRule, MessageStream};
+use zbus::proxy::CacheProperties;
+use zbus::zvariant::{as_value, OwnedObjectPath, OwnedValue, Type};
+use zbus::{proxy, Connection, MatchRule, MessageStream};
 
 use super::unit_state::UnitState;
 use crate::config::{Manager, SystemdTarget};
@@ -74,10 +76,98 @@ pub enum SystemdError {
     },
 }
 
+/// The systemd manager's methods the agent calls.
+#[proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Manager {
+    /// Asks for the manager's signals (it sends none to a client that did not).
+    fn subscribe(&self) -> zbus::Result<()>;
+    /// The unit's object path, loading the unit if the manager has not yet.
+    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    /// Clears a `failed` state, `NRestarts` and the start rate limit.
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    /// Queues a start job; returns the job.
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    /// Queues a restart job; returns the job.
+    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    /// Queues a stop job; returns the job.
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+}
+
+/// A unit's properties (`org.freedesktop.DBus.Properties` on the unit's object): one
+/// `GetAll` per interface, decoded into the typed structs below.
+#[proxy(
+    interface = "org.freedesktop.DBus.Properties",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait UnitProperties {
+    /// `GetAll("org.freedesktop.systemd1.Unit")`.
+    #[zbus(name = "GetAll")]
+    fn unit(&self, interface: &str) -> zbus::Result<UnitProps>;
+    /// `GetAll("org.freedesktop.systemd1.Service")`.
+    #[zbus(name = "GetAll")]
+    fn service(&self, interface: &str) -> zbus::Result<ServiceProps>;
+    /// One property.
+    fn get(&self, interface: &str, name: &str) -> zbus::Result<OwnedValue>;
+}
+
+/// The `org.freedesktop.systemd1.Unit` properties the agent judges a unit by. A property
+/// missing from the answer is an error that names it, not an empty state.
+#[derive(Debug, Deserialize, Type)]
+#[zvariant(signature = "a{sv}")]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct UnitProps {
+    #[serde(with = "as_value")]
+    pub(super) load_state: String,
+    #[serde(with = "as_value")]
+    pub(super) active_state: String,
+    #[serde(with = "as_value")]
+    pub(super) sub_state: String,
+}
+
+/// The `org.freedesktop.systemd1.Service` properties the agent judges a service by.
+#[derive(Debug, Deserialize, Type)]
+#[zvariant(signature = "a{sv}")]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct ServiceProps {
+    #[serde(with = "as_value")]
+    pub(super) result: String,
+    #[serde(rename = "NRestarts", with = "as_value")]
+    pub(super) n_restarts: u32,
+    #[serde(with = "as_value")]
+    pub(super) exec_main_code: i32,
+    #[serde(with = "as_value")]
+    pub(super) exec_main_status: i32,
+}
+
+/// A job the agent queues for a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Job {
+    Start,
+    Restart,
+    Stop,
+}
+
+impl Job {
+    /// The manager's method that queues it.
+    pub(super) fn method(self) -> &'static str {
+        match self {
+            Job::Start => "StartUnit",
+            Job::Restart => "RestartUnit",
+            Job::Stop => "StopUnit",
+        }
+    }
+}
+
 /// A connection to one systemd manager.
 #[derive(Debug, Clone)]
 pub struct SystemdClient {
     conn: Connection,
+    /// The manager's methods.
+    proxy: ManagerProxy<'static>,
     manager: &'static str,
 }
 
@@ -133,100 +223,75 @@ impl SystemdClient {
             .build()
             .await
             .map_err(connect_err)?;
-        let client = SystemdClient { conn, manager };
+        let proxy = ManagerProxy::builder(&conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(connect_err)?;
         // Without a subscriber systemd sends no signals; each client subscribes for itself.
-        client
-            .manager_call::<()>("Subscribe", &())
-            .await
-            .or_else(|e| match &e {
-                // Subscribing twice on one connection is harmless.
-                SystemdError::Call { message, .. } if message.contains("AlreadySubscribed") => {
-                    Ok(())
-                }
-                _ => Err(e),
-            })?;
-        Ok(client)
-    }
-
-    async fn manager_call<R>(
-        &self,
-        method: &str,
-        body: &(impl serde::Serialize + zbus::zvariant::DynamicType),
-    ) -> Result<R, SystemdError>
-    where
-        R: for<'d> serde::Deserialize<'d> + zbus::zvariant::Type,
-    {
-        let what = method.to_string();
-        let reply = self
-            .conn
-            .call_method(Some(DEST), MANAGER_PATH, Some(MANAGER_IFACE), method, body)
-            .await
-            .map_err(call_err(self.manager, what.clone()))?;
-        reply
-            .body()
-            .deserialize::<R>()
-            .map_err(call_err(self.manager, what))
+        match proxy.subscribe().await {
+            Ok(()) => {}
+            // Subscribing twice on one connection is harmless.
+            Err(e) if dbus_message(&e).contains("AlreadySubscribed") => {}
+            Err(e) => return Err(call_err(manager, "Subscribe".into())(e)),
+        }
+        Ok(SystemdClient {
+            conn,
+            proxy,
+            manager,
+        })
     }
 
     /// The unit's object path, loading the unit if the manager has not yet.
     pub async fn unit_path(&self, unit: &str) -> Result<OwnedObjectPath, SystemdError> {
-        self.manager_call("LoadUnit", &(unit,))
+        self.proxy
+            .load_unit(unit)
             .await
-            .map_err(|e| with_what(e, format!("LoadUnit {unit}")))
+            .map_err(call_err(self.manager, format!("LoadUnit {unit}")))
     }
 
-    async fn get(
+    /// The properties of the unit at `path`.
+    async fn properties(
         &self,
         path: &OwnedObjectPath,
-        iface: &str,
-        name: &str,
-    ) -> Result<OwnedValue, SystemdError> {
-        let reply = self
-            .conn
-            .call_method(Some(DEST), path, Some(PROPS_IFACE), "Get", &(iface, name))
+    ) -> Result<UnitPropertiesProxy<'static>, SystemdError> {
+        let what = || format!("reading the properties of {}", path.as_str());
+        UnitPropertiesProxy::builder(&self.conn)
+            .path(path.clone())
+            .map_err(call_err(self.manager, what()))?
+            .cache_properties(CacheProperties::No)
+            .build()
             .await
-            .map_err(call_err(self.manager, format!("reading {name}")))?;
-        reply
-            .body()
-            .deserialize::<OwnedValue>()
-            .map_err(call_err(self.manager, format!("reading {name}")))
+            .map_err(call_err(self.manager, what()))
     }
 
-    async fn get_as<T>(
-        &self,
-        path: &OwnedObjectPath,
-        iface: &str,
-        name: &str,
-    ) -> Result<T, SystemdError>
-    where
-        T: TryFrom<OwnedValue>,
-        T::Error: std::fmt::Display,
-    {
-        let v = self.get(path, iface, name).await?;
-        T::try_from(v).map_err(|e| SystemdError::Call {
-            manager: self.manager,
-            what: format!("reading {name}"),
-            message: format!("unexpected type: {e}"),
-        })
-    }
-
-    /// Reads the unit's state. The service properties are read only for `.service` units.
+    /// Reads the unit's state: one `GetAll` of its Unit properties and, for a loaded
+    /// `.service` unit, one of its Service properties.
     pub async fn state(
         &self,
         unit: &str,
         path: &OwnedObjectPath,
     ) -> Result<UnitState, SystemdError> {
+        let props = self.properties(path).await?;
+        let u = props.unit(UNIT_IFACE).await.map_err(call_err(
+            self.manager,
+            format!("GetAll {UNIT_IFACE} of {unit}"),
+        ))?;
         let mut s = UnitState {
-            load: self.get_as(path, UNIT_IFACE, "LoadState").await?,
-            active: self.get_as(path, UNIT_IFACE, "ActiveState").await?,
-            sub: self.get_as(path, UNIT_IFACE, "SubState").await?,
+            load: u.load_state,
+            active: u.active_state,
+            sub: u.sub_state,
             ..UnitState::default()
         };
         if unit.ends_with(".service") && s.load == "loaded" {
-            s.result = self.get_as(path, SERVICE_IFACE, "Result").await?;
-            s.n_restarts = self.get_as(path, SERVICE_IFACE, "NRestarts").await?;
-            s.exec_main_code = self.get_as(path, SERVICE_IFACE, "ExecMainCode").await?;
-            s.exec_main_status = self.get_as(path, SERVICE_IFACE, "ExecMainStatus").await?;
+            let svc = props.service(SERVICE_IFACE).await.map_err(call_err(
+                self.manager,
+                format!("GetAll {SERVICE_IFACE} of {unit}"),
+            ))?;
+            s.result = svc.result;
+            s.n_restarts = svc.n_restarts;
+            s.exec_main_code = svc.exec_main_code;
+            s.exec_main_status = svc.exec_main_status;
         }
         Ok(s)
     }
@@ -237,7 +302,18 @@ impl SystemdClient {
         path: &OwnedObjectPath,
     ) -> Result<Vec<Vec<String>>, SystemdError> {
         type ExecCommand = (String, Vec<String>, bool, u64, u64, u64, u64, u32, i32, i32);
-        let lines: Vec<ExecCommand> = self.get_as(path, SERVICE_IFACE, "ExecStart").await?;
+        let what = "reading ExecStart";
+        let v = self
+            .properties(path)
+            .await?
+            .get(SERVICE_IFACE, "ExecStart")
+            .await
+            .map_err(call_err(self.manager, what.into()))?;
+        let lines = Vec::<ExecCommand>::try_from(v).map_err(|e| SystemdError::Call {
+            manager: self.manager,
+            what: what.into(),
+            message: format!("unexpected type: {e}"),
+        })?;
         Ok(lines
             .into_iter()
             .map(|(program, argv, ..)| {
@@ -248,24 +324,23 @@ impl SystemdClient {
             .collect())
     }
 
-    pub(super) async fn unit_call(
-        &self,
-        method: &str,
-        unit: &str,
-        mode: Option<&str>,
-    ) -> Result<Option<OwnedObjectPath>, SystemdError> {
-        let what = format!("{method} {unit}");
-        match mode {
-            Some(mode) => self
-                .manager_call::<OwnedObjectPath>(method, &(unit, mode))
-                .await
-                .map(Some),
-            None => self
-                .manager_call::<()>(method, &(unit,))
-                .await
-                .map(|()| None),
+    /// `ResetFailedUnit(unit)`.
+    pub(super) async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
+        self.proxy
+            .reset_failed_unit(unit)
+            .await
+            .map_err(call_err(self.manager, format!("ResetFailedUnit {unit}")))
+    }
+
+    /// Queues a job for the unit (`mode` "replace"); returns the job's path.
+    pub(super) async fn job(&self, kind: Job, unit: &str) -> Result<OwnedObjectPath, SystemdError> {
+        let mode = "replace";
+        match kind {
+            Job::Start => self.proxy.start_unit(unit, mode).await,
+            Job::Restart => self.proxy.restart_unit(unit, mode).await,
+            Job::Stop => self.proxy.stop_unit(unit, mode).await,
         }
-        .map_err(|e| with_what(e, what))
+        .map_err(call_err(self.manager, format!("{} {unit}", kind.method())))
     }
 
     /// A stream of the manager's `JobRemoved` signals.
@@ -299,19 +374,6 @@ impl SystemdClient {
         MessageStream::for_match_rule(rule, &self.conn, Some(SIGNAL_QUEUE))
             .await
             .map_err(call_err(self.manager, "watching the unit".into()))
-    }
-}
-
-fn with_what(e: SystemdError, what: String) -> SystemdError {
-    match e {
-        SystemdError::Call {
-            manager, message, ..
-        } => SystemdError::Call {
-            manager,
-            what,
-            message,
-        },
-        other => other,
     }
 }
 

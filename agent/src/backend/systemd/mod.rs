@@ -37,8 +37,8 @@ use zbus::MessageStream;
 use crate::backend::{Backend, BackendError, Exit};
 use crate::config::SystemdTarget;
 use crate::release::releases::ServiceDir;
-use client::job_result;
 pub use client::{check_active, SystemdClient, SystemdError, DBUS_CALL_TIMEOUT};
+use client::{job_result, Job};
 use unit_state::job_failure;
 pub use unit_state::UnitState;
 
@@ -132,11 +132,7 @@ impl SystemdBackend {
     }
 
     /// Resets, restarts (or starts) the unit and waits until its job finished and it is up.
-    async fn start_unit(
-        &mut self,
-        method: &str,
-        deadline: Duration,
-    ) -> Result<Instant, SystemdError> {
+    async fn start_unit(&mut self, kind: Job, deadline: Duration) -> Result<Instant, SystemdError> {
         let started = Instant::now();
         let unit = self.target.unit.clone();
         let path = self.check_unit().await?;
@@ -145,17 +141,14 @@ impl SystemdBackend {
             // Subscribed before the job exists, so its end cannot be missed.
             let mut jobs = client.job_signals().await?;
             let mut changes = client.unit_signals(&path).await?;
-            match client.unit_call("ResetFailedUnit", &unit, None).await {
+            match client.reset_failed(&unit).await {
                 // An inactive unit nobody references is unloaded: nothing to reset.
                 Err(SystemdError::Call { message, .. }) if message.contains("NoSuchUnit") => {}
                 other => {
                     other?;
                 }
             }
-            let job = client
-                .unit_call(method, &unit, Some("replace"))
-                .await?
-                .unwrap_or_default();
+            let job = client.job(kind, &unit).await?;
             let until = started + deadline;
             let result = loop {
                 tokio::select! {
@@ -166,14 +159,14 @@ impl SystemdBackend {
                         },
                         _ => return Err(SystemdError::Call {
                             manager: self.target.manager.word(),
-                            what: format!("{method} {unit}"),
+                            what: format!("{} {unit}", kind.method()),
                             message: "the D-Bus connection closed while waiting for the job".into(),
                         }),
                     },
                     msg = changes.next() => if msg.is_none() {
                         return Err(SystemdError::Call {
                             manager: self.target.manager.word(),
-                            what: format!("{method} {unit}"),
+                            what: format!("{} {unit}", kind.method()),
                             message: "the D-Bus connection closed while waiting for the job".into(),
                         });
                     },
@@ -240,10 +233,7 @@ impl SystemdBackend {
         let r = async {
             let before = client.state(&unit, &path).await?;
             let mut jobs = client.job_signals().await?;
-            let job = client
-                .unit_call("StopUnit", &unit, Some("replace"))
-                .await?
-                .unwrap_or_default();
+            let job = client.job(Job::Stop, &unit).await?;
             let waited = tokio::time::timeout(STOP_WAIT, async {
                 while let Some(Ok(m)) = jobs.next().await {
                     if let Some(result) = job_result(&m, &job) {
@@ -424,7 +414,7 @@ impl Backend for SystemdBackend {
             }
             // StartUnit leaves an active unit alone (its job finishes at once), so an agent
             // restart does not disturb a running service.
-            let r = self.start_unit("StartUnit", ADOPT_START_WAIT).await;
+            let r = self.start_unit(Job::Start, ADOPT_START_WAIT).await;
             (None, r.map(|_| ()).map_err(BackendError::from))
         }
         .boxed()
@@ -447,7 +437,7 @@ impl Backend for SystemdBackend {
                 return Err(BackendError::NotInstalled(self.dir.current_link()));
             }
             self.watch = None;
-            self.start_unit("RestartUnit", deadline)
+            self.start_unit(Job::Restart, deadline)
                 .await
                 .map_err(BackendError::from)
         }

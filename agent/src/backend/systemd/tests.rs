@@ -149,3 +149,67 @@ fn job_results_say_what_happened() {
         assert!(got.contains(want), "{result}: {got}");
     }
 }
+
+/// Encodes `props` as the `a{sv}` a `GetAll` answers with.
+fn get_all_answer(
+    props: &[(&str, zbus::zvariant::Value<'_>)],
+) -> zbus::zvariant::serialized::Data<'static, 'static> {
+    use zbus::zvariant::serialized::Context;
+    let dict: std::collections::HashMap<&str, &zbus::zvariant::Value<'_>> =
+        props.iter().map(|(k, v)| (*k, v)).collect();
+    zbus::zvariant::to_bytes(Context::new_dbus(zbus::zvariant::LE, 0), &dict).expect("encode")
+}
+
+#[test]
+fn get_all_answers_decode_into_typed_properties() {
+    use zbus::zvariant::Value;
+    let unit = get_all_answer(&[
+        ("LoadState", Value::from("loaded")),
+        ("ActiveState", Value::from("active")),
+        ("SubState", Value::from("running")),
+        ("Description", Value::from("ignored")),
+    ]);
+    let (u, _): (client::UnitProps, _) = unit.deserialize().expect("unit props");
+    assert_eq!(
+        (
+            u.load_state.as_str(),
+            u.active_state.as_str(),
+            u.sub_state.as_str()
+        ),
+        ("loaded", "active", "running")
+    );
+    let service = get_all_answer(&[
+        ("Result", Value::from("exit-code")),
+        ("NRestarts", Value::from(2u32)),
+        ("ExecMainCode", Value::from(1i32)),
+        ("ExecMainStatus", Value::from(3i32)),
+    ]);
+    let (s, _): (client::ServiceProps, _) = service.deserialize().expect("service props");
+    assert_eq!(
+        (
+            s.result.as_str(),
+            s.n_restarts,
+            s.exec_main_code,
+            s.exec_main_status
+        ),
+        ("exit-code", 2, 1, 3)
+    );
+
+    // A property the manager did not send is an error naming it, not an empty state.
+    let partial = get_all_answer(&[
+        ("LoadState", Value::from("loaded")),
+        ("SubState", Value::from("running")),
+    ]);
+    let err = partial
+        .deserialize::<client::UnitProps>()
+        .expect_err("ActiveState is missing");
+    assert!(err.to_string().contains("ActiveState"), "{err}");
+    // So is one of the wrong type.
+    let wrong = get_all_answer(&[
+        ("Result", Value::from("success")),
+        ("NRestarts", Value::from("two")),
+        ("ExecMainCode", Value::from(0i32)),
+        ("ExecMainStatus", Value::from(0i32)),
+    ]);
+    assert!(wrong.deserialize::<client::ServiceProps>().is_err());
+}
