@@ -10,9 +10,11 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
+use serde_json::json;
 use thiserror::Error;
 use tokio::net::UnixStream;
+
+use super::api::{decode, ContainerInspect, ContainerSummary, ErrorAnswer, LoadMessage};
 
 /// Label naming the service a container belongs to.
 pub const SERVICE_LABEL: &str = "rollgate.service";
@@ -54,6 +56,10 @@ pub enum ContainerError {
         /// The engine's message.
         message: String,
     },
+    /// The engine answered in a shape the agent does not know (API drift): the error names
+    /// the answer and the field.
+    #[error("Docker API: {0}")]
+    Answer(String),
     /// The engine did not answer in time.
     #[error("container engine did not answer {what} within {limit:?}")]
     Timeout {
@@ -149,10 +155,11 @@ impl Engine {
             }
         })??;
         if (status.is_client_error() || status.is_server_error()) && !ok_also.contains(&status) {
-            let message = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| v["message"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
+            // Not every error comes from the engine itself (a proxy in front may answer in
+            // plain text): the body as text then.
+            let message = decode::<ErrorAnswer>("error", &bytes)
+                .map(|a| a.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_owned());
             return Err(ContainerError::Api {
                 what,
                 status,
@@ -160,15 +167,6 @@ impl Engine {
             });
         }
         Ok((status, bytes))
-    }
-
-    pub(super) async fn json(&self, method: Method, path: &str) -> Result<Value, ContainerError> {
-        let (_, bytes) = self.call(method, path, None, API_CALL_TIMEOUT, &[]).await?;
-        serde_json::from_slice(&bytes).map_err(|e| ContainerError::Api {
-            what: path.to_owned(),
-            status: StatusCode::OK,
-            message: format!("unreadable answer: {e}"),
-        })
     }
 
     /// Loads an image archive; returns the image reference it holds (its first tag, or its id).
@@ -196,26 +194,24 @@ impl Engine {
 
     pub(super) async fn list(&self, service: &str) -> Result<Vec<Listed>, ContainerError> {
         let filters = json!({ "label": [format!("{SERVICE_LABEL}={service}")] }).to_string();
-        let v = self
-            .json(
-                Method::GET,
-                &format!("/containers/json?all=1&filters={}", encode(&filters)),
-            )
+        let path = format!("/containers/json?all=1&filters={}", encode(&filters));
+        let (_, bytes) = self
+            .call(Method::GET, &path, None, API_CALL_TIMEOUT, &[])
             .await?;
-        Ok(v.as_array()
+        let listed: Vec<ContainerSummary> =
+            decode("container list", &bytes).map_err(ContainerError::Answer)?;
+        Ok(listed
             .into_iter()
-            .flatten()
             .filter_map(|c| {
+                // Not one of the agent's if it lacks the release label.
+                let release = c.labels?.remove(RELEASE_LABEL)?;
+                let name = c.names.first().map_or("", |n| n.trim_start_matches('/'));
                 Some(Listed {
-                    id: c["Id"].as_str()?.to_owned(),
-                    name: c["Names"][0]
-                        .as_str()
-                        .unwrap_or_default()
-                        .trim_start_matches('/')
-                        .to_owned(),
-                    release: c["Labels"][RELEASE_LABEL].as_str()?.to_owned(),
-                    image: c["ImageID"].as_str().unwrap_or_default().to_owned(),
-                    running: c["State"].as_str() == Some("running"),
+                    name: name.to_owned(),
+                    running: c.state == "running",
+                    id: c.id,
+                    release,
+                    image: c.image_id,
                 })
             })
             .collect())
@@ -235,21 +231,15 @@ impl Engine {
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| ContainerError::Api {
-            what: format!("GET /containers/{id}/json"),
-            status,
-            message: format!("unreadable answer: {e}"),
-        })?;
+        let c: ContainerInspect =
+            decode("container inspect", &bytes).map_err(ContainerError::Answer)?;
         Ok(Some(State {
-            running: v["State"]["Running"].as_bool().unwrap_or(false),
-            restarting: v["State"]["Restarting"].as_bool().unwrap_or(false),
-            status: v["State"]["Status"]
-                .as_str()
-                .unwrap_or("unknown")
-                .to_owned(),
-            exit_code: v["State"]["ExitCode"].as_i64().unwrap_or(0),
-            error: v["State"]["Error"].as_str().unwrap_or("").to_owned(),
-            restart_count: v["RestartCount"].as_u64().unwrap_or(0),
+            running: c.state.running,
+            restarting: c.state.restarting,
+            status: c.state.status,
+            exit_code: c.state.exit_code,
+            error: c.state.error,
+            restart_count: c.restart_count,
         }))
     }
 
@@ -342,13 +332,13 @@ impl State {
 pub(super) fn loaded_image(answer: &[u8]) -> Result<String, String> {
     let mut id = None;
     let mut tag = None;
-    let stream = serde_json::Deserializer::from_slice(answer).into_iter::<Value>();
+    let stream = serde_json::Deserializer::from_slice(answer).into_iter::<LoadMessage>();
     for msg in stream {
         let msg = msg.map_err(|e| format!("unreadable answer from the engine: {e}"))?;
-        if let Some(err) = msg["error"].as_str() {
-            return Err(err.to_owned());
+        if let Some(err) = msg.error {
+            return Err(err);
         }
-        let text = msg["stream"].as_str().unwrap_or_default();
+        let text = msg.stream.unwrap_or_default();
         for line in text.lines() {
             if let Some(i) = line.strip_prefix("Loaded image ID: ") {
                 id.get_or_insert_with(|| i.trim().to_owned());

@@ -26,15 +26,17 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use hyper::body::Bytes;
-use hyper::{Method, StatusCode};
+use hyper::Method;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+mod api;
 mod engine;
 
 use crate::backend::{Backend, BackendError, Exit};
 use crate::config::{Backend as BackendKind, ContainerSettings, ServiceConfig};
 use crate::release::releases::ServiceDir;
+use api::{decode, Created};
 use engine::{encode, full, Engine, Listed};
 pub use engine::{
     ContainerError, API_CALL_TIMEOUT, IMAGE_LOAD_TIMEOUT, RELEASE_LABEL, SERVICE_LABEL,
@@ -151,14 +153,9 @@ impl ContainerBackend {
                 &[],
             )
             .await?;
-        let id = serde_json::from_slice::<Value>(&answer)
-            .ok()
-            .and_then(|v| v["Id"].as_str().map(str::to_owned))
-            .ok_or_else(|| ContainerError::Api {
-                what: "POST /containers/create".into(),
-                status: StatusCode::OK,
-                message: "no container id in the answer".into(),
-            })?;
+        let id = decode::<Created>("container create", &answer)
+            .map_err(ContainerError::Answer)?
+            .id;
         tracing::info!(container = %name, %image, "created container");
         Ok((id, name))
     }
