@@ -4,12 +4,13 @@
 //! staged), swap it in, restart, watch its health, and commit or roll back, so that whatever
 //! happens the service ends on exactly the old or the new release.
 //!
-//! Layout:
+//! Layout (public: [`config`], [`release::unpack`] for the fuzz targets, and [`run`],
+//! [`Executor`], [`Outbox`] and [`Fetcher`] for the agent's tests; the rest is crate-private):
 //! - [`config`]: the agent's TOML config and its validation.
-//! - [`session`]: the bidi stream to the coordinator (hello, heartbeats, orders, results) and
+//! - `session`: the bidi stream to the coordinator (hello, heartbeats, orders, results) and
 //!   reconnecting with backoff, round-robin over the coordinator replicas.
-//! - [`update`]: carrying out orders.
-//!   - [`update::executor`]: order intake with fencing tokens, stage orders, hellos.
+//! - `update`: carrying out orders.
+//!   - `update::executor`: order intake with fencing tokens, stage orders, hellos.
 //!   - `update::procedure`: the update procedure itself (stage, drain, swap, restart, verify,
 //!     undrain, commit or roll back) and the undo of an update an agent restart interrupted:
 //!     one path whatever runs the service.
@@ -20,31 +21,31 @@
 //!     flight) and the clock that orders observations and results.
 //!   - `update::service`: one task per service: supervision, idle health reports (and
 //!     regressions within `watch_after_commit`), running its orders.
-//!   - [`update::hooks`]: the operator's commands around an update (pre_stop, pre_start,
+//!   - `update::hooks`: the operator's commands around an update (pre_stop, pre_start,
 //!     post_start, on_rollback).
-//! - [`backend`]: the seam between the update procedure and what runs a service.
-//!   - [`backend::process`]: the process backend (start, stop by process group, pidfile).
-//!   - [`backend::systemd`]: the systemd backend (restart a unit over D-Bus, judge it by its
+//! - `backend`: the seam between the update procedure and what runs a service.
+//!   - `backend::process`: the process backend (start, stop by process group, pidfile).
+//!   - `backend::systemd`: the systemd backend (restart a unit over D-Bus, judge it by its
 //!     state).
-//!   - [`backend::container`]: the container backend (Docker Engine API: load, create, start,
+//!   - `backend::container`: the container backend (Docker Engine API: load, create, start,
 //!     stop, remove).
-//! - [`probe`]: http/tcp/exec/systemd/grpc health probes, their thresholds, and the
+//! - `probe`: http/tcp/exec/systemd/grpc health probes, their thresholds, and the
 //!   min-healthy-time rule.
 //! - [`release`]: releases, from download to a release dir.
-//!   - [`release::trust`]: which releases this host accepts before touching anything:
+//!   - `release::trust`: which releases this host accepts before touching anything:
 //!     signatures by pinned keys, the size cap, no downgrade but an explicit rollback.
-//!   - [`release::fetch`]: downloading artifacts (store, http, file), resuming, size and
+//!   - `release::fetch`: downloading artifacts (store, http, file), resuming, size and
 //!     digest checks.
-//!   - [`release::releases`]: a service's directory: staging, release dirs, the `current`
+//!   - `release::releases`: a service's directory: staging, release dirs, the `current`
 //!     link.
 //!   - [`release::unpack`]: tarball releases, unpacked without escaping their release dir,
 //!     modes normalized.
-//!   - [`release::release_tree`]: what a release dir held when installed, checked before each
+//!   - `release::release_tree`: what a release dir held when installed, checked before each
 //!     start.
-//! - [`state`]: what survives a restart.
-//!   - [`state::journal`]: the durable state file (highest token, orders in flight, recent
+//! - `state`: what survives a restart.
+//!   - `state::journal`: the durable state file (highest token, orders in flight, recent
 //!     results).
-//!   - [`state::durable`]: write-fsync-rename-fsync and link swaps by rename.
+//!   - `state::durable`: write-fsync-rename-fsync and link swaps by rename.
 //!
 //! The binary (`main.rs`) only parses the command line and calls [`run`].
 //!
@@ -57,19 +58,19 @@
 //!                         32 results (with when they finished), releases staged for
 //!                         orders still to come, releases each
 //!                         service ran (the only ones a rollback may go back to)
-//!   services/<svc>/       one per configured service; see [`release::releases`]
+//!   services/<svc>/       one per configured service; see `release::releases`
 //! ```
 
 #![warn(missing_docs)]
 
-pub mod backend;
+pub(crate) mod backend;
 pub mod config;
 mod errors;
-pub mod probe;
+pub(crate) mod probe;
 pub mod release;
-pub mod session;
-pub mod state;
-pub mod update;
+pub(crate) mod session;
+pub(crate) mod state;
+pub(crate) mod update;
 
 use std::future::Future;
 
@@ -78,14 +79,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-pub use update::executor::Executor;
+pub use release::fetch::Fetcher;
+pub use update::executor::{Executor, Outbox, StartError};
 
 /// Why the agent could not run.
 #[derive(Debug, Error)]
 pub enum AgentError {
     /// The executor (state dir, journal, services) could not start.
     #[error(transparent)]
-    Start(#[from] update::executor::StartError),
+    Start(#[from] StartError),
     /// The download client could not be set up.
     #[error(transparent)]
     Fetch(#[from] release::fetch::FetchError),

@@ -11,9 +11,9 @@
 //!   (Docker Engine API); restart = create or find the release's container, stop the old one
 //!   and start it; the old container is kept until the release is settled.
 
-pub mod container;
-pub mod process;
-pub mod systemd;
+pub(crate) mod container;
+pub(crate) mod process;
+pub(crate) mod systemd;
 
 use std::path::PathBuf;
 use std::sync::Arc;

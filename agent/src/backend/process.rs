@@ -89,6 +89,7 @@ impl ProcessBackend {
     }
 
     /// Pid of the running process.
+    #[cfg(test)]
     pub fn pid(&self) -> Option<i32> {
         self.running.as_ref().map(|r| r.pgid.as_raw())
     }

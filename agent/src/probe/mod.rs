@@ -480,11 +480,6 @@ impl HealthWindow {
         at.max(now)
     }
 
-    /// The last probe error seen, if any.
-    pub fn last_error(&self) -> Option<&str> {
-        self.last_error.as_deref()
-    }
-
     fn deadline_message(&self, now: Instant) -> String {
         let deadline = rollgate_proto::spec::human(self.deadline);
         let need = rollgate_proto::spec::human(self.min_healthy);

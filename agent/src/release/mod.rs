@@ -2,8 +2,8 @@
 //! ([`unpack`]), a service's directory ([`releases`]) and what a release dir held
 //! ([`release_tree`]).
 
-pub mod fetch;
-pub mod release_tree;
-pub mod releases;
-pub mod trust;
+pub(crate) mod fetch;
+pub(crate) mod release_tree;
+pub(crate) mod releases;
+pub(crate) mod trust;
 pub mod unpack;

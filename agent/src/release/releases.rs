@@ -237,6 +237,7 @@ impl ServiceDir {
         self.root.join("service.log")
     }
     /// The download in progress for `sha256`.
+    #[cfg(test)]
     pub fn partial_path(&self, sha256: &str) -> PathBuf {
         self.staging_dir().join(format!("{sha256}.partial"))
     }

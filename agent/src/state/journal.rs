@@ -247,11 +247,6 @@ impl Journal {
         self.data.in_flight.get(service)
     }
 
-    /// All unfinished orders.
-    pub fn all_in_flight(&self) -> impl Iterator<Item = &InFlight> {
-        self.data.in_flight.values()
-    }
-
     /// The recorded result of the order with `token` for `service`, if still kept.
     pub fn result_for(&self, token: u64, service: &str) -> Option<pb::OrderResult> {
         self.data

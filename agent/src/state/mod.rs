@@ -1,4 +1,4 @@
 //! The agent's durable state: the [`journal`] and the [`durable`] writes it rests on.
 
-pub mod durable;
-pub mod journal;
+pub(crate) mod durable;
+pub(crate) mod journal;

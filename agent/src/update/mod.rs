@@ -2,8 +2,8 @@
 //! per-service task, what the agent reports, and the operator's hooks.
 
 mod context;
-pub mod executor;
-pub mod hooks;
+pub(crate) mod executor;
+pub(crate) mod hooks;
 pub(crate) mod order;
 mod procedure;
 pub(crate) mod service;

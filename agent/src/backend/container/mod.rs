@@ -38,9 +38,7 @@ use crate::config::{Backend as BackendKind, ContainerSettings, ServiceConfig};
 use crate::release::releases::ServiceDir;
 use api::{decode, Created};
 use engine::{encode, full, Engine, Listed};
-pub use engine::{
-    ContainerError, API_CALL_TIMEOUT, IMAGE_LOAD_TIMEOUT, RELEASE_LABEL, SERVICE_LABEL,
-};
+pub use engine::{ContainerError, API_CALL_TIMEOUT, RELEASE_LABEL, SERVICE_LABEL};
 
 /// How often a running container's state is read.
 pub const STATE_POLL_INTERVAL: Duration = Duration::from_millis(200);

@@ -37,10 +37,9 @@ use zbus::MessageStream;
 use crate::backend::{Backend, BackendError, Exit};
 use crate::config::SystemdTarget;
 use crate::release::releases::ServiceDir;
-pub use client::{check_active, SystemdClient, SystemdError, DBUS_CALL_TIMEOUT};
 use client::{job_result, Job};
+pub use client::{SystemdClient, SystemdError};
 use unit_state::job_failure;
-pub use unit_state::UnitState;
 
 /// How often a watched unit's state is read again even without a change signal (a missed
 /// signal, or a bus that went away, is noticed within this). Changes themselves arrive as

@@ -1,3 +1,4 @@
+use super::unit_state::UnitState;
 use super::*;
 
 fn st(active: &str, sub: &str, result: &str, n: u32, code: i32, status: i32) -> UnitState {
