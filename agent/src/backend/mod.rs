@@ -13,21 +13,39 @@
 
 pub(crate) mod container;
 pub(crate) mod process;
+pub(crate) mod select;
 pub(crate) mod systemd;
 
+use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use thiserror::Error;
 use tokio::time::Instant;
 
-use crate::config::{Backend as BackendKind, ServiceConfig};
-use crate::release::releases::ServiceDir;
-use container::{ContainerBackend, ContainerError};
-use process::{ProcessBackend, ProcessError};
-use systemd::{SystemdBackend, SystemdError};
+use crate::backend::container::engine::ContainerError;
+use crate::backend::systemd::client::SystemdError;
+use crate::release::releases::DiskError;
+
+/// A service process that could not be started.
+#[derive(Debug, Error)]
+pub enum ProcessError {
+    /// No release is installed (`current` does not exist).
+    #[error("no release is installed ({} does not exist)", .0.display())]
+    NotInstalled(PathBuf),
+    /// The binary could not be executed.
+    #[error("cannot start {}: {source}", path.display())]
+    Spawn {
+        /// The binary.
+        path: PathBuf,
+        /// Why exec failed.
+        source: io::Error,
+    },
+    /// A file the start needs could not be read or written.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+}
 
 /// A service that could not be (re)started.
 #[derive(Debug, Error)]
@@ -117,13 +135,4 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The agent is shutting down: the process backend stops the service (its lifetime is
     /// the agent's); the systemd backend leaves the unit running.
     fn shutdown(&mut self) -> BoxFuture<'_, ()>;
-}
-
-/// The backend a service's config asks for.
-pub fn for_service(dir: ServiceDir, cfg: Arc<ServiceConfig>) -> Box<dyn Backend> {
-    match &cfg.backend {
-        BackendKind::Process => Box::new(ProcessBackend::new(dir, cfg.clone())),
-        BackendKind::Systemd(target) => Box::new(SystemdBackend::new(dir, target.clone())),
-        BackendKind::Container(_) => Box::new(ContainerBackend::new(dir, cfg)),
-    }
 }

@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +17,12 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{getpgid, Pid};
-use thiserror::Error;
 use tokio::time::Instant;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use crate::backend::{Backend, BackendError, Exit};
+use crate::backend::{Backend, BackendError, Exit, ProcessError};
 use crate::config::ServiceConfig;
 use crate::probe::describe_exit;
 use crate::release::releases::{DiskError, ServiceDir};
@@ -37,25 +36,6 @@ const GROUP_POLL_INTERVAL: Duration = Duration::from_millis(20);
 const SPAWN_BUSY_RETRIES: u32 = 10;
 /// Pause between those retries.
 const SPAWN_BUSY_DELAY: Duration = Duration::from_millis(20);
-
-/// A service process that could not be started.
-#[derive(Debug, Error)]
-pub enum ProcessError {
-    /// No release is installed (`current` does not exist).
-    #[error("no release is installed ({} does not exist)", .0.display())]
-    NotInstalled(PathBuf),
-    /// The binary could not be executed.
-    #[error("cannot start {}: {source}", path.display())]
-    Spawn {
-        /// The binary.
-        path: PathBuf,
-        /// Why exec failed.
-        source: io::Error,
-    },
-    /// A file the start needs could not be read or written.
-    #[error(transparent)]
-    Disk(#[from] DiskError),
-}
 
 /// The process backend of one service: runs its process and knows whether it is up.
 #[derive(Debug)]

@@ -46,7 +46,7 @@ impl ServiceUnit {
         shared: Arc<Shared>,
         host_id: Arc<str>,
     ) -> ServiceUnit {
-        let backend = backend::for_service(dir.clone(), cfg.clone());
+        let backend = backend::select::for_service(dir.clone(), cfg.clone());
         ServiceUnit {
             ctx: ServiceContext {
                 cfg,

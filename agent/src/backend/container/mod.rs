@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 mod api;
-mod engine;
+pub(crate) mod engine;
 
 use crate::backend::{Backend, BackendError, Exit};
 use crate::config::{Backend as BackendKind, ContainerSettings, ServiceConfig};
