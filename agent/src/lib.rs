@@ -11,6 +11,9 @@
 //!   reconnecting with backoff, round-robin over the coordinator replicas.
 //! - `update`: carrying out orders.
 //!   - `update::executor`: order intake with fencing tokens, stage orders, hellos.
+//!   - `update::order`, `update::shared`: what intake and the service tasks share (the order
+//!     types; the journal, status board and outbox).
+//!   - `update::context`: what the update procedure works on (`ServiceContext`).
 //!   - `update::procedure`: the update procedure itself (stage, drain, swap, restart, verify,
 //!     undrain, commit or roll back) and the undo of an update an agent restart interrupted:
 //!     one path whatever runs the service.
@@ -23,7 +26,8 @@
 //!     regressions within `watch_after_commit`), running its orders.
 //!   - `update::hooks`: the operator's commands around an update (pre_stop, pre_start,
 //!     post_start, on_rollback).
-//! - `backend`: the seam between the update procedure and what runs a service.
+//! - `backend`: the seam between the update procedure and what runs a service;
+//!   `backend::select` picks the one a service's config asks for.
 //!   - `backend::process`: the process backend (start, stop by process group, pidfile).
 //!   - `backend::systemd`: the systemd backend (restart a unit over D-Bus, judge it by its
 //!     state).
