@@ -4,37 +4,52 @@
 //! staged), swap it in, restart, watch its health, and commit or roll back, so that whatever
 //! happens the service ends on exactly the old or the new release.
 //!
-//! Layout:
+//! Layout (public: [`config`], [`release::unpack`] for the fuzz targets, and [`run`],
+//! [`Executor`], [`Outbox`] and [`Fetcher`] for the agent's tests; the rest is crate-private):
 //! - [`config`]: the agent's TOML config and its validation.
-//! - [`session`]: the bidi stream to the coordinator (hello, heartbeats, orders, results) and
+//! - `session`: the bidi stream to the coordinator (hello, heartbeats, orders, results) and
 //!   reconnecting with backoff, round-robin over the coordinator replicas.
-//! - [`executor`]: order intake with fencing tokens, stage orders, hellos.
-//! - `update`: the update procedure itself (stage, drain, swap, restart, verify, undrain,
-//!   commit or roll back) and the undo of an update an agent restart interrupted: one path
-//!   whatever runs the service.
-//! - `staging`: getting a verified release dir, ahead of the slot (stage orders, which run
-//!   beside an update) or as an update's first step; pins staged releases against pruning.
-//! - `status`: what the agent reports about each service (latest status, order in flight)
-//!   and the clock that orders observations and results.
-//! - `service`: one task per service: supervision, idle health reports (and regressions
-//!   within `watch_after_commit`), running its orders.
-//! - [`backend`]: the seam between the update procedure and what runs a service.
-//! - [`process`]: the process backend (start, stop by process group, pidfile).
-//! - [`systemd`]: the systemd backend (restart a unit over D-Bus, judge it by its state).
-//! - [`container`]: the container backend (Docker Engine API: load, create, start, stop, remove).
-//! - [`probe`]: http/tcp/exec/systemd/grpc health probes, their thresholds, and the
+//! - `update`: carrying out orders.
+//!   - `update::executor`: order intake with fencing tokens, stage orders, hellos.
+//!   - `update::order`, `update::shared`: what intake and the service tasks share (the order
+//!     types; the journal, status board and outbox).
+//!   - `update::context`: what the update procedure works on (`ServiceContext`).
+//!   - `update::procedure`: the update procedure itself (stage, drain, swap, restart, verify,
+//!     undrain, commit or roll back) and the undo of an update an agent restart interrupted:
+//!     one path whatever runs the service.
+//!   - `update::staging`: getting a verified release dir, ahead of the slot (stage orders,
+//!     which run beside an update) or as an update's first step; pins staged releases against
+//!     pruning.
+//!   - `update::status`: what the agent reports about each service (latest status, order in
+//!     flight) and the clock that orders observations and results.
+//!   - `update::service`: one task per service: supervision, idle health reports (and
+//!     regressions within `watch_after_commit`), running its orders.
+//!   - `update::hooks`: the operator's commands around an update (pre_stop, pre_start,
+//!     post_start, on_rollback).
+//! - `backend`: the seam between the update procedure and what runs a service;
+//!   `backend::select` picks the one a service's config asks for.
+//!   - `backend::process`: the process backend (start, stop by process group, pidfile).
+//!   - `backend::systemd`: the systemd backend (restart a unit over D-Bus, judge it by its
+//!     state).
+//!   - `backend::container`: the container backend (Docker Engine API: load, create, start,
+//!     stop, remove).
+//! - `probe`: http/tcp/exec/systemd/grpc health probes, their thresholds, and the
 //!   min-healthy-time rule.
-//! - [`hooks`]: the operator's commands around an update (pre_stop, pre_start, post_start,
-//!   on_rollback).
-//! - [`trust`]: which releases this host accepts before touching anything: signatures by
-//!   pinned keys, the size cap, no downgrade but an explicit rollback.
-//! - [`fetch`]: downloading artifacts (store, http, file), resuming, size and digest checks.
-//! - [`releases`]: a service's directory: staging, release dirs, the `current` link.
-//! - [`unpack`]: tarball releases, unpacked without escaping their release dir, modes
-//!   normalized.
-//! - [`release_tree`]: what a release dir held when installed, checked before each start.
-//! - [`journal`]: the durable state file (highest token, orders in flight, recent results).
-//! - [`durable`]: write-fsync-rename-fsync and link swaps by rename.
+//! - [`release`]: releases, from download to a release dir.
+//!   - `release::trust`: which releases this host accepts before touching anything:
+//!     signatures by pinned keys, the size cap, no downgrade but an explicit rollback.
+//!   - `release::fetch`: downloading artifacts (store, http, file), resuming, size and
+//!     digest checks.
+//!   - `release::releases`: a service's directory: staging, release dirs, the `current`
+//!     link.
+//!   - [`release::unpack`]: tarball releases, unpacked without escaping their release dir,
+//!     modes normalized.
+//!   - `release::release_tree`: what a release dir held when installed, checked before each
+//!     start.
+//! - `state`: what survives a restart.
+//!   - `state::journal`: the durable state file (highest token, orders in flight, recent
+//!     results).
+//!   - `state::durable`: write-fsync-rename-fsync and link swaps by rename.
 //!
 //! The binary (`main.rs`) only parses the command line and calls [`run`].
 //!
@@ -47,31 +62,19 @@
 //!                         32 results (with when they finished), releases staged for
 //!                         orders still to come, releases each
 //!                         service ran (the only ones a rollback may go back to)
-//!   services/<svc>/       one per configured service; see [`releases`]
+//!   services/<svc>/       one per configured service; see `release::releases`
 //! ```
 
 #![warn(missing_docs)]
 
-pub mod backend;
+pub(crate) mod backend;
 pub mod config;
-pub mod container;
-pub mod durable;
-pub mod executor;
-pub mod fetch;
-pub mod hooks;
-pub mod journal;
-pub mod probe;
-pub mod process;
-pub mod release_tree;
-pub mod releases;
-mod service;
-pub mod session;
-mod staging;
-mod status;
-pub mod systemd;
-pub mod trust;
-pub mod unpack;
-mod update;
+mod errors;
+pub(crate) mod probe;
+pub mod release;
+pub(crate) mod session;
+pub(crate) mod state;
+pub(crate) mod update;
 
 use std::future::Future;
 
@@ -80,17 +83,18 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-pub use executor::Executor;
+pub use release::fetch::Fetcher;
+pub use update::executor::{Executor, Outbox, StartError};
 
 /// Why the agent could not run.
 #[derive(Debug, Error)]
 pub enum AgentError {
     /// The executor (state dir, journal, services) could not start.
     #[error(transparent)]
-    Start(#[from] executor::StartError),
+    Start(#[from] StartError),
     /// The download client could not be set up.
     #[error(transparent)]
-    Fetch(#[from] fetch::FetchError),
+    Fetch(#[from] release::fetch::FetchError),
     /// The `[tls]` settings are missing or unusable.
     #[error("cannot connect securely: {0}")]
     Tls(String),
@@ -102,7 +106,7 @@ pub enum AgentError {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     session::check_tls(&config).map_err(AgentError::Tls)?;
     let (channel_tx, channel_rx) = watch::channel(None);
-    let fetcher = fetch::Fetcher::new(channel_rx)?;
+    let fetcher = release::fetch::Fetcher::new(channel_rx)?;
     let (executor, mut outbox) = Executor::start(&config, fetcher)?;
     tracing::info!(
         host = %config.host_id,
@@ -142,20 +146,4 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     executor.shutdown().await;
     tracing::info!("rollgate-agent stopped");
     Ok(())
-}
-
-/// An error and its causes on one line (top-level transport errors alone say little).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        // Wrapping errors often repeat their cause's text; say each thing once.
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = c.source();
-    }
-    s
 }

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::executor::{Executor, Outbox};
+use crate::update::executor::{Executor, Outbox};
 
 /// First reconnect delay (before jitter).
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -53,7 +53,7 @@ pub struct SessionConfig {
 /// Checks the `[tls]` settings before the agent starts: the files load, the certificate is a
 /// host certificate for this very host, and the URLs' scheme matches (https with TLS, http
 /// only in insecure development mode). Returns what to say on a bad setting.
-pub fn check_tls(config: &crate::Config) -> Result<(), String> {
+pub fn check_tls(config: &crate::config::Config) -> Result<(), String> {
     let tls = &config.tls;
     if tls.insecure() {
         // Plaintext lets anyone on the path forge orders that run as root here: only a
@@ -312,7 +312,7 @@ async fn serve(
             return settings(e)
                 .connect()
                 .await
-                .map_err(|e| crate::error_chain(&e));
+                .map_err(|e| crate::errors::error_chain(&e));
         }
         // Read at every connect: a renewed certificate is picked up without a restart.
         let files = match cfg.tls.load(Role::Host, "") {
@@ -323,7 +323,7 @@ async fn serve(
         // The server must be a coordinator of our fleet, not only hold a certificate of our CA.
         rollgate_proto::tls::dial(&url, settings, &files)
             .await
-            .map_err(|e| crate::error_chain(&e))
+            .map_err(|e| crate::errors::error_chain(&e))
     };
     let channel = tokio::select! {
         _ = cancel.cancelled() => return End::Shutdown,
@@ -500,15 +500,15 @@ mod tests {
         let text = "host_id = \"h\"\ncoordinators = [\"http://127.0.0.1:1\", \
                     \"http://10.0.0.1:7443\"]\nstate_dir = \"/tmp/x\"\n\
                     [tls]\ninsecure_plaintext = true\n";
-        let cfg = crate::Config::parse(text).expect("config");
+        let cfg = crate::config::Config::parse(text).expect("config");
         let e = check_tls(&cfg).expect_err("a remote plaintext coordinator");
         assert!(
             e.contains("insecure_plaintext = true is refused for the coordinator URL \"http://10.0.0.1:7443\"")
                 && e.contains("http://127.0.0.1:PORT"),
             "{e}"
         );
-        let cfg =
-            crate::Config::parse(&text.replace(", \"http://10.0.0.1:7443\"", "")).expect("config");
+        let cfg = crate::config::Config::parse(&text.replace(", \"http://10.0.0.1:7443\"", ""))
+            .expect("config");
         assert_eq!(check_tls(&cfg), Ok(()));
     }
 

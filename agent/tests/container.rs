@@ -8,9 +8,9 @@ mod common;
 
 use common::docker_engine::{DockerEngine, Kind};
 use common::*;
-use rollgate_agent::executor::{Executor, Outbox};
-use rollgate_agent::fetch::Fetcher;
 use rollgate_agent::Config;
+use rollgate_agent::Fetcher;
+use rollgate_agent::{Executor, Outbox};
 use rollgate_proto::pb::{self, Health, Outcome};
 use tokio::sync::watch;
 

@@ -6,12 +6,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rollgate_agent::executor::Executor;
-use rollgate_agent::fetch::Fetcher;
+use rollgate_agent::Executor;
+use rollgate_agent::Fetcher;
 use rollgate_proto::pb::{Health, Outcome, Step};
 use tokio::sync::watch;
 
-fn start(world: &World) -> (Executor, rollgate_agent::executor::Outbox) {
+fn start(world: &World) -> (Executor, rollgate_agent::Outbox) {
     let (_tx, rx) = watch::channel(None);
     let fetcher = Fetcher::new(rx).expect("fetcher");
     Executor::start(&world.config(), fetcher).expect("executor")

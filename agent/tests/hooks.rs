@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use rollgate_agent::executor::{Executor, Outbox};
-use rollgate_agent::fetch::Fetcher;
 use rollgate_agent::Config;
+use rollgate_agent::Fetcher;
+use rollgate_agent::{Executor, Outbox};
 use rollgate_proto::pb::{Health, Outcome, Step};
 use tokio::sync::watch;
 

@@ -15,9 +15,9 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use common::*;
-use rollgate_agent::executor::{Executor, Outbox};
-use rollgate_agent::fetch::Fetcher;
 use rollgate_agent::Config;
+use rollgate_agent::Fetcher;
+use rollgate_agent::{Executor, Outbox};
 use rollgate_proto::pb::{Health, Outcome};
 use tokio::sync::watch;
 

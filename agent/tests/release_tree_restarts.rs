@@ -16,9 +16,9 @@ use std::time::Duration;
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rollgate_agent::executor::{Executor, Outbox};
-use rollgate_agent::fetch::Fetcher;
 use rollgate_agent::Config;
+use rollgate_agent::Fetcher;
+use rollgate_agent::{Executor, Outbox};
 use rollgate_proto::pb::{self, agent_message::Msg, Health, Outcome};
 use tokio::sync::watch;
 

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use rollgate_agent::executor::{Executor, Outbox};
-use rollgate_agent::fetch::Fetcher;
 use rollgate_agent::Config;
+use rollgate_agent::Fetcher;
+use rollgate_agent::{Executor, Outbox};
 use rollgate_proto::pb::{self, Outcome};
 use rollgate_proto::signing::{self, Scope, Signed, SigningKey};
 use tokio::sync::watch;

@@ -17,7 +17,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
 use rollgate_agent::config::UnpackLimits;
-use rollgate_agent::unpack::{unpack, GZIP_MAGIC};
+use rollgate_agent::release::unpack::{unpack, GZIP_MAGIC};
 
 /// Limits small enough that every run is quick, large enough for many entries.
 pub const LIMITS: UnpackLimits = UnpackLimits {

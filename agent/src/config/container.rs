@@ -1,5 +1,6 @@
 //! The container backend's settings in a `[[services]]` table and their validation.
 
+use super::raw::*;
 use super::*;
 
 /// Default Docker Engine API socket.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::raw::*;
 use super::*;
 
 /// One health probe.

@@ -12,8 +12,8 @@ pub use rollgate_tests::managers as user_manager;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rollgate_agent::executor::Outbox;
 use rollgate_agent::Config;
+use rollgate_agent::Outbox;
 use rollgate_proto::pb::{self, agent_message::Msg};
 use sha2::{Digest, Sha256};
 

@@ -2,23 +2,26 @@
 
 use std::sync::Arc;
 
-use rollgate_proto::pb::{self, agent_message::Msg, Health, Step};
+use rollgate_proto::pb::{self, agent_message::Msg, Health};
 use rollgate_proto::spec::human;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backend::{self, Backend, BackendError, Exit};
+use crate::backend::{self, BackendError, Exit};
 use crate::config::ServiceConfig;
-use crate::executor::{Accepted, Finished, OrderRef, Shared, KEEP_RELEASES};
-use crate::fetch::Fetcher;
-use crate::journal::{InFlight, Journal};
 use crate::probe::Prober;
-use crate::releases::ServiceDir;
-use crate::status;
-use crate::{staging, update};
+use crate::release::fetch::Fetcher;
+use crate::release::releases::ServiceDir;
+use crate::state::journal::{InFlight, Journal};
+use crate::update::context::ServiceContext;
+use crate::update::order::{Accepted, Finished};
+use crate::update::shared::Shared;
+use crate::update::{procedure, staging};
 
+/// How many committed releases each service keeps on disk (plus the one before the last update).
+pub const KEEP_RELEASES: usize = 3;
 /// How long a restart after an unexpected exit may take to come up (only backends the agent
 /// restarts get here; the process backend is up once spawned).
 const SUPERVISED_RESTART_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
@@ -26,24 +29,12 @@ const SUPERVISED_RESTART_WAIT: std::time::Duration = std::time::Duration::from_s
 /// Everything one service's task owns.
 #[derive(Debug)]
 pub(crate) struct ServiceUnit {
-    pub(crate) cfg: Arc<ServiceConfig>,
-    pub(crate) dir: ServiceDir,
-    /// What runs the service (process, systemd).
-    pub(crate) backend: Box<dyn Backend>,
-    pub(crate) prober: Prober,
-    pub(crate) fetcher: Fetcher,
-    pub(crate) shared: Arc<Shared>,
-    /// This host's id, for the hooks' environment.
-    pub(crate) host_id: Arc<str>,
+    /// What the update procedure works on.
+    pub(crate) ctx: ServiceContext,
     /// Why the service is down (shown as STOPPED's detail).
     down_reason: Option<String>,
     /// When to restart a process that exited on its own (only backends the agent restarts).
     restart_at: Option<Instant>,
-    /// Until when a failing health check counts as a regression of the release just
-    /// committed (`watch_after_commit`).
-    watch_until: Option<Instant>,
-    /// A regression was reported and the service has not been healthy since.
-    regressed: bool,
 }
 
 impl ServiceUnit {
@@ -55,19 +46,21 @@ impl ServiceUnit {
         shared: Arc<Shared>,
         host_id: Arc<str>,
     ) -> ServiceUnit {
-        let backend = backend::for_service(dir.clone(), cfg.clone());
+        let backend = backend::select::for_service(dir.clone(), cfg.clone());
         ServiceUnit {
-            cfg,
-            dir,
-            backend,
-            prober,
-            fetcher,
-            shared,
-            host_id,
+            ctx: ServiceContext {
+                cfg,
+                dir,
+                backend,
+                prober,
+                fetcher,
+                shared,
+                host_id,
+                watch_until: None,
+                regressed: false,
+            },
             down_reason: None,
             restart_at: None,
-            watch_until: None,
-            regressed: false,
         }
     }
 
@@ -82,7 +75,7 @@ impl ServiceUnit {
         mut orders: mpsc::Receiver<Accepted>,
         cancel: CancellationToken,
     ) {
-        let span = tracing::info_span!("service", service = %self.cfg.name);
+        let span = tracing::info_span!("service", service = %self.ctx.cfg.name);
         async move {
             tokio::select! {
                 biased;
@@ -97,11 +90,11 @@ impl ServiceUnit {
                     _ = cancel.cancelled() => break,
                     Some(order) = orders.recv() => {
                         let id = &order.id;
-                        self.watch_until = None;
-                        self.regressed = false;
+                        self.ctx.watch_until = None;
+                        self.ctx.regressed = false;
                         let span =
                             tracing::info_span!("order", rollout = %id.rollout_id, token = id.token);
-                        let update = update::carry_out(&mut self, &order).instrument(span);
+                        let update = procedure::carry_out(&mut self.ctx, &order).instrument(span);
                         let done = tokio::select! {
                             biased;
                             _ = cancel.cancelled() => None,
@@ -117,20 +110,20 @@ impl ServiceUnit {
                                 break;
                             }
                         }
-                        next_probe = Instant::now() + self.prober.interval();
+                        next_probe = Instant::now() + self.ctx.prober.interval();
                     }
-                    exit = self.backend.exited() => self.on_exit(exit),
+                    exit = self.ctx.backend.exited() => self.on_exit(exit),
                     _ = tokio::time::sleep_until(restart_at.unwrap_or(next_probe)),
                         if restart_at.is_some() => {
                         self.restart().await
                     }
                     _ = tokio::time::sleep_until(next_probe) => {
                         self.watch_health().await;
-                        next_probe = Instant::now() + self.prober.interval();
+                        next_probe = Instant::now() + self.ctx.prober.interval();
                     }
                 }
             }
-            self.backend.shutdown().await;
+            self.ctx.backend.shutdown().await;
         }
         .instrument(span)
         .await
@@ -141,22 +134,22 @@ impl ServiceUnit {
     /// the installed release; systemd: starts the unit unless it is active).
     async fn startup(&mut self, interrupted: Option<InFlight>) {
         if let Some(f) = interrupted {
-            if let Some(note) = self.backend.reclaim().await {
+            if let Some(note) = self.ctx.backend.reclaim().await {
                 tracing::info!("{note}");
             }
             let span = tracing::info_span!("order", rollout = %f.rollout_id, token = f.token);
-            let done = update::recover(self, &f).instrument(span).await;
+            let done = procedure::recover(&mut self.ctx, &f).instrument(span).await;
             self.finish(done);
             return;
         }
         // The agent starts `current` itself here (process backend): S8 first.
-        if self.backend.agent_restarts() && !self.tree_intact().await {
-            if let Some(note) = self.backend.reclaim().await {
+        if self.ctx.backend.agent_restarts() && !self.tree_intact().await {
+            if let Some(note) = self.ctx.backend.reclaim().await {
                 tracing::info!("{note}");
             }
             return;
         }
-        let (note, started) = self.backend.adopt().await;
+        let (note, started) = self.ctx.backend.adopt().await;
         if let Some(note) = note {
             tracing::info!("{note}");
         }
@@ -165,7 +158,7 @@ impl ServiceUnit {
             Err(BackendError::NotInstalled(_)) => {
                 tracing::info!(
                     "no release of {} is installed yet; waiting for an order",
-                    self.cfg.name
+                    self.ctx.cfg.name
                 );
             }
             Err(e) => self.went_down(format!("cannot start: {e}")),
@@ -177,8 +170,8 @@ impl ServiceUnit {
     /// is recorded, so a hello sees the order either in flight or finished with the state it
     /// left, never the result with a status from before it.
     fn finish(&mut self, mut f: Finished) {
-        let service = self.cfg.name.clone();
-        let shared = self.shared.clone();
+        let service = self.ctx.cfg.name.clone();
+        let shared = self.ctx.shared.clone();
         let mut journal = shared.journal();
         f.result.finished_at_ms = shared.board.stamp();
         let keep = self.record(&mut journal, &f);
@@ -193,7 +186,7 @@ impl ServiceUnit {
         self.settle(&f.result);
         drop(journal);
         if f.committed.is_some() {
-            match self.dir.prune(&keep) {
+            match self.ctx.dir.prune(&keep) {
                 Ok(removed) if !removed.is_empty() => {
                     tracing::info!("removed old releases: {}", removed.join(", "))
                 }
@@ -205,12 +198,12 @@ impl ServiceUnit {
 
     /// Journals how the order ended; returns the release dirs to keep.
     fn record(&self, journal: &mut Journal, f: &Finished) -> Vec<String> {
-        let service = &self.cfg.name;
+        let service = &self.ctx.cfg.name;
         // What a later explicit rollback may go back to (S8: no silent downgrades).
         if let Some(info) = f
             .committed
             .as_deref()
-            .and_then(|d| self.dir.release_info(d).ok().flatten())
+            .and_then(|d| self.ctx.dir.release_info(d).ok().flatten())
         {
             if let Err(e) = journal.record_ran(service, &info.version, &info.sha256) {
                 tracing::error!("{e}; a later rollback to {} may be refused", info.version);
@@ -237,17 +230,22 @@ impl ServiceUnit {
     fn settle(&mut self, result: &pb::OrderResult) {
         if result.outcome() == pb::Outcome::Refused {
             // A refusal touched nothing: supervision carries on as before.
-            let last = self.shared.status(&self.cfg.name).unwrap_or_default();
-            return self.publish(last.health(), last.detail);
+            let last = self
+                .ctx
+                .shared
+                .status(&self.ctx.cfg.name)
+                .unwrap_or_default();
+            return self.ctx.publish(last.health(), last.detail);
         }
-        if result.outcome() == pb::Outcome::Succeeded && !self.cfg.watch_after_commit.is_zero() {
-            self.watch_until = Some(Instant::now() + self.cfg.watch_after_commit);
+        if result.outcome() == pb::Outcome::Succeeded && !self.ctx.cfg.watch_after_commit.is_zero()
+        {
+            self.ctx.watch_until = Some(Instant::now() + self.ctx.cfg.watch_after_commit);
         }
         // The update drove the service itself; from here on it is supervised again.
         self.down_reason = None;
         self.restart_at = None;
-        if !self.backend.is_up() && matches!(self.dir.current(), Ok(Some(_))) {
-            if self.backend.agent_restarts() {
+        if !self.ctx.backend.is_up() && matches!(self.ctx.dir.current(), Ok(Some(_))) {
+            if self.ctx.backend.agent_restarts() {
                 self.schedule_restart(format!("{}; restarting", result.reason));
             } else {
                 self.went_down(result.reason.clone());
@@ -259,65 +257,18 @@ impl ServiceUnit {
             } else {
                 result.reason.clone()
             };
-            self.publish(health, detail);
-        }
-    }
-
-    /// Records a step of the order in flight (durably) and tells the coordinator.
-    pub(crate) fn advance(
-        &self,
-        id: &OrderRef,
-        step: Step,
-        message: String,
-        previous: Option<(Option<String>, String)>,
-    ) {
-        tracing::info!("{}: {message}", step.word());
-        if let Err(e) = self.shared.journal().step(&id.service, step, previous) {
-            tracing::error!("{e}; continuing");
-        }
-        crash_point(step);
-        let progress = id.progress(step, message);
-        self.shared.set_progress(progress.clone());
-        self.shared.send(Msg::Progress(progress));
-    }
-
-    /// Version `current` names ("" if none) and the health the service last showed.
-    pub(crate) fn running_state(&self) -> (String, Health) {
-        let version = match self.dir.current() {
-            Ok(Some(r)) => r.info.version,
-            _ => String::new(),
-        };
-        let health = self
-            .shared
-            .status(&self.cfg.name)
-            .map_or(Health::Unknown, |s| s.health());
-        (
-            version,
-            if self.backend.is_up() {
-                health
-            } else {
-                Health::Stopped
-            },
-        )
-    }
-
-    /// UNHEALTHY if the service runs (it failed its probes), STOPPED if it does not.
-    pub(crate) fn running_health(&self) -> Health {
-        if self.backend.is_up() {
-            Health::Unhealthy
-        } else {
-            Health::Stopped
+            self.ctx.publish(health, detail);
         }
     }
 
     fn on_exit(&mut self, exit: Exit) {
-        if self.backend.agent_restarts() {
+        if self.ctx.backend.agent_restarts() {
             tracing::warn!(
                 release = %exit.release,
                 "{} {}; restarting it in {}",
-                self.cfg.name,
+                self.ctx.cfg.name,
                 exit.description,
-                human(self.cfg.restart_delay)
+                human(self.ctx.cfg.restart_delay)
             );
             self.schedule_restart(exit.description);
         } else {
@@ -329,21 +280,21 @@ impl ServiceUnit {
     /// The service is down. The agent restarts it after `restart_delay` if its backend
     /// leaves that to the agent; otherwise (systemd's `Restart=`) it only reports it.
     fn went_down(&mut self, why: String) {
-        if self.backend.agent_restarts() {
+        if self.ctx.backend.agent_restarts() {
             return self.schedule_restart(why);
         }
         self.down_reason = Some(why);
-        self.publish(
+        self.ctx.publish(
             Health::Stopped,
             self.down_reason.clone().unwrap_or_default(),
         );
     }
 
     fn schedule_restart(&mut self, why: String) {
-        let delay = self.cfg.restart_delay;
+        let delay = self.ctx.cfg.restart_delay;
         self.restart_at = Some(Instant::now() + delay);
         self.down_reason = Some(format!("{why}; restarting in {}", human(delay)));
-        self.publish(
+        self.ctx.publish(
             Health::Stopped,
             self.down_reason.clone().unwrap_or_default(),
         );
@@ -354,14 +305,15 @@ impl ServiceUnit {
         if !self.tree_intact().await {
             return;
         }
-        match self.backend.restart(SUPERVISED_RESTART_WAIT).await {
+        match self.ctx.backend.restart(SUPERVISED_RESTART_WAIT).await {
             Ok(_) => self.down_reason = None,
             Err(BackendError::NotInstalled(_)) => {
                 self.down_reason = None;
-                self.publish(Health::Stopped, "no release installed".into());
+                self.ctx
+                    .publish(Health::Stopped, "no release installed".into());
             }
             Err(e) => {
-                tracing::warn!("cannot restart {}: {e}", self.cfg.name);
+                tracing::warn!("cannot restart {}: {e}", self.ctx.cfg.name);
                 self.schedule_restart(format!("cannot start: {e}"));
             }
         }
@@ -372,19 +324,19 @@ impl ServiceUnit {
     /// restarted again, with the reason (naming the file) as its status, until an order
     /// installs a release.
     async fn tree_intact(&mut self) -> bool {
-        let Ok(Some(name)) = self.dir.current_dir() else {
+        let Ok(Some(name)) = self.ctx.dir.current_dir() else {
             // Nothing installed, or unreadable: the start itself says so.
             return true;
         };
-        let Err(why) = staging::check_tree(&self.dir, &name).await else {
+        let Err(why) = staging::check_tree(&self.ctx.dir, &name).await else {
             return true;
         };
-        tracing::warn!("{}: {why}", self.cfg.name);
+        tracing::warn!("{}: {why}", self.ctx.cfg.name);
         self.restart_at = None;
         self.down_reason = Some(why);
         // Often STOPPED already ("restarting in ..."): the reason must reach the coordinator.
-        self.shared.board.resend(&self.cfg.name);
-        self.publish(
+        self.ctx.shared.board.resend(&self.ctx.cfg.name);
+        self.ctx.publish(
             Health::Stopped,
             self.down_reason.clone().unwrap_or_default(),
         );
@@ -393,22 +345,22 @@ impl ServiceUnit {
 
     /// One idle health round: probes if the process runs, then report any transition.
     async fn watch_health(&mut self) {
-        let (health, detail) = match self.dir.current() {
+        let (health, detail) = match self.ctx.dir.current() {
             Err(e) => (Health::Unhealthy, e.to_string()),
             Ok(None) => (Health::Stopped, "no release installed".to_string()),
-            Ok(Some(_)) if !self.backend.is_up() => (
+            Ok(Some(_)) if !self.ctx.backend.is_up() => (
                 Health::Stopped,
                 self.down_reason
                     .clone()
                     .unwrap_or_else(|| "the service is not running".into()),
             ),
-            Ok(Some(_)) if self.prober.is_empty() => {
+            Ok(Some(_)) if self.ctx.prober.is_empty() => {
                 (Health::Healthy, "running; no probes configured".into())
             }
             Ok(Some(_)) => {
                 let checked = tokio::select! {
-                    exit = self.backend.exited() => Err(exit),
-                    r = self.prober.check() => Ok(r),
+                    exit = self.ctx.backend.exited() => Err(exit),
+                    r = self.ctx.prober.check() => Ok(r),
                 };
                 match checked {
                     Err(exit) => return self.on_exit(exit),
@@ -417,82 +369,6 @@ impl ServiceUnit {
                 }
             }
         };
-        self.publish(health, detail);
-    }
-
-    /// Records what the service is doing now (the status hellos report, stamped with the time
-    /// and any order in flight), and sends it if health, release or order changed. Within
-    /// `watch_after_commit` of a commit, not being healthy is reported as a regression (and
-    /// stays so labelled until the service is healthy again). A release that is installed but
-    /// cannot be identified makes the service UNHEALTHY whatever `health` says.
-    pub(crate) fn publish(&mut self, health: Health, detail: String) {
-        let (version, sha256, health, detail) = match status::current_release(&self.dir) {
-            Ok(Some((v, s))) => (v, s, health, detail),
-            Ok(None) => (String::new(), String::new(), health, detail),
-            Err(broken) => (String::new(), String::new(), Health::Unhealthy, broken),
-        };
-        let detail = self.label_regression(health, detail);
-        let status = pb::ServiceStatus {
-            service: self.cfg.name.clone(),
-            version,
-            sha256,
-            health: health as i32,
-            detail,
-            ..Default::default()
-        };
-        if let Some(status) = self.shared.board.observe(status) {
-            let on = if status.version.is_empty() {
-                String::new()
-            } else {
-                format!(" on {}", status.version)
-            };
-            let why = if status.detail.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", status.detail)
-            };
-            let order = match status.in_flight_token {
-                0 => String::new(),
-                t => format!(" (order {t} in flight)"),
-            };
-            tracing::info!("{} is {}{on}{why}{order}", self.cfg.name, health.word());
-        }
-    }
-
-    fn label_regression(&mut self, health: Health, detail: String) -> String {
-        if health == Health::Healthy {
-            self.regressed = false;
-            return detail;
-        }
-        let watching = self.watch_until.is_some_and(|t| Instant::now() < t);
-        if !self.regressed && !watching {
-            return detail;
-        }
-        if !self.regressed {
-            self.regressed = true;
-            self.watch_until = None;
-            tracing::warn!(
-                "{} regressed within {} of its last commit: {detail}",
-                self.cfg.name,
-                human(self.cfg.watch_after_commit)
-            );
-        }
-        format!("regressed after commit: {detail}")
-    }
-}
-
-/// Test-only fault injection for the crash-safety tests (S5): with `ROLLGATE_TEST_CRASH_AT`
-/// set to a step word (`fetching`, `staged`, `swapping`, `starting`, `verifying`, `rolling
-/// back`), the agent aborts right after journaling that step, before doing it, as a power cut
-/// or kill -9 would. Never set in production; read on every step so a test can arm it.
-fn crash_point(step: Step) {
-    if let Some(at) = std::env::var_os("ROLLGATE_TEST_CRASH_AT") {
-        if at == step.word() {
-            tracing::error!(
-                "ROLLGATE_TEST_CRASH_AT={}: aborting now (fault injection)",
-                step.word()
-            );
-            std::process::abort();
-        }
+        self.ctx.publish(health, detail);
     }
 }

@@ -7,13 +7,13 @@
 //!     <binary>                        a single-binary artifact, mode 0755
 //!     .release.json                   version, sha256 and size of the artifact
 //!     .release.tar.gz                 a tarball artifact, kept to hash again (S8) ...
-//!     ...                             ... next to its unpacked tree (see [`crate::unpack`])
+//!     ...                             ... next to its unpacked tree (see [`crate::release::unpack`])
 //!   current -> releases/<dir>         the release that runs; replaced only by rename
 //!   pid                               process group of the running service (for a restarted agent)
 //!   service.log                       the service's stdout and stderr, appended (0640)
 //! ```
 //!
-//! Each release dir also holds `.release.tree.json` ([`crate::release_tree`]): what it held
+//! Each release dir also holds `.release.tree.json` ([`crate::release::release_tree`]): what it held
 //! once assembled, checked before the release is started or gone back to. `staging/` is
 //! 0700 and downloads in it 0600: bytes not yet verified are nobody else's to read.
 //!
@@ -34,7 +34,7 @@ use thiserror::Error;
 use tokio::sync::Notify;
 
 use crate::config::{ArtifactFormat, UnpackLimits};
-use crate::durable;
+use crate::state::durable;
 
 /// Name of the metadata file inside each release dir. It starts with '.', which a configured
 /// binary name never does, so the two cannot collide.
@@ -79,7 +79,7 @@ pub enum InstallError {
     Disk(#[from] DiskError),
     /// The tarball is hostile, damaged or too big.
     #[error(transparent)]
-    Unpack(#[from] crate::unpack::UnpackError),
+    Unpack(#[from] crate::release::unpack::UnpackError),
     /// The release does not hold a runnable `binary`.
     #[error("{0}")]
     NotRunnable(String),
@@ -207,9 +207,9 @@ impl ServiceDir {
     }
 
     /// Checks that release dir `name` still holds what was installed (see
-    /// [`crate::release_tree`]); the error names the file that changed.
-    pub fn check_tree(&self, name: &str) -> Result<(), crate::release_tree::TreeError> {
-        crate::release_tree::check(&self.release_path(name))
+    /// [`crate::release::release_tree`]); the error names the file that changed.
+    pub fn check_tree(&self, name: &str) -> Result<(), crate::release::release_tree::TreeError> {
+        crate::release::release_tree::check(&self.release_path(name))
     }
 
     /// `<state_dir>/services/<svc>`.
@@ -237,6 +237,7 @@ impl ServiceDir {
         self.root.join("service.log")
     }
     /// The download in progress for `sha256`.
+    #[cfg(test)]
     pub fn partial_path(&self, sha256: &str) -> PathBuf {
         self.staging_dir().join(format!("{sha256}.partial"))
     }
@@ -316,7 +317,7 @@ impl ServiceDir {
             Ok(_) | Err(_) => return Ok(false),
         }
         let bin = self.artifact_path(name);
-        match crate::fetch::sha256_file(&bin) {
+        match crate::release::fetch::sha256_file(&bin) {
             Ok(got) => Ok(got == sha256),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(disk("hash", &bin)(e)),
@@ -324,7 +325,7 @@ impl ServiceDir {
     }
 
     /// Turns a verified download into release dir `<version>-<sha12>` and returns its name:
-    /// a single binary is moved to `binary`; a tarball is unpacked (see [`crate::unpack`])
+    /// a single binary is moved to `binary`; a tarball is unpacked (see [`crate::release::unpack`])
     /// and kept as `.release.tar.gz`, and must hold an executable `binary`. The dir is
     /// assembled under a temporary name, fsynced, and renamed into place, so a release dir is
     /// always complete. An existing dir of that name is replaced.
@@ -367,7 +368,7 @@ impl ServiceDir {
             .map_err(|e| disk("encode", &meta)(io::Error::other(e)))?;
         durable::write_atomic(&meta, &json).map_err(disk("write", &meta))?;
 
-        let gzip = crate::unpack::is_gzip(verified).map_err(disk("read", verified))?;
+        let gzip = crate::release::unpack::is_gzip(verified).map_err(disk("read", verified))?;
         let tarball = match self.format {
             ArtifactFormat::Binary => false,
             ArtifactFormat::Auto => gzip,
@@ -396,8 +397,8 @@ impl ServiceDir {
             }
             return record_tree(building);
         }
-        let done = crate::unpack::unpack(verified, building, self.limits)?;
-        let runs = crate::unpack::resolve_beneath(building, Path::new(&self.binary))
+        let done = crate::release::unpack::unpack(verified, building, self.limits)?;
+        let runs = crate::release::unpack::resolve_beneath(building, Path::new(&self.binary))
             .map_err(|why| InstallError::NotRunnable(format!("binary {:?} {why}", self.binary)))?;
         match fs::metadata(&runs) {
             Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {}
@@ -512,8 +513,8 @@ impl ServiceDir {
 
 /// Records the assembled tree (and fsyncs the dir, which the record's write does).
 fn record_tree(building: &Path) -> Result<(), InstallError> {
-    crate::release_tree::record(building).map_err(|e| match e {
-        crate::release_tree::TreeError::Io {
+    crate::release::release_tree::record(building).map_err(|e| match e {
+        crate::release::release_tree::TreeError::Io {
             action,
             path,
             source,

@@ -4,26 +4,48 @@
 //! verify → commit or undo) whatever runs the service. A backend only knows how to (re)start
 //! what `current` names, stop it, and tell when it went down on its own:
 //!
-//! - [`process`](crate::process): the agent runs the binary as its child and supervises it.
-//! - [`systemd`](crate::systemd): a unit the operator installed runs `current/<binary>`; the
+//! - [`process`]: the agent runs the binary as its child and supervises it.
+//! - [`systemd`]: a unit the operator installed runs `current/<binary>`; the
 //!   agent restarts it over D-Bus and watches its state.
-//! - [`container`](crate::container): each release's image archive runs as its own container
+//! - [`container`]: each release's image archive runs as its own container
 //!   (Docker Engine API); restart = create or find the release's container, stop the old one
 //!   and start it; the old container is kept until the release is settled.
 
+pub(crate) mod container;
+pub(crate) mod process;
+pub(crate) mod select;
+pub(crate) mod systemd;
+
+use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use thiserror::Error;
 use tokio::time::Instant;
 
-use crate::config::{Backend as BackendKind, ServiceConfig};
-use crate::container::{ContainerError, ContainerService};
-use crate::process::{ProcessError, Supervisor};
-use crate::releases::ServiceDir;
-use crate::systemd::{SystemdError, SystemdUnit};
+use crate::backend::container::engine::ContainerError;
+use crate::backend::systemd::client::SystemdError;
+use crate::release::releases::DiskError;
+
+/// A service process that could not be started.
+#[derive(Debug, Error)]
+pub enum ProcessError {
+    /// No release is installed (`current` does not exist).
+    #[error("no release is installed ({} does not exist)", .0.display())]
+    NotInstalled(PathBuf),
+    /// The binary could not be executed.
+    #[error("cannot start {}: {source}", path.display())]
+    Spawn {
+        /// The binary.
+        path: PathBuf,
+        /// Why exec failed.
+        source: io::Error,
+    },
+    /// A file the start needs could not be read or written.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+}
 
 /// A service that could not be (re)started.
 #[derive(Debug, Error)]
@@ -113,13 +135,4 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The agent is shutting down: the process backend stops the service (its lifetime is
     /// the agent's); the systemd backend leaves the unit running.
     fn shutdown(&mut self) -> BoxFuture<'_, ()>;
-}
-
-/// The backend a service's config asks for.
-pub fn for_service(dir: ServiceDir, cfg: Arc<ServiceConfig>) -> Box<dyn Backend> {
-    match &cfg.backend {
-        BackendKind::Process => Box::new(Supervisor::new(dir, cfg.clone())),
-        BackendKind::Systemd(target) => Box::new(SystemdUnit::new(dir, target.clone())),
-        BackendKind::Container(_) => Box::new(ContainerService::new(dir, cfg)),
-    }
 }

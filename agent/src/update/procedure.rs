@@ -7,18 +7,18 @@ use rollgate_proto::pb::{self, Health, Outcome, Step};
 use rollgate_proto::spec::human;
 use tokio::time::Instant;
 
-use crate::executor::{Accepted, Finished, OrderRef};
-use crate::hooks::{self, HookEnv, Phase};
-use crate::journal::InFlight;
 use crate::probe::{HealthWindow, Verdict};
-use crate::releases::{DiskError, ServiceDir};
-use crate::service::ServiceUnit;
-use crate::staging;
+use crate::release::releases::{DiskError, ServiceDir};
+use crate::state::journal::InFlight;
+use crate::update::context::ServiceContext;
+use crate::update::hooks::{self, HookEnv, Phase};
+use crate::update::order::{Accepted, Finished, OrderRef};
+use crate::update::staging;
 
 /// Carries out an accepted order: check the backend, stage, `pre_stop` hooks, swap, `pre_start`
 /// hooks, restart, verify, `post_start` hooks; on a failure after the swap, roll back to the
 /// previous release. One path for every backend.
-pub(crate) async fn carry_out(unit: &mut ServiceUnit, order: &Accepted) -> Finished {
+pub(crate) async fn carry_out(unit: &mut ServiceContext, order: &Accepted) -> Finished {
     let v = order.artifact.version.clone();
     if let Err(why) = unit.backend.preflight().await {
         return refused_after_accept(
@@ -163,7 +163,7 @@ pub(crate) fn previous_release(dir: &ServiceDir) -> Result<Previous, DiskError> 
 }
 
 /// The hooks' view of the order: service, versions, rollout, host.
-fn hook_env(unit: &ServiceUnit, order: &Accepted, old_version: &str) -> HookEnv {
+fn hook_env(unit: &ServiceContext, order: &Accepted, old_version: &str) -> HookEnv {
     HookEnv {
         service: unit.cfg.name.clone(),
         old_version: old_version.to_string(),
@@ -176,7 +176,7 @@ fn hook_env(unit: &ServiceUnit, order: &Accepted, old_version: &str) -> HookEnv 
 /// Runs the service's `phase` hooks, reporting them as progress of `step`; the error is the
 /// failing command, how it failed and its last output.
 async fn run_hooks(
-    unit: &mut ServiceUnit,
+    unit: &mut ServiceContext,
     id: &OrderRef,
     step: Step,
     phase: Phase,
@@ -202,7 +202,7 @@ async fn run_hooks(
 /// Gets the verified release dir for the order: reuses one already on disk (staged ahead, or
 /// installed before; digest checked again), or downloads, verifies and installs it. Nothing
 /// running is touched.
-async fn obtain_release(unit: &mut ServiceUnit, order: &Accepted) -> Result<String, String> {
+async fn obtain_release(unit: &mut ServiceContext, order: &Accepted) -> Result<String, String> {
     let a = &order.artifact;
     let fetching = || {
         unit.advance(
@@ -230,7 +230,7 @@ async fn obtain_release(unit: &mut ServiceUnit, order: &Accepted) -> Result<Stri
 }
 
 /// A failure before the swap: nothing was touched, the service runs as before.
-fn refused_after_accept(unit: &ServiceUnit, order: &Accepted, reason: String) -> Finished {
+fn refused_after_accept(unit: &ServiceContext, order: &Accepted, reason: String) -> Finished {
     let (version, health) = unit.running_state();
     Finished {
         result: order.id.result(Outcome::Refused, &version, health, reason),
@@ -240,7 +240,7 @@ fn refused_after_accept(unit: &ServiceUnit, order: &Accepted, reason: String) ->
 }
 
 /// The order's release is already `current`: make sure it runs, and check its health.
-async fn reverify(unit: &mut ServiceUnit, order: &Accepted, target: String) -> Finished {
+async fn reverify(unit: &mut ServiceContext, order: &Accepted, target: String) -> Finished {
     let v = order.artifact.version.clone();
     unit.advance(
         &order.id,
@@ -297,7 +297,7 @@ async fn reverify(unit: &mut ServiceUnit, order: &Accepted, target: String) -> F
 /// stop the service and remove `current` if nothing was installed before), then run the
 /// `on_rollback` hooks.
 async fn rollback(
-    unit: &mut ServiceUnit,
+    unit: &mut ServiceContext,
     order: &Accepted,
     prev_dir: Option<String>,
     prev_version: String,
@@ -326,7 +326,7 @@ async fn rollback(
 /// Runs the `on_rollback` hooks once the service is back (or failed to come back); a failing
 /// hook is added to the result's reason but changes nothing else.
 async fn after_rollback(
-    unit: &mut ServiceUnit,
+    unit: &mut ServiceContext,
     id: &OrderRef,
     env: &HookEnv,
     result: &mut pb::OrderResult,
@@ -337,7 +337,7 @@ async fn after_rollback(
 }
 
 /// Undoes an update that an agent restart interrupted (the journal still has it in flight).
-pub(crate) async fn recover(unit: &mut ServiceUnit, f: &InFlight) -> Finished {
+pub(crate) async fn recover(unit: &mut ServiceContext, f: &InFlight) -> Finished {
     let id = OrderRef::from(f);
     let base = format!("agent restarted during the update to {}", f.version);
     let current = unit.dir.current_dir().ok().flatten();
@@ -436,7 +436,7 @@ impl Restored {
 }
 
 async fn restore(
-    unit: &mut ServiceUnit,
+    unit: &mut ServiceContext,
     prev_dir: Option<&str>,
     min: Duration,
     deadline: Duration,
@@ -452,7 +452,7 @@ async fn restore(
             },
         };
     };
-    let fail = |unit: &ServiceUnit, why: String| Restored::Failed {
+    let fail = |unit: &ServiceContext, why: String| Restored::Failed {
         why,
         health: unit.running_health(),
         running: unit.running_state().0,
@@ -486,7 +486,7 @@ async fn restore(
 /// `started`) passes. Reports what each round shows (UNKNOWN until the first round,
 /// HEALTHY or UNHEALTHY by the probes, STOPPED if it went down).
 pub(crate) async fn verify(
-    unit: &mut ServiceUnit,
+    unit: &mut ServiceContext,
     started: Instant,
     min_healthy: Duration,
     deadline: Duration,
@@ -524,7 +524,7 @@ pub(crate) async fn verify(
 }
 
 /// Reports that the service went down while it was being verified; returns why.
-fn went_down(unit: &mut ServiceUnit, why: String) -> String {
+fn went_down(unit: &mut ServiceContext, why: String) -> String {
     unit.publish(Health::Stopped, why.clone());
     why
 }

@@ -8,15 +8,15 @@
 //! claimed files. A staged dir is then pinned in the journal, so pruning keeps it until the
 //! next update order for the service is accepted (see [`Journal::begin`]).
 //!
-//! [`Journal::begin`]: crate::journal::Journal::begin
+//! [`Journal::begin`]: crate::state::journal::Journal::begin
 
 use std::sync::Arc;
 
 use rollgate_proto::pb;
 
-use crate::executor::Shared;
-use crate::fetch::{Artifact, Fetcher};
-use crate::releases::{ReleaseClaim, ReleaseInfo, ServiceDir};
+use crate::release::fetch::{Artifact, Fetcher};
+use crate::release::releases::{ReleaseClaim, ReleaseInfo, ServiceDir};
+use crate::update::shared::Shared;
 
 /// A verified release dir, still claimed: nobody else writes it and pruning leaves it alone
 /// until the claim is dropped.

@@ -9,7 +9,7 @@ use rollgate_proto::pb;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::durable;
+use crate::state::durable;
 
 /// How many results are kept and resent in every hello.
 pub const RECENT_RESULTS: usize = 32;
@@ -247,11 +247,6 @@ impl Journal {
         self.data.in_flight.get(service)
     }
 
-    /// All unfinished orders.
-    pub fn all_in_flight(&self) -> impl Iterator<Item = &InFlight> {
-        self.data.in_flight.values()
-    }
-
     /// The recorded result of the order with `token` for `service`, if still kept.
     pub fn result_for(&self, token: u64, service: &str) -> Option<pb::OrderResult> {
         self.data
@@ -315,7 +310,7 @@ impl Journal {
         }
         self.history(service)
             .iter()
-            .any(|d| *d == crate::releases::ServiceDir::release_dir_name(version, sha256))
+            .any(|d| *d == crate::release::releases::ServiceDir::release_dir_name(version, sha256))
     }
 
     /// Whether release `version` / `sha256` is among the `window` releases `service`
@@ -341,7 +336,7 @@ impl Journal {
                 .take(window)
                 .any(|r| *r == (version, sha256));
         }
-        let name = |v: &str, s: &str| crate::releases::ServiceDir::release_dir_name(v, s);
+        let name = |v: &str, s: &str| crate::release::releases::ServiceDir::release_dir_name(v, s);
         let history = self.history(service);
         let before = match history.split_last() {
             Some((last, rest)) if *last == name(current.0, current.1) => rest,

@@ -17,18 +17,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::fetch::{Artifact, Fetcher};
-use crate::journal::{InFlight, Journal, JournalError};
 use crate::probe::{ProbeSetupError, Prober};
-use crate::releases::{DiskError, ServiceDir};
-use crate::service::ServiceUnit;
-use crate::staging::StageJob;
-use crate::status::{self, StatusBoard};
-use crate::trust::{Past, Trust};
-use crate::update;
+use crate::release::fetch::{Artifact, Fetcher};
+use crate::release::releases::{DiskError, ServiceDir};
+use crate::release::trust::{Past, Trust};
+use crate::state::journal::{InFlight, Journal, JournalError};
+use crate::update::order::{Accepted, OrderRef};
+use crate::update::procedure;
+use crate::update::service::ServiceUnit;
+use crate::update::shared::{lock, Shared};
+use crate::update::staging::StageJob;
+use crate::update::status::{self, StatusBoard};
 
-/// How many committed releases each service keeps on disk (plus the one before the last update).
-pub const KEEP_RELEASES: usize = 3;
 /// Orders queued per service; intake refuses a second order while one is in flight, so one
 /// slot would do; a few give room for the moment between intake and the task picking it up.
 const ORDER_QUEUE: usize = 4;
@@ -73,122 +73,6 @@ pub enum StartError {
     /// A service's probes cannot be set up.
     #[error(transparent)]
     Probe(#[from] ProbeSetupError),
-}
-
-/// What the executor and the service tasks share. Lock order: the journal, then the board
-/// (never the journal while holding the board).
-#[derive(Debug)]
-pub(crate) struct Shared {
-    journal: Mutex<Journal>,
-    /// Latest status and order in flight of each service (for statuses and hellos), and the
-    /// clock that stamps observations and results.
-    pub(crate) board: StatusBoard,
-    outbox: mpsc::UnboundedSender<pb::AgentMessage>,
-}
-
-/// Locks a mutex even if a task panicked while holding it: the data is plain state that every
-/// writer leaves consistent between statements.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Shared {
-    pub(crate) fn journal(&self) -> MutexGuard<'_, Journal> {
-        lock(&self.journal)
-    }
-
-    /// Queues a message for the coordinator (dropped only when the agent is shutting down).
-    pub(crate) fn send(&self, msg: Msg) {
-        let _ = self.outbox.send(pb::AgentMessage { msg: Some(msg) });
-    }
-
-    pub(crate) fn status(&self, service: &str) -> Option<pb::ServiceStatus> {
-        self.board.status(service)
-    }
-
-    /// Records the order's step; from the first one until [`StatusBoard::end_order`] every
-    /// status of the service names the order.
-    pub(crate) fn set_progress(&self, progress: pb::OrderProgress) {
-        self.board.set_progress(progress);
-    }
-}
-
-/// Which order a message is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct OrderRef {
-    pub rollout_id: String,
-    pub token: u64,
-    pub service: String,
-}
-
-impl OrderRef {
-    fn of(order: &pb::UpdateOrder) -> OrderRef {
-        OrderRef {
-            rollout_id: order.rollout_id.clone(),
-            token: order.token,
-            service: order.service.clone(),
-        }
-    }
-
-    pub(crate) fn progress(&self, step: Step, message: String) -> pb::OrderProgress {
-        pb::OrderProgress {
-            rollout_id: self.rollout_id.clone(),
-            token: self.token,
-            service: self.service.clone(),
-            step: step as i32,
-            message,
-        }
-    }
-
-    pub(crate) fn result(
-        &self,
-        outcome: Outcome,
-        running_version: &str,
-        health: Health,
-        reason: String,
-    ) -> pb::OrderResult {
-        pb::OrderResult {
-            rollout_id: self.rollout_id.clone(),
-            token: self.token,
-            service: self.service.clone(),
-            outcome: outcome as i32,
-            running_version: running_version.to_string(),
-            reason,
-            health: health as i32,
-            ..Default::default()
-        }
-    }
-}
-
-impl From<&InFlight> for OrderRef {
-    fn from(f: &InFlight) -> OrderRef {
-        OrderRef {
-            rollout_id: f.rollout_id.clone(),
-            token: f.token,
-            service: f.service.clone(),
-        }
-    }
-}
-
-/// An order that passed intake and is journaled; its service task carries it out.
-#[derive(Debug, Clone)]
-pub(crate) struct Accepted {
-    pub id: OrderRef,
-    pub artifact: Artifact,
-    pub min_healthy: Duration,
-    pub deadline: Duration,
-    /// Release dir the update installs.
-    pub target_dir: String,
-}
-
-/// How an order (or the undo of one) ended, for the service task to commit.
-#[derive(Debug, Clone)]
-pub(crate) struct Finished {
-    pub result: pb::OrderResult,
-    /// The release dir that became current and passed verification, if any.
-    pub committed: Option<String>,
-    /// The release dir to keep as the one to go back to.
-    pub previous: Option<String>,
 }
 
 /// What intake decides about an order.
@@ -455,7 +339,8 @@ impl Executor {
         let Some(dir) = self.dirs.get(&order.service) else {
             return;
         };
-        let (previous_dir, previous_version, previous_sha) = match update::previous_release(dir) {
+        let (previous_dir, previous_version, previous_sha) = match procedure::previous_release(dir)
+        {
             Ok(p) => (p.dir, p.version, p.sha256),
             Err(e) => {
                 drop(journal);
@@ -699,174 +584,4 @@ impl Executor {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn order(token: u64, service: &str) -> pb::UpdateOrder {
-        pb::UpdateOrder {
-            rollout_id: "r1".into(),
-            token,
-            service: service.into(),
-            release: Some(pb::Release {
-                version: "2.0.0".into(),
-                source: "store:".into(),
-                sha256: "a".repeat(64),
-                size: 10,
-                signature: None,
-            }),
-            min_healthy_time_ms: 100,
-            healthy_deadline_ms: 1000,
-            rollback: false,
-        }
-    }
-
-    fn in_flight(token: u64, service: &str) -> InFlight {
-        InFlight {
-            rollout_id: "r1".into(),
-            token,
-            service: service.into(),
-            version: "2.0.0".into(),
-            sha256: "a".repeat(64),
-            target_dir: "2.0.0-aaaaaaaaaaaa".into(),
-            previous_dir: None,
-            previous_version: String::new(),
-            min_healthy_time_ms: 100,
-            healthy_deadline_ms: 1000,
-            step: Step::Accepted.as_str_name().into(),
-        }
-    }
-
-    fn result(token: u64) -> pb::OrderResult {
-        OrderRef::of(&order(token, "demo")).result(
-            Outcome::Succeeded,
-            "2.0.0",
-            Health::Healthy,
-            String::new(),
-        )
-    }
-
-    #[test]
-    fn intake_table() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut j = Journal::open(dir.path()).expect("journal");
-        // Token 5 finished; token 9 is in flight for "demo"; "demo"'s highest is 9, "other"
-        // has acted on nothing.
-        j.begin(in_flight(5, "demo")).expect("begin");
-        j.finish("demo", &result(5), None).expect("finish");
-        j.begin(in_flight(9, "demo")).expect("begin");
-        let known = |s: &str| s == "demo" || s == "other";
-
-        let with = |f: &dyn Fn(&mut pb::UpdateOrder)| {
-            let mut o = order(10, "other");
-            f(&mut o);
-            o
-        };
-        let cases: Vec<(&str, pb::UpdateOrder, &str)> = vec![
-            ("no token", order(0, "other"), "no fencing token"),
-            ("repeat of the order in flight", order(9, "demo"), "ignore"),
-            ("repeat of a finished order", order(5, "demo"), "resend"),
-            (
-                "finished token reused by another rollout",
-                with(&|o| {
-                    o.token = 5;
-                    o.service = "demo".into();
-                    o.rollout_id = "r-other".into();
-                }),
-                "stale order: token 5 was already used by rollout r1, not r-other",
-            ),
-            (
-                "older token",
-                with(&|o| {
-                    o.token = 4;
-                    o.service = "demo".into();
-                }),
-                "stale order: token 4 is older than 9, the highest this host has acted on for \
-                 service demo",
-            ),
-            (
-                "same token, result forgotten",
-                with(&|o| {
-                    o.token = 9;
-                    o.service = "demo".into();
-                    o.rollout_id = "r-other".into();
-                }),
-                "stale order: token 9 was already acted on for service demo",
-            ),
-            // Fenced per service: "demo" acted on 9, "other" on nothing yet.
-            (
-                "older than another service's token",
-                order(4, "other"),
-                "accept",
-            ),
-            (
-                "unknown service",
-                order(10, "nope"),
-                "is not configured on host web-1",
-            ),
-            (
-                "busy service",
-                order(10, "demo"),
-                "still in progress for service demo",
-            ),
-            (
-                "no release",
-                with(&|o| o.release = None),
-                "carries no release",
-            ),
-            (
-                "bad digest",
-                with(&|o| {
-                    if let Some(r) = o.release.as_mut() {
-                        r.sha256 = "xyz".into()
-                    }
-                }),
-                "sha256",
-            ),
-            (
-                "bad source",
-                with(&|o| {
-                    if let Some(r) = o.release.as_mut() {
-                        r.source = "ftp://x".into()
-                    }
-                }),
-                "not one the agent knows",
-            ),
-            (
-                "impossible timing",
-                with(&|o| o.min_healthy_time_ms = 5000),
-                "longer than healthy_deadline",
-            ),
-            ("fine", order(10, "other"), "accept"),
-        ];
-        for (name, o, want) in cases {
-            let got = admit(&o, &j, "web-1", &known);
-            let ok = match (&got, want) {
-                (Admission::Ignore(_), "ignore") => true,
-                (Admission::Resend(r), "resend") => r.token == 5,
-                (Admission::Accept(a), "accept") => {
-                    a.target_dir == "2.0.0-aaaaaaaaaaaa" && a.deadline == Duration::from_secs(1)
-                }
-                (Admission::Refuse(reason), want) => reason.contains(want),
-                _ => false,
-            };
-            assert!(ok, "{name}: got {got:?}, want {want}");
-        }
-
-        // Token 0 is refused even by an agent that has never acted on an order.
-        let fresh_dir = tempfile::tempdir().expect("tempdir");
-        let fresh = Journal::open(fresh_dir.path()).expect("journal");
-        match admit(&order(0, "other"), &fresh, "web-1", &known) {
-            Admission::Refuse(reason) => {
-                assert!(reason.starts_with("no fencing token"), "{reason}")
-            }
-            other => panic!("expected a refusal, got {other:?}"),
-        }
-
-        let mut o = order(10, "other");
-        o.healthy_deadline_ms = 0;
-        match admit(&o, &j, "web-1", &known) {
-            Admission::Accept(a) => assert_eq!(a.deadline, DEFAULT_HEALTHY_DEADLINE),
-            other => panic!("expected accept, got {other:?}"),
-        }
-    }
-}
+mod tests;

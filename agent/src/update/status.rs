@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rollgate_proto::pb::{self, agent_message::Msg, Health};
 use tokio::sync::mpsc;
 
-use crate::releases::ServiceDir;
+use crate::release::releases::ServiceDir;
 
 /// The release `current` names, as (version, sha256); `None` if nothing is installed. The
 /// error is the status detail for a release that is installed but cannot be identified

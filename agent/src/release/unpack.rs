@@ -330,7 +330,7 @@ pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpac
             fs::set_permissions(dir, fs::Permissions::from_mode(dir_mode(*mode)))
                 .map_err(io_err("set the mode of", dir))?;
         }
-        crate::durable::fsync_dir(dir).map_err(io_err("fsync", dir))?;
+        crate::state::durable::fsync_dir(dir).map_err(io_err("fsync", dir))?;
     }
     Ok(done)
 }

@@ -5,11 +5,11 @@
 //! an agent restarted after a crash or `kill -9` can stop the process it left behind (and free
 //! its port) before starting the service again. This backend ties the service's lifetime to the
 //! agent's: a clean agent shutdown stops the service. Hosts that need the service to outlive the
-//! agent use the systemd backend ([`crate::systemd`]).
+//! agent use the systemd backend ([`crate::backend::systemd`]).
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,16 +17,15 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{getpgid, Pid};
-use thiserror::Error;
 use tokio::time::Instant;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use crate::backend::{Backend, BackendError, Exit};
+use crate::backend::{Backend, BackendError, Exit, ProcessError};
 use crate::config::ServiceConfig;
 use crate::probe::describe_exit;
-use crate::releases::{DiskError, ServiceDir};
+use crate::release::releases::{DiskError, ServiceDir};
 
 /// After SIGKILL, how long to wait for the process group to disappear before giving up.
 pub const STOP_KILL_GRACE: Duration = Duration::from_secs(2);
@@ -38,28 +37,9 @@ const SPAWN_BUSY_RETRIES: u32 = 10;
 /// Pause between those retries.
 const SPAWN_BUSY_DELAY: Duration = Duration::from_millis(20);
 
-/// A service process that could not be started.
-#[derive(Debug, Error)]
-pub enum ProcessError {
-    /// No release is installed (`current` does not exist).
-    #[error("no release is installed ({} does not exist)", .0.display())]
-    NotInstalled(PathBuf),
-    /// The binary could not be executed.
-    #[error("cannot start {}: {source}", path.display())]
-    Spawn {
-        /// The binary.
-        path: PathBuf,
-        /// Why exec failed.
-        source: io::Error,
-    },
-    /// A file the start needs could not be read or written.
-    #[error(transparent)]
-    Disk(#[from] DiskError),
-}
-
-/// Runs one service's process and knows whether it is up.
+/// The process backend of one service: runs its process and knows whether it is up.
 #[derive(Debug)]
-pub struct Supervisor {
+pub struct ProcessBackend {
     dir: ServiceDir,
     cfg: Arc<ServiceConfig>,
     running: Option<Running>,
@@ -73,10 +53,10 @@ struct Running {
     release: String,
 }
 
-impl Supervisor {
-    /// A supervisor for the service stored in `dir`, configured by `cfg`.
-    pub fn new(dir: ServiceDir, cfg: Arc<ServiceConfig>) -> Supervisor {
-        Supervisor {
+impl ProcessBackend {
+    /// The backend for the service stored in `dir`, configured by `cfg`.
+    pub fn new(dir: ServiceDir, cfg: Arc<ServiceConfig>) -> ProcessBackend {
+        ProcessBackend {
             dir,
             cfg,
             running: None,
@@ -89,6 +69,7 @@ impl Supervisor {
     }
 
     /// Pid of the running process.
+    #[cfg(test)]
     pub fn pid(&self) -> Option<i32> {
         self.running.as_ref().map(|r| r.pgid.as_raw())
     }
@@ -149,7 +130,9 @@ impl Supervisor {
         let started = Instant::now();
         let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         let pid_file = self.dir.pid_file();
-        if let Err(e) = crate::durable::write_atomic(&pid_file, format!("{pid}\n").as_bytes()) {
+        if let Err(e) =
+            crate::state::durable::write_atomic(&pid_file, format!("{pid}\n").as_bytes())
+        {
             // Not fatal: the service runs; only the cleanup after an agent crash is weakened.
             tracing::warn!(
                 "cannot write pidfile {}: {e}; a restarted agent may not find this process",
@@ -264,7 +247,7 @@ impl Supervisor {
     }
 }
 
-impl Backend for Supervisor {
+impl Backend for ProcessBackend {
     fn is_up(&self) -> bool {
         self.is_running()
     }
@@ -305,11 +288,11 @@ impl Backend for Supervisor {
     }
 
     fn stop(&mut self) -> BoxFuture<'_, Option<String>> {
-        Supervisor::stop(self).boxed()
+        ProcessBackend::stop(self).boxed()
     }
 
     fn exited(&mut self) -> BoxFuture<'_, Exit> {
-        Supervisor::exited(self).boxed()
+        ProcessBackend::exited(self).boxed()
     }
 
     fn shutdown(&mut self) -> BoxFuture<'_, ()> {
@@ -317,7 +300,7 @@ impl Backend for Supervisor {
             if self.is_running() {
                 tracing::info!("stopping {} (the agent is shutting down)", self.cfg.name);
             }
-            Supervisor::stop(self).await;
+            ProcessBackend::stop(self).await;
         }
         .boxed()
     }
@@ -447,20 +430,20 @@ async fn wait_group_gone(pgid: Pid, deadline: Instant) -> bool {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::releases::ReleaseInfo;
+    use crate::release::releases::ReleaseInfo;
     use sha2::{Digest, Sha256};
 
-    fn setup(script: &str, stop_timeout: &str) -> (tempfile::TempDir, Supervisor, ServiceDir) {
+    fn setup(script: &str, stop_timeout: &str) -> (tempfile::TempDir, ProcessBackend, ServiceDir) {
         setup_with(script, stop_timeout, "")
     }
 
-    /// A supervisor for one installed release running `script`; `extra` is added to the
+    /// A process backend for one installed release running `script`; `extra` is added to the
     /// service's table.
     fn setup_with(
         script: &str,
         stop_timeout: &str,
         extra: &str,
-    ) -> (tempfile::TempDir, Supervisor, ServiceDir) {
+    ) -> (tempfile::TempDir, ProcessBackend, ServiceDir) {
         let state = tempfile::tempdir().expect("tempdir");
         let text = format!(
             "host_id = \"h\"\ncoordinator = \"http://127.0.0.1:1\"\nstate_dir = \"{}\"\n\
@@ -487,7 +470,7 @@ mod tests {
             )
             .expect("install");
         dir.point_current_at(&name).expect("point");
-        let sup = Supervisor::new(dir.clone(), Arc::new(cfg.services[0].clone()));
+        let sup = ProcessBackend::new(dir.clone(), Arc::new(cfg.services[0].clone()));
         (state, sup, dir)
     }
 
@@ -576,7 +559,7 @@ mod tests {
         // Forget the child as a crashed agent would; its pidfile stays behind.
         let run = sup.running.take().expect("running");
         drop(run);
-        let fresh = Supervisor::new(dir.clone(), sup.cfg.clone());
+        let fresh = ProcessBackend::new(dir.clone(), sup.cfg.clone());
         assert_eq!(fresh.stop_leftover().await, Some(pid));
         assert!(!group_alive(Pid::from_raw(pid)));
         assert!(!dir.pid_file().exists());

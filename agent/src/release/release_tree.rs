@@ -80,7 +80,7 @@ pub fn record(dir: &Path) -> Result<(), TreeError> {
     let path = dir.join(TREE_FILE);
     let json =
         serde_json::to_vec(&entries).map_err(|e| io_err("encode", &path)(io::Error::other(e)))?;
-    crate::durable::write_atomic(&path, &json).map_err(io_err("write", &path))
+    crate::state::durable::write_atomic(&path, &json).map_err(io_err("write", &path))
 }
 
 /// Checks that every entry recorded for `dir` is still as it was installed. A dir installed
@@ -126,7 +126,7 @@ fn differs(p: &Path, want: &Entry) -> Result<Option<String>, TreeError> {
             Some(format!("has mode {mode:04o}, not {m:04o},"))
         }
         Entry::File { sha256, .. } => {
-            let now = crate::fetch::sha256_file(p).map_err(io_err("hash", p))?;
+            let now = crate::release::fetch::sha256_file(p).map_err(io_err("hash", p))?;
             (now != *sha256).then(|| {
                 format!(
                     "has changed (sha256 {}, not {})",
@@ -168,7 +168,8 @@ fn walk(dir: &Path, rel: &Path, out: &mut BTreeMap<String, Entry>) -> Result<(),
             walk(dir, &child, out)?;
             Entry::Dir { mode }
         } else {
-            let sha256 = crate::fetch::sha256_file(&path).map_err(io_err("hash", &path))?;
+            let sha256 =
+                crate::release::fetch::sha256_file(&path).map_err(io_err("hash", &path))?;
             Entry::File { sha256, mode }
         };
         out.insert(child.to_string_lossy().into_owned(), entry);

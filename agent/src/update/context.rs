@@ -1,0 +1,162 @@
+//! What the update procedure works on: one service's config, dir, backend, probes and
+//! downloads, and how it reports (steps to the journal and the coordinator, statuses).
+//! The service's task owns it and lends it to the procedure for each order.
+
+use std::sync::Arc;
+
+use rollgate_proto::pb::{self, agent_message::Msg, Health, Step};
+use rollgate_proto::spec::human;
+use tokio::time::Instant;
+
+use crate::backend::Backend;
+use crate::config::ServiceConfig;
+use crate::probe::Prober;
+use crate::release::fetch::Fetcher;
+use crate::release::releases::ServiceDir;
+use crate::update::order::OrderRef;
+use crate::update::shared::Shared;
+use crate::update::status;
+
+/// One service as the update procedure sees it.
+#[derive(Debug)]
+pub(crate) struct ServiceContext {
+    pub(crate) cfg: Arc<ServiceConfig>,
+    pub(crate) dir: ServiceDir,
+    /// What runs the service (process, systemd, container).
+    pub(crate) backend: Box<dyn Backend>,
+    pub(crate) prober: Prober,
+    pub(crate) fetcher: Fetcher,
+    pub(crate) shared: Arc<Shared>,
+    /// This host's id, for the hooks' environment.
+    pub(crate) host_id: Arc<str>,
+    /// Until when a failing health check counts as a regression of the release just
+    /// committed (`watch_after_commit`).
+    pub(crate) watch_until: Option<Instant>,
+    /// A regression was reported and the service has not been healthy since.
+    pub(crate) regressed: bool,
+}
+
+impl ServiceContext {
+    /// Records a step of the order in flight (durably) and tells the coordinator.
+    pub(crate) fn advance(
+        &self,
+        id: &OrderRef,
+        step: Step,
+        message: String,
+        previous: Option<(Option<String>, String)>,
+    ) {
+        tracing::info!("{}: {message}", step.word());
+        if let Err(e) = self.shared.journal().step(&id.service, step, previous) {
+            tracing::error!("{e}; continuing");
+        }
+        crash_point(step);
+        let progress = id.progress(step, message);
+        self.shared.set_progress(progress.clone());
+        self.shared.send(Msg::Progress(progress));
+    }
+
+    /// Version `current` names ("" if none) and the health the service last showed.
+    pub(crate) fn running_state(&self) -> (String, Health) {
+        let version = match self.dir.current() {
+            Ok(Some(r)) => r.info.version,
+            _ => String::new(),
+        };
+        let health = self
+            .shared
+            .status(&self.cfg.name)
+            .map_or(Health::Unknown, |s| s.health());
+        (
+            version,
+            if self.backend.is_up() {
+                health
+            } else {
+                Health::Stopped
+            },
+        )
+    }
+
+    /// UNHEALTHY if the service runs (it failed its probes), STOPPED if it does not.
+    pub(crate) fn running_health(&self) -> Health {
+        if self.backend.is_up() {
+            Health::Unhealthy
+        } else {
+            Health::Stopped
+        }
+    }
+
+    /// Records what the service is doing now (the status hellos report, stamped with the time
+    /// and any order in flight), and sends it if health, release or order changed. Within
+    /// `watch_after_commit` of a commit, not being healthy is reported as a regression (and
+    /// stays so labelled until the service is healthy again). A release that is installed but
+    /// cannot be identified makes the service UNHEALTHY whatever `health` says.
+    pub(crate) fn publish(&mut self, health: Health, detail: String) {
+        let (version, sha256, health, detail) = match status::current_release(&self.dir) {
+            Ok(Some((v, s))) => (v, s, health, detail),
+            Ok(None) => (String::new(), String::new(), health, detail),
+            Err(broken) => (String::new(), String::new(), Health::Unhealthy, broken),
+        };
+        let detail = self.label_regression(health, detail);
+        let status = pb::ServiceStatus {
+            service: self.cfg.name.clone(),
+            version,
+            sha256,
+            health: health as i32,
+            detail,
+            ..Default::default()
+        };
+        if let Some(status) = self.shared.board.observe(status) {
+            let on = if status.version.is_empty() {
+                String::new()
+            } else {
+                format!(" on {}", status.version)
+            };
+            let why = if status.detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", status.detail)
+            };
+            let order = match status.in_flight_token {
+                0 => String::new(),
+                t => format!(" (order {t} in flight)"),
+            };
+            tracing::info!("{} is {}{on}{why}{order}", self.cfg.name, health.word());
+        }
+    }
+
+    fn label_regression(&mut self, health: Health, detail: String) -> String {
+        if health == Health::Healthy {
+            self.regressed = false;
+            return detail;
+        }
+        let watching = self.watch_until.is_some_and(|t| Instant::now() < t);
+        if !self.regressed && !watching {
+            return detail;
+        }
+        if !self.regressed {
+            self.regressed = true;
+            self.watch_until = None;
+            tracing::warn!(
+                "{} regressed within {} of its last commit: {detail}",
+                self.cfg.name,
+                human(self.cfg.watch_after_commit)
+            );
+        }
+        format!("regressed after commit: {detail}")
+    }
+}
+
+/// Test-only fault injection for the crash-safety tests (S5): with `ROLLGATE_TEST_CRASH_AT`
+/// set to a step word (`fetching`, `staged`, `swapping`, `starting`, `verifying`, `rolling
+/// back`), the agent aborts right after journaling that step, before doing it, as a power cut
+/// or kill -9 would. Never set in production; read on every step so a test can arm it.
+fn crash_point(step: Step) {
+    if let Some(at) = std::env::var_os("ROLLGATE_TEST_CRASH_AT") {
+        if at == step.word() {
+            tracing::error!(
+                "ROLLGATE_TEST_CRASH_AT={}: aborting now (fault injection)",
+                step.word()
+            );
+            std::process::abort();
+        }
+    }
+}
