@@ -16,6 +16,7 @@ const JSON_MESSAGES: &[&str] = &[
     "HostInfo",
     "ServiceStatus",
     "PushArtifactResponse",
+    "Event",
 ];
 
 /// Enums inside those messages: JSON shows their lower-case names ("rolling_back").
@@ -26,6 +27,7 @@ const JSON_ENUMS: &[&str] = &[
     "Step",
     "Health",
     "GateKind",
+    "EventKind",
 ];
 
 /// Enum fields (an `i32` on the wire) and their enum, serialized by name.
@@ -33,6 +35,9 @@ const ENUM_FIELDS: &[(&str, &str)] = &[
     ("RolloutStatus.phase", "Phase"),
     ("RolloutStatus.on_failure", "OnFailure"),
     ("RolloutStatus.gate_kind", "GateKind"),
+    ("Event.kind", "EventKind"),
+    ("Event.phase", "Phase"),
+    ("Event.step", "Step"),
     ("HostProgress.state", "HostState"),
     ("HostProgress.step", "Step"),
     ("HostProgress.health", "Health"),
@@ -67,6 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("HostState.HOST_STATE_UNSPECIFIED", ""),
         ("Step.STEP_UNSPECIFIED", ""),
         ("GateKind.GATE_KIND_NONE", ""),
+        ("EventKind.EVENT_KIND_UNSPECIFIED", ""),
     ];
     for (variant, name) in renames {
         b = b.field_attribute(

@@ -92,6 +92,24 @@ pub enum Command {
         /// The service, as named in the agents' configs.
         service: String,
     },
+    /// The event log and audit trail: what happened, to what, by whom, oldest first.
+    Events {
+        /// Only this rollout's events.
+        #[arg(long, value_name = "ID")]
+        rollout: Option<String>,
+        /// Only this service's events.
+        #[arg(long, value_name = "SERVICE")]
+        service: Option<String>,
+        /// Only this host's events.
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+        /// From an event id (`42`), a time (`2026-12-07T03:12:00Z`) or a time ago (`10m`).
+        #[arg(long, value_name = "ID|TIME|AGO")]
+        since: Option<String>,
+        /// Keep printing new events as they happen (reconnects and resumes after the last one).
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// Vouch for a host that is gone: fence it or forget it.
     #[command(subcommand)]
     Host(HostCommand),

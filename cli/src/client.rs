@@ -632,6 +632,26 @@ impl Coordinator {
         .await
     }
 
+    /// Opens the event stream. Only opening has a deadline.
+    pub async fn events(
+        &self,
+        req: rollgate_proto::pb::EventsRequest,
+    ) -> Result<Streaming<rollgate_proto::pb::Event>, ControlError> {
+        let mut c = self.client.clone();
+        self.finish(
+            "read the event log",
+            Subject::Rollout,
+            RPC_DEADLINE,
+            c.events(Request::new(req)),
+        )
+        .await
+    }
+
+    /// Maps an error from a stream's message (`action`: "read the event log").
+    pub fn stream_error(&self, action: &str, status: &Status) -> ControlError {
+        ControlError::from_status(action, Subject::Rollout, &self.url, RPC_DEADLINE, status)
+    }
+
     /// Maps an error from a watch stream's message.
     pub fn watch_error(&self, id: &str, status: &Status) -> ControlError {
         let action = format!("watch {}", rollout_name(id));

@@ -71,6 +71,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Finish> {
         },
         Command::Artifact(ArtifactCommand::Push { file }) => push(url, format, &file).await,
         Command::History { service } => history(url, format, &service).await,
+        Command::Events {
+            rollout,
+            service,
+            host,
+            since,
+            follow,
+        } => {
+            let query = crate::events::Query::new(rollout, service, host, since.as_deref())?;
+            crate::events::show(url, format, query, follow).await
+        }
         Command::Host(HostCommand::Fence { host }) => {
             host_action(url, format, HostAction::Fence, &host).await
         }

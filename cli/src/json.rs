@@ -213,7 +213,7 @@ mod tests {
         s.hosts[0].set_step(Step::Verifying);
         // As before the derive, plus "unreadable" (the list-only field, now included).
         let want = concat!(
-            r#"{"blocked_by":"","created_at_ms":1700000000000,"done":0,"failed":0,"gate":"","#,
+            r#"{"blocked_by":"","created_at_ms":1700000000000,"created_by":"","done":0,"failed":0,"gate":"","#,
             r#""gate_kind":"","group_by":"","groups":[],"hosts":[{"connected":false,"group":"","#,
             r#""health":"healthy","holds_slot":false,"host_id":"h1","message":"2/5 probes","#,
             r#""reason":"","running_version":"","staged":false,"state":"updating","#,

@@ -12,6 +12,7 @@
 //!   or only hashing it for a plan.
 //! - [`spec_file`]: reading a rollout spec and rewriting `release.file` into a release in the
 //!   store (pushed for `start`, hashed locally for `plan`).
+//! - [`events`]: `rollgate events`: the event log, one line per event, following and resuming.
 //! - [`release`]: `rollgate release keygen|sign`: publisher keys and signature files.
 //! - [`render`]: text output (tables, status blocks, relative times); pure functions.
 //! - [`json`]: `--output json` conversions of the wire messages to `serde_json` values.
@@ -23,6 +24,7 @@ pub mod artifact;
 pub mod certs;
 pub mod client;
 pub mod commands;
+pub mod events;
 pub mod json;
 pub mod release;
 pub mod render;

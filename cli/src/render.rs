@@ -330,6 +330,9 @@ fn host_note(h: &HostProgress) -> Option<String> {
 /// groups, what it waits for, why it ended, one row per host.
 pub fn status_block(s: &RolloutStatus) -> String {
     let mut lines = vec![status_header(s)];
+    if !s.created_by.is_empty() {
+        lines.push(format!("started by {}", s.created_by));
+    }
     if !s.rollback_of.is_empty() {
         lines.push(format!("rollback of rollout {}", s.rollback_of));
     }

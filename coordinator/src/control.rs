@@ -13,6 +13,7 @@ use rollgate_proto::spec::{Gate, RolloutSpec, SpecError};
 use thiserror::Error;
 
 use crate::planner::{self, GateWait, Progress};
+use crate::store::OperatorStamp;
 use crate::store::{
     self, decode, encode, now_ms, ArtifactRecord, FleetView, HostStep, Phase, RolloutRecord,
     RolloutView, StoreError,
@@ -172,8 +173,13 @@ pub(crate) fn freeze_groups(
 }
 
 /// Validates a spec, resolves its targets and stores the rollout, claiming the service.
-pub async fn create(ctx: &Arc<Ctx>, spec_toml: &str) -> Result<RolloutRecord, ControlError> {
-    let (record, _) = prepare(ctx, spec_toml, true).await?;
+pub async fn create(
+    ctx: &Arc<Ctx>,
+    spec_toml: &str,
+    by: Option<String>,
+) -> Result<RolloutRecord, ControlError> {
+    let (mut record, _) = prepare(ctx, spec_toml, true).await?;
+    record.created_by = by;
     store_new_rollout(ctx, &record, Vec::new(), Vec::new()).await?;
     tracing::info!(rollout = %record.id, service = %record.spec.service, version = %record.spec.release.version, targets = record.targets.len(), max_unavailable = record.max_unavailable, "rollout created");
     Ok(record)
@@ -501,6 +507,7 @@ pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
         group_by: label,
         staged: view.staged.values().filter(|s| s.ok).count() as u32,
         unreadable: String::new(),
+        created_by: r.created_by.clone().unwrap_or_default(),
     }
 }
 
@@ -571,6 +578,7 @@ pub async fn act(
     ctx: &Arc<Ctx>,
     id: &str,
     action: Action,
+    by: Option<String>,
 ) -> Result<pb::RolloutStatus, ControlError> {
     let id = resolve_id(ctx, id).await?;
     let keys = &ctx.keys;
@@ -616,6 +624,10 @@ pub async fn act(
             Action::Abort => return refuse("abort it (it has already ended)"),
         }
         r.updated_at_ms = now_ms();
+        r.operator = by.clone().map(|by| OperatorStamp {
+            by,
+            at_ms: r.updated_at_ms,
+        });
         let txn = Txn::new()
             .when(vec![Compare::mod_revision(
                 keys.rollout(&id),

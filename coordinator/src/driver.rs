@@ -54,7 +54,16 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
         );
         ctx.metrics.elections.inc();
         ctx.metrics.leader.set(1);
+        // The event log is written by the leader only, for as long as it leads.
+        let recording = cancel.child_token();
+        let recorder = tokio::spawn(crate::events::recorder::run(
+            ctx.clone(),
+            leader.clone(),
+            recording.clone(),
+        ));
         let led = lead(&ctx, &leader, &cancel).await;
+        recording.cancel();
+        let _ = recorder.await;
         ctx.metrics.leader.set(0);
         if let Err(e) = led {
             warn!("leading stopped: {e}; campaigning again");
@@ -231,7 +240,7 @@ async fn start_rollback(
     reason: &str,
 ) -> Result<(), StoreError> {
     let r = &basis.view.rollout;
-    match control::start_rollback(ctx, basis, reason, Some(fence(leader))).await {
+    match control::start_rollback(ctx, basis, reason, Some(fence(leader)), None).await {
         Ok(Some(new)) => {
             info!(rollout = %r.id, rollback = %new.id, "failure policy started a rollback")
         }

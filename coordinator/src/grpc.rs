@@ -157,14 +157,15 @@ pub struct ControlApi {
 #[tonic::async_trait]
 impl ControlService for ControlApi {
     type WatchRolloutStream = BoxStream<pb::RolloutStatus>;
+    type EventsStream = BoxStream<pb::Event>;
 
     async fn create_rollout(
         &self,
         request: Request<pb::CreateRolloutRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
         let spec = &request.get_ref().spec_toml;
-        roles::authorize(&self.ctx, &request, Rpc::Create, Target::Spec(spec)).await?;
-        let r = control::create(&self.ctx, &request.into_inner().spec_toml).await?;
+        let who = roles::authorize(&self.ctx, &request, Rpc::Create, Target::Spec(spec)).await?;
+        let r = control::create(&self.ctx, &request.into_inner().spec_toml, uri(&who)).await?;
         Ok(Response::new(control::status(&self.ctx, &r.id).await?))
     }
 
@@ -264,10 +265,10 @@ impl ControlService for ControlApi {
         request: Request<pb::RolloutRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
         let id = &request.get_ref().id;
-        roles::authorize(&self.ctx, &request, Rpc::Pause, Target::Rollout(id)).await?;
+        let who = roles::authorize(&self.ctx, &request, Rpc::Pause, Target::Rollout(id)).await?;
         let id = request.into_inner().id;
         Ok(Response::new(
-            control::act(&self.ctx, &id, Action::Pause).await?,
+            control::act(&self.ctx, &id, Action::Pause, uri(&who)).await?,
         ))
     }
 
@@ -276,10 +277,10 @@ impl ControlService for ControlApi {
         request: Request<pb::RolloutRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
         let id = &request.get_ref().id;
-        roles::authorize(&self.ctx, &request, Rpc::Resume, Target::Rollout(id)).await?;
+        let who = roles::authorize(&self.ctx, &request, Rpc::Resume, Target::Rollout(id)).await?;
         let id = request.into_inner().id;
         Ok(Response::new(
-            control::act(&self.ctx, &id, Action::Resume).await?,
+            control::act(&self.ctx, &id, Action::Resume, uri(&who)).await?,
         ))
     }
 
@@ -288,10 +289,10 @@ impl ControlService for ControlApi {
         request: Request<pb::RolloutRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
         let id = &request.get_ref().id;
-        roles::authorize(&self.ctx, &request, Rpc::Abort, Target::Rollout(id)).await?;
+        let who = roles::authorize(&self.ctx, &request, Rpc::Abort, Target::Rollout(id)).await?;
         let id = request.into_inner().id;
         Ok(Response::new(
-            control::act(&self.ctx, &id, Action::Abort).await?,
+            control::act(&self.ctx, &id, Action::Abort, uri(&who)).await?,
         ))
     }
 
@@ -347,10 +348,10 @@ impl ControlService for ControlApi {
         request: Request<pb::RolloutRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
         let id = &request.get_ref().id;
-        roles::authorize(&self.ctx, &request, Rpc::Promote, Target::Rollout(id)).await?;
+        let who = roles::authorize(&self.ctx, &request, Rpc::Promote, Target::Rollout(id)).await?;
         let id = request.into_inner().id;
         Ok(Response::new(
-            control::act(&self.ctx, &id, Action::Promote).await?,
+            control::act(&self.ctx, &id, Action::Promote, uri(&who)).await?,
         ))
     }
 
@@ -359,13 +360,10 @@ impl ControlService for ControlApi {
         request: Request<pb::RolloutRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
         let id = &request.get_ref().id;
-        roles::authorize(&self.ctx, &request, Rpc::Rollback, Target::Rollout(id)).await?;
-        let operator = crate::tls::peer(&request, self.ctx.fleet().as_deref())
-            .ok()
-            .flatten()
-            .map_or_else(|| "an operator (plaintext)".to_string(), |i| i.uri());
+        let who = roles::authorize(&self.ctx, &request, Rpc::Rollback, Target::Rollout(id)).await?;
+        let operator = uri(&who).unwrap_or_else(|| "an operator (plaintext)".to_string());
         let id = request.into_inner().id;
-        let done = control::rollback(&self.ctx, &id).await;
+        let done = control::rollback(&self.ctx, &id, uri(&who)).await;
         if let Err(e @ ControlError::Conflict(_)) = &done {
             tracing::warn!(%operator, rollout = %id, "rollback refused: {e}");
         }
@@ -389,10 +387,28 @@ impl ControlService for ControlApi {
         request: Request<pb::HostRef>,
     ) -> Result<Response<pb::HostActionResponse>, Status> {
         let host = &request.get_ref().host_id;
-        roles::authorize(&self.ctx, &request, Rpc::Fence, Target::Host(host)).await?;
+        let who = roles::authorize(&self.ctx, &request, Rpc::Fence, Target::Host(host)).await?;
         let host = request.into_inner().host_id;
-        let message = control::fence_host(&self.ctx, &host, false).await?;
+        let message = control::fence_host(&self.ctx, &host, false, uri(&who)).await?;
         Ok(Response::new(pb::HostActionResponse { message }))
+    }
+
+    async fn events(
+        &self,
+        request: Request<pb::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        let who = roles::authorize(&self.ctx, &request, Rpc::ReadRollouts, Target::Fleet).await?;
+        let chain = crate::tls::peer_chain(&request);
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let ctx = self.ctx.clone();
+        // Cut when the operator's certificate is denied, expires or loses its CA.
+        let shutdown = roles::guard(ctx.tls.clone(), who, chain, &self.shutdown, "events");
+        let req = request.into_inner();
+        self.ctx.tasks.spawn(async move {
+            let _done = shutdown.clone().drop_guard();
+            crate::events::api::serve(ctx, req, tx, shutdown).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn forget_host(
@@ -402,7 +418,7 @@ impl ControlService for ControlApi {
         let host = &request.get_ref().host_id;
         let who = roles::authorize(&self.ctx, &request, Rpc::Forget, Target::Host(host)).await?;
         let host = request.into_inner().host_id;
-        let message = control::fence_host(&self.ctx, &host, true).await?;
+        let message = control::fence_host(&self.ctx, &host, true, uri(&who)).await?;
         // Its certificate stays refused until re-issued (issue 10 item 9).
         roles::ban_forgotten(&self.ctx, &host, who.as_ref()).await?;
         Ok(Response::new(pb::HostActionResponse { message }))
@@ -425,4 +441,9 @@ impl ControlService for ControlApi {
         let message = control::pins::pin_host(&self.ctx, &req, &by).await?;
         Ok(Response::new(pb::HostActionResponse { message }))
     }
+}
+
+/// The operator's identity as recorded in the audit trail (`None` without TLS).
+fn uri(who: &Option<rollgate_proto::tls::Identity>) -> Option<String> {
+    who.as_ref().map(|w| w.uri())
 }

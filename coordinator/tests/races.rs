@@ -113,7 +113,7 @@ async fn world() -> (World, String) {
         "service = \"web\"\n[release]\nversion = \"2.0.0\"\nsource = \"https://example.invalid/web\"\n\
          sha256 = \"{SHA2}\"\nsize = 10\n[strategy]\nmax_unavailable = 1\n"
     );
-    let r = control::create(&ctx, &spec).await.expect("create");
+    let r = control::create(&ctx, &spec, None).await.expect("create");
     let world = World {
         ctx,
         _etcd: etcd,
@@ -203,7 +203,7 @@ async fn a_rollback_and_a_grant_are_exclusive() {
     // ...the leader grants h2 in between...
     grant(ctx, &rid, "h2").await;
     // ...and the rollback decided on the old read must not commit.
-    let raced = control::start_rollback(ctx, &basis, "test", None).await;
+    let raced = control::start_rollback(ctx, &basis, "test", None, None).await;
     match &raced {
         Err(ControlError::Conflict(why)) => {
             println!("refused as it should be: {why}");
@@ -212,7 +212,7 @@ async fn a_rollback_and_a_grant_are_exclusive() {
         other => panic!("the rollback committed over a grant it did not see: {other:?}"),
     }
     // The operator's command re-reads: h2 is rolled back too.
-    let st = control::rollback(ctx, &rid).await.expect("rollback");
+    let st = control::rollback(ctx, &rid, None).await.expect("rollback");
     let targets: Vec<&str> = st.hosts.iter().map(|h| h.host_id.as_str()).collect();
     println!("rollback {} targets {targets:?}", st.id);
     assert_eq!(targets, vec!["h1", "h2"]);
@@ -223,7 +223,9 @@ async fn a_fence_and_a_grant_are_exclusive() {
     let (w, rid) = world().await;
     let ctx = &w.ctx;
     // The operator fences h3 (offline): the fence reads...
-    let plan = fence::prepare(ctx, "h3", false).await.expect("prepare");
+    let plan = fence::prepare(ctx, "h3", false, None)
+        .await
+        .expect("prepare");
     // ...the leader grants h3 in between...
     let token = grant(ctx, &rid, "h3").await;
     // ...and the fence decided on the old read must not commit.
@@ -233,7 +235,9 @@ async fn a_fence_and_a_grant_are_exclusive() {
         "the fence committed over grant {token} it did not see: {raced:?}"
     );
     // Run again, it voids that grant.
-    let msg = control::fence_host(ctx, "h3", false).await.expect("fence");
+    let msg = control::fence_host(ctx, "h3", false, None)
+        .await
+        .expect("fence");
     println!("{msg}");
     assert!(
         msg.contains(&format!("its update in {rid} is marked failed")),
@@ -255,7 +259,7 @@ async fn a_connected_host_is_not_fenced() {
     etcd.put(ctx.keys.session("h2"), "{}", None)
         .await
         .expect("session");
-    match control::fence_host(ctx, "h2", false).await {
+    match control::fence_host(ctx, "h2", false, None).await {
         Err(ControlError::Conflict(why)) => {
             println!("{why}");
             assert!(why.contains("h2 is connected"), "{why}");
@@ -263,7 +267,7 @@ async fn a_connected_host_is_not_fenced() {
         }
         other => panic!("fenced a connected host: {other:?}"),
     }
-    match control::fence_host(ctx, "h2", true).await {
+    match control::fence_host(ctx, "h2", true, None).await {
         Err(ControlError::Conflict(why)) => assert!(why.contains("h2 is connected"), "{why}"),
         other => panic!("forgot a connected host: {other:?}"),
     }

@@ -157,6 +157,32 @@ impl RolloutStatus {
     }
 }
 
+impl pb::EventKind {
+    /// The word operators read (also its JSON name): "rollout_created", "host_granted".
+    pub fn word(self) -> &'static str {
+        use pb::EventKind as K;
+        match self {
+            K::Unspecified => "",
+            K::RolloutCreated => "rollout_created",
+            K::RolloutPaused => "rollout_paused",
+            K::RolloutResumed => "rollout_resumed",
+            K::WaveOpened => "wave_opened",
+            K::RolloutHalted => "rollout_halted",
+            K::RolloutSucceeded => "rollout_succeeded",
+            K::RolloutAborted => "rollout_aborted",
+            K::RolloutRollingBack => "rollout_rolling_back",
+            K::RolloutRolledBack => "rollout_rolled_back",
+            K::HostGranted => "host_granted",
+            K::HostStep => "host_step",
+            K::HostDone => "host_done",
+            K::HostRolledBack => "host_rolled_back",
+            K::HostFailed => "host_failed",
+            K::HostFenced => "host_fenced",
+            K::HostForgotten => "host_forgotten",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

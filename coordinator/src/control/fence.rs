@@ -15,11 +15,16 @@ use crate::Ctx;
 /// Refused while the host's agent is connected (it may be carrying an order out; fencing it
 /// would free budget it still uses). Exclusive with grants: the transaction compares the token
 /// counter read before the host's steps, so a grant in between makes it re-read.
-pub async fn fence_host(ctx: &Arc<Ctx>, host: &str, forget: bool) -> Result<String, ControlError> {
+pub async fn fence_host(
+    ctx: &Arc<Ctx>,
+    host: &str,
+    forget: bool,
+    by: Option<String>,
+) -> Result<String, ControlError> {
     rollgate_proto::names::check("host id", host)
         .map_err(|e| ControlError::Invalid(e.to_string()))?;
     for _ in 0..CAS_ATTEMPTS {
-        let plan = prepare(ctx, host, forget).await?;
+        let plan = prepare(ctx, host, forget, by.as_deref()).await?;
         if let Some(msg) = commit(ctx, plan).await? {
             return Ok(msg);
         }
@@ -39,7 +44,12 @@ pub struct FencePlan {
 }
 
 /// Reads what fencing `host` takes (refused while it is connected).
-pub async fn prepare(ctx: &Arc<Ctx>, host: &str, forget: bool) -> Result<FencePlan, ControlError> {
+pub async fn prepare(
+    ctx: &Arc<Ctx>,
+    host: &str,
+    forget: bool,
+    by: Option<&str>,
+) -> Result<FencePlan, ControlError> {
     let keys = &ctx.keys;
     let mut etcd = ctx.etcd.clone();
     // The counter first: any grant after this read moves it and fails the transaction.
@@ -67,6 +77,7 @@ pub async fn prepare(ctx: &Arc<Ctx>, host: &str, forget: bool) -> Result<FencePl
         ops.push(TxnOp::delete(keys.host(host), None));
     } else {
         record.fenced = true;
+        record.fenced_by = by.map(str::to_string);
         ops.push(TxnOp::put(keys.host(host), encode(&record), None));
     }
     let txn = Txn::new()

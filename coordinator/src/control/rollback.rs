@@ -13,6 +13,7 @@ use super::{
     CAS_ATTEMPTS,
 };
 use crate::planner::{self, Progress};
+use crate::store::OperatorStamp;
 use crate::store::{self, encode, now_ms, FleetView, Phase, RolloutRecord, RolloutView};
 use crate::Ctx;
 
@@ -38,6 +39,7 @@ pub async fn start_rollback(
     basis: &Basis<'_>,
     reason: &str,
     fence: Option<Compare>,
+    by: Option<&str>,
 ) -> Result<Option<RolloutRecord>, ControlError> {
     let keys = &ctx.keys;
     let r = &basis.view.rollout;
@@ -45,6 +47,10 @@ pub async fn start_rollback(
     let targets = rollback_targets(basis);
     let mut parent = r.clone();
     parent.updated_at_ms = now_ms();
+    parent.operator = by.map(|by| OperatorStamp {
+        by: by.to_string(),
+        at_ms: parent.updated_at_ms,
+    });
     let mut compares = vec![
         Compare::mod_revision(
             keys.rollout(&r.id),
@@ -76,7 +82,8 @@ pub async fn start_rollback(
         }
         return Ok(None);
     }
-    let new = rollback_record(basis, targets, previous, reason);
+    let mut new = rollback_record(basis, targets, previous, reason);
+    new.created_by = by.map(str::to_string);
     parent.phase = Phase::RollingBack;
     parent.reason = reason.to_string();
     parent.rolled_back_by = Some(new.id.clone());
@@ -245,7 +252,11 @@ fn rollback_record(
 /// An operator's `rollgate rollout rollback ID`: returns the rollback rollout's status (or the
 /// rollout's own when nothing needed rolling back). Re-reads and retries when a grant got in
 /// between.
-pub async fn rollback(ctx: &Arc<Ctx>, id: &str) -> Result<pb::RolloutStatus, ControlError> {
+pub async fn rollback(
+    ctx: &Arc<Ctx>,
+    id: &str,
+    by: Option<String>,
+) -> Result<pb::RolloutStatus, ControlError> {
     let id = resolve_id(ctx, id).await?;
     let mut etcd = ctx.etcd.clone();
     let all = store::list_rollouts(&mut etcd, &ctx.keys).await?;
@@ -262,7 +273,7 @@ pub async fn rollback(ctx: &Arc<Ctx>, id: &str) -> Result<pb::RolloutStatus, Con
             fleet: &round.fleet,
             token_rev: round.token.1,
         };
-        match start_rollback(ctx, &basis, &reason, None).await {
+        match start_rollback(ctx, &basis, &reason, None, by.as_deref()).await {
             Ok(Some(new)) => return status(ctx, &new.id).await,
             Ok(None) => return status(ctx, &id).await,
             Err(ControlError::Conflict(why)) => last = Some(ControlError::Conflict(why)),

@@ -2,12 +2,14 @@
 //! host's part in one, and every fence or forget, as a numbered event in etcd.
 //!
 //! - [`derive`]: what happened, from one record's value before and after a change (pure).
+//! - [`api`]: the `Events` stream of the control API (filters, backlog, follow).
 //! - [`recorder`]: the leader's task that watches etcd, derives events and stores them with
 //!   sequential ids, resuming after a leader change from the revision it stored last.
 //!
 //! Keys (under the prefix): `events/<id, 20 digits>` ([`EventRecord`]) and `events-cursor`
 //! ([`Cursor`]: the last id handed out and the last etcd revision turned into events).
 
+pub mod api;
 pub mod derive;
 pub mod recorder;
 #[cfg(test)]

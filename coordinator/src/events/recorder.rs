@@ -4,6 +4,7 @@
 //! stored cursor, so no change is recorded twice and none is skipped (unless etcd compacted it
 //! away first; then the gap is logged). Old events are trimmed by count and age.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use crate::Ctx;
 
 /// Pause before re-opening the watch after an error.
 const RETRY: Duration = Duration::from_millis(500);
-/// How often events past `max_age` are looked for.
+/// How often events past `max_age` are looked for, at most (more often for a short max_age).
 const AGE_CHECK_EVERY: Duration = Duration::from_secs(60);
 /// Events deleted per trim transaction at most (etcd's default txn limit is 128 ops).
 const TRIM_BATCH: i64 = 100;
@@ -89,6 +90,7 @@ async fn record(
     );
     let mut cursor_rev = cursor_rev;
     let mut aged = Instant::now() - AGE_CHECK_EVERY;
+    let mut services = HashMap::new();
     loop {
         let resp = tokio::select! {
             m = watch.message() => m?,
@@ -115,18 +117,48 @@ async fn record(
         if drafts.is_empty() {
             continue;
         }
+        name_services(ctx, &mut services, &mut drafts).await?;
         let revision = drafts
             .iter()
             .map(|(r, _)| *r)
             .max()
             .unwrap_or(cursor.revision);
         cursor_rev = store_batch(ctx, leader, &mut cursor, cursor_rev, drafts, revision).await?;
-        trim_by_count(ctx, cursor.id).await?;
-        if aged.elapsed() >= AGE_CHECK_EVERY {
+        if aged.elapsed() >= AGE_CHECK_EVERY.min(ctx.config.events.max_age / 4) {
             aged = Instant::now();
             trim_by_age(ctx).await?;
         }
     }
+}
+
+/// Host events carry their rollout's service too (so `rollgate events --service` finds them):
+/// looked up once per rollout.
+async fn name_services(
+    ctx: &Ctx,
+    known: &mut HashMap<String, String>,
+    drafts: &mut [(i64, NewEvent)],
+) -> Result<(), RecorderError> {
+    for (_, e) in drafts.iter_mut() {
+        let Some(rid) = e.rollout.clone() else {
+            continue;
+        };
+        if let Some(svc) = &e.service {
+            known.insert(rid, svc.clone());
+            continue;
+        }
+        if !known.contains_key(&rid) {
+            let resp = ctx.etcd.clone().get(ctx.keys.rollout(&rid), None).await?;
+            if let Some(r) = resp
+                .kvs()
+                .first()
+                .and_then(|kv| crate::store::decode::<crate::store::RolloutRecord>(kv).ok())
+            {
+                known.insert(rid.clone(), r.spec.service);
+            }
+        }
+        e.service = known.get(&rid).cloned();
+    }
+    Ok(())
 }
 
 /// The cursor and its key's mod revision (0: absent).
@@ -167,6 +199,13 @@ async fn store_batch(
     }
     next.revision = revision;
     ops.push(TxnOp::put(cursor_key(prefix), encode(&next), None));
+    // Retention by count in the same transaction: never more than `max_count` stored.
+    let keep = ctx.config.events.max_count.max(1);
+    if next.id > keep {
+        let first_kept = event_key(prefix, next.id - keep + 1);
+        let range = DeleteOptions::new().with_range(first_kept);
+        ops.push(TxnOp::delete(event_key(prefix, 0), Some(range)));
+    }
     let txn = Txn::new()
         .when(vec![
             crate::driver::fence(leader),
@@ -203,24 +242,6 @@ async fn write_cursor_at_present(
             None,
         )]);
     etcd.txn(txn).await?;
-    Ok(())
-}
-
-/// Keeps the newest `max_count` events.
-async fn trim_by_count(ctx: &Ctx, last_id: u64) -> Result<(), RecorderError> {
-    let keep = ctx.config.events.max_count.max(1);
-    if last_id <= keep {
-        return Ok(());
-    }
-    let prefix = &ctx.config.etcd.prefix;
-    let first_kept = last_id - keep + 1;
-    ctx.etcd
-        .clone()
-        .delete(
-            event_key(prefix, 0),
-            Some(DeleteOptions::new().with_range(event_key(prefix, first_kept))),
-        )
-        .await?;
     Ok(())
 }
 
