@@ -1,4 +1,15 @@
 //! The agent's config file (TOML): this host, its coordinator replicas, how each service runs.
+//!
+//! Layout, each file depending only on the ones listed before it (this file only declares
+//! and re-exports):
+//! - `error.rs`: [`ConfigError`] and `field_err`.
+//! - `release_rules.rs`, `run_as.rs`: the release rules (S8) and a service's `user`/`group`,
+//!   each a type with its check.
+//! - `types.rs`: the validated config ([`Config`] and what it holds) and the defaults.
+//! - `checks.rs`: field checks shared by the validators (`stray`, `check_unit_name`, ...).
+//! - `raw.rs`: the file as written (serde structs).
+//! - `probe.rs`, `container.rs`: validation of a probe table and of the container settings.
+//! - `validate.rs`: [`Config::load`], [`Config::parse`] and the rest of the validation.
 
 mod checks;
 mod container;
@@ -15,10 +26,7 @@ mod types;
 mod validate;
 
 pub(crate) use checks::load_ca_file;
-use checks::{check_binary, check_bus, check_unit_name, parse_manager, stray};
-use error::field_err;
 pub use error::ConfigError;
-use raw::{RawConfig, RawProbe, RawService};
 pub use release_rules::{
     SourceRefusal, SourceRules, DEFAULT_ROLLBACK_WINDOW, MAX_ROLLBACK_WINDOW, STORE_SOURCE,
 };

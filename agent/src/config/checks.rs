@@ -4,7 +4,8 @@ use std::path::Path;
 
 use rollgate_proto::names;
 
-use super::*;
+use super::error::{field_err, ConfigError};
+use super::types::Manager;
 
 /// Reads the CA certificates of an http probe's `ca_file` (PEM, one or more certificates).
 /// The error names the path and what is wrong with it.

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use rollgate_proto::names;
 
-use super::*;
+use super::checks::stray;
+use super::error::{field_err, ConfigError};
+use super::raw::RawService;
+use super::types::{ContainerSettings, PortMap, RestartPolicy, DEFAULT_CONTAINER_SOCKET};
 
 impl RawService {
     /// Refuses the container backend's keys on another backend.

@@ -1,6 +1,9 @@
 //! Validation of a `[[services.probes]]` table.
 
-use super::*;
+use super::checks::{check_bus, check_unit_name, load_ca_file, parse_manager, stray};
+use super::error::{field_err, ConfigError};
+use super::raw::RawProbe;
+use super::types::{ProbeCheck, ProbeConfig, SystemdTarget};
 
 impl RawProbe {
     /// `own_unit` is the service's unit when it runs under systemd (a systemd probe's default).

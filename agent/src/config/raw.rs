@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::*;
+use super::types::{
+    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HOOK_TIMEOUT, DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use rollgate_proto::signing::PublicKey;
 
-use super::*;
+use super::release_rules::SourceRules;
+use super::run_as::RunAs;
 
 /// Default heartbeat interval until the coordinator's `Welcome` says otherwise.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);

@@ -7,7 +7,15 @@ use std::path::{Path, PathBuf};
 use rollgate_proto::names;
 use rollgate_proto::signing::PublicKey;
 
-use super::*;
+use super::checks::{check_binary, check_bus, check_unit_name, parse_manager, stray};
+use super::error::{field_err, ConfigError};
+use super::raw::{RawConfig, RawService};
+use super::types::{
+    ArtifactFormat, Backend, Config, Hooks, ServiceConfig, SigningConfig, SystemdTarget,
+    UnpackLimits, DEFAULT_MAX_ARTIFACT_BYTES, DEFAULT_RESTART_DELAY, DEFAULT_STOP_TIMEOUT,
+    DEFAULT_UNPACK_MAX_BYTES, DEFAULT_UNPACK_MAX_ENTRIES,
+};
+use super::{release_rules, run_as};
 
 impl Config {
     /// Reads and validates the config file at `path`.
