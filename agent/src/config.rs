@@ -1,14 +1,19 @@
 //! The agent's config file (TOML): this host, its coordinator replicas, how each service runs.
+//!
+//! Layout, each file depending only on the ones listed before it (this file only declares
+//! and re-exports):
+//! - `error.rs`: [`ConfigError`] and `field_err`.
+//! - `release_rules.rs`, `run_as.rs`: the release rules (S8) and a service's `user`/`group`,
+//!   each a type with its check.
+//! - `types.rs`: the validated config ([`Config`] and what it holds) and the defaults.
+//! - `checks.rs`: field checks shared by the validators (`stray`, `check_unit_name`, ...).
+//! - `raw.rs`: the file as written (serde structs).
+//! - `probe.rs`, `container.rs`: validation of a probe table and of the container settings.
+//! - `validate.rs`: [`Config::load`], [`Config::parse`] and the rest of the validation.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use rollgate_proto::names;
-use rollgate_proto::signing::PublicKey;
-use thiserror::Error;
-
+mod checks;
 mod container;
+mod error;
 mod probe;
 mod raw;
 mod release_rules;
@@ -17,362 +22,20 @@ mod run_as;
 mod signing_tests;
 #[cfg(test)]
 mod tests;
+mod types;
+mod validate;
 
-pub use container::{ContainerSettings, PortMap, RestartPolicy, DEFAULT_CONTAINER_SOCKET};
-pub use probe::{ProbeCheck, ProbeConfig};
-use raw::RawConfig;
+pub(crate) use checks::load_ca_file;
+pub use error::ConfigError;
 pub use release_rules::{
     SourceRefusal, SourceRules, DEFAULT_ROLLBACK_WINDOW, MAX_ROLLBACK_WINDOW, STORE_SOURCE,
 };
 pub use run_as::RunAs;
-
-/// Default heartbeat interval until the coordinator's `Welcome` says otherwise.
-pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-/// Default grace between SIGTERM and SIGKILL when stopping a service.
-pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default pause before the process backend restarts a service that exited on its own.
-pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_secs(1);
-/// Default time between two runs of a probe.
-pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
-/// Default time one probe run may take before it counts as failed.
-pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Default time one hook command may run before it is killed and counts as failed.
-pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default cap on the bytes a tarball release may unpack to (1 GiB).
-pub const DEFAULT_UNPACK_MAX_BYTES: u64 = 1 << 30;
-/// Default cap on the entries (files, dirs, links) a tarball release may hold.
-pub const DEFAULT_UNPACK_MAX_ENTRIES: u64 = 10_000;
-/// Default cap on the size a release may declare (4 GiB): larger ones are refused unread.
-pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 4 << 30;
-
-/// A config the agent cannot run with; the message names the field and the fix.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read agent config {path}: {source}")]
-    Read {
-        /// The config file.
-        path: PathBuf,
-        /// Why reading failed.
-        source: std::io::Error,
-    },
-    /// The text is not TOML, or has unknown or mistyped fields.
-    #[error("agent config is not valid: {0}")]
-    Toml(String),
-    /// A field has a value the agent cannot use.
-    #[error("agent config field `{field}`: {problem}")]
-    Field {
-        /// Path of the field, e.g. `services[0].probes[1].url`.
-        field: String,
-        /// What is wrong and how to fix it.
-        problem: String,
-    },
-}
-
-/// Reads the CA certificates of an http probe's `ca_file` (PEM, one or more certificates).
-/// The error names the path and what is wrong with it.
-pub(crate) fn load_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("{} is not a valid PEM file: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{} holds no PEM certificate (expected \"-----BEGIN CERTIFICATE-----\" blocks)",
-            path.display()
-        ));
-    }
-    Ok(certs)
-}
-
-fn field_err(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Field {
-        field: field.into(),
-        problem: problem.into(),
-    }
-}
-
-/// The validated agent config. The file looks like this:
-///
-/// ```toml
-/// host_id = "web-1"                       # 1-128 of a-z A-Z 0-9 . _ -
-/// coordinator = "https://127.0.0.1:7443"  # a coordinator replica, or instead:
-/// # coordinators = ["https://a:7443", "https://b:7443"]   # several, tried in turn
-/// state_dir = "/var/lib/rollgate-agent"
-/// heartbeat_interval = "1s"               # until the coordinator's welcome says otherwise
-/// [tls]                                   # mTLS to the coordinator (required)
-/// ca = "/etc/rollgate/pki/ca.pem"         # the fleet CA
-/// cert = "/etc/rollgate/pki/host-web-1.pem"   # rollgate certs issue host web-1
-/// key = "/etc/rollgate/pki/host-web-1.key"
-/// # insecure_plaintext = true             # development only: http:// URLs, no TLS
-/// max_artifact_bytes = 4294967296         # refuse releases declaring more bytes (4 GiB)
-/// rollback_window = 1                     # a rollback goes back at most this many releases
-/// allowed_sources = ["store:"]            # default; add "https://artifacts.example/rel/"
-/// file_source_dirs = []                   # file:// sources only under these dirs
-/// [signing]                               # signed releases, see deploy/SIGNING.md
-/// required = true                         # refuse releases without a valid signature
-/// keys = ["/etc/rollgate/release.pub"]    # pinned ed25519 public keys (PEM); any may sign
-/// # fleet = "prod"                        # default: the fleet of this host's certificate
-/// # env = "production"                    # also accept signatures made with --env production
-/// [labels]
-/// site = "a"
-/// [[services]]
-/// name = "demo"
-/// # signing_keys = ["/etc/rollgate/demo.pub"]  # only these sign `demo` (signing required)
-/// backend = "process"                     # "process" (the agent runs it) or "systemd"
-/// binary = "demo-svc"                     # what runs, inside each release dir (may be
-///                                         # "bin/demo-svc" for a tarball)
-/// format = "auto"                         # "binary" | "tar.gz" | "auto" (gzip magic bytes)
-/// unpack_max_bytes = 1073741824           # tarballs: at most this many bytes unpacked
-/// unpack_max_entries = 10000              # tarballs: at most this many entries
-/// args = ["--port", "18081"]              # process backend only
-/// env = { GREETING = "hi" }               # process and container backends
-/// stop_timeout = "5s"                     # SIGTERM, then SIGKILL after this (10s)
-/// restart_delay = "1s"                    # process: restart after an unexpected exit (1s)
-/// hook_timeout = "30s"                    # each hook command (default 30s)
-/// watch_after_commit = "30s"              # report a regression this long after a commit
-/// # backend = "systemd" instead takes:
-/// # unit = "demo.service"                 # installed by the operator; runs current/<binary>
-/// # manager = "system"                    # or "user" (a `systemd --user` manager)
-/// # bus = "unix:path=/run/user/1000/bus"  # D-Bus address, if not the manager's default
-/// # backend = "container" instead: `binary` names the image archive (`docker save`) in each
-/// # release dir; `env` and `stop_timeout` apply; and it takes:
-/// # socket = "/var/run/docker.sock"       # Docker Engine API (or Podman's compatible socket)
-/// # container_name = "demo"              # containers are `<container_name>-<release dir>`
-/// # ports = ["18081:8080"]                # host:container, tcp
-/// # mounts = ["/srv/data:/data:ro"]       # host:container[:ro|rw] binds
-/// # restart_policy = "no"                 # "no" | "on-failure" | "always" | "unless-stopped"
-/// # command = ["/app", "--port", "8080"]  # overrides the image's command
-/// [services.hooks]                        # shell commands (`/bin/sh -c`), run in order
-/// pre_stop = ["drain.sh"]                 # fails: the update is refused, nothing stopped
-/// pre_start = []                          # after the swap, before the new release starts
-/// post_start = ["undrain.sh"]             # after it is healthy; fails: rolled back
-/// on_rollback = ["undrain.sh"]            # after going back to the previous release
-/// [[services.probes]]
-/// kind = "http"                           # http | tcp | exec | systemd | grpc
-/// url = "http://127.0.0.1:18081/health"   # or https://
-/// expect_status = 200                     # default: any 2xx
-/// expect_body = "ok"                      # the body must contain this (optional)
-/// # ca_file = "/etc/rollgate/ca.pem"      # https: PEM CA cert(s) trusted besides the built-in roots
-/// interval = "200ms"                      # default 1s
-/// timeout = "1s"                          # default 1s
-/// success_threshold = 1                   # consecutive passes to count as passing
-/// failure_threshold = 1                   # consecutive failures to count as failing
-/// [[services.probes]]
-/// kind = "tcp"
-/// address = "127.0.0.1:18081"
-/// [[services.probes]]
-/// kind = "exec"
-/// command = ["/bin/sh", "-c", "true"]
-/// [[services.probes]]
-/// kind = "grpc"                           # grpc.health.v1 Check, plaintext HTTP/2
-/// address = "127.0.0.1:50051"
-/// grpc_service = ""                       # the service name to ask about ("" = server)
-/// [[services.probes]]
-/// kind = "systemd"                        # the unit is active
-/// unit = "demo.service"                   # default: the service's own unit
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    /// This host's id (also the name its certificate will carry).
-    pub host_id: String,
-    /// URLs of the coordinator replicas, e.g. `http://127.0.0.1:7443`, in the order they are
-    /// tried: after a failed connect or a lost session the agent dials the next one
-    /// (round-robin). Never empty; from `coordinator` (one) or `coordinators` (a list).
-    pub coordinators: Vec<String>,
-    /// Where the agent keeps releases, its journal and service logs (absolute).
-    pub state_dir: PathBuf,
-    /// Heartbeat interval until the coordinator's `Welcome` overrides it.
-    pub heartbeat_interval: Duration,
-    /// Labels the coordinator selects and groups hosts by (e.g. `site`).
-    pub labels: BTreeMap<String, String>,
-    /// The services this host runs, in file order.
-    pub services: Vec<ServiceConfig>,
-    /// `[tls]`: the fleet CA and this host's certificate for mTLS to the coordinator (checked
-    /// when the agent starts, see [`crate::session::check_tls`]).
-    pub tls: rollgate_proto::tls::TlsConfig,
-    /// Largest artifact a release may declare; larger ones are refused before any download.
-    pub max_artifact_bytes: u64,
-    /// `[signing]`: the fleet-wide signing keys and whether a signature is required.
-    pub signing: SigningConfig,
-    /// How many releases back an explicit rollback may go (1: only to the one run
-    /// immediately before the current one).
-    pub rollback_window: u32,
-    /// Where releases may be fetched from (`allowed_sources`, `file_source_dirs`).
-    pub sources: SourceRules,
-}
-
-/// `[signing]`: who may sign releases for this host.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SigningConfig {
-    /// Every release must carry a valid signature by one of `keys` (or, for a service with
-    /// `signing_keys`, by one of those).
-    pub required: bool,
-    /// Pinned public keys, loaded from the PEM files the config names. With `required =
-    /// false` a release that carries a signature must still verify against them (a way to
-    /// turn signing on gradually); unsigned ones are accepted.
-    pub keys: Vec<PublicKey>,
-    /// The fleet (and environment) signatures must name: `fleet`/`env`, or the fleet of the
-    /// host's certificate. Empty fleet only when no keys are pinned.
-    pub scope: rollgate_proto::signing::Scope,
-}
-
-/// How one service runs on this host.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServiceConfig {
-    /// Service name, as rollouts name it.
-    pub name: String,
-    /// How the service is run.
-    pub backend: Backend,
-    /// What runs, relative to a release dir: the artifact itself for a single binary, an
-    /// entry of the unpacked tree for a tarball (e.g. `bin/demo-svc`).
-    pub binary: String,
-    /// What kind of artifact the releases are.
-    pub format: ArtifactFormat,
-    /// Caps on what a tarball release may unpack to.
-    pub unpack_limits: UnpackLimits,
-    /// Arguments passed to the binary (process backend).
-    pub args: Vec<String>,
-    /// Extra environment for the binary, on top of the agent's own (process backend).
-    pub env: BTreeMap<String, String>,
-    /// Grace between SIGTERM and SIGKILL when stopping the service (process backend).
-    pub stop_timeout: Duration,
-    /// Pause before restarting a service that exited on its own (process backend).
-    pub restart_delay: Duration,
-    /// Health probes; the service is healthy when all of them pass.
-    pub probes: Vec<ProbeConfig>,
-    /// Commands run around an update.
-    pub hooks: Hooks,
-    /// Time each hook command may take before it is killed and counts as failed.
-    pub hook_timeout: Duration,
-    /// How long after a commit a failing health check is reported as a regression of the
-    /// release just committed (zero: not at all).
-    pub watch_after_commit: Duration,
-    /// Public keys that alone may sign this service's releases (signing is then required for
-    /// it, whatever `[signing]` says); `None`: the fleet-wide `[signing]` applies.
-    pub signing_keys: Option<Vec<PublicKey>>,
-    /// The user and group the process runs as (process backend, `user`/`group`); `None`:
-    /// the agent's own (root). Supplementary groups are cleared.
-    pub run_as: Option<RunAs>,
-}
-
-/// How a service is run on the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Backend {
-    /// The agent starts and supervises the process itself (its lifetime is tied to the agent).
-    Process,
-    /// A systemd unit the operator installed runs `current/<binary>`; the agent restarts it
-    /// over D-Bus and reads its state. The service outlives the agent.
-    Systemd(SystemdTarget),
-    /// A container run by a Docker Engine (or Podman's Docker-compatible API); each release
-    /// is an image archive (`docker save`) run as its own container. The service outlives
-    /// the agent.
-    Container(ContainerSettings),
-}
-
-/// A systemd unit and the manager it lives in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SystemdTarget {
-    /// Unit name, e.g. `demo.service`.
-    pub unit: String,
-    /// Which manager runs it.
-    pub manager: Manager,
-    /// D-Bus address to reach the manager through, when not the manager's default bus.
-    pub bus: Option<String>,
-}
-
-/// A systemd manager.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Manager {
-    /// The system manager (PID 1), over the system bus.
-    System,
-    /// A user manager (`systemd --user`), over that user's session bus.
-    User,
-}
-
-impl Manager {
-    /// "system" or "user".
-    pub fn word(self) -> &'static str {
-        match self {
-            Manager::System => "system",
-            Manager::User => "user",
-        }
-    }
-}
-
-/// What kind of artifact a service's releases are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ArtifactFormat {
-    /// One file, stored as `binary` in the release dir.
-    Binary,
-    /// A gzip-compressed tarball, unpacked into the release dir.
-    TarGz,
-    /// Decided per release by its first bytes (the gzip magic means a tarball).
-    Auto,
-}
-
-/// Caps on unpacking a tarball release.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UnpackLimits {
-    /// Most bytes the archive may decompress to (file contents and headers together).
-    pub max_bytes: u64,
-    /// Most entries (files, dirs, links) it may hold.
-    pub max_entries: u64,
-}
-
-impl Default for UnpackLimits {
-    fn default() -> UnpackLimits {
-        UnpackLimits {
-            max_bytes: DEFAULT_UNPACK_MAX_BYTES,
-            max_entries: DEFAULT_UNPACK_MAX_ENTRIES,
-        }
-    }
-}
-
-/// Commands run around an update, each with `/bin/sh -c`, in order; the first failure stops
-/// the list.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Hooks {
-    /// Before anything stops (drain). A failure refuses the update; nothing was touched.
-    pub pre_stop: Vec<String>,
-    /// After `current` names the new release, before it starts. A failure rolls back.
-    pub pre_start: Vec<String>,
-    /// After the new release passed its health checks, before the commit (undrain). A
-    /// failure rolls back.
-    pub post_start: Vec<String>,
-    /// After the agent went back to the previous release (or failed to). A failure is
-    /// reported but changes nothing.
-    pub on_rollback: Vec<String>,
-}
-
-impl Config {
-    /// Reads and validates the config file at `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::parse(&text)
-    }
-
-    /// Parses and validates config text.
-    pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
-        raw.validate()
-    }
-
-    /// The config of the service called `name`.
-    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
-        self.services.iter().find(|s| s.name == name)
-    }
-}
-
-impl ServiceConfig {
-    /// How often the service's probes run together: the shortest probe interval.
-    pub fn probe_interval(&self) -> Duration {
-        self.probes
-            .iter()
-            .map(|p| p.interval)
-            .min()
-            .unwrap_or(DEFAULT_PROBE_INTERVAL)
-    }
-}
+pub use types::{
+    ArtifactFormat, Backend, Config, ContainerSettings, Hooks, Manager, PortMap, ProbeCheck,
+    ProbeConfig, RestartPolicy, ServiceConfig, SigningConfig, SystemdTarget, UnpackLimits,
+    DEFAULT_CONTAINER_SOCKET, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HOOK_TIMEOUT,
+    DEFAULT_MAX_ARTIFACT_BYTES, DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT,
+    DEFAULT_RESTART_DELAY, DEFAULT_STOP_TIMEOUT, DEFAULT_UNPACK_MAX_BYTES,
+    DEFAULT_UNPACK_MAX_ENTRIES,
+};

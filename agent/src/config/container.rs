@@ -1,61 +1,13 @@
-//! The container backend's settings in a `[[services]]` table and their validation.
+//! Validation of the container backend's settings in a `[[services]]` table.
 
-use super::raw::*;
-use super::*;
+use std::path::PathBuf;
 
-/// Default Docker Engine API socket.
-pub const DEFAULT_CONTAINER_SOCKET: &str = "/var/run/docker.sock";
+use rollgate_proto::names;
 
-/// How the container backend runs a service's releases.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerSettings {
-    /// The engine's API socket (Docker's, or Podman's compatible one).
-    pub socket: PathBuf,
-    /// Containers are named `<container_name>-<release dir>`.
-    pub container_name: String,
-    /// Published ports, tcp.
-    pub ports: Vec<PortMap>,
-    /// Bind mounts as the engine takes them: `host:container[:ro]`.
-    pub mounts: Vec<String>,
-    /// The engine's restart policy for the container.
-    pub restart_policy: RestartPolicy,
-    /// Overrides the image's command, if set.
-    pub command: Option<Vec<String>>,
-}
-
-/// One published port: `host:container`, tcp.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortMap {
-    /// Port on the host.
-    pub host: u16,
-    /// Port inside the container.
-    pub container: u16,
-}
-
-/// What the engine does when the container exits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartPolicy {
-    /// Nothing.
-    No,
-    /// Restart it after a non-zero exit.
-    OnFailure,
-    /// Always restart it (and at engine start).
-    Always,
-    /// Restart it unless it was stopped on purpose.
-    UnlessStopped,
-}
-
-impl RestartPolicy {
-    /// The engine's name for the policy.
-    pub fn word(self) -> &'static str {
-        match self {
-            RestartPolicy::No => "no",
-            RestartPolicy::OnFailure => "on-failure",
-            RestartPolicy::Always => "always",
-            RestartPolicy::UnlessStopped => "unless-stopped",
-        }
-    }
-}
+use super::checks::stray;
+use super::error::{field_err, ConfigError};
+use super::raw::RawService;
+use super::types::{ContainerSettings, PortMap, RestartPolicy, DEFAULT_CONTAINER_SOCKET};
 
 impl RawService {
     /// Refuses the container backend's keys on another backend.

@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use rollgate_proto::signing::Scope;
 use rollgate_proto::tls::{Identity, TlsConfig};
 
-use super::{field_err, ConfigError};
+use super::error::{field_err, ConfigError};
 
 /// Default rollback window: an explicit rollback goes back one release, to the one the host
 /// ran immediately before the current one.

@@ -4,7 +4,7 @@
 
 use nix::unistd::{Group, User};
 
-use super::{field_err, ConfigError};
+use super::error::{field_err, ConfigError};
 
 /// The unprivileged identity a process-backend service runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,8 @@
 //! Config file tables.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
 use super::*;
 
 const GOOD: &str = r#"
