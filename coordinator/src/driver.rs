@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::control::{self, ControlError};
-use crate::planner::{self, explain, Decision, Plan, Unavailable};
+use crate::metrics::{HaltLabels, HaltReason, RolloutGauges, ServiceLabel};
+use crate::planner::{self, explain, Decision, Plan, Unavailable, Verdict};
 use crate::sessions::limits::{LogLimit, LOG_EVERY};
 use crate::store::{
     self, decode, encode, now_ms, FleetView, HistoryRecord, HostState, HostStep, Phase,
@@ -65,6 +66,7 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
         recording.cancel();
         let _ = recorder.await;
         ctx.metrics.leader.set(0);
+        ctx.metrics.set_rollouts(&[]);
         if let Err(e) = led {
             warn!("leading stopped: {e}; campaigning again");
         }
@@ -152,6 +154,7 @@ async fn drive_once(
     // The token counter as read, then as this round's grants move it.
     let mut token = round.token;
     let mut wake: Option<i64> = None;
+    let mut gauges = Vec::new();
     for rid in round.active {
         let view = match store::read_rollout(&mut etcd, &ctx.keys, &rid, fleet.revision).await {
             Ok(Some(view)) => view,
@@ -166,7 +169,7 @@ async fn drive_once(
             }
             Err(e) => return Err(e),
         };
-        match drive_rollout(ctx, leader, &fleet, &view, &mut token).await {
+        match drive_rollout(ctx, leader, &fleet, &view, &mut token, &mut gauges).await {
             Ok(Some(at)) => wake = Some(wake.map_or(at, |w: i64| w.min(at))),
             Ok(None) => {}
             Err(e) => complaints.warn(
@@ -175,6 +178,7 @@ async fn drive_once(
             ),
         }
     }
+    ctx.metrics.set_rollouts(&gauges);
     Ok(wake)
 }
 
@@ -191,13 +195,17 @@ async fn drive_rollout(
     fleet: &FleetView,
     view: &RolloutView,
     token: &mut (u64, i64),
+    gauges: &mut Vec<RolloutGauges>,
 ) -> Result<Option<i64>, StoreError> {
     let r = &view.rollout;
     if r.phase.is_terminal() {
         finish(ctx, leader, r).await?;
         return Ok(None);
     }
-    let Plan { decision, report } = planner::plan_view(view, fleet, now_ms());
+    let now = now_ms();
+    let Plan { decision, report } = planner::plan_view(view, fleet, now);
+    gauges.push(RolloutGauges::of(view, fleet, &report, now));
+    count_halt(ctx, r, &decision);
     match decision {
         Decision::Wait => Ok(None),
         Decision::WaitUntil(at) => Ok(Some(at)),
@@ -230,6 +238,26 @@ async fn drive_rollout(
             Ok(None)
         }
     }
+}
+
+/// Counts a decision that stops the rollout rolling forward (`rollgate_rollout_halts_total`).
+fn count_halt(ctx: &Ctx, r: &RolloutRecord, decision: &Decision) {
+    let why = match decision {
+        Decision::SetPhase(Phase::Failed | Phase::Paused, why) | Decision::StartRollback(why) => {
+            why
+        }
+        _ => return,
+    };
+    let reason = match why {
+        Verdict::TooManyFailures(_) => HaltReason::failures,
+        Verdict::Stalled { .. } => HaltReason::progress_deadline,
+        Verdict::Completed { .. } => return,
+    };
+    let labels = HaltLabels {
+        service: r.spec.service.clone(),
+        reason,
+    };
+    ctx.metrics.halts.get_or_create(&labels).inc();
 }
 
 /// Starts the rollback the failure policy asks for; halts the rollout if it cannot.
@@ -361,6 +389,7 @@ async fn grant(
     // revision, so a stale value grants nothing).
     let (mut last_token, mut token_rev) = *counter;
     let mut count = unavailable.len();
+    let mut freed_at = handed_over_at(view);
     for host in hosts {
         let Some(&lease) = fleet.connected.get(host) else {
             continue;
@@ -398,12 +427,38 @@ async fn grant(
         token_rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         *counter = (last_token, token_rev);
         count += usize::from(!unavailable.iter().any(|(h, _)| h == host));
+        count_grant(ctx, r, freed_at.take());
         info!(
             rollout = %r.id, %host, token, unavailable = count, budget = r.max_unavailable,
             "slot granted"
         );
     }
     Ok(())
+}
+
+/// When the share of the budget this grant uses was freed: the latest result of the rollout,
+/// if it came after every grant so far (the first grant after it hands it over).
+fn handed_over_at(view: &RolloutView) -> Option<i64> {
+    let steps = view.steps.values();
+    let freed = steps
+        .clone()
+        .filter(|s| s.state.is_final())
+        .map(|s| s.updated_at_ms)
+        .max()?;
+    let granted = steps.map(|s| s.granted_at_ms).max().unwrap_or(0);
+    (freed > granted).then_some(freed)
+}
+
+/// `rollgate_slot_grants_total`, and the hand-over latency when this grant reuses a freed share.
+fn count_grant(ctx: &Ctx, r: &RolloutRecord, freed_at: Option<i64>) {
+    let service = ServiceLabel {
+        service: r.spec.service.clone(),
+    };
+    ctx.metrics.grants.get_or_create(&service).inc();
+    if let Some(at) = freed_at {
+        let secs = (now_ms() - at).max(0) as f64 / 1000.0;
+        ctx.metrics.handover.observe(secs);
+    }
 }
 
 async fn set_phase(

@@ -17,6 +17,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+mod rollouts;
+
+pub use rollouts::RolloutGauges;
+
 use crate::store::{HostState, Phase};
 
 /// A service's label.
@@ -63,7 +67,7 @@ pub struct PhaseLabels {
 }
 
 /// A host's state in a rollout, as a label value.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum HostStateValue {
     pending,
@@ -73,6 +77,20 @@ pub enum HostStateValue {
     failed,
     /// Offline past its grace period while updating (the planner's view).
     lost,
+}
+
+impl From<crate::planner::Progress> for HostStateValue {
+    fn from(p: crate::planner::Progress) -> Self {
+        use crate::planner::Progress;
+        match p {
+            Progress::Pending => HostStateValue::pending,
+            Progress::Updating => HostStateValue::updating,
+            Progress::Lost => HostStateValue::lost,
+            Progress::Done => HostStateValue::done,
+            Progress::RolledBack => HostStateValue::rolled_back,
+            Progress::Failed => HostStateValue::failed,
+        }
+    }
 }
 
 impl From<HostState> for HostStateValue {
