@@ -1,5 +1,10 @@
 //! Logging setup shared by the daemons: journald when systemd started us, stderr otherwise.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set once logs go to journald.
+static JOURNALD: AtomicBool = AtomicBool::new(false);
+
 /// Routes `tracing` output for a daemon. Under systemd (`JOURNAL_STREAM` set) events go to
 /// journald through `systemd-journal-logger` (tracing's `log` bridge carries them); otherwise a
 /// human-readable subscriber writes to stderr. `RUST_LOG` filters both (default `info`).
@@ -11,6 +16,7 @@ pub fn init(daemon: &str) {
                 let journal = journal.with_syslog_identifier(daemon.to_string());
                 if log::set_boxed_logger(Box::new(journal)).is_ok() {
                     log::set_max_level(level_of(&filter));
+                    JOURNALD.store(true, Ordering::Relaxed);
                     return;
                 }
             }
@@ -23,6 +29,35 @@ pub fn init(daemon: &str) {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// The ids an event line is about, as journal fields under systemd (`journalctl
+/// ROLLOUT_ID=r-… HOST_ID=host-3 SERVICE=web`) and as `key=value` fields on stderr.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ids<'a> {
+    /// `ROLLOUT_ID`.
+    pub rollout: &'a str,
+    /// `HOST_ID`.
+    pub host: &'a str,
+    /// `SERVICE`.
+    pub service: &'a str,
+}
+
+/// Logs `message` at info level with `ids` as structured fields.
+pub fn info_with_ids(ids: Ids<'_>, message: &str) {
+    if JOURNALD.load(Ordering::Relaxed) {
+        log::info!(
+            ROLLOUT_ID = ids.rollout, HOST_ID = ids.host, SERVICE = ids.service;
+            "{message}"
+        );
+    } else {
+        tracing::info!(
+            rollout_id = ids.rollout,
+            host_id = ids.host,
+            service = ids.service,
+            "{message}"
+        );
+    }
 }
 
 fn level_of(filter: &str) -> log::LevelFilter {

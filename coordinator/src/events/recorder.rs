@@ -12,6 +12,9 @@ use etcd_client::{
     Compare, CompareOp, DeleteOptions, EventType, GetOptions, LeaderKey, SortOrder, SortTarget,
     Txn, TxnOp, WatchOptions,
 };
+use rollgate_proto::pb;
+use rollgate_proto::telemetry::Ids;
+use rollgate_proto::text::printable;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -271,22 +274,25 @@ async fn trim_by_age(ctx: &Ctx) -> Result<(), RecorderError> {
     Ok(())
 }
 
-/// Every event is also a log line, with the ids as fields (journald: `ROLLOUT_ID`, `HOST_ID`,
-/// `SERVICE`, so `journalctl ROLLOUT_ID=r-…` finds a rollout's story).
+/// Every event is also a log line, with the ids as journal fields under systemd (`journalctl
+/// ROLLOUT_ID=r-…` finds a rollout's story).
 fn log_event(e: &EventRecord) {
-    let kind = e
-        .event
+    let ev = &e.event;
+    let kind = ev
         .kind
-        .map(|k| serde_json::to_string(&k).unwrap_or_default())
+        .map(|k| pb::EventKind::from(k).word())
         .unwrap_or_default();
-    info!(
-        event_id = e.id,
-        event = %kind.trim_matches('"'),
-        rollout_id = e.event.rollout.as_deref().unwrap_or(""),
-        host_id = e.event.host.as_deref().unwrap_or(""),
-        service = e.event.service.as_deref().unwrap_or(""),
-        by = e.event.by.as_deref().unwrap_or(""),
-        reason = %rollgate_proto::text::printable(&e.event.reason),
-        "event"
-    );
+    let mut message = format!("event {}: {kind}", e.id);
+    if let Some(by) = &ev.by {
+        message.push_str(&format!(" by {by}"));
+    }
+    if !ev.reason.is_empty() {
+        message.push_str(&format!(": {}", printable(&ev.reason)));
+    }
+    let ids = Ids {
+        rollout: ev.rollout.as_deref().unwrap_or(""),
+        host: ev.host.as_deref().unwrap_or(""),
+        service: ev.service.as_deref().unwrap_or(""),
+    };
+    rollgate_proto::telemetry::info_with_ids(ids, &message);
 }
