@@ -47,6 +47,8 @@ pub struct Config {
     pub metrics: rollgate_proto::metrics::MetricsConfig,
     /// `[events]`: how much of the event log etcd keeps.
     pub events: EventsConfig,
+    /// `[[notify]]`: webhooks that receive events.
+    pub notify: Vec<crate::notify::NotifyConfig>,
 }
 
 /// `[events]`: retention of the event log (whichever limit is reached first).
@@ -160,6 +162,7 @@ impl Default for Config {
             max_artifact_store_bytes: 16 << 30,
             metrics: rollgate_proto::metrics::MetricsConfig::default(),
             events: EventsConfig::default(),
+            notify: Vec::new(),
         }
     }
 }
@@ -233,6 +236,15 @@ impl Config {
         self.etcd.check_access()?;
         if self.agents.heartbeat_interval.is_zero() || self.agents.missed_heartbeats == 0 {
             bail!("agents.heartbeat_interval and agents.missed_heartbeats must be above zero");
+        }
+        for hook in &self.notify {
+            hook.validate()?;
+            if self.notify.iter().filter(|h| h.name == hook.name).count() > 1 {
+                bail!(
+                    "[[notify]] name {:?} is used twice; each webhook needs its own",
+                    hook.name
+                );
+            }
         }
         Ok(())
     }

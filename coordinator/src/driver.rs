@@ -62,9 +62,15 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
             leader.clone(),
             recording.clone(),
         ));
+        let notifier = tokio::spawn(crate::notify::deliver::run(
+            ctx.clone(),
+            leader.clone(),
+            recording.clone(),
+        ));
         let led = lead(&ctx, &leader, &cancel).await;
         recording.cancel();
         let _ = recorder.await;
+        let _ = notifier.await;
         ctx.metrics.leader.set(0);
         ctx.metrics.set_rollouts(&[]);
         if let Err(e) = led {

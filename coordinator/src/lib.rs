@@ -28,6 +28,7 @@ pub mod events;
 pub mod grpc;
 pub mod local_etcd;
 pub mod metrics;
+pub mod notify;
 pub mod planner;
 pub mod roles;
 pub mod sessions;
