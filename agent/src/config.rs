@@ -128,6 +128,10 @@ fn field_err(field: impl Into<String>, problem: impl Into<String>) -> ConfigErro
 /// env = { GREETING = "hi" }               # process and container backends
 /// stop_timeout = "5s"                     # SIGTERM, then SIGKILL after this (10s)
 /// restart_delay = "1s"                    # process: restart after an unexpected exit (1s)
+/// stop_with_agent = false                 # process: true stops the service when the agent
+///                                         # stops (SIGTERM, systemctl stop, agent upgrade);
+///                                         # default: it keeps running and the next agent
+///                                         # adopts it
 /// hook_timeout = "30s"                    # each hook command (default 30s)
 /// watch_after_commit = "30s"              # report a regression this long after a commit
 /// # backend = "systemd" instead takes:
@@ -238,6 +242,9 @@ pub struct ServiceConfig {
     pub stop_timeout: Duration,
     /// Pause before restarting a service that exited on its own (process backend).
     pub restart_delay: Duration,
+    /// Stop the service when the agent stops (process backend, `stop_with_agent`). Default
+    /// false: it keeps running and the next agent adopts it without a restart.
+    pub stop_with_agent: bool,
     /// Health probes; the service is healthy when all of them pass.
     pub probes: Vec<ProbeConfig>,
     /// Commands run around an update.
