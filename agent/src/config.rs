@@ -265,7 +265,8 @@ pub struct ServiceConfig {
 /// How a service is run on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
-    /// The agent starts and supervises the process itself (its lifetime is tied to the agent).
+    /// The agent starts and supervises the process itself; it outlives the agent (adopted by
+    /// the next one) unless `stop_with_agent`.
     Process,
     /// A systemd unit the operator installed runs `current/<binary>`; the agent restarts it
     /// over D-Bus and reads its state. The service outlives the agent.
