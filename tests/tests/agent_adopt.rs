@@ -111,6 +111,8 @@ fn alive(pid: i32) -> bool {
 fn agent_kill9_and_sigterm_while_idle_leave_the_service_running() -> anyhow::Result<()> {
     let mut fleet = Fleet::start(FleetOpts {
         agents: 2,
+        // A restart of the service would be an outage of at least this long: plain to see.
+        start_delay_ms: 300,
         ..FleetOpts::default()
     })?;
     fleet.install("1.0.0", "max_unavailable = 2\nmin_healthy_time = \"200ms\"")?;
