@@ -144,7 +144,10 @@ fn systemd_and_container_services_are_left_alone_by_agent_restarts() -> anyhow::
         )
     };
     let (pid, id) = (main_pid(), container_id());
-    println!("websd.service main PID {pid}; webct container {}", id.trim());
+    println!(
+        "websd.service main PID {pid}; webct container {}",
+        id.trim()
+    );
 
     for how in ["kill -9", "SIGTERM"] {
         let host = fleet.agent("host-1");
@@ -153,14 +156,21 @@ fn systemd_and_container_services_are_left_alone_by_agent_restarts() -> anyhow::
             _ => host.proc.stop(Duration::from_secs(10)),
         }
         assert_eq!(main_pid(), pid, "{how} of the agent left the unit alone");
-        assert_eq!(container_id(), id, "{how} of the agent left the container alone");
+        assert_eq!(
+            container_id(),
+            id,
+            "{how} of the agent left the container alone"
+        );
         let since = now_ms();
         fleet.agent("host-1").proc.restart()?;
         wait_both_healthy(&fleet, since)?;
         assert_eq!(main_pid(), pid, "adopted after {how}: same main PID");
         assert_eq!(container_id(), id, "adopted after {how}: same container");
         assert_eq!(service_version(port).as_deref(), Some("1.0.0"));
-        println!("after {how} of the agent: websd main PID {pid}, webct {}", id.trim());
+        println!(
+            "after {how} of the agent: websd main PID {pid}, webct {}",
+            id.trim()
+        );
     }
     drop(fleet);
     drop(engine);
