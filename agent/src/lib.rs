@@ -28,7 +28,8 @@
 //!     post_start, on_rollback).
 //! - `backend`: the seam between the update procedure and what runs a service;
 //!   `backend::select` picks the one a service's config asks for.
-//!   - `backend::process`: the process backend (start, stop by process group, pidfile).
+//!   - `backend::process`: the process backend (start, stop by process group, pidfile;
+//!     `backend::process::adopt`: taking over what a previous agent left running).
 //!   - `backend::systemd`: the systemd backend (restart a unit over D-Bus, judge it by its
 //!     state).
 //!   - `backend::container`: the container backend (Docker Engine API: load, create, start,
@@ -102,7 +103,8 @@ pub enum AgentError {
 
 /// Runs the agent until `shutdown` completes: starts the services (undoing an update a
 /// previous run left unfinished), keeps a session with the coordinator, and carries out its
-/// orders. On shutdown it stops taking orders first, then stops the services' processes.
+/// orders. On shutdown it stops taking orders first, then leaves the services running for the
+/// next agent to adopt (or stops those with `stop_with_agent = true`).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     session::check_tls(&config).map_err(AgentError::Tls)?;
     let (channel_tx, channel_rx) = watch::channel(None);
@@ -136,7 +138,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::select! {
             _ = &mut session => {}
             _ = shutdown => {
-                tracing::info!("shutting down: no new orders; stopping the services");
+                tracing::info!(
+                    "shutting down: no new orders; services keep running for the next agent \
+                     (those with stop_with_agent = true are stopped)"
+                );
                 rollgate_proto::telemetry::notify_stopping();
                 cancel.cancel();
                 session.await;

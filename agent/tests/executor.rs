@@ -170,8 +170,41 @@ async fn update_success_crash_rollback_and_unhealthy_rollback() {
     );
     assert!(hello.in_flight.is_none());
 
+    // Shutdown leaves the supervised process running (stop_with_agent = false, the default);
+    // the next agent adopts it as it is and supervises it again.
     exec.shutdown().await;
-    assert!(!alive(pid), "shutdown stops the supervised process");
+    drop(outbox);
+    assert!(alive(pid), "shutdown leaves the service running");
+    let (exec, mut outbox) = start(&world);
+    let s = status(&mut outbox, Health::Healthy).await;
+    assert_eq!(s.version, "1.0.0");
+    assert_eq!(world.running_pid(), Some(pid), "adopted, not restarted");
+    assert!(alive(pid));
+    exec.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_stop_with_agent_shutdown_stops_the_service() {
+    let world = World::new();
+    let text = world.config_text_with("http://127.0.0.1:1", "stop_with_agent = true", "");
+    let (_tx, rx) = watch::channel(None);
+    let config = rollgate_agent::Config::parse(&text).expect("config");
+    let (exec, mut outbox) =
+        Executor::start(&config, Fetcher::new(rx).expect("fetcher")).expect("executor");
+    exec.handle_order(order(
+        1,
+        world.release("1.0.0", &healthy("1.0.0")),
+        100,
+        5000,
+    ));
+    let (r, _) = result_for(&mut outbox, 1).await;
+    assert_eq!(r.outcome(), Outcome::Succeeded, "{r:?}");
+    let pid = world.running_pid().expect("running");
+    exec.shutdown().await;
+    assert!(
+        !alive(pid),
+        "shutdown stops the service with stop_with_agent = true"
+    );
 }
 
 #[tokio::test]

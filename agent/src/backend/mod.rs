@@ -4,7 +4,8 @@
 //! verify → commit or undo) whatever runs the service. A backend only knows how to (re)start
 //! what `current` names, stop it, and tell when it went down on its own:
 //!
-//! - [`process`]: the agent runs the binary as its child and supervises it.
+//! - [`process`]: the agent runs the binary as its child and supervises it; a later agent
+//!   adopts it (see [`process::adopt`]).
 //! - [`systemd`]: a unit the operator installed runs `current/<binary>`; the
 //!   agent restarts it over D-Bus and watches its state.
 //! - [`container`]: each release's image archive runs as its own container
@@ -93,9 +94,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn agent_restarts(&self) -> bool;
 
     /// At agent start: takes over the service as a previous agent left it and makes sure the
-    /// installed release runs (process: stop a leftover process, then start; systemd: start
-    /// the unit if it is not active, without disturbing it if it is). Returns a note for the
-    /// log about anything left over.
+    /// installed release runs, without disturbing a service that runs it (process: adopt the
+    /// leftover process if it is provably the instance that was started, else stop it if it is
+    /// the service's and start; systemd: start the unit if it is not active; container: start
+    /// the release's container if it is not running). Returns a note for the log about
+    /// anything left over.
     fn adopt(&mut self) -> BoxFuture<'_, (Option<String>, Result<(), BackendError>)>;
 
     /// At agent start, before undoing an update a killed agent left half done: stops whatever
@@ -132,7 +135,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         Box::pin(async {})
     }
 
-    /// The agent is shutting down: the process backend stops the service (its lifetime is
-    /// the agent's); the systemd backend leaves the unit running.
+    /// The agent is shutting down: every backend leaves the service running for the next
+    /// agent to adopt, except the process backend with `stop_with_agent = true`, which stops
+    /// it.
     fn shutdown(&mut self) -> BoxFuture<'_, ()>;
 }

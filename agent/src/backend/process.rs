@@ -1,11 +1,14 @@
 //! The process backend: runs the `current` release as the agent's child, in its own group.
 //!
 //! The agent starts the binary, appends its output to `service.log`, stops it with SIGTERM to
-//! the whole group and SIGKILL after `stop_timeout`, and remembers the group in a pidfile so that
-//! an agent restarted after a crash or `kill -9` can stop the process it left behind (and free
-//! its port) before starting the service again. This backend ties the service's lifetime to the
-//! agent's: a clean agent shutdown stops the service. Hosts that need the service to outlive the
-//! agent use the systemd backend ([`crate::backend::systemd`]).
+//! the whole group and SIGKILL after `stop_timeout`, and records what it started (pidfile and
+//! `instance.json`, see [`adopt`]). The service outlives the agent: a stopped, killed or
+//! upgraded agent leaves it running, and the next agent adopts it without a restart when it is
+//! provably the instance that was started; a leftover that is not is stopped (freeing its port)
+//! and the service started again. `stop_with_agent = true` ties the service's lifetime to the
+//! agent's instead: a clean agent shutdown stops it.
+
+pub(crate) mod adopt;
 
 use std::fs;
 use std::io;
@@ -47,10 +50,35 @@ pub struct ProcessBackend {
 
 #[derive(Debug)]
 struct Running {
-    child: tokio::process::Child,
+    handle: Handle,
     /// Its process group (= its pid: it was started as a group leader).
     pgid: Pid,
     release: String,
+}
+
+/// How the agent learns that the process ended.
+#[derive(Debug)]
+enum Handle {
+    /// Started by this agent: its child, with an exit status.
+    Child(tokio::process::Child),
+    /// Adopted from a previous agent: watched through a pidfd; no exit status.
+    Adopted(adopt::Watch),
+}
+
+impl Handle {
+    /// Waits until the process ended; says how ("exited with status 1"). Cancel-safe.
+    async fn wait(&mut self) -> String {
+        match self {
+            Handle::Child(child) => match child.wait().await {
+                Ok(st) => describe_exit(st),
+                Err(e) => format!("ended and its status is unknown: {e}"),
+            },
+            Handle::Adopted(watch) => {
+                watch.exited().await;
+                "exited (adopted from a previous agent, so its exit status is unknown)".into()
+            }
+        }
+    }
 }
 
 impl ProcessBackend {
@@ -129,16 +157,7 @@ impl ProcessBackend {
         };
         let started = Instant::now();
         let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
-        let pid_file = self.dir.pid_file();
-        if let Err(e) =
-            crate::state::durable::write_atomic(&pid_file, format!("{pid}\n").as_bytes())
-        {
-            // Not fatal: the service runs; only the cleanup after an agent crash is weakened.
-            tracing::warn!(
-                "cannot write pidfile {}: {e}; a restarted agent may not find this process",
-                pid_file.display()
-            );
-        }
+        self.record(pid, &release);
         match &self.cfg.run_as {
             Some(r) => tracing::info!(
                 release = %release,
@@ -152,11 +171,47 @@ impl ProcessBackend {
             None => tracing::info!(release = %release, pid, "started {}", bin.display()),
         }
         self.running = Some(Running {
-            child,
+            handle: Handle::Child(child),
             pgid: Pid::from_raw(pid),
             release,
         });
         Ok(started)
+    }
+
+    /// Records the process just started (instance first, then the pidfile), so that a later
+    /// agent can adopt it. Not fatal: the service runs; a later agent restarts it instead.
+    fn record(&self, pid: i32, release: &str) {
+        let instance = self.instance_file();
+        if let Err(e) = adopt::record_of(pid, release)
+            .and_then(|record| adopt::write_record(&instance, &record))
+        {
+            let _ = fs::remove_file(&instance);
+            tracing::warn!(
+                "cannot record process {pid} in {}: {e}; a restarted agent will restart the \
+                 service instead of adopting it",
+                instance.display()
+            );
+        }
+        let pid_file = self.dir.pid_file();
+        if let Err(e) =
+            crate::state::durable::write_atomic(&pid_file, format!("{pid}\n").as_bytes())
+        {
+            tracing::warn!(
+                "cannot write pidfile {}: {e}; a restarted agent may not find this process",
+                pid_file.display()
+            );
+        }
+    }
+
+    /// `<service>/instance.json`: what the agent started (see [`adopt`]).
+    fn instance_file(&self) -> std::path::PathBuf {
+        self.dir.root().join("instance.json")
+    }
+
+    /// Forgets the recorded process (it ended or was stopped).
+    fn forget_record(&self) {
+        let _ = fs::remove_file(self.dir.pid_file());
+        let _ = fs::remove_file(self.instance_file());
     }
 
     /// Waits until the process exits on its own; never returns while nothing runs. Cancel-safe.
@@ -164,21 +219,17 @@ impl ProcessBackend {
         let Some(run) = self.running.as_mut() else {
             return std::future::pending().await;
         };
-        let status = run.child.wait().await;
+        let how = run.handle.wait().await;
         let pgid = run.pgid;
         let release = run.release.clone();
         self.running = None;
         // The group is the service: a leader that died leaves nothing worth keeping, and an
         // orphan still holding the port would break the restart.
         let _ = killpg(pgid, Signal::SIGKILL);
-        let _ = fs::remove_file(self.dir.pid_file());
-        let description = match status {
-            Ok(st) => format!("process {}", describe_exit(st)),
-            Err(e) => format!("process ended and its status is unknown: {e}"),
-        };
+        self.forget_record();
         Exit {
             release,
-            description,
+            description: format!("process {how}"),
         }
     }
 
@@ -189,12 +240,11 @@ impl ProcessBackend {
         let stop_timeout = self.cfg.stop_timeout;
         let deadline = Instant::now() + stop_timeout;
         let _ = killpg(run.pgid, Signal::SIGTERM);
-        let mut how = match tokio::time::timeout(stop_timeout, run.child.wait()).await {
-            Ok(Ok(st)) => format!("stopped ({})", describe_exit(st)),
-            Ok(Err(e)) => format!("stopped (status unknown: {e})"),
+        let mut how = match tokio::time::timeout(stop_timeout, run.handle.wait()).await {
+            Ok(ended) => format!("stopped ({ended})"),
             Err(_) => {
                 let _ = killpg(run.pgid, Signal::SIGKILL);
-                let _ = tokio::time::timeout(STOP_KILL_GRACE, run.child.wait()).await;
+                let _ = tokio::time::timeout(STOP_KILL_GRACE, run.handle.wait()).await;
                 format!("did not stop within {stop_timeout:?} of SIGTERM; killed")
             }
         };
@@ -204,24 +254,116 @@ impl ProcessBackend {
             wait_group_gone(run.pgid, Instant::now() + STOP_KILL_GRACE).await;
             how.push_str("; leftover processes in its group were killed");
         }
-        let _ = fs::remove_file(self.dir.pid_file());
+        self.forget_record();
         tracing::info!(release = %run.release, "{how}");
         Some(how)
     }
 
-    /// Stops a process left running by an earlier agent (found through the pidfile), so its
-    /// port is free before the service starts again. The pid is trusted only if that process
-    /// still leads its own group and works in one of this service's release dirs: a pid can
-    /// be reused by an unrelated process after a reboot.
+    /// At agent start: adopts the process a previous agent left running if it is provably
+    /// the instance that agent started and runs `current` (see [`adopt::judge`]); otherwise
+    /// stops it if it is this service's (its port must be free), leaves it alone if not, and
+    /// starts the service. Returns the note for the log.
+    pub async fn take_over(&mut self) -> (Option<String>, Result<(), ProcessError>) {
+        let name = self.cfg.name.clone();
+        let note = match self.inspect_leftover() {
+            None => None,
+            Some(Leftover::Adopt(pid, watch)) => {
+                let release = self.dir.current_dir().ok().flatten().unwrap_or_default();
+                self.running = Some(Running {
+                    handle: Handle::Adopted(watch),
+                    pgid: Pid::from_raw(pid),
+                    release: release.clone(),
+                });
+                tracing::info!(pid, release = %release, "adopted {name}: not restarted");
+                return (
+                    Some(format!(
+                        "adopted process {pid} of {name} (release {release}), left running by \
+                         a previous agent; it keeps running and is supervised again"
+                    )),
+                    Ok(()),
+                );
+            }
+            Some(Leftover::Gone(pid)) => Some(format!(
+                "process {pid} of {name}, started by a previous agent, is gone; starting {name}"
+            )),
+            Some(Leftover::Stop(pid, why)) => {
+                self.stop_group(pid).await;
+                Some(format!(
+                    "did not adopt process {pid} of {name}, left by a previous agent: {why}; \
+                     stopped it and started {name} again"
+                ))
+            }
+            Some(Leftover::LeaveAlone(pid, why)) => Some(format!(
+                "the pidfile of {name} names process {pid}, which is not {name}'s ({why}); \
+                 left it alone and started {name}"
+            )),
+        };
+        (note, self.start().await.map(|_| ()))
+    }
+
+    /// Stops a process left running by an earlier agent if it is this service's (adoptable
+    /// or not), so its port is free and the caller starts from a known state. A process that
+    /// is not this service's (a reused pid) is left alone. Returns the pid stopped.
     pub async fn stop_leftover(&self) -> Option<i32> {
-        let pid_file = self.dir.pid_file();
-        let text = fs::read_to_string(&pid_file).ok()?;
-        let _ = fs::remove_file(&pid_file);
-        let pid: i32 = text.trim().parse().ok().filter(|p| *p > 1)?;
-        let pid = Pid::from_raw(pid);
-        if !self.is_ours(pid) {
-            return None;
+        match self.inspect_leftover()? {
+            Leftover::Adopt(pid, _) => {
+                self.stop_group(pid).await;
+                self.forget_record();
+                Some(pid)
+            }
+            Leftover::Stop(pid, why) => {
+                tracing::info!(pid, "process {pid}, left by a previous agent: {why}");
+                self.stop_group(pid).await;
+                Some(pid)
+            }
+            Leftover::Gone(_) => None,
+            Leftover::LeaveAlone(pid, why) => {
+                tracing::info!(pid, "left process {pid} alone: {why}");
+                None
+            }
         }
+    }
+
+    /// Reads the pidfile and judges the process it names; forgets the record unless the
+    /// process is adopted. `None` if there is no pidfile.
+    fn inspect_leftover(&self) -> Option<Leftover> {
+        let text = fs::read_to_string(self.dir.pid_file()).ok();
+        let pid = text.and_then(|t| t.trim().parse::<i32>().ok().filter(|p| *p > 1));
+        let Some(pid) = pid else {
+            self.forget_record();
+            return None;
+        };
+        // The pidfd first: the checks below are then of the process it names.
+        let watch = adopt::Watch::open(pid);
+        let record = adopt::read_record(&self.instance_file());
+        let seen = adopt::observe(pid);
+        let canon = |p: std::path::PathBuf| fs::canonicalize(&p).unwrap_or(p);
+        let releases = canon(self.dir.releases_dir());
+        let current = self.dir.current_dir().ok().flatten();
+        let current_dir = current.as_ref().map(|c| canon(self.dir.release_path(c)));
+        let boot = adopt::boot_id().unwrap_or_default();
+        let want = adopt::Expected {
+            boot_id: &boot,
+            releases: &releases,
+            current: current.as_deref().zip(current_dir.as_deref()),
+        };
+        let verdict = adopt::judge(pid, record.as_ref(), seen.as_ref(), &want);
+        let leftover = match (verdict, watch) {
+            (adopt::Verdict::Adopt, Ok(watch)) => return Some(Leftover::Adopt(pid, watch)),
+            (adopt::Verdict::Adopt, Err(e)) => {
+                Leftover::Stop(pid, adopt::NotAdopted::CannotWatch(e.to_string()))
+            }
+            (adopt::Verdict::Gone, _) => Leftover::Gone(pid),
+            (adopt::Verdict::Stop(why), _) => Leftover::Stop(pid, why),
+            (adopt::Verdict::LeaveAlone(why), _) => Leftover::LeaveAlone(pid, why),
+        };
+        self.forget_record();
+        Some(leftover)
+    }
+
+    /// SIGTERM to process group `pid`, SIGKILL after `stop_timeout`; waits until it is gone.
+    async fn stop_group(&self, pid: i32) {
+        let pid = Pid::from_raw(pid);
         tracing::info!(
             pid = pid.as_raw(),
             "stopping the service process left by a previous agent"
@@ -231,20 +373,16 @@ impl ProcessBackend {
             let _ = killpg(pid, Signal::SIGKILL);
             wait_group_gone(pid, Instant::now() + STOP_KILL_GRACE).await;
         }
-        Some(pid.as_raw())
     }
+}
 
-    fn is_ours(&self, pid: Pid) -> bool {
-        if getpgid(Some(pid)).ok() != Some(pid) {
-            return false;
-        }
-        let Ok(cwd) = fs::read_link(format!("/proc/{pid}/cwd")) else {
-            return false;
-        };
-        let releases = self.dir.releases_dir();
-        let releases = fs::canonicalize(&releases).unwrap_or(releases);
-        cwd.starts_with(&releases)
-    }
+/// What the pidfile of a previous agent led to.
+#[derive(Debug)]
+enum Leftover {
+    Adopt(i32, adopt::Watch),
+    Gone(i32),
+    Stop(i32, adopt::NotAdopted),
+    LeaveAlone(i32, adopt::NotAdopted),
 }
 
 impl Backend for ProcessBackend {
@@ -258,12 +396,8 @@ impl Backend for ProcessBackend {
 
     fn adopt(&mut self) -> BoxFuture<'_, (Option<String>, Result<(), BackendError>)> {
         async move {
-            let note = self
-                .stop_leftover()
-                .await
-                .map(|pid| format!("stopped process {pid}, left running by a previous agent"));
-            let started = self.start().await.map(|_| ()).map_err(BackendError::from);
-            (note, started)
+            let (note, started) = self.take_over().await;
+            (note, started.map_err(BackendError::from))
         }
         .boxed()
     }
@@ -297,10 +431,23 @@ impl Backend for ProcessBackend {
 
     fn shutdown(&mut self) -> BoxFuture<'_, ()> {
         async move {
-            if self.is_running() {
-                tracing::info!("stopping {} (the agent is shutting down)", self.cfg.name);
+            let name = &self.cfg.name;
+            if self.cfg.stop_with_agent {
+                if self.is_running() {
+                    tracing::info!(
+                        "stopping {name} (the agent is shutting down; stop_with_agent = true)"
+                    );
+                }
+                ProcessBackend::stop(self).await;
+            } else if let Some(run) = self.running.take() {
+                // Not killed on drop: it keeps running, recorded for the next agent.
+                tracing::info!(
+                    pid = run.pgid.as_raw(),
+                    release = %run.release,
+                    "leaving {name} running for the next agent to adopt (stop_with_agent = \
+                     true would stop it with the agent)"
+                );
             }
-            ProcessBackend::stop(self).await;
         }
         .boxed()
     }
@@ -427,153 +574,4 @@ async fn wait_group_gone(pgid: Pid, deadline: Instant) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-    use crate::release::releases::ReleaseInfo;
-    use sha2::{Digest, Sha256};
-
-    fn setup(script: &str, stop_timeout: &str) -> (tempfile::TempDir, ProcessBackend, ServiceDir) {
-        setup_with(script, stop_timeout, "")
-    }
-
-    /// A process backend for one installed release running `script`; `extra` is added to the
-    /// service's table.
-    fn setup_with(
-        script: &str,
-        stop_timeout: &str,
-        extra: &str,
-    ) -> (tempfile::TempDir, ProcessBackend, ServiceDir) {
-        let state = tempfile::tempdir().expect("tempdir");
-        let text = format!(
-            "host_id = \"h\"\ncoordinator = \"http://127.0.0.1:1\"\nstate_dir = \"{}\"\n\
-             [[services]]\nname = \"s\"\nbackend = \"process\"\nbinary = \"svc\"\n\
-             stop_timeout = \"{stop_timeout}\"\nargs = [\"a1\"]\nenv = {{ GREETING = \"hi\" }}\n\
-             {extra}",
-            state.path().display()
-        );
-        let cfg = Config::parse(&text).expect("config");
-        let dir = ServiceDir::new(&cfg.state_dir, "s", "svc");
-        dir.create().expect("create");
-        let body = format!("#!/bin/sh\n{script}\n");
-        let sha = hex::encode(Sha256::digest(body.as_bytes()));
-        let p = dir.partial_path(&sha);
-        fs::write(&p, &body).expect("script");
-        let name = dir
-            .install(
-                &p,
-                &ReleaseInfo {
-                    version: "1.0.0".into(),
-                    sha256: sha,
-                    size: body.len() as u64,
-                },
-            )
-            .expect("install");
-        dir.point_current_at(&name).expect("point");
-        let sup = ProcessBackend::new(dir.clone(), Arc::new(cfg.services[0].clone()));
-        (state, sup, dir)
-    }
-
-    #[tokio::test]
-    async fn runs_in_the_release_dir_with_args_env_and_log() {
-        let (_state, mut sup, dir) = setup("echo \"$GREETING $1 $(pwd)\"; exit 4", "1s");
-        sup.start().await.expect("start");
-        let exit = sup.exited().await;
-        assert_eq!(exit.description, "process exited with status 4");
-        let log = fs::read_to_string(dir.log_file()).expect("log");
-        let release = dir.current_dir().expect("read").expect("installed");
-        let cwd = fs::canonicalize(dir.release_path(&release)).expect("canon");
-        assert!(log.contains(&format!("hi a1 {}", cwd.display())), "{log}");
-        assert!(!dir.pid_file().exists(), "pidfile removed after exit");
-    }
-
-    /// The `Uid:`, `Gid:` and `Groups:` lines of /proc/PID/status.
-    fn ids_of(pid: i32) -> Vec<String> {
-        let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-        status
-            .lines()
-            .filter(|l| ["Uid:", "Gid:", "Groups:"].iter().any(|k| l.starts_with(k)))
-            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn runs_as_the_configured_user_with_its_files_readable() {
-        // The tests run as root, as the agent does; the temp state dir is 0700.
-        let script = "head -c 3 ./svc >/dev/null && echo release-readable; \
-                      head -n 1 ../../service.log >/dev/null && echo log-readable; exec sleep 30";
-        let (_state, mut sup, dir) =
-            setup_with(script, "2s", "user = \"nobody\"\ngroup = \"nogroup\"\n");
-        sup.start().await.expect("start");
-        let pid = sup.pid().expect("pid");
-        let log = || fs::read_to_string(dir.log_file()).expect("log");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !log().contains("log-readable") && Instant::now() < deadline {
-            tokio::time::sleep(GROUP_POLL_INTERVAL).await;
-        }
-        let ids = ids_of(pid);
-        println!("service as nobody: {ids:?}");
-        assert_eq!(
-            ids,
-            [
-                "Uid: 65534 65534 65534 65534",
-                "Gid: 65534 65534 65534 65534",
-                "Groups:"
-            ],
-            "{}",
-            log()
-        );
-        let text = log();
-        assert!(
-            text.contains("release-readable") && text.contains("log-readable"),
-            "{text}"
-        );
-        sup.stop().await.expect("was running");
-        let release = dir.current_dir().expect("read").expect("installed");
-        dir.check_tree(&release)
-            .expect("sharing left the recorded tree as it was");
-    }
-
-    #[tokio::test]
-    async fn stop_escalates_to_sigkill_and_kills_the_group() {
-        // Ignores SIGTERM, and has a child in its group that would keep running otherwise.
-        let (_state, mut sup, dir) = setup("trap '' TERM; sleep 30 & sleep 30; wait", "300ms");
-        sup.start().await.expect("start");
-        let pid = sup.pid().expect("pid");
-        assert_eq!(
-            fs::read_to_string(dir.pid_file()).expect("pidfile").trim(),
-            pid.to_string()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let how = sup.stop().await.expect("was running");
-        assert!(how.contains("killed"), "{how}");
-        assert!(!group_alive(Pid::from_raw(pid)));
-        assert!(sup.stop().await.is_none());
-    }
-
-    #[tokio::test]
-    async fn a_leftover_process_is_found_through_the_pidfile() {
-        let (_state, mut sup, dir) = setup("exec sleep 30", "2s");
-        sup.start().await.expect("start");
-        let pid = sup.pid().expect("pid");
-        // Forget the child as a crashed agent would; its pidfile stays behind.
-        let run = sup.running.take().expect("running");
-        drop(run);
-        let fresh = ProcessBackend::new(dir.clone(), sup.cfg.clone());
-        assert_eq!(fresh.stop_leftover().await, Some(pid));
-        assert!(!group_alive(Pid::from_raw(pid)));
-        assert!(!dir.pid_file().exists());
-
-        // A pidfile naming someone else's process is ignored.
-        fs::write(dir.pid_file(), format!("{}\n", std::process::id())).expect("pidfile");
-        assert_eq!(fresh.stop_leftover().await, None);
-    }
-
-    #[tokio::test]
-    async fn start_without_a_release_is_a_clear_error() {
-        let (_state, mut sup, dir) = setup("true", "1s");
-        dir.remove_current().expect("remove");
-        let err = sup.start().await.expect_err("nothing installed");
-        assert!(err.to_string().contains("no release is installed"), "{err}");
-    }
-}
+mod tests;

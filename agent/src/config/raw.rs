@@ -61,6 +61,7 @@ pub(super) struct RawService {
     pub(super) stop_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub(super) restart_delay: Option<Duration>,
+    pub(super) stop_with_agent: Option<bool>,
     pub(super) unit: Option<String>,
     pub(super) manager: Option<String>,
     pub(super) bus: Option<String>,

@@ -66,6 +66,10 @@ pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 4 << 30;
 /// env = { GREETING = "hi" }               # process and container backends
 /// stop_timeout = "5s"                     # SIGTERM, then SIGKILL after this (10s)
 /// restart_delay = "1s"                    # process: restart after an unexpected exit (1s)
+/// stop_with_agent = false                 # process: true stops the service when the agent
+///                                         # stops (SIGTERM, systemctl stop, agent upgrade);
+///                                         # default: it keeps running and the next agent
+///                                         # adopts it
 /// hook_timeout = "30s"                    # each hook command (default 30s)
 /// watch_after_commit = "30s"              # report a regression this long after a commit
 /// # backend = "systemd" instead takes:
@@ -176,6 +180,9 @@ pub struct ServiceConfig {
     pub stop_timeout: Duration,
     /// Pause before restarting a service that exited on its own (process backend).
     pub restart_delay: Duration,
+    /// Stop the service when the agent stops (process backend, `stop_with_agent`). Default
+    /// false: it keeps running and the next agent adopts it without a restart.
+    pub stop_with_agent: bool,
     /// Health probes; the service is healthy when all of them pass.
     pub probes: Vec<ProbeConfig>,
     /// Commands run around an update.
@@ -196,7 +203,8 @@ pub struct ServiceConfig {
 /// How a service is run on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
-    /// The agent starts and supervises the process itself (its lifetime is tied to the agent).
+    /// The agent starts and supervises the process itself; it outlives the agent (adopted by
+    /// the next one) unless `stop_with_agent`.
     Process,
     /// A systemd unit the operator installed runs `current/<binary>`; the agent restarts it
     /// over D-Bus and reads its state. The service outlives the agent.

@@ -216,6 +216,12 @@ impl RawService {
             self.user.as_deref(),
             self.group.as_deref(),
         )?;
+        stray(
+            at("stop_with_agent"),
+            self.stop_with_agent.is_some() && self.backend != "process",
+            &format!("backend = {:?}", self.backend),
+            "it is only for backend = \"process\" (systemd units and containers always outlive the agent); remove it",
+        )?;
         let backend = match self.backend.as_str() {
             "process" => {
                 let fix = "it is only for backend = \"systemd\"; remove it";
@@ -372,6 +378,7 @@ impl RawService {
             env,
             stop_timeout,
             restart_delay: self.restart_delay.unwrap_or(DEFAULT_RESTART_DELAY),
+            stop_with_agent: self.stop_with_agent.unwrap_or(false),
             probes,
             hooks,
             hook_timeout: self.hook_timeout,

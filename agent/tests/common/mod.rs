@@ -41,6 +41,29 @@ pub struct World {
     pub root: tempfile::TempDir,
 }
 
+impl Drop for World {
+    /// Service processes outlive the agent (`stop_with_agent = false`): kill those still
+    /// running from this world's releases, so tests leave nothing behind.
+    fn drop(&mut self) {
+        let root = std::fs::canonicalize(self.root.path()).unwrap_or_default();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            if !root.as_os_str().is_empty() && cwd.starts_with(&root) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 impl World {
     pub fn new() -> World {
         World {
