@@ -73,6 +73,8 @@ pub enum HostStateValue {
     failed,
     /// Offline past its grace period while updating (the planner's view).
     lost,
+    /// Interrupted by an agent restart; waits to be granted again.
+    interrupted,
 }
 
 impl From<HostState> for HostStateValue {
@@ -83,6 +85,7 @@ impl From<HostState> for HostStateValue {
             HostState::Done => HostStateValue::done,
             HostState::RolledBack => HostStateValue::rolled_back,
             HostState::Failed => HostStateValue::failed,
+            HostState::Interrupted => HostStateValue::interrupted,
         }
     }
 }

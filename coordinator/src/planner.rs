@@ -62,6 +62,9 @@ pub enum Progress {
     Updating,
     /// Granted, but its slot's holder went away and it has not reported since.
     Lost,
+    /// Its update was interrupted by an agent restart and undone: granted again like a
+    /// pending host, not counted as a failure.
+    Interrupted,
     /// On the new release, healthy.
     Done,
     /// Failed and back on the old release.
@@ -77,10 +80,15 @@ impl Progress {
             Progress::Pending => "pending",
             Progress::Updating => "updating",
             Progress::Lost => "lost",
+            Progress::Interrupted => "interrupted",
             Progress::Done => "done",
             Progress::RolledBack => "rolled_back",
             Progress::Failed => "failed",
         }
+    }
+    /// Waits for a grant: not started, or interrupted by an agent restart and undone.
+    fn wants_grant(self) -> bool {
+        matches!(self, Progress::Pending | Progress::Interrupted)
     }
     fn is_final(self) -> bool {
         matches!(
@@ -100,6 +108,7 @@ pub fn progress(o: &Observed<'_>, host: &str) -> Progress {
         HostState::Done => Progress::Done,
         HostState::RolledBack => Progress::RolledBack,
         HostState::Failed => Progress::Failed,
+        HostState::Interrupted => Progress::Interrupted,
         HostState::Updating => match o.fleet.slot(&o.rollout.spec.service, host) {
             Some(slot) if slot.token == step.token => Progress::Updating,
             _ => Progress::Lost,
