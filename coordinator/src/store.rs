@@ -682,9 +682,13 @@ pub struct HostStep {
     /// Last change.
     pub updated_at_ms: i64,
     /// How many of its grants in this rollout an agent restart interrupted (records written
-    /// before this field read as 0).
-    #[serde(default)]
+    /// before this field read as 0; 0 is not written, so such records keep their text).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub interruptions: u32,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 impl HostStep {
