@@ -81,9 +81,9 @@ fn agents_killed_mid_update_do_not_halt_a_good_rollout() -> anyhow::Result<()> {
             h.reason
         );
     }
+    assert_eq!(s.phase(), Phase::Succeeded, "{}: {}", s.phase().word(), s.reason);
     assert_eq!(restarted.len(), STEPS.len(), "every armed agent died: {restarted:?}");
     assert!(killed, "host-7's agent was killed while verifying");
-    assert_eq!(s.phase(), Phase::Succeeded, "{}: {}", s.phase().word(), s.reason);
     for h in &s.hosts {
         assert_eq!(h.state(), HostState::Done, "{h:?}");
         assert_eq!(fleet.serving(&h.host_id).as_deref(), Some("2.0.0"), "{h:?}");

@@ -392,7 +392,7 @@ pub(crate) async fn recover(unit: &mut ServiceContext, f: &InFlight) -> Finished
         result.set_outcome(Outcome::Interrupted);
         result
             .reason
-            .push_str("; not a failure of the release: the coordinator grants this host again");
+            .push_str("; reported as interrupted, not as a failure of the release");
     }
     Finished {
         result,
