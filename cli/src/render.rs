@@ -325,7 +325,9 @@ fn host_note(h: &HostProgress) -> Option<String> {
         return Some(format!(
             "{}: interrupted by an agent restart, not a failure of the release: {}; it will be \
              granted again (it fails after {} interrupted attempts)",
-            h.host_id, h.reason, rollgate_proto::status::MAX_INTERRUPTIONS
+            h.host_id,
+            h.reason,
+            rollgate_proto::status::MAX_INTERRUPTIONS
         ));
     }
     // A done host's "healthy for 2s" is no news.

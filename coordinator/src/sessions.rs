@@ -29,10 +29,10 @@ pub mod results;
 
 use limits::{bounded, LogLimit, Trimmed, WriteGate, HOST_WRITE_INTERVAL, MAX_DETAIL, MAX_VERSION};
 
+use crate::store::MAX_INTERRUPTIONS;
 pub use orders::dispatch_orders;
 use orders::{reattach, send_stage};
 use results::{host_state_after, result_reason};
-use crate::store::MAX_INTERRUPTIONS;
 
 /// How long a new stream may take to send its hello.
 const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

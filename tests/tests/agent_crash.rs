@@ -25,13 +25,14 @@ fn agent_killed_while_verifying_ends_on_the_old_release() -> anyhow::Result<()> 
         "max_unavailable = 1\nmin_healthy_time = \"1s\"\nhealthy_deadline = \"15s\"",
     )?;
     let id = fleet.start_rollout(&spec)?;
-    let (victim, first_token) = wait_for("a host to be verifying", Duration::from_secs(30), || {
-        let s = fleet.status(&id)?;
-        Ok(s.hosts
-            .iter()
-            .find(|h| h.state() == HostState::Updating && h.step() == Step::Verifying)
-            .map(|h| (h.host_id.clone(), h.token)))
-    })?;
+    let (victim, first_token) =
+        wait_for("a host to be verifying", Duration::from_secs(30), || {
+            let s = fleet.status(&id)?;
+            Ok(s.hosts
+                .iter()
+                .find(|h| h.state() == HostState::Updating && h.step() == Step::Verifying)
+                .map(|h| (h.host_id.clone(), h.token)))
+        })?;
     let port = fleet.agent(&victim).service_port;
     fleet.agent(&victim).proc.kill9();
     println!("killed {victim}'s agent while it was verifying 2.0.0");
@@ -43,7 +44,12 @@ fn agent_killed_while_verifying_ends_on_the_old_release() -> anyhow::Result<()> 
         .iter()
         .find(|h| h.host_id == victim)
         .expect("victim");
-    println!("{victim}: {} token {} — {}", h.state().word(), h.token, h.reason);
+    println!(
+        "{victim}: {} token {} — {}",
+        h.state().word(),
+        h.token,
+        h.reason
+    );
     println!("rollout: {} — {}", s.phase().word(), s.reason);
     assert_eq!(s.phase(), Phase::Failed, "{s:?}");
     assert!(
@@ -60,7 +66,10 @@ fn agent_killed_while_verifying_ends_on_the_old_release() -> anyhow::Result<()> 
         "{s:?}"
     );
     if h.state() == HostState::RolledBack {
-        assert!(h.token > first_token, "granted again after the interruption: {h:?}");
+        assert!(
+            h.token > first_token,
+            "granted again after the interruption: {h:?}"
+        );
     }
     assert!(!h.holds_slot);
     assert_eq!(

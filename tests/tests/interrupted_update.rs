@@ -20,7 +20,10 @@ fn agents_killed_mid_update_do_not_halt_a_good_rollout() -> anyhow::Result<()> {
         agents: hosts,
         ..FleetOpts::default()
     })?;
-    fleet.install("1.0.0", "max_unavailable = 10\nmin_healthy_time = \"200ms\"")?;
+    fleet.install(
+        "1.0.0",
+        "max_unavailable = 10\nmin_healthy_time = \"200ms\"",
+    )?;
     // host-1..5 die at one step each; host-7 is kill -9'd while verifying.
     for (i, step) in STEPS.iter().enumerate() {
         let host = format!("host-{}", i + 1);
@@ -55,9 +58,7 @@ fn agents_killed_mid_update_do_not_halt_a_good_rollout() -> anyhow::Result<()> {
         }
         let s = fleet.status(&id)?;
         let verifying = |h: &&rollgate_tests::pb::HostProgress| {
-            h.host_id == "host-7"
-                && h.state() == HostState::Updating
-                && h.step() == Step::Verifying
+            h.host_id == "host-7" && h.state() == HostState::Updating && h.step() == Step::Verifying
         };
         if !killed && s.hosts.iter().any(|h| verifying(&h)) {
             fleet.agent("host-7").proc.kill9();
@@ -81,8 +82,18 @@ fn agents_killed_mid_update_do_not_halt_a_good_rollout() -> anyhow::Result<()> {
             h.reason
         );
     }
-    assert_eq!(s.phase(), Phase::Succeeded, "{}: {}", s.phase().word(), s.reason);
-    assert_eq!(restarted.len(), STEPS.len(), "every armed agent died: {restarted:?}");
+    assert_eq!(
+        s.phase(),
+        Phase::Succeeded,
+        "{}: {}",
+        s.phase().word(),
+        s.reason
+    );
+    assert_eq!(
+        restarted.len(),
+        STEPS.len(),
+        "every armed agent died: {restarted:?}"
+    );
     assert!(killed, "host-7's agent was killed while verifying");
     for h in &s.hosts {
         assert_eq!(h.state(), HostState::Done, "{h:?}");
@@ -109,7 +120,10 @@ fn a_host_interrupted_past_the_bound_fails_with_that_reason() -> anyhow::Result<
         agents: 2,
         ..FleetOpts::default()
     })?;
-    fleet.install("1.0.0", "max_unavailable = 10\nmin_healthy_time = \"200ms\"")?;
+    fleet.install(
+        "1.0.0",
+        "max_unavailable = 10\nmin_healthy_time = \"200ms\"",
+    )?;
     let crash = [("ROLLGATE_TEST_CRASH_AT", "verifying")];
     fleet.agent("host-1").proc.restart_with_env(&crash)?;
     fleet.wait_connected(2)?;
@@ -136,7 +150,13 @@ fn a_host_interrupted_past_the_bound_fails_with_that_reason() -> anyhow::Result<
         anyhow::bail!("{}", rollgate_tests::brief(&s))
     })?;
     let h = &s.hosts[0];
-    println!("{}: {}: {} — {}", s.phase().word(), h.host_id, h.state().word(), s.reason);
+    println!(
+        "{}: {}: {} — {}",
+        s.phase().word(),
+        h.host_id,
+        h.state().word(),
+        s.reason
+    );
     assert_eq!(s.phase(), Phase::Failed, "{s:?}");
     assert_eq!(h.state(), HostState::Failed, "{h:?}");
     assert!(

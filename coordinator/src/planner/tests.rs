@@ -668,14 +668,54 @@ fn interrupted_hosts_are_granted_again_and_fail_only_after_the_bound() {
     );
     let table: [Row; 5] = [
         // Interrupted and undone: granted again, not a failure with max_failures = 0.
-        (0, &[HostState::Done, HostState::Done], false, &["h1"], None, &[], &[]),
+        (
+            0,
+            &[HostState::Done, HostState::Done],
+            false,
+            &["h1"],
+            None,
+            &[],
+            &[],
+        ),
         // Granted again: it counts against the budget while updating, so h2 waits.
-        (0, &[HostState::Pending, HostState::Done], true, &[], None, &[], &["h1"]),
+        (
+            0,
+            &[HostState::Pending, HostState::Done],
+            true,
+            &[],
+            None,
+            &[],
+            &["h1"],
+        ),
         // Not final: the rollout does not end while it waits for its regrant.
-        (0, &[HostState::Done, HostState::Done], true, &[], None, &[], &["h1"]),
+        (
+            0,
+            &[HostState::Done, HostState::Done],
+            true,
+            &[],
+            None,
+            &[],
+            &["h1"],
+        ),
         // A real failure still counts; the interrupted host does not.
-        (0, &[HostState::RolledBack, HostState::Done], false, &[], Some(Phase::Failed), &["h2"], &[]),
-        (1, &[HostState::RolledBack, HostState::Done], false, &["h1"], None, &["h2"], &[]),
+        (
+            0,
+            &[HostState::RolledBack, HostState::Done],
+            false,
+            &[],
+            Some(Phase::Failed),
+            &["h2"],
+            &[],
+        ),
+        (
+            1,
+            &[HostState::RolledBack, HostState::Done],
+            false,
+            &["h1"],
+            None,
+            &["h2"],
+            &[],
+        ),
     ];
     for (i, (max_failures, others, held, grants, phase, failures, unavailable)) in
         table.into_iter().enumerate()
@@ -716,7 +756,10 @@ fn interrupted_hosts_are_granted_again_and_fail_only_after_the_bound() {
         } else {
             let (ph, why) = p.phase.expect("failed after the bound");
             assert_eq!(ph, Phase::Failed);
-            assert!(why.contains("interrupted 3 times by agent restarts"), "{why}");
+            assert!(
+                why.contains("interrupted 3 times by agent restarts"),
+                "{why}"
+            );
         }
     }
 }

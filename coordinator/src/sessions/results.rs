@@ -68,7 +68,10 @@ mod tests {
     #[test]
     fn the_bound_names_the_count() {
         let r = result_reason(HostState::Failed, 3, "agent restarted");
-        assert!(r.starts_with("interrupted 3 times by agent restarts"), "{r}");
+        assert!(
+            r.starts_with("interrupted 3 times by agent restarts"),
+            "{r}"
+        );
         assert!(r.contains("agent restarted"), "{r}");
         assert_eq!(result_reason(HostState::Interrupted, 1, "x"), "x");
         assert_eq!(result_reason(HostState::Failed, 0, "bad"), "bad");

@@ -30,7 +30,10 @@ fn records_written_today_still_read() {
     assert_eq!(pb::HostState::from(s.state), pb::HostState::RolledBack);
     assert_eq!(pb::Step::from(s.step), pb::Step::RollingBack);
     assert_eq!(String::from_utf8(encode(&s)).expect("utf-8"), STEP);
-    assert_eq!(s.interruptions, 0, "written before interrupted grants were counted");
+    assert_eq!(
+        s.interruptions, 0,
+        "written before interrupted grants were counted"
+    );
     let mut i = s.clone();
     i.state = HostState::Interrupted;
     i.interruptions = 2;
