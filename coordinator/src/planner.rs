@@ -33,11 +33,6 @@ pub use waves::wave_bounds;
 use grants::Deadline;
 use waves::GateStep;
 
-/// How long past its `healthy_deadline` a lost host (its slot's holder went away and it has not
-/// reported since) may stay silent before it counts as a failure. It stays unavailable either
-/// way until it reports or an operator fences it (S2).
-pub const LOST_GRACE_MS: i64 = 30_000;
-
 /// What the planner sees.
 #[derive(Debug, Clone, Copy)]
 pub struct Observed<'a> {
@@ -126,13 +121,13 @@ pub enum Decision {
     /// Nothing to do until something changes.
     Wait,
     /// Nothing to do until something changes, or this time at the latest (a gate opens, the
-    /// progress deadline or a lost host's grace ends).
+    /// progress deadline passes).
     WaitUntil(i64),
     /// Grant a slot to each host, in order.
     Grant {
         /// The hosts, in order.
         hosts: Vec<String>,
-        /// When to plan again if nothing changes (a lost host's grace ends).
+        /// When to plan again if nothing changes.
         recheck_at_ms: Option<i64>,
     },
     /// The open wave finished and its timed gate has no start yet: the leader stamps it with its
@@ -178,13 +173,13 @@ pub fn plan(o: Observed<'_>) -> Plan {
     }
     let failures = verdict::failures(&o, &progress);
     report.failures = failures.hosts.clone();
-    if let Some(decision) = verdict::failure_verdict(&o, &progress, &failures.hosts) {
+    if let Some(decision) = verdict::failure_verdict(&o, &failures.hosts) {
         return answer(decision, report);
     }
     if let Some(why) = verdict::completion(&o, &progress, &failures.hosts) {
         return answer(Decision::SetPhase(Phase::Succeeded, why), report);
     }
-    let mut wake = Wake(failures.next_lost_at_ms);
+    let mut wake = Wake(None);
     if r.phase == Phase::Paused {
         let reason = Some(r.reason.clone()).filter(|s| !s.is_empty());
         report.blockers.push(Blocker::Paused { reason });
