@@ -267,11 +267,14 @@ async fn interrupted_update_is_undone_on_the_next_start() {
     let in_flight = hello.in_flight.expect("the interrupted order is reported");
     assert_eq!(in_flight.token, 2);
     let (r, _) = result_for(&mut outbox, 2).await;
-    assert_eq!(r.outcome(), Outcome::RolledBack, "{r:?}");
+    // Interrupted, not rolled back: the restart is no verdict on 2.0.0 (issue 12).
+    assert_eq!(r.outcome(), Outcome::Interrupted, "{r:?}");
     assert_eq!(
         r.reason,
-        "agent restarted during the update to 2.0.0; back on 1.0.0, healthy"
+        "agent restarted during the update to 2.0.0; back on 1.0.0, healthy; reported as \
+         interrupted, not as a failure of the release"
     );
+    assert_eq!(r.running_version, "1.0.0");
     assert_eq!(world.current().as_deref(), Some(v1_dir.as_str()));
     assert!(world.running_pid().is_some_and(alive));
     let hello = exec.hello();
@@ -280,7 +283,7 @@ async fn interrupted_update_is_undone_on_the_next_start() {
     assert!(hello
         .recent_results
         .iter()
-        .any(|r| r.token == 2 && r.outcome() == Outcome::RolledBack));
+        .any(|r| r.token == 2 && r.outcome() == Outcome::Interrupted));
     exec.shutdown().await;
 }
 

@@ -147,7 +147,7 @@ async fn statuses_during_an_update_name_the_order_and_follow_the_service() {
         hello.services[0]
     );
     let (r, seen) = result_for(&mut outbox, 3).await;
-    assert_eq!(r.outcome(), Outcome::RolledBack, "{r:?}");
+    assert_eq!(r.outcome(), Outcome::Interrupted, "{r:?}");
     assert!(!seen.statuses.is_empty(), "the undo is reported");
     assert!(
         seen.statuses.iter().all(|s| s.in_flight_token == 3),

@@ -321,6 +321,15 @@ fn host_note(h: &HostProgress) -> Option<String> {
             h.host_id, h.host_id
         ));
     }
+    if h.state() == HostState::Interrupted {
+        return Some(format!(
+            "{}: interrupted by an agent restart, not a failure of the release: {}; it will be \
+             granted again (it fails after {} interrupted attempts)",
+            h.host_id,
+            h.reason,
+            rollgate_proto::status::MAX_INTERRUPTIONS
+        ));
+    }
     // A done host's "healthy for 2s" is no news.
     (!h.reason.is_empty() && h.state() != HostState::Done)
         .then(|| format!("{}: {}", h.host_id, h.reason))

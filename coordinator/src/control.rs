@@ -517,6 +517,7 @@ impl From<Progress> for pb::HostState {
             Progress::Pending => pb::HostState::Pending,
             Progress::Updating => pb::HostState::Updating,
             Progress::Lost => pb::HostState::Lost,
+            Progress::Interrupted => pb::HostState::Interrupted,
             Progress::Done => pb::HostState::Done,
             Progress::RolledBack => pb::HostState::RolledBack,
             Progress::Failed => pb::HostState::Failed,

@@ -401,7 +401,9 @@ async fn grant(
             continue;
         };
         let token = last_token + 1;
-        let (slot, step) = grant_records(ctx, r, host, token, now_ms());
+        let (slot, mut step) = grant_records(ctx, r, host, token, now_ms());
+        let before = view.steps.get(host);
+        step.interruptions = before.map_or(0, |s| s.interruptions);
         // S3: only the current leader grants; the rollout is unchanged since it was read (a
         // pause in between wins); tokens only grow; a host holds one slot per service and is
         // granted once per rollout; its stream is still where the slot's lease says.
@@ -411,7 +413,7 @@ async fn grant(
                 fence(leader),
                 Compare::mod_revision(keys.rollout(&r.id), CompareOp::Equal, view.rollout_rev),
                 Compare::mod_revision(keys.token(), CompareOp::Equal, token_rev),
-                Compare::version(keys.step(&r.id, host), CompareOp::Equal, 0),
+                step_unchanged(keys.step(&r.id, host), before, fleet.revision),
                 Compare::version(slot_key.clone(), CompareOp::Equal, 0),
                 Compare::lease(keys.session(host), CompareOp::Equal, lease),
             ])
@@ -464,6 +466,17 @@ fn count_grant(ctx: &Ctx, r: &RolloutRecord, freed_at: Option<i64>) {
     if let Some(at) = freed_at {
         let secs = (now_ms() - at).max(0) as f64 / 1000.0;
         ctx.metrics.handover.observe(secs);
+    }
+}
+
+/// A host is granted once per rollout: its step must not exist yet, or (granted again after
+/// an agent restart interrupted its update) be the `interrupted` step read at `revision`.
+fn step_unchanged(key: String, before: Option<&HostStep>, revision: i64) -> Compare {
+    match before {
+        Some(s) if s.state == HostState::Interrupted => {
+            Compare::mod_revision(key, CompareOp::Less, revision + 1)
+        }
+        _ => Compare::version(key, CompareOp::Equal, 0),
     }
 }
 

@@ -33,11 +33,6 @@ pub use waves::wave_bounds;
 use grants::Deadline;
 use waves::GateStep;
 
-/// How long past its `healthy_deadline` a lost host (its slot's holder went away and it has not
-/// reported since) may stay silent before it counts as a failure. It stays unavailable either
-/// way until it reports or an operator fences it (S2).
-pub const LOST_GRACE_MS: i64 = 30_000;
-
 /// What the planner sees.
 #[derive(Debug, Clone, Copy)]
 pub struct Observed<'a> {
@@ -62,6 +57,9 @@ pub enum Progress {
     Updating,
     /// Granted, but its slot's holder went away and it has not reported since.
     Lost,
+    /// Its update was interrupted by an agent restart and undone: granted again like a
+    /// pending host, not counted as a failure.
+    Interrupted,
     /// On the new release, healthy.
     Done,
     /// Failed and back on the old release.
@@ -77,10 +75,15 @@ impl Progress {
             Progress::Pending => "pending",
             Progress::Updating => "updating",
             Progress::Lost => "lost",
+            Progress::Interrupted => "interrupted",
             Progress::Done => "done",
             Progress::RolledBack => "rolled_back",
             Progress::Failed => "failed",
         }
+    }
+    /// Waits for a grant: not started, or interrupted by an agent restart and undone.
+    fn wants_grant(self) -> bool {
+        matches!(self, Progress::Pending | Progress::Interrupted)
     }
     fn is_final(self) -> bool {
         matches!(
@@ -100,6 +103,7 @@ pub fn progress(o: &Observed<'_>, host: &str) -> Progress {
         HostState::Done => Progress::Done,
         HostState::RolledBack => Progress::RolledBack,
         HostState::Failed => Progress::Failed,
+        HostState::Interrupted => Progress::Interrupted,
         HostState::Updating => match o.fleet.slot(&o.rollout.spec.service, host) {
             Some(slot) if slot.token == step.token => Progress::Updating,
             _ => Progress::Lost,
@@ -117,13 +121,13 @@ pub enum Decision {
     /// Nothing to do until something changes.
     Wait,
     /// Nothing to do until something changes, or this time at the latest (a gate opens, the
-    /// progress deadline or a lost host's grace ends).
+    /// progress deadline passes).
     WaitUntil(i64),
     /// Grant a slot to each host, in order.
     Grant {
         /// The hosts, in order.
         hosts: Vec<String>,
-        /// When to plan again if nothing changes (a lost host's grace ends).
+        /// When to plan again if nothing changes.
         recheck_at_ms: Option<i64>,
     },
     /// The open wave finished and its timed gate has no start yet: the leader stamps it with its
@@ -169,13 +173,13 @@ pub fn plan(o: Observed<'_>) -> Plan {
     }
     let failures = verdict::failures(&o, &progress);
     report.failures = failures.hosts.clone();
-    if let Some(decision) = verdict::failure_verdict(&o, &progress, &failures.hosts) {
+    if let Some(decision) = verdict::failure_verdict(&o, &failures.hosts) {
         return answer(decision, report);
     }
     if let Some(why) = verdict::completion(&o, &progress, &failures.hosts) {
         return answer(Decision::SetPhase(Phase::Succeeded, why), report);
     }
-    let mut wake = Wake(failures.next_lost_at_ms);
+    let mut wake = Wake(None);
     if r.phase == Phase::Paused {
         let reason = Some(r.reason.clone()).filter(|s| !s.is_empty());
         report.blockers.push(Blocker::Paused { reason });

@@ -25,11 +25,14 @@ use crate::Ctx;
 
 pub mod limits;
 mod orders;
+pub mod results;
 
 use limits::{bounded, LogLimit, Trimmed, WriteGate, HOST_WRITE_INTERVAL, MAX_DETAIL, MAX_VERSION};
 
+use crate::store::MAX_INTERRUPTIONS;
 pub use orders::dispatch_orders;
 use orders::{reattach, send_stage};
+use results::{host_state_after, result_reason};
 
 /// How long a new stream may take to send its hello.
 const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -721,16 +724,10 @@ impl Session {
             debug!(rollout = %rid, token = r.token, step_token = step.token, state = %step.state, "stale or repeated result ignored");
             return Ok(());
         }
-        let reason = bounded(&r.reason, MAX_DETAIL);
         let running_version = bounded(&r.running_version, MAX_VERSION);
         let health = r.health();
-        let state = match r.outcome() {
-            pb::Outcome::Succeeded => HostState::Done,
-            pb::Outcome::RolledBack => HostState::RolledBack,
-            pb::Outcome::Refused | pb::Outcome::Failed | pb::Outcome::Unspecified => {
-                HostState::Failed
-            }
-        };
+        let (state, interruptions) = host_state_after(r.outcome(), step.interruptions);
+        let reason = bounded(&result_reason(state, interruptions, &r.reason), MAX_DETAIL);
         let resp = etcd.get(keys.rollout(rid.as_str()), None).await?;
         let service_version = match resp.kvs().first() {
             Some(kv) => {
@@ -749,6 +746,7 @@ impl Session {
             reason: reason.clone(),
             running_version: running_version.clone(),
             updated_at_ms: now_ms(),
+            interruptions,
         };
         let prev = self
             .record
@@ -814,6 +812,9 @@ impl Session {
         if resp.succeeded() {
             let outcome = r.outcome().word();
             match (state, health) {
+                (HostState::Interrupted, _) => {
+                    warn!(rollout = %rid, token = r.token, reason = %printable(&reason), running = %printable(&running_version), "update interrupted by an agent restart (attempt {interruptions} of {MAX_INTERRUPTIONS}); not a failure of the release, the host will be granted again")
+                }
                 (HostState::Done, _) => {
                     info!(rollout = %rid, token = r.token, version = %printable(&running_version), "host updated and healthy")
                 }

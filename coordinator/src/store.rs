@@ -555,7 +555,12 @@ pub enum HostState {
     RolledBack,
     /// The new release failed and the host could not be brought back (or refused the order).
     Failed,
+    /// An agent restart interrupted its update and the agent undid it: not a verdict on the
+    /// release. It waits to be granted again (see [`MAX_INTERRUPTIONS`]).
+    Interrupted,
 }
+
+pub use rollgate_proto::status::MAX_INTERRUPTIONS;
 
 impl HostState {
     /// The host's part of the rollout is over.
@@ -579,6 +584,7 @@ impl From<HostState> for pb::HostState {
             HostState::Done => pb::HostState::Done,
             HostState::RolledBack => pb::HostState::RolledBack,
             HostState::Failed => pb::HostState::Failed,
+            HostState::Interrupted => pb::HostState::Interrupted,
         }
     }
 }
@@ -675,6 +681,14 @@ pub struct HostStep {
     pub running_version: String,
     /// Last change.
     pub updated_at_ms: i64,
+    /// How many of its grants in this rollout an agent restart interrupted (records written
+    /// before this field read as 0; 0 is not written, so such records keep their text).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub interruptions: u32,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 impl HostStep {
@@ -689,6 +703,7 @@ impl HostStep {
             reason: String::new(),
             running_version: String::new(),
             updated_at_ms: now_ms(),
+            interruptions: 0,
         }
     }
 }

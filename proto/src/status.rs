@@ -4,6 +4,12 @@
 
 use crate::pb::{self, HostState, Phase, RolloutStatus};
 
+/// How many times a host's update may be interrupted by agent restarts in one rollout before
+/// the host counts as failed ("interrupted 3 times by agent restarts"): a host whose agent
+/// dies on every attempt has a problem of its own that retrying does not fix. Interrupted
+/// attempts before that are retried and never count against `max_failures`.
+pub const MAX_INTERRUPTIONS: u32 = 3;
+
 impl Phase {
     /// The rollout has ended: it grants no more slots, ever, and an operator can no longer
     /// pause, resume, promote or abort it. Its phase may still move when it is rolled back
@@ -52,6 +58,7 @@ impl HostState {
             HostState::RolledBack => "rolled_back",
             HostState::Failed => "failed",
             HostState::Lost => "lost",
+            HostState::Interrupted => "interrupted",
         }
     }
 }
@@ -115,6 +122,7 @@ impl pb::Outcome {
             pb::Outcome::RolledBack => "rolled back",
             pb::Outcome::Failed => "failed",
             pb::Outcome::Refused => "refused",
+            pb::Outcome::Interrupted => "interrupted",
         }
     }
 }
@@ -179,6 +187,7 @@ impl pb::EventKind {
             K::HostFailed => "host_failed",
             K::HostFenced => "host_fenced",
             K::HostForgotten => "host_forgotten",
+            K::HostInterrupted => "host_interrupted",
         }
     }
 }

@@ -336,7 +336,14 @@ async fn after_rollback(
     }
 }
 
-/// Undoes an update that an agent restart interrupted (the journal still has it in flight).
+/// Undoes an update that an agent restart interrupted (the journal still has it in flight) and
+/// reports it as interrupted, not as a failure of the release: the coordinator grants the host
+/// again. The rule is "always undo": the previous agent's verification of the new release was
+/// cut short, so nothing is known about it, and this agent cannot prove that a process left
+/// running is the one that agent started; going back to `previous` is safe at every step (S5)
+/// and the retry verifies the new release from scratch under a fresh grant. Only when the
+/// previous release does not come back healthy is the outcome a failure (the host needs an
+/// operator either way).
 pub(crate) async fn recover(unit: &mut ServiceContext, f: &InFlight) -> Finished {
     let id = OrderRef::from(f);
     let base = format!("agent restarted during the update to {}", f.version);
@@ -363,9 +370,12 @@ pub(crate) async fn recover(unit: &mut ServiceContext, f: &InFlight) -> Finished
             &back_version
         }
     );
-    unit.advance(&id, Step::RollingBack, format!("{base}; undoing it"), None);
+    // Reported as `starting` (the previous release), not `rolling back`: the planner halts on
+    // a rolling-back step, and this undo is no verdict on the release.
+    let undo = format!("{base}; undoing it (not a failure of the release)");
+    unit.advance(&id, Step::Starting, undo.clone(), None);
     let health = unit.running_health();
-    unit.publish(health, format!("{base}; undoing it"));
+    unit.publish(health, undo);
     let min = Duration::from_millis(f.min_healthy_time_ms);
     let deadline = Duration::from_millis(f.healthy_deadline_ms);
     let back = restore(unit, back_to.as_deref(), min, deadline).await;
@@ -378,6 +388,12 @@ pub(crate) async fn recover(unit: &mut ServiceContext, f: &InFlight) -> Finished
     };
     let mut result = back.into_result(&id, &base, &back_version);
     after_rollback(unit, &id, &env, &mut result).await;
+    if result.outcome() == Outcome::RolledBack {
+        result.set_outcome(Outcome::Interrupted);
+        result
+            .reason
+            .push_str("; reported as interrupted, not as a failure of the release");
+    }
     Finished {
         result,
         committed: None,

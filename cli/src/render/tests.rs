@@ -547,3 +547,17 @@ fn peer_text_is_shown_escaped() {
     );
     assert!(!shown.lines().any(|l| l.trim_start().starts_with("web-9")));
 }
+
+#[test]
+fn an_interrupted_host_is_said_to_be_no_failure() {
+    let mut h = host("h2", HostState::Interrupted, Step::Unspecified, "");
+    h.reason = "agent restarted during the update to 2.0.0; back on 1.0.0, healthy".into();
+    assert_eq!(state_cell(&h), "interrupted");
+    let note = host_note(&h).expect("a note");
+    assert!(
+        note.starts_with("h2: interrupted by an agent restart, not a failure of the release"),
+        "{note}"
+    );
+    assert!(note.contains("back on 1.0.0"), "{note}");
+    assert!(note.contains("after 3 interrupted attempts"), "{note}");
+}

@@ -148,6 +148,7 @@ impl From<EventKind> for pb::EventKind {
             EventKind::HostDone => pb::EventKind::HostDone,
             EventKind::HostRolledBack => pb::EventKind::HostRolledBack,
             EventKind::HostFailed => pb::EventKind::HostFailed,
+            EventKind::HostInterrupted => pb::EventKind::HostInterrupted,
             EventKind::HostFenced => pb::EventKind::HostFenced,
             EventKind::HostForgotten => pb::EventKind::HostForgotten,
         }

@@ -129,6 +129,8 @@ fn step(rid: &str, host: &str, before: Option<HostStep>, after: Option<HostStep>
             HostState::Done => Some(EventKind::HostDone),
             HostState::RolledBack => Some(EventKind::HostRolledBack),
             HostState::Failed => Some(EventKind::HostFailed),
+            // No event kind of its own yet (issue 12 item 2): the regrant shows as HostGranted.
+            HostState::Interrupted => Some(EventKind::HostInterrupted),
         };
         if let Some(kind) = kind {
             let mut e = base(kind);

@@ -52,6 +52,9 @@ pub enum EventKind {
     HostRolledBack,
     /// A host's update failed and it could not be brought back (or it refused the order).
     HostFailed,
+    /// An agent restart interrupted a host's update; it is back on its previous release and
+    /// will be granted again (not a failure of the release).
+    HostInterrupted,
     /// An operator fenced a host (its grants are void).
     HostFenced,
     /// An operator removed a host's record.

@@ -77,6 +77,8 @@ pub enum HostStateValue {
     failed,
     /// Offline past its grace period while updating (the planner's view).
     lost,
+    /// Interrupted by an agent restart; waits to be granted again.
+    interrupted,
 }
 
 impl From<crate::planner::Progress> for HostStateValue {
@@ -89,6 +91,7 @@ impl From<crate::planner::Progress> for HostStateValue {
             Progress::Done => HostStateValue::done,
             Progress::RolledBack => HostStateValue::rolled_back,
             Progress::Failed => HostStateValue::failed,
+            Progress::Interrupted => HostStateValue::interrupted,
         }
     }
 }
@@ -101,6 +104,7 @@ impl From<HostState> for HostStateValue {
             HostState::Done => HostStateValue::done,
             HostState::RolledBack => HostStateValue::rolled_back,
             HostState::Failed => HostStateValue::failed,
+            HostState::Interrupted => HostStateValue::interrupted,
         }
     }
 }

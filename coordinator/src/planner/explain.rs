@@ -176,10 +176,7 @@ fn holder_list(holders: &[Holder]) -> String {
 }
 
 fn failures(f: &TooManyFailures) -> String {
-    let why = match &f.cause {
-        FailureCause::LostSilent => "lost mid-update and silent past its deadline",
-        FailureCause::Reported(why) => why,
-    };
+    let FailureCause::Reported(why) = &f.cause;
     let what = format!(
         "{} host(s) failed, more than max_failures = {}; first: {}: {why}",
         f.failed, f.max_failures, f.first

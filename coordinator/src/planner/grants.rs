@@ -19,7 +19,7 @@ pub(super) struct Picked {
     pub offline: Vec<String>,
 }
 
-/// Step 6, picking grants: the open wave's pending hosts, in order, while the budget (and each
+/// Step 6, picking grants: the open wave's pending (or interrupted) hosts, in order, while the budget (and each
 /// group's) has room. Granting a host that is already unavailable does not add to the count.
 pub(super) fn pick(
     o: &Observed<'_>,
@@ -31,7 +31,7 @@ pub(super) fn pick(
     let mut counted: BTreeSet<&String> = budget.unavailable.iter().map(|(h, _)| h).collect();
     let mut group_used: BTreeMap<String, usize> = BTreeMap::new();
     let mut picked = Picked::default();
-    for h in open.iter().filter(|h| progress[*h] == Progress::Pending) {
+    for h in open.iter().filter(|h| progress[*h].wants_grant()) {
         if o.fleet.hosts.get(h).is_some_and(|x| x.fenced)
             || o.fleet.slot(&r.spec.service, h).is_some()
             || in_flight(o, h) != 0

@@ -181,8 +181,6 @@ pub struct TooManyFailures {
 /// Why the first failed host counts as failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailureCause {
-    /// Lost mid-update and silent past its deadline and grace.
-    LostSilent,
     /// The agent's own words: the result's reason, or while rolling back its progress message.
     Reported(String),
 }

@@ -1,6 +1,8 @@
 //! Planner tables.
 use super::*;
-use crate::store::{AgentStep, Health, HostRecord, ServiceState, SlotRecord, WaveDone};
+use crate::store::{
+    AgentStep, Health, HostRecord, ServiceState, SlotRecord, WaveDone, MAX_INTERRUPTIONS,
+};
 use rollgate_proto::spec::{
     Budget, FailureBudget, Gate, OnFailure, ReleaseSpec, RolloutSpec, Strategy, TargetSpec,
 };
@@ -244,7 +246,7 @@ fn offline_host_blocks_everyone_at_budget_one() {
 }
 
 #[test]
-fn lost_host_keeps_its_share_and_fails_only_after_its_grace() {
+fn lost_host_keeps_its_share_and_is_no_verdict_on_the_release() {
     let mut w = world(3, strategy(Budget::Count(1)));
     w.hold("h1");
     w.fleet.slots.clear(); // its replica's lease expired
@@ -265,10 +267,22 @@ fn lost_host_keeps_its_share_and_fails_only_after_its_grace() {
     assert!(p.grants.is_empty(), "S2: lease expiry frees nothing: {p:?}");
     assert!(p.blocked_by.contains("lost mid-update"), "{}", p.blocked_by);
     assert!(p.phase.is_none());
-    let grace_end = NOW - 500 + Duration::from_secs(120).as_millis() as i64 + LOST_GRACE_MS;
-    assert_eq!(p.wake_at_ms, Some(grace_end + 1));
-    w.now = grace_end + 1;
-    assert_eq!(w.plan().phase.map(|(ph, _)| ph), Some(Phase::Failed));
+    assert!(p.failures.is_empty(), "silence is not a failure: {p:?}");
+    // Nothing moves while it is lost: the progress deadline (L1) ends the rollout as stalled,
+    // naming it, not as a failure of the release.
+    let deadline = NOW - 500 + Duration::from_secs(600).as_millis() as i64;
+    assert_eq!(p.wake_at_ms, Some(deadline));
+    w.now = NOW - 500 + Duration::from_secs(150).as_millis() as i64;
+    let p = w.plan();
+    assert!(p.phase.is_none() && p.failures.is_empty(), "{p:?}");
+    w.now = deadline;
+    let (phase, why) = w.plan().phase.expect("stalled");
+    assert_eq!(phase, Phase::Failed);
+    assert!(
+        why.contains("lost mid-update") && why.contains("h1"),
+        "{why}"
+    );
+    assert!(!why.contains("max_failures"), "{why}");
 }
 
 #[test]
@@ -648,4 +662,116 @@ fn groups_are_the_ones_frozen_at_creation() {
         .groups
         .iter()
         .all(|g| g.hosts == 2 && g.max_unavailable == 1));
+}
+
+#[test]
+fn interrupted_hosts_are_granted_again_and_fail_only_after_the_bound() {
+    use crate::sessions::results::{host_state_after, result_reason};
+    use rollgate_proto::pb::Outcome as Out;
+    // (max_failures, other hosts' states, h1 held again, grants, phase, failures, unavailable)
+    type Row = (
+        u32,
+        &'static [HostState],
+        bool,
+        &'static [&'static str],
+        Option<Phase>,
+        &'static [&'static str],
+        &'static [&'static str],
+    );
+    let table: [Row; 5] = [
+        // Interrupted and undone: granted again, not a failure with max_failures = 0.
+        (
+            0,
+            &[HostState::Done, HostState::Done],
+            false,
+            &["h1"],
+            None,
+            &[],
+            &[],
+        ),
+        // Granted again: it counts against the budget while updating, so h2 waits.
+        (
+            0,
+            &[HostState::Pending, HostState::Done],
+            true,
+            &[],
+            None,
+            &[],
+            &["h1"],
+        ),
+        // Not final: the rollout does not end while it waits for its regrant.
+        (
+            0,
+            &[HostState::Done, HostState::Done],
+            true,
+            &[],
+            None,
+            &[],
+            &["h1"],
+        ),
+        // A real failure still counts; the interrupted host does not.
+        (
+            0,
+            &[HostState::RolledBack, HostState::Done],
+            false,
+            &[],
+            Some(Phase::Failed),
+            &["h2"],
+            &[],
+        ),
+        (
+            1,
+            &[HostState::RolledBack, HostState::Done],
+            false,
+            &["h1"],
+            None,
+            &["h2"],
+            &[],
+        ),
+    ];
+    for (i, (max_failures, others, held, grants, phase, failures, unavailable)) in
+        table.into_iter().enumerate()
+    {
+        let mut st = strategy(Budget::Count(1));
+        st.max_failures = FailureBudget::Count(max_failures);
+        let mut w = world(3, st);
+        w.set("h1", HostState::Interrupted);
+        if held {
+            w.hold("h1");
+        }
+        for (h, s) in ["h2", "h3"].iter().zip(others) {
+            w.set(h, *s);
+        }
+        let p = w.plan();
+        assert_eq!(p.grants, grants.to_vec(), "row {i}: {p:?}");
+        assert_eq!(p.phase.as_ref().map(|(ph, _)| *ph), phase, "row {i}: {p:?}");
+        assert_eq!(p.failures, failures.to_vec(), "row {i}");
+        let out: Vec<&str> = p.unavailable.iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(out, unavailable.to_vec(), "row {i}");
+    }
+
+    // The bound: the third interrupted grant makes the host a failure, with that reason.
+    let mut w = world(3, strategy(Budget::Count(1)));
+    w.set("h2", HostState::Done);
+    w.set("h3", HostState::Done);
+    let mut count = 0;
+    for attempt in 1..=MAX_INTERRUPTIONS {
+        let (state, after) = host_state_after(Out::Interrupted, count);
+        count = after;
+        w.set("h1", state);
+        let s = w.steps.get_mut("h1").expect("h1");
+        s.reason = result_reason(state, count, "agent restarted during the update to 2");
+        let p = w.plan();
+        if attempt < MAX_INTERRUPTIONS {
+            assert_eq!(p.grants, vec!["h1"], "attempt {attempt}");
+            assert!(p.phase.is_none(), "attempt {attempt}: {p:?}");
+        } else {
+            let (ph, why) = p.phase.expect("failed after the bound");
+            assert_eq!(ph, Phase::Failed);
+            assert!(
+                why.contains("interrupted 3 times by agent restarts"),
+                "{why}"
+            );
+        }
+    }
 }

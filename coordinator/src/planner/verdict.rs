@@ -4,23 +4,23 @@
 use rollgate_proto::spec::OnFailure;
 
 use super::report::{FailureCause, Response, TooManyFailures, Verdict};
-use super::{Decision, Observed, Progress, Progresses, LOST_GRACE_MS};
+use super::{Decision, Observed, Progress, Progresses};
 use crate::store::{AgentStep, Phase};
 
-/// The targets that count as failed, and when the next lost one would.
+/// The targets that count as failed.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Failures {
     /// Failed targets, in target order.
     pub hosts: Vec<String>,
-    /// When the earliest lost (not yet failed) target's grace ends: plan again then.
-    pub next_lost_at_ms: Option<i64>,
 }
 
-/// Step 2a, failures: failed, refused or fenced targets, a target whose agent is rolling back
-/// (its verdict), and a lost target silent past its deadline and grace.
+/// Step 2a, failures: failed, refused or fenced targets, and a target whose agent is rolling
+/// back (its verdict). Neither an interrupted target (its agent restarted mid-update and undid
+/// it) nor a lost one (its session went away mid-update) is a failure: both are faults of the
+/// host or the network, not verdicts on the release. A lost target keeps its share of the
+/// budget until it reports (S2); if it never does, the progress deadline (L1) ends the rollout
+/// as stalled, naming it, or an operator fences it (which fails it).
 pub(super) fn failures(o: &Observed<'_>, progress: &Progresses<'_>) -> Failures {
-    let st = &o.rollout.spec.strategy;
-    let grace = st.healthy_deadline.as_millis() as i64 + LOST_GRACE_MS;
     let mut out = Failures::default();
     for h in &o.rollout.targets {
         let step = o.steps.get(h);
@@ -30,16 +30,10 @@ pub(super) fn failures(o: &Observed<'_>, progress: &Progresses<'_>) -> Failures 
             // the rollback has finished keeps "a bad release halts within one probe interval
             // of its verdict".
             Progress::Updating => step.is_some_and(|s| s.step == AgentStep::RollingBack),
-            Progress::Lost => step.is_some_and(|s| o.now_ms > s.granted_at_ms + grace),
             _ => false,
         };
         if failed {
             out.hosts.push(h.clone());
-        } else if progress[h] == Progress::Lost {
-            if let Some(s) = step {
-                let at = s.granted_at_ms + grace + 1;
-                out.next_lost_at_ms = Some(out.next_lost_at_ms.map_or(at, |w| w.min(at)));
-            }
         }
     }
     out
@@ -47,11 +41,7 @@ pub(super) fn failures(o: &Observed<'_>, progress: &Progresses<'_>) -> Failures 
 
 /// Step 2b, the failure verdict: more failures than max_failures (or than an operator
 /// accepted) while rolling, and what on_failure does about it.
-pub(super) fn failure_verdict(
-    o: &Observed<'_>,
-    progress: &Progresses<'_>,
-    failed: &[String],
-) -> Option<Decision> {
+pub(super) fn failure_verdict(o: &Observed<'_>, failed: &[String]) -> Option<Decision> {
     let r = o.rollout;
     let st = &r.spec.strategy;
     let allowed = st
@@ -62,23 +52,20 @@ pub(super) fn failure_verdict(
         return None;
     }
     let first = &failed[0];
-    let cause = match progress[first] {
-        Progress::Lost => FailureCause::LostSilent,
-        // Halted at the agent's "rolling back" step: the result (and its reason) is still to
-        // come, the progress message says why it is rolling back.
-        _ => FailureCause::Reported(
-            o.steps
-                .get(first)
-                .map(|s| {
-                    if s.reason.is_empty() {
-                        s.message.clone()
-                    } else {
-                        s.reason.clone()
-                    }
-                })
-                .unwrap_or_default(),
-        ),
-    };
+    // The result's reason; halted at the agent's "rolling back" step (the result is still to
+    // come), its progress message says why it is rolling back.
+    let cause = FailureCause::Reported(
+        o.steps
+            .get(first)
+            .map(|s| {
+                if s.reason.is_empty() {
+                    s.message.clone()
+                } else {
+                    s.reason.clone()
+                }
+            })
+            .unwrap_or_default(),
+    );
     let verdict = |response| {
         Verdict::TooManyFailures(TooManyFailures {
             failed: failed.len(),

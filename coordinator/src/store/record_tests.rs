@@ -30,6 +30,16 @@ fn records_written_today_still_read() {
     assert_eq!(pb::HostState::from(s.state), pb::HostState::RolledBack);
     assert_eq!(pb::Step::from(s.step), pb::Step::RollingBack);
     assert_eq!(String::from_utf8(encode(&s)).expect("utf-8"), STEP);
+    assert_eq!(
+        s.interruptions, 0,
+        "written before interrupted grants were counted"
+    );
+    let mut i = s.clone();
+    i.state = HostState::Interrupted;
+    i.interruptions = 2;
+    let text = String::from_utf8(encode(&i)).expect("utf-8");
+    assert!(text.contains(r#""state":"interrupted""#), "{text}");
+    assert_eq!(serde_json::from_str::<HostStep>(&text).expect("reads"), i);
 
     let h: ServiceState = serde_json::from_str(SERVICE).expect("service state");
     assert_eq!(h.health, Health::Unhealthy);
