@@ -513,6 +513,38 @@ site = "{group}"
             .context("cannot run the rollgate CLI")
     }
 
+    /// Starts the CLI in the background against replica `replica` (a watch, `events --follow`):
+    /// its stdout lines arrive on the receiver; kill the child when done.
+    pub fn cli_background(
+        &self,
+        replica: usize,
+        args: &[&str],
+    ) -> anyhow::Result<(std::process::Child, std::sync::mpsc::Receiver<String>)> {
+        use std::io::BufRead;
+        let mut child = Command::new(bin("rollgate"))
+            .arg("--coordinator")
+            .arg(self.coordinators[replica].url())
+            .args(self.operator.cli_args())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start `rollgate {}`", args.join(" ")))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok((child, rx))
+    }
+
     /// Runs the CLI and requires success; returns stdout.
     pub fn cli_ok(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.cli(args)?;

@@ -5,14 +5,11 @@
 //! period. Fault: etcd is frozen (SIGSTOP) for 1 s across the SIGTERM, so every session's
 //! closing write is slow; a replica that exits without waiting for its sessions loses them.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use nix::sys::signal::Signal;
-use rollgate_tests::{bin, Fleet, FleetOpts, Mode};
+use rollgate_tests::{Fleet, FleetOpts, Mode};
 
 const AGENTS: usize = 3;
 /// How long etcd is frozen across the SIGTERM: under the 5 s shutdown grace, and under what is
@@ -47,22 +44,7 @@ fn sigterm_waits_for_every_session_and_watch() -> anyhow::Result<()> {
     })?;
 
     // `rollout status --watch`: a WatchRollout stream open on the replica.
-    let mut watch = Command::new(bin("rollgate"))
-        .arg("--coordinator")
-        .arg(fleet.coordinator_url())
-        .args(fleet.operator.cli_args())
-        .args(["rollout", "status", &id, "--watch"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start `rollgate rollout watch`")?;
-    let (tx, rx) = mpsc::channel();
-    let stdout = watch.stdout.take().context("no stdout")?;
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut watch, rx) = fleet.cli_background(0, &["rollout", "status", &id, "--watch"])?;
     rx.recv_timeout(Duration::from_secs(10))
         .context("the watch printed nothing in 10 s")?;
 

@@ -3,14 +3,11 @@
 //! `rollgate events --follow` across a leader kill -9 (and the restart of the replica it was
 //! reading from) loses and repeats nothing; retention trims by count and by age.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rollgate_tests::pb::Phase;
-use rollgate_tests::{bin, Fleet, FleetOpts, Mode};
+use rollgate_tests::{Fleet, FleetOpts, Mode};
 use serde_json::Value;
 
 const OPERATOR: &str = "spiffe://test/operator/tester";
@@ -139,29 +136,6 @@ fn a_rollout_tells_its_story_with_who_did_what() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `rollgate events --follow -o json` against one replica, its lines sent to a channel.
-fn follow(fleet: &Fleet, replica: usize) -> anyhow::Result<(Child, mpsc::Receiver<Value>)> {
-    let mut child = Command::new(bin("rollgate"))
-        .arg("--coordinator")
-        .arg(fleet.coordinators[replica].url())
-        .args(fleet.operator.cli_args())
-        .args(["-o", "json", "events", "--follow"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start `rollgate events --follow`")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str(&line) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    Ok((child, rx))
-}
-
 #[test]
 fn follow_across_a_leader_kill_loses_and_repeats_nothing() -> anyhow::Result<()> {
     let fleet = Fleet::start(FleetOpts {
@@ -172,7 +146,7 @@ fn follow_across_a_leader_kill_loses_and_repeats_nothing() -> anyhow::Result<()>
     fleet.wait_connected(4)?;
     let leader = fleet.wait_leader(Duration::from_secs(10))?;
     // The follower reads from the leader, which is killed: it must resume after the restart.
-    let (mut child, rx) = follow(&fleet, leader)?;
+    let (mut child, rx) = fleet.cli_background(leader, &["-o", "json", "events", "--follow"])?;
     fleet.install("1.0.0", "max_unavailable = 4\nmin_healthy_time = \"200ms\"")?;
     let v2 = fleet.release("2.0.0", Mode::Healthy)?;
     let id =
@@ -194,9 +168,10 @@ fn follow_across_a_leader_kill_loses_and_repeats_nothing() -> anyhow::Result<()>
     let last = *want.last().context("no events at all")?;
     let mut got = Vec::new();
     while got.last() != Some(&last) {
-        let e = rx
+        let line = rx
             .recv_timeout(Duration::from_secs(40))
             .with_context(|| format!("the follower stopped at {:?} of {last}", got.last()))?;
+        let e: Value = serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))?;
         got.extend(e["id"].as_u64());
     }
     let _ = child.kill();
