@@ -71,6 +71,7 @@
 pub(crate) mod backend;
 pub mod config;
 mod errors;
+pub(crate) mod metrics;
 pub(crate) mod probe;
 pub mod release;
 pub(crate) mod session;
@@ -99,6 +100,9 @@ pub enum AgentError {
     /// The `[tls]` settings are missing or unusable.
     #[error("cannot connect securely: {0}")]
     Tls(String),
+    /// `[metrics] listen` cannot be served.
+    #[error("{0}")]
+    Metrics(String),
 }
 
 /// Runs the agent until `shutdown` completes: starts the services (undoing an update a
@@ -121,6 +125,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     rollgate_proto::telemetry::notify_ready();
 
     let cancel = CancellationToken::new();
+    let registry = crate::metrics::get().registry.clone();
+    rollgate_proto::metrics::serve(&config.metrics, registry, cancel.clone())
+        .await
+        .map_err(|e| AgentError::Metrics(e.to_string()))?;
     let session_cfg = session::SessionConfig {
         coordinators: config.coordinators.clone(),
         heartbeat_interval: config.heartbeat_interval,

@@ -234,6 +234,7 @@ pub async fn run(
             End::Shutdown => return,
             End::Lost { welcomed, why } => (welcomed, why),
         };
+        crate::metrics::get().reconnect();
         if welcomed && began.elapsed() >= STABLE_SESSION {
             attempt = 0;
         }

@@ -29,6 +29,8 @@ pub struct Agent {
     pub group: String,
     /// Its network namespace in netns mode.
     pub netns: Option<String>,
+    /// Where it serves Prometheus metrics (`[metrics] listen`; every test agent has one).
+    pub metrics: SocketAddr,
 }
 
 /// What a test release does.
@@ -347,11 +349,18 @@ timeout = "500ms"
             ),
         };
         let tls = self.pki.host(&id)?.toml();
+        let ip = self
+            .net
+            .as_ref()
+            .map_or(Ipv4Addr::LOCALHOST, |n| n.hosts[index].addr);
+        let metrics = SocketAddr::new(IpAddr::V4(ip), free_port());
         let config = format!(
             r#"host_id = "{id}"
 {coordinator_line}
 state_dir = "{state}"
 {tls}
+[metrics]
+listen = "{metrics}"
 [labels]
 site = "{group}"
 {services}"#,
@@ -382,6 +391,7 @@ site = "{group}"
             state_dir,
             group,
             netns,
+            metrics,
         });
         Ok(())
     }

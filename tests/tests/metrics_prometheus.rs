@@ -19,21 +19,21 @@ fn prometheus_scrapes_the_coordinator() -> anyhow::Result<()> {
     })?;
     fleet.wait_connected(AGENTS)?;
     let coordinator = fleet.coordinator().metrics;
-    let prom = Prometheus::start(&fleet.dir, &[("coordinator", vec![coordinator])])?;
-    prom.wait_targets_up(1)?;
+    let agents: Vec<_> = fleet.agents.iter().map(|a| a.metrics).collect();
+    let prom = Prometheus::start(
+        &fleet.dir,
+        &[
+            ("coordinator", vec![coordinator]),
+            ("agent", agents.clone()),
+        ],
+    )?;
+    prom.wait_targets_up(1 + AGENTS)?;
 
     let (code, page) = http_get(&coordinator.to_string(), "/metrics")?;
     if code != 200 {
         bail!("/metrics answered {code}: {page}");
     }
-    let lint = promtool_check_metrics(&page)?;
-    println!(
-        "promtool check metrics: {:?}",
-        if lint.is_empty() { "clean" } else { &lint }
-    );
-    if !lint.is_empty() {
-        bail!("promtool check metrics complains:\n{lint}\n--- page ---\n{page}");
-    }
+    lint(&page, "the coordinator")?;
 
     fleet.wait(
         "Prometheus to see every agent",
@@ -44,6 +44,9 @@ fn prometheus_scrapes_the_coordinator() -> anyhow::Result<()> {
         },
     )?;
     rollouts_as_prometheus_saw_them(&fleet, &prom)?;
+    agents_as_prometheus_saw_them(&prom)?;
+    let (_, page) = http_get(&agents[0].to_string(), "/metrics")?;
+    lint(&page, "an agent")?;
     let leader = prom.value("rollgate_leader")?;
     let opened = prom.value("rollgate_agent_sessions_opened_total")?;
     println!("leader {leader}, sessions opened {opened}");
@@ -118,6 +121,62 @@ fn rollouts_as_prometheus_saw_them(fleet: &Fleet, prom: &Prometheus) -> anyhow::
         bail!("expected one halt for failures and some hand-overs: {halts}, {handovers}");
     }
     Ok(())
+}
+
+/// `promtool check metrics` on a page; its complaints fail the test.
+fn lint(page: &str, whose: &str) -> anyhow::Result<()> {
+    let lint = promtool_check_metrics(page)?;
+    println!(
+        "promtool check metrics ({whose}): {:?}",
+        if lint.is_empty() { "clean" } else { &lint }
+    );
+    if !lint.is_empty() {
+        bail!(
+            "promtool check metrics complains about {whose}'s page:\n{lint}\n--- page ---\n{page}"
+        );
+    }
+    Ok(())
+}
+
+/// After those rollouts, the agents' own view: every host runs 2.0.0 again (the bad 3.0.0
+/// was undone), each update counted with its outcome, each step timed, probes timed.
+fn agents_as_prometheus_saw_them(prom: &Prometheus) -> anyhow::Result<()> {
+    let sum = |q: &str| -> anyhow::Result<f64> { Ok(prom.query(q)?.iter().map(|(_, v)| v).sum()) };
+    // The agents report after the coordinator has moved on: give the last scrape time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let on_v2 = prom
+            .query("rollgate_agent_release_info{version=\"2.0.0\"} == 1")?
+            .len();
+        let succeeded = sum("rollgate_agent_updates_total{outcome=\"succeeded\"}")?;
+        let rolled_back = sum("rollgate_agent_updates_total{outcome=\"rolled_back\"}")?;
+        let healthy = sum("rollgate_agent_service_health{health=\"healthy\"}")?;
+        let steps = prom.query("sum by (step) (rollgate_agent_update_step_seconds_count)")?;
+        let probes = sum("rollgate_agent_probe_seconds_count")?;
+        let fetched = sum("rollgate_agent_fetched_bytes_total")?;
+        let said = format!(
+            "agents: {on_v2}/{AGENTS} on 2.0.0, updates succeeded {succeeded}, rolled back \
+             {rolled_back}, healthy {healthy}, steps timed {}, probe runs {probes}, fetched \
+             {fetched} B",
+            steps.len()
+        );
+        // install 4 + 2.0.0 on 4 succeeded; the bad 3.0.0 rolled back on the one host it reached.
+        let agree = on_v2 == AGENTS
+            && succeeded == 8.0
+            && rolled_back == 1.0
+            && healthy == AGENTS as f64
+            && steps.len() >= 5
+            && probes >= 1.0
+            && fetched >= 1.0;
+        if agree {
+            println!("{said}");
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the agents' metrics disagree with what happened: {said}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// deploy/prometheus: the example config loads, the alert rules parse and their unit tests

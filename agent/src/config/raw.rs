@@ -33,6 +33,8 @@ pub(super) struct RawConfig {
     pub(super) file_source_dirs: Vec<PathBuf>,
     #[serde(default)]
     pub(super) signing: RawSigning,
+    #[serde(default)]
+    pub(super) metrics: rollgate_proto::metrics::MetricsConfig,
 }
 
 #[derive(Deserialize, Default)]

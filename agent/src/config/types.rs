@@ -141,6 +141,8 @@ pub struct Config {
     pub rollback_window: u32,
     /// Where releases may be fetched from (`allowed_sources`, `file_source_dirs`).
     pub sources: SourceRules,
+    /// `[metrics]`: where to serve Prometheus metrics (off by default).
+    pub metrics: rollgate_proto::metrics::MetricsConfig,
 }
 
 /// `[signing]`: who may sign releases for this host.

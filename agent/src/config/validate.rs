@@ -132,6 +132,7 @@ impl RawConfig {
             signing,
             rollback_window,
             sources,
+            metrics: self.metrics,
         })
     }
 }

@@ -34,6 +34,8 @@ pub struct ProbeSetupError {
 pub struct Prober {
     probes: Vec<Probe>,
     interval: Duration,
+    /// The service probed (the metrics' label).
+    service: String,
 }
 
 #[derive(Debug)]
@@ -60,6 +62,7 @@ impl Prober {
         Ok(Prober {
             probes,
             interval: service.probe_interval(),
+            service: service.name.clone(),
         })
     }
 
@@ -76,9 +79,16 @@ impl Prober {
     /// Runs every probe at once and applies each one's thresholds; `Err` carries the first
     /// failing probe's message.
     pub async fn check(&mut self) -> Result<(), String> {
-        let results = futures::future::join_all(self.probes.iter().map(Probe::run)).await;
+        let timed = self.probes.iter().map(|p| async move {
+            let began = std::time::Instant::now();
+            let result = p.run().await;
+            (result, began.elapsed())
+        });
+        let results = futures::future::join_all(timed).await;
         let mut verdict = Ok(());
-        for (probe, result) in self.probes.iter_mut().zip(results) {
+        for (probe, (result, took)) in self.probes.iter_mut().zip(results) {
+            let kind = probe.kind();
+            crate::metrics::get().probe(&self.service, kind, took, result.is_ok());
             let judged = probe.threshold.observe(result);
             if verdict.is_ok() {
                 verdict = judged;
@@ -97,6 +107,17 @@ impl Prober {
 }
 
 impl Probe {
+    /// The kind of check, as the metrics label it.
+    fn kind(&self) -> &'static str {
+        match self.check {
+            ProbeCheck::Http { .. } => "http",
+            ProbeCheck::Tcp { .. } => "tcp",
+            ProbeCheck::Exec { .. } => "exec",
+            ProbeCheck::Systemd(_) => "systemd",
+            ProbeCheck::Grpc { .. } => "grpc",
+        }
+    }
+
     fn new(cfg: &ProbeConfig, service: &str) -> Result<Probe, ProbeSetupError> {
         let setup_err = |message: String| ProbeSetupError {
             service: service.to_string(),

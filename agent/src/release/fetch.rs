@@ -242,6 +242,7 @@ impl Fetcher {
                         "fetch attempt {attempt} of {FETCH_ATTEMPTS} failed: {e}; \
                          resuming in {delay:?}"
                     );
+                    crate::metrics::get().fetch_retry();
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                     attempt += 1;
@@ -588,6 +589,7 @@ impl Sink {
             .await
             .map_err(io_err("write", &self.path))?;
         self.written += data.len() as u64;
+        crate::metrics::get().fetched(data.len() as u64);
         Ok(())
     }
 

@@ -181,6 +181,7 @@ impl ServiceUnit {
             pb::Outcome::Succeeded | pb::Outcome::RolledBack => tracing::info!("{line}"),
             _ => tracing::warn!("{line}"),
         }
+        crate::metrics::get().finished(&service, r.outcome());
         shared.send(Msg::Result(f.result.clone()));
         shared.board.end_order(&service);
         self.settle(&f.result);

@@ -172,6 +172,7 @@ impl StatusBoard {
     pub(crate) fn observe(&self, status: pb::ServiceStatus) -> Option<pb::ServiceStatus> {
         let mut board = self.board();
         let (status, changed) = board.observe(status);
+        crate::metrics::get().status(&status);
         // Queued under the lock, so the outbox has statuses in the order they were observed.
         changed.then(|| {
             self.queue(Msg::Status(status.clone()));
@@ -198,6 +199,7 @@ impl StatusBoard {
     /// An order is in flight on `progress.service` from now on (or makes progress): the stored
     /// status is observed again with it (and queued if the order is new to it).
     pub(crate) fn set_progress(&self, progress: pb::OrderProgress) {
+        crate::metrics::get().step(&progress.service, progress.step());
         let mut board = self.board();
         let entry = board.services.entry(progress.service.clone()).or_default();
         entry.order = Some(progress);
