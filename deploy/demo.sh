@@ -90,6 +90,9 @@ backend = "process"
 binary = "demo-svc"
 args = ["--port", "$port"]
 stop_timeout = "2s"
+# The demo cleans up after itself: its services stop with their agents. (On a real host they
+# keep running and the next agent adopts them; see the README.)
+stop_with_agent = true
 [[services.probes]]
 kind = "http"
 url = "http://127.0.0.1:$port/health"
