@@ -203,9 +203,10 @@ fn halted_reaches_the_webhook_once_across_an_outage_and_a_leader_kill() -> anyho
     Ok(())
 }
 
-/// A typo in a `[[notify]]` table stops the coordinator at start with the reason.
+/// A typo in a `[[notify]]` table or a missing secret file stops the coordinator at start with
+/// the reason.
 #[test]
-fn an_unknown_event_kind_is_refused_at_start() -> anyhow::Result<()> {
+fn a_wrong_kind_or_a_missing_secret_is_refused_at_start() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let cfg = dir.path().join("c.toml");
     std::fs::write(
@@ -222,6 +223,24 @@ fn an_unknown_event_kind_is_refused_at_start() -> anyhow::Result<()> {
     if out.status.success() || !err.contains("unknown event kind \"rollout_halt\"") {
         bail!(
             "expected a refusal naming the kind, got {}: {err}",
+            out.status
+        );
+    }
+    // A secret_file that is not there: refused at start, naming the file and the fix.
+    std::fs::write(
+        &cfg,
+        "[tls]\ninsecure_plaintext = true\n[[notify]]\nname = \"chat\"\nurl = \"http://127.0.0.1:1/\"\nsecret_file = \"/nonexistent/chat.secret\"\n",
+    )?;
+    let out = std::process::Command::new(rollgate_tests::bin("rollgate-coordinator"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .context("cannot run rollgate-coordinator")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("{}", err.trim());
+    if out.status.success() || !err.contains("cannot read secret_file /nonexistent/chat.secret") {
+        bail!(
+            "expected a refusal naming the secret file, got {}: {err}",
             out.status
         );
     }

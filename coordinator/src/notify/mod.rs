@@ -81,6 +81,15 @@ impl NotifyConfig {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Err(invalid("url must start with http:// or https://"));
         }
+        if let Some(path) = &self.secret_file {
+            // At start, not at the first halt: a missing secret would silently turn the
+            // webhook off.
+            match std::fs::read(path) {
+                Ok(s) if !s.trim_ascii().is_empty() => {}
+                Ok(_) => return Err(invalid(&format!("secret_file {} is empty; put the shared secret in it", path.display()))),
+                Err(e) => return Err(invalid(&format!("cannot read secret_file {}: {e}; create it (mode 0600) or remove secret_file to send unsigned", path.display()))),
+            }
+        }
         for kind in &self.events {
             if kind_named(kind).is_none() {
                 return Err(NotifyConfigError::UnknownKind {
