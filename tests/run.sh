@@ -20,7 +20,17 @@ fi
 cargo build --workspace --bins
 # End-to-end test files run one after another (each starts its own fleet); --nocapture shows
 # what the observers saw (worst unavailable count against the budget).
-cargo test --workspace -- --nocapture
+# A failing test's reason is repeated at the end (backtraces off), where a CI summary shows it.
+log="$target_dir/test-output.log"
+set +e
+RUST_BACKTRACE=0 cargo test --workspace -- --nocapture 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+if [ "$rc" -ne 0 ]; then
+  echo "==== why the failing tests failed (the whole output is in $log) ===="
+  grep -a -A8 "panicked at" "$log" | tail -n 80
+  exit "$rc"
+fi
 # The fuzz targets (their own crate, outside the workspace) must keep compiling and stay lint
 # clean; running them is tests/fuzz.sh, which needs cargo-fuzz and takes minutes per target.
 cargo clippy --manifest-path fuzz/Cargo.toml --bins -- -D warnings

@@ -26,6 +26,7 @@ use crate::Ctx;
 pub mod limits;
 mod orders;
 pub mod results;
+pub mod tokens;
 
 use limits::{bounded, LogLimit, Trimmed, WriteGate, HOST_WRITE_INTERVAL, MAX_DETAIL, MAX_VERSION};
 
@@ -186,8 +187,11 @@ pub async fn serve(
         };
         // Before the session exists (no grant can reach this host until then), so that a
         // grant after an etcd restore is never below a token the host has acted on.
-        if let Err(e) = raise_token(&ctx, hello.highest_token).await {
-            warn!("cannot check the token counter against this host's highest token: {e}");
+        let raised = tokens::raise_token(&ctx, hello.highest_token).await;
+        if let Some(why) = tokens::refusal(&raised, hello.highest_token) {
+            warn!("refusing the session: {why}");
+            refuse(&tx, &why).await;
+            return;
         }
         if let Err(e) = session.open(&hello).await {
             warn!("cannot record the session in etcd: {e}; closing it, the agent will retry");
@@ -309,43 +313,6 @@ async fn refuse(tx: &AgentTx, reason: &str) {
 enum Replay {
     Live,
     FromHello,
-}
-
-/// After an etcd restore the token counter can be below tokens agents already acted on, and
-/// every grant would be refused as stale: raise it above the highest token a host reports
-/// (issue 9, item 9). A compare-and-set; grants compare the counter's revision, so a grant
-/// racing this re-reads.
-async fn raise_token(ctx: &Arc<Ctx>, reported: u64) -> Result<(), StoreError> {
-    let key = ctx.keys.token();
-    let mut etcd = ctx.etcd.clone();
-    for _ in 0..5 {
-        let resp = etcd.get(key.clone(), None).await?;
-        let (current, rev) = match resp.kvs().first() {
-            Some(kv) => (decode::<u64>(kv)?, kv.mod_revision()),
-            None => (0, 0),
-        };
-        if reported <= current {
-            return Ok(());
-        }
-        let txn = Txn::new()
-            .when(vec![Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                rev,
-            )])
-            .and_then(vec![TxnOp::put(key.clone(), encode(&reported), None)]);
-        if etcd.txn(txn).await?.succeeded() {
-            warn!(
-                counter = current,
-                reported,
-                "this host has acted on token {reported}, above the token counter {current} \
-                 (was etcd restored from a backup?); raised the counter to {reported} so new \
-                 grants are not refused as stale"
-            );
-            return Ok(());
-        }
-    }
-    Ok(())
 }
 
 struct Session {
@@ -726,8 +693,16 @@ impl Session {
         }
         let running_version = bounded(&r.running_version, MAX_VERSION);
         let health = r.health();
-        let (state, interruptions) = host_state_after(r.outcome(), step.interruptions);
-        let reason = bounded(&result_reason(state, interruptions, &r.reason), MAX_DETAIL);
+        let (mut state, interruptions) = host_state_after(r.outcome(), step.interruptions);
+        let mut reason = bounded(&result_reason(state, interruptions, &r.reason), MAX_DETAIL);
+        if r.outcome() == pb::Outcome::StaleToken {
+            // Above the host's highest token before the host is granted again.
+            let raised = tokens::raise_token(&self.ctx, r.highest_token).await;
+            if let Some(why) = tokens::refusal(&raised, r.highest_token) {
+                state = HostState::Failed;
+                reason = bounded(&format!("{}; {why}", r.reason), MAX_DETAIL);
+            }
+        }
         let resp = etcd.get(keys.rollout(rid.as_str()), None).await?;
         let service_version = match resp.kvs().first() {
             Some(kv) => {
@@ -812,6 +787,9 @@ impl Session {
         if resp.succeeded() {
             let outcome = r.outcome().word();
             match (state, health) {
+                (HostState::Interrupted, _) if r.outcome() == pb::Outcome::StaleToken => {
+                    warn!(rollout = %rid, token = r.token, reason = %printable(&reason), "the host refused a token below one it has acted on (attempt {interruptions} of {MAX_INTERRUPTIONS}); the counter is now above it and the host will be granted again")
+                }
                 (HostState::Interrupted, _) => {
                     warn!(rollout = %rid, token = r.token, reason = %printable(&reason), running = %printable(&running_version), "update interrupted by an agent restart (attempt {interruptions} of {MAX_INTERRUPTIONS}); not a failure of the release, the host will be granted again")
                 }

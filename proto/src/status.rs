@@ -5,7 +5,7 @@
 use crate::pb::{self, HostState, Phase, RolloutStatus};
 
 /// How many times a host's update may be interrupted by agent restarts in one rollout before
-/// the host counts as failed ("interrupted 3 times by agent restarts"): a host whose agent
+/// the host counts as failed ("interrupted 3 times (agent restarts or stale tokens)"): a host whose agent
 /// dies on every attempt has a problem of its own that retrying does not fix. Interrupted
 /// attempts before that are retried and never count against `max_failures`.
 pub const MAX_INTERRUPTIONS: u32 = 3;
@@ -123,6 +123,7 @@ impl pb::Outcome {
             pb::Outcome::Failed => "failed",
             pb::Outcome::Refused => "refused",
             pb::Outcome::Interrupted => "interrupted",
+            pb::Outcome::StaleToken => "refused a stale token",
         }
     }
 }

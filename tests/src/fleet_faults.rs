@@ -11,6 +11,16 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 impl Fleet {
+    /// Writes `value` at `key` behind the coordinators' backs (a fault: what a restore or a
+    /// confused operator leaves behind).
+    pub fn etcd_put(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        self.runtime.block_on(async {
+            let mut c = self.etcd_client().await?;
+            c.put(key, value, None).await?;
+            Ok(())
+        })
+    }
+
     /// All keys under `prefix` in etcd with their values, in key order.
     pub fn etcd_get_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
         self.runtime.block_on(async {

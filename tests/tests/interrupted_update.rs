@@ -160,7 +160,8 @@ fn a_host_interrupted_past_the_bound_fails_with_that_reason() -> anyhow::Result<
     assert_eq!(s.phase(), Phase::Failed, "{s:?}");
     assert_eq!(h.state(), HostState::Failed, "{h:?}");
     assert!(
-        h.reason.contains("interrupted 3 times by agent restarts"),
+        h.reason
+            .contains("interrupted 3 times (agent restarts or stale tokens)"),
         "{:?}",
         h.reason
     );

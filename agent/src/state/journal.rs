@@ -137,6 +137,8 @@ impl From<&StoredResult> for pb::OrderResult {
             reason: r.reason.clone(),
             health: health as i32,
             finished_at_ms: r.finished_at_ms,
+            // Only refusals carry it, and refusals are not journaled.
+            highest_token: 0,
         }
     }
 }

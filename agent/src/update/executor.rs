@@ -84,6 +84,10 @@ enum Admission {
     Resend(pb::OrderResult),
     /// Refused before anything was touched.
     Refuse(String),
+    /// Refused because the token is not above `highest`, the highest this host has acted on
+    /// for the service: reported as `OUTCOME_STALE_TOKEN` so the coordinator can raise its
+    /// counter and grant again (its counter went back: an etcd restore).
+    Stale { highest: u64, reason: String },
     /// To be carried out.
     Accept(Box<Accepted>),
 }
@@ -122,27 +126,37 @@ fn admit(
         if r.rollout_id == order.rollout_id {
             return Admission::Resend(r);
         }
-        return Admission::Refuse(format!(
+        let highest = journal.highest_token_for(&order.service).unwrap_or(token);
+        return Admission::Stale {
+            highest: highest.max(token),
+            reason: format!(
             "stale order: token {token} was already used by rollout {}, not {}; the coordinator \
              is handing out old tokens (restored from a backup?)",
-            r.rollout_id, order.rollout_id
-        ));
+                r.rollout_id, order.rollout_id
+            ),
+        };
     }
     // Per service: grants for different services are independent, and a late order for one
     // must not be refused because another service acted on a newer grant.
     let service = &order.service;
     match journal.highest_token_for(service) {
         Some(h) if token < h => {
-            return Admission::Refuse(format!(
-                "stale order: token {token} is older than {h}, the highest this host has acted \
-                 on for service {service}"
-            ))
+            return Admission::Stale {
+                highest: h,
+                reason: format!(
+                    "stale order: token {token} is older than {h}, the highest this host has \
+                     acted on for service {service}"
+                ),
+            }
         }
         Some(h) if token == h => {
-            return Admission::Refuse(format!(
-                "stale order: token {token} was already acted on for service {service}, and its \
-                 result is no longer kept"
-            ))
+            return Admission::Stale {
+                highest: h,
+                reason: format!(
+                    "stale order: token {token} was already acted on for service {service}, and \
+                     its result is no longer kept"
+                ),
+            }
         }
         _ => {}
     }
@@ -324,6 +338,10 @@ impl Executor {
                 drop(journal);
                 self.refuse(&order, reason);
             }
+            Admission::Stale { highest, reason } => {
+                drop(journal);
+                self.refuse_stale(&order, highest, reason);
+            }
             Admission::Accept(accepted) => self.accept(&order, *accepted, journal),
         }
     }
@@ -503,13 +521,35 @@ impl Executor {
 
     fn refuse(&self, order: &pb::UpdateOrder, reason: String) {
         tracing::warn!("refused: {reason}");
+        let result = self.refusal(order, Outcome::Refused, reason);
+        self.shared.send(Msg::Result(result));
+    }
+
+    /// A stale token: nothing touched; the result names the highest token acted on, so the
+    /// coordinator can raise its counter above it and grant again.
+    fn refuse_stale(&self, order: &pb::UpdateOrder, highest: u64, reason: String) {
+        tracing::warn!(
+            "refused: {reason}; the coordinator is told the highest token ({highest}) so it \
+             can grant again above it"
+        );
+        let mut result = self.refusal(order, Outcome::StaleToken, reason);
+        result.highest_token = highest;
+        self.shared.send(Msg::Result(result));
+    }
+
+    fn refusal(
+        &self,
+        order: &pb::UpdateOrder,
+        outcome: Outcome,
+        reason: String,
+    ) -> pb::OrderResult {
         let status = self.shared.status(&order.service);
         let (version, health) = status.map_or((String::new(), Health::Unknown), |s| {
             (s.version.clone(), s.health())
         });
-        let mut result = OrderRef::of(order).result(Outcome::Refused, &version, health, reason);
+        let mut result = OrderRef::of(order).result(outcome, &version, health, reason);
         result.finished_at_ms = self.shared.board.stamp();
-        self.shared.send(Msg::Result(result));
+        result
     }
 
     /// The hello for a new session: statuses, highest token, recent results, order in flight,

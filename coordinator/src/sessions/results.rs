@@ -6,6 +6,11 @@
 //! failed, not counted against `max_failures`) and the planner grants it again with a new
 //! token. After [`MAX_INTERRUPTIONS`] interrupted grants in one rollout the host is failed,
 //! "interrupted N times by agent restarts".
+//!
+//! A stale token (`OUTCOME_STALE_TOKEN`: the host has acted on a token at or above the one it
+//! was granted, so the counter went back, e.g. an etcd restore) is the same kind of fault: the
+//! session raises the counter above the host's highest token and the host is granted again, in
+//! the same bounded way.
 
 use rollgate_proto::pb::Outcome;
 
@@ -17,8 +22,10 @@ pub fn host_state_after(outcome: Outcome, before: u32) -> (HostState, u32) {
     match outcome {
         Outcome::Succeeded => (HostState::Done, before),
         Outcome::RolledBack => (HostState::RolledBack, before),
-        Outcome::Interrupted if before + 1 >= MAX_INTERRUPTIONS => (HostState::Failed, before + 1),
-        Outcome::Interrupted => (HostState::Interrupted, before + 1),
+        Outcome::Interrupted | Outcome::StaleToken if before + 1 >= MAX_INTERRUPTIONS => {
+            (HostState::Failed, before + 1)
+        }
+        Outcome::Interrupted | Outcome::StaleToken => (HostState::Interrupted, before + 1),
         Outcome::Refused | Outcome::Failed | Outcome::Unspecified => (HostState::Failed, before),
     }
 }
@@ -28,8 +35,8 @@ pub fn host_state_after(outcome: Outcome, before: u32) -> (HostState, u32) {
 pub fn result_reason(state: HostState, interruptions: u32, agent_reason: &str) -> String {
     if state == HostState::Failed && interruptions >= MAX_INTERRUPTIONS {
         format!(
-            "interrupted {interruptions} times by agent restarts; the host is failed rather than \
-             granted again (last: {agent_reason})"
+            "interrupted {interruptions} times (agent restarts or stale tokens); the host is \
+             failed rather than granted again (last: {agent_reason})"
         )
     } else {
         agent_reason.to_string()
@@ -55,6 +62,8 @@ mod tests {
             (Outcome::Interrupted, 1, Interrupted, 2),
             (Outcome::Interrupted, 2, Failed, 3),
             (Outcome::Interrupted, 7, Failed, 8),
+            (Outcome::StaleToken, 0, Interrupted, 1),
+            (Outcome::StaleToken, 2, Failed, 3),
         ];
         for (outcome, before, state, after) in table {
             assert_eq!(
@@ -69,7 +78,7 @@ mod tests {
     fn the_bound_names_the_count() {
         let r = result_reason(HostState::Failed, 3, "agent restarted");
         assert!(
-            r.starts_with("interrupted 3 times by agent restarts"),
+            r.starts_with("interrupted 3 times (agent restarts or stale tokens)"),
             "{r}"
         );
         assert!(r.contains("agent restarted"), "{r}");

@@ -145,6 +145,7 @@ fn intake_table() {
                 a.target_dir == "2.0.0-aaaaaaaaaaaa" && a.deadline == Duration::from_secs(1)
             }
             (Admission::Refuse(reason), want) => reason.contains(want),
+            (Admission::Stale { highest, reason }, want) => *highest == 9 && reason.contains(want),
             _ => false,
         };
         assert!(ok, "{name}: got {got:?}, want {want}");
