@@ -23,7 +23,7 @@ cargo build --workspace --bins
 # A failing test's reason is repeated at the end (backtraces off), where a CI summary shows it.
 log="$target_dir/test-output.log"
 set +e
-RUST_BACKTRACE=0 cargo test --workspace -- --nocapture 2>&1 | tee "$log"
+RUST_BACKTRACE=0 cargo test --workspace --no-fail-fast -- --nocapture 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 if [ "$rc" -ne 0 ]; then

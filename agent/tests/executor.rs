@@ -128,7 +128,7 @@ async fn update_success_crash_rollback_and_unhealthy_rollback() {
     reused.rollout_id = "r-late".into();
     exec.handle_order(reused);
     let (r, _) = result_for(&mut outbox, 2).await;
-    assert_eq!(r.outcome(), Outcome::Refused);
+    assert_eq!(r.outcome(), Outcome::StaleToken);
     assert_eq!(
         r.reason,
         "stale order: token 2 was already used by rollout r2, not r-late; the coordinator is \

@@ -318,7 +318,8 @@ timeout = "1s"
         5000,
     ));
     let (r, seen) = result_for(&mut outbox, 4).await;
-    assert_eq!(r.outcome(), Outcome::Refused);
+    assert_eq!(r.outcome(), Outcome::StaleToken);
+    assert_eq!(r.highest_token, 5, "the refusal names the token acted on");
     assert_eq!(
         r.reason,
         "stale order: token 4 is older than 5, the highest this host has acted on for service demo"
