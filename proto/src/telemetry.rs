@@ -46,9 +46,22 @@ pub struct Ids<'a> {
 /// Logs `message` at info level with `ids` as structured fields.
 pub fn info_with_ids(ids: Ids<'_>, message: &str) {
     if JOURNALD.load(Ordering::Relaxed) {
-        log::info!(
-            ROLLOUT_ID = ids.rollout, HOST_ID = ids.host, SERVICE = ids.service;
-            "{message}"
+        // Only the fields the event has: `journalctl HOST_ID=` must not match rollout-wide ones.
+        let fields: Vec<(&str, &str)> = [
+            ("ROLLOUT_ID", ids.rollout),
+            ("HOST_ID", ids.host),
+            ("SERVICE", ids.service),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+        log::logger().log(
+            &log::Record::builder()
+                .args(format_args!("{message}"))
+                .level(log::Level::Info)
+                .target(module_path!())
+                .key_values(&fields)
+                .build(),
         );
     } else {
         tracing::info!(

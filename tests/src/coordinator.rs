@@ -39,6 +39,7 @@ impl Coordinator {
         extra: Option<&str>,
         pki: &pki::Pki,
         clock_offset: Option<i64>,
+        wrap: &[String],
     ) -> anyhow::Result<Self> {
         let id = format!("coord-{index}");
         let tls = pki.coordinator(&id, IpAddr::V4(ip))?.toml();
@@ -74,10 +75,10 @@ listen = "{metrics}"
         );
         let cfg_path = cdir.join("coordinator.toml");
         fs::write(&cfg_path, config)?;
-        let mut cmd = match clock_offset {
-            Some(secs) => faketime_prefix(secs)?,
-            None => Vec::new(),
-        };
+        let mut cmd: Vec<String> = wrap.iter().map(|w| w.replace("{id}", &id)).collect();
+        if let Some(secs) = clock_offset {
+            cmd.extend(faketime_prefix(secs)?);
+        }
         cmd.extend([
             bin("rollgate-coordinator").display().to_string(),
             "--config".into(),

@@ -111,6 +111,9 @@ pub struct FleetOpts {
     /// (negative: behind), under libfaketime from Debian's `faketime` package (monotonic time
     /// is left alone, so its timers run normally).
     pub clock_offset: Option<(usize, i64)>,
+    /// A command every coordinator is started under (`{id}` becomes its replica id), e.g.
+    /// `systemd-run --user --wait …` to run it as a unit of a real systemd user manager.
+    pub coordinator_wrap: Vec<String>,
 }
 
 impl Default for FleetOpts {
@@ -127,6 +130,7 @@ impl Default for FleetOpts {
             coordinator_extra: None,
             etcd_secure: true,
             clock_offset: None,
+            coordinator_wrap: Vec::new(),
         }
     }
 }
@@ -203,6 +207,7 @@ impl Fleet {
                 extra.as_deref(),
                 &pki,
                 opts.clock_offset.filter(|(r, _)| *r == k).map(|(_, s)| s),
+                &opts.coordinator_wrap,
             )?);
         }
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -28,9 +28,18 @@ for h in unified systemd; do
     echo "$c" >> "$D/cgroups"
   fi
 done
-export XDG_RUNTIME_DIR="$D/xdg"
+export XDG_RUNTIME_DIR="$D/xdg" D
+# With RG_JOURNALD=1 a real systemd-journald runs in the manager's mount namespace, on tmpfs
+# (/run/log/journal), started before the manager so units log to it (JOURNAL_STREAM).
 setsid unshare --mount --propagation private -- sh -c '
   mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system
+  if [ "${RG_JOURNALD:-}" = 1 ]; then
+    mkdir -p /run/log && mount -t tmpfs tmpfs /run/log
+    if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi
+    /lib/systemd/systemd-journald >"$D/journald.log" 2>&1 &
+    i=0
+    while [ ! -S /run/systemd/journal/stdout ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+  fi
   exec /lib/systemd/systemd --user --log-target=console --log-level=info' \
   </dev/null >"$D/manager.log" 2>&1 &
 echo $! > "$D/pid"
@@ -47,6 +56,53 @@ pub struct UserManager {
 impl UserManager {
     /// Starts a manager whose runtime dir is `dir/xdg`; panics with the reason if it cannot.
     pub fn start(dir: &Path) -> UserManager {
+        Self::launch(dir, false)
+    }
+
+    /// Like [`UserManager::start`], with a real `systemd-journald` beside it (same mount
+    /// namespace): its units log to journald as they would on a host. Read it with
+    /// [`UserManager::journalctl`].
+    pub fn start_with_journald(dir: &Path) -> UserManager {
+        assert!(
+            Path::new("/lib/systemd/systemd-journald").exists(),
+            "/lib/systemd/systemd-journald is missing: install the Debian package `systemd`"
+        );
+        let m = Self::launch(dir, true);
+        assert!(
+            m.in_namespace("test", &["-S", "/run/systemd/journal/stdout"])
+                .status
+                .success(),
+            "systemd-journald did not come up; its log:\n{}",
+            std::fs::read_to_string(dir.join("journald.log")).unwrap_or_default()
+        );
+        m
+    }
+
+    /// Runs `journalctl ARGS` in the manager's mount namespace (where its journald writes).
+    pub fn journalctl(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["--no-pager"];
+        all.extend_from_slice(args);
+        self.in_namespace("journalctl", &all)
+    }
+
+    /// Runs `program ARGS` in the manager's mount namespace.
+    fn in_namespace(&self, program: &str, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter")
+            .args(["-t", &self.pid.to_string(), "-m", "--", program])
+            .args(args)
+            .output()
+            .expect("run nsenter")
+    }
+
+    /// The environment `systemctl --user` and `systemd-run --user` need to reach it.
+    pub fn env(&self) -> [(String, String); 2] {
+        [
+            ("XDG_RUNTIME_DIR".into(), self.xdg().display().to_string()),
+            ("DBUS_SESSION_BUS_ADDRESS".into(), self.bus()),
+        ]
+    }
+
+    fn launch(dir: &Path, journald: bool) -> UserManager {
         for tool in [
             "/lib/systemd/systemd",
             "/usr/bin/unshare",
@@ -63,6 +119,7 @@ impl UserManager {
             .arg(START_SCRIPT)
             .arg("start-user-manager")
             .arg(dir)
+            .env("RG_JOURNALD", if journald { "1" } else { "0" })
             .output()
             .expect("run bash");
         assert!(
