@@ -38,8 +38,7 @@ impl Coordinator {
         etcd_endpoint: &str,
         extra: Option<&str>,
         pki: &pki::Pki,
-        clock_offset: Option<i64>,
-        wrap: &[String],
+        prefix: Vec<String>,
     ) -> anyhow::Result<Self> {
         let id = format!("coord-{index}");
         let tls = pki.coordinator(&id, IpAddr::V4(ip))?.toml();
@@ -75,10 +74,7 @@ listen = "{metrics}"
         );
         let cfg_path = cdir.join("coordinator.toml");
         fs::write(&cfg_path, config)?;
-        let mut cmd: Vec<String> = wrap.iter().map(|w| w.replace("{id}", &id)).collect();
-        if let Some(secs) = clock_offset {
-            cmd.extend(faketime_prefix(secs)?);
-        }
+        let mut cmd = prefix;
         cmd.extend([
             bin("rollgate-coordinator").display().to_string(),
             "--config".into(),

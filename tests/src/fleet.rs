@@ -167,6 +167,21 @@ pub struct Fleet {
     pub(crate) failed: AtomicBool,
 }
 
+/// The command replica `k` is started under: `opts.coordinator_wrap`, then libfaketime when
+/// its clock is off.
+fn coordinator_prefix(opts: &FleetOpts, k: usize) -> anyhow::Result<Vec<String>> {
+    let id = format!("coord-{k}");
+    let mut prefix: Vec<String> = opts
+        .coordinator_wrap
+        .iter()
+        .map(|w| w.replace("{id}", &id))
+        .collect();
+    if let Some((_, secs)) = opts.clock_offset.filter(|(r, _)| *r == k) {
+        prefix.extend(crate::coordinator::faketime_prefix(secs)?);
+    }
+    Ok(prefix)
+}
+
 impl Fleet {
     /// Starts etcd, the coordinators and `opts.agents` agents, and waits until all are
     /// connected.
@@ -206,8 +221,7 @@ impl Fleet {
                 &etcd.endpoint,
                 extra.as_deref(),
                 &pki,
-                opts.clock_offset.filter(|(r, _)| *r == k).map(|(_, s)| s),
-                &opts.coordinator_wrap,
+                coordinator_prefix(&opts, k)?,
             )?);
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
