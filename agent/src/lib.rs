@@ -77,6 +77,7 @@ pub mod release;
 pub(crate) mod session;
 pub(crate) mod state;
 pub(crate) mod update;
+pub mod upgrade;
 
 use std::future::Future;
 
@@ -105,11 +106,15 @@ pub enum AgentError {
     Metrics(String),
 }
 
-/// Runs the agent until `shutdown` completes: starts the services (undoing an update a
+/// Runs the agent until `shutdown` completes (`Ok(None)`) or its self-upgrade wants it
+/// re-executed (`Ok(Some(what))`, for the caller to [`upgrade::exec`]): starts the services (undoing an update a
 /// previous run left unfinished), keeps a session with the coordinator, and carries out its
 /// orders. On shutdown it stops taking orders first, then leaves the services running for the
 /// next agent to adopt (or stops those with `stop_with_agent = true`).
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Option<upgrade::Reexec>, AgentError> {
     session::check_tls(&config).map_err(AgentError::Tls)?;
     let (channel_tx, channel_rx) = watch::channel(None);
     let fetcher = release::fetch::Fetcher::new(channel_rx)?;
@@ -134,6 +139,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         heartbeat_interval: config.heartbeat_interval,
         tls: config.tls.clone(),
     };
+    let mut reexec = None;
     {
         let session = session::run(
             session_cfg,
@@ -145,6 +151,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::pin!(session);
         tokio::select! {
             _ = &mut session => {}
+            r = executor.reexec_wanted() => {
+                tracing::info!(
+                    "re-executing {} (services keep running and are adopted)",
+                    r.binary.display()
+                );
+                reexec = Some(r);
+                cancel.cancel();
+                session.await;
+            }
             _ = shutdown => {
                 tracing::info!(
                     "shutting down: no new orders; services keep running for the next agent \
@@ -157,6 +172,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
     executor.shutdown().await;
-    tracing::info!("rollgate-agent stopped");
-    Ok(())
+    if reexec.is_none() {
+        tracing::info!("rollgate-agent stopped");
+    }
+    Ok(reexec)
 }

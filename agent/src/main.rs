@@ -29,7 +29,17 @@ async fn main() -> ExitCode {
         }
     };
     match rollgate_agent::run(config, shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(reexec)) => {
+            // Same pid: the supervisor sees nothing, the services keep running.
+            let e = rollgate_agent::upgrade::exec(&reexec);
+            tracing::error!("cannot execute {}: {e}", reexec.binary.display());
+            eprintln!(
+                "rollgate-agent: cannot execute {}: {e}",
+                reexec.binary.display()
+            );
+            ExitCode::FAILURE
+        }
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("rollgate-agent: {e}");

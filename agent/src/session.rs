@@ -415,6 +415,12 @@ fn on_message(
 ) -> Result<(), String> {
     match msg.msg {
         Some(coordinator_message::Msg::Welcome(w)) => {
+            use rollgate_proto::version::{
+                compat, coordinator_too_old, Compat, MIN_COORDINATOR_PROTOCOL,
+            };
+            if compat(w.protocol_version, MIN_COORDINATOR_PROTOCOL) == Compat::TooOld {
+                return Err(coordinator_too_old(w.protocol_version));
+            }
             let mut every = heartbeat.period();
             if w.heartbeat_interval_ms > 0 {
                 every = Duration::from_millis(w.heartbeat_interval_ms);
@@ -428,6 +434,7 @@ fn on_message(
                 );
             }
             *welcomed = true;
+            executor.welcomed();
         }
         Some(coordinator_message::Msg::Refusal(r)) => {
             return Err(format!("the coordinator refused this agent: {}", r.reason));

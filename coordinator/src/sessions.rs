@@ -170,6 +170,13 @@ pub async fn serve(
             return;
         }
     }
+    use rollgate_proto::version::{agent_too_old, compat, Compat, MIN_AGENT_PROTOCOL};
+    if compat(hello.protocol_version, MIN_AGENT_PROTOCOL) == Compat::TooOld {
+        let why = agent_too_old(hello.protocol_version, &printable(&hello.agent_version));
+        warn!(host = %printable(&hello.host_id), "refusing an agent session: {why}");
+        refuse(&tx, &why).await;
+        return;
+    }
     let host = hello.host_id.clone();
     let span = tracing::info_span!("session", host = %host);
     async move {
@@ -217,6 +224,7 @@ pub async fn serve(
             msg: Some(pb::coordinator_message::Msg::Welcome(pb::Welcome {
                 coordinator_id: ctx.config.replica_id.clone(),
                 heartbeat_interval_ms: ctx.config.agents.heartbeat_interval.as_millis() as u64,
+                protocol_version: rollgate_proto::version::PROTOCOL_VERSION,
             })),
         };
         let _ = tx.send(Ok(welcome)).await;

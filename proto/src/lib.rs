@@ -25,6 +25,7 @@ pub mod status;
 pub mod telemetry;
 pub mod text;
 pub mod tls;
+pub mod version;
 
 /// Generated protobuf and gRPC code for package `rollgate.v1`.
 #[allow(clippy::all, missing_docs)]

@@ -84,9 +84,19 @@ pub fn service_version(port: u16) -> Option<String> {
 
 /// The version the service at `addr` reports, if it is up and healthy.
 pub fn service_version_at(addr: SocketAddr) -> Option<String> {
+    service_answer_at(addr).ok()
+}
+
+/// The version the service at `addr` reports, or why not: `Err(true)` when nothing listens
+/// (the connection was refused: the process is down or restarting), `Err(false)` for any other
+/// failure (unhealthy, or too slow to answer on a loaded machine).
+pub fn service_answer_at(addr: SocketAddr) -> Result<String, bool> {
     match http_get(&addr.to_string(), "/health") {
-        Ok((200, body)) => body.strip_prefix("ok ").map(str::to_string),
-        _ => None,
+        Ok((200, body)) => body.strip_prefix("ok ").map(str::to_string).ok_or(false),
+        Ok(_) => Err(false),
+        Err(e) => Err(e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)),
     }
 }
 
@@ -102,9 +112,46 @@ pub(crate) struct Seen {
     max_per_group: BTreeMap<String, usize>,
     worst_per_group: BTreeMap<String, Vec<String>>,
     versions: Vec<Vec<String>>,
+    /// Per host: when its service stopped answering (while it is down), and whether a
+    /// connection was refused since.
+    down_since: Vec<Option<(std::time::Instant, bool)>>,
+    /// Every outage seen.
+    outages: Vec<Outage>,
+}
+
+/// A time a host's service did not answer healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outage {
+    pub host: String,
+    /// When it began, since the observer started.
+    pub began: Duration,
+    pub lasted: Duration,
+    /// Nothing listened at some point (the process was down or restarting), as opposed to
+    /// answers that were unhealthy or late.
+    pub refused: bool,
 }
 
 impl Seen {
+    /// Records host `i` answering (`down = false`) or not at `now`, keeping its outages.
+    fn poll(&mut self, i: usize, answer: Result<(), bool>, name: &str, start: std::time::Instant) {
+        let now = std::time::Instant::now();
+        match (self.down_since[i], answer) {
+            (None, Err(refused)) => self.down_since[i] = Some((now, refused)),
+            (Some((since, r)), Err(refused)) => self.down_since[i] = Some((since, r || refused)),
+            (Some((since, refused)), Ok(())) => {
+                self.down_since[i] = None;
+                self.outages.push(Outage {
+                    host: name.to_string(),
+                    began: since - start,
+                    lasted: now - since,
+                    refused,
+                });
+            }
+            (None, Ok(())) => {}
+        }
+        self.down[i] = answer.is_err();
+    }
+
     pub(crate) fn record(&mut self, names: &[String], groups: &[Option<String>]) {
         let is_down = |j: usize| self.down[j] || self.forced[j];
         let now: Vec<usize> = (0..names.len()).filter(|&j| is_down(j)).collect();
@@ -140,6 +187,7 @@ pub struct Observer {
     seen: Arc<Mutex<Seen>>,
     names: Vec<String>,
     groups: Vec<Option<String>>,
+    start: std::time::Instant,
 }
 
 /// What an observer saw.
@@ -156,6 +204,8 @@ pub struct Observation {
     pub worst_per_group: BTreeMap<String, Vec<String>>,
     /// Per host, the distinct versions seen serving healthy, in order.
     pub versions: Vec<(String, Vec<String>)>,
+    /// Every outage (one still going when the observer stopped counts up to then).
+    pub outages: Vec<Outage>,
 }
 
 impl Observation {
@@ -196,12 +246,14 @@ impl Observer {
             down: vec![false; n],
             forced: vec![false; n],
             versions: vec![Vec::new(); n],
+            down_since: vec![None; n],
             ..Seen::default()
         };
         for g in groups.iter().flatten() {
             seen.max_per_group.insert(g.clone(), 0);
         }
         let seen = Arc::new(Mutex::new(seen));
+        let start = std::time::Instant::now();
         let threads = hosts
             .into_iter()
             .enumerate()
@@ -210,10 +262,11 @@ impl Observer {
                     (stop.clone(), seen.clone(), names.clone(), groups.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        let v = service_version_at(addr);
+                        let answer = service_answer_at(addr);
+                        let v = answer.clone().ok();
                         {
                             let mut s = lock(&seen);
-                            s.down[i] = v.is_none();
+                            s.poll(i, answer.map(|_| ()), &names[i], start);
                             s.record(&names, &groups);
                             if let Some(v) = v {
                                 if s.versions[i].last() != Some(&v) {
@@ -232,6 +285,7 @@ impl Observer {
             seen,
             names,
             groups,
+            start,
         }
     }
 
@@ -260,13 +314,18 @@ impl Observer {
         for t in self.threads {
             let _ = t.join();
         }
-        let s = lock(&self.seen);
+        let mut s = lock(&self.seen);
+        for i in 0..self.names.len() {
+            let name = self.names[i].clone();
+            s.poll(i, Ok(()), &name, self.start);
+        }
         Observation {
             max_unavailable: s.max,
             worst_set: s.worst.clone(),
             max_per_group: s.max_per_group.clone(),
             worst_per_group: s.worst_per_group.clone(),
             versions: self.names.iter().cloned().zip(s.versions.clone()).collect(),
+            outages: s.outages.clone(),
         }
     }
 }

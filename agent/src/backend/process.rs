@@ -432,7 +432,7 @@ impl Backend for ProcessBackend {
     fn shutdown(&mut self) -> BoxFuture<'_, ()> {
         async move {
             let name = &self.cfg.name;
-            if self.cfg.stop_with_agent {
+            if self.cfg.stop_with_agent && !crate::upgrade::reexecuting() {
                 if self.is_running() {
                     tracing::info!(
                         "stopping {name} (the agent is shutting down; stop_with_agent = true)"

@@ -35,6 +35,15 @@ pub(super) struct RawConfig {
     pub(super) signing: RawSigning,
     #[serde(default)]
     pub(super) metrics: rollgate_proto::metrics::MetricsConfig,
+    pub(super) self_upgrade: Option<RawSelfUpgrade>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSelfUpgrade {
+    pub(super) binary: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) confirm_deadline: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]

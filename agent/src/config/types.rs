@@ -143,6 +143,25 @@ pub struct Config {
     pub sources: SourceRules,
     /// `[metrics]`: where to serve Prometheus metrics (off by default).
     pub metrics: rollgate_proto::metrics::MetricsConfig,
+    /// `[self_upgrade]`: this agent can be upgraded by a rollout of the service
+    /// `rollgate-agent` (off without the table).
+    pub self_upgrade: Option<SelfUpgradeConfig>,
+}
+
+/// The service name under which a host's agent is upgraded by a rollout.
+pub const AGENT_SERVICE: &str = "rollgate-agent";
+/// How long a new agent has to connect to a coordinator before the old one is put back.
+pub const DEFAULT_CONFIRM_DEADLINE: Duration = Duration::from_secs(60);
+
+/// `[self_upgrade]`: upgrading the agent through a rollout of [`AGENT_SERVICE`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelfUpgradeConfig {
+    /// The file the supervisor starts the agent from (systemd's `ExecStart=`); replaced only
+    /// once a new agent has proven itself. Default: this agent's own executable.
+    pub binary: PathBuf,
+    /// How long a new agent has to connect to a coordinator; after that it puts the old one
+    /// back.
+    pub confirm_deadline: Duration,
 }
 
 /// `[signing]`: who may sign releases for this host.

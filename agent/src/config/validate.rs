@@ -9,10 +9,11 @@ use rollgate_proto::signing::PublicKey;
 
 use super::checks::{check_binary, check_bus, check_unit_name, parse_manager, stray};
 use super::error::{field_err, ConfigError};
-use super::raw::{RawConfig, RawService};
+use super::raw::{RawConfig, RawSelfUpgrade, RawService};
 use super::types::{
-    ArtifactFormat, Backend, Config, Hooks, ServiceConfig, SigningConfig, SystemdTarget,
-    UnpackLimits, DEFAULT_MAX_ARTIFACT_BYTES, DEFAULT_RESTART_DELAY, DEFAULT_STOP_TIMEOUT,
+    ArtifactFormat, Backend, Config, Hooks, SelfUpgradeConfig, ServiceConfig, SigningConfig,
+    SystemdTarget, UnpackLimits, AGENT_SERVICE, DEFAULT_CONFIRM_DEADLINE,
+    DEFAULT_MAX_ARTIFACT_BYTES, DEFAULT_RESTART_DELAY, DEFAULT_STOP_TIMEOUT,
     DEFAULT_UNPACK_MAX_BYTES, DEFAULT_UNPACK_MAX_ENTRIES,
 };
 use super::{release_rules, run_as};
@@ -120,6 +121,7 @@ impl RawConfig {
             &self.tls,
             any_keys,
         )?;
+        let self_upgrade = self_upgrade(self.self_upgrade, &services)?;
         Ok(Config {
             host_id: self.host_id,
             coordinators,
@@ -133,8 +135,57 @@ impl RawConfig {
             rollback_window,
             sources,
             metrics: self.metrics,
+            self_upgrade,
         })
     }
+}
+
+/// `[self_upgrade]`: an absolute binary path (default: this executable), no service of the
+/// same name.
+fn self_upgrade(
+    raw: Option<RawSelfUpgrade>,
+    services: &[ServiceConfig],
+) -> Result<Option<SelfUpgradeConfig>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    if services.iter().any(|s| s.name == AGENT_SERVICE) {
+        return Err(field_err(
+            "self_upgrade",
+            format!(
+                "a [[services]] table is named {AGENT_SERVICE:?}, the name under which \
+                 [self_upgrade] upgrades the agent itself; rename the service"
+            ),
+        ));
+    }
+    let binary = match raw.binary {
+        Some(b) if b.is_absolute() => b,
+        Some(b) => {
+            return Err(field_err(
+                "self_upgrade.binary",
+                format!(
+                    "{} is not an absolute path; give the path the supervisor starts the \
+                     agent from (systemd's ExecStart=), e.g. /usr/bin/rollgate-agent",
+                    b.display()
+                ),
+            ))
+        }
+        None => std::env::current_exe().map_err(|e| {
+            field_err(
+                "self_upgrade.binary",
+                format!("is not set and this agent's own path cannot be read ({e}); set it"),
+            )
+        })?,
+    };
+    let confirm_deadline = raw.confirm_deadline.unwrap_or(DEFAULT_CONFIRM_DEADLINE);
+    if confirm_deadline < std::time::Duration::from_secs(1) {
+        return Err(field_err(
+            "self_upgrade.confirm_deadline",
+            "is under 1s; a new agent needs time to start and connect (default 60s)",
+        ));
+    }
+    Ok(Some(SelfUpgradeConfig {
+        binary,
+        confirm_deadline,
+    }))
 }
 
 /// The coordinator URLs from `coordinator` (one) or `coordinators` (several): exactly one of

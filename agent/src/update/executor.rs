@@ -11,12 +11,12 @@ use nix::fcntl::{Flock, FlockArg};
 use rollgate_proto::pb::{self, agent_message::Msg, Health, Outcome, Step};
 use rollgate_proto::spec::{human, DEFAULT_HEALTHY_DEADLINE};
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Config, AGENT_SERVICE};
 use crate::probe::{ProbeSetupError, Prober};
 use crate::release::fetch::{Artifact, Fetcher};
 use crate::release::releases::{DiskError, ServiceDir};
@@ -28,6 +28,7 @@ use crate::update::service::ServiceUnit;
 use crate::update::shared::{lock, Shared};
 use crate::update::staging::StageJob;
 use crate::update::status::{self, StatusBoard};
+use crate::upgrade::{self, Marker, Reexec, ReexecSlot, SelfUpgrade};
 
 /// Orders queued per service; intake refuses a second order while one is in flight, so one
 /// slot would do; a few give room for the moment between intake and the task picking it up.
@@ -221,6 +222,10 @@ pub struct Executor {
     cancel: CancellationToken,
     /// Held for the executor's lifetime so a second agent cannot share the state dir.
     _lock: Flock<fs::File>,
+    /// Told when a coordinator welcomes this agent (a new agent on trial waits for it).
+    welcomed: watch::Sender<bool>,
+    /// Where the self-upgrade task asks [`crate::run`] to re-execute the agent.
+    reexec: Arc<ReexecSlot>,
 }
 
 impl Executor {
@@ -288,17 +293,40 @@ impl Executor {
                 qrx,
             ));
         }
-        let tasks = units
+        let mut tasks: Vec<JoinHandle<()>> = units
             .into_iter()
             .map(|(unit, interrupted, qrx)| {
                 tokio::spawn(unit.run(interrupted, qrx, cancel.child_token()))
             })
             .collect();
+        let (welcomed, welcomed_rx) = watch::channel(false);
+        let reexec = Arc::new(ReexecSlot::default());
+        let mut order: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
+        if let Some(cfg) = &config.self_upgrade {
+            let dir = ServiceDir::new(&state_dir, AGENT_SERVICE, AGENT_SERVICE);
+            dir.create()?;
+            let in_flight = shared.journal().in_flight(AGENT_SERVICE).cloned();
+            let trial = std::env::var(upgrade::TRIAL_ENV).ok();
+            let startup = upgrade::startup(Marker::load(dir.root()), in_flight, trial.as_deref());
+            let (qtx, qrx) = mpsc::channel(ORDER_QUEUE);
+            queues.insert(AGENT_SERVICE.to_string(), qtx);
+            dirs.insert(AGENT_SERVICE.to_string(), dir.clone());
+            order.push(AGENT_SERVICE.to_string());
+            let task = SelfUpgrade {
+                cfg: cfg.clone(),
+                dir,
+                fetcher: fetcher.clone(),
+                shared: shared.clone(),
+                reexec: reexec.clone(),
+                welcomed: welcomed_rx,
+            };
+            tasks.push(tokio::spawn(task.run(startup, qrx, cancel.child_token())));
+        }
         Ok((
             Executor {
                 host_id: config.host_id.clone(),
                 labels: config.labels.clone(),
-                order: config.services.iter().map(|s| s.name.clone()).collect(),
+                order,
                 dirs,
                 queues,
                 shared,
@@ -308,6 +336,8 @@ impl Executor {
                 trust: Trust::new(config),
                 cancel,
                 _lock: lock,
+                welcomed,
+                reexec,
             },
             rx,
         ))
@@ -569,6 +599,7 @@ impl Executor {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             services,
             highest_token: journal.highest_token().unwrap_or(0),
+            protocol_version: rollgate_proto::version::PROTOCOL_VERSION,
             recent_results: journal.recent_results(),
             in_flight,
             staged,
@@ -603,9 +634,20 @@ impl Executor {
         out
     }
 
+    /// A coordinator welcomed this agent.
+    pub fn welcomed(&self) {
+        self.welcomed.send_replace(true);
+    }
+
+    /// Completes when the self-upgrade asks to re-execute the agent, with what to run.
+    pub async fn reexec_wanted(&self) -> Reexec {
+        self.reexec.wanted().await
+    }
+
     /// Stops the services' tasks and stage orders: an order in flight is abandoned (the journal
     /// makes the next start undo it), staging stops (a partial download is resumed by the
-    /// next try), and each service's process is stopped gracefully.
+    /// next try); services are left running for the next agent (except `stop_with_agent`
+    /// ones, unless the agent is re-executing itself).
     pub async fn shutdown(self) {
         self.cancel.cancel();
         drop(self.queues);
