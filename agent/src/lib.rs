@@ -47,6 +47,8 @@
 //!     modes normalized.
 //!   - `release::release_tree`: what a release dir held when installed, checked before each
 //!     start.
+//! - [`upgrade`]: the agent upgrading itself through a rollout of `rollgate-agent` (re-exec
+//!   into the new binary, confirm or put the old one back).
 //! - `state`: what survives a restart.
 //!   - `state::journal`: the durable state file (highest token, orders in flight, recent
 //!     results).

@@ -673,3 +673,50 @@ fn missing_file_names_the_path() {
     let err = Config::load(Path::new("/nonexistent/agent.toml")).expect_err("no file");
     assert!(err.to_string().contains("/nonexistent/agent.toml"), "{err}");
 }
+
+#[test]
+fn self_upgrade_table() {
+    // Absent: off.
+    assert_eq!(Config::parse(GOOD).expect("good").self_upgrade, None);
+    let with = |table: &str| {
+        // The table goes before [[services]] so it is not read as part of a service.
+        let (head, services) = GOOD.split_once("[[services]]").expect("services");
+        Config::parse(&format!("{head}{table}\n[[services]]{services}"))
+    };
+    let c =
+        with("[self_upgrade]\nbinary = \"/usr/bin/rollgate-agent\"\nconfirm_deadline = \"30s\"")
+            .expect("valid");
+    assert_eq!(
+        c.self_upgrade,
+        Some(SelfUpgradeConfig {
+            binary: PathBuf::from("/usr/bin/rollgate-agent"),
+            confirm_deadline: Duration::from_secs(30),
+        })
+    );
+    let c = with("[self_upgrade]").expect("defaults");
+    let su = c.self_upgrade.expect("on");
+    assert_eq!(su.binary, std::env::current_exe().expect("exe"));
+    assert_eq!(su.confirm_deadline, DEFAULT_CONFIRM_DEADLINE);
+    for (table, field, says) in [
+        (
+            "[self_upgrade]\nbinary = \"bin/agent\"",
+            "self_upgrade.binary",
+            "not an absolute path",
+        ),
+        (
+            "[self_upgrade]\nconfirm_deadline = \"100ms\"",
+            "self_upgrade.confirm_deadline",
+            "under 1s",
+        ),
+        ("[self_upgrade]\nbinry = \"/x\"", "binry", "unknown field"),
+    ] {
+        let err = with(table).expect_err(table).to_string();
+        assert!(err.contains(field) && err.contains(says), "{table}: {err}");
+    }
+    let clash = GOOD.replace("name = \"demo\"", "name = \"rollgate-agent\"");
+    let (head, services) = clash.split_once("[[services]]").expect("services");
+    let err = Config::parse(&format!("{head}[self_upgrade]\n[[services]]{services}"))
+        .expect_err("clash")
+        .to_string();
+    assert!(err.contains("rename the service"), "{err}");
+}
