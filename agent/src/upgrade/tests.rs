@@ -32,18 +32,21 @@ fn marker(token: u64, rollout: &str, failed: Option<&str>) -> Marker {
     }
 }
 
+/// (case, marker, order in flight, ROLLGATE_AGENT_TRIAL, expected)
+type Case<'a> = (
+    &'a str,
+    Option<Marker>,
+    Option<InFlight>,
+    Option<&'a str>,
+    Startup,
+);
+
 #[test]
 fn where_an_agent_finds_itself_at_start() {
     let m = |t, f| Some(marker(t, "r1", f));
     let f = |t| Some(in_flight(t, "r1"));
     // (case, marker, order in flight, ROLLGATE_AGENT_TRIAL, expected)
-    let cases: Vec<(
-        &str,
-        Option<Marker>,
-        Option<InFlight>,
-        Option<&str>,
-        Startup,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         ("nothing", None, None, None, Startup::Idle),
         (
             "a marker without an order is stale",
