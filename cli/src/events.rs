@@ -163,6 +163,7 @@ fn detail(e: &Event) -> String {
         EventKind::HostStep if e.reason.is_empty() => e.step().word().to_string(),
         EventKind::HostStep => format!("{}: {}", e.step().word(), e.reason),
         EventKind::WaveOpened => format!("wave {}", e.wave),
+        EventKind::GateWaiting => format!("wave {} done; {}", e.wave, e.reason),
         _ => e.reason.clone(),
     }
 }

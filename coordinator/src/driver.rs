@@ -13,11 +13,11 @@ use tracing::{info, warn};
 
 use crate::control::{self, ControlError};
 use crate::metrics::{HaltLabels, HaltReason, RolloutGauges, ServiceLabel};
-use crate::planner::{self, explain, Decision, Plan, Unavailable, Verdict};
+use crate::planner::{self, explain, Decision, Plan, Unavailable, Verdict, WaveStamp};
 use crate::sessions::limits::{LogLimit, LOG_EVERY};
 use crate::store::{
     self, decode, encode, now_ms, FleetView, HistoryRecord, HostState, HostStep, Phase,
-    RolloutRecord, RolloutView, SlotRecord, StoreError, WaveDone,
+    RolloutRecord, RolloutView, SlotRecord, StoreError, WaveDone, WaveGate,
 };
 use crate::Ctx;
 
@@ -222,8 +222,8 @@ async fn drive_rollout(
             grant(ctx, leader, fleet, view, &hosts, &report.unavailable, token).await?;
             Ok(recheck_at_ms)
         }
-        Decision::StampWave(wave) => {
-            stamp_wave(ctx, leader, view, wave).await?;
+        Decision::StampWave(stamp) => {
+            stamp_wave(ctx, leader, view, stamp).await?;
             Ok(None)
         }
         Decision::OpenWave(wave) => {
@@ -292,20 +292,30 @@ async fn start_rollback(
     Ok(())
 }
 
-/// Stamps the end of a wave with the leader's clock: its timed gate counts from now.
+/// Stamps the end of a wave with the leader's clock: its timed gate counts from now; a manual
+/// gate's stamp is what the event log announces (`gate_waiting`).
 async fn stamp_wave(
     ctx: &Arc<Ctx>,
     leader: &LeaderKey,
     view: &RolloutView,
-    wave: u32,
+    stamp: WaveStamp,
 ) -> Result<(), StoreError> {
     let mut next = view.rollout.clone();
+    let WaveStamp { wave, gate } = stamp;
     next.wave_done = Some(WaveDone {
         wave,
         at_ms: now_ms(),
+        gate,
     });
     if put_rollout(ctx, leader, view, &next).await? {
-        info!(rollout = %next.id, wave = wave + 1, "wave finished; its gate starts now (leader's clock)");
+        match gate {
+            WaveGate::Timed => {
+                info!(rollout = %next.id, wave = wave + 1, "wave finished; its gate starts now (leader's clock)")
+            }
+            WaveGate::Manual => {
+                info!(rollout = %next.id, wave = wave + 1, "wave finished; waiting for `rollgate rollout promote`")
+            }
+        }
     }
     Ok(())
 }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use crate::store::{
-    FleetView, HostState, HostStep, Phase, RolloutRecord, RolloutView, StageRecord,
+    FleetView, HostState, HostStep, Phase, RolloutRecord, RolloutView, StageRecord, WaveGate,
 };
 
 mod budget;
@@ -130,15 +130,25 @@ pub enum Decision {
         /// When to plan again if nothing changes.
         recheck_at_ms: Option<i64>,
     },
-    /// The open wave finished and its timed gate has no start yet: the leader stamps it with its
-    /// own clock (so the wait is measured on one clock, whichever replica wrote the steps).
-    StampWave(u32),
+    /// The open wave finished and its gate has no stamp yet: the leader stamps it with its own
+    /// clock (so a timed wait is measured on one clock, whichever replica wrote the steps) and
+    /// the gate's kind (a manual one is announced once, as `gate_waiting`, from the stamp).
+    StampWave(WaveStamp),
     /// The gate passed: open this wave.
     OpenWave(u32),
     /// Move the rollout to a phase, for this reason.
     SetPhase(Phase, Verdict),
     /// The failure policy asks for a rollback, for this reason.
     StartRollback(Verdict),
+}
+
+/// The stamp the leader writes when a wave finishes (it adds its clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaveStamp {
+    /// The wave that finished, counted from 0.
+    pub wave: u32,
+    /// What opens the gate after it.
+    pub gate: WaveGate,
 }
 
 /// The planner's answer: what to do, and why.
@@ -215,7 +225,7 @@ pub fn plan(o: Observed<'_>) -> Plan {
         }
     }
     match stamp {
-        Some(wave) => answer(Decision::StampWave(wave), report),
+        Some(stamp) => answer(Decision::StampWave(stamp), report),
         None => answer(wake.decision(), report),
     }
 }

@@ -517,6 +517,22 @@ pub struct WaveDone {
     pub wave: u32,
     /// The leader's clock when it saw every host of the wave final.
     pub at_ms: i64,
+    /// What opens the gate after it. Stamps written before this field were all timed (a manual
+    /// gate was not stamped then).
+    #[serde(default)]
+    pub gate: WaveGate,
+}
+
+/// What opens the gate after a finished wave (stored in its stamp, so the event log can tell a
+/// gate that waits for an operator from one that opens by itself).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaveGate {
+    /// A bake or a pause: it opens by itself when its time is up.
+    #[default]
+    Timed,
+    /// It waits for an operator's `rollgate rollout promote`.
+    Manual,
 }
 
 /// A host's answer to a stage order.

@@ -176,6 +176,7 @@ impl pb::EventKind {
             K::RolloutPaused => "rollout_paused",
             K::RolloutResumed => "rollout_resumed",
             K::WaveOpened => "wave_opened",
+            K::GateWaiting => "gate_waiting",
             K::RolloutHalted => "rollout_halted",
             K::RolloutSucceeded => "rollout_succeeded",
             K::RolloutAborted => "rollout_aborted",

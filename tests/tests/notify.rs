@@ -3,111 +3,19 @@
 //! mid-retry and the next one delivers; each event id is taken exactly once.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rollgate_tests::pb::Phase;
+use rollgate_tests::webhook::Receiver;
 use rollgate_tests::{Fleet, FleetOpts};
-use serde_json::Value;
 
 const SECRET: &str = "a shared secret for the test";
 
-/// One request the receiver got, and what it answered.
-#[derive(Debug, Clone)]
-struct Delivery {
-    event_id: u64,
-    kind: String,
-    signature_ok: bool,
-    taken: bool,
-}
-
-/// An HTTP receiver on 127.0.0.1 that answers 200 while `up`, 503 otherwise.
-struct Receiver {
-    addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<Delivery>>>,
-}
-
-impl Receiver {
-    fn start() -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        let up = Arc::new(AtomicBool::new(true));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (u, s) = (up.clone(), seen.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming().map_while(Result::ok) {
-                let _ = serve(conn, &u, &s);
-            }
-        });
-        Ok(Receiver { addr, up, seen })
-    }
-
-    fn seen(&self) -> Vec<Delivery> {
-        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
-
-fn serve(mut conn: TcpStream, up: &AtomicBool, seen: &Mutex<Vec<Delivery>>) -> anyhow::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut headers = BTreeMap::new();
-    let mut line = String::new();
-    reader.read_line(&mut line)?; // request line
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body)?;
-    let json: Value = serde_json::from_slice(&body)?;
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
-    let want = format!(
-        "sha256={}",
-        hex::encode(ring::hmac::sign(&key, &body).as_ref())
-    );
-    let taken = up.load(Ordering::SeqCst);
-    let d = Delivery {
-        event_id: json["id"].as_u64().unwrap_or_default(),
-        kind: json["kind"].as_str().unwrap_or_default().to_string(),
-        signature_ok: headers.get("x-rollgate-signature") == Some(&want)
-            && headers.get("x-rollgate-event-id").map(String::as_str)
-                == Some(&json["id"].to_string()),
-        taken,
-    };
-    if let Ok(mut s) = seen.lock() {
-        s.push(d);
-    }
-    let status = if taken {
-        "200 OK"
-    } else {
-        "503 Service Unavailable"
-    };
-    write!(
-        conn,
-        "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    )?;
-    Ok(())
-}
-
 #[test]
 fn halted_reaches_the_webhook_once_across_an_outage_and_a_leader_kill() -> anyhow::Result<()> {
-    let receiver = Receiver::start()?;
+    let receiver = Receiver::start(SECRET)?;
     let dir = tempfile::tempdir()?;
     let secret = dir.path().join("notify.secret");
     std::fs::write(&secret, format!("{SECRET}\n"))?;

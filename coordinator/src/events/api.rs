@@ -138,6 +138,7 @@ impl From<EventKind> for pb::EventKind {
             EventKind::RolloutPaused => pb::EventKind::RolloutPaused,
             EventKind::RolloutResumed => pb::EventKind::RolloutResumed,
             EventKind::WaveOpened => pb::EventKind::WaveOpened,
+            EventKind::GateWaiting => pb::EventKind::GateWaiting,
             EventKind::RolloutHalted => pb::EventKind::RolloutHalted,
             EventKind::RolloutSucceeded => pb::EventKind::RolloutSucceeded,
             EventKind::RolloutAborted => pb::EventKind::RolloutAborted,

@@ -6,7 +6,8 @@
 use serde::de::DeserializeOwned;
 
 use super::{EventKind, NewEvent};
-use crate::store::{AgentStep, HostRecord, HostState, HostStep, Phase, RolloutRecord};
+use crate::planner::{explain, wave_bounds, GateWait};
+use crate::store::{AgentStep, HostRecord, HostState, HostStep, Phase, RolloutRecord, WaveGate};
 
 /// Which record a key holds (see `store.rs` for the layout).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +88,7 @@ fn rollout(
         e.wave = Some(now.wave);
         out.push(e);
     }
+    out.extend(gate_waiting(rid, &was, &now));
     // Who asked, when an operator did (the control API stamps the record).
     if let Some(op) = now
         .operator
@@ -98,6 +100,39 @@ fn rollout(
         }
     }
     out
+}
+
+/// A manual gate, announced when the leader's stamp of the finished wave appears: once per
+/// gate, whichever leader wrote it (later writes keep the stamp; a new leader does not stamp
+/// a stamped wave again).
+fn gate_waiting(rid: &str, was: &RolloutRecord, now: &RolloutRecord) -> Option<NewEvent> {
+    let done = now
+        .wave_done
+        .filter(|d| d.gate == WaveGate::Manual && was.wave_done != now.wave_done)?;
+    let bounds = wave_bounds(
+        &now.spec.strategy,
+        now.targets.len(),
+        now.rollback_of.is_some(),
+    );
+    let wave = done.wave as usize;
+    let end = bounds
+        .get(wave)
+        .copied()
+        .unwrap_or(0)
+        .min(now.targets.len());
+    let start = wave
+        .checked_sub(1)
+        .and_then(|w| bounds.get(w).copied())
+        .unwrap_or(0)
+        .min(end);
+    let wait = GateWait::Promote {
+        canary: now.targets[start..end].to_vec(),
+        rollout: rid.to_string(),
+    };
+    let mut e = NewEvent::rollout(EventKind::GateWaiting, rid, &now.spec.service);
+    e.wave = Some(done.wave);
+    e.reason = explain::gate_wait(&wait);
+    Some(e)
 }
 
 /// The event of a phase change.

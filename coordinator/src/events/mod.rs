@@ -32,6 +32,9 @@ pub enum EventKind {
     RolloutResumed,
     /// The next wave opened (a gate passed, or an operator promoted).
     WaveOpened,
+    /// A wave finished and the next one waits at a manual gate for `rollgate rollout promote`
+    /// (once per gate: derived from the leader's durable stamp of the wave's end).
+    GateWaiting,
     /// Halted by the failure policy (`phase = failed`).
     RolloutHalted,
     /// Every target runs the release.
@@ -81,7 +84,7 @@ pub struct NewEvent {
     /// The rollout's new phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
-    /// The wave that opened.
+    /// The wave that opened (`wave_opened`), or that finished (`gate_waiting`); counted from 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wave: Option<u32>,
     /// The grant's fencing token.

@@ -7,7 +7,8 @@ use rollgate_proto::spec::{ReleaseSpec, RolloutSpec, Strategy, TargetSpec};
 use super::derive::{derive, Subject};
 use super::{EventKind, NewEvent};
 use crate::store::{
-    AgentStep, HostRecord, HostState, HostStep, OperatorStamp, Phase, RolloutRecord,
+    AgentStep, HostRecord, HostState, HostStep, OperatorStamp, Phase, RolloutRecord, WaveDone,
+    WaveGate,
 };
 
 const OPERATOR: &str = "spiffe://test/operator/alice";
@@ -135,6 +136,95 @@ fn a_wave_opening_is_an_event_and_other_writes_are_not() {
     let mut touched = before.clone();
     touched.updated_at_ms = 99;
     assert!(rollout_change(Some(&before), &touched).is_empty());
+}
+
+fn stamped(wave: u32, at_ms: i64, gate: WaveGate) -> Option<WaveDone> {
+    Some(WaveDone { wave, at_ms, gate })
+}
+
+/// A rollout at its canary gate (h1 is the canary), before and after a write.
+fn at_the_canary_gate(
+    before: Option<WaveDone>,
+    change: impl Fn(&mut RolloutRecord),
+) -> Vec<NewEvent> {
+    let mut was = rollout();
+    was.spec.strategy.canary = Some(rollgate_proto::spec::Budget::Count(1));
+    was.wave_done = before;
+    let mut now = was.clone();
+    change(&mut now);
+    rollout_change(Some(&was), &now)
+}
+
+#[test]
+fn a_manual_gate_is_announced_once_when_the_leader_stamps_it() {
+    let manual = stamped(0, 5, WaveGate::Manual);
+    // (what, the stamp before, the write, the events it makes)
+    type Row = (
+        &'static str,
+        Option<WaveDone>,
+        fn(&mut RolloutRecord),
+        &'static [EventKind],
+    );
+    let table: [Row; 6] = [
+        (
+            "the leader stamps the manual gate",
+            None,
+            |r| r.wave_done = stamped(0, 5, WaveGate::Manual),
+            &[EventKind::GateWaiting],
+        ),
+        (
+            "a timed gate opens by itself: no call to act",
+            None,
+            |r| r.wave_done = stamped(0, 5, WaveGate::Timed),
+            &[],
+        ),
+        (
+            "a later write keeps the stamp",
+            manual,
+            |r| r.updated_at_ms = 99,
+            &[],
+        ),
+        (
+            "a pause at the gate",
+            manual,
+            |r| r.phase = Phase::Paused,
+            &[EventKind::RolloutPaused],
+        ),
+        (
+            "the promote",
+            manual,
+            |r| r.wave = 1,
+            &[EventKind::WaveOpened],
+        ),
+        (
+            "the next gate is timed",
+            manual,
+            |r| r.wave_done = stamped(1, 9, WaveGate::Timed),
+            &[],
+        ),
+    ];
+    for (what, before, change, want) in table {
+        assert_eq!(kinds(&at_the_canary_gate(before, change)), want, "{what}");
+    }
+    let events = at_the_canary_gate(None, |r| r.wave_done = stamped(0, 5, WaveGate::Manual));
+    let e = &events[0];
+    assert_eq!(e.rollout.as_deref(), Some("r-1"));
+    assert_eq!(e.service.as_deref(), Some("web"));
+    assert_eq!(e.wave, Some(0), "the wave that finished");
+    assert_eq!(e.by, None, "the leader stamped it, no operator");
+    assert_eq!(
+        e.reason,
+        "waiting at the canary gate: the canary (h1) is done; check it, then run \
+         `rollgate rollout promote r-1`"
+    );
+}
+
+#[test]
+fn a_stamp_stored_before_gates_had_kinds_is_timed() {
+    // Only timed gates were stamped then: reading one must not announce a manual gate.
+    let old: WaveDone = serde_json::from_str(r#"{"wave":0,"at_ms":5}"#).expect("decode");
+    assert_eq!(old.gate, WaveGate::Timed);
+    assert!(at_the_canary_gate(None, |r| r.wave_done = Some(old)).is_empty());
 }
 
 /// A step record before, after, and the events the change makes.

@@ -26,7 +26,8 @@ pub struct NotifyConfig {
     /// Where events are POSTed (http or https).
     pub url: String,
     /// The event kinds wanted, as `rollgate events` names them ("rollout_halted",
-    /// "rollout_succeeded", "host_failed", ...); empty: every rollout-level event.
+    /// "gate_waiting", "rollout_succeeded", "host_failed", ...); empty: every rollout-level
+    /// event (`rollout_*`, `wave_opened`, `gate_waiting`).
     #[serde(default)]
     pub events: Vec<String>,
     /// A file holding the shared secret: each body is signed with HMAC-SHA256 in the
@@ -104,7 +105,8 @@ impl NotifyConfig {
     /// Whether this webhook wants `kind`.
     pub fn wants(&self, kind: pb::EventKind) -> bool {
         if self.events.is_empty() {
-            return kind.word().starts_with("rollout_") || kind == pb::EventKind::WaveOpened;
+            return kind.word().starts_with("rollout_")
+                || matches!(kind, pb::EventKind::WaveOpened | pb::EventKind::GateWaiting);
         }
         self.events.iter().any(|k| kind_named(k) == Some(kind))
     }
@@ -201,8 +203,16 @@ mod tests {
         let h = hook(&["rollout_halted"]);
         assert!(h.wants(pb::EventKind::RolloutHalted));
         assert!(!h.wants(pb::EventKind::HostStep));
+        let gate = hook(&["gate_waiting"]);
+        assert_eq!(gate.validate(), Ok(()));
+        assert!(gate.wants(pb::EventKind::GateWaiting));
+        assert!(!gate.wants(pb::EventKind::WaveOpened));
         let all = hook(&[]);
         assert!(all.wants(pb::EventKind::RolloutSucceeded));
+        assert!(
+            all.wants(pb::EventKind::GateWaiting),
+            "an operator must act on it"
+        );
         assert!(
             !all.wants(pb::EventKind::HostStep),
             "host steps only when asked for"

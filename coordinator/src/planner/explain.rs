@@ -135,7 +135,9 @@ fn staging(s: &Staging) -> String {
     w
 }
 
-fn gate_wait(g: &GateWait) -> String {
+/// What a gate waits for, and for a manual gate what the operator runs (also the reason of the
+/// `gate_waiting` event).
+pub fn gate_wait(g: &GateWait) -> String {
     match g {
         GateWait::Promote { canary, rollout } => format!(
             "waiting at the canary gate: the canary ({}) is done; check it, then run \

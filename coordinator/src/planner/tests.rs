@@ -1,12 +1,14 @@
 //! Planner tables.
 use super::*;
 use crate::store::{
-    AgentStep, Health, HostRecord, ServiceState, SlotRecord, WaveDone, MAX_INTERRUPTIONS,
+    AgentStep, Health, HostRecord, ServiceState, SlotRecord, WaveDone, WaveGate, MAX_INTERRUPTIONS,
 };
 use rollgate_proto::spec::{
     Budget, FailureBudget, Gate, OnFailure, ReleaseSpec, RolloutSpec, Strategy, TargetSpec,
 };
 use std::time::Duration;
+
+mod gates;
 
 const NOW: i64 = 1_000_000;
 
@@ -100,8 +102,10 @@ struct Outcome {
     advance_wave: Option<u32>,
     /// Decision::StartRollback, its reason in words.
     rollback: Option<String>,
-    /// Decision::StampWave.
+    /// Decision::StampWave: the wave.
     stamp_wave: Option<u32>,
+    /// Decision::StampWave: what opens its gate.
+    stamp_gate: Option<WaveGate>,
     /// Decision::WaitUntil, or Grant's recheck time.
     wake_at_ms: Option<i64>,
     unavailable: Vec<(String, Unavailable)>,
@@ -131,7 +135,10 @@ impl From<Plan> for Outcome {
                 out.grants = hosts;
                 out.wake_at_ms = recheck_at_ms;
             }
-            Decision::StampWave(w) => out.stamp_wave = Some(w),
+            Decision::StampWave(s) => {
+                out.stamp_wave = Some(s.wave);
+                out.stamp_gate = Some(s.gate);
+            }
             Decision::OpenWave(w) => out.advance_wave = Some(w),
             Decision::SetPhase(phase, why) => out.phase = Some((phase, explain::verdict(&why))),
             Decision::StartRollback(why) => out.rollback = Some(explain::verdict(&why)),
@@ -476,6 +483,7 @@ fn baked_canary_and_paused_waves() {
     w.rollout.wave_done = Some(WaveDone {
         wave: 0,
         at_ms: NOW,
+        gate: WaveGate::Timed,
     });
     let p = w.plan();
     assert!(p.gate.starts_with("canary bake"), "{}", p.gate);
@@ -497,6 +505,7 @@ fn baked_canary_and_paused_waves() {
     w.rollout.wave_done = Some(WaveDone {
         wave: 1,
         at_ms: w.now,
+        gate: WaveGate::Timed,
     });
     let p = w.plan();
     assert!(p.gate.starts_with("pause between waves"), "{}", p.gate);

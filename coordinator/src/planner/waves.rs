@@ -5,7 +5,8 @@ use std::time::Duration;
 use rollgate_proto::spec::{Gate, Strategy};
 
 use super::report::{Blocker, GateWait, StageRefusal, Staging};
-use super::{Observed, Progress, Progresses};
+use super::{Observed, Progress, Progresses, WaveStamp};
+use crate::store::{RolloutRecord, WaveGate};
 
 /// Cumulative ends of the waves: the canary, then `waves`, then the rest. Rollbacks have one
 /// wave.
@@ -86,7 +87,7 @@ pub(super) struct Held {
     /// What it waits for.
     pub wait: GateWait,
     /// The wave's end is not stamped yet: the leader stamps it with its own clock.
-    pub stamp: Option<u32>,
+    pub stamp: Option<WaveStamp>,
     /// When a timed gate opens.
     pub opens_at_ms: Option<i64>,
 }
@@ -108,20 +109,29 @@ pub(super) fn wave_gate(o: &Observed<'_>, progress: &Progresses<'_>, bounds: &[u
         })
     };
     let canary_gate = wave == 0 && st.canary.is_some() && r.rollback_of.is_none();
+    let wave = wave as u32;
     let wait = match st.canary_gate {
         Gate::Manual if canary_gate => {
             let canary = open.to_vec();
             let rollout = r.id.clone();
-            return held(GateWait::Promote { canary, rollout }, None, None);
+            // Stamped once, so the event log announces the wait once (`gate_waiting`).
+            let stamp = unstamped(r, wave).then_some(WaveStamp {
+                wave,
+                gate: WaveGate::Manual,
+            });
+            return held(GateWait::Promote { canary, rollout }, stamp, None);
         }
         Gate::Bake(d) if canary_gate => d,
         _ => st.pause_between_waves,
     };
-    let wave = wave as u32;
-    if r.wave_done.is_none_or(|w| w.wave != wave) {
+    if unstamped(r, wave) {
         // Clocks: the steps' times come from whichever replica served each host. The wait
         // starts when the leader stamps the wave's end with its own clock.
-        return held(GateWait::Starting { wave }, Some(wave), None);
+        let stamp = WaveStamp {
+            wave,
+            gate: WaveGate::Timed,
+        };
+        return held(GateWait::Starting { wave }, Some(stamp), None);
     }
     let done_at = r.wave_done.map_or(r.updated_at_ms, |w| w.at_ms);
     let opens_at = done_at + wait.as_millis() as i64;
@@ -136,4 +146,10 @@ pub(super) fn wave_gate(o: &Observed<'_>, progress: &Progresses<'_>, bounds: &[u
         GateWait::Pause { opens, left }
     };
     held(wait, None, Some(opens_at))
+}
+
+/// Whether the leader has not stamped the end of `wave` yet (the stamp is durable: a new leader
+/// sees it and does not stamp, or announce, the same gate again).
+fn unstamped(r: &RolloutRecord, wave: u32) -> bool {
+    r.wave_done.is_none_or(|w| w.wave != wave)
 }
