@@ -18,6 +18,8 @@ if [ "$free_gb" -lt 12 ]; then
   exit 1
 fi
 cargo build --workspace --bins
+# The previous protocol's coordinator and agent, for the mixed-version tests (built once).
+tests/old-bins.sh >/dev/null
 # End-to-end test files run one after another (each starts its own fleet); --nocapture shows
 # what the observers saw (worst unavailable count against the budget).
 # A failing test's reason is repeated at the end (backtraces off), where a CI summary shows it.

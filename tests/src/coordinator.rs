@@ -38,7 +38,7 @@ impl Coordinator {
         etcd_endpoint: &str,
         extra: Option<&str>,
         pki: &pki::Pki,
-        prefix: Vec<String>,
+        command: Vec<String>,
     ) -> anyhow::Result<Self> {
         let id = format!("coord-{index}");
         let tls = pki.coordinator(&id, IpAddr::V4(ip))?.toml();
@@ -74,12 +74,8 @@ listen = "{metrics}"
         );
         let cfg_path = cdir.join("coordinator.toml");
         fs::write(&cfg_path, config)?;
-        let mut cmd = prefix;
-        cmd.extend([
-            bin("rollgate-coordinator").display().to_string(),
-            "--config".into(),
-            cfg_path.display().to_string(),
-        ]);
+        let mut cmd = command;
+        cmd.extend(["--config".into(), cfg_path.display().to_string()]);
         let proc = Proc::spawn(&id, &cmd, &cdir.join("coordinator.log"))?;
         Ok(Coordinator {
             id,

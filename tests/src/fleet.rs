@@ -114,6 +114,16 @@ pub struct FleetOpts {
     /// A command every coordinator is started under (`{id}` becomes its replica id), e.g.
     /// `systemd-run --user --wait …` to run it as a unit of a real systemd user manager.
     pub coordinator_wrap: Vec<String>,
+    /// Where the coordinators' and agents' binaries come from, when not from this build (e.g.
+    /// a previous release's, for mixed-version tests).
+    pub bin_dirs: BinDirs,
+}
+
+/// Directories holding `rollgate-coordinator` and `rollgate-agent` builds other than this one.
+#[derive(Debug, Clone, Default)]
+pub struct BinDirs {
+    pub coordinator: Option<PathBuf>,
+    pub agent: Option<PathBuf>,
 }
 
 impl Default for FleetOpts {
@@ -131,6 +141,7 @@ impl Default for FleetOpts {
             etcd_secure: true,
             clock_offset: None,
             coordinator_wrap: Vec::new(),
+            bin_dirs: BinDirs::default(),
         }
     }
 }
@@ -167,8 +178,8 @@ pub struct Fleet {
     pub(crate) failed: AtomicBool,
 }
 
-/// The command replica `k` is started under: `opts.coordinator_wrap`, then libfaketime when
-/// its clock is off.
+/// The command that starts replica `k` (without its `--config`): `opts.coordinator_wrap`, then
+/// libfaketime when its clock is off, then the binary.
 fn coordinator_prefix(opts: &FleetOpts, k: usize) -> anyhow::Result<Vec<String>> {
     let id = format!("coord-{k}");
     let mut prefix: Vec<String> = opts
@@ -179,6 +190,11 @@ fn coordinator_prefix(opts: &FleetOpts, k: usize) -> anyhow::Result<Vec<String>>
     if let Some((_, secs)) = opts.clock_offset.filter(|(r, _)| *r == k) {
         prefix.extend(crate::coordinator::faketime_prefix(secs)?);
     }
+    let binary = match &opts.bin_dirs.coordinator {
+        Some(dir) => dir.join("rollgate-coordinator"),
+        None => bin("rollgate-coordinator"),
+    };
+    prefix.push(binary.display().to_string());
     Ok(prefix)
 }
 
@@ -396,8 +412,12 @@ site = "{group}"
             }
             None => (None, Ipv4Addr::LOCALHOST),
         };
+        let binary = match &self.opts.bin_dirs.agent {
+            Some(dir) => dir.join("rollgate-agent"),
+            None => bin("rollgate-agent"),
+        };
         cmd.extend([
-            bin("rollgate-agent").display().to_string(),
+            binary.display().to_string(),
             "--config".into(),
             cfg_path.display().to_string(),
         ]);
