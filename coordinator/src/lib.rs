@@ -121,7 +121,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(local) => local.connect_config(&config.etcd),
         None => config.etcd.clone(),
     };
-    let mut etcd = etcd_conn::connect(&etcd_config, &endpoints).await?;
+    let metrics = metrics::Metrics::new();
+    let mut etcd = etcd_conn::connect(&etcd_config, &endpoints, &metrics.etcd).await?;
     if let Some(local) = &local {
         local.record_peer_url(&mut etcd).await;
     }
@@ -155,7 +156,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         artifacts,
         tls: tls.clone(),
         tasks: TaskTracker::new(),
-        metrics: metrics::Metrics::new(),
+        metrics,
     });
     rollgate_proto::metrics::serve(
         &ctx.config.metrics,

@@ -102,6 +102,9 @@ pub struct FleetOpts {
     /// TOML appended to every coordinator's config (after its `[agents]` table), e.g. an
     /// `[etcd.tls]` table.
     pub coordinator_extra: Option<String>,
+    /// TOML lines added to every coordinator's `[metrics]` table (after its `listen`), e.g.
+    /// `tls_cert = "..."`.
+    pub coordinator_metrics: Option<String>,
     /// Run etcd with TLS, client certificates and auth ([`Etcd::start_secure`]); every
     /// coordinator gets the `[etcd.tls]` and `[etcd.auth]` tables it needs, after
     /// `coordinator_extra` (which must then not hold those tables itself). The default: every
@@ -125,6 +128,7 @@ impl Default for FleetOpts {
             supervise: true,
             agent_services: None,
             coordinator_extra: None,
+            coordinator_metrics: None,
             etcd_secure: true,
             clock_offset: None,
         }
@@ -190,7 +194,10 @@ impl Fleet {
         .into_iter()
         .flatten()
         .collect();
-        let extra = (!extra.is_empty()).then(|| extra.join("\n"));
+        let extra = crate::coordinator::ConfigExtra {
+            tables: (!extra.is_empty()).then(|| extra.join("\n")),
+            metrics: opts.coordinator_metrics.clone(),
+        };
         let ip = net.as_ref().map_or(Ipv4Addr::LOCALHOST, |n| n.gateway);
         let pki = pki::Pki::init(&dir.join("pki"))?;
         let mut coordinators = Vec::new();
@@ -200,7 +207,7 @@ impl Fleet {
                 k,
                 ip,
                 &etcd.endpoint,
-                extra.as_deref(),
+                &extra,
                 &pki,
                 opts.clock_offset.filter(|(r, _)| *r == k).map(|(_, s)| s),
             )?);

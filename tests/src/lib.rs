@@ -25,7 +25,8 @@
 //! supervisor), `fleet.rs` (the fleet, its agents, releases, specs, CLI and control calls,
 //! waits), `fleet_faults.rs` (etcd helpers, leadership, kills, cuts, backup/restore, log dumps),
 //! `observer.rs`, `netlab.rs`, `pki.rs`, `managers.rs` (real systemd and container engines),
-//! `prometheus.rs` (a real Prometheus server and promtool).
+//! `prometheus.rs` (a real Prometheus server and promtool), `scrape_tls.rs` (certificates for
+//! an https `/metrics` and a TLS client that reports the server's refusal).
 //!
 //! Binaries come from the cargo target directory next to the test executable (or from
 //! `ROLLGATE_BIN_DIR`); build them first with `cargo build --workspace --bins` (`tests/run.sh`
@@ -40,6 +41,7 @@ use anyhow::bail;
 pub mod managers;
 pub mod pki;
 pub mod prometheus;
+pub mod scrape_tls;
 
 mod coordinator;
 mod etcd;
