@@ -104,6 +104,8 @@ impl std::fmt::Debug for Ctx {
 /// Runs a coordinator until `shutdown` resolves or its etcd lease is lost.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
+    // A bad [metrics] TLS file is the operator's to fix: say so before reaching for etcd.
+    rollgate_proto::metrics_tls::acceptor(&config.metrics)?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
 

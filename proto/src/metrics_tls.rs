@@ -48,7 +48,10 @@ pub enum MetricsTlsError {
     )]
     ClientCaWithoutTls,
     /// A file is missing, unreadable or holds no PEM of the expected kind.
-    #[error("cannot use [metrics] {field} {path}: {why}")]
+    #[error(
+        "cannot use [metrics] {field} {path}: {why}; point {field} at a readable PEM file \
+         (or remove tls_cert, tls_key and client_ca to serve plain http)"
+    )]
     File {
         /// `tls_cert`, `tls_key` or `client_ca`.
         field: &'static str,

@@ -102,9 +102,9 @@ pub struct FleetOpts {
     /// TOML appended to every coordinator's config (after its `[agents]` table), e.g. an
     /// `[etcd.tls]` table.
     pub coordinator_extra: Option<String>,
-    /// TOML lines added to every coordinator's `[metrics]` table (after its `listen`), e.g.
-    /// `tls_cert = "..."`.
-    pub coordinator_metrics: Option<String>,
+    /// TOML lines added to every coordinator's and agent's `[metrics]` table (after its
+    /// `listen`), e.g. `tls_cert = "..."`.
+    pub metrics_extra: Option<String>,
     /// Run etcd with TLS, client certificates and auth ([`Etcd::start_secure`]); every
     /// coordinator gets the `[etcd.tls]` and `[etcd.auth]` tables it needs, after
     /// `coordinator_extra` (which must then not hold those tables itself). The default: every
@@ -128,7 +128,7 @@ impl Default for FleetOpts {
             supervise: true,
             agent_services: None,
             coordinator_extra: None,
-            coordinator_metrics: None,
+            metrics_extra: None,
             etcd_secure: true,
             clock_offset: None,
         }
@@ -196,7 +196,7 @@ impl Fleet {
         .collect();
         let extra = crate::coordinator::ConfigExtra {
             tables: (!extra.is_empty()).then(|| extra.join("\n")),
-            metrics: opts.coordinator_metrics.clone(),
+            metrics: opts.metrics_extra.clone(),
         };
         let ip = net.as_ref().map_or(Ipv4Addr::LOCALHOST, |n| n.gateway);
         let pki = pki::Pki::init(&dir.join("pki"))?;
@@ -368,10 +368,12 @@ state_dir = "{state}"
 {tls}
 [metrics]
 listen = "{metrics}"
+{metrics_extra}
 [labels]
 site = "{group}"
 {services}"#,
             state = state_dir.display(),
+            metrics_extra = self.opts.metrics_extra.as_deref().unwrap_or_default(),
         );
         let cfg_path = adir.join("agent.toml");
         fs::write(&cfg_path, config)?;

@@ -1,20 +1,26 @@
 //! https with client certificates on `/metrics` (issue 13): a coordinator serves its metrics
 //! over TLS (`[metrics] tls_cert`, `tls_key`) and takes only scrapers whose certificate its
-//! `client_ca` signed. The real Prometheus scrapes it with a client certificate (`up` is 1) and
-//! without one (`up` is 0, refused for the certificate); a plain rustls client sees the exact
-//! TLS alert for no certificate and for a stranger's, and a 200 with the right one.
+//! `client_ca` signed; an agent takes the same settings. The real Prometheus scrapes both with a
+//! client certificate (`up` is 1), and the coordinator without one (`up` is 0, refused for the
+//! certificate); a plain rustls client sees the exact TLS alert for no certificate and for a
+//! stranger's, and a 200 with the right one. A key that
+//! is not the certificate's, or a missing certificate, stops the coordinator at start with an
+//! error naming the file.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::bail;
 use rollgate_tests::prometheus::{Prometheus, ScrapeJob, ScrapeTls};
 use rollgate_tests::scrape_tls::{https_get, CertFiles, HttpsOutcome, ScrapePki};
-use rollgate_tests::{http_get, Fleet, FleetOpts};
+use rollgate_tests::{bin, http_get, wait_for, Fleet, FleetOpts, Proc};
 use rustls::AlertDescription;
 
 /// How long Prometheus may take to scrape both jobs once.
 const SCRAPED_WITHIN: Duration = Duration::from_secs(20);
+/// How long a coordinator with bad `[metrics]` files may take to give up.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[test]
 fn https_metrics_take_only_scrapers_with_a_client_certificate() -> anyhow::Result<()> {
@@ -22,13 +28,14 @@ fn https_metrics_take_only_scrapers_with_a_client_certificate() -> anyhow::Resul
     let pki = ScrapePki::new(dir.path())?;
     let fleet = Fleet::start(FleetOpts {
         agents: 1,
-        coordinator_metrics: Some(pki.metrics_toml()),
+        metrics_extra: Some(pki.metrics_toml()),
         ..FleetOpts::default()
     })?;
     fleet.wait_connected(1)?;
     let target = fleet.coordinator().metrics;
-    prometheus_with_and_without_a_certificate(&fleet, &pki, target)?;
+    prometheus_with_and_without_a_certificate(&fleet, &pki, target, fleet.agents[0].metrics)?;
     tls_alerts_say_why(&pki, target)?;
+    bad_files_stop_the_coordinator(&fleet, &pki)?;
     // Plain http on the https port gets no metrics.
     match http_get(&target.to_string(), "/metrics") {
         Ok((200, _)) => bail!("plain http got the metrics of an https endpoint"),
@@ -42,10 +49,15 @@ fn prometheus_with_and_without_a_certificate(
     fleet: &Fleet,
     pki: &ScrapePki,
     target: SocketAddr,
+    agent: SocketAddr,
 ) -> anyhow::Result<()> {
     let job = |name: &str, client: Option<&CertFiles>| ScrapeJob {
         name: name.into(),
-        targets: vec![target],
+        targets: vec![if name.starts_with("agent") {
+            agent
+        } else {
+            target
+        }],
         tls: Some(ScrapeTls {
             ca: pki.ca.clone(),
             client: client.map(|c| (c.cert.clone(), c.key.clone())),
@@ -56,22 +68,34 @@ fn prometheus_with_and_without_a_certificate(
         &[
             job("with-cert", Some(&pki.scraper)),
             job("without-cert", None),
+            job("agent-with-cert", Some(&pki.scraper)),
         ],
     )?;
     fleet.wait("Prometheus to scrape both jobs", SCRAPED_WITHIN, || {
         let up = prom.value("up{job=\"with-cert\"}")?;
         let down = prom.value("up{job=\"without-cert\"}")?;
-        if !(up == 1.0 && down == 0.0) {
-            bail!("up{{job=with-cert}} {up}, up{{job=without-cert}} {down}");
+        let agent = prom.value("up{job=\"agent-with-cert\"}")?;
+        if !(up == 1.0 && down == 0.0 && agent == 1.0) {
+            bail!(
+                "up{{job=with-cert}} {up}, up{{job=without-cert}} {down}, \
+                 up{{job=agent-with-cert}} {agent}"
+            );
         }
         Ok(Some(()))
     })?;
     let leader = prom.value("rollgate_leader{job=\"with-cert\"}")?;
+    let agent_health = prom
+        .query("rollgate_agent_service_health{job=\"agent-with-cert\"}")?
+        .len();
     let refused = prom.target_errors("without-cert")?;
     println!(
         "Prometheus over https: up{{job=with-cert}} 1, rollgate_leader {leader}; \
+         up{{job=agent-with-cert}} 1, {agent_health} agent health series; \
          up{{job=without-cert}} 0: {refused:?}"
     );
+    if agent_health == 0 {
+        bail!("no agent metrics scraped over https");
+    }
     if leader != 1.0 {
         bail!("rollgate_leader scraped over https is {leader}, not 1");
     }
@@ -115,4 +139,67 @@ fn tls_alerts_say_why(pki: &ScrapePki, target: SocketAddr) -> anyhow::Result<()>
         }
     }
     Ok(())
+}
+
+/// The running replica's config with its `[metrics]` key or certificate swapped for a bad one:
+/// the coordinator stops at start, naming the file and the fix.
+fn bad_files_stop_the_coordinator(fleet: &Fleet, pki: &ScrapePki) -> anyhow::Result<()> {
+    let good = std::fs::read_to_string(fleet.coordinator().dir.join("coordinator.toml"))?;
+    let key = format!("tls_key = \"{}\"", pki.server.key.display());
+    let cert = format!("tls_cert = \"{}\"", pki.server.cert.display());
+    let missing = fleet.dir.join("no-such-cert.pem");
+    let cases = [
+        (
+            "key-mismatch",
+            good.replace(
+                &key,
+                &format!("tls_key = \"{}\"", pki.stranger.key.display()),
+            ),
+            vec![
+                format!("[metrics] tls_key {}", pki.stranger.key.display()),
+                "is not the private key of tls_cert".to_string(),
+            ],
+        ),
+        (
+            "missing-cert",
+            good.replace(&cert, &format!("tls_cert = \"{}\"", missing.display())),
+            vec![format!(
+                "cannot use [metrics] tls_cert {}",
+                missing.display()
+            )],
+        ),
+    ];
+    for (name, config, want) in cases {
+        let log = refused(&fleet.dir.join(name), &config)?;
+        if let Some(w) = want.iter().find(|w| !log.contains(w.as_str())) {
+            bail!("{name}: the coordinator's log does not say {w:?}:\n{log}");
+        }
+        let line = log.lines().rfind(|l| l.contains("[metrics]")).unwrap_or("");
+        println!("{name}: exited at start: {}", line.trim());
+    }
+    Ok(())
+}
+
+/// Runs a coordinator with `config` until it exits on its own; its log.
+fn refused(dir: &Path, config: &str) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let cfg = dir.join("coordinator.toml");
+    std::fs::write(&cfg, config)?;
+    let cmd = [
+        bin("rollgate-coordinator").display().to_string(),
+        "--config".into(),
+        cfg.display().to_string(),
+    ];
+    let mut proc = Proc::spawn("bad-metrics", &cmd, &dir.join("coordinator.log"))?;
+    let status = wait_for("the coordinator to exit", EXIT_TIMEOUT, || {
+        match proc.exited_on_its_own() {
+            Some(s) => Ok(Some(s)),
+            None => bail!("still running; log:\n{}", proc.tail(5)),
+        }
+    })?;
+    let log = std::fs::read_to_string(&proc.log)?;
+    if status.success() {
+        bail!("exited with success: {log}");
+    }
+    Ok(log)
 }
