@@ -100,7 +100,7 @@ pub enum AgentError {
     /// The `[tls]` settings are missing or unusable.
     #[error("cannot connect securely: {0}")]
     Tls(String),
-    /// `[metrics] listen` cannot be served.
+    /// `[metrics]` cannot be served: the address is taken, or its TLS files are unusable.
     #[error("{0}")]
     Metrics(String),
 }
@@ -111,6 +111,9 @@ pub enum AgentError {
 /// next agent to adopt (or stops those with `stop_with_agent = true`).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     session::check_tls(&config).map_err(AgentError::Tls)?;
+    // A bad [metrics] TLS file stops the agent before it touches a service.
+    rollgate_proto::metrics_tls::acceptor(&config.metrics)
+        .map_err(|e| AgentError::Metrics(e.to_string()))?;
     let (channel_tx, channel_rx) = watch::channel(None);
     let fetcher = release::fetch::Fetcher::new(channel_rx)?;
     let (executor, mut outbox) = Executor::start(&config, fetcher)?;

@@ -4,8 +4,8 @@
 //! client certificate (`up` is 1), and the coordinator without one (`up` is 0, refused for the
 //! certificate); a plain rustls client sees the exact TLS alert for no certificate and for a
 //! stranger's, and a 200 with the right one. A key that
-//! is not the certificate's, or a missing certificate, stops the coordinator at start with an
-//! error naming the file.
+//! is not the certificate's, or a missing certificate, stops the coordinator (and the agent)
+//! at start with an error naming the file.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,7 +19,7 @@ use rustls::AlertDescription;
 
 /// How long Prometheus may take to scrape both jobs once.
 const SCRAPED_WITHIN: Duration = Duration::from_secs(20);
-/// How long a coordinator with bad `[metrics]` files may take to give up.
+/// How long a daemon with bad `[metrics]` files may take to give up.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[test]
@@ -170,28 +170,46 @@ fn bad_files_stop_the_coordinator(fleet: &Fleet, pki: &ScrapePki) -> anyhow::Res
         ),
     ];
     for (name, config, want) in cases {
-        let log = refused(&fleet.dir.join(name), &config)?;
+        let log = refused("rollgate-coordinator", &fleet.dir.join(name), &config)?;
         if let Some(w) = want.iter().find(|w| !log.contains(w.as_str())) {
             bail!("{name}: the coordinator's log does not say {w:?}:\n{log}");
         }
         let line = log.lines().rfind(|l| l.contains("[metrics]")).unwrap_or("");
-        println!("{name}: exited at start: {}", line.trim());
+        println!("coordinator, {name}: exited at start: {}", line.trim());
     }
+    // The agent checks them before it starts (or adopts) a service: its state dir is still
+    // locked by the running agent, so a late check would fail on that lock instead.
+    let agent = std::fs::read_to_string(fleet.dir.join("host-1").join("agent.toml"))?;
+    let bad = agent.replace(
+        &key,
+        &format!("tls_key = \"{}\"", pki.stranger.key.display()),
+    );
+    let log = refused(
+        "rollgate-agent",
+        &fleet.dir.join("agent-key-mismatch"),
+        &bad,
+    )?;
+    if !log.contains("is not the private key of tls_cert") {
+        bail!("the agent's log does not name the key mismatch:\n{log}");
+    }
+    let line = log.lines().rfind(|l| l.contains("[metrics]")).unwrap_or("");
+    println!("agent, key-mismatch: exited at start: {}", line.trim());
     Ok(())
 }
 
-/// Runs a coordinator with `config` until it exits on its own; its log.
-fn refused(dir: &Path, config: &str) -> anyhow::Result<String> {
+/// Runs `daemon` (`rollgate-coordinator`, `rollgate-agent`) with `config` until it exits on
+/// its own; its log.
+fn refused(daemon: &str, dir: &Path, config: &str) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir)?;
-    let cfg = dir.join("coordinator.toml");
+    let cfg = dir.join("config.toml");
     std::fs::write(&cfg, config)?;
     let cmd = [
-        bin("rollgate-coordinator").display().to_string(),
+        bin(daemon).display().to_string(),
         "--config".into(),
         cfg.display().to_string(),
     ];
-    let mut proc = Proc::spawn("bad-metrics", &cmd, &dir.join("coordinator.log"))?;
-    let status = wait_for("the coordinator to exit", EXIT_TIMEOUT, || {
+    let mut proc = Proc::spawn(daemon, &cmd, &dir.join("daemon.log"))?;
+    let status = wait_for(&format!("{daemon} to exit"), EXIT_TIMEOUT, || {
         match proc.exited_on_its_own() {
             Some(s) => Ok(Some(s)),
             None => bail!("still running; log:\n{}", proc.tail(5)),
