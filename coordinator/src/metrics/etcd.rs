@@ -2,13 +2,15 @@
 //! through (not at the call sites): [`MeteredChannel`] is the `BalancedChannelBuilder` handed to
 //! `etcd_client::Client::connect_with_balanced_channel`.
 //!
-//! What is measured: from the request leaving the client to its response headers. For unary
-//! calls (Range, Put, Txn, LeaseGrant...) that is the whole call. For streams (Watch,
-//! LeaseKeepAlive, Observe) it is the time to open the stream, not its lifetime. An error is a
-//! call that failed in the transport (etcd down, connection refused, timeout) or whose headers
-//! carry a `grpc-status` other than 0 (a trailers-only response, which is how etcd returns
-//! almost every error). An error that only arrives in the trailers after data (a stream cut
-//! in the middle) is not counted here.
+//! What is timed: from the request leaving the client to its response headers. For unary
+//! calls (Range, Put, Txn, LeaseGrant...) that is nearly the whole call. For streams (Watch,
+//! LeaseKeepAlive, Observe) it is the time to open the stream, not its lifetime.
+//!
+//! What is an error (counted once per call): a transport failure (etcd down, connection
+//! refused, timeout); a `grpc-status` other than 0 in the response headers (a trailers-only
+//! response: etcd on plain http); a `grpc-status` other than 0 in the trailers (etcd over TLS
+//! serves gRPC through Go's HTTP handler, which always sends headers first and the status in
+//! the trailers); or the response body breaking off. A stream's error counts when it ends.
 //!
 //! The endpoints themselves (and their TLS settings, `[etcd.tls]`) are still built by
 //! etcd-client from `ConnectOptions`; the channel only balances over them, so TLS to etcd is
@@ -20,12 +22,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use etcd_client::{BalancedChannelBuilder, Channel};
+use http_body::{Frame, SizeHint};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
-use tonic::codegen::http;
+use tonic::codegen::{http, Bytes};
 use tower::util::BoxCloneSyncService;
 use tower::Service;
 
@@ -194,32 +197,39 @@ impl EtcdMetrics {
         );
         r.register(
             "etcd_request_errors",
-            "etcd gRPC calls by method that failed in transport or returned a non-zero \
-             grpc-status in their headers",
+            "etcd gRPC calls by method that failed in transport, broke off, or ended with a \
+             non-zero grpc-status",
             self.errors.clone(),
         );
     }
 
-    fn observe(&self, method: EtcdMethod, took: Duration, outcome: Outcome) {
-        let label = MethodLabel { method };
+    fn time(&self, method: EtcdMethod, took: Duration) {
         self.duration
-            .get_or_create(&label)
+            .get_or_create(&MethodLabel { method })
             .observe(took.as_secs_f64());
+    }
+
+    fn count(&self, method: EtcdMethod, outcome: Outcome) {
         if outcome == Outcome::Error {
-            self.errors.get_or_create(&label).inc();
+            self.errors.get_or_create(&MethodLabel { method }).inc();
         }
     }
 }
 
-/// Whether a call's result is an error: a transport failure, or a non-zero `grpc-status` in
-/// the response headers (trailers-only).
+/// Whether a call's result is already an error: a transport failure, or a non-zero
+/// `grpc-status` in the response headers (trailers-only).
 fn outcome<B, E>(result: &Result<http::Response<B>, E>) -> Outcome {
     match result {
         Err(_) => Outcome::Error,
-        Ok(response) => match response.headers().get(GRPC_STATUS) {
-            Some(code) if code.as_bytes() != b"0" => Outcome::Error,
-            _ => Outcome::Ok,
-        },
+        Ok(response) => status_outcome(response.headers()),
+    }
+}
+
+/// A non-zero `grpc-status` in headers or trailers is an error; none (yet) is not.
+fn status_outcome(map: &http::HeaderMap) -> Outcome {
+    match map.get(GRPC_STATUS) {
+        Some(code) if code.as_bytes() != b"0" => Outcome::Error,
+        _ => Outcome::Ok,
     }
 }
 
@@ -280,9 +290,70 @@ impl Service<Request> for Metered {
         let metrics = self.metrics.clone();
         Box::pin(async move {
             let result = call.await;
-            metrics.observe(method, started.elapsed(), outcome(&result));
-            result.map_err(Into::into)
+            metrics.time(method, started.elapsed());
+            if outcome(&result) == Outcome::Error {
+                metrics.count(method, Outcome::Error);
+                return result.map_err(Into::into);
+            }
+            let report = Some(Report { metrics, method });
+            let response =
+                result?.map(|inner| tonic::body::Body::new(StatusBody { inner, report }));
+            Ok(response)
         })
+    }
+}
+
+/// Where a body reports its call's outcome, once.
+struct Report {
+    metrics: EtcdMetrics,
+    method: EtcdMethod,
+}
+
+/// A response body that reports its call's gRPC status when the trailers arrive (or an error
+/// when the body breaks off). A body dropped before its end (a watch the client closed)
+/// reports nothing.
+struct StatusBody {
+    inner: tonic::body::Body,
+    report: Option<Report>,
+}
+
+impl StatusBody {
+    fn finish(&mut self, outcome: Outcome) {
+        if let Some(r) = self.report.take() {
+            r.metrics.count(r.method, outcome);
+        }
+    }
+}
+
+impl http_body::Body for StatusBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.finish(status_outcome(trailers));
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.finish(Outcome::Error),
+            Poll::Ready(None) => this.finish(Outcome::Ok),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -336,8 +407,10 @@ mod tests {
     #[test]
     fn calls_are_counted_by_method() {
         let m = EtcdMetrics::default();
-        m.observe(EtcdMethod::range, Duration::from_millis(2), Outcome::Ok);
-        m.observe(EtcdMethod::range, Duration::from_millis(3), Outcome::Error);
+        m.time(EtcdMethod::range, Duration::from_millis(2));
+        m.time(EtcdMethod::range, Duration::from_millis(3));
+        m.count(EtcdMethod::range, Outcome::Ok);
+        m.count(EtcdMethod::range, Outcome::Error);
         let mut r = Registry::with_prefix("rollgate");
         m.register(&mut r);
         let mut page = String::new();
