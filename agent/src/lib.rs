@@ -103,7 +103,7 @@ pub enum AgentError {
     /// The `[tls]` settings are missing or unusable.
     #[error("cannot connect securely: {0}")]
     Tls(String),
-    /// `[metrics] listen` cannot be served.
+    /// `[metrics]` cannot be served: the address is taken, or its TLS files are unusable.
     #[error("{0}")]
     Metrics(String),
 }
@@ -118,6 +118,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Option<upgrade::Reexec>, AgentError> {
     session::check_tls(&config).map_err(AgentError::Tls)?;
+    // A bad [metrics] TLS file stops the agent before it touches a service.
+    rollgate_proto::metrics_tls::acceptor(&config.metrics)
+        .map_err(|e| AgentError::Metrics(e.to_string()))?;
     let (channel_tx, channel_rx) = watch::channel(None);
     let fetcher = release::fetch::Fetcher::new(channel_rx)?;
     let (executor, mut outbox) = Executor::start(&config, fetcher)?;

@@ -12,6 +12,7 @@ use etcd_client::{
 };
 
 use crate::config::{EtcdConfig, EtcdTlsConfig};
+use crate::metrics::{EtcdMetrics, MeteredChannel};
 
 /// How long connecting to etcd may take before the coordinator gives up at start.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -160,8 +161,12 @@ struct Password(String);
 
 /// Connects to `endpoints` as `[etcd]` says and checks, with one request that writes nothing,
 /// that etcd accepts this coordinator's TLS identity and user and lets it read and write under
-/// `etcd.prefix`.
-pub async fn connect(cfg: &EtcdConfig, endpoints: &[String]) -> Result<Client, EtcdAccessError> {
+/// `etcd.prefix`. Every request of the client is timed and counted in `metrics`.
+pub async fn connect(
+    cfg: &EtcdConfig,
+    endpoints: &[String],
+    metrics: &EtcdMetrics,
+) -> Result<Client, EtcdAccessError> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT)
@@ -185,7 +190,10 @@ pub async fn connect(cfg: &EtcdConfig, endpoints: &[String]) -> Result<Client, E
     }
     let explain = |e: etcd_client::Error| explain(cfg, endpoints, &e);
     // With a user, `connect` authenticates at once; without, the probe is the first request.
-    let mut client = Client::connect(endpoints, Some(options))
+    let channel = MeteredChannel {
+        metrics: metrics.clone(),
+    };
+    let mut client = Client::connect_with_balanced_channel(endpoints, Some(options), channel)
         .await
         .map_err(explain)?;
     probe(&mut client, &cfg.prefix).await.map_err(explain)?;

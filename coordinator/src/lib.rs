@@ -104,6 +104,8 @@ impl std::fmt::Debug for Ctx {
 /// Runs a coordinator until `shutdown` resolves or its etcd lease is lost.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
+    // A bad [metrics] TLS file is the operator's to fix: say so before reaching for etcd.
+    rollgate_proto::metrics_tls::acceptor(&config.metrics)?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
 
@@ -121,7 +123,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(local) => local.connect_config(&config.etcd),
         None => config.etcd.clone(),
     };
-    let mut etcd = etcd_conn::connect(&etcd_config, &endpoints).await?;
+    let metrics = metrics::Metrics::new();
+    let mut etcd = etcd_conn::connect(&etcd_config, &endpoints, &metrics.etcd).await?;
     if let Some(local) = &local {
         local.record_peer_url(&mut etcd).await;
     }
@@ -155,7 +158,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         artifacts,
         tls: tls.clone(),
         tasks: TaskTracker::new(),
-        metrics: metrics::Metrics::new(),
+        metrics,
     });
     rollgate_proto::metrics::serve(
         &ctx.config.metrics,

@@ -56,6 +56,7 @@ async fn world() -> (World, String) {
     let client = rollgate_coordinator::etcd_conn::connect(
         &etcd.connect_config(&cfg),
         std::slice::from_ref(&etcd.endpoint),
+        &rollgate_coordinator::metrics::EtcdMetrics::default(),
     )
     .await
     .expect("connect");

@@ -4,6 +4,8 @@
 //! - [`pb`]: code generated from `proto/rollgate.proto` (package `rollgate.v1`).
 //! - [`spec`]: the rollout spec operators write (TOML), its parsing and validation.
 //! - [`metrics`]: the `/metrics` endpoint (Prometheus) and its `[metrics]` settings.
+//! - [`metrics_tls`]: https and client certificates on that endpoint (`[metrics] tls_cert`,
+//!   `tls_key`, `client_ca`).
 //! - [`telemetry`]: log routing for the daemons (journald under systemd, stderr otherwise).
 //! - [`tls`]: peer identities (URI SANs) and the `[tls]` settings every part shares.
 //! - [`signing`]: release signatures (ed25519 over service, version, digest, size and expiry),
@@ -18,6 +20,7 @@
 
 mod json;
 pub mod metrics;
+pub mod metrics_tls;
 pub mod names;
 pub mod signing;
 pub mod spec;

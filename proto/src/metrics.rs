@@ -1,18 +1,22 @@
 //! The Prometheus endpoint both daemons serve: `[metrics] listen` in their configs, `GET
 //! /metrics` in the OpenMetrics text format (from a `prometheus-client` registry), on a listener of its own.
 //!
-//! Off by default. The endpoint has no authentication of its own: bind it to loopback (the
+//! Off by default. Plain http has no authentication of its own: bind it to loopback (the
 //! default when only a port is wanted is `127.0.0.1:PORT`) or to an address that only the
-//! Prometheus server can reach. Metric values carry no secrets (no spec, no tokens' meaning,
-//! no keys), but host and service names are visible.
+//! Prometheus server can reach. Or serve https (`tls_cert`, `tls_key`) and require scrapers to
+//! present a client certificate (`client_ca`): see [`crate::metrics_tls`]. Metric values carry
+//! no secrets (no spec, no tokens' meaning, no keys), but host and service names are visible.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics_tls::{MetricsTlsError, TlsListener};
 
 /// The OpenMetrics text format, which `prometheus_client::encoding::text::encode` writes and
 /// Prometheus asks for.
@@ -26,6 +30,13 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct MetricsConfig {
     /// Address to serve `/metrics` on, e.g. `"127.0.0.1:9464"` (unset: no endpoint).
     pub listen: Option<SocketAddr>,
+    /// Serve https with this certificate chain (PEM); needs `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Require every scraper to present a client certificate signed by a CA in this file
+    /// (PEM); needs `tls_cert` and `tls_key`.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Errors starting the endpoint.
@@ -42,6 +53,9 @@ pub enum MetricsError {
         /// Why.
         source: std::io::Error,
     },
+    /// The TLS settings or files are not usable.
+    #[error(transparent)]
+    Tls(#[from] MetricsTlsError),
 }
 
 /// Binds `[metrics] listen` (if set) and serves `registry` there until `cancel` fires.
@@ -54,13 +68,38 @@ pub async fn serve(
     let Some(addr) = config.listen else {
         return Ok(None);
     };
+    // Bad TLS files stop the start before anything is bound.
+    let tls = crate::metrics_tls::acceptor(config)?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| MetricsError::Bind { addr, source })?;
     let bound = listener
         .local_addr()
         .map_err(|source| MetricsError::Bind { addr, source })?;
-    let app = axum::Router::new().route(
+    let app = router(registry);
+    match tls {
+        None => {
+            spawn_server(listener, app, bound, cancel);
+            tracing::info!("serving Prometheus metrics on http://{bound}/metrics");
+        }
+        Some(acceptor) => {
+            let listener = TlsListener::spawn(listener, acceptor, cancel.clone())
+                .map_err(|source| MetricsError::Bind { addr, source })?;
+            spawn_server(listener, app, bound, cancel);
+            let who = if config.client_ca.is_some() {
+                "scrapers with a client certificate signed by [metrics] client_ca"
+            } else {
+                "any scraper (no client_ca)"
+            };
+            tracing::info!("serving Prometheus metrics on https://{bound}/metrics to {who}");
+        }
+    }
+    Ok(Some(bound))
+}
+
+/// `GET /metrics`, in the format the scraper asks for.
+fn router(registry: Arc<Registry>) -> axum::Router {
+    axum::Router::new().route(
         "/metrics",
         axum::routing::get(move |headers: axum::http::HeaderMap| {
             let registry = registry.clone();
@@ -72,7 +111,14 @@ pub async fn serve(
                 render(&registry, open)
             }
         }),
-    );
+    )
+}
+
+/// Serves `app` on `listener` (plain or TLS) until `cancel` fires.
+fn spawn_server<L>(listener: L, app: axum::Router, bound: SocketAddr, cancel: CancellationToken)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
     tokio::spawn(async move {
         let stop = async move { cancel.cancelled().await };
         if let Err(e) = axum::serve(listener, app)
@@ -82,8 +128,6 @@ pub async fn serve(
             tracing::warn!("the metrics endpoint on {bound} stopped: {e}");
         }
     });
-    tracing::info!("serving Prometheus metrics on http://{bound}/metrics");
-    Ok(Some(bound))
 }
 
 /// The registry in the OpenMetrics text format, or (`open` false) the Prometheus text format.

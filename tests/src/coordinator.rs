@@ -30,13 +30,22 @@ pub struct Coordinator {
     pub(crate) proc: Arc<Mutex<Proc>>,
 }
 
+/// What a test adds to a replica's config.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConfigExtra {
+    /// Tables appended at the end (`[etcd.tls]`, ...).
+    pub tables: Option<String>,
+    /// Lines added to the `[metrics]` table, after `listen`.
+    pub metrics: Option<String>,
+}
+
 impl Coordinator {
     pub(crate) fn start(
         dir: &Path,
         index: usize,
         ip: Ipv4Addr,
         etcd_endpoint: &str,
-        extra: Option<&str>,
+        extra: &ConfigExtra,
         pki: &pki::Pki,
         command: Vec<String>,
     ) -> anyhow::Result<Self> {
@@ -59,12 +68,14 @@ heartbeat_interval = "{hb}ms"
 missed_heartbeats = {MISSED_HEARTBEATS}
 [metrics]
 listen = "{metrics}"
+{metrics_extra}
 {tls}
 {extra}
 "#,
             state = cdir.display(),
             hb = HEARTBEAT.as_millis(),
-            extra = extra.unwrap_or_default(),
+            extra = extra.tables.as_deref().unwrap_or_default(),
+            metrics_extra = extra.metrics.as_deref().unwrap_or_default(),
             // A plain test etcd must be allowed explicitly (the coordinator refuses it otherwise).
             insecure_etcd = if etcd_endpoint.starts_with("http://") {
                 "allow_insecure_etcd = true"

@@ -102,6 +102,9 @@ pub struct FleetOpts {
     /// TOML appended to every coordinator's config (after its `[agents]` table), e.g. an
     /// `[etcd.tls]` table.
     pub coordinator_extra: Option<String>,
+    /// TOML lines added to every coordinator's and agent's `[metrics]` table (after its
+    /// `listen`), e.g. `tls_cert = "..."`.
+    pub metrics_extra: Option<String>,
     /// Run etcd with TLS, client certificates and auth ([`Etcd::start_secure`]); every
     /// coordinator gets the `[etcd.tls]` and `[etcd.auth]` tables it needs, after
     /// `coordinator_extra` (which must then not hold those tables itself). The default: every
@@ -138,6 +141,7 @@ impl Default for FleetOpts {
             supervise: true,
             agent_services: None,
             coordinator_extra: None,
+            metrics_extra: None,
             etcd_secure: true,
             clock_offset: None,
             coordinator_wrap: Vec::new(),
@@ -225,7 +229,10 @@ impl Fleet {
         .into_iter()
         .flatten()
         .collect();
-        let extra = (!extra.is_empty()).then(|| extra.join("\n"));
+        let extra = crate::coordinator::ConfigExtra {
+            tables: (!extra.is_empty()).then(|| extra.join("\n")),
+            metrics: opts.metrics_extra.clone(),
+        };
         let ip = net.as_ref().map_or(Ipv4Addr::LOCALHOST, |n| n.gateway);
         let pki = pki::Pki::init(&dir.join("pki"))?;
         let mut coordinators = Vec::new();
@@ -235,7 +242,7 @@ impl Fleet {
                 k,
                 ip,
                 &etcd.endpoint,
-                extra.as_deref(),
+                &extra,
                 &pki,
                 coordinator_prefix(&opts, k)?,
             )?);
@@ -396,10 +403,12 @@ state_dir = "{state}"
 {tls}
 [metrics]
 listen = "{metrics}"
+{metrics_extra}
 [labels]
 site = "{group}"
 {services}"#,
             state = state_dir.display(),
+            metrics_extra = self.opts.metrics_extra.as_deref().unwrap_or_default(),
         );
         let cfg_path = adir.join("agent.toml");
         fs::write(&cfg_path, config)?;

@@ -26,7 +26,8 @@
 //! waits), `fleet_faults.rs` (etcd helpers, leadership, kills, cuts, backup/restore, log dumps),
 //! `observer.rs`, `netlab.rs`, `pki.rs`, `managers.rs` (real systemd and container engines),
 //! `prometheus.rs` (a real Prometheus server and promtool), `webhook.rs` (a test-owned webhook
-//! receiver that checks signatures).
+//! receiver that checks signatures), `scrape_tls.rs` (certificates for an https `/metrics` and
+//! a TLS client that reports the server's refusal).
 //!
 //! Binaries come from the cargo target directory next to the test executable (or from
 //! `ROLLGATE_BIN_DIR`); build them first with `cargo build --workspace --bins` (`tests/run.sh`
@@ -41,6 +42,7 @@ use anyhow::bail;
 pub mod managers;
 pub mod pki;
 pub mod prometheus;
+pub mod scrape_tls;
 pub mod webhook;
 
 mod coordinator;

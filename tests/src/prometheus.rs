@@ -1,7 +1,6 @@
 //! A real Prometheus server (Debian's `prometheus` package) scraping a test fleet, asked through
 //! its HTTP API; and `promtool` to check what rollgate serves and ships.
 
-use std::fmt::Write as _;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,9 +34,66 @@ pub struct Prometheus {
     proc: Proc,
 }
 
+/// One scrape job of the test Prometheus.
+#[derive(Debug, Clone)]
+pub struct ScrapeJob {
+    /// `job_name`.
+    pub name: String,
+    /// Its targets.
+    pub targets: Vec<SocketAddr>,
+    /// Scrape over https with these files (`None`: plain http).
+    pub tls: Option<ScrapeTls>,
+}
+
+/// The `tls_config` of an https scrape job.
+#[derive(Debug, Clone)]
+pub struct ScrapeTls {
+    /// The CA that signed the target's certificate.
+    pub ca: PathBuf,
+    /// The client certificate and key Prometheus presents (`None`: none).
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl ScrapeJob {
+    fn yaml(&self) -> String {
+        let list: Vec<String> = self.targets.iter().map(|t| format!("'{t}'")).collect();
+        let mut job = format!("  - job_name: {}\n", self.name);
+        if let Some(tls) = &self.tls {
+            job.push_str("    scheme: https\n    tls_config:\n");
+            job.push_str(&format!("      ca_file: {}\n", tls.ca.display()));
+            if let Some((cert, key)) = &tls.client {
+                job.push_str(&format!(
+                    "      cert_file: {}\n      key_file: {}\n",
+                    cert.display(),
+                    key.display()
+                ));
+            }
+        }
+        job.push_str(&format!(
+            "    static_configs:\n      - targets: [{}]\n",
+            list.join(", ")
+        ));
+        job
+    }
+}
+
 impl Prometheus {
-    /// Starts Prometheus in `dir`, scraping each `(job, targets)` every [`SCRAPE_INTERVAL`].
+    /// Starts Prometheus in `dir`, scraping each `(job, targets)` over plain http every
+    /// [`SCRAPE_INTERVAL`].
     pub fn start(dir: &Path, jobs: &[(&str, Vec<SocketAddr>)]) -> anyhow::Result<Self> {
+        let jobs: Vec<ScrapeJob> = jobs
+            .iter()
+            .map(|(name, targets)| ScrapeJob {
+                name: name.to_string(),
+                targets: targets.clone(),
+                tls: None,
+            })
+            .collect();
+        Self::start_jobs(dir, &jobs)
+    }
+
+    /// Starts Prometheus in `dir`, running `jobs` every [`SCRAPE_INTERVAL`].
+    pub fn start_jobs(dir: &Path, jobs: &[ScrapeJob]) -> anyhow::Result<Self> {
         let bin = prometheus_tool("prometheus")?;
         let dir = dir.join("prometheus");
         fs::create_dir_all(&dir)?;
@@ -45,13 +101,8 @@ impl Prometheus {
         let mut config = format!(
             "global:\n  scrape_interval: {every}\n  scrape_timeout: {every}\nscrape_configs:\n"
         );
-        for (job, targets) in jobs {
-            let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-            writeln!(
-                config,
-                "  - job_name: {job}\n    static_configs:\n      - targets: [{}]",
-                list.join(", ")
-            )?;
+        for job in jobs {
+            config.push_str(&job.yaml());
         }
         let cfg = dir.join("prometheus.yml");
         fs::write(&cfg, config)?;
@@ -107,6 +158,23 @@ impl Prometheus {
         }
     }
 
+    /// The last scrape error of each target of `job` (empty strings for good scrapes).
+    pub fn target_errors(&self, job: &str) -> anyhow::Result<Vec<String>> {
+        let (code, body) = http_get(&self.addr.to_string(), "/api/v1/targets?state=active")?;
+        let json: serde_json::Value =
+            serde_json::from_str(&body).with_context(|| format!("Prometheus said: {body}"))?;
+        if code != 200 {
+            bail!("/api/v1/targets answered {code}: {body}");
+        }
+        let targets = json["data"]["activeTargets"].as_array().cloned();
+        Ok(targets
+            .unwrap_or_default()
+            .iter()
+            .filter(|t| t["labels"]["job"] == job)
+            .map(|t| t["lastError"].as_str().unwrap_or_default().to_string())
+            .collect())
+    }
+
     /// Waits until every target has been scraped successfully at least once.
     pub fn wait_targets_up(&self, n: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -150,6 +218,20 @@ pub fn promtool_check_metrics(page: &str) -> anyhow::Result<String> {
         bail!("promtool failed ({}) without saying why", out.status);
     }
     Ok(said.trim().to_string())
+}
+
+/// The sum of the samples named `name` on a `/metrics` page whose labels contain `labels`
+/// (e.g. `method="range"`; empty: every sample of that name).
+pub fn sample_sum(page: &str, name: &str, labels: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            let named = rest.is_empty() || rest.starts_with('{');
+            (named && rest.contains(labels)).then(|| value.parse::<f64>().ok())?
+        })
+        .fold(0.0, |total, v| total + v)
 }
 
 fn url_encode(s: &str) -> String {

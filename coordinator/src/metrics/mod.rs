@@ -17,8 +17,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+mod etcd;
 mod rollouts;
 
+pub use etcd::{EtcdMethod, EtcdMetrics, MeteredChannel};
 pub use rollouts::RolloutGauges;
 
 use crate::store::{HostState, Phase};
@@ -188,6 +190,8 @@ pub struct Metrics {
     pub handover: Histogram,
     /// Rollouts that stopped rolling forward.
     pub halts: Family<HaltLabels, Counter>,
+    /// etcd request latency and errors, fed by the channel the etcd client uses.
+    pub etcd: EtcdMetrics,
 }
 
 /// Buckets of the hand-over latency: 5 ms to ~40 s.
@@ -224,6 +228,7 @@ impl Metrics {
             grants: Family::default(),
             handover: Histogram::new(handover_buckets()),
             halts: Family::default(),
+            etcd: EtcdMetrics::default(),
         };
         m.register(&mut r);
         Metrics {
@@ -321,6 +326,7 @@ impl Metrics {
             "Rollouts that stopped rolling forward, by reason",
             self.halts.clone(),
         );
+        self.etcd.register(r);
     }
 
     /// Agents with a session here now.
