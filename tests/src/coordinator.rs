@@ -16,6 +16,15 @@ use nix::unistd::Pid;
 
 use crate::*;
 
+/// What sets one replica apart from the defaults.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplicaOpts {
+    /// Its wall clock is off by this many seconds (under libfaketime).
+    pub(crate) clock_offset: Option<i64>,
+    /// It serves `[metrics] listen` on a free loopback port.
+    pub(crate) metrics: bool,
+}
+
 /// One coordinator replica. Methods take `&self`: the supervisor shares the process.
 #[derive(Debug)]
 pub struct Coordinator {
@@ -23,8 +32,9 @@ pub struct Coordinator {
     pub id: String,
     /// Its gRPC address.
     pub addr: SocketAddr,
-    /// Where it serves Prometheus metrics (`[metrics] listen`; every test replica has one).
-    pub metrics: SocketAddr,
+    /// Where it serves Prometheus metrics (`[metrics] listen`; every test replica has one unless
+    /// [`FleetOpts::metrics`] is off).
+    pub metrics: Option<SocketAddr>,
     /// Its state directory (config, log, artifact store).
     pub dir: PathBuf,
     pub(crate) proc: Arc<Mutex<Proc>>,
@@ -38,12 +48,19 @@ impl Coordinator {
         etcd_endpoint: &str,
         extra: Option<&str>,
         pki: &pki::Pki,
-        clock_offset: Option<i64>,
+        replica: ReplicaOpts,
     ) -> anyhow::Result<Self> {
+        let ReplicaOpts {
+            clock_offset,
+            metrics,
+        } = replica;
         let id = format!("coord-{index}");
         let tls = pki.coordinator(&id, IpAddr::V4(ip))?.toml();
         let addr = SocketAddr::new(IpAddr::V4(ip), free_port());
-        let metrics = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port());
+        let metrics =
+            metrics.then(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()));
+        let metrics_table =
+            metrics.map_or(String::new(), |m| format!("[metrics]\nlisten = \"{m}\"\n"));
         let cdir = dir.join(&id);
         fs::create_dir_all(&cdir)?;
         let config = format!(
@@ -57,9 +74,7 @@ lease_ttl = "{LEASE_TTL_SECS}s"
 [agents]
 heartbeat_interval = "{hb}ms"
 missed_heartbeats = {MISSED_HEARTBEATS}
-[metrics]
-listen = "{metrics}"
-{tls}
+{metrics_table}{tls}
 {extra}
 "#,
             state = cdir.display(),

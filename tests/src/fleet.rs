@@ -29,8 +29,9 @@ pub struct Agent {
     pub group: String,
     /// Its network namespace in netns mode.
     pub netns: Option<String>,
-    /// Where it serves Prometheus metrics (`[metrics] listen`; every test agent has one).
-    pub metrics: SocketAddr,
+    /// Where it serves Prometheus metrics (`[metrics] listen`; every test agent has one unless
+    /// [`FleetOpts::metrics`] is off).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// What a test release does.
@@ -111,6 +112,9 @@ pub struct FleetOpts {
     /// (negative: behind), under libfaketime from Debian's `faketime` package (monotonic time
     /// is left alone, so its timers run normally).
     pub clock_offset: Option<(usize, i64)>,
+    /// Serve `[metrics] listen` on every coordinator and agent (the default); the benchmarks
+    /// turn it off to measure what the endpoint costs.
+    pub metrics: bool,
 }
 
 impl Default for FleetOpts {
@@ -127,6 +131,7 @@ impl Default for FleetOpts {
             coordinator_extra: None,
             etcd_secure: true,
             clock_offset: None,
+            metrics: true,
         }
     }
 }
@@ -202,7 +207,10 @@ impl Fleet {
                 &etcd.endpoint,
                 extra.as_deref(),
                 &pki,
-                opts.clock_offset.filter(|(r, _)| *r == k).map(|(_, s)| s),
+                ReplicaOpts {
+                    clock_offset: opts.clock_offset.filter(|(r, _)| *r == k).map(|(_, s)| s),
+                    metrics: opts.metrics,
+                },
             )?);
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -353,15 +361,18 @@ timeout = "500ms"
             .net
             .as_ref()
             .map_or(Ipv4Addr::LOCALHOST, |n| n.hosts[index].addr);
-        let metrics = SocketAddr::new(IpAddr::V4(ip), free_port());
+        let metrics = self
+            .opts
+            .metrics
+            .then(|| SocketAddr::new(IpAddr::V4(ip), free_port()));
+        let metrics_table =
+            metrics.map_or(String::new(), |m| format!("[metrics]\nlisten = \"{m}\"\n"));
         let config = format!(
             r#"host_id = "{id}"
 {coordinator_line}
 state_dir = "{state}"
 {tls}
-[metrics]
-listen = "{metrics}"
-[labels]
+{metrics_table}[labels]
 site = "{group}"
 {services}"#,
             state = state_dir.display(),
