@@ -16,6 +16,16 @@ use nix::unistd::Pid;
 
 use crate::*;
 
+/// What sets one replica apart from the defaults.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplicaOpts {
+    /// The command that starts it, without its `--config` (a wrapper, libfaketime when its
+    /// clock is off, then the binary).
+    pub(crate) command: Vec<String>,
+    /// It serves `[metrics] listen` on a free loopback port.
+    pub(crate) metrics: bool,
+}
+
 /// One coordinator replica. Methods take `&self`: the supervisor shares the process.
 #[derive(Debug)]
 pub struct Coordinator {
@@ -23,8 +33,9 @@ pub struct Coordinator {
     pub id: String,
     /// Its gRPC address.
     pub addr: SocketAddr,
-    /// Where it serves Prometheus metrics (`[metrics] listen`; every test replica has one).
-    pub metrics: SocketAddr,
+    /// Where it serves Prometheus metrics (`[metrics] listen`; every test replica has one unless
+    /// [`FleetOpts::metrics`] is off).
+    pub metrics: Option<SocketAddr>,
     /// Its state directory (config, log, artifact store).
     pub dir: PathBuf,
     pub(crate) proc: Arc<Mutex<Proc>>,
@@ -47,12 +58,20 @@ impl Coordinator {
         etcd_endpoint: &str,
         extra: &ConfigExtra,
         pki: &pki::Pki,
-        command: Vec<String>,
+        replica: ReplicaOpts,
     ) -> anyhow::Result<Self> {
+        let ReplicaOpts { command, metrics } = replica;
         let id = format!("coord-{index}");
         let tls = pki.coordinator(&id, IpAddr::V4(ip))?.toml();
         let addr = SocketAddr::new(IpAddr::V4(ip), free_port());
-        let metrics = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port());
+        let metrics =
+            metrics.then(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()));
+        let metrics_table = metrics.map_or(String::new(), |m| {
+            format!(
+                "[metrics]\nlisten = \"{m}\"\n{}\n",
+                extra.metrics.as_deref().unwrap_or_default()
+            )
+        });
         let cdir = dir.join(&id);
         fs::create_dir_all(&cdir)?;
         let config = format!(
@@ -66,16 +85,12 @@ lease_ttl = "{LEASE_TTL_SECS}s"
 [agents]
 heartbeat_interval = "{hb}ms"
 missed_heartbeats = {MISSED_HEARTBEATS}
-[metrics]
-listen = "{metrics}"
-{metrics_extra}
-{tls}
+{metrics_table}{tls}
 {extra}
 "#,
             state = cdir.display(),
             hb = HEARTBEAT.as_millis(),
             extra = extra.tables.as_deref().unwrap_or_default(),
-            metrics_extra = extra.metrics.as_deref().unwrap_or_default(),
             // A plain test etcd must be allowed explicitly (the coordinator refuses it otherwise).
             insecure_etcd = if etcd_endpoint.starts_with("http://") {
                 "allow_insecure_etcd = true"

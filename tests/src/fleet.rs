@@ -29,8 +29,9 @@ pub struct Agent {
     pub group: String,
     /// Its network namespace in netns mode.
     pub netns: Option<String>,
-    /// Where it serves Prometheus metrics (`[metrics] listen`; every test agent has one).
-    pub metrics: SocketAddr,
+    /// Where it serves Prometheus metrics (`[metrics] listen`; every test agent has one unless
+    /// [`FleetOpts::metrics`] is off).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// What a test release does.
@@ -120,6 +121,9 @@ pub struct FleetOpts {
     /// Where the coordinators' and agents' binaries come from, when not from this build (e.g.
     /// a previous release's, for mixed-version tests).
     pub bin_dirs: BinDirs,
+    /// Serve `[metrics] listen` on every coordinator and agent (the default); the benchmarks
+    /// turn it off to measure what the endpoint costs.
+    pub metrics: bool,
 }
 
 /// Directories holding `rollgate-coordinator` and `rollgate-agent` builds other than this one.
@@ -146,6 +150,7 @@ impl Default for FleetOpts {
             clock_offset: None,
             coordinator_wrap: Vec::new(),
             bin_dirs: BinDirs::default(),
+            metrics: true,
         }
     }
 }
@@ -244,7 +249,10 @@ impl Fleet {
                 &etcd.endpoint,
                 &extra,
                 &pki,
-                coordinator_prefix(&opts, k)?,
+                ReplicaOpts {
+                    command: coordinator_prefix(&opts, k)?,
+                    metrics: opts.metrics,
+                },
             )?);
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -395,20 +403,25 @@ timeout = "500ms"
             .net
             .as_ref()
             .map_or(Ipv4Addr::LOCALHOST, |n| n.hosts[index].addr);
-        let metrics = SocketAddr::new(IpAddr::V4(ip), free_port());
+        let metrics = self
+            .opts
+            .metrics
+            .then(|| SocketAddr::new(IpAddr::V4(ip), free_port()));
+        let metrics_table = metrics.map_or(String::new(), |m| {
+            format!(
+                "[metrics]\nlisten = \"{m}\"\n{}\n",
+                self.opts.metrics_extra.as_deref().unwrap_or_default()
+            )
+        });
         let config = format!(
             r#"host_id = "{id}"
 {coordinator_line}
 state_dir = "{state}"
 {tls}
-[metrics]
-listen = "{metrics}"
-{metrics_extra}
-[labels]
+{metrics_table}[labels]
 site = "{group}"
 {services}"#,
             state = state_dir.display(),
-            metrics_extra = self.opts.metrics_extra.as_deref().unwrap_or_default(),
         );
         let cfg_path = adir.join("agent.toml");
         fs::write(&cfg_path, config)?;

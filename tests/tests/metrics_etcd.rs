@@ -84,7 +84,14 @@ fn a_killed_etcd_counts_as_errors() -> anyhow::Result<()> {
 }
 
 fn scrape(fleet: &Fleet) -> anyhow::Result<String> {
-    let (code, page) = http_get(&fleet.coordinator().metrics.to_string(), "/metrics")?;
+    let (code, page) = http_get(
+        &fleet
+            .coordinator()
+            .metrics
+            .expect("FleetOpts::default() serves metrics")
+            .to_string(),
+        "/metrics",
+    )?;
     if code != 200 {
         bail!("/metrics answered {code}: {page}");
     }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use rollgate_tests::pb::Phase;
 use rollgate_tests::prometheus::{promtool_check_metrics, Prometheus};
 use rollgate_tests::{http_get, Fleet, FleetOpts, Mode};
@@ -18,8 +18,19 @@ fn prometheus_scrapes_the_coordinator() -> anyhow::Result<()> {
         ..FleetOpts::default()
     })?;
     fleet.wait_connected(AGENTS)?;
-    let coordinator = fleet.coordinator().metrics;
-    let agents: Vec<_> = fleet.agents.iter().map(|a| a.metrics).collect();
+    // FleetOpts::default() serves metrics on every part.
+    let coordinator = fleet
+        .coordinator()
+        .metrics
+        .context("the coordinator serves no metrics")?;
+    let agents = fleet
+        .agents
+        .iter()
+        .map(|a| {
+            a.metrics
+                .with_context(|| format!("{} serves no metrics", a.id))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let prom = Prometheus::start(
         &fleet.dir,
         &[

@@ -32,8 +32,9 @@ fn https_metrics_take_only_scrapers_with_a_client_certificate() -> anyhow::Resul
         ..FleetOpts::default()
     })?;
     fleet.wait_connected(1)?;
-    let target = fleet.coordinator().metrics;
-    prometheus_with_and_without_a_certificate(&fleet, &pki, target, fleet.agents[0].metrics)?;
+    let target = fleet.coordinator().metrics.expect("metrics on");
+    let agent = fleet.agents[0].metrics.expect("metrics on");
+    prometheus_with_and_without_a_certificate(&fleet, &pki, target, agent)?;
     tls_alerts_say_why(&pki, target)?;
     bad_files_stop_the_coordinator(&fleet, &pki)?;
     // Plain http on the https port gets no metrics.
