@@ -13,6 +13,10 @@ if [ -x "$bins/rollgate-coordinator" ] && [ -x "$bins/rollgate-agent" ]; then
   echo "$bins"
   exit 0
 fi
+if ! git cat-file -e "$commit^{commit}" 2>/dev/null && [ -f "$(git rev-parse --git-dir)/shallow" ]; then
+  echo "tests/old-bins.sh: this clone is shallow; fetching its history for $commit" >&2
+  git fetch --quiet --unshallow >&2 || true
+fi
 if ! git cat-file -e "$commit^{commit}" 2>/dev/null; then
   echo "tests/old-bins.sh: commit $commit is not in this clone; fetch the full history (git fetch --unshallow)" >&2
   exit 1
