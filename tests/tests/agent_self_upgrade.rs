@@ -112,6 +112,36 @@ fn agent_spec(fleet: &Fleet, version: &str, file: &Path) -> anyhow::Result<PathB
     Ok(path)
 }
 
+/// Waits until every host reports agent `version` and is connected, and checks each host's
+/// installed binary holds `build`'s bytes.
+fn every_host_on(
+    fleet: &Fleet,
+    binaries: &[PathBuf],
+    build: &Path,
+    version: &str,
+) -> anyhow::Result<()> {
+    wait_for(
+        &format!("every host on agent {version}, connected"),
+        Duration::from_secs(30),
+        || {
+            let v = agent_versions(fleet)?;
+            if v.iter().all(|(_, v, c)| v == version && *c) {
+                Ok(Some(()))
+            } else {
+                anyhow::bail!("{v:?}")
+            }
+        },
+    )?;
+    for b in binaries {
+        anyhow::ensure!(
+            same_bytes(b, build)?,
+            "{} does not hold agent {version}",
+            b.display()
+        );
+    }
+    Ok(())
+}
+
 fn main_pids(manager: &UserManager) -> Vec<String> {
     (1..=HOSTS)
         .map(|k| manager.show(&unit(k), "MainPID"))
@@ -147,25 +177,7 @@ fn a_fleet_upgrades_its_agents_and_a_broken_agent_is_put_back() -> anyhow::Resul
     let s = fleet.wait_settled(&id, Duration::from_secs(120))?;
     println!("good agent at {:?}: {}", t0.elapsed(), brief(&s));
     assert_eq!(s.phase(), Phase::Succeeded, "{s:?}");
-    wait_for(
-        "every host to report agent 0.2.0",
-        Duration::from_secs(20),
-        || {
-            let v = agent_versions(&fleet)?;
-            if v.iter().all(|(_, v, c)| v == "0.2.0" && *c) {
-                Ok(Some(()))
-            } else {
-                anyhow::bail!("{v:?}")
-            }
-        },
-    )?;
-    for b in &binaries {
-        assert!(
-            same_bytes(b, &good)?,
-            "{} is not the new agent",
-            b.display()
-        );
-    }
+    every_host_on(&fleet, &binaries, &good, "0.2.0")?;
     assert_eq!(
         main_pids(&manager),
         units_before,
@@ -200,25 +212,7 @@ fn a_fleet_upgrades_its_agents_and_a_broken_agent_is_put_back() -> anyhow::Resul
         "{}",
         failed[0].reason
     );
-    wait_for(
-        "every host back on agent 0.2.0, connected",
-        Duration::from_secs(30),
-        || {
-            let v = agent_versions(&fleet)?;
-            if v.iter().all(|(_, v, c)| v == "0.2.0" && *c) {
-                Ok(Some(()))
-            } else {
-                anyhow::bail!("{v:?}")
-            }
-        },
-    )?;
-    for b in &binaries {
-        assert!(
-            same_bytes(b, &good)?,
-            "{} was replaced by the broken build",
-            b.display()
-        );
-    }
+    every_host_on(&fleet, &binaries, &good, "0.2.0")?;
     assert_eq!(service_pids(&fleet)?, pids, "a web service was restarted");
     let hosts = fleet.hosts()?;
     for h in &hosts {
