@@ -113,14 +113,10 @@ fn halted_reaches_the_webhook_once_across_an_outage_and_a_leader_kill() -> anyho
 
 /// A typo in a `[[notify]]` table or a missing secret file stops the coordinator at start with
 /// the reason.
-#[test]
-fn a_wrong_kind_or_a_missing_secret_is_refused_at_start() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        "[tls]\ninsecure_plaintext = true\n[[notify]]\nname = \"chat\"\nurl = \"http://127.0.0.1:1/\"\nevents = [\"rollout_halt\"]\n",
-    )?;
+/// Starts a coordinator on the config `text` and expects it to refuse to start, saying `want`.
+fn refused_at_start(dir: &std::path::Path, text: &str, want: &str) -> anyhow::Result<()> {
+    let cfg = dir.join("c.toml");
+    std::fs::write(&cfg, text)?;
     let out = std::process::Command::new(rollgate_tests::bin("rollgate-coordinator"))
         .arg("--config")
         .arg(&cfg)
@@ -128,29 +124,28 @@ fn a_wrong_kind_or_a_missing_secret_is_refused_at_start() -> anyhow::Result<()> 
         .context("cannot run rollgate-coordinator")?;
     let err = String::from_utf8_lossy(&out.stderr);
     println!("{}", err.trim());
-    if out.status.success() || !err.contains("unknown event kind \"rollout_halt\"") {
+    if out.status.success() || !err.contains(want) {
         bail!(
-            "expected a refusal naming the kind, got {}: {err}",
-            out.status
-        );
-    }
-    // A secret_file that is not there: refused at start, naming the file and the fix.
-    std::fs::write(
-        &cfg,
-        "[tls]\ninsecure_plaintext = true\n[[notify]]\nname = \"chat\"\nurl = \"http://127.0.0.1:1/\"\nsecret_file = \"/nonexistent/chat.secret\"\n",
-    )?;
-    let out = std::process::Command::new(rollgate_tests::bin("rollgate-coordinator"))
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .context("cannot run rollgate-coordinator")?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    println!("{}", err.trim());
-    if out.status.success() || !err.contains("cannot read secret_file /nonexistent/chat.secret") {
-        bail!(
-            "expected a refusal naming the secret file, got {}: {err}",
+            "expected a refusal saying {want:?}, got {}: {err}",
             out.status
         );
     }
     Ok(())
+}
+
+#[test]
+fn a_wrong_kind_or_a_missing_secret_is_refused_at_start() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let head = "[tls]\ninsecure_plaintext = true\n[[notify]]\nname = \"chat\"\nurl = \"http://127.0.0.1:1/\"\n";
+    refused_at_start(
+        dir.path(),
+        &format!("{head}events = [\"rollout_halt\"]\n"),
+        "unknown event kind \"rollout_halt\"",
+    )?;
+    // A secret_file that is not there: refused at start, naming the file and the fix.
+    refused_at_start(
+        dir.path(),
+        &format!("{head}secret_file = \"/nonexistent/chat.secret\"\n"),
+        "cannot read secret_file /nonexistent/chat.secret",
+    )
 }
