@@ -17,7 +17,7 @@ if [ "$free_gb" -lt 12 ]; then
   echo "  Free some space (an old target/ directory: cargo clean) and run again." >&2
   exit 1
 fi
-cargo build --workspace --bins
+cargo build --workspace --bins --features rollgate-agent/fault-injection,rollgate-coordinator/fault-injection
 # The previous protocol's coordinator and agent, for the mixed-version tests (built once).
 tests/old-bins.sh >/dev/null
 # End-to-end test files run one after another (each starts its own fleet); --nocapture shows

@@ -435,9 +435,20 @@ async fn grant(
                     Some(PutOptions::new().with_lease(lease)),
                 ),
                 TxnOp::put(keys.step(&r.id, host), encode(&step), None),
-            ]);
+            ])
+            // On refusal, the election key: tells a deposed leader from a changed rollout.
+            .or_else(vec![TxnOp::get(leader.key(), None)]);
+        let what = format!("grant of {host} in rollout {} (token {token})", r.id);
+        crate::fault::pause(crate::fault::PausePoint::BeforeGrantCommit, &what).await;
         let resp = etcd.txn(txn).await?;
         if !resp.succeeded() {
+            if deposed(&resp, leader) {
+                warn!(
+                    rollout = %r.id, %host, token,
+                    "etcd refused this grant: this replica no longer leads (its election key is \
+                     gone), so nothing was granted; the new leader plans again"
+                );
+            }
             // Something changed since the read; the watch brings the next round.
             return Ok(());
         }
@@ -452,6 +463,16 @@ async fn grant(
         );
     }
     Ok(())
+}
+
+/// Whether a refused transaction that read the election key in its `or_else` found it gone
+/// (or another one in its place): the fence refused it.
+fn deposed(resp: &etcd_client::TxnResponse, leader: &LeaderKey) -> bool {
+    let found = resp.op_responses().into_iter().find_map(|op| match op {
+        etcd_client::TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| kv.create_revision())),
+        _ => None,
+    });
+    matches!(found, Some(rev) if rev != Some(leader.rev()))
 }
 
 /// When the share of the budget this grant uses was freed: the latest result of the rollout,

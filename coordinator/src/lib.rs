@@ -25,6 +25,7 @@ pub mod control;
 pub mod driver;
 pub mod etcd_conn;
 pub mod events;
+pub mod fault;
 pub mod grpc;
 pub mod local_etcd;
 pub mod metrics;

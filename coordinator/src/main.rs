@@ -17,6 +17,10 @@ struct Args {
 async fn main() -> std::process::ExitCode {
     rollgate_proto::telemetry::init("rollgate-coordinator");
     let args = Args::parse();
+    if let Err(e) = rollgate_coordinator::fault::refuse_test_settings() {
+        eprintln!("rollgate-coordinator: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let config = match rollgate_coordinator::config::Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {

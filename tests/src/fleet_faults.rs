@@ -21,6 +21,17 @@ impl Fleet {
         })
     }
 
+    /// Deletes `key` behind the coordinators' backs (a fault: e.g. a leader's election key,
+    /// which deposes it exactly as its lease running out would, while the process lives on).
+    pub fn etcd_delete(&self, key: &str) -> anyhow::Result<()> {
+        self.runtime.block_on(async {
+            let mut c = self.etcd_client().await?;
+            let r = c.delete(key, None).await?;
+            anyhow::ensure!(r.deleted() == 1, "etcd key {key} was not there to delete");
+            Ok(())
+        })
+    }
+
     /// All keys under `prefix` in etcd with their values, in key order.
     pub fn etcd_get_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
         self.runtime.block_on(async {

@@ -1,0 +1,78 @@
+//! Test-only pause points (cargo feature `fault-injection`, off in every shipped build).
+//!
+//! With `ROLLGATE_TEST_PAUSE_DIR=DIR` set, the first time this process reaches a
+//! [`PausePoint`] it writes `DIR/<point>.paused` (what it was about to do) and waits until a
+//! test creates `DIR/<point>.go`. A test uses it to stop a leader exactly between planning a
+//! grant and committing it (the window the fence in the grant transaction guards), which no
+//! signal sent from outside can hit reliably. Without the feature the points compile to
+//! nothing, and a coordinator that finds the variable set refuses to start
+//! ([`refuse_test_settings`]) rather than ignore it.
+
+/// The places a test can hold the coordinator at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PausePoint {
+    /// The leader planned a grant and built its transaction; it has not sent it to etcd.
+    BeforeGrantCommit,
+}
+
+impl PausePoint {
+    /// The file name stem of this point.
+    pub fn word(self) -> &'static str {
+        match self {
+            PausePoint::BeforeGrantCommit => "before-grant-commit",
+        }
+    }
+}
+
+/// The environment variable naming the pause directory.
+pub const PAUSE_DIR_VAR: &str = "ROLLGATE_TEST_PAUSE_DIR";
+
+/// Holds the caller at `point` the first time it is reached, if a test asked for it.
+#[cfg(feature = "fault-injection")]
+pub async fn pause(point: PausePoint, what: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static PAUSED: AtomicBool = AtomicBool::new(false);
+    let Some(dir) = std::env::var_os(PAUSE_DIR_VAR) else {
+        return;
+    };
+    if PAUSED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let dir = std::path::PathBuf::from(dir);
+    let paused = dir.join(format!("{}.paused", point.word()));
+    let go = dir.join(format!("{}.go", point.word()));
+    if let Err(e) = std::fs::write(&paused, what) {
+        tracing::error!("{PAUSE_DIR_VAR}: cannot write {}: {e}", paused.display());
+        return;
+    }
+    tracing::warn!(
+        point = point.word(),
+        "{PAUSE_DIR_VAR}: paused (fault injection): {what}"
+    );
+    // Test-only: a short poll keeps this free of a file-watch dependency.
+    while !go.exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    tracing::warn!(
+        point = point.word(),
+        "{PAUSE_DIR_VAR}: resumed (fault injection)"
+    );
+}
+
+/// Holds the caller at `point` the first time it is reached, if a test asked for it.
+#[cfg(not(feature = "fault-injection"))]
+pub async fn pause(_point: PausePoint, _what: &str) {}
+
+/// Refuses a test-only setting in a build without fault injection: a test run against the
+/// wrong binaries fails with the reason instead of passing without its fault.
+pub fn refuse_test_settings() -> Result<(), String> {
+    if cfg!(feature = "fault-injection") || std::env::var_os(PAUSE_DIR_VAR).is_none() {
+        return Ok(());
+    }
+    Err(format!(
+        "{PAUSE_DIR_VAR} is set, but this rollgate-coordinator was built without fault \
+         injection (a test-only setting that shipped builds leave out); unset it, or build the \
+         tests' binaries with `cargo build --workspace --bins --features \
+         rollgate-coordinator/fault-injection,rollgate-agent/fault-injection`"
+    ))
+}
