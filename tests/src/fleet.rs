@@ -185,6 +185,8 @@ pub struct Fleet {
     pub(crate) supervisor: Option<Supervisor>,
     /// Set when a harness wait failed, so the logs are printed on drop.
     pub(crate) failed: AtomicBool,
+    /// Exits the test causes on purpose ([`Fleet::expect_exits`]).
+    pub(crate) expected_exits: std::sync::Mutex<Vec<crate::exits::Expectation>>,
 }
 
 /// The command that starts replica `k` (without its `--config`): `opts.coordinator_wrap`, then
@@ -272,6 +274,7 @@ impl Fleet {
             runtime,
             preferred: AtomicUsize::new(0),
             supervisor: None,
+            expected_exits: Default::default(),
             failed: AtomicBool::new(false),
         };
         if let Err(e) = fleet.finish_start() {

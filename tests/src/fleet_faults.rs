@@ -155,6 +155,9 @@ impl Fleet {
     /// kill -9 etcd, keep it down for `down_for`, then start it again on the same ports and
     /// data dir and wait until it is healthy.
     pub fn restart_etcd(&mut self, down_for: Duration) -> anyhow::Result<()> {
+        // A replica whose lease etcd let lapse while down ends by design (the supervisor
+        // starts it again); a crash still fails the test.
+        self.expect_exits("coordinators", Expected::Exit, "the test restarted etcd");
         self.etcd.proc.kill9();
         std::thread::sleep(down_for);
         self.etcd.proc.restart()?;
@@ -182,6 +185,9 @@ impl Fleet {
     /// A cold backup of etcd, taken while no rollout is active: kill -9 it, copy its data dir
     /// to `<dir>/<name>`, start it again.
     pub fn etcd_backup(&mut self, name: &str) -> anyhow::Result<PathBuf> {
+        // A replica whose lease etcd let lapse while down ends by design (the supervisor
+        // starts it again); a crash still fails the test.
+        self.expect_exits("coordinators", Expected::Exit, "the test restarted etcd");
         self.wait_service_free("web")?;
         let data = self.dir.join("etcd-data");
         let backup = self.dir.join(name);
@@ -197,6 +203,9 @@ impl Fleet {
     /// Puts a backup taken with [`Fleet::etcd_backup`] back: kill -9 etcd, replace its data
     /// dir, start it, then restart every coordinator (as an operator does after a restore).
     pub fn etcd_restore(&mut self, backup: &Path) -> anyhow::Result<()> {
+        // A replica whose lease etcd let lapse while down ends by design (the supervisor
+        // starts it again); a crash still fails the test.
+        self.expect_exits("coordinators", Expected::Exit, "the test restarted etcd");
         let data = self.dir.join("etcd-data");
         self.etcd.proc.kill9();
         fs::remove_dir_all(&data).with_context(|| format!("cannot remove {}", data.display()))?;
@@ -342,6 +351,13 @@ impl Drop for Fleet {
         if let Some(s) = self.supervisor.as_mut() {
             s.shutdown();
         }
+        // Seen before the harness stops everything; the test fails after the clean-up.
+        let failing = std::thread::panicking() || self.failed.load(Ordering::Relaxed);
+        let unplanned = if failing {
+            Vec::new()
+        } else {
+            self.unplanned_exits()
+        };
         for a in &mut self.agents {
             a.proc.signal(Signal::SIGCONT);
             a.proc.stop(Duration::from_secs(3));
@@ -354,6 +370,7 @@ impl Drop for Fleet {
         self.etcd.proc.kill9();
         // Namespaces go after every process in them.
         drop(self.net.take());
+        self.fail_on_unplanned_exits(unplanned);
         if std::env::var_os("KEEP_TEST_DIRS").is_some() {
             if let Some(guard) = self.dir_guard.take() {
                 eprintln!("keeping {}", guard.keep().display());

@@ -47,6 +47,7 @@ pub mod webhook;
 
 mod coordinator;
 mod etcd;
+mod exits;
 mod fleet;
 mod fleet_faults;
 mod netlab;
@@ -55,6 +56,7 @@ mod proc;
 
 pub use coordinator::*;
 pub use etcd::*;
+pub use exits::*;
 pub use fleet::*;
 pub use fleet_faults::*;
 pub use netlab::*;

@@ -3,6 +3,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,34 @@ pub struct Proc {
     /// Its combined stdout/stderr.
     pub log: PathBuf,
     pub(crate) cmd: Vec<String>,
+    /// Exits the harness saw that it did not cause by killing the process (see [`OwnExit`]).
+    pub(crate) exits: Vec<OwnExit>,
+    /// The harness sent the current child SIGTERM/SIGINT/SIGKILL: its exit is planned.
+    pub(crate) asked_to_exit: AtomicBool,
+    /// The current child's exit is in `exits` already.
+    exit_seen: bool,
+}
+
+/// An exit of a harness process that the harness did not cause with a kill or a stop.
+#[derive(Debug, Clone)]
+pub struct OwnExit {
+    /// The process (`coord-1`, `host-2`, ...).
+    pub name: String,
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Whether the harness had asked it to exit (a signal sent through [`Proc::signal`]).
+    pub asked: bool,
+    /// Its log's last lines when the exit was seen.
+    pub tail: String,
+}
+
+impl OwnExit {
+    /// A crash: killed by a signal it did not get from the harness (abort, segfault), or a
+    /// Rust panic's exit status (101).
+    pub fn is_crash(&self) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        self.status.signal().is_some() || self.status.code() == Some(101)
+    }
 }
 
 impl Proc {
@@ -49,6 +78,9 @@ impl Proc {
             child: Some(child),
             log: log.to_path_buf(),
             cmd: cmd.to_vec(),
+            exits: Vec::new(),
+            asked_to_exit: AtomicBool::new(false),
+            exit_seen: false,
         })
     }
 
@@ -60,12 +92,48 @@ impl Proc {
     /// Sends a signal (SIGSTOP, SIGCONT, SIGTERM, ...).
     pub fn signal(&self, sig: Signal) {
         if let Some(pid) = self.pid() {
+            if matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGKILL) {
+                self.asked_to_exit.store(true, Ordering::Relaxed);
+            }
             let _ = kill(pid, sig);
         }
     }
 
+    /// Sends SIGCONT (lets a stopped process go on, or die of a pending SIGKILL).
+    pub(crate) fn cont(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = kill(pid, Signal::SIGCONT);
+        }
+    }
+
+    /// How the current child ended, if it did; an exit the harness did not cause is recorded
+    /// once in [`Proc::exits`].
+    pub(crate) fn observe(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        let exit = OwnExit {
+            name: self.name.clone(),
+            status,
+            asked: self.asked_to_exit.load(Ordering::Relaxed),
+            tail: self.tail(crate::TAIL_LINES),
+        };
+        // A reaped child keeps answering the same status: record it once.
+        if !self.exit_seen {
+            self.exit_seen = true;
+            self.exits.push(exit);
+        }
+        Some(status)
+    }
+
+    /// Every exit seen so far that the harness did not cause.
+    pub fn own_exits(&mut self) -> Vec<OwnExit> {
+        self.observe();
+        self.exits.clone()
+    }
+
     /// kill -9 and reap.
     pub fn kill9(&mut self) {
+        self.observe();
+        self.asked_to_exit.store(false, Ordering::Relaxed);
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -74,6 +142,8 @@ impl Proc {
 
     /// SIGTERM, wait up to `grace`, then SIGKILL.
     pub fn stop(&mut self, grace: Duration) {
+        self.observe();
+        self.asked_to_exit.store(false, Ordering::Relaxed);
         if let Some(mut c) = self.child.take() {
             let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
             let deadline = Instant::now() + grace;
@@ -98,22 +168,18 @@ impl Proc {
         self.kill9();
         let mut fresh = Proc::spawn_with_env(&self.name, &self.cmd, &self.log, env)?;
         self.child = fresh.child.take();
+        self.exit_seen = false;
         Ok(())
     }
 
     /// Whether it has exited (or was killed by the harness).
     pub fn exited(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => !matches!(c.try_wait(), Ok(None)),
-            None => true,
-        }
+        self.child.is_none() || self.observe().is_some()
     }
 
     /// How it ended, if it exited on its own (not killed by the harness: that leaves no child).
     pub fn exited_on_its_own(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.observe()
     }
 
     /// The last `n` lines of its log.
@@ -125,7 +191,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         // A stopped process cannot die of SIGKILL until continued.
-        self.signal(Signal::SIGCONT);
+        self.cont();
         self.kill9();
     }
 }

@@ -222,3 +222,52 @@ fn release_failing_on_answers_unhealthy_only_on_those_hosts() -> anyhow::Result<
     }
     Ok(())
 }
+
+/// No silent crashes (issue 14, item 2): an agent that dies of a signal the harness did not
+/// send (here a raw SIGABRT, as an abort would), and a replica killed behind the harness's back
+/// (as the OOM killer would; the supervisor restarts it), fail the test when the fleet is
+/// dropped, naming the process and how it ended; a declared exit does not.
+#[test]
+fn an_unplanned_crash_fails_the_test_and_a_declared_one_does_not() -> anyhow::Result<()> {
+    use rollgate_tests::Expected;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let fleet = Fleet::start(FleetOpts {
+        agents: 2,
+        ..FleetOpts::default()
+    })?;
+    let raw = |pid: Option<nix::unistd::Pid>, sig| {
+        nix::sys::signal::kill(pid.expect("running"), sig).expect("signal sent")
+    };
+    raw(fleet.host("host-1").proc.pid(), Signal::SIGABRT);
+    raw(fleet.coordinator().pid(), Signal::SIGKILL);
+    wait_for(
+        "the supervisor to restart coord-1",
+        Duration::from_secs(10),
+        || Ok((!fleet.coordinator_restarts().is_empty()).then_some(())),
+    )?;
+    let dropped = catch_unwind(AssertUnwindSafe(|| drop(fleet)));
+    let msg = match dropped {
+        Ok(()) => panic!("the fleet was dropped without complaint after two unplanned crashes"),
+        Err(p) => p.downcast_ref::<String>().cloned().unwrap_or_default(),
+    };
+    println!("{}", msg.lines().take(3).collect::<Vec<_>>().join("\n"));
+    assert!(msg.contains("2 unplanned exit(s)"), "{msg}");
+    assert!(msg.contains("host-1 crashed (signal: 6"), "{msg}");
+    assert!(msg.contains("coord-1 crashed (signal: 9"), "{msg}");
+
+    // The same crash, declared by the test: no complaint.
+    let fleet = Fleet::start(FleetOpts {
+        agents: 1,
+        ..FleetOpts::default()
+    })?;
+    fleet.expect_exits("host-1", Expected::Crash, "this test aborts it");
+    raw(fleet.host("host-1").proc.pid(), Signal::SIGABRT);
+    wait_for("host-1 to die", Duration::from_secs(10), || {
+        let p = fleet.host("host-1").proc.pid().expect("child");
+        Ok(std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .map_or(true, |s| s.contains(") Z "))
+            .then_some(()))
+    })?;
+    drop(fleet);
+    Ok(())
+}
