@@ -8,6 +8,18 @@ use anyhow::{bail, Context};
 
 use crate::*;
 
+/// Where one etcd member lives and how it finds its cluster.
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    pub(crate) name: String,
+    pub(crate) data: PathBuf,
+    pub(crate) log: PathBuf,
+    pub(crate) client: u16,
+    pub(crate) peer: u16,
+    /// `--initial-cluster`: `name=http://127.0.0.1:PEER,...`.
+    pub(crate) cluster: String,
+}
+
 /// A real etcd server on free ports.
 #[derive(Debug)]
 pub struct Etcd {
@@ -182,18 +194,36 @@ impl Etcd {
     }
 
     pub(crate) fn launch(dir: &Path, security: Option<EtcdSecurity>) -> anyhow::Result<Self> {
-        let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
-        let client = free_port();
         let peer = free_port();
+        let member = Member {
+            name: "test".into(),
+            data: dir.join("etcd-data"),
+            log: dir.join("etcd.log"),
+            client: free_port(),
+            peer,
+            cluster: format!("test=http://127.0.0.1:{peer}"),
+        };
+        let etcd = Self::launch_member(&member, security)?;
+        etcd.wait_healthy()?;
+        Ok(etcd)
+    }
+
+    /// Starts one etcd member (not waiting: a member of a cluster is healthy only with quorum).
+    pub(crate) fn launch_member(
+        member: &Member,
+        security: Option<EtcdSecurity>,
+    ) -> anyhow::Result<Self> {
+        let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
+        let client = member.client;
         let scheme = if security.is_some() { "https" } else { "http" };
         let endpoint = format!("{scheme}://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
+        let peer_url = format!("http://127.0.0.1:{}", member.peer);
         let mut cmd: Vec<String> = vec![
             bin,
             "--name".into(),
-            "test".into(),
+            member.name.clone(),
             "--data-dir".into(),
-            dir.join("etcd-data").display().to_string(),
+            member.data.display().to_string(),
             "--listen-client-urls".into(),
             endpoint.clone(),
             "--advertise-client-urls".into(),
@@ -203,7 +233,7 @@ impl Etcd {
             "--initial-advertise-peer-urls".into(),
             peer_url.clone(),
             "--initial-cluster".into(),
-            format!("test={peer_url}"),
+            member.cluster.clone(),
             "--heartbeat-interval".into(),
             "10".into(),
             "--election-timeout".into(),
@@ -233,17 +263,15 @@ impl Etcd {
                 format!("http://127.0.0.1:{health_port}"),
             ]);
         }
-        let proc = Proc::spawn("etcd", &cmd, &dir.join("etcd.log")).context(
+        let proc = Proc::spawn("etcd", &cmd, &member.log).context(
             "cannot start etcd: install it (apt-get install etcd-server) or set ETCD_BIN",
         )?;
-        let etcd = Etcd {
+        Ok(Etcd {
             proc,
             endpoint,
             health_port,
             security,
-        };
-        etcd.wait_healthy()?;
-        Ok(etcd)
+        })
     }
 
     /// Waits until etcd answers `GET /health` with `"health":"true"`.

@@ -47,6 +47,7 @@ pub mod webhook;
 
 mod coordinator;
 mod etcd;
+mod etcd_cluster;
 mod exits;
 mod fleet;
 mod fleet_faults;
@@ -56,6 +57,7 @@ mod proc;
 
 pub use coordinator::*;
 pub use etcd::*;
+pub use etcd_cluster::*;
 pub use exits::*;
 pub use fleet::*;
 pub use fleet_faults::*;
