@@ -57,6 +57,10 @@ use crate::store::Keys;
 const LEASE_RETRY: Duration = Duration::from_millis(200);
 /// How long in-flight work gets at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long in-flight work gets when this replica's lease is lost: its sessions' keys and its
+/// leadership went with the lease, so what they would finish is void, and its agents should
+/// reach a replica that can act at once.
+const LEASE_LOST_GRACE: Duration = Duration::from_millis(500);
 /// How long, once every session and watch has ended, unary calls in flight get to finish.
 const SERVER_DRAIN: Duration = Duration::from_secs(1);
 /// HTTP/2 streams one connection may have open (an agent needs two or three; an operator's
@@ -243,17 +247,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 Ok(Err(e)) => e,
                 Err(e) => e.into(),
             };
-            error!("{e:#}: this replica's sessions and leadership are void; exiting so a supervisor restarts it cleanly");
+            error!("{e:#}: this replica's sessions and leadership are void; exiting so that its agents reconnect to another replica and a supervisor restarts it cleanly");
             Err(e)
         }
     };
     rollgate_proto::telemetry::notify_stopping();
     let stopped = stop_in_order(&ctx, &cancel, [driver, dispatcher], server);
-    if tokio::time::timeout(SHUTDOWN_GRACE, stopped).await.is_err() {
+    let grace = if outcome.is_ok() {
+        SHUTDOWN_GRACE
+    } else {
+        LEASE_LOST_GRACE
+    };
+    if tokio::time::timeout(grace, stopped).await.is_err() {
         warn!(
             unfinished = ctx.tasks.len(),
-            "shutdown took longer than {SHUTDOWN_GRACE:?}; exiting anyway (agents reconnect \
-             to another replica and re-send what they had not reported)"
+            "shutdown took longer than {grace:?}; exiting anyway (agents reconnect to another \
+             replica and re-send what they had not reported)"
         );
     }
     if outcome.is_ok() {
@@ -300,30 +309,50 @@ async fn stop_in_order(
 }
 
 /// Keeps this replica's lease alive. A broken keep-alive stream (etcd restarting, a leader
-/// change) is re-opened; only a lease that etcd says has expired ends the replica, since its
-/// sessions and leadership are then void.
+/// change) is re-opened. The replica ends when etcd says the lease has expired, or when no
+/// renewal succeeded for a whole TTL (etcd unreachable from here: it has expired the lease by
+/// then), since its sessions and leadership are then void; its agents then reconnect to a
+/// replica that still reaches etcd instead of heartbeating into one that cannot act.
 async fn keep_lease(
     mut etcd: Client,
     lease: i64,
     ttl: Duration,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    use tokio::time::{timeout_at, Instant};
     let every = ttl / 3;
-    let mut last_ok = tokio::time::Instant::now();
+    let mut last_ok = Instant::now();
+    let unrenewed = |last_ok: Instant| {
+        anyhow::anyhow!(
+            "this replica could not renew its etcd lease {lease:x} for {:.1?}, its whole TTL of \
+             {ttl:?} (etcd unreachable from here; check the network between this replica and \
+             etcd), so etcd has expired it",
+            last_ok.elapsed()
+        )
+    };
     loop {
         let opened = tokio::select! {
-            r = etcd.lease_keep_alive(lease) => r,
+            r = timeout_at(last_ok + ttl, etcd.lease_keep_alive(lease)) => r,
             _ = cancel.cancelled() => return Ok(()),
+        };
+        let Ok(opened) = opened else {
+            return Err(unrenewed(last_ok));
         };
         if let Ok((mut keeper, mut stream)) = opened {
             loop {
-                if keeper.keep_alive().await.is_err() {
-                    break;
-                }
-                match stream.message().await {
-                    Ok(Some(r)) if r.ttl() > 0 => last_ok = tokio::time::Instant::now(),
-                    Ok(Some(_)) => anyhow::bail!("this replica's etcd lease {lease:x} expired"),
-                    Ok(None) | Err(_) => break,
+                let renewal = async {
+                    keeper.keep_alive().await?;
+                    stream.message().await
+                };
+                let answer = tokio::select! {
+                    r = timeout_at(last_ok + ttl, renewal) => r,
+                    _ = cancel.cancelled() => return Ok(()),
+                };
+                match answer {
+                    Err(_) => return Err(unrenewed(last_ok)),
+                    Ok(Ok(Some(r))) if r.ttl() > 0 => last_ok = Instant::now(),
+                    Ok(Ok(Some(_))) => anyhow::bail!("this replica's etcd lease {lease:x} expired"),
+                    Ok(Ok(None)) | Ok(Err(_)) => break,
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
@@ -332,10 +361,10 @@ async fn keep_lease(
             }
         }
         // Without etcd this replica can change nothing (every write is a compare-and-set), so it
-        // keeps trying; etcd itself says when the lease is gone.
+        // keeps trying until the lease's TTL has run out.
         warn!(
             since_last_renewal = ?last_ok.elapsed(),
-            "etcd lease keep-alive interrupted; retrying"
+            "etcd lease keep-alive interrupted; retrying until the lease's TTL ({ttl:?}) runs out"
         );
         tokio::select! {
             _ = tokio::time::sleep(LEASE_RETRY) => {}

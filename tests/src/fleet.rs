@@ -124,6 +124,9 @@ pub struct FleetOpts {
     /// Serve `[metrics] listen` on every coordinator and agent (the default); the benchmarks
     /// turn it off to measure what the endpoint costs.
     pub metrics: bool,
+    /// Each coordinator reaches etcd through its own [`TcpProxy`] ([`Fleet::etcd_proxy`]), so
+    /// a test can cut one replica off etcd while its agents stay connected to it.
+    pub etcd_via_proxy: bool,
 }
 
 /// Directories holding `rollgate-coordinator` and `rollgate-agent` builds other than this one.
@@ -151,6 +154,7 @@ impl Default for FleetOpts {
             coordinator_wrap: Vec::new(),
             bin_dirs: BinDirs::default(),
             metrics: true,
+            etcd_via_proxy: false,
         }
     }
 }
@@ -187,6 +191,8 @@ pub struct Fleet {
     pub(crate) failed: AtomicBool,
     /// Exits the test causes on purpose ([`Fleet::expect_exits`]).
     pub(crate) expected_exits: std::sync::Mutex<Vec<crate::exits::Expectation>>,
+    /// Replica i's link to etcd when [`FleetOpts::etcd_via_proxy`] is set.
+    pub(crate) etcd_proxies: Vec<TcpProxy>,
 }
 
 /// The command that starts replica `k` (without its `--config`): `opts.coordinator_wrap`, then
@@ -242,13 +248,23 @@ impl Fleet {
         };
         let ip = net.as_ref().map_or(Ipv4Addr::LOCALHOST, |n| n.gateway);
         let pki = pki::Pki::init(&dir.join("pki"))?;
+        let etcd_proxies = if opts.etcd_via_proxy {
+            (0..opts.coordinators)
+                .map(|_| TcpProxy::start(tcp_proxy::endpoint_addr(&etcd.endpoint)?))
+                .collect::<anyhow::Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         let mut coordinators = Vec::new();
         for k in 1..=opts.coordinators {
+            let endpoint = etcd_proxies
+                .get(k - 1)
+                .map_or(etcd.endpoint.clone(), |p| p.endpoint_via(&etcd.endpoint));
             coordinators.push(Coordinator::start(
                 &dir,
                 k,
                 ip,
-                &etcd.endpoint,
+                &endpoint,
                 &extra,
                 &pki,
                 ReplicaOpts {
@@ -276,6 +292,7 @@ impl Fleet {
             supervisor: None,
             expected_exits: Default::default(),
             failed: AtomicBool::new(false),
+            etcd_proxies,
         };
         if let Err(e) = fleet.finish_start() {
             // Drop prints the logs.
@@ -329,6 +346,13 @@ impl Fleet {
     /// The first replica (the only one in a single-coordinator fleet).
     pub fn coordinator(&self) -> &Coordinator {
         &self.coordinators[0]
+    }
+
+    /// Replica `i`'s link to etcd; panics unless the fleet has [`FleetOpts::etcd_via_proxy`].
+    pub fn etcd_proxy(&self, i: usize) -> &TcpProxy {
+        self.etcd_proxies
+            .get(i)
+            .expect("Fleet::etcd_proxy needs FleetOpts::etcd_via_proxy")
     }
 
     /// The first replica's gRPC address.

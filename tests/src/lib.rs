@@ -27,7 +27,8 @@
 //! `observer.rs`, `netlab.rs`, `pki.rs`, `managers.rs` (real systemd and container engines),
 //! `prometheus.rs` (a real Prometheus server and promtool), `webhook.rs` (a test-owned webhook
 //! receiver that checks signatures), `scrape_tls.rs` (certificates for an https `/metrics` and
-//! a TLS client that reports the server's refusal).
+//! a TLS client that reports the server's refusal), `tcp_proxy.rs` ([`TcpProxy`]: a loopback
+//! TCP proxy a test can cut and heal, e.g. between one coordinator and etcd).
 //!
 //! Binaries come from the cargo target directory next to the test executable (or from
 //! `ROLLGATE_BIN_DIR`); build them first with `cargo build --workspace --bins` (`tests/run.sh`
@@ -43,6 +44,7 @@ pub mod managers;
 pub mod pki;
 pub mod prometheus;
 pub mod scrape_tls;
+pub mod tcp_proxy;
 pub mod webhook;
 
 mod coordinator;
@@ -65,6 +67,7 @@ pub use netlab::*;
 pub use observer::*;
 pub use proc::*;
 pub use rollgate_proto::pb;
+pub use tcp_proxy::{Cut, TcpProxy};
 
 /// How long a daemon may take to come up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
