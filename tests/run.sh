@@ -17,7 +17,10 @@ if [ "$free_gb" -lt 12 ]; then
   echo "  Free some space (an old target/ directory: cargo clean) and run again." >&2
   exit 1
 fi
-cargo build --workspace --bins --features rollgate-agent/fault-injection,rollgate-coordinator/fault-injection
+# Test-only fault injection (the agent's crash-at-step hook, the coordinator's pause points): on for
+# the build AND the test run (cargo test rebuilds the binaries with the features it is given).
+features=rollgate-agent/fault-injection,rollgate-coordinator/fault-injection
+cargo build --workspace --bins --features "$features"
 # The previous protocol's coordinator and agent, for the mixed-version tests (built once).
 tests/old-bins.sh >/dev/null
 # End-to-end test files run one after another (each starts its own fleet); --nocapture shows
@@ -25,7 +28,7 @@ tests/old-bins.sh >/dev/null
 # A failing test's reason is repeated at the end (backtraces off), where a CI summary shows it.
 log="$target_dir/test-output.log"
 set +e
-RUST_BACKTRACE=0 cargo test --workspace --no-fail-fast -- --nocapture 2>&1 | tee "$log"
+RUST_BACKTRACE=0 cargo test --workspace --no-fail-fast --features "$features" -- --nocapture 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 if [ "$rc" -ne 0 ]; then

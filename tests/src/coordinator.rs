@@ -55,7 +55,7 @@ impl Coordinator {
         dir: &Path,
         index: usize,
         ip: Ipv4Addr,
-        etcd_endpoint: &str,
+        etcd_endpoints: &[String],
         extra: &ConfigExtra,
         pki: &pki::Pki,
         replica: ReplicaOpts,
@@ -79,7 +79,7 @@ impl Coordinator {
 state_dir = "{state}"
 replica_id = "{id}"
 [etcd]
-endpoints = ["{etcd_endpoint}"]
+endpoints = [{endpoints}]
 lease_ttl = "{LEASE_TTL_SECS}s"
 {insecure_etcd}
 [agents]
@@ -92,7 +92,12 @@ missed_heartbeats = {MISSED_HEARTBEATS}
             hb = HEARTBEAT.as_millis(),
             extra = extra.tables.as_deref().unwrap_or_default(),
             // A plain test etcd must be allowed explicitly (the coordinator refuses it otherwise).
-            insecure_etcd = if etcd_endpoint.starts_with("http://") {
+            endpoints = etcd_endpoints
+                .iter()
+                .map(|e| format!("\"{e}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            insecure_etcd = if etcd_endpoints.iter().all(|e| e.starts_with("http://")) {
                 "allow_insecure_etcd = true"
             } else {
                 ""

@@ -127,6 +127,9 @@ pub struct FleetOpts {
     /// Each coordinator reaches etcd through its own [`TcpProxy`] ([`Fleet::etcd_proxy`]), so
     /// a test can cut one replica off etcd while its agents stay connected to it.
     pub etcd_via_proxy: bool,
+    /// etcd members: 1 (the default) or a cluster ([`EtcdCluster`]; `Fleet::etcd` is member 1,
+    /// [`Fleet::etcd_peers`] the others).
+    pub etcd_members: usize,
 }
 
 /// Directories holding `rollgate-coordinator` and `rollgate-agent` builds other than this one.
@@ -155,6 +158,7 @@ impl Default for FleetOpts {
             bin_dirs: BinDirs::default(),
             metrics: true,
             etcd_via_proxy: false,
+            etcd_members: 1,
         }
     }
 }
@@ -191,8 +195,10 @@ pub struct Fleet {
     pub(crate) failed: AtomicBool,
     /// Exits the test causes on purpose ([`Fleet::expect_exits`]).
     pub(crate) expected_exits: std::sync::Mutex<Vec<crate::exits::Expectation>>,
-    /// Replica i's link to etcd when [`FleetOpts::etcd_via_proxy`] is set.
-    pub(crate) etcd_proxies: Vec<TcpProxy>,
+    /// Replica i's links to each etcd member when [`FleetOpts::etcd_via_proxy`] is set.
+    pub(crate) etcd_proxies: Vec<Vec<TcpProxy>>,
+    /// etcd members 2.. of a cluster ([`FleetOpts::etcd_members`]).
+    pub etcd_peers: Vec<Etcd>,
 }
 
 /// The command that starts replica `k` (without its `--config`): `opts.coordinator_wrap`, then
@@ -230,11 +236,20 @@ impl Fleet {
         } else {
             None
         };
-        let etcd = if opts.etcd_secure {
-            Etcd::start_secure(&dir)?
+        let (etcd, etcd_peers) = if opts.etcd_members > 1 {
+            assert!(!opts.etcd_secure, "a secure etcd cluster is not built yet");
+            let mut members = EtcdCluster::start(&dir, opts.etcd_members)?.members;
+            let first = members.remove(0);
+            (first, members)
+        } else if opts.etcd_secure {
+            (Etcd::start_secure(&dir)?, Vec::new())
         } else {
-            Etcd::start(&dir)?
+            (Etcd::start(&dir)?, Vec::new())
         };
+        let endpoints: Vec<String> = std::iter::once(&etcd)
+            .chain(&etcd_peers)
+            .map(|e| e.endpoint.clone())
+            .collect();
         let extra: Vec<String> = [
             opts.coordinator_extra.clone(),
             etcd.security.as_ref().map(EtcdSecurity::coordinator_toml),
@@ -250,21 +265,31 @@ impl Fleet {
         let pki = pki::Pki::init(&dir.join("pki"))?;
         let etcd_proxies = if opts.etcd_via_proxy {
             (0..opts.coordinators)
-                .map(|_| TcpProxy::start(tcp_proxy::endpoint_addr(&etcd.endpoint)?))
+                .map(|_| {
+                    endpoints
+                        .iter()
+                        .map(|e| TcpProxy::start(tcp_proxy::endpoint_addr(e)?))
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
                 .collect::<anyhow::Result<Vec<_>>>()?
         } else {
             Vec::new()
         };
         let mut coordinators = Vec::new();
         for k in 1..=opts.coordinators {
-            let endpoint = etcd_proxies
-                .get(k - 1)
-                .map_or(etcd.endpoint.clone(), |p| p.endpoint_via(&etcd.endpoint));
+            let endpoints: Vec<String> = match etcd_proxies.get(k - 1) {
+                Some(proxies) => proxies
+                    .iter()
+                    .zip(&endpoints)
+                    .map(|(p, e)| p.endpoint_via(e))
+                    .collect(),
+                None => endpoints.clone(),
+            };
             coordinators.push(Coordinator::start(
                 &dir,
                 k,
                 ip,
-                &endpoint,
+                &endpoints,
                 &extra,
                 &pki,
                 ReplicaOpts {
@@ -293,6 +318,7 @@ impl Fleet {
             expected_exits: Default::default(),
             failed: AtomicBool::new(false),
             etcd_proxies,
+            etcd_peers,
         };
         if let Err(e) = fleet.finish_start() {
             // Drop prints the logs.
@@ -352,7 +378,30 @@ impl Fleet {
     pub fn etcd_proxy(&self, i: usize) -> &TcpProxy {
         self.etcd_proxies
             .get(i)
+            .and_then(|p| p.first())
             .expect("Fleet::etcd_proxy needs FleetOpts::etcd_via_proxy")
+    }
+
+    /// Cuts replica `i` off every etcd member (needs [`FleetOpts::etcd_via_proxy`]).
+    pub fn cut_etcd_link(&self, i: usize, how: Cut) {
+        for p in &self.etcd_proxies[i] {
+            p.cut(how);
+        }
+    }
+
+    /// Heals replica `i`'s links to etcd.
+    pub fn heal_etcd_link(&self, i: usize) {
+        for p in &self.etcd_proxies[i] {
+            p.heal();
+        }
+    }
+
+    /// etcd member `i` (0-based; 0 is [`Fleet::etcd`]).
+    pub fn etcd_member(&mut self, i: usize) -> &mut Etcd {
+        match i {
+            0 => &mut self.etcd,
+            _ => &mut self.etcd_peers[i - 1],
+        }
     }
 
     /// The first replica's gRPC address.

@@ -100,8 +100,19 @@ impl Fleet {
         })
     }
 
-    async fn etcd_client(&self) -> anyhow::Result<etcd_client::Client> {
-        self.etcd.client().await
+    pub(crate) async fn etcd_client(&self) -> anyhow::Result<etcd_client::Client> {
+        if self.etcd_peers.is_empty() {
+            return self.etcd.client().await;
+        }
+        // A cluster: any member that answers.
+        let endpoints: Vec<&str> = std::iter::once(&self.etcd)
+            .chain(&self.etcd_peers)
+            .map(|e| e.endpoint.as_str())
+            .collect();
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_secs(2));
+        Ok(etcd_client::Client::connect(endpoints, Some(opts)).await?)
     }
 
     /// Index (into `coordinators`) of the replica holding leadership, read from the election

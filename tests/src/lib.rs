@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 pub mod managers;
+pub mod nemesis;
 pub mod pki;
 pub mod prometheus;
 pub mod scrape_tls;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rollgate_tests::pb::{HostState, Step};
-use rollgate_tests::{wait_for, Fleet, FleetOpts, Mode};
+use rollgate_tests::{wait_for, Expected, Fleet, FleetOpts, Mode};
 
 const STEPS: [&str; 5] = ["fetching", "staged", "swapping", "starting", "verifying"];
 
@@ -18,6 +18,11 @@ fn agent_killed_at_each_step_ends_on_old_or_new() -> anyhow::Result<()> {
         agents: STEPS.len() + 1,
         ..FleetOpts::default()
     })?;
+    fleet.expect_exits(
+        "agents",
+        Expected::Crash,
+        "ROLLGATE_TEST_CRASH_AT aborts the agent on purpose",
+    );
     fleet.install(
         "1.0.0",
         "max_unavailable = 10\nmin_healthy_time = \"200ms\"",

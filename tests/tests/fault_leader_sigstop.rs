@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use rollgate_tests::pb::{HostState, Phase};
-use rollgate_tests::{brief, Fleet, FleetOpts, LEASE_TTL_SECS};
+use rollgate_tests::{brief, Expected, Fleet, FleetOpts, LEASE_TTL_SECS};
 
 #[test]
 fn deposed_leader_grants_nothing_after_it_wakes_up() -> anyhow::Result<()> {
@@ -19,6 +19,11 @@ fn deposed_leader_grants_nothing_after_it_wakes_up() -> anyhow::Result<()> {
         coordinators: 2,
         ..FleetOpts::default()
     })?;
+    fleet.expect_exits(
+        "coordinators",
+        Expected::Exit,
+        "a leader stopped past its lease TTL ends when it wakes (its lease is gone)",
+    );
     let (observer, id, at_stop) = fleet.mid_rollout(
         "max_unavailable = 2\nmin_healthy_time = \"1500ms\"\nhealthy_deadline = \"30s\"\nmax_failures = 6",
         "some hosts updating",

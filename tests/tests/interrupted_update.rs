@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use rollgate_tests::pb::{HostState, Phase, Step};
-use rollgate_tests::{wait_for, Fleet, FleetOpts, Mode};
+use rollgate_tests::{wait_for, Expected, Fleet, FleetOpts, Mode};
 
 const STEPS: [&str; 5] = ["fetching", "staged", "swapping", "starting", "verifying"];
 const BUDGET: usize = 2;
@@ -20,6 +20,11 @@ fn agents_killed_mid_update_do_not_halt_a_good_rollout() -> anyhow::Result<()> {
         agents: hosts,
         ..FleetOpts::default()
     })?;
+    fleet.expect_exits(
+        "agents",
+        Expected::Crash,
+        "ROLLGATE_TEST_CRASH_AT aborts the agent on purpose",
+    );
     fleet.install(
         "1.0.0",
         "max_unavailable = 10\nmin_healthy_time = \"200ms\"",
@@ -120,6 +125,11 @@ fn a_host_interrupted_past_the_bound_fails_with_that_reason() -> anyhow::Result<
         agents: 2,
         ..FleetOpts::default()
     })?;
+    fleet.expect_exits(
+        "agents",
+        Expected::Crash,
+        "ROLLGATE_TEST_CRASH_AT aborts the agent on purpose",
+    );
     fleet.install(
         "1.0.0",
         "max_unavailable = 10\nmin_healthy_time = \"200ms\"",
