@@ -125,6 +125,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let metrics = metrics::Metrics::new();
     let mut etcd = etcd_conn::connect(&etcd_config, &endpoints, &metrics.etcd).await?;
+    // The election's Campaign call blocks until this replica leads: it has its own client,
+    // without the per-request timeout.
+    let election = etcd_conn::connect_for_campaign(&etcd_config, &endpoints, &metrics.etcd).await?;
     if let Some(local) = &local {
         local.record_peer_url(&mut etcd).await;
     }
@@ -227,7 +230,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Duration::from_secs(ttl as u64),
         cancel.clone(),
     ));
-    let driver = tokio::spawn(driver::run(ctx.clone(), cancel.clone()));
+    let driver = tokio::spawn(driver::run(ctx.clone(), election, cancel.clone()));
     let dispatcher = tokio::spawn(sessions::dispatch_orders(ctx.clone(), cancel.clone()));
     rollgate_proto::telemetry::notify_ready();
 
