@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -18,6 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 mod error;
+mod probe;
 
 use error::{refused_certificate, root_cause};
 pub use error::{ControlError, Subject};
@@ -129,6 +131,8 @@ pub struct Coordinator {
     url: String,
     /// The operator's certificate (`--cert`), named when the coordinator refuses it.
     cert: Option<PathBuf>,
+    /// The operator's TLS files, to ask the coordinator why it hung up (`None`: insecure).
+    files: Option<Arc<TlsFiles>>,
     client: ControlServiceClient<Channel>,
 }
 
@@ -195,6 +199,7 @@ impl Coordinator {
         Ok(Coordinator {
             url,
             cert: target.tls.cert.clone(),
+            files: files.map(Arc::new),
             client,
         })
     }
@@ -214,7 +219,7 @@ impl Coordinator {
     ) -> Result<T, ControlError> {
         match tokio::time::timeout(deadline, call).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(status)) => Err(self.failure(action, subject, deadline, &status)),
+            Ok(Err(status)) => Err(self.diagnose(action, subject, deadline, &status).await),
             Err(_) => Err(ControlError::Timeout {
                 action: action.to_string(),
                 url: self.url.clone(),
@@ -442,6 +447,36 @@ impl Coordinator {
     pub fn watch_error(&self, id: &str, status: &Status) -> ControlError {
         let action = format!("watch {}", rollout_name(id));
         self.failure(&action, Subject::Rollout, RPC_DEADLINE, status)
+    }
+
+    /// [`Coordinator::failure`]; when the connection broke without a word, a second
+    /// handshake asks whether the coordinator refused this client's certificate.
+    async fn diagnose(
+        &self,
+        action: &str,
+        subject: Subject,
+        deadline: Duration,
+        status: &Status,
+    ) -> ControlError {
+        let err = self.failure(action, subject, deadline, status);
+        let broke = match &err {
+            ControlError::Unreachable { .. } => true,
+            // What hyper makes of a connection closed under a request it was sending.
+            ControlError::Refused { code, .. } => {
+                matches!(code, tonic::Code::Unknown | tonic::Code::Cancelled)
+            }
+            _ => false,
+        };
+        if let (true, Some(files)) = (broke, &self.files) {
+            if let Some(alert) = probe::refusal(&self.url, files).await {
+                return ControlError::CertificateRefused {
+                    url: self.url.clone(),
+                    alert,
+                    cert: self.cert.clone(),
+                };
+            }
+        }
+        err
     }
 
     /// [`ControlError::from_status`], naming this client's certificate if it was refused.

@@ -241,11 +241,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
         r = keepalive => {
             let e = match r {
-                Ok(Ok(())) => anyhow::anyhow!("lease keeper stopped"),
+                Ok(Ok(())) => anyhow::anyhow!(
+                    "the lease keeper stopped: this replica's sessions and leadership are void"
+                ),
                 Ok(Err(e)) => e,
-                Err(e) => e.into(),
+                Err(e) => anyhow::anyhow!(
+                    "the lease keeper failed ({e}): this replica's sessions and leadership are void"
+                ),
             };
-            error!("{e:#}: this replica's sessions and leadership are void; exiting so a supervisor restarts it cleanly");
+            error!("{e:#}; exiting so a supervisor restarts it cleanly");
             Err(e)
         }
     };
@@ -324,7 +328,11 @@ async fn keep_lease(
                 }
                 match stream.message().await {
                     Ok(Some(r)) if r.ttl() > 0 => last_ok = tokio::time::Instant::now(),
-                    Ok(Some(_)) => anyhow::bail!("this replica's etcd lease {lease:x} expired"),
+                    Ok(Some(_)) => anyhow::bail!(
+                        "this replica's etcd lease {lease:x} expired (the process was paused, or \
+                         cut off from etcd, for longer than lease_ttl {ttl:?}): it lost \
+                         leadership and its agents' sessions"
+                    ),
                     Ok(None) | Err(_) => break,
                 }
                 tokio::select! {
