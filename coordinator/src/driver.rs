@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, LeaderKey, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{Compare, CompareOp, LeaderKey, PutOptions, Txn, TxnOp, WatchOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -28,11 +28,10 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// Longest sleep between rounds when nothing is due (a safety net, not the trigger).
 const IDLE_ROUND: Duration = Duration::from_secs(60);
 
-/// Campaigns for leadership and drives rollouts while leader, until `cancel`. `election` is
-/// the client for the Campaign call alone ([`crate::etcd_conn::connect_for_campaign`]).
-pub async fn run(ctx: Arc<Ctx>, election: Client, cancel: CancellationToken) {
+/// Campaigns for leadership and drives rollouts while leader, until `cancel`.
+pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
     loop {
-        let Some(leader) = campaign(&ctx, &election, &cancel).await else {
+        let Some(leader) = campaign(&ctx, &cancel).await else {
             return;
         };
         info!(
@@ -77,20 +76,20 @@ pub async fn run(ctx: Arc<Ctx>, election: Client, cancel: CancellationToken) {
 }
 
 /// Waits in line until this replica leads; `None` at shutdown. Waiting is a follower's normal
-/// state: the Campaign call blocks (no timeout) while this replica's election key, bound to its
-/// kept-alive lease, holds its place in line, so it logs nothing until something fails.
-async fn campaign(ctx: &Ctx, election: &Client, cancel: &CancellationToken) -> Option<LeaderKey> {
+/// state, so it logs nothing until something fails; its election key, bound to its kept-alive
+/// lease, keeps its place in line across failures ([`crate::election`]).
+async fn campaign(ctx: &Ctx, cancel: &CancellationToken) -> Option<LeaderKey> {
     loop {
         info!("campaigning for leadership: this replica leads when the replicas ahead of it in line are gone");
-        let mut etcd = election.clone();
-        let call = etcd.campaign(ctx.keys.leader(), ctx.config.replica_id.clone(), ctx.lease);
+        let mut etcd = ctx.etcd.clone();
+        let (name, id) = (ctx.keys.leader(), &ctx.config.replica_id);
+        let call = crate::election::campaign(&mut etcd, &name, id, ctx.lease);
         let resp = tokio::select! {
             r = call => r,
             _ = cancel.cancelled() => return None,
         };
-        match resp.map(|mut r| r.take_leader()) {
-            Ok(Some(leader)) => return Some(leader),
-            Ok(None) => warn!("etcd answered the campaign without a leader key; campaigning again"),
+        match resp {
+            Ok(leader) => return Some(leader),
             Err(e) if e.to_string().contains(LEASE_NOT_FOUND) => warn!(
                 lease = format_args!("{:x}", ctx.lease),
                 "cannot campaign for leadership: this replica's etcd lease expired (it was paused \
@@ -98,9 +97,11 @@ async fn campaign(ctx: &Ctx, election: &Client, cancel: &CancellationToken) -> O
                  supervisor restarts it with a new lease",
                 ctx.config.etcd.lease_ttl
             ),
-            Err(e) => {
-                warn!("campaign for leadership failed: {e}; campaigning again in {RETRY_DELAY:?}")
-            }
+            Err(e) => warn!(
+                "waiting in line for leadership was interrupted: {e}; this replica keeps its \
+                 place (its election key lives as long as its lease) and waits again in \
+                 {RETRY_DELAY:?}"
+            ),
         }
         tokio::select! {
             _ = tokio::time::sleep(RETRY_DELAY) => {}

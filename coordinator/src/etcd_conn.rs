@@ -16,15 +16,11 @@ use crate::metrics::{EtcdMetrics, MeteredChannel};
 
 /// How long connecting to etcd may take before the coordinator gives up at start.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one etcd request may take (every request but the election's Campaign, which
-/// blocks until this replica leads: see [`connect_for_campaign`]).
+/// How long one etcd request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 keep-alive ping interval (and its timeout) on the etcd connection: a dead etcd is
 /// noticed within a few seconds even while only streams are open.
 const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(2);
-/// HTTP/2 keep-alive ping interval on the campaign's own connection: above etcd's default
-/// `--grpc-keepalive-min-time` (5 s), since no other traffic resets etcd's count of pings there.
-const CAMPAIGN_KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// Permission bits for "other users": a password file with any of them set is refused.
 const OTHERS_MASK: u32 = 0o007;
 /// How etcd words a refused (expired, unknown) auth token.
@@ -171,53 +167,10 @@ pub async fn connect(
     endpoints: &[String],
     metrics: &EtcdMetrics,
 ) -> Result<Client, EtcdAccessError> {
-    connect_for(cfg, endpoints, metrics, Calls::Requests).await
-}
-
-/// Like [`connect`], for the election's Campaign call only: no per-request timeout. Campaign
-/// blocks until this replica leads, and etcd deletes the candidate's key when the call is
-/// cancelled, so a timeout would send a waiting follower to the back of the line every few
-/// seconds (and let a restarted leader win again).
-pub async fn connect_for_campaign(
-    cfg: &EtcdConfig,
-    endpoints: &[String],
-    metrics: &EtcdMetrics,
-) -> Result<Client, EtcdAccessError> {
-    connect_for(cfg, endpoints, metrics, Calls::Campaign).await
-}
-
-/// Which calls a client carries; they need different timeouts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Calls {
-    /// Every request but Campaign: each bounded by [`REQUEST_TIMEOUT`].
-    Requests,
-    /// One Campaign call at a time, which may rightly block for days.
-    Campaign,
-}
-
-impl Calls {
-    fn options(self) -> ConnectOptions {
-        let options = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT);
-        match self {
-            Calls::Requests => options
-                .with_timeout(REQUEST_TIMEOUT)
-                .with_keep_alive(HTTP2_KEEP_ALIVE, HTTP2_KEEP_ALIVE),
-            // Nothing else flows on this connection: etcd would answer pings more frequent than
-            // its --grpc-keepalive-min-time with GOAWAY, cancelling the campaign.
-            Calls::Campaign => options
-                .with_keep_alive(CAMPAIGN_KEEP_ALIVE, HTTP2_KEEP_ALIVE)
-                .with_keep_alive_while_idle(false),
-        }
-    }
-}
-
-async fn connect_for(
-    cfg: &EtcdConfig,
-    endpoints: &[String],
-    metrics: &EtcdMetrics,
-    calls: Calls,
-) -> Result<Client, EtcdAccessError> {
-    let mut options = calls.options();
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(HTTP2_KEEP_ALIVE, HTTP2_KEEP_ALIVE);
     if let Some(tls) = &cfg.tls {
         options = options.with_tls(tls_options(tls)?);
     }

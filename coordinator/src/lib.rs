@@ -8,6 +8,7 @@
 //! - [`etcd_conn`]: connecting to etcd (TLS, client certificate, user) and explaining refusals.
 //! - [`store`]: etcd key schema and records.
 //! - [`planner`]: the pure decision function (who gets a slot, when a rollout ends).
+//! - [`election`]: waiting in line for leadership (one key per replica, bound to its lease).
 //! - [`driver`]: the leader loop that carries the planner's decisions out as fenced txns.
 //! - [`sessions`]: agent streams: registry, liveness, orders out, progress and results in.
 //! - [`control`]: operator actions.
@@ -23,6 +24,7 @@ pub mod artifacts;
 pub mod config;
 pub mod control;
 pub mod driver;
+pub mod election;
 pub mod etcd_conn;
 pub mod events;
 pub mod grpc;
@@ -125,9 +127,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let metrics = metrics::Metrics::new();
     let mut etcd = etcd_conn::connect(&etcd_config, &endpoints, &metrics.etcd).await?;
-    // The election's Campaign call blocks until this replica leads: it has its own client,
-    // without the per-request timeout.
-    let election = etcd_conn::connect_for_campaign(&etcd_config, &endpoints, &metrics.etcd).await?;
     if let Some(local) = &local {
         local.record_peer_url(&mut etcd).await;
     }
@@ -230,7 +229,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Duration::from_secs(ttl as u64),
         cancel.clone(),
     ));
-    let driver = tokio::spawn(driver::run(ctx.clone(), election, cancel.clone()));
+    let driver = tokio::spawn(driver::run(ctx.clone(), cancel.clone()));
     let dispatcher = tokio::spawn(sessions::dispatch_orders(ctx.clone(), cancel.clone()));
     rollgate_proto::telemetry::notify_ready();
 

@@ -131,6 +131,10 @@ fn leader_kill9_next_grant_comes_within_lease_ttl_plus_1s() -> anyhow::Result<()
         let (took, token) = wait_for("the next grant", Duration::from_secs(20), || {
             let t = last_token(&fleet)?;
             Ok((t > before).then(|| (killed.elapsed(), t)))
+        })
+        .inspect_err(|_| {
+            println!("rollout: {:?}", fleet.status(&id));
+            fleet.dump_logs();
         })?;
         let by = granted_by(&fleet, token)?;
         println!(
