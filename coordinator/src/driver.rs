@@ -21,7 +21,7 @@ use crate::store::{
 };
 use crate::Ctx;
 
-/// How etcd words a Campaign for a lease that no longer exists.
+/// How etcd refuses a key bound to a lease that no longer exists (joining the election line).
 const LEASE_NOT_FOUND: &str = "requested lease not found";
 /// Pause before campaigning again after losing leadership or an etcd error.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
