@@ -1,9 +1,9 @@
 //! The connection to a coordinator's `ControlService`: one channel, a deadline on every call
 //! but watch streams, and errors an operator can act on.
 
-use std::error::Error as StdError;
 use std::future::Future;
-use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -15,11 +15,14 @@ use rollgate_proto::pb::{
 };
 use rollgate_proto::tls::{DialFailure, Role, TlsConfig, TlsFiles};
 use rollgate_proto::MAX_MESSAGE_BYTES;
-use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::args::DEFAULT_COORDINATOR;
+mod error;
+mod probe;
+
+use error::{refused_certificate, root_cause};
+pub use error::{ControlError, Subject};
 
 /// How long to wait for a TCP + HTTP/2 connection to the coordinator.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,232 +34,6 @@ pub const PUSH_MIN_BYTES_PER_SEC: u64 = 1024 * 1024;
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// How long a ping may go unanswered before the connection counts as dead.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Why a request to the coordinator did not succeed, worded for the operator.
-#[derive(Debug, Error)]
-pub enum ControlError {
-    /// `--coordinator` is not something rollgate can dial.
-    #[error(
-        "{url:?} is not a coordinator URL: {problem}. Use e.g. --coordinator {DEFAULT_COORDINATOR}"
-    )]
-    BadUrl {
-        /// The URL as given.
-        url: String,
-        /// What is wrong with it.
-        problem: String,
-    },
-    /// No connection could be made.
-    #[error(
-        "cannot reach the coordinator at {url}: {cause}. Is rollgate-coordinator running? \
-         Set --coordinator or ROLLGATE_COORDINATOR."
-    )]
-    Unreachable {
-        /// The coordinator's URL.
-        url: String,
-        /// The lowest-level reason, e.g. "connection refused".
-        cause: String,
-    },
-    /// The operator's certificate settings are missing or unusable.
-    #[error(
-        "cannot talk to the coordinator over mTLS: {problem}. Pass --ca, --cert and --key (or \
-         ROLLGATE_CA, ROLLGATE_CERT, ROLLGATE_KEY): the fleet CA and your certificate from \
-         `rollgate certs issue operator NAME`"
-    )]
-    Tls {
-        /// What is wrong.
-        problem: String,
-    },
-    /// The coordinator did not answer in time.
-    #[error(
-        "cannot {action}: the coordinator at {url} did not answer within {} s; it may be \
-         overloaded or waiting for etcd. Try again.",
-        deadline.as_secs()
-    )]
-    Timeout {
-        /// What the CLI tried to do ("pause rollout r-1").
-        action: String,
-        /// The coordinator's URL.
-        url: String,
-        /// The deadline that passed.
-        deadline: Duration,
-    },
-    /// The coordinator answered with an error status.
-    #[error("cannot {action}: {detail}")]
-    Refused {
-        /// What the CLI tried to do ("create the rollout").
-        action: String,
-        /// The gRPC status code.
-        code: Code,
-        /// The coordinator's message with a hint on what to do.
-        detail: String,
-    },
-}
-
-/// What a request is about, so a "not found" answer can say where to look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Subject {
-    /// A rollout spec (create, plan): what it names may not exist.
-    Spec,
-    /// A rollout id.
-    Rollout,
-    /// A host id.
-    Host,
-    /// A service name.
-    Service,
-    /// An artifact in the store.
-    Artifact,
-}
-
-impl Subject {
-    /// Where the operator can see what does exist.
-    fn where_to_look(self) -> &'static str {
-        match self {
-            Subject::Spec => {
-                "Check the spec's targets and release; `rollgate hosts` shows the known hosts."
-            }
-            Subject::Rollout => "`rollgate rollout list` shows the rollouts the coordinator knows.",
-            Subject::Host => "`rollgate hosts` shows the hosts the coordinator knows.",
-            Subject::Service => "`rollgate hosts` shows the services each host runs.",
-            Subject::Artifact => "`rollgate artifact push FILE` puts a file in the store.",
-        }
-    }
-}
-
-impl ControlError {
-    /// Turns a gRPC status from the coordinator at `url` into an operator-facing error.
-    /// `subject` is what the request was about (for the hint on "not found").
-    pub fn from_status(
-        action: &str,
-        subject: Subject,
-        url: &str,
-        deadline: Duration,
-        status: &Status,
-    ) -> Self {
-        // A transport failure (the connection broke or could not be re-established) carries the
-        // io error as its source: say so plainly rather than echo hyper's wording.
-        if matches!(status.code(), Code::Unavailable | Code::Unknown) {
-            if let Some(cause) = io_cause(status) {
-                return ControlError::Unreachable {
-                    url: url.to_string(),
-                    cause,
-                };
-            }
-        }
-        if status.code() == Code::DeadlineExceeded {
-            return ControlError::Timeout {
-                action: action.to_string(),
-                url: url.to_string(),
-                deadline,
-            };
-        }
-        ControlError::Refused {
-            action: action.to_string(),
-            code: status.code(),
-            detail: explain(status.code(), status.message(), subject, url),
-        }
-    }
-
-    /// Whether trying again later can help (used to keep a watch going across a coordinator
-    /// restart or failover).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ControlError::BadUrl { .. } | ControlError::Tls { .. } => false,
-            ControlError::Unreachable { .. } | ControlError::Timeout { .. } => true,
-            ControlError::Refused { code, .. } => matches!(
-                code,
-                Code::Unavailable
-                    | Code::Unknown
-                    | Code::Internal
-                    | Code::Cancelled
-                    | Code::Aborted
-            ),
-        }
-    }
-}
-
-/// The operator-facing detail for a status `code` with the coordinator's `message` about
-/// `subject`.
-fn explain(code: Code, message: &str, subject: Subject, url: &str) -> String {
-    let msg = one_line(message);
-    let msg = if msg.is_empty() {
-        code.description().to_string()
-    } else {
-        msg
-    };
-    match code {
-        // The coordinator's message names the spec field and the fix; pass it through.
-        Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists => msg,
-        // The coordinator usually says where to look already; add a hint only when it did not.
-        Code::NotFound if msg.contains("`rollgate ") => msg,
-        Code::NotFound => format!("{msg}. {}", subject.where_to_look()),
-        Code::Unavailable => format!(
-            "the coordinator at {url} is unavailable: {msg}. Is rollgate-coordinator running, and \
-             can it reach etcd? Set --coordinator or ROLLGATE_COORDINATOR if it runs elsewhere."
-        ),
-        Code::Unauthenticated | Code::PermissionDenied => format!(
-            "the coordinator at {url} refused this client: {msg}. Operator commands need an \
-             operator identity."
-        ),
-        Code::Unimplemented => format!(
-            "the coordinator at {url} does not offer this call ({msg}); is it an older rollgate \
-             than this CLI?"
-        ),
-        Code::ResourceExhausted => format!(
-            "the coordinator is out of capacity: {msg}. Messages may be at most {MAX_MESSAGE_BYTES} \
-             bytes; see the coordinator's log."
-        ),
-        Code::Unknown if msg == "transport error" => format!(
-            "the connection to {url} broke before the coordinator answered. If this repeats, \
-             the coordinator is refusing your certificate (expired, from another CA, or not an \
-             operator's): check it with `rollgate certs show FILE`; the coordinator's log names \
-             the reason"
-        ),
-        Code::Internal | Code::Unknown | Code::DataLoss => format!(
-            "the coordinator failed: {msg}. Its log says more; try again."
-        ),
-        _ => format!("{msg} ({})", code.description()),
-    }
-}
-
-/// Collapses a possibly multi-line message into one line.
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// The io error at the bottom of `err`'s source chain, in plain words.
-fn io_cause(err: &(dyn StdError + 'static)) -> Option<String> {
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            return Some(describe_io(io));
-        }
-        cur = e.source();
-    }
-    None
-}
-
-fn describe_io(e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::ConnectionRefused => "connection refused".into(),
-        io::ErrorKind::ConnectionReset => "connection reset".into(),
-        io::ErrorKind::ConnectionAborted => "connection aborted".into(),
-        io::ErrorKind::TimedOut => "connection timed out".into(),
-        io::ErrorKind::AddrNotAvailable => "address not available".into(),
-        _ => e.to_string(),
-    }
-}
-
-/// The deepest message in `err`'s source chain (or an io error's plain words).
-fn root_cause(err: &(dyn StdError + 'static)) -> String {
-    if let Some(io) = io_cause(err) {
-        return io;
-    }
-    let mut last = err;
-    while let Some(next) = last.source() {
-        last = next;
-    }
-    last.to_string()
-}
 
 /// Checks and completes a `--coordinator` value: a bare `host:port` means https (plain http
 /// with `insecure`).
@@ -352,6 +129,10 @@ fn request<T>(msg: T, deadline: Duration) -> Request<T> {
 pub struct Coordinator {
     /// The coordinator's URL, named in every error.
     url: String,
+    /// The operator's certificate (`--cert`), named when the coordinator refuses it.
+    cert: Option<PathBuf>,
+    /// The operator's TLS files, to ask the coordinator why it hung up (`None`: insecure).
+    files: Option<Arc<TlsFiles>>,
     client: ControlServiceClient<Channel>,
 }
 
@@ -378,6 +159,13 @@ impl Coordinator {
         let channel = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(channel)) => channel,
             Ok(Err(e)) => {
+                if let Some(alert) = refused_certificate(&e) {
+                    return Err(ControlError::CertificateRefused {
+                        url,
+                        alert,
+                        cert: target.tls.cert.clone(),
+                    });
+                }
                 let cause = root_cause(&e);
                 if let Some(at) = cause.find("the server at ") {
                     return Err(ControlError::Tls {
@@ -408,7 +196,12 @@ impl Coordinator {
         let client = ControlServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(Coordinator { url, client })
+        Ok(Coordinator {
+            url,
+            cert: target.tls.cert.clone(),
+            files: files.map(Arc::new),
+            client,
+        })
     }
 
     /// The URL this client talks to.
@@ -426,9 +219,7 @@ impl Coordinator {
     ) -> Result<T, ControlError> {
         match tokio::time::timeout(deadline, call).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(status)) => Err(ControlError::from_status(
-                action, subject, &self.url, deadline, &status,
-            )),
+            Ok(Err(status)) => Err(self.diagnose(action, subject, deadline, &status).await),
             Err(_) => Err(ControlError::Timeout {
                 action: action.to_string(),
                 url: self.url.clone(),
@@ -649,13 +440,63 @@ impl Coordinator {
 
     /// Maps an error from a stream's message (`action`: "read the event log").
     pub fn stream_error(&self, action: &str, status: &Status) -> ControlError {
-        ControlError::from_status(action, Subject::Rollout, &self.url, RPC_DEADLINE, status)
+        self.failure(action, Subject::Rollout, RPC_DEADLINE, status)
     }
 
     /// Maps an error from a watch stream's message.
     pub fn watch_error(&self, id: &str, status: &Status) -> ControlError {
         let action = format!("watch {}", rollout_name(id));
-        ControlError::from_status(&action, Subject::Rollout, &self.url, RPC_DEADLINE, status)
+        self.failure(&action, Subject::Rollout, RPC_DEADLINE, status)
+    }
+
+    /// [`Coordinator::failure`]; when the connection broke without a word, a second
+    /// handshake asks whether the coordinator refused this client's certificate.
+    async fn diagnose(
+        &self,
+        action: &str,
+        subject: Subject,
+        deadline: Duration,
+        status: &Status,
+    ) -> ControlError {
+        let err = self.failure(action, subject, deadline, status);
+        let broke = match &err {
+            ControlError::Unreachable { .. } => true,
+            // What hyper makes of a connection closed under a request it was sending.
+            ControlError::Refused { code, .. } => {
+                matches!(code, tonic::Code::Unknown | tonic::Code::Cancelled)
+            }
+            _ => false,
+        };
+        if let (true, Some(files)) = (broke, &self.files) {
+            if let Some(alert) = probe::refusal(&self.url, files).await {
+                return ControlError::CertificateRefused {
+                    url: self.url.clone(),
+                    alert,
+                    cert: self.cert.clone(),
+                };
+            }
+        }
+        err
+    }
+
+    /// [`ControlError::from_status`], naming this client's certificate if it was refused.
+    fn failure(
+        &self,
+        action: &str,
+        subject: Subject,
+        deadline: Duration,
+        status: &Status,
+    ) -> ControlError {
+        match ControlError::from_status(action, subject, &self.url, deadline, status) {
+            ControlError::CertificateRefused { url, alert, .. } => {
+                ControlError::CertificateRefused {
+                    url,
+                    alert,
+                    cert: self.cert.clone(),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Streams `chunks` (of an artifact of `size` bytes) into the coordinator's store.
@@ -680,163 +521,6 @@ impl Coordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const URL: &str = "http://127.0.0.1:7443";
-
-    #[test]
-    fn statuses_become_actionable_messages() {
-        let table = [
-            (
-                Code::InvalidArgument,
-                "rollout spec field `strategy.max_unavailable`: must be at least 1",
-                "cannot create the rollout: rollout spec field `strategy.max_unavailable`: must be at least 1",
-            ),
-            (
-                Code::NotFound,
-                "no rollout r-9",
-                "cannot create the rollout: no rollout r-9. `rollgate rollout list`",
-            ),
-            (
-                Code::NotFound,
-                "no rollout r-9; `rollgate rollout list` shows the rollouts",
-                "cannot create the rollout: no rollout r-9; `rollgate rollout list` shows the rollouts",
-            ),
-            (
-                Code::FailedPrecondition,
-                "rollout r-1 is running for service demo",
-                "cannot create the rollout: rollout r-1 is running for service demo",
-            ),
-            (
-                Code::Unavailable,
-                "not the leader",
-                "the coordinator at http://127.0.0.1:7443 is unavailable: not the leader. Is rollgate-coordinator running",
-            ),
-            (
-                Code::DeadlineExceeded,
-                "",
-                "cannot create the rollout: the coordinator at http://127.0.0.1:7443 did not answer within 10 s",
-            ),
-            (
-                Code::Unimplemented,
-                "",
-                "does not offer this call",
-            ),
-            (
-                Code::Internal,
-                "etcd said\nno",
-                "the coordinator failed: etcd said no. Its log says more",
-            ),
-            (
-                Code::PermissionDenied,
-                "host certificate",
-                "refused this client: host certificate",
-            ),
-        ];
-        for (code, msg, want) in table {
-            let err = ControlError::from_status(
-                "create the rollout",
-                Subject::Rollout,
-                URL,
-                RPC_DEADLINE,
-                &Status::new(code, msg),
-            )
-            .to_string();
-            assert!(
-                err.contains(want),
-                "{code:?}: {err:?} should contain {want:?}"
-            );
-            assert!(!err.contains('\n'), "{code:?}: {err:?} should be one line");
-        }
-    }
-
-    #[test]
-    fn not_found_points_at_the_listing_for_its_subject() {
-        let table = [
-            (
-                Subject::Host,
-                "fence host h9",
-                "no host h9",
-                "cannot fence host h9: no host h9. `rollgate hosts` shows the hosts",
-            ),
-            (
-                Subject::Service,
-                "get the history of service nope",
-                "no service nope",
-                "cannot get the history of service nope: no service nope. `rollgate hosts` shows the services",
-            ),
-            (
-                Subject::Rollout,
-                "promote rollout r-9",
-                "no rollout r-9",
-                "cannot promote rollout r-9: no rollout r-9. `rollgate rollout list`",
-            ),
-            (
-                Subject::Spec,
-                "plan the rollout",
-                "no host h9 among the known hosts",
-                "cannot plan the rollout: no host h9 among the known hosts. Check the spec's targets",
-            ),
-        ];
-        for (subject, action, msg, want) in table {
-            let err = ControlError::from_status(
-                action,
-                subject,
-                URL,
-                RPC_DEADLINE,
-                &Status::new(Code::NotFound, msg),
-            )
-            .to_string();
-            assert!(
-                err.starts_with(want),
-                "{subject:?}: {err:?} should start with {want:?}"
-            );
-        }
-        // Refusals to promote, roll back, fence or forget are the coordinator's own words.
-        for code in [Code::FailedPrecondition, Code::InvalidArgument] {
-            let err = ControlError::from_status(
-                "promote rollout r-1",
-                Subject::Rollout,
-                URL,
-                RPC_DEADLINE,
-                &Status::new(code, "rollout r-1 is not waiting at a gate (it is rolling)"),
-            );
-            assert_eq!(
-                err.to_string(),
-                "cannot promote rollout r-1: rollout r-1 is not waiting at a gate (it is rolling)"
-            );
-            assert!(!err.is_transient());
-        }
-    }
-
-    #[test]
-    fn transport_failures_say_unreachable() {
-        // What tonic makes of a failed (re)connect during a call.
-        let status = Status::from_error(Box::new(tonic::ConnectError(Box::new(io::Error::new(
-            io::ErrorKind::ConnectionRefused,
-            "Connection refused (os error 111)",
-        )))));
-        assert_eq!(status.code(), Code::Unavailable);
-        let err =
-            ControlError::from_status("list hosts", Subject::Host, URL, RPC_DEADLINE, &status);
-        assert_eq!(
-            err.to_string(),
-            "cannot reach the coordinator at http://127.0.0.1:7443: connection refused. \
-             Is rollgate-coordinator running? Set --coordinator or ROLLGATE_COORDINATOR."
-        );
-        assert!(err.is_transient());
-    }
-
-    #[test]
-    fn transient_or_not() {
-        let refused = |code| ControlError::Refused {
-            action: String::new(),
-            code,
-            detail: String::new(),
-        };
-        assert!(refused(Code::Unavailable).is_transient());
-        assert!(!refused(Code::NotFound).is_transient());
-        assert!(!refused(Code::InvalidArgument).is_transient());
-    }
 
     #[test]
     fn urls() {

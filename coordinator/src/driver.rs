@@ -21,6 +21,8 @@ use crate::store::{
 };
 use crate::Ctx;
 
+/// How etcd refuses a key bound to a lease that no longer exists (joining the election line).
+const LEASE_NOT_FOUND: &str = "requested lease not found";
 /// Pause before campaigning again after losing leadership or an etcd error.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// Longest sleep between rounds when nothing is due (a safety net, not the trigger).
@@ -29,25 +31,8 @@ const IDLE_ROUND: Duration = Duration::from_secs(60);
 /// Campaigns for leadership and drives rollouts while leader, until `cancel`.
 pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
     loop {
-        let mut etcd = ctx.etcd.clone();
-        let campaign = etcd.campaign(ctx.keys.leader(), ctx.config.replica_id.clone(), ctx.lease);
-        let resp = tokio::select! {
-            r = campaign => r,
-            _ = cancel.cancelled() => return,
-        };
-        let leader = match resp.map(|mut r| r.take_leader()) {
-            Ok(Some(l)) => l,
-            Ok(None) => {
-                warn!("etcd answered the campaign without a leader key; campaigning again");
-                continue;
-            }
-            Err(e) => {
-                warn!("campaign for leadership failed: {e}; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(RETRY_DELAY) => continue,
-                    _ = cancel.cancelled() => return,
-                }
-            }
+        let Some(leader) = campaign(&ctx, &cancel).await else {
+            return;
         };
         info!(
             epoch = leader.rev(),
@@ -73,8 +58,10 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
         let _ = notifier.await;
         ctx.metrics.leader.set(0);
         ctx.metrics.set_rollouts(&[]);
-        if let Err(e) = led {
-            warn!("leading stopped: {e}; campaigning again");
+        match led {
+            Ok(()) => {}
+            Err(e @ LeadError::Deposed { .. }) => warn!("{e}"),
+            Err(LeadError::Store(e)) => warn!("leading stopped: {e}; campaigning again"),
         }
         if cancel.is_cancelled() {
             let _ = ctx
@@ -88,18 +75,75 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
     }
 }
 
+/// Waits in line until this replica leads; `None` at shutdown. Waiting is a follower's normal
+/// state, so it logs nothing until something fails; its election key, bound to its kept-alive
+/// lease, keeps its place in line across failures ([`crate::election`]).
+async fn campaign(ctx: &Ctx, cancel: &CancellationToken) -> Option<LeaderKey> {
+    loop {
+        info!("campaigning for leadership: this replica leads when the replicas ahead of it in line are gone");
+        let mut etcd = ctx.etcd.clone();
+        let (name, id) = (ctx.keys.leader(), &ctx.config.replica_id);
+        let call = crate::election::campaign(&mut etcd, &name, id, ctx.lease);
+        let resp = tokio::select! {
+            r = call => r,
+            _ = cancel.cancelled() => return None,
+        };
+        match resp {
+            Ok(leader) => return Some(leader),
+            Err(e) if e.to_string().contains(LEASE_NOT_FOUND) => warn!(
+                lease = format_args!("{:x}", ctx.lease),
+                "cannot campaign for leadership: this replica's etcd lease expired (it was paused \
+                 or cut off from etcd for longer than lease_ttl {:?}); it exits so that its \
+                 supervisor restarts it with a new lease",
+                ctx.config.etcd.lease_ttl
+            ),
+            Err(e) => warn!(
+                "waiting in line for leadership was interrupted: {e}; this replica keeps its \
+                 place (its election key lives as long as its lease) and waits again in \
+                 {RETRY_DELAY:?}"
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY_DELAY) => {}
+            _ = cancel.cancelled() => return None,
+        }
+    }
+}
+
+/// Why this replica stopped leading.
+#[derive(Debug, thiserror::Error)]
+enum LeadError {
+    /// Its election key is gone or was replaced: another replica may lead now.
+    #[error(
+        "this replica lost leadership: its election key {key} is gone (its etcd lease expired: \
+         the process was paused, or cut off from etcd, for longer than lease_ttl {ttl:?}); it \
+         grants nothing more and campaigns again (a replica whose lease expired exits, and its \
+         supervisor restarts it)"
+    )]
+    Deposed {
+        /// The election key this replica won with.
+        key: String,
+        /// `etcd.lease_ttl`.
+        ttl: Duration,
+    },
+    /// etcd failed or holds something this version cannot read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 async fn lead(
     ctx: &Arc<Ctx>,
     leader: &LeaderKey,
     cancel: &CancellationToken,
-) -> Result<(), StoreError> {
+) -> Result<(), LeadError> {
     let mut etcd = ctx.etcd.clone();
     let mut watch = crate::etcd_conn::watch(
         &mut etcd,
         ctx.keys.all(),
         Some(WatchOptions::new().with_prefix()),
     )
-    .await?;
+    .await
+    .map_err(StoreError::from)?;
     let mut complaints = Complaints::default();
     loop {
         let wake = drive_once(ctx, leader, &mut complaints).await?;
@@ -111,7 +155,7 @@ async fn lead(
             m = watch.message() => match m {
                 Ok(Some(_)) => {}
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(StoreError::from(e).into()),
             },
             _ = tokio::time::sleep(sleep) => {}
             _ = cancel.cancelled() => return Ok(()),
@@ -142,15 +186,15 @@ async fn drive_once(
     ctx: &Arc<Ctx>,
     leader: &LeaderKey,
     complaints: &mut Complaints,
-) -> Result<Option<i64>, StoreError> {
+) -> Result<Option<i64>, LeadError> {
     // One read-only transaction for everything but the rollouts: a freed slot is handed on
     // after this, one read per active rollout, and the grant itself.
     let mut etcd = ctx.etcd.clone();
     let round = store::read_round(&mut etcd, &ctx.keys, Some(leader.key())).await?;
     if round.leader_rev != Some(leader.rev()) {
-        return Err(StoreError::Corrupt {
-            key: ctx.keys.leader(),
-            err: "this replica's election key is gone (lease lost); another replica leads".into(),
+        return Err(LeadError::Deposed {
+            key: String::from_utf8_lossy(leader.key()).into_owned(),
+            ttl: ctx.config.etcd.lease_ttl,
         });
     }
     let fleet = round.fleet;
@@ -173,7 +217,7 @@ async fn drive_once(
                 complaints.warn(&rid, what);
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         match drive_rollout(ctx, leader, &fleet, &view, &mut token, &mut gauges).await {
             Ok(Some(at)) => wake = Some(wake.map_or(at, |w: i64| w.min(at))),

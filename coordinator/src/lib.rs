@@ -8,6 +8,7 @@
 //! - [`etcd_conn`]: connecting to etcd (TLS, client certificate, user) and explaining refusals.
 //! - [`store`]: etcd key schema and records.
 //! - [`planner`]: the pure decision function (who gets a slot, when a rollout ends).
+//! - [`election`]: waiting in line for leadership (one key per replica, bound to its lease).
 //! - [`driver`]: the leader loop that carries the planner's decisions out as fenced txns.
 //! - [`sessions`]: agent streams: registry, liveness, orders out, progress and results in.
 //! - [`control`]: operator actions.
@@ -23,6 +24,7 @@ pub mod artifacts;
 pub mod config;
 pub mod control;
 pub mod driver;
+pub mod election;
 pub mod etcd_conn;
 pub mod events;
 pub mod fault;
@@ -243,9 +245,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
         r = keepalive => {
             let e = match r {
-                Ok(Ok(())) => anyhow::anyhow!("lease keeper stopped"),
+                Ok(Ok(())) => anyhow::anyhow!(
+                    "the lease keeper stopped: this replica's sessions and leadership are void"
+                ),
                 Ok(Err(e)) => e,
-                Err(e) => e.into(),
+                Err(e) => anyhow::anyhow!(
+                    "the lease keeper failed ({e}): this replica's sessions and leadership are void"
+                ),
             };
             error!("{e:#}: this replica's sessions and leadership are void; exiting so that its agents reconnect to another replica and a supervisor restarts it cleanly");
             Err(e)
@@ -351,7 +357,11 @@ async fn keep_lease(
                 match answer {
                     Err(_) => return Err(unrenewed(last_ok)),
                     Ok(Ok(Some(r))) if r.ttl() > 0 => last_ok = Instant::now(),
-                    Ok(Ok(Some(_))) => anyhow::bail!("this replica's etcd lease {lease:x} expired"),
+                    Ok(Ok(Some(_))) => anyhow::bail!(
+                        "this replica's etcd lease {lease:x} expired (the process was paused, or \
+                         cut off from etcd, for longer than lease_ttl {ttl:?}): it lost \
+                         leadership and its agents' sessions"
+                    ),
                     Ok(Ok(None)) | Ok(Err(_)) => break,
                 }
                 tokio::select! {
