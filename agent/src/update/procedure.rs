@@ -360,10 +360,21 @@ async fn after_rollback(
 /// running is the one that agent started; going back to `previous` is safe at every step (S5)
 /// and the retry verifies the new release from scratch under a fresh grant. Only when the
 /// previous release does not come back healthy is the outcome a failure (the host needs an
-/// operator either way).
+/// operator either way). An agent that restarted while rolling back had a verdict already (the
+/// update failed): it finishes going back and reports that, so the host is not handed the
+/// failed release again as if it had only been interrupted.
 pub(crate) async fn recover(unit: &mut ServiceContext, f: &InFlight) -> Finished {
     let id = OrderRef::from(f);
-    let base = format!("agent restarted during the update to {}", f.version);
+    let failed_before = f.step() == Step::RollingBack;
+    let base = if failed_before {
+        format!(
+            "agent restarted while rolling back the failed update to {} (why it failed was \
+             reported before the restart)",
+            f.version
+        )
+    } else {
+        format!("agent restarted during the update to {}", f.version)
+    };
     let current = unit.dir.current_dir().ok().flatten();
     // Only a completed switch to the new release needs undoing; otherwise `current` still
     // names the previous release (or nothing) and that is what goes back into service.
@@ -388,9 +399,16 @@ pub(crate) async fn recover(unit: &mut ServiceContext, f: &InFlight) -> Finished
         }
     );
     // Reported as `starting` (the previous release), not `rolling back`: the planner halts on
-    // a rolling-back step, and this undo is no verdict on the release.
-    let undo = format!("{base}; undoing it (not a failure of the release)");
-    unit.advance_undo(&id, Step::Starting, undo.clone());
+    // a rolling-back step, and this undo is no verdict on the release (unless it was one).
+    let (step, undo) = if failed_before {
+        (Step::RollingBack, format!("{base}; finishing going back"))
+    } else {
+        (
+            Step::Starting,
+            format!("{base}; undoing it (not a failure of the release)"),
+        )
+    };
+    unit.advance_undo(&id, step, undo.clone());
     let health = unit.running_health();
     unit.publish(health, undo);
     let min = Duration::from_millis(f.min_healthy_time_ms);
@@ -405,7 +423,7 @@ pub(crate) async fn recover(unit: &mut ServiceContext, f: &InFlight) -> Finished
     };
     let mut result = back.into_result(&id, &base, &back_version);
     after_rollback(unit, &id, &env, &mut result).await;
-    if result.outcome() == Outcome::RolledBack {
+    if result.outcome() == Outcome::RolledBack && !failed_before {
         result.set_outcome(Outcome::Interrupted);
         result
             .reason
