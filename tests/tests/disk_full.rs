@@ -290,11 +290,11 @@ fn fill(dir: &Path) -> anyhow::Result<u64> {
             match f.write(&buf) {
                 Ok(0) => break,
                 Ok(n) => written += n as u64,
-                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) => break,
                 Err(e) => return Err(e).context("cannot fill the disk"),
             }
         }
     }
-    f.sync_all().ok();
+    f.sync_all()?;
     Ok(written)
 }

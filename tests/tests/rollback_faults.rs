@@ -34,20 +34,22 @@ fn agent_killed_while_rolling_back_ends_on_the_old_release_and_keeps_the_verdict
     let observer = fleet.observe();
     let id = fleet.start_rollout(&spec)?;
     let log = fleet.host("host-1").proc.log.clone();
+    // The moment the journal says `rolling back` (the verdict is on disk; a kill before it is
+    // an interrupted update, which other tests cover).
+    let journal = fleet.host("host-1").state_dir.join("agent-state.json");
     let rolling_back = fleet.wait(
-        "host-1 to start rolling back",
+        "host-1's journal to say rolling back",
         Duration::from_secs(60),
         || {
-            let text = fs::read_to_string(&log)?;
-            Ok(text
-                .lines()
-                .find(|l| l.contains("rolling back: 2.0.0 failed"))
-                .map(str::to_string))
+            let text = fs::read_to_string(&journal)?;
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            let step = v["in_flight"]["web"]["step"].as_str().unwrap_or_default();
+            Ok((step == "STEP_ROLLING_BACK").then(|| step.to_string()))
         },
     )?;
     fleet.agent("host-1").proc.kill9();
     let killed = Instant::now();
-    println!("killed host-1's agent mid-rollback, after: {rolling_back}");
+    println!("killed host-1's agent mid-rollback, its journal at {rolling_back}");
     // What the dead agent left: which release `current` names, and what answers.
     let current = fs::read_link(fleet.host("host-1").state_dir.join("services/web/current"))?;
     println!(

@@ -52,7 +52,7 @@ impl ServiceContext {
         crash_point(step);
         if let Err(e) = journaled {
             let why = format!("cannot journal the {} step: {e}", step.word());
-            tracing::error!("{why}; not doing it");
+            tracing::error!("{why}");
             return Err(why);
         }
         let progress = id.progress(step, message);
