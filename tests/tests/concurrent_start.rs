@@ -13,7 +13,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rollgate_tests::{bin, pb, ControlClient, Fleet, FleetOpts, Release};
+use rollgate_tests::{bin, pb, ControlClient, Fleet, FleetOpts, Mode, Release};
 use sha2::{Digest, Sha256};
 
 /// Races through the control API.
@@ -38,21 +38,11 @@ fn two_operators_start_the_same_service_at_once_exactly_one_wins() -> anyhow::Re
         ..FleetOpts::default()
     })?;
     fleet.install("1.0.0", "max_unavailable = 3\nmin_healthy_time = \"100ms\"")?;
-    let specs = [
-        store_spec(
-            &fleet,
-            &fleet.release("2.0.0", rollgate_tests::Mode::Healthy)?,
-        )?,
-        store_spec(
-            &fleet,
-            &fleet.release("3.0.0", rollgate_tests::Mode::Healthy)?,
-        )?,
-    ];
 
     let (mut overlapped, mut worst_skew) = (0, Duration::ZERO);
     let mut wins = [0usize; 2];
     for round in 1..=RPC_ROUNDS {
-        let attempts = race_rpc(&fleet, &specs)?;
+        let attempts = race_rpc(&fleet, &round_specs(&fleet, round)?)?;
         let skew = abs_diff(attempts[0].began, attempts[1].began);
         worst_skew = worst_skew.max(skew);
         // Both calls were in flight at once: neither could have seen the other's result first.
@@ -85,9 +75,20 @@ fn two_operators_start_the_same_service_at_once_exactly_one_wins() -> anyhow::Re
     );
 
     for round in 1..=CLI_ROUNDS {
-        race_cli(&fleet, round, &specs)?;
+        race_cli(&fleet, round, &round_specs(&fleet, RPC_ROUNDS + round)?)?;
     }
     Ok(())
+}
+
+/// The two racers' specs for `round`: releases `2.<round>.0` and `2.<round>.1`, newer than
+/// any earlier round's (hosts refuse to go to an older release they never ran, S10, and the
+/// aborted rounds leave some hosts on the winner's release).
+fn round_specs(fleet: &Fleet, round: usize) -> anyhow::Result<[String; 2]> {
+    let release = |i: usize| fleet.release(&format!("2.{round}.{i}"), Mode::Healthy);
+    Ok([
+        store_spec(fleet, &release(0)?)?,
+        store_spec(fleet, &release(1)?)?,
+    ])
 }
 
 /// A spec for `release`, pushed once to the artifact store, that names it by digest (so a
@@ -164,13 +165,20 @@ fn check_refusal(
     Ok(())
 }
 
-/// Aborts the winner and waits until the service is free for the next round.
+/// Aborts the winner (unless it already succeeded on its own) and waits until the service is
+/// free for the next round.
 fn finish_round(fleet: &Fleet, winner: &str) -> anyhow::Result<()> {
     let id = winner.to_string();
-    fleet.rpc("AbortRollout", |mut c| {
+    let aborted = fleet.rpc("AbortRollout", |mut c| {
         let id = id.clone();
         async move { c.abort_rollout(pb::RolloutRef { id }).await }
-    })?;
+    });
+    if let Err(e) = aborted {
+        let s = fleet.status(winner)?;
+        if s.phase() != pb::Phase::Succeeded {
+            return Err(e.context(format!("{winner} is {}: {}", s.phase().word(), s.reason)));
+        }
+    }
     fleet.wait_service_free("web")
 }
 

@@ -36,8 +36,9 @@ pub enum FetchError {
     /// Not enough free space for the download.
     #[error(
         "not enough disk space in {}: the download needs {need} more bytes but only {available} \
-         are free; free some space on the host and retry the rollout",
-        dir.display()
+         are free; free space on the filesystem mounted at {} and retry the rollout",
+        dir.display(),
+        crate::errors::mount_point(dir).display()
     )]
     NoSpace {
         /// Where the download goes.
@@ -92,7 +93,7 @@ pub enum FetchError {
         retryable: bool,
     },
     /// A local file operation failed.
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}: {source}{}", path.display(), crate::errors::disk_full_hint(source, path))]
     Io {
         /// What the agent was doing.
         action: &'static str,

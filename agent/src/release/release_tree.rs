@@ -53,7 +53,7 @@ pub enum TreeError {
         what: String,
     },
     /// The dir or its record cannot be read.
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}: {source}{}", path.display(), crate::errors::disk_full_hint(source, path))]
     Io {
         /// What the agent was doing.
         action: &'static str,

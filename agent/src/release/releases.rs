@@ -52,7 +52,7 @@ const LOG_MODE: u32 = 0o640;
 
 /// A disk operation on a service's directory that failed.
 #[derive(Debug, Error)]
-#[error("cannot {action} {}: {source}", path.display())]
+#[error("cannot {action} {}: {source}{}", path.display(), crate::errors::disk_full_hint(source, path))]
 pub struct DiskError {
     /// What the agent was doing ("create", "rename", ...).
     pub action: &'static str,

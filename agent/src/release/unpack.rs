@@ -72,7 +72,7 @@ pub enum UnpackError {
         limit: u64,
     },
     /// A local file operation failed.
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}: {source}{}", path.display(), crate::errors::disk_full_hint(source, path))]
     Io {
         /// What the agent was doing.
         action: &'static str,

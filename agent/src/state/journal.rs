@@ -24,7 +24,11 @@ const FORMAT: u32 = 2;
 #[derive(Debug, Error)]
 pub enum JournalError {
     /// Reading or writing the file failed.
-    #[error("cannot {action} the agent's state file {}: {source}", path.display())]
+    #[error(
+        "cannot {action} the agent's state file {}: {source}{}",
+        path.display(),
+        crate::errors::disk_full_hint(source, path)
+    )]
     Io {
         /// "read" or "write".
         action: &'static str,

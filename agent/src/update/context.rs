@@ -37,22 +37,40 @@ pub(crate) struct ServiceContext {
 }
 
 impl ServiceContext {
-    /// Records a step of the order in flight (durably) and tells the coordinator.
+    /// Records a step of the order in flight (durably) and tells the coordinator. `Err` (the
+    /// reason) when the journal could not record it: the step must then not be done (S5: the
+    /// agent journals each step before doing it), so the caller refuses or undoes the update.
     pub(crate) fn advance(
         &self,
         id: &OrderRef,
         step: Step,
         message: String,
         previous: Option<(Option<String>, String)>,
-    ) {
+    ) -> Result<(), String> {
         tracing::info!("{}: {message}", step.word());
-        if let Err(e) = self.shared.journal().step(&id.service, step, previous) {
-            tracing::error!("{e}; continuing");
-        }
+        let journaled = self.shared.journal().step(&id.service, step, previous);
         crash_point(step);
+        if let Err(e) = journaled {
+            let why = format!("cannot journal the {} step: {e}", step.word());
+            tracing::error!("{why}");
+            return Err(why);
+        }
         let progress = id.progress(step, message);
         self.shared.set_progress(progress.clone());
         self.shared.send(Msg::Progress(progress));
+        Ok(())
+    }
+
+    /// [`ServiceContext::advance`] on the way back to the previous release: going back is safe
+    /// at every step, and the order still in the journal makes a restarted agent undo it too,
+    /// so a step the journal cannot record is reported and the undo goes on.
+    pub(crate) fn advance_undo(&self, id: &OrderRef, step: Step, message: String) {
+        if let Err(why) = self.advance(id, step, message.clone(), None) {
+            tracing::warn!("{why}; undoing the update anyway (going back is always safe)");
+            let progress = id.progress(step, message);
+            self.shared.set_progress(progress.clone());
+            self.shared.send(Msg::Progress(progress));
+        }
     }
 
     /// Version `current` names ("" if none) and the health the service last showed.

@@ -62,12 +62,21 @@ pub(crate) async fn carry_out(unit: &mut ServiceContext, order: &Accepted) -> Fi
         Some(_) => format!("switching current from {prev_version} to {v}"),
         None => format!("switching current to {v} (first install)"),
     };
-    unit.advance(
+    if let Err(why) = unit.advance(
         &order.id,
         Step::Swapping,
         msg,
         Some((prev_dir.clone(), prev_version.clone())),
-    );
+    ) {
+        // Nothing swapped or stopped: refused, and the drain of the pre_stop hooks undone.
+        let why = match &prev_dir {
+            Some(_) => format!("{why}; the update is refused and {prev_version} was not stopped"),
+            None => format!("{why}; the install is refused"),
+        };
+        let mut refused = refused_after_accept(unit, order, why);
+        after_rollback(unit, &order.id, &env, &mut refused.result).await;
+        return refused;
+    }
     // From the swap until it passes verification the service is out of service.
     unit.publish(
         Health::Stopped,
@@ -87,7 +96,9 @@ pub(crate) async fn carry_out(unit: &mut ServiceContext, order: &Accepted) -> Fi
         ),
         None => format!("starting {v}"),
     };
-    unit.advance(&order.id, Step::Starting, msg.clone(), None);
+    if let Err(why) = unit.advance(&order.id, Step::Starting, msg.clone(), None) {
+        return rollback(unit, order, prev_dir, prev_version, why).await;
+    }
     unit.publish(Health::Stopped, msg);
     if let Err(why) = staging::check_tree(&unit.dir, &target).await {
         return rollback(unit, order, prev_dir, prev_version, why).await;
@@ -97,7 +108,7 @@ pub(crate) async fn carry_out(unit: &mut ServiceContext, order: &Accepted) -> Fi
         Err(e) => return rollback(unit, order, prev_dir, prev_version, e.to_string()).await,
     };
 
-    unit.advance(
+    let verifying = unit.advance(
         &order.id,
         Step::Verifying,
         format!(
@@ -107,6 +118,9 @@ pub(crate) async fn carry_out(unit: &mut ServiceContext, order: &Accepted) -> Fi
         ),
         None,
     );
+    if let Err(why) = verifying {
+        return rollback(unit, order, prev_dir, prev_version, why).await;
+    }
     if let Err(why) = verify(unit, started, order.min_healthy, order.deadline).await {
         return rollback(unit, order, prev_dir, prev_version, why).await;
     }
@@ -186,15 +200,16 @@ async fn run_hooks(
     if commands.is_empty() {
         return Ok(());
     }
-    unit.advance(
-        id,
-        step,
-        format!("running {} {} hook(s)", commands.len(), phase.name()),
-        None,
-    );
+    let running = format!("running {} {} hook(s)", commands.len(), phase.name());
+    // The on_rollback hooks run on the way back, which goes on whatever the journal says.
+    if phase == Phase::OnRollback {
+        unit.advance_undo(id, step, running);
+    } else {
+        unit.advance(id, step, running, None)?;
+    }
     let summary = hooks::run(phase, commands, env, unit.cfg.hook_timeout, unit.dir.root()).await?;
     if let Some(summary) = summary {
-        unit.advance(id, step, summary, None);
+        unit.advance_undo(id, step, summary);
     }
     Ok(())
 }
@@ -224,7 +239,7 @@ async fn obtain_release(unit: &mut ServiceContext, order: &Accepted) -> Result<S
     } else {
         format!("{} is already on disk; its sha256 checked again", a.version)
     };
-    unit.advance(&order.id, Step::Staged, msg, None);
+    unit.advance(&order.id, Step::Staged, msg, None)?;
     // Only this task prunes, and only at commit: the dir stays without the claim.
     Ok(got.dir)
 }
@@ -242,12 +257,14 @@ fn refused_after_accept(unit: &ServiceContext, order: &Accepted, reason: String)
 /// The order's release is already `current`: make sure it runs, and check its health.
 async fn reverify(unit: &mut ServiceContext, order: &Accepted, target: String) -> Finished {
     let v = order.artifact.version.clone();
-    unit.advance(
+    if let Err(why) = unit.advance(
         &order.id,
         Step::Verifying,
         format!("{v} is already installed; checking its health"),
         None,
-    );
+    ) {
+        return refused_after_accept(unit, order, why);
+    }
     let started = if unit.backend.is_up() {
         Ok(Instant::now())
     } else {
@@ -309,7 +326,7 @@ async fn rollback(
         Some(_) => format!("{failed}; switching back to {prev_version}"),
         None => format!("{failed}; removing it (nothing was installed before)"),
     };
-    unit.advance(&order.id, Step::RollingBack, msg.clone(), None);
+    unit.advance_undo(&order.id, Step::RollingBack, msg.clone());
     let health = unit.running_health();
     unit.publish(health, msg);
     let back = restore(unit, prev_dir.as_deref(), order.min_healthy, order.deadline).await;
@@ -343,10 +360,21 @@ async fn after_rollback(
 /// running is the one that agent started; going back to `previous` is safe at every step (S5)
 /// and the retry verifies the new release from scratch under a fresh grant. Only when the
 /// previous release does not come back healthy is the outcome a failure (the host needs an
-/// operator either way).
+/// operator either way). An agent that restarted while rolling back had a verdict already (the
+/// update failed): it finishes going back and reports that, so the host is not handed the
+/// failed release again as if it had only been interrupted.
 pub(crate) async fn recover(unit: &mut ServiceContext, f: &InFlight) -> Finished {
     let id = OrderRef::from(f);
-    let base = format!("agent restarted during the update to {}", f.version);
+    let failed_before = f.step() == Step::RollingBack;
+    let base = if failed_before {
+        format!(
+            "agent restarted while rolling back the failed update to {} (why it failed was \
+             reported before the restart)",
+            f.version
+        )
+    } else {
+        format!("agent restarted during the update to {}", f.version)
+    };
     let current = unit.dir.current_dir().ok().flatten();
     // Only a completed switch to the new release needs undoing; otherwise `current` still
     // names the previous release (or nothing) and that is what goes back into service.
@@ -371,9 +399,16 @@ pub(crate) async fn recover(unit: &mut ServiceContext, f: &InFlight) -> Finished
         }
     );
     // Reported as `starting` (the previous release), not `rolling back`: the planner halts on
-    // a rolling-back step, and this undo is no verdict on the release.
-    let undo = format!("{base}; undoing it (not a failure of the release)");
-    unit.advance(&id, Step::Starting, undo.clone(), None);
+    // a rolling-back step, and this undo is no verdict on the release (unless it was one).
+    let (step, undo) = if failed_before {
+        (Step::RollingBack, format!("{base}; finishing going back"))
+    } else {
+        (
+            Step::Starting,
+            format!("{base}; undoing it (not a failure of the release)"),
+        )
+    };
+    unit.advance_undo(&id, step, undo.clone());
     let health = unit.running_health();
     unit.publish(health, undo);
     let min = Duration::from_millis(f.min_healthy_time_ms);
@@ -388,7 +423,7 @@ pub(crate) async fn recover(unit: &mut ServiceContext, f: &InFlight) -> Finished
     };
     let mut result = back.into_result(&id, &base, &back_version);
     after_rollback(unit, &id, &env, &mut result).await;
-    if result.outcome() == Outcome::RolledBack {
+    if result.outcome() == Outcome::RolledBack && !failed_before {
         result.set_outcome(Outcome::Interrupted);
         result
             .reason

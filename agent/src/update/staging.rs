@@ -32,12 +32,12 @@ pub(crate) struct Obtained {
 
 /// Gets a verified release dir for `a` in `dir`: reuses the one already on disk (its bytes are
 /// hashed again, S8) or downloads, verifies and installs it; `on_fetch` runs just before a
-/// download starts. Never replaces the dir `current` points at. The error is for the operator.
+/// download starts, and its error (the step could not be journaled) stops it. Never replaces the dir `current` points at. The error is for the operator.
 pub(crate) async fn obtain(
     dir: &ServiceDir,
     fetcher: &Fetcher,
     a: &Artifact,
-    on_fetch: impl FnOnce(),
+    on_fetch: impl FnOnce() -> Result<(), String>,
 ) -> Result<Obtained, String> {
     let claim = dir.claim(&a.sha256).await;
     let name = ServiceDir::release_dir_name(&a.version, &a.sha256);
@@ -60,7 +60,7 @@ pub(crate) async fn obtain(
             a.sha256
         ));
     }
-    on_fetch();
+    on_fetch()?;
     let verified = fetcher
         .fetch(a, &dir.staging_dir())
         .await
@@ -118,7 +118,8 @@ impl StageJob {
                 a.version,
                 a.size,
                 a.source_text
-            )
+            );
+            Ok(())
         };
         let outcome = match obtain(&self.dir, &self.fetcher, a, fetching).await {
             Ok(got) => {

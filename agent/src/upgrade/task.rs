@@ -255,7 +255,7 @@ impl SelfUpgrade {
             self.shared.set_progress(order.id.progress(step, msg));
         };
         say(Step::Fetching, format!("fetching agent {}", a.version));
-        let obtained = match staging::obtain(&self.dir, &self.fetcher, a, || {}).await {
+        let obtained = match staging::obtain(&self.dir, &self.fetcher, a, || Ok(())).await {
             Ok(o) => o,
             Err(e) => return self.refused(&order, e),
         };
