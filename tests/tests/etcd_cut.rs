@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rollgate_tests::pb::{HostState, Phase};
-use rollgate_tests::{Cut, Fleet, FleetOpts, ETCD_PREFIX, LEASE_TTL_SECS};
+use rollgate_tests::{Cut, Expected, Fleet, FleetOpts, ETCD_PREFIX, LEASE_TTL_SECS};
 
 /// Slack on top of the lease TTL for "stopped granting" (timer granularity, a loaded machine).
 const GRANT_MARGIN: Duration = Duration::from_secs(1);
@@ -40,6 +40,11 @@ fn leader_cut_from_etcd_stops_granting_within_its_ttl_and_its_agents_move() -> a
         etcd_via_proxy: true,
         ..FleetOpts::default()
     })?;
+    fleet.expect_exits(
+        "coordinators",
+        Expected::Exit,
+        "a replica cut off etcd for a lease TTL exits by design",
+    );
     let (observer, id, _) = fleet.mid_rollout(
         "max_unavailable = 1\nmin_healthy_time = \"1s\"\nhealthy_deadline = \"30s\"",
         "a first host granted",
