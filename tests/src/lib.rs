@@ -21,9 +21,16 @@
 //!   last saw; [`Fleet::hold_for`] asserts that something does NOT happen for a fixed window.
 //!   A failed `Fleet` wait (or a test panic) prints every log's tail when the fleet is dropped.
 //!
-//! Files: `proc.rs` (processes), `etcd.rs`, `coordinator.rs` (replicas, libfaketime, the
-//! supervisor), `fleet.rs` (the fleet, its agents, releases, specs, CLI and control calls,
-//! waits), `fleet_faults.rs` (etcd helpers, leadership, kills, cuts, backup/restore, log dumps),
+//! - No silent crashes: every coordinator or agent exit the harness did not cause, and every
+//!   `panicked at` in their logs, fails the test when the fleet is dropped, unless the test
+//!   declared it ([`Fleet::expect_exits`]).
+//! - [`nemesis`]: the seeded fault suite (schedule, faults, checker).
+//!
+//! Files: `proc.rs` (processes and their exits), `etcd.rs`, `etcd_cluster.rs` (several
+//! members), `coordinator.rs` (replicas, libfaketime, the supervisor), `fleet.rs` (the fleet,
+//! its agents, releases, specs, CLI and control calls, waits), `fleet_opts.rs` (its settings),
+//! `fleet_faults.rs` (etcd helpers, leadership, kills, cuts, backup/restore, log dumps),
+//! `exits.rs` (unplanned exits),
 //! `observer.rs`, `netlab.rs`, `pki.rs`, `managers.rs` (real systemd and container engines),
 //! `prometheus.rs` (a real Prometheus server and promtool), `webhook.rs` (a test-owned webhook
 //! receiver that checks signatures), `scrape_tls.rs` (certificates for an https `/metrics` and
@@ -54,6 +61,7 @@ mod etcd_cluster;
 mod exits;
 mod fleet;
 mod fleet_faults;
+mod fleet_opts;
 mod netlab;
 mod observer;
 mod proc;
@@ -64,6 +72,7 @@ pub use etcd_cluster::*;
 pub use exits::*;
 pub use fleet::*;
 pub use fleet_faults::*;
+pub use fleet_opts::*;
 pub use netlab::*;
 pub use observer::*;
 pub use proc::*;
