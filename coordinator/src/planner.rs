@@ -53,9 +53,10 @@ pub struct Observed<'a> {
 pub enum Progress {
     /// Not started.
     Pending,
-    /// Holds a live slot.
+    /// Holds a live slot, and its agent is connected.
     Updating,
-    /// Granted, but its slot's holder went away and it has not reported since.
+    /// Granted, but its slot's holder (a coordinator replica) or its own agent went away, and
+    /// it has not reported since.
     Lost,
     /// Its update was interrupted by an agent restart and undone: granted again like a
     /// pending host, not counted as a failure.
@@ -93,7 +94,9 @@ impl Progress {
     }
 }
 
-/// A target's progress: its durable step, and for `updating` whether its live slot still exists.
+/// A target's progress: its durable step, and for `updating` whether its live slot still exists
+/// and its agent is still there (an agent that died mid-update and never returns is lost, not
+/// "updating" for ever).
 pub fn progress(o: &Observed<'_>, host: &str) -> Progress {
     let Some(step) = o.steps.get(host) else {
         return Progress::Pending;
@@ -105,7 +108,9 @@ pub fn progress(o: &Observed<'_>, host: &str) -> Progress {
         HostState::Failed => Progress::Failed,
         HostState::Interrupted => Progress::Interrupted,
         HostState::Updating => match o.fleet.slot(&o.rollout.spec.service, host) {
-            Some(slot) if slot.token == step.token => Progress::Updating,
+            Some(slot) if slot.token == step.token && o.fleet.is_connected(host) => {
+                Progress::Updating
+            }
             _ => Progress::Lost,
         },
     }

@@ -9,6 +9,7 @@ use rollgate_proto::spec::{
 use std::time::Duration;
 
 mod gates;
+mod lost;
 
 const NOW: i64 = 1_000_000;
 

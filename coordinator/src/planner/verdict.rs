@@ -15,9 +15,9 @@ pub(super) struct Failures {
 }
 
 /// Step 2a, failures: failed, refused or fenced targets, and a target whose agent is rolling
-/// back (its verdict). Neither an interrupted target (its agent restarted mid-update and undid
-/// it) nor a lost one (its session went away mid-update) is a failure: both are faults of the
-/// host or the network, not verdicts on the release. A lost target keeps its share of the
+/// back (its verdict), lost since or not. Neither an interrupted target (its agent restarted
+/// mid-update and undid it) nor a lost one (its agent or its replica went away mid-update) is
+/// otherwise a failure: both are faults of the host or the network, not verdicts on the release. A lost target keeps its share of the
 /// budget until it reports (S2); if it never does, the progress deadline (L1) ends the rollout
 /// as stalled, naming it, or an operator fences it (which fails it).
 pub(super) fn failures(o: &Observed<'_>, progress: &Progresses<'_>) -> Failures {
@@ -28,8 +28,10 @@ pub(super) fn failures(o: &Observed<'_>, progress: &Progresses<'_>) -> Failures 
             Progress::RolledBack | Progress::Failed => true,
             // The agent's failure verdict: it is rolling back. Halting now rather than when
             // the rollback has finished keeps "a bad release halts within one probe interval
-            // of its verdict".
-            Progress::Updating => step.is_some_and(|s| s.step == AgentStep::RollingBack),
+            // of its verdict", also when the host is lost after saying so.
+            Progress::Updating | Progress::Lost => {
+                step.is_some_and(|s| s.step == AgentStep::RollingBack)
+            }
             _ => false,
         };
         if failed {
