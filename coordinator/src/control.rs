@@ -686,6 +686,7 @@ pub async fn hosts(ctx: &Arc<Ctx>) -> Result<Vec<pb::HostInfo>, ControlError> {
                     sha256: s.sha256.clone(),
                     health: pb::Health::from(s.health) as i32,
                     detail: s.detail.clone(),
+                    regressed: s.regressed,
                     ..Default::default()
                 })
                 .collect(),

@@ -183,11 +183,13 @@ pub fn plan(o: Observed<'_>) -> Plan {
     let budget = budget::budget_use(&o, &progress);
     let mut report = budget.report(&o);
     let answer = |decision, report| Plan { decision, report };
+    // Counted on an ended rollout too, so its status counts the failures its reason names (a
+    // done host that regressed after its commit is one).
+    let failures = verdict::failures(&o, &progress);
+    report.failures = failures.hosts.clone();
     if r.phase.is_terminal() {
         return answer(Decision::Wait, report);
     }
-    let failures = verdict::failures(&o, &progress);
-    report.failures = failures.hosts.clone();
     if let Some(decision) = verdict::failure_verdict(&o, &failures.hosts) {
         return answer(decision, report);
     }
