@@ -6,16 +6,21 @@
 //! moves and `progress_deadline` (L1) must end it. The leader measures that deadline on its
 //! own clock: the rollout fails no earlier than the deadline after it was created (not at
 //! once when coord-2 is behind) and not much later (not hours later when coord-2 is ahead).
-//! Measured times are printed. The canary bake on a late replica is `clock_skew.rs`; the
-//! agent measures `healthy_deadline` itself on its monotonic clock (no coordinator clock
-//! enters it).
+//! Measured times are printed. Likewise `pause_between_waves`: with the rollout created
+//! through coord-2, the next wave opens no earlier than the pause after the leader saw the
+//! wave end, and not much later. The canary bake on a late replica is `clock_skew.rs`; the
+//! agent measures `healthy_deadline` itself on its monotonic clock (the coordinator only
+//! passes it the duration).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use gate_timing::{check_window, first_wave_done, wait_next_wave};
 use nix::sys::signal::Signal;
 use rollgate_tests::pb::Phase;
 use rollgate_tests::{bin, brief, Fleet, FleetOpts, Mode};
+
+mod gate_timing;
 
 const PROGRESS_DEADLINE: Duration = Duration::from_secs(10);
 /// How late the failure may come on a loaded machine.
@@ -25,10 +30,11 @@ const HOURS: i64 = 3 * 3600;
 /// Nine minutes, in seconds.
 const MINUTES: i64 = 9 * 60;
 
-/// Starts two replicas with coord-2's clock `offset` seconds off and makes coord-1 the leader.
-fn skewed_fleet(offset: i64) -> anyhow::Result<Fleet> {
+/// Starts two replicas with coord-2's clock `offset` seconds off and `agents` agents, and
+/// makes coord-1 the leader.
+fn skewed_fleet(offset: i64, agents: usize) -> anyhow::Result<Fleet> {
     let fleet = Fleet::start(FleetOpts {
-        agents: 3,
+        agents,
         coordinators: 2,
         clock_offset: Some((2, offset)),
         ..FleetOpts::default()
@@ -44,9 +50,30 @@ fn skewed_fleet(offset: i64) -> anyhow::Result<Fleet> {
     Ok(fleet)
 }
 
+/// Starts a rollout through coord-2 (the skewed replica); returns its id and when the CLI
+/// started and returned.
+fn start_through_coord_2(
+    fleet: &Fleet,
+    spec: &std::path::Path,
+) -> anyhow::Result<(String, Instant, Instant)> {
+    let before = Instant::now();
+    let out = Command::new(bin("rollgate"))
+        .arg("--coordinator")
+        .arg(fleet.coordinators[1].url())
+        .args(fleet.operator.cli_args())
+        .args(["--output", "json", "rollout", "start"])
+        .arg(spec)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{out:?}");
+    let created = Instant::now();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let id = v["id"].as_str().expect("id").to_string();
+    Ok((id, before, created))
+}
+
 /// Stalls a rollout created through the skewed replica; checks when it fails and why.
 fn stalled_rollout_fails(offset: i64) -> anyhow::Result<()> {
-    let mut fleet = skewed_fleet(offset)?;
+    let mut fleet = skewed_fleet(offset, 3)?;
     fleet.agent("host-3").proc.signal(Signal::SIGSTOP);
     fleet.wait("host-3 offline", Duration::from_secs(15), || {
         let hosts = fleet.hosts()?;
@@ -63,18 +90,7 @@ fn stalled_rollout_fails(offset: i64) -> anyhow::Result<()> {
             PROGRESS_DEADLINE.as_secs()
         ),
     )?;
-    let before = Instant::now();
-    let out = Command::new(bin("rollgate"))
-        .arg("--coordinator")
-        .arg(fleet.coordinators[1].url())
-        .args(fleet.operator.cli_args())
-        .args(["--output", "json", "rollout", "start"])
-        .arg(&spec)
-        .output()?;
-    anyhow::ensure!(out.status.success(), "{out:?}");
-    let created = Instant::now();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let id = v["id"].as_str().expect("id").to_string();
+    let (id, before, created) = start_through_coord_2(&fleet, &spec)?;
     let s = fleet.wait_status(
         &id,
         "the stalled rollout to fail",
@@ -116,4 +132,52 @@ fn progress_deadline_is_not_cut_short_by_a_replica_clock_behind() -> anyhow::Res
 #[test]
 fn progress_deadline_is_not_put_off_by_a_replica_clock_hours_ahead() -> anyhow::Result<()> {
     stalled_rollout_fails(HOURS)
+}
+
+/// The pause between waves, with the rollout created through a replica whose clock is
+/// `offset` seconds off.
+fn pause_between_waves_on_the_leaders_clock(offset: i64) -> anyhow::Result<()> {
+    const PAUSE: Duration = Duration::from_secs(6);
+    let fleet = skewed_fleet(offset, 4)?;
+    let v2 = fleet.release("2.0.0", Mode::Healthy)?;
+    let spec = fleet.spec(
+        &v2,
+        &format!(
+            "max_unavailable = 4\nwaves = [\"50%\"]\npause_between_waves = \"{}s\"\n\
+             min_healthy_time = \"500ms\"",
+            PAUSE.as_secs()
+        ),
+    )?;
+    let (id, _, _) = start_through_coord_2(&fleet, &spec)?;
+    let (wave, s) = first_wave_done(&fleet, &id, 2)?;
+    let ended = Instant::now();
+    let sessions = fleet.etcd_get_prefix("/rollgate/sessions/")?;
+    let on_coord_2: Vec<&String> = sessions
+        .iter()
+        .filter(|(_, v)| v.contains("coord-2"))
+        .map(|(k, _)| k)
+        .collect();
+    println!(
+        "wave 1 {wave:?} done (sessions on coord-2: {on_coord_2:?}): {}",
+        brief(&s)
+    );
+    let opened = wait_next_wave(&fleet, &id, &wave, "pause between waves", ended, PAUSE)?;
+    check_window(
+        &format!("pause_between_waves, coord-2's clock {offset:+}s"),
+        opened,
+        PAUSE,
+    );
+    let s = fleet.wait_settled(&id, Duration::from_secs(60))?;
+    assert_eq!(s.phase(), Phase::Succeeded, "{}", brief(&s));
+    Ok(())
+}
+
+#[test]
+fn pause_between_waves_holds_with_a_replica_clock_behind() -> anyhow::Result<()> {
+    pause_between_waves_on_the_leaders_clock(-MINUTES)
+}
+
+#[test]
+fn pause_between_waves_ends_with_a_replica_clock_hours_ahead() -> anyhow::Result<()> {
+    pause_between_waves_on_the_leaders_clock(HOURS)
 }
