@@ -25,7 +25,12 @@ while [ $# -gt 0 ]; do
 done
 features=rollgate-agent/fault-injection,rollgate-coordinator/fault-injection
 cargo build --workspace --bins --features "$features"
-cargo test -p rollgate-tests --test nemesis --no-run
+# A copy of the binaries and of the test, so a rebuild during a long run changes nothing.
+exe=$(cargo test -p rollgate-tests --test nemesis --no-run 2>&1 | grep -o 'target/[a-z]*/deps/nemesis-[0-9a-f]*' | tail -1)
+bins=target/nemesis/bin
+rm -rf "$bins" && mkdir -p "$bins/deps"
+cp "$(dirname "$exe")"/../rollgate "$(dirname "$exe")"/../rollgate-agent "$(dirname "$exe")"/../rollgate-coordinator "$(dirname "$exe")"/../rollgate-testsvc "$bins/"
+cp "$exe" "$bins/deps/nemesis"
 case $budget in
 *h) secs=$(( ${budget%h} * 3600 )) ;;
 *m) secs=$(( ${budget%m} * 60 )) ;;
@@ -38,7 +43,7 @@ seed=$from ran=0 failed=()
 started=$(date +%s)
 while [ "$(date +%s)" -lt "$end" ] && { [ "$limit" -eq 0 ] || [ "$ran" -lt "$limit" ]; }; do
   log=target/nemesis/$seed.log
-  if NEMESIS_SEEDS=$seed cargo test -q -p rollgate-tests --test nemesis -- --nocapture >"$log" 2>&1; then
+  if NEMESIS_SEEDS=$seed ROLLGATE_BIN_DIR=$bins "$bins/deps/nemesis" --nocapture >"$log" 2>&1; then
     echo "seed $seed: ok    $(grep -m1 'worst' "$log" | sed 's/^nemesis seed [0-9]*: //')"
   else
     echo "seed $seed: FAILED (target/nemesis/$seed.log)"

@@ -122,7 +122,7 @@ pub async fn run(
     rollgate_proto::metrics_tls::acceptor(&config.metrics)
         .map_err(|e| AgentError::Metrics(e.to_string()))?;
     let (channel_tx, channel_rx) = watch::channel(None);
-    let fetcher = release::fetch::Fetcher::new(channel_rx)?;
+    let fetcher = release::fetch::Fetcher::new(channel_rx, config.sources.ca_file.as_deref())?;
     let (executor, mut outbox) = Executor::start(&config, fetcher)?;
     tracing::info!(
         host = %config.host_id,

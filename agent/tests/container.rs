@@ -65,7 +65,7 @@ timeout = "2s"
 
     fn start(&self, config: &Config) -> (Executor, Outbox) {
         let (_tx, rx) = watch::channel(None);
-        let fetcher = Fetcher::new(rx).expect("fetcher");
+        let fetcher = Fetcher::new(rx, None).expect("fetcher");
         Executor::start(config, fetcher).expect("executor")
     }
 

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 fn start(world: &World) -> (Executor, rollgate_agent::Outbox) {
     let (_tx, rx) = watch::channel(None);
-    let fetcher = Fetcher::new(rx).expect("fetcher");
+    let fetcher = Fetcher::new(rx, None).expect("fetcher");
     Executor::start(&world.config(), fetcher).expect("executor")
 }
 
@@ -190,7 +190,7 @@ async fn with_stop_with_agent_shutdown_stops_the_service() {
     let (_tx, rx) = watch::channel(None);
     let config = rollgate_agent::Config::parse(&text).expect("config");
     let (exec, mut outbox) =
-        Executor::start(&config, Fetcher::new(rx).expect("fetcher")).expect("executor");
+        Executor::start(&config, Fetcher::new(rx, None).expect("fetcher")).expect("executor");
     exec.handle_order(order(
         1,
         world.release("1.0.0", &healthy("1.0.0")),
@@ -342,8 +342,8 @@ async fn second_agent_on_the_same_state_dir_is_refused() {
     let world = World::new();
     let (exec, _outbox) = start(&world);
     let (_tx, rx) = watch::channel(None);
-    let err =
-        Executor::start(&world.config(), Fetcher::new(rx).expect("fetcher")).expect_err("locked");
+    let err = Executor::start(&world.config(), Fetcher::new(rx, None).expect("fetcher"))
+        .expect_err("locked");
     assert!(err.to_string().contains("another rollgate-agent"), "{err}");
     exec.shutdown().await;
 }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 fn start(config: &Config) -> (Executor, Outbox) {
     let (_tx, rx) = watch::channel(None);
-    let fetcher = Fetcher::new(rx).expect("fetcher");
+    let fetcher = Fetcher::new(rx, None).expect("fetcher");
     Executor::start(config, fetcher).expect("executor")
 }
 

@@ -27,7 +27,7 @@ const STAYS_DOWN: Duration = Duration::from_millis(800);
 
 fn start(config: &Config) -> (Executor, Outbox) {
     let (_tx, rx) = watch::channel(None);
-    let fetcher = Fetcher::new(rx).expect("fetcher");
+    let fetcher = Fetcher::new(rx, None).expect("fetcher");
     Executor::start(config, fetcher).expect("executor")
 }
 

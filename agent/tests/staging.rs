@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 fn start(world: &World) -> (Executor, Outbox) {
     let (_tx, rx) = watch::channel(None);
-    let fetcher = Fetcher::new(rx).expect("fetcher");
+    let fetcher = Fetcher::new(rx, None).expect("fetcher");
     Executor::start(&world.config(), fetcher).expect("executor")
 }
 
@@ -112,7 +112,7 @@ async fn staging_failures_are_explained_and_change_nothing() {
     .expect("config");
     let (_tx, rx) = watch::channel(None);
     let (exec, mut outbox) =
-        Executor::start(&config, Fetcher::new(rx).expect("fetcher")).expect("executor");
+        Executor::start(&config, Fetcher::new(rx, None).expect("fetcher")).expect("executor");
     install(&world, &exec, &mut outbox, 1, "1.0.0").await;
     let v1_dir = world.current().expect("current");
     let pid = world.running_pid().expect("running");

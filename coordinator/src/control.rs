@@ -257,7 +257,7 @@ pub async fn plan(ctx: &Arc<Ctx>, spec_toml: &str) -> Result<pb::RolloutPlan, Co
         steps: Default::default(),
         staged,
     };
-    let p = planner::plan_view(&view, &fleet, now_ms()).report;
+    let p = planner::plan_view(&view, &fleet, now_ms(), None).report;
     let r = &view.rollout;
     let st = &r.spec.strategy;
     let mut waves = Vec::new();
@@ -414,13 +414,14 @@ pub(crate) fn not_found(id: &str) -> ControlError {
 pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
     let r = &view.rollout;
     let now = now_ms();
-    let plan = planner::plan_view(view, fleet, now).report;
+    let plan = planner::plan_view(view, fleet, now, None).report;
     let observed = planner::Observed {
         rollout: r,
         steps: &view.steps,
         staged: &view.staged,
         fleet,
         now_ms: now,
+        progress_seen_ms: None,
     };
     let wave_of = |i: usize| plan.waves.iter().position(|end| i < *end).unwrap_or(0) as u32;
     let label = r.spec.strategy.group_by.clone().unwrap_or_default();
@@ -589,7 +590,7 @@ pub async fn act(
         let view = store::read_rollout(&mut etcd, keys, &id, fleet.revision)
             .await?
             .ok_or_else(|| not_found(&id))?;
-        let plan = planner::plan_view(&view, &fleet, now_ms()).report;
+        let plan = planner::plan_view(&view, &fleet, now_ms(), None).report;
         let mut r = view.rollout.clone();
         let refuse = |why: &str| {
             Err(ControlError::Conflict(format!(
@@ -686,6 +687,7 @@ pub async fn hosts(ctx: &Arc<Ctx>) -> Result<Vec<pb::HostInfo>, ControlError> {
                     sha256: s.sha256.clone(),
                     health: pb::Health::from(s.health) as i32,
                     detail: s.detail.clone(),
+                    regressed: s.regressed,
                     ..Default::default()
                 })
                 .collect(),

@@ -145,8 +145,9 @@ async fn lead(
     .await
     .map_err(StoreError::from)?;
     let mut complaints = Complaints::default();
+    let mut clock = ProgressClock::default();
     loop {
-        let wake = drive_once(ctx, leader, &mut complaints).await?;
+        let wake = drive_once(ctx, leader, &mut complaints, &mut clock).await?;
         let sleep = wake
             .map(|at| Duration::from_millis((at - now_ms()).max(0) as u64))
             .unwrap_or(IDLE_ROUND)
@@ -180,12 +181,31 @@ impl Complaints {
     }
 }
 
+/// When this leader first saw each active rollout's latest progress, on its own clock (the
+/// progress deadline counts from it, whichever replica's clock stamped the steps). A new
+/// leader starts afresh: after a failover the deadline may come up to one deadline late,
+/// never early.
+#[derive(Debug, Default)]
+struct ProgressClock(BTreeMap<String, (u64, i64)>);
+
+impl ProgressClock {
+    /// The leader's time of the progress `mark` stands for: `now` if it is new.
+    fn seen(&mut self, rollout: &str, mark: u64, now: i64) -> i64 {
+        let entry = self.0.entry(rollout.to_string()).or_insert((mark, now));
+        if entry.0 != mark {
+            *entry = (mark, now);
+        }
+        entry.1
+    }
+}
+
 /// One planning round over every active rollout; returns when the planner wants to run again.
 /// A rollout that cannot be read (or planned) is skipped and logged; the others go on (S9).
 async fn drive_once(
     ctx: &Arc<Ctx>,
     leader: &LeaderKey,
     complaints: &mut Complaints,
+    clock: &mut ProgressClock,
 ) -> Result<Option<i64>, LeadError> {
     // One read-only transaction for everything but the rollouts: a freed slot is handed on
     // after this, one read per active rollout, and the grant itself.
@@ -205,6 +225,8 @@ async fn drive_once(
     let mut token = round.token;
     let mut wake: Option<i64> = None;
     let mut gauges = Vec::new();
+    // Rollouts no longer active are forgotten by the progress clock.
+    clock.0.retain(|rid, _| round.active.contains(rid));
     for rid in round.active {
         let view = match store::read_rollout(&mut etcd, &ctx.keys, &rid, fleet.revision).await {
             Ok(Some(view)) => view,
@@ -219,7 +241,7 @@ async fn drive_once(
             }
             Err(e) => return Err(e.into()),
         };
-        match drive_rollout(ctx, leader, &fleet, &view, &mut token, &mut gauges).await {
+        match drive_rollout(ctx, leader, &fleet, &view, &mut token, &mut gauges, clock).await {
             Ok(Some(at)) => wake = Some(wake.map_or(at, |w: i64| w.min(at))),
             Ok(None) => {}
             Err(e) => complaints.warn(
@@ -246,6 +268,7 @@ async fn drive_rollout(
     view: &RolloutView,
     token: &mut (u64, i64),
     gauges: &mut Vec<RolloutGauges>,
+    clock: &mut ProgressClock,
 ) -> Result<Option<i64>, StoreError> {
     let r = &view.rollout;
     if r.phase.is_terminal() {
@@ -253,7 +276,8 @@ async fn drive_rollout(
         return Ok(None);
     }
     let now = now_ms();
-    let Plan { decision, report } = planner::plan_view(view, fleet, now);
+    let seen = clock.seen(&r.id, planner::progress_mark(view), now);
+    let Plan { decision, report } = planner::plan_view(view, fleet, now, Some(seen));
     gauges.push(RolloutGauges::of(view, fleet, &report, now));
     count_halt(ctx, r, &decision);
     match decision {

@@ -46,6 +46,11 @@ pub struct Observed<'a> {
     pub fleet: &'a FleetView,
     /// The time now, by the caller's clock: the planner reads none (it stays pure).
     pub now_ms: i64,
+    /// When the leader first saw the rollout's latest progress ([`progress_mark`] changing),
+    /// on its own clock. The progress deadline counts from it, so a replica whose clock is off
+    /// (it stamped the steps) neither cuts the deadline short nor puts it off. `None` (a
+    /// status read, not a decision): from the stamps themselves ([`last_progress`]).
+    pub progress_seen_ms: Option<i64>,
 }
 
 /// Where a target is, as the planner derives it.
@@ -53,9 +58,10 @@ pub struct Observed<'a> {
 pub enum Progress {
     /// Not started.
     Pending,
-    /// Holds a live slot.
+    /// Holds a live slot, and its agent is connected.
     Updating,
-    /// Granted, but its slot's holder went away and it has not reported since.
+    /// Granted, but its slot's holder (a coordinator replica) or its own agent went away, and
+    /// it has not reported since.
     Lost,
     /// Its update was interrupted by an agent restart and undone: granted again like a
     /// pending host, not counted as a failure.
@@ -93,7 +99,9 @@ impl Progress {
     }
 }
 
-/// A target's progress: its durable step, and for `updating` whether its live slot still exists.
+/// A target's progress: its durable step, and for `updating` whether its live slot still exists
+/// and its agent is still there (an agent that died mid-update and never returns is lost, not
+/// "updating" for ever).
 pub fn progress(o: &Observed<'_>, host: &str) -> Progress {
     let Some(step) = o.steps.get(host) else {
         return Progress::Pending;
@@ -105,7 +113,9 @@ pub fn progress(o: &Observed<'_>, host: &str) -> Progress {
         HostState::Failed => Progress::Failed,
         HostState::Interrupted => Progress::Interrupted,
         HostState::Updating => match o.fleet.slot(&o.rollout.spec.service, host) {
-            Some(slot) if slot.token == step.token => Progress::Updating,
+            Some(slot) if slot.token == step.token && o.fleet.is_connected(host) => {
+                Progress::Updating
+            }
             _ => Progress::Lost,
         },
     }
@@ -160,14 +170,21 @@ pub struct Plan {
     pub report: Report,
 }
 
-/// Plans one rollout as read from etcd against the fleet read at the same revision.
-pub fn plan_view(view: &RolloutView, fleet: &FleetView, now_ms: i64) -> Plan {
+/// Plans one rollout as read from etcd against the fleet read at the same revision;
+/// `progress_seen_ms` as in [`Observed`].
+pub fn plan_view(
+    view: &RolloutView,
+    fleet: &FleetView,
+    now_ms: i64,
+    progress_seen_ms: Option<i64>,
+) -> Plan {
     plan(Observed {
         rollout: &view.rollout,
         steps: &view.steps,
         staged: &view.staged,
         fleet,
         now_ms,
+        progress_seen_ms,
     })
 }
 
@@ -178,11 +195,13 @@ pub fn plan(o: Observed<'_>) -> Plan {
     let budget = budget::budget_use(&o, &progress);
     let mut report = budget.report(&o);
     let answer = |decision, report| Plan { decision, report };
+    // Counted on an ended rollout too, so its status counts the failures its reason names (a
+    // done host that regressed after its commit is one).
+    let failures = verdict::failures(&o, &progress);
+    report.failures = failures.hosts.clone();
     if r.phase.is_terminal() {
         return answer(Decision::Wait, report);
     }
-    let failures = verdict::failures(&o, &progress);
-    report.failures = failures.hosts.clone();
     if let Some(decision) = verdict::failure_verdict(&o, &failures.hosts) {
         return answer(decision, report);
     }
@@ -259,6 +278,23 @@ pub fn last_progress(o: &Observed<'_>) -> i64 {
     let steps = o.steps.values().map(|s| s.updated_at_ms).max().unwrap_or(0);
     let staged = o.staged.values().map(|s| s.at_ms).max().unwrap_or(0);
     r.created_at_ms.max(r.updated_at_ms).max(steps).max(staged)
+}
+
+/// A fingerprint of every progress stamp (creation, phase changes, each host's step, each
+/// staging report): it changes whenever anything moves, whichever replica's clock stamped it
+/// (the newest stamp alone would miss a step stamped by a slower clock than an earlier one).
+pub fn progress_mark(view: &RolloutView) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let r = &view.rollout;
+    let mut h = std::hash::DefaultHasher::new();
+    (r.created_at_ms, r.updated_at_ms).hash(&mut h);
+    for (host, s) in &view.steps {
+        (host, s.updated_at_ms).hash(&mut h);
+    }
+    for (host, s) in &view.staged {
+        (host, s.at_ms).hash(&mut h);
+    }
+    h.finish()
 }
 
 #[cfg(test)]

@@ -755,6 +755,7 @@ impl Session {
                     },
                     in_flight_token: 0,
                     in_flight_rollout: String::new(),
+                    regressed: false,
                     observed_at_ms: r.finished_at_ms,
                 },
             );

@@ -291,6 +291,14 @@ pub struct ServiceState {
     /// When the agent observed this state (its clock); older reports never overwrite newer.
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub observed_at_ms: i64,
+    /// The agent reports `version` regressed after its commit (within `watch_after_commit`):
+    /// a verdict on that release.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub regressed: bool,
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -365,6 +373,7 @@ impl From<&pb::ServiceStatus> for ServiceState {
             in_flight_token: s.in_flight_token,
             in_flight_rollout: s.in_flight_rollout.clone(),
             observed_at_ms: s.observed_at_ms,
+            regressed: s.regressed,
         }
     }
 }

@@ -31,6 +31,7 @@ pub(super) struct RawConfig {
     pub(super) allowed_sources: Option<Vec<String>>,
     #[serde(default)]
     pub(super) file_source_dirs: Vec<PathBuf>,
+    pub(super) source_ca_file: Option<PathBuf>,
     #[serde(default)]
     pub(super) signing: RawSigning,
     #[serde(default)]

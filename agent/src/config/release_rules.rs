@@ -23,6 +23,9 @@ pub struct SourceRules {
     pub prefixes: Vec<String>,
     /// Directories a `file://` source may name a file under.
     pub file_dirs: Vec<PathBuf>,
+    /// `source_ca_file`: PEM CA certificates trusted for `https://` sources besides the
+    /// built-in roots (an artifact server with a private CA). Checked at load.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for SourceRules {
@@ -30,6 +33,7 @@ impl Default for SourceRules {
         SourceRules {
             prefixes: vec![STORE_SOURCE.to_string()],
             file_dirs: Vec::new(),
+            ca_file: None,
         }
     }
 }
@@ -121,7 +125,11 @@ impl SourceRules {
 pub fn source_rules(
     allowed: Option<Vec<String>>,
     file_dirs: Vec<PathBuf>,
+    ca_file: Option<PathBuf>,
 ) -> Result<SourceRules, ConfigError> {
+    if let Some(path) = &ca_file {
+        super::load_ca_file(path).map_err(|problem| field_err("source_ca_file", problem))?;
+    }
     let prefixes = allowed.unwrap_or_else(|| vec![STORE_SOURCE.to_string()]);
     for (i, p) in prefixes.iter().enumerate() {
         let url_ok = (p.starts_with("https://") || p.starts_with("http://"))
@@ -155,6 +163,7 @@ pub fn source_rules(
     Ok(SourceRules {
         prefixes,
         file_dirs: dirs,
+        ca_file,
     })
 }
 
@@ -241,6 +250,7 @@ mod tests {
                 "https://artifacts.example/rel/".into(),
             ]),
             vec![root.clone()],
+            None,
         )
         .expect("rules");
         let f = |p: &str| format!("file://{}/{p}", root.display());
@@ -271,7 +281,7 @@ mod tests {
             SourceRules::default().check("https://artifacts.example/rel/a"),
             Err(UrlNotAllowed)
         );
-        let none = source_rules(Some(vec![]), vec![]).expect("rules");
+        let none = source_rules(Some(vec![]), vec![], None).expect("rules");
         assert_eq!(none.check("store:"), Err(StoreNotAllowed));
     }
 
@@ -283,7 +293,7 @@ mod tests {
             "https://a.example/x/../",
             "file:///srv/",
         ] {
-            let e = source_rules(Some(vec![p.into()]), vec![]).expect_err(p);
+            let e = source_rules(Some(vec![p.into()]), vec![], None).expect_err(p);
             assert!(e.to_string().contains("allowed_sources[0]"), "{e}");
         }
         assert!(rollback_window(Some(0)).is_err());

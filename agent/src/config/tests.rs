@@ -210,6 +210,21 @@ fn http_probe_ca_file_must_hold_a_certificate() {
     assert!(err.contains("`services[0].probes[1].ca_file`"), "{err}");
 }
 
+/// `source_ca_file` (https release sources with a private CA) is checked at load, naming the
+/// field and the file.
+#[test]
+fn source_ca_file_must_hold_a_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").expect("write");
+    let line = format!("source_ca_file = {:?}\n", junk.display().to_string());
+    let err = Config::parse(&format!("{line}{GOOD}"))
+        .expect_err("junk")
+        .to_string();
+    assert!(err.contains("`source_ca_file`"), "{err}");
+    assert!(err.contains(&junk.display().to_string()), "{err}");
+}
+
 const SYSTEMD: &str = r#"
 host_id = "web-1"
 coordinator = "http://127.0.0.1:7443"

@@ -46,6 +46,8 @@ pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 4 << 30;
 /// rollback_window = 1                     # a rollback goes back at most this many releases
 /// allowed_sources = ["store:"]            # default; add "https://artifacts.example/rel/"
 /// file_source_dirs = []                   # file:// sources only under these dirs
+/// # source_ca_file = "/etc/rollgate/artifacts-ca.pem"  # https sources: PEM CA cert(s) trusted
+///                                         # besides the built-in roots
 /// [signing]                               # signed releases, see deploy/SIGNING.md
 /// required = true                         # refuse releases without a valid signature
 /// keys = ["/etc/rollgate/release.pub"]    # pinned ed25519 public keys (PEM); any may sign

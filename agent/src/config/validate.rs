@@ -88,7 +88,11 @@ impl RawConfig {
             scope: Default::default(),
         };
         let rollback_window = release_rules::rollback_window(self.rollback_window)?;
-        let sources = release_rules::source_rules(self.allowed_sources, self.file_source_dirs)?;
+        let sources = release_rules::source_rules(
+            self.allowed_sources,
+            self.file_source_dirs,
+            self.source_ca_file,
+        )?;
         if signing.required && signing.keys.is_empty() {
             return Err(field_err(
                 "signing.keys",

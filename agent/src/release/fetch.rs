@@ -211,9 +211,21 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// A fetcher that reaches the coordinator's store through `coordinator`.
-    pub fn new(coordinator: watch::Receiver<Option<Channel>>) -> Result<Fetcher, FetchError> {
-        let http = reqwest::Client::builder()
+    /// A fetcher that reaches the coordinator's store through `coordinator`, and trusts the CA
+    /// certificates in `ca_file` (PEM) for https sources besides the built-in roots.
+    pub fn new(
+        coordinator: watch::Receiver<Option<Channel>>,
+        ca_file: Option<&Path>,
+    ) -> Result<Fetcher, FetchError> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = ca_file {
+            let certs = crate::config::load_ca_file(path)
+                .map_err(|e| transfer(format!("source_ca_file: {e}"), false))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .connect_timeout(HTTP_CONNECT_TIMEOUT)
             .read_timeout(FETCH_IDLE_TIMEOUT)
             // A redirect could lead outside allowed_sources (an internal address): refused.
@@ -369,10 +381,7 @@ impl Fetcher {
         if sink.written > 0 {
             req = req.header(reqwest::header::RANGE, format!("bytes={}-", sink.written));
         }
-        let mut resp = req
-            .send()
-            .await
-            .map_err(|e| transfer(format!("GET {url}: {}", terse(&e)), true))?;
+        let mut resp = req.send().await.map_err(|e| http_error(url, &e))?;
         let status = resp.status();
         match status.as_u16() {
             206 => {
@@ -435,7 +444,7 @@ impl Fetcher {
             match resp.chunk().await {
                 Ok(Some(bytes)) => sink.write(&bytes).await?,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(transfer(format!("GET {url}: {}", terse(&e)), true)),
+                Err(e) => return Err(http_error(url, &e)),
             }
         }
     }
@@ -490,6 +499,40 @@ async fn download_file(
         }
         sink.write(&buf[..n]).await?;
     }
+}
+
+/// A failed request to `url`, in words the operator acts on. A TLS failure (an untrusted or
+/// wrong certificate) names rustls' reason and is not retried: retrying will not fix it.
+fn http_error(url: &reqwest::Url, e: &reqwest::Error) -> FetchError {
+    match tls_reason(e) {
+        Some(why) => transfer(
+            format!(
+                "GET {url}: TLS refused: {why}; the source's certificate must chain to a CA the \
+                 agent trusts (the built-in roots, or `source_ca_file` in its config)"
+            ),
+            false,
+        ),
+        None => transfer(format!("GET {url}: {}", terse(e)), true),
+    }
+}
+
+/// rustls' own words for why a TLS handshake failed, if that is what `e` was (its errors are
+/// a closed set of reasons; no peer bytes).
+fn tls_reason(e: &reqwest::Error) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return Some(t.to_string());
+        }
+        // io::Error's source() skips the error it wraps: descend into it instead.
+        cur = match err.downcast_ref::<io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|i| i as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 /// What kind of HTTP failure `e` was, without its text (which may carry OS error strings or

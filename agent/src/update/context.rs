@@ -120,6 +120,7 @@ impl ServiceContext {
             sha256,
             health: health as i32,
             detail,
+            regressed: self.regressed,
             ..Default::default()
         };
         if let Some(status) = self.shared.board.observe(status) {

@@ -172,6 +172,7 @@ fn rollback_targets(basis: &Basis<'_>) -> Vec<String> {
         staged: &basis.view.staged,
         fleet: basis.fleet,
         now_ms: now_ms(),
+        progress_seen_ms: None,
     };
     let reported = |h: &str| {
         basis

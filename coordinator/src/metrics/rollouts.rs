@@ -30,6 +30,7 @@ impl RolloutGauges {
             staged: &view.staged,
             fleet,
             now_ms,
+            progress_seen_ms: None,
         };
         let mut hosts = BTreeMap::new();
         for h in &r.targets {

@@ -105,7 +105,7 @@ fn blocker(b: &Blocker) -> String {
             hosts.join(", ")
         ),
         Blocker::Lost(hosts) => format!(
-            "lost mid-update (its coordinator replica went away; it keeps its share of the \
+            "lost mid-update (its agent or its coordinator replica went away; it keeps its share of the \
              budget until it reports or `rollgate host fence` it): {}",
             hosts.join(", ")
         ),

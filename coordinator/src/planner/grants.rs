@@ -130,7 +130,8 @@ pub(super) enum Deadline {
 /// Step 8, the progress deadline (L1): a stall turns into a failure after progress_deadline.
 pub(super) fn progress_deadline(o: &Observed<'_>, blockers: &[Blocker]) -> Deadline {
     let deadline = o.rollout.spec.strategy.progress_deadline;
-    let at = last_progress(o) + deadline.as_millis() as i64;
+    let since = o.progress_seen_ms.unwrap_or_else(|| last_progress(o));
+    let at = since + deadline.as_millis() as i64;
     if o.now_ms < at {
         return Deadline::At(at);
     }

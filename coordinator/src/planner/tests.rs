@@ -8,7 +8,9 @@ use rollgate_proto::spec::{
 };
 use std::time::Duration;
 
+mod deadline;
 mod gates;
+mod lost;
 
 const NOW: i64 = 1_000_000;
 
@@ -18,6 +20,8 @@ struct World {
     staged: BTreeMap<String, StageRecord>,
     fleet: FleetView,
     now: i64,
+    /// Observed::progress_seen_ms (the leader's own time of the latest progress).
+    progress_seen: Option<i64>,
 }
 
 fn world(n: usize, strategy: Strategy) -> World {
@@ -80,6 +84,7 @@ fn world(n: usize, strategy: Strategy) -> World {
         staged: BTreeMap::new(),
         fleet,
         now: NOW,
+        progress_seen: None,
     }
 }
 
@@ -155,6 +160,7 @@ impl World {
             staged: &self.staged,
             fleet: &self.fleet,
             now_ms: self.now,
+            progress_seen_ms: self.progress_seen,
         })
         .into()
     }
@@ -265,7 +271,8 @@ fn lost_host_keeps_its_share_and_is_no_verdict_on_the_release() {
                 steps: &w.steps,
                 staged: &w.staged,
                 fleet: &w.fleet,
-                now_ms: w.now
+                now_ms: w.now,
+                progress_seen_ms: None,
             },
             "h1"
         ),

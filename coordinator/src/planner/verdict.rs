@@ -5,7 +5,7 @@ use rollgate_proto::spec::OnFailure;
 
 use super::report::{FailureCause, Response, TooManyFailures, Verdict};
 use super::{Decision, Observed, Progress, Progresses};
-use crate::store::{AgentStep, Phase};
+use crate::store::{AgentStep, Phase, ServiceState};
 
 /// The targets that count as failed.
 #[derive(Debug, Clone, Default)]
@@ -14,12 +14,13 @@ pub(super) struct Failures {
     pub hosts: Vec<String>,
 }
 
-/// Step 2a, failures: failed, refused or fenced targets, and a target whose agent is rolling
-/// back (its verdict). Neither an interrupted target (its agent restarted mid-update and undid
-/// it) nor a lost one (its session went away mid-update) is a failure: both are faults of the
-/// host or the network, not verdicts on the release. A lost target keeps its share of the
-/// budget until it reports (S2); if it never does, the progress deadline (L1) ends the rollout
-/// as stalled, naming it, or an operator fences it (which fails it).
+/// Step 2a, failures: failed, refused or fenced targets, a target whose agent is rolling back
+/// (its verdict; lost since or not), and a done target whose release regressed after its
+/// commit. Neither an interrupted target (its agent restarted mid-update and undid it) nor a
+/// lost one (its agent or its replica went away mid-update) is otherwise a failure: both are
+/// faults of the host or the network, not verdicts on the release. A lost target keeps its
+/// share of the budget until it reports (S2); if it never does, the progress deadline (L1)
+/// ends the rollout as stalled, naming it, or an operator fences it (which fails it).
 pub(super) fn failures(o: &Observed<'_>, progress: &Progresses<'_>) -> Failures {
     let mut out = Failures::default();
     for h in &o.rollout.targets {
@@ -28,8 +29,13 @@ pub(super) fn failures(o: &Observed<'_>, progress: &Progresses<'_>) -> Failures 
             Progress::RolledBack | Progress::Failed => true,
             // The agent's failure verdict: it is rolling back. Halting now rather than when
             // the rollback has finished keeps "a bad release halts within one probe interval
-            // of its verdict".
-            Progress::Updating => step.is_some_and(|s| s.step == AgentStep::RollingBack),
+            // of its verdict", also when the host is lost after saying so.
+            Progress::Updating | Progress::Lost => {
+                step.is_some_and(|s| s.step == AgentStep::RollingBack)
+            }
+            // Passed its checks and committed, then regressed within the agent's
+            // watch_after_commit: a verdict on the release all the same.
+            Progress::Done => regression(o, h).is_some(),
             _ => false,
         };
         if failed {
@@ -37,6 +43,17 @@ pub(super) fn failures(o: &Observed<'_>, progress: &Progresses<'_>) -> Failures 
         }
     }
     out
+}
+
+/// The host's report that this rollout's release regressed there after its commit
+/// (`watch_after_commit`), if it made one and has not been healthy since.
+fn regression<'a>(o: &Observed<'a>, host: &str) -> Option<&'a ServiceState> {
+    let r = o.rollout;
+    o.fleet
+        .hosts
+        .get(host)
+        .and_then(|h| h.services.get(&r.spec.service))
+        .filter(|s| s.regressed && s.version == r.spec.release.version)
 }
 
 /// Step 2b, the failure verdict: more failures than max_failures (or than an operator
@@ -54,8 +71,12 @@ pub(super) fn failure_verdict(o: &Observed<'_>, failed: &[String]) -> Option<Dec
     let first = &failed[0];
     // The result's reason; halted at the agent's "rolling back" step (the result is still to
     // come), its progress message says why it is rolling back.
-    let cause = FailureCause::Reported(
-        o.steps
+    // A regression's words are the agent's (its status); otherwise the result's reason, or
+    // while the host rolls back, its progress message.
+    let cause = FailureCause::Reported(match regression(o, first) {
+        Some(state) => state.detail.clone(),
+        None => o
+            .steps
             .get(first)
             .map(|s| {
                 if s.reason.is_empty() {
@@ -65,7 +86,7 @@ pub(super) fn failure_verdict(o: &Observed<'_>, failed: &[String]) -> Option<Dec
                 }
             })
             .unwrap_or_default(),
-    );
+    });
     let verdict = |response| {
         Verdict::TooManyFailures(TooManyFailures {
             failed: failed.len(),
@@ -100,7 +121,7 @@ pub(super) fn completion(
     let done = r
         .targets
         .iter()
-        .filter(|h| progress[*h] == Progress::Done)
+        .filter(|h| progress[*h] == Progress::Done && !failed.contains(*h))
         .count();
     Some(Verdict::Completed {
         done,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 fn fetcher() -> Fetcher {
     let (_tx, rx) = watch::channel(None);
-    Fetcher::new(rx).expect("fetcher")
+    Fetcher::new(rx, None).expect("fetcher")
 }
 
 fn artifact_for(body: &[u8], source: &str) -> Artifact {
