@@ -36,6 +36,10 @@ use orders::{reattach, send_stage};
 use results::{host_state_after, result_reason};
 
 /// How long a new stream may take to send its hello.
+/// Attempts at a session's catch-up (its orders after a reconnect) before the session ends.
+const CATCH_UP_TRIES: u32 = 3;
+/// Pause between catch-up attempts.
+const CATCH_UP_RETRY: std::time::Duration = std::time::Duration::from_millis(300);
 const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Pause before re-opening the slot watch after it broke (etcd restart).
 pub(super) const WATCH_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -235,8 +239,17 @@ pub async fn serve(
                 warn!("cannot record a result from hello: {e}");
             }
         }
-        if let Err(e) = session.catch_up(&hello).await {
-            warn!("cannot look up orders for this host: {e}");
+        // Without its catch-up a host could wait for ever for an order granted while it was
+        // away (a nemesis seed found it): retry, then end the session so that it comes back.
+        let mut tries = 0;
+        while let Err(e) = session.catch_up(&hello).await {
+            tries += 1;
+            if tries == CATCH_UP_TRIES {
+                warn!("cannot look up this host's orders ({e}); ending its session so that it reconnects and the look-up runs again");
+                cancel.cancel();
+                break;
+            }
+            tokio::time::sleep(CATCH_UP_RETRY).await;
         }
         let silent = ctx.config.session_timeout();
         loop {

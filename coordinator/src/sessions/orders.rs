@@ -125,7 +125,8 @@ pub async fn dispatch_orders(ctx: Arc<Ctx>, cancel: CancellationToken) {
                 }
             };
             for ev in resp.events() {
-                if ev.event_type() != EventType::Put {
+                if ev.event_type() == EventType::Delete {
+                    reattach_if_vanished(&ctx, ev).await;
                     continue;
                 }
                 let Some(kv) = ev.kv() else { continue };
@@ -165,6 +166,28 @@ pub async fn dispatch_orders(ctx: Arc<Ctx>, cancel: CancellationToken) {
             _ = tokio::time::sleep(WATCH_RETRY) => {}
             _ = cancel.cancelled() => return,
         }
+    }
+}
+
+/// A slot that vanished (its holder's lease expired) for a host whose stream this replica now
+/// holds: if the host's step is still `updating`, the grant is re-attached here and its order
+/// sent. A slot deleted because its result was recorded leaves no `updating` step: no-op.
+async fn reattach_if_vanished(ctx: &Arc<Ctx>, ev: &etcd_client::Event) {
+    let Some(key) = ev.kv().and_then(|kv| kv.key_str().ok()) else {
+        return;
+    };
+    if !key.starts_with(&ctx.keys.all_slots()) {
+        return;
+    }
+    // `slots/<service>/<host>`; host ids contain no `/`.
+    let Some(host) = key.rsplit('/').next() else {
+        return;
+    };
+    if !ctx.hub.hosts().iter().any(|h| h == host) {
+        return;
+    }
+    if let Err(e) = resend_for(ctx, host).await {
+        warn!(%host, "its slot vanished and its orders cannot be looked up: {e}");
     }
 }
 
