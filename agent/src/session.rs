@@ -11,7 +11,6 @@ use rand::Rng;
 use rollgate_proto::pb::agent_service_client::AgentServiceClient;
 use rollgate_proto::pb::{self, agent_message::Msg, coordinator_message};
 use rollgate_proto::spec::human;
-use rollgate_proto::text::printable;
 use rollgate_proto::tls::{Role, TlsConfig};
 use rollgate_proto::MAX_MESSAGE_BYTES;
 use tokio::sync::{mpsc, watch};
@@ -38,11 +37,6 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages queued towards the coordinator before the session waits for the stream.
 const OUTBOUND_QUEUE: usize = 64;
-/// The slowest heartbeat a coordinator's welcome may ask for; slower asks get this. Sooner is
-/// always safe (the coordinator drops a session after missing a few of what it asked for), and
-/// an absurd interval (found by the coordinator_message fuzz target: u64::MAX ms) overflowed
-/// the timer and panicked the agent.
-pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Where and how often to talk to the coordinator.
 #[derive(Debug, Clone)]
@@ -429,16 +423,7 @@ pub fn on_message(
             }
             let mut every = heartbeat.period();
             if w.heartbeat_interval_ms > 0 {
-                every = Duration::from_millis(w.heartbeat_interval_ms).min(MAX_HEARTBEAT_INTERVAL);
-                if Duration::from_millis(w.heartbeat_interval_ms) > MAX_HEARTBEAT_INTERVAL {
-                    tracing::warn!(
-                        "coordinator {} at {at} asks for a heartbeat every {}ms; sending one \
-                         every {} instead (the most this agent waits between heartbeats)",
-                        printable(&w.coordinator_id),
-                        w.heartbeat_interval_ms,
-                        human(MAX_HEARTBEAT_INTERVAL)
-                    );
-                }
+                every = Duration::from_millis(w.heartbeat_interval_ms);
                 *heartbeat = heartbeat_timer(every);
             }
             if !*welcomed {

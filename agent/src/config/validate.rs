@@ -143,8 +143,8 @@ impl RawConfig {
 }
 
 /// The longest duration a setting may have: the agent arms timers with them (now + duration),
-/// and a duration past what a clock can add (found by the agent_config fuzz target:
-/// `heartbeat_interval = "600000000000years"`) panicked it; nothing it waits for takes a year.
+/// and a duration past what a clock can add (found while writing the agent_config fuzz target:
+/// `heartbeat_interval = "400000000000years"`) panicked it; nothing it waits for takes a year.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
 /// Every duration of the config within [`MAX_DURATION`]; the error names the field.
