@@ -6,16 +6,16 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
 use prost::Message;
 use rollgate_fuzz::agent_fixture::{self, key_dir, FLEET, HOST, OPEN_SERVICE, SIGNED_SERVICE};
 use rollgate_fuzz::wire::encode_all;
 use rollgate_proto::pb::{self, agent_message::Msg as Out, coordinator_message::Msg as In};
-use rollgate_proto::signing::{self, Scope, Signed, SigningKey};
+use rollgate_proto::signing::{Scope, Signed, SigningKey};
 use rollgate_proto::version::PROTOCOL_VERSION;
 
 const ROLLOUT: &str = "r-0123456789abcdef";
+const EXPIRES_UNIX: i64 = 4_102_444_800;
 const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
 fn main() {
@@ -79,7 +79,8 @@ fn coordinator_messages(dir: &Path, key: &SigningKey) {
         protocol_version: PROTOCOL_VERSION,
     }));
     let mut signed = release("2.0.0");
-    let expires = signing::unix(SystemTime::now() + Duration::from_secs(10 * 365 * 86_400));
+    // A fixed expiry (2100-01-01): the same seed every run (ed25519 is deterministic).
+    let expires = EXPIRES_UNIX;
     signed.signature = Some(pb::ReleaseSignature {
         expires_unix: expires,
         ..Default::default()
