@@ -2,7 +2,8 @@
 # Sourced by tests/run.sh and deploy/demo.sh: makes sure the system packages rollgate builds and
 # tests with are present (etcd-server for etcd, protobuf-compiler for protoc, iproute2 for the
 # network-namespace fault tests, systemd and dbus-user-session for the agent's systemd backend
-# tests, docker.io, podman, runc and busybox-static for its container backend tests). As root
+# tests, docker.io, podman, runc and busybox-static for its container backend tests, g++ for
+# libFuzzer in the fuzz step). As root
 # it installs them with apt; otherwise it says exactly what to install.
 #
 #   rollgate_ensure_deps        # build + demo: protobuf-compiler, etcd-server
@@ -41,6 +42,9 @@ rollgate_test_deps() {
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
   # The metrics tests scrape the fleet with a real Prometheus server and lint with promtool.
   [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
+  # The fuzz step (tests/fuzz.sh) builds libFuzzer, which is C++ (libfuzzer-sys), with the
+  # system's C++ compiler.
+  command -v c++ >/dev/null 2>&1 || missing+=(g++)
 }
 
 rollgate_install_missing() {

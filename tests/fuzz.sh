@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the parts of rollgate that read untrusted bytes, for a bounded time:
 #
-#   tests/fuzz.sh [SECONDS_PER_TARGET]      (default 60; each target runs that long, in turn)
+#   tests/fuzz.sh [SECONDS_PER_TARGET]      (default 60; each target runs that long, in turn;
+#                                            tests/run.sh runs it with 10)
 #
 # Targets (fuzz/fuzz_targets/, cargo-fuzz layout, its own workspace):
 #   spec            rollout spec text -> RolloutSpec::parse / parse_resolved; an accepted spec
@@ -12,6 +13,29 @@
 #   unpack_entries  the same checks on well-formed archives of hostile entries (names and links
 #                   from a few parts, `..`, reserved and absolute names, every entry type).
 #   identity        DER certificate bytes / URI text -> tls::Identity::{from_cert_der,parse_uri}.
+#   agent_config    agent config text -> Config::parse (TOML and every field check), then
+#                   check_tls and the [metrics] TLS acceptor, as rollgate-agent does at start;
+#                   an accepted config has a valid host id, an absolute state dir, unique valid
+#                   service names and durations a timer can be armed with. Does not create the
+#                   state dir or start services; skips text naming /dev, /proc or /sys.
+#   coordinator_message  coordinator -> agent: a sequence of CoordinatorMessages (welcome,
+#                   update and stage orders, refusal) into the agent's real session handler
+#                   on a real Executor with a fresh journal: token fencing, release, digest and
+#                   signature checks (one service pins a key, fuzz/keys/), the one answer per
+#                   order. The update procedure itself (fetch, swap, probes) does not run.
+#   agent_message   agent -> coordinator: a session's AgentMessages (hello, heartbeat, status,
+#                   progress, result, staged) through sessions::admit: the hello's checks
+#                   against the certificate, the bounded host record, status ordering, a
+#                   result settling the held grant once, the etcd keys built from rollout ids.
+#                   Not the etcd transactions, the stale-token counter raise, stage ownership.
+#   control         operator -> coordinator: one control request (first byte: its kind) through
+#                   the role rule for every role, the audit line, spec, pin, host id, event
+#                   filter and download checks. Not what needs etcd (reading/changing rollouts,
+#                   hosts, pins; a deployer's scope for a rollout named by id; uploads).
+#
+# The message targets read length-delimited protobuf; their seeds come from
+# `cargo run --manifest-path fuzz/Cargo.toml --example seeds` (real messages, and the fuzz-only
+# key pair in fuzz/keys/ that signs one of them).
 #
 # Any panic, sanitizer report, timeout (-timeout) or memory blow-up (-rss_limit_mb) fails the
 # run: the script goes on with the other targets, then exits 1. The input is saved under
@@ -68,7 +92,8 @@ echo "== toolchain: $toolchain${RUSTC_BOOTSTRAP:+ (RUSTC_BOOTSTRAP=1)}, host $ho
 
 # One build for all targets (cargo fuzz run would rebuild per target).
 echo "== building the fuzz targets (fuzz/target)"
-"${cargo_cmd[@]}" fuzz build --fuzz-dir "$FUZZ"
+# --target-dir: here whatever CARGO_TARGET_DIR says (the workspace's builds go there).
+"${cargo_cmd[@]}" fuzz build --fuzz-dir "$FUZZ" --target-dir "$FUZZ/target"
 bin_dir=$FUZZ/target/$host/release
 
 targets=${FUZZ_TARGETS:-$("${cargo_cmd[@]}" fuzz list --fuzz-dir "$FUZZ")}

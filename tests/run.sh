@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # rollgate's test suite: unit tables, then end-to-end tests that start a real etcd, a
-# coordinator and agents as processes on 127.0.0.1. Installs etcd-server and protobuf-compiler
-# with apt when run as root and they are missing.
+# coordinator and agents as processes on 127.0.0.1, then every fuzz target for a short bounded
+# time (tests/fuzz.sh). Installs etcd-server and protobuf-compiler with apt when run as root and
+# they are missing, and cargo-fuzz from crates.io.
+#
+#   tests/run.sh                  FUZZ_SECONDS (default 10) sets the fuzz time per target
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=../deploy/ensure-deps.sh
@@ -17,8 +20,16 @@ if [ "$free_gb" -lt 12 ]; then
   echo "  Free some space (an old target/ directory: cargo clean) and run again." >&2
   exit 1
 fi
-# Test-only fault injection (the agent's crash-at-step hook, the coordinator's pause points): on for
-# the build AND the test run (cargo test rebuilds the binaries with the features it is given).
+# The agent as released (no fault injection), kept aside for fault_injection_build.rs, which
+# checks that such an agent refuses the test-only crash setting. Same features everywhere else
+# as the build below, so only the agent and coordinator crates are compiled twice.
+cargo build --workspace --bins
+no_fault_dir="$target_dir/debug/no-fault-injection"
+mkdir -p "$no_fault_dir"
+cp "$target_dir/debug/rollgate-agent" "$no_fault_dir/rollgate-agent"
+# The test binaries carry the fault-injection hooks (crash points, pause points); release and
+# package builds never enable the feature. `cargo test` below takes the same features, or it
+# would rebuild the binaries without them.
 features=rollgate-agent/fault-injection,rollgate-coordinator/fault-injection
 cargo build --workspace --bins --features "$features"
 # The previous protocol's coordinator and agent, for the mixed-version tests (built once).
@@ -36,6 +47,10 @@ if [ "$rc" -ne 0 ]; then
   grep -a -A8 "panicked at" "$log" | tail -n 80
   exit "$rc"
 fi
-# The fuzz targets (their own crate, outside the workspace) must keep compiling and stay lint
-# clean; running them is tests/fuzz.sh, which needs cargo-fuzz and takes minutes per target.
+# The fuzz targets (their own crate, outside the workspace) stay lint clean, and each runs for
+# FUZZ_SECONDS; any crash, timeout or memory blow-up fails the run (tests/fuzz.sh installs
+# cargo-fuzz if needed and names the saved input). Longer runs: tests/fuzz.sh 60.
 cargo clippy --manifest-path fuzz/Cargo.toml --bins -- -D warnings
+fuzz_start=$SECONDS
+tests/fuzz.sh "${FUZZ_SECONDS:-10}"
+echo "tests/run.sh: fuzzing took $((SECONDS - fuzz_start))s (build included)"

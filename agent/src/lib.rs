@@ -4,8 +4,9 @@
 //! staged), swap it in, restart, watch its health, and commit or roll back, so that whatever
 //! happens the service ends on exactly the old or the new release.
 //!
-//! Layout (public: [`config`], [`release::unpack`] for the fuzz targets, and [`run`],
-//! [`Executor`], [`Outbox`] and [`Fetcher`] for the agent's tests; the rest is crate-private):
+//! Layout (public: [`config`], [`release::unpack`], [`check_tls`] and
+//! [`on_coordinator_message`] for the fuzz targets, and [`run`], [`Executor`], [`Outbox`] and
+//! [`Fetcher`] for the agent's tests; the rest is crate-private):
 //! - [`config`]: the agent's TOML config and its validation.
 //! - `session`: the bidi stream to the coordinator (hello, heartbeats, orders, results) and
 //!   reconnecting with backoff, round-robin over the coordinator replicas.
@@ -89,7 +90,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use release::fetch::Fetcher;
+pub use session::{check_tls, on_message as on_coordinator_message};
 pub use update::executor::{Executor, Outbox, StartError};
+pub use update::{FaultInjectionMissing, CRASH_AT_ENV};
 
 /// Why the agent could not run.
 #[derive(Debug, Error)]
@@ -106,6 +109,9 @@ pub enum AgentError {
     /// `[metrics]` cannot be served: the address is taken, or its TLS files are unusable.
     #[error("{0}")]
     Metrics(String),
+    /// The test-only crash setting is present but this build has no fault injection.
+    #[error(transparent)]
+    FaultInjection(#[from] FaultInjectionMissing),
 }
 
 /// Runs the agent until `shutdown` completes (`Ok(None)`) or its self-upgrade wants it
@@ -117,6 +123,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Option<upgrade::Reexec>, AgentError> {
+    // Before anything is touched: a test asking for crash points must not run without them.
+    update::check_build()?;
     session::check_tls(&config).map_err(AgentError::Tls)?;
     // A bad [metrics] TLS file stops the agent before it touches a service.
     rollgate_proto::metrics_tls::acceptor(&config.metrics)

@@ -405,8 +405,8 @@ async fn serve(
 }
 
 /// Acts on one coordinator message from the replica at `at`; `Err` ends the session with that
-/// reason.
-fn on_message(
+/// reason. Public for the fuzz targets (`rollgate_agent::on_coordinator_message`).
+pub fn on_message(
     msg: pb::CoordinatorMessage,
     at: &str,
     executor: &Executor,

@@ -191,7 +191,8 @@ pub async fn authorize<T>(
     }
 }
 
-fn target_words(t: Target<'_>) -> String {
+/// What an RPC acts on, as the audit line shows it (text from the request escaped).
+pub fn target_words(t: Target<'_>) -> String {
     match t {
         Target::Fleet => "fleet".into(),
         Target::Rollout("") => "rollout:latest".into(),

@@ -3,12 +3,12 @@
 //! results back as the evidence that frees slots (S2). Any replica can hold any agent's stream:
 //! orders and results pass through etcd.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use rand::Rng;
-use rollgate_proto::names::{self, RolloutId};
+use rollgate_proto::names::RolloutId;
 use rollgate_proto::pb;
 use rollgate_proto::text::printable;
 use rollgate_proto::tls::Identity;
@@ -23,17 +23,17 @@ use crate::store::{
 };
 use crate::Ctx;
 
+pub mod admit;
 pub mod limits;
 mod orders;
 pub mod results;
 pub mod tokens;
 
-use limits::{bounded, LogLimit, Trimmed, WriteGate, HOST_WRITE_INTERVAL, MAX_DETAIL, MAX_VERSION};
+use limits::{bounded, LogLimit, Trimmed, WriteGate, HOST_WRITE_INTERVAL, MAX_DETAIL};
 
 use crate::store::MAX_INTERRUPTIONS;
 pub use orders::dispatch_orders;
 use orders::{reattach, send_stage};
-use results::{host_state_after, result_reason};
 
 /// How long a new stream may take to send its hello.
 /// Attempts at a session's catch-up (its orders after a reconnect) before the session ends.
@@ -142,43 +142,9 @@ pub async fn serve(
             return;
         }
     };
-    if let Err(e) = names::check("host id", &hello.host_id) {
-        warn!(
-            "refusing an agent session: {}",
-            printable(&bounded(&e.to_string(), MAX_DETAIL))
-        );
-        refuse(&tx, &e.to_string()).await;
-        return;
-    }
-    // S7: the certificate says who this is; the hello may only agree.
-    if let Some(peer) = &peer {
-        if peer.name != hello.host_id {
-            warn!(
-                certificate = %peer.uri(),
-                claimed = %hello.host_id,
-                "refusing an agent session: its certificate is for host {} but its hello claims \
-                 host {}; a host speaks only for itself",
-                peer.name,
-                hello.host_id
-            );
-            refuse(
-                &tx,
-                &format!(
-                    "your certificate is for host {:?} but your hello says host_id = {:?}; set \
-                     host_id = {:?} in the agent config, or install this host's own certificate \
-                     (rollgate certs issue host {})",
-                    peer.name, hello.host_id, peer.name, hello.host_id
-                ),
-            )
-            .await;
-            return;
-        }
-    }
-    use rollgate_proto::version::{agent_too_old, compat, Compat, MIN_AGENT_PROTOCOL};
-    if compat(hello.protocol_version, MIN_AGENT_PROTOCOL) == Compat::TooOld {
-        let why = agent_too_old(hello.protocol_version, &printable(&hello.agent_version));
-        warn!(host = %printable(&hello.host_id), "refusing an agent session: {why}");
-        refuse(&tx, &why).await;
+    if let Err(why) = admit::check_hello(&hello, peer.as_ref()) {
+        log_refused_hello(&why, &hello, peer.as_ref());
+        refuse(&tx, &why.to_agent()).await;
         return;
     }
     let host = hello.host_id.clone();
@@ -308,6 +274,28 @@ async fn sleep_until(at: Option<std::time::Instant>) {
     }
 }
 
+/// Logs why a hello was refused (the certificate and the claim, when they disagree).
+fn log_refused_hello(why: &admit::HelloRefusal, hello: &pb::Hello, peer: Option<&Identity>) {
+    match why {
+        admit::HelloRefusal::HostId(e) => warn!(
+            "refusing an agent session: {}",
+            printable(&bounded(e, MAX_DETAIL))
+        ),
+        admit::HelloRefusal::NotItsCertificate {
+            certificate,
+            claimed,
+        } => warn!(
+            certificate = %peer.map(Identity::uri).unwrap_or_default(),
+            claimed = %claimed,
+            "refusing an agent session: its certificate is for host {certificate} but its hello \
+             claims host {claimed}; a host speaks only for itself"
+        ),
+        admit::HelloRefusal::TooOld(why) => {
+            warn!(host = %printable(&hello.host_id), "refusing an agent session: {why}")
+        }
+    }
+}
+
 /// Whether two host records say the same, apart from when things were seen.
 fn same_content(a: &HostRecord, b: &HostRecord) -> bool {
     let untimed = |r: &HostRecord| {
@@ -428,46 +416,9 @@ impl Session {
     }
 
     async fn open(&mut self, hello: &pb::Hello) -> Result<(), StoreError> {
-        let mut trimmed = Trimmed::default();
-        let mut services: BTreeMap<String, ServiceState> = BTreeMap::new();
-        for s in &hello.services {
-            if limits::service_fits(&s.service, &services, &mut trimmed) {
-                let s = limits::status(s, &mut trimmed);
-                services.insert(s.service.clone(), ServiceState::from(&s));
-            }
-        }
-        let labels = limits::labels(&hello.labels, &mut trimmed);
-        let mut agent_version = hello.agent_version.clone();
-        limits::cut(
-            &mut agent_version,
-            MAX_VERSION,
-            "agent version",
-            &mut trimmed,
-        );
+        let (record, trimmed) = admit::host_record(&self.host, hello, now_ms());
         self.trimmed("hello", &trimmed);
-        // An order in flight is evidence the service is out of service (S2), whatever health
-        // an agent that does not stamp its statuses reports.
-        if let Some(p) = &hello.in_flight {
-            if let Some(s) = services.get_mut(&p.service) {
-                if s.in_flight_token == 0 {
-                    s.in_flight_token = p.token;
-                    // Stored, so only a rollout id (the token alone marks it out of service).
-                    if RolloutId::parse(&p.rollout_id).is_ok() {
-                        s.in_flight_rollout = p.rollout_id.clone();
-                    }
-                }
-            }
-        }
-        // A new session is what clears an operator's fence.
-        self.record = HostRecord {
-            host_id: self.host.clone(),
-            labels,
-            agent_version,
-            services,
-            last_seen_ms: now_ms(),
-            fenced: false,
-            fenced_by: None,
-        };
+        self.record = record;
         let keys = &self.ctx.keys;
         let mut etcd = self.ctx.etcd.clone();
         let txn = Txn::new().and_then(vec![
@@ -546,20 +497,17 @@ impl Session {
     /// most once per [`HOST_WRITE_INTERVAL`] (faster ones coalesce; the latest wins).
     async fn status(&mut self, s: &pb::ServiceStatus) -> Result<(), StoreError> {
         let mut trimmed = Trimmed::default();
-        if !limits::service_fits(&s.service, &self.record.services, &mut trimmed) {
-            self.trimmed("status", &trimmed);
-            return Ok(());
-        }
-        let s = &limits::status(s, &mut trimmed);
+        let change = admit::status_change(&self.record.services, s, &mut trimmed);
         self.trimmed("status", &trimmed);
-        let state = ServiceState::from(s);
-        if let Some(prev) = self.record.services.get(&s.service) {
-            if !prev.superseded_by(state.observed_at_ms) {
-                debug!(service = %printable(&s.service), observed_at_ms = state.observed_at_ms, newest_ms = prev.observed_at_ms, "older status ignored");
+        let state = match change {
+            admit::StatusChange::Dropped => return Ok(()),
+            admit::StatusChange::Older { newest_ms } => {
+                debug!(service = %printable(&s.service), observed_at_ms = s.observed_at_ms, newest_ms, "older status ignored");
                 return Ok(());
             }
-        }
-        info!(service = %printable(&s.service), version = %printable(&s.version), health = s.health().word(), detail = %printable(&s.detail), in_flight_token = s.in_flight_token, "service status");
+            admit::StatusChange::Record(state) => state,
+        };
+        info!(service = %printable(&s.service), version = %printable(&state.version), health = s.health().word(), detail = %printable(&state.detail), in_flight_token = s.in_flight_token, "service status");
         self.record.services.insert(s.service.clone(), state);
         self.record.last_seen_ms = now_ms();
         if same_content(&self.record, &self.written) {
@@ -666,17 +614,13 @@ impl Session {
             return Ok(());
         };
         // Ownership: only this host's step, and only the grant it holds.
-        let Some((mut step, rev)) = self.step(&rid).await? else {
+        let Some((step, rev)) = self.step(&rid).await? else {
             return Ok(());
         };
-        if step.state != HostState::Updating || step.token != p.token {
+        let Some(step) = admit::progressed(&step, p, now_ms()) else {
             return Ok(());
-        }
-        let message = bounded(&p.message, MAX_DETAIL);
-        debug!(rollout = %rid, token = p.token, step = p.step().word(), message = %printable(&message), "progress");
-        step.step = p.step().into();
-        step.message = message;
-        step.updated_at_ms = now_ms();
+        };
+        debug!(rollout = %rid, token = p.token, step = p.step().word(), message = %printable(&step.message), "progress");
         let key = self.ctx.keys.step(rid.as_str(), &self.host);
         let txn = Txn::new()
             .when(vec![Compare::mod_revision(
@@ -708,14 +652,17 @@ impl Session {
             debug!(rollout = %rid, token = r.token, "result for a rollout this host has no step in; ignored");
             return Ok(());
         };
-        if step.state != HostState::Updating || step.token != r.token {
+        let Some(settled) = admit::settle(&step, r) else {
             debug!(rollout = %rid, token = r.token, step_token = step.token, state = %step.state, "stale or repeated result ignored");
             return Ok(());
-        }
-        let running_version = bounded(&r.running_version, MAX_VERSION);
+        };
         let health = r.health();
-        let (mut state, interruptions) = host_state_after(r.outcome(), step.interruptions);
-        let mut reason = bounded(&result_reason(state, interruptions, &r.reason), MAX_DETAIL);
+        let admit::Settled {
+            mut state,
+            interruptions,
+            mut reason,
+            running_version,
+        } = settled;
         if r.outcome() == pb::Outcome::StaleToken {
             // Above the host's highest token before the host is granted again.
             let raised = tokens::raise_token(&self.ctx, r.highest_token).await;

@@ -1,6 +1,7 @@
-//! Shared by the fuzz targets: runs the agent's tarball unpacker on bytes in a scratch dir and
-//! checks, independently of the unpacker's own checks, that it left nothing outside the
-//! release dir.
+//! Shared by the fuzz targets. This file: runs the agent's tarball unpacker on bytes in a
+//! scratch dir and checks, independently of the unpacker's own checks, that it left nothing
+//! outside the release dir. [`wire`]: the message targets' input (length-delimited protobuf
+//! messages). [`agent_fixture`]: a real agent's order intake for `coordinator_message`.
 //!
 //! Layout of each run's scratch dir (under `$TMPDIR`; `tests/fuzz.sh` points that at a fresh
 //! dir, on tmpfs when there is one):
@@ -9,6 +10,9 @@
 //! ROOT/release.tar.gz
 //! ROOT/up1/up2/up3/dest      the release dir; `..` escapes up to four levels land in ROOT
 //! ```
+
+pub mod agent_fixture;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::fs;

@@ -735,3 +735,27 @@ fn self_upgrade_table() {
         .to_string();
     assert!(err.contains("rename the service"), "{err}");
 }
+
+#[test]
+fn durations_past_a_year_are_refused_naming_the_field() {
+    // Found while writing the agent_config fuzz target: a timer armed with this overflowed and
+    // panicked the agent (tokio Instant + Duration).
+    let text = GOOD.replace(
+        "host_id = \"web-1\"",
+        "host_id = \"web-1\"\nheartbeat_interval = \"400000000000years\"",
+    );
+    let e = Config::parse(&text)
+        .expect_err("an absurd heartbeat")
+        .to_string();
+    assert!(
+        e.contains("heartbeat_interval") && e.contains("longer than"),
+        "{e}"
+    );
+    let text = GOOD.replace("stop_timeout = \"5s\"", "stop_timeout = \"400days\"");
+    let e = Config::parse(&text)
+        .expect_err("a stop timeout past a year")
+        .to_string();
+    assert!(e.contains("services[0].stop_timeout"), "{e}");
+    Config::parse(&GOOD.replace("stop_timeout = \"5s\"", "stop_timeout = \"300days\""))
+        .expect("within a year");
+}

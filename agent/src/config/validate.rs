@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rollgate_proto::names;
 use rollgate_proto::signing::PublicKey;
@@ -126,6 +127,7 @@ impl RawConfig {
             any_keys,
         )?;
         let self_upgrade = self_upgrade(self.self_upgrade, &services)?;
+        check_timers(self.heartbeat_interval, self_upgrade.as_ref(), &services)?;
         Ok(Config {
             host_id: self.host_id,
             coordinators,
@@ -141,6 +143,45 @@ impl RawConfig {
             metrics: self.metrics,
             self_upgrade,
         })
+    }
+}
+
+/// The longest duration a setting may have: the agent arms timers with them (now + duration),
+/// and a duration past what a clock can add (found while writing the agent_config fuzz target:
+/// `heartbeat_interval = "400000000000years"`) panicked it; nothing it waits for takes a year.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// Every duration of the config within [`MAX_DURATION`]; the error names the field.
+fn check_timers(
+    heartbeat: Duration,
+    self_upgrade: Option<&SelfUpgradeConfig>,
+    services: &[ServiceConfig],
+) -> Result<(), ConfigError> {
+    let mut all = vec![("heartbeat_interval".to_string(), heartbeat)];
+    if let Some(u) = self_upgrade {
+        all.push(("self_upgrade.confirm_deadline".into(), u.confirm_deadline));
+    }
+    for (i, s) in services.iter().enumerate() {
+        let at = |f: &str| format!("services[{i}].{f}");
+        all.push((at("stop_timeout"), s.stop_timeout));
+        all.push((at("restart_delay"), s.restart_delay));
+        all.push((at("hook_timeout"), s.hook_timeout));
+        all.push((at("watch_after_commit"), s.watch_after_commit));
+        for (j, p) in s.probes.iter().enumerate() {
+            all.push((at(&format!("probes[{j}].interval")), p.interval));
+            all.push((at(&format!("probes[{j}].timeout")), p.timeout));
+        }
+    }
+    match all.into_iter().find(|(_, d)| *d > MAX_DURATION) {
+        Some((field, d)) => Err(field_err(
+            field,
+            format!(
+                "is {}, longer than the {} a setting may be; give a shorter duration, e.g. \"30s\"",
+                rollgate_proto::spec::human(d),
+                rollgate_proto::spec::human(MAX_DURATION)
+            ),
+        )),
+        None => Ok(()),
     }
 }
 

@@ -164,18 +164,60 @@ impl ServiceContext {
     }
 }
 
+/// The environment variable that arms the crash points (test-only; see [`crash_point`]).
+pub const CRASH_AT_ENV: &str = "ROLLGATE_TEST_CRASH_AT";
+
 /// Test-only fault injection for the crash-safety tests (S5): with `ROLLGATE_TEST_CRASH_AT`
 /// set to a step word (`fetching`, `staged`, `swapping`, `starting`, `verifying`, `rolling
 /// back`), the agent aborts right after journaling that step, before doing it, as a power cut
-/// or kill -9 would. Never set in production; read on every step so a test can arm it.
+/// or kill -9 would. Compiled only with the `fault-injection` feature (`tests/run.sh`); read on
+/// every step so a test can arm it.
+#[cfg(feature = "fault-injection")]
 fn crash_point(step: Step) {
-    if let Some(at) = std::env::var_os("ROLLGATE_TEST_CRASH_AT") {
+    if let Some(at) = std::env::var_os(CRASH_AT_ENV) {
         if at == step.word() {
             tracing::error!(
-                "ROLLGATE_TEST_CRASH_AT={}: aborting now (fault injection)",
+                "{CRASH_AT_ENV}={}: aborting now (fault injection)",
                 step.word()
             );
             std::process::abort();
         }
     }
+}
+
+/// Without the `fault-injection` feature there are no crash points (and [`check_build`] refuses
+/// to start an agent that was asked for them).
+#[cfg(not(feature = "fault-injection"))]
+fn crash_point(_step: Step) {}
+
+/// Why an agent refuses to start over its fault-injection setting.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{CRASH_AT_ENV} is set (to {value:?}), but this rollgate-agent was built without fault \
+     injection, so no crash would happen where the test expects one; the agent does not start. \
+     It is a test-only setting: unset it, or build the agent with `cargo build --workspace \
+     --bins --features rollgate-agent/fault-injection` (tests/run.sh does)"
+)]
+pub struct FaultInjectionMissing {
+    /// What the variable was set to.
+    pub value: String,
+}
+
+/// Checks the fault-injection setting against this build: a build without the
+/// `fault-injection` feature refuses `ROLLGATE_TEST_CRASH_AT` rather than ignore it, so a test
+/// run with the wrong binaries fails with the reason. A build with it says at start when a
+/// crash point is armed.
+pub fn check_build() -> Result<(), FaultInjectionMissing> {
+    let Some(value) = std::env::var_os(CRASH_AT_ENV) else {
+        return Ok(());
+    };
+    let value = value.to_string_lossy().into_owned();
+    if cfg!(feature = "fault-injection") {
+        tracing::warn!(
+            "{CRASH_AT_ENV}={value:?}: fault injection armed, this agent aborts right after \
+             journaling that step (test-only)"
+        );
+        return Ok(());
+    }
+    Err(FaultInjectionMissing { value })
 }

@@ -10,3 +10,5 @@ pub(crate) mod service;
 pub(crate) mod shared;
 pub(crate) mod staging;
 pub(crate) mod status;
+
+pub use context::{check_build, FaultInjectionMissing, CRASH_AT_ENV};

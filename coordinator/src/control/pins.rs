@@ -69,7 +69,7 @@ pub async fn pin_host(ctx: &Arc<Ctx>, req: &PinRequest, by: &str) -> Result<Stri
 }
 
 /// Checks names and sizes; the error names the bad part and the fix.
-fn check(req: &PinRequest) -> Result<(), ControlError> {
+pub fn check(req: &PinRequest) -> Result<(), ControlError> {
     let invalid = |m: String| Err(ControlError::Invalid(m));
     names::check("host id", &req.host).map_err(|e| ControlError::Invalid(e.to_string()))?;
     if req.clear && (!req.labels.is_empty() || !req.services.is_empty()) {
