@@ -136,7 +136,13 @@ pub fn run(opts: Opts) -> anyhow::Result<Report> {
         &release,
         "max_unavailable = 3\ngroup_by = \"site\"\nmax_unavailable_per_group = 1\ncanary = 1\ncanary_gate = \"1s\"\nmax_failures = 1\nmin_healthy_time = \"300ms\"\nhealthy_deadline = \"15s\"",
     )?;
-    let observer = fleet.observe_grouped();
+    let observer = Observer::definite_only(
+        fleet
+            .agents
+            .iter()
+            .map(|a| (a.id.clone(), a.service_addr, a.group.clone()))
+            .collect(),
+    );
     let id = fleet.start_rollout(&spec)?;
     run_faults(&mut fleet, &schedule)?;
     let stopped = Instant::now();
