@@ -38,8 +38,8 @@
 //! TCP proxy a test can cut and heal, e.g. between one coordinator and etcd).
 //!
 //! Binaries come from the cargo target directory next to the test executable (or from
-//! `ROLLGATE_BIN_DIR`); build them first with `cargo build --workspace --bins` (`tests/run.sh`
-//! does).
+//! `ROLLGATE_BIN_DIR`); build them first with `cargo build --workspace --bins --features
+//! rollgate-agent/fault-injection,rollgate-coordinator/fault-injection` (`tests/run.sh` does).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -138,7 +138,7 @@ pub fn bin(name: &str) -> PathBuf {
     let p = dir.join(name);
     assert!(
         p.exists(),
-        "{} is missing: build the binaries first with `cargo build --workspace --bins` (tests/run.sh does)",
+        "{} is missing: build the binaries first with `cargo build --workspace --bins --features rollgate-agent/fault-injection,rollgate-coordinator/fault-injection` (tests/run.sh does)",
         p.display()
     );
     p
