@@ -210,6 +210,11 @@ pub async fn serve(
         let mut tries = 0;
         while let Err(e) = session.catch_up(&hello).await {
             tries += 1;
+            if !matches!(e, StoreError::Etcd(_)) {
+                // A record it cannot read is that rollout's problem, not the session's (S9).
+                warn!("cannot look up orders for this host: {e}");
+                break;
+            }
             if tries == CATCH_UP_TRIES {
                 warn!("cannot look up this host's orders ({e}); ending its session so that it reconnects and the look-up runs again");
                 cancel.cancel();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rollgate_tests::pb::{HostState, Phase};
-use rollgate_tests::{Cut, Expected, Fleet, FleetOpts, ETCD_PREFIX, LEASE_TTL_SECS};
+use rollgate_tests::{bin, Cut, Expected, Fleet, FleetOpts, Mode, ETCD_PREFIX, LEASE_TTL_SECS};
 
 /// Slack on top of the lease TTL for "stopped granting" (timer granularity, a loaded machine).
 const GRANT_MARGIN: Duration = Duration::from_secs(1);
@@ -63,6 +63,22 @@ fn leader_cut_from_etcd_stops_granting_within_its_ttl_and_its_agents_move() -> a
         "no agent streams to the leader {cut_id}"
     );
 
+    // The release's bytes on the replica that stays up too: an artifact lives in the store of
+    // the replica it was pushed to, and a replica cut off etcd is not running for long; the
+    // hosts granted meanwhile would give up fetching from it (this test is about grants).
+    let v2 = fleet.release("2.0.0", Mode::Healthy)?;
+    let out = std::process::Command::new(bin("rollgate"))
+        .arg("--coordinator")
+        .arg(fleet.coordinators[1 - cut].url())
+        .args(fleet.operator.cli_args())
+        .args(["artifact", "push"])
+        .arg(&v2.path)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "artifact push to {other_id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rev_cut = fleet.etcd_revision()?;
     fleet.etcd_proxy(cut).cut(Cut::BlackHole);
     let t_cut = Instant::now();

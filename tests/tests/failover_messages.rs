@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use rollgate_tests::pki::Pki;
-use rollgate_tests::{bin, free_port, wait_for, Fleet, FleetOpts, LEASE_TTL_SECS};
+use rollgate_tests::{bin, free_port, wait_for, Expected, Fleet, FleetOpts, LEASE_TTL_SECS};
 
 /// What the old code said about its own lost leadership.
 const MISLEADING: &str = "written by another version or by hand";
@@ -25,6 +25,11 @@ fn a_leader_paused_past_its_lease_says_it_lost_leadership() -> anyhow::Result<()
         supervise: true,
         ..FleetOpts::default()
     })?;
+    fleet.expect_exits(
+        "coordinators",
+        Expected::Exit,
+        "a leader stopped past its lease TTL ends when it wakes (its lease is gone)",
+    );
     let old = fleet.wait_leader(Duration::from_secs(10))?;
     let c = &fleet.coordinators[old];
     let mark = std::fs::metadata(c.log())?.len() as usize;
