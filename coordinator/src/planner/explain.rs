@@ -178,15 +178,7 @@ fn holder_list(holders: &[Holder]) -> String {
 }
 
 fn failures(f: &TooManyFailures) -> String {
-    let why = match &f.cause {
-        FailureCause::Reported(why) => why.clone(),
-        FailureCause::Lost { deadline } => format!(
-            "lost mid-update: no report through any replica within its healthy_deadline ({}) \
-             and as long again to reconnect; it keeps its share of the budget until it reports \
-             healthy or `rollgate host fence` vouches it is gone",
-            seconds(*deadline)
-        ),
-    };
+    let FailureCause::Reported(why) = &f.cause;
     let what = format!(
         "{} host(s) failed, more than max_failures = {}; first: {}: {why}",
         f.failed, f.max_failures, f.first

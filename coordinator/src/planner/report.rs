@@ -183,12 +183,6 @@ pub struct TooManyFailures {
 pub enum FailureCause {
     /// The agent's own words: the result's reason, or while rolling back its progress message.
     Reported(String),
-    /// Lost mid-update (its agent or its replica gone) and silent past `healthy_deadline` and
-    /// as long again ([`super::verdict::lost_failure_at`]).
-    Lost {
-        /// Its `healthy_deadline`.
-        deadline: std::time::Duration,
-    },
 }
 
 /// What on_failure does with a failure verdict.

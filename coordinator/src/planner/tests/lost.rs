@@ -50,28 +50,3 @@ fn regression_after_commit_is_a_failure_of_the_release() {
         "{why}"
     );
 }
-
-/// A lost target that stays silent becomes a failure once its `healthy_deadline` has passed
-/// and as long again (issue 14): not before, the planner wakes up for it, the reason says it
-/// is lost, and it keeps its share of the budget (S2: no other host starts).
-#[test]
-fn a_host_lost_past_twice_its_deadline_is_a_failure_that_keeps_its_share() {
-    let mut st = strategy(Budget::Count(1));
-    st.healthy_deadline = std::time::Duration::from_secs(10);
-    let mut w = world(3, st);
-    w.hold("h1");
-    w.fleet.connected.remove("h1");
-    let granted = w.steps["h1"].granted_at_ms;
-    let p = w.plan();
-    assert!(p.failures.is_empty(), "{p:?}");
-    assert_eq!(p.wake_at_ms, Some(granted + 20_000), "{p:?}");
-    w.now = granted + 19_999;
-    assert!(w.plan().failures.is_empty(), "early");
-    w.now = granted + 20_000;
-    let p = w.plan();
-    assert_eq!(p.failures, vec!["h1".to_string()]);
-    assert!(p.grants.is_empty(), "S2: {p:?}");
-    let (phase, why) = p.phase.expect("halted");
-    assert_eq!(phase, Phase::Failed);
-    assert!(why.contains("first: h1: lost mid-update"), "{why}");
-}
