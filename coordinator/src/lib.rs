@@ -331,8 +331,9 @@ async fn keep_lease(
     let unrenewed = |last_ok: Instant| {
         anyhow::anyhow!(
             "this replica could not renew its etcd lease {lease:x} for {:.1?}, its whole TTL of \
-             {ttl:?} (etcd unreachable from here; check the network between this replica and \
-             etcd), so etcd has expired it",
+             {ttl:?} (etcd unreachable from here, or this process was paused: check the network \
+             between this replica and etcd, and the host's load), so etcd has expired it: it \
+             lost leadership and its agents' sessions",
             last_ok.elapsed()
         )
     };
