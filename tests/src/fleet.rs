@@ -64,7 +64,6 @@ pub struct Release {
     pub path: PathBuf,
 }
 
-
 /// A gRPC client of the control API.
 pub type ControlClient =
     pb::control_service_client::ControlServiceClient<tonic::transport::Channel>;
