@@ -202,13 +202,14 @@ pub fn plan(o: Observed<'_>) -> Plan {
     if r.phase.is_terminal() {
         return answer(Decision::Wait, report);
     }
-    if let Some(decision) = verdict::failure_verdict(&o, &failures.hosts) {
+    if let Some(decision) = verdict::failure_verdict(&o, &failures) {
         return answer(decision, report);
     }
     if let Some(why) = verdict::completion(&o, &progress, &failures.hosts) {
         return answer(Decision::SetPhase(Phase::Succeeded, why), report);
     }
     let mut wake = Wake(None);
+    wake.at(verdict::next_lost_failure(&o, &progress));
     if r.phase == Phase::Paused {
         let reason = Some(r.reason.clone()).filter(|s| !s.is_empty());
         report.blockers.push(Blocker::Paused { reason });

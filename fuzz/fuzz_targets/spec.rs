@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
         human(s.min_healthy_time),
         human(s.healthy_deadline),
         human(s.progress_deadline),
+        human(s.lost_grace),
     );
 
     let json = serde_json::to_vec(&spec).expect("an accepted spec serializes to JSON");

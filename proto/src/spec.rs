@@ -204,12 +204,31 @@ pub struct Strategy {
     /// pauses) fails with the reason it was stuck.
     #[serde(with = "humantime_serde")]
     pub progress_deadline: Duration,
+    /// How long a host lost mid-update (its agent or its session gone, no report through any
+    /// replica) may stay silent past its `healthy_deadline` before it counts as failed. A host
+    /// that comes back within it reports its real result and is no failure (an agent restart,
+    /// a reconnect through another replica, a network blip). Left out of the stored record
+    /// when it is the default, so a coordinator that predates it reads such a rollout.
+    #[serde(
+        with = "humantime_serde",
+        skip_serializing_if = "is_default_lost_grace"
+    )]
+    pub lost_grace: Duration,
     /// Every target downloads and verifies the release before the first slot is granted.
     pub stage_first: bool,
 }
 
 /// Default `progress_deadline`.
 pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Default `lost_grace`: long enough for an agent restart, a replica failover or a network
+/// blip; short enough that a host that is gone for good fails before the default
+/// `progress_deadline` would call the rollout stalled.
+pub const DEFAULT_LOST_GRACE: Duration = Duration::from_secs(300);
+
+fn is_default_lost_grace(d: &Duration) -> bool {
+    *d == DEFAULT_LOST_GRACE
+}
 
 impl Default for Strategy {
     fn default() -> Self {
@@ -226,6 +245,7 @@ impl Default for Strategy {
             min_healthy_time: DEFAULT_MIN_HEALTHY_TIME,
             healthy_deadline: DEFAULT_HEALTHY_DEADLINE,
             progress_deadline: DEFAULT_PROGRESS_DEADLINE,
+            lost_grace: DEFAULT_LOST_GRACE,
             stage_first: false,
         }
     }
@@ -843,5 +863,24 @@ mod example_tests {
         assert_eq!(spec.strategy.on_failure, OnFailure::Rollback);
         assert!(spec.strategy.stage_first);
         assert!(spec.release.file.is_some());
+    }
+
+    /// `lost_grace` is stored only when it is not the default, so a record of a rollout that
+    /// leaves it alone reads in a coordinator that predates the field (`deny_unknown_fields`);
+    /// a set value round-trips.
+    #[test]
+    fn lost_grace_is_stored_only_when_set() {
+        let base = "service = \"web\"\n[release]\nversion = \"2.0.0\"\nsource = \"store:\"\n";
+        let spec = RolloutSpec::parse(base).expect("minimal spec");
+        assert_eq!(spec.strategy.lost_grace, DEFAULT_LOST_GRACE);
+        let json = serde_json::to_string(&spec).expect("json");
+        assert!(!json.contains("lost_grace"), "{json}");
+        let set = RolloutSpec::parse(&format!("{base}[strategy]\nlost_grace = \"30s\"\n"))
+            .expect("lost_grace set");
+        assert_eq!(set.strategy.lost_grace, Duration::from_secs(30));
+        let json = serde_json::to_string(&set).expect("json");
+        assert!(json.contains("\"lost_grace\":\"30s\""), "{json}");
+        let back: RolloutSpec = serde_json::from_str(&json).expect("reads back");
+        assert_eq!(back, set);
     }
 }

@@ -178,7 +178,16 @@ fn holder_list(holders: &[Holder]) -> String {
 }
 
 fn failures(f: &TooManyFailures) -> String {
-    let FailureCause::Reported(why) = &f.cause;
+    let why = match &f.cause {
+        FailureCause::Reported(why) => why.clone(),
+        FailureCause::Lost { deadline, grace } => format!(
+            "lost mid-update: no report through any replica within its healthy_deadline ({}) \
+             and lost_grace ({}) more; it keeps its share of the budget until it reports \
+             healthy or `rollgate host fence` vouches it is gone",
+            seconds(*deadline),
+            seconds(*grace)
+        ),
+    };
     let what = format!(
         "{} host(s) failed, more than max_failures = {}; first: {}: {why}",
         f.failed, f.max_failures, f.first

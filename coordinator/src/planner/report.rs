@@ -183,6 +183,14 @@ pub struct TooManyFailures {
 pub enum FailureCause {
     /// The agent's own words: the result's reason, or while rolling back its progress message.
     Reported(String),
+    /// Lost mid-update (its agent or its replica gone) and silent past `healthy_deadline` and
+    /// `lost_grace` ([`super::verdict::lost_failure_at`]).
+    Lost {
+        /// Its `healthy_deadline`.
+        deadline: std::time::Duration,
+        /// Its `lost_grace`.
+        grace: std::time::Duration,
+    },
 }
 
 /// What on_failure does with a failure verdict.
