@@ -82,7 +82,7 @@ fn fetcher() -> Fetcher {
             // The session's channel slot; no coordinator channel ever (nothing is fetched).
             let (slot, channel) = tokio::sync::watch::channel(None);
             Box::leak(Box::new(slot));
-            Fetcher::new(channel).expect("the HTTP client")
+            Fetcher::new(channel, None).expect("the HTTP client")
         })
         .clone()
 }
