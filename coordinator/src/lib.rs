@@ -108,6 +108,32 @@ impl std::fmt::Debug for Ctx {
     }
 }
 
+/// What `run` checks before it reaches for etcd, for `--check`: the `[metrics]` TLS files, the
+/// `[tls]` certificate, key and CA, and the `[access]` deny list. Says what it would use.
+pub fn check(config: &Config) -> anyhow::Result<String> {
+    rollgate_proto::metrics_tls::acceptor(&config.metrics)?;
+    let tls = tls::ServerTls::load(&config.tls, config.access.deny_list.as_deref())
+        .context("cannot set up mTLS ([tls] and [access] in the config)")?;
+    let etcd = if config.etcd.endpoints.is_empty() {
+        format!(
+            "its own etcd ({}) under {}",
+            config.etcd.binary.display(),
+            config.state_dir.display()
+        )
+    } else {
+        format!("etcd at {}", config.etcd.endpoints.join(", "))
+    };
+    Ok(format!(
+        "listen {}{}, {etcd}",
+        config.listen,
+        if tls.is_some() {
+            " (mTLS)"
+        } else {
+            " (PLAINTEXT)"
+        }
+    ))
+}
+
 /// Runs a coordinator until `shutdown` resolves or its etcd lease is lost.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();

@@ -11,6 +11,10 @@ struct Args {
     /// Path of the TOML config (see deploy/coordinator.toml).
     #[arg(long, short, env = "ROLLGATE_COORDINATOR_CONFIG")]
     config: PathBuf,
+    /// Check the config and its certificate files, say what is wrong, and exit (0: usable).
+    /// The package's install script starts the coordinator only when this passes.
+    #[arg(long)]
+    check: bool,
 }
 
 #[tokio::main]
@@ -28,6 +32,21 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if args.check {
+        return match rollgate_coordinator::check(&config) {
+            Ok(said) => {
+                println!(
+                    "rollgate-coordinator: {} is usable: {said}",
+                    args.config.display()
+                );
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("rollgate-coordinator: {}: {e:#}", args.config.display());
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     match rollgate_coordinator::run(config, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
