@@ -1,8 +1,9 @@
 //! Test-only pause points (cargo feature `fault-injection`, off in every shipped build).
 //!
-//! With `ROLLGATE_TEST_PAUSE_DIR=DIR` set, the first time this process reaches a
+//! With `ROLLGATE_TEST_PAUSE_DIR=DIR` set, the first time this process reaches an armed
 //! [`PausePoint`] it writes `DIR/<point>.paused` (what it was about to do) and waits until a
-//! test creates `DIR/<point>.go`. A test uses it to stop a leader exactly between planning a
+//! test creates `DIR/<point>.go`. `ROLLGATE_TEST_PAUSE_POINTS` lists the armed points by their
+//! words, comma-separated (default: `before-grant-commit`). A test uses it to stop a leader exactly between planning a
 //! grant and committing it (the window the fence in the grant transaction guards), which no
 //! signal sent from outside can hit reliably. Without the feature the points compile to
 //! nothing, and a coordinator that finds the variable set refuses to start
@@ -13,6 +14,9 @@
 pub enum PausePoint {
     /// The leader planned a grant and built its transaction; it has not sent it to etcd.
     BeforeGrantCommit,
+    /// A session read a host's step and its grant's slot to record the host's result; it has
+    /// not sent the transaction to etcd.
+    BeforeResultCommit,
 }
 
 impl PausePoint {
@@ -20,9 +24,17 @@ impl PausePoint {
     pub fn word(self) -> &'static str {
         match self {
             PausePoint::BeforeGrantCommit => "before-grant-commit",
+            PausePoint::BeforeResultCommit => "before-result-commit",
         }
     }
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
+
+/// The environment variable listing the armed points.
+pub const PAUSE_POINTS_VAR: &str = "ROLLGATE_TEST_PAUSE_POINTS";
 
 /// The environment variable naming the pause directory.
 pub const PAUSE_DIR_VAR: &str = "ROLLGATE_TEST_PAUSE_DIR";
@@ -31,11 +43,16 @@ pub const PAUSE_DIR_VAR: &str = "ROLLGATE_TEST_PAUSE_DIR";
 #[cfg(feature = "fault-injection")]
 pub async fn pause(point: PausePoint, what: &str) {
     use std::sync::atomic::{AtomicBool, Ordering};
-    static PAUSED: AtomicBool = AtomicBool::new(false);
+    static PAUSED: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
     let Some(dir) = std::env::var_os(PAUSE_DIR_VAR) else {
         return;
     };
-    if PAUSED.swap(true, Ordering::SeqCst) {
+    let armed = std::env::var(PAUSE_POINTS_VAR)
+        .unwrap_or_else(|_| PausePoint::BeforeGrantCommit.word().to_string());
+    if !armed.split(',').any(|w| w.trim() == point.word()) {
+        return;
+    }
+    if PAUSED[point.index()].swap(true, Ordering::SeqCst) {
         return;
     }
     let dir = std::path::PathBuf::from(dir);

@@ -13,29 +13,68 @@ use crate::store::{
     MAX_INTERRUPTIONS,
 };
 
+/// How many times a result is read and written again when its transaction lost a race (the
+/// step or the grant's slot changed between the reads and the write).
+const RESULT_TRIES: usize = 5;
+
+/// What one attempt at recording a result came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// Recorded, or nothing to record (a stale or repeated result).
+    Settled,
+    /// The step or the slot changed under it; read again and retry.
+    Raced,
+}
+
 impl Session {
     /// Records an order's outcome. Fenced by the step's token, so a stale or repeated result
     /// changes nothing. The host's share of the budget is freed by this evidence only: done
     /// (healthy on the new release), or back on the old one; a host that is not healthy again
     /// keeps counting as unavailable through its reported health (S2).
+    ///
+    /// The step and the grant's slot are settled in one transaction that compares both: a slot
+    /// that appears between the reads and the write (re-attached by this replica's order
+    /// dispatcher after an old holder's lease ran out) makes it read again, so no slot outlives
+    /// its recorded result (nemesis seed 1061: such a slot held a done host's share of the
+    /// budget for ever).
     pub(super) async fn apply_result(
         &mut self,
         r: &pb::OrderResult,
         replay: Replay,
     ) -> Result<(), StoreError> {
+        for _ in 0..RESULT_TRIES {
+            if self.try_apply_result(r, replay).await? == Attempt::Settled {
+                return Ok(());
+            }
+        }
+        warn!(rollout = %printable(&r.rollout_id), token = r.token, "this host's result could not be recorded: its step or slot changed {RESULT_TRIES} times while it was written; closing the session so the agent re-sends it");
+        Err(StoreError::Superseded {
+            host: self.host.clone(),
+        })
+    }
+
+    async fn try_apply_result(
+        &mut self,
+        r: &pb::OrderResult,
+        replay: Replay,
+    ) -> Result<Attempt, StoreError> {
         let Some(rid) = self.rollout_id("order result", &r.rollout_id) else {
-            return Ok(());
+            return Ok(Attempt::Settled);
         };
         let keys = &self.ctx.keys;
         let mut etcd = self.ctx.etcd.clone();
         // Ownership: only this host's step, and only the grant it holds.
         let Some((step, step_rev)) = self.step(&rid).await? else {
             debug!(rollout = %rid, token = r.token, "result for a rollout this host has no step in; ignored");
-            return Ok(());
+            return Ok(Attempt::Settled);
         };
         let Some(settled) = admit::settle(&step, r) else {
             debug!(rollout = %rid, token = r.token, step_token = step.token, state = %step.state, "stale or repeated result ignored");
-            return Ok(());
+            if step.token == r.token && step.state != HostState::Updating {
+                self.drop_orphan_slot(rid.as_str(), r.token, step_rev)
+                    .await?;
+            }
+            return Ok(Attempt::Settled);
         };
         let health = r.health();
         let admit::Settled {
@@ -58,7 +97,7 @@ impl Session {
                 let rec: crate::store::RolloutRecord = decode(kv)?;
                 (rec.spec.service, rec.spec.release)
             }
-            None => return Ok(()),
+            None => return Ok(Attempt::Settled),
         };
         let (service, release) = service_version;
         let new_step = HostStep {
@@ -111,30 +150,44 @@ impl Session {
             TxnOp::put(step_key, encode(&new_step), None),
             TxnOp::put(keys.host(&self.host), encode(&self.record), None),
         ];
-        // The grant is over: drop its live slot (if its holder still has it).
+        // The grant is over: drop its live slot (if its holder still has it), and only if the
+        // slot is still as read (absent included).
         let slot_key = keys.slot(&service, &self.host);
         let resp = etcd.get(slot_key.clone(), None).await?;
-        if let Some(kv) = resp.kvs().first() {
-            let slot: SlotRecord = decode(kv)?;
-            if slot.token == r.token {
+        let slot_seen = match resp.kvs().first() {
+            Some(kv) => {
                 compares.push(Compare::mod_revision(
                     slot_key.clone(),
                     CompareOp::Equal,
                     kv.mod_revision(),
                 ));
-                ops.push(TxnOp::delete(slot_key, None));
+                let token = decode::<SlotRecord>(kv)?.token;
+                if token == r.token {
+                    ops.push(TxnOp::delete(slot_key, None));
+                }
+                format!("a slot of token {token}")
             }
-        }
+            None => {
+                compares.push(Compare::version(slot_key, CompareOp::Equal, 0));
+                "no slot".to_string()
+            }
+        };
+        let what = format!(
+            "recording {}'s result for token {}, having read its step and {slot_seen}",
+            self.host, r.token
+        );
+        crate::fault::pause(crate::fault::PausePoint::BeforeResultCommit, &what).await;
         let resp = etcd.txn(Txn::new().when(compares).and_then(ops)).await?;
-        if resp.succeeded() {
-            self.wrote();
+        if !resp.succeeded() {
+            if !self.still_mine().await? {
+                return Err(StoreError::Superseded {
+                    host: self.host.clone(),
+                });
+            }
+            return Ok(Attempt::Raced);
         }
-        if !resp.succeeded() && !self.still_mine().await? {
-            return Err(StoreError::Superseded {
-                host: self.host.clone(),
-            });
-        }
-        if resp.succeeded() {
+        self.wrote();
+        {
             let outcome = r.outcome().word();
             match (state, health) {
                 (HostState::Interrupted, _) if r.outcome() == pb::Outcome::StaleToken => {
@@ -155,6 +208,42 @@ impl Session {
                     warn!(rollout = %rid, token = r.token, %outcome, reason = %printable(&reason), "update failed and the host is not healthy; it counts as unavailable until it reports healthy or an operator fences it")
                 }
             }
+        }
+        Ok(Attempt::Settled)
+    }
+
+    /// A repeated result of a grant whose result is already recorded, while a slot of that
+    /// grant still exists (left by a race older versions lost): the slot is dropped, since
+    /// the result is the evidence that frees it (S2).
+    async fn drop_orphan_slot(
+        &self,
+        rid: &str,
+        token: u64,
+        step_rev: i64,
+    ) -> Result<(), StoreError> {
+        let keys = &self.ctx.keys;
+        let mut etcd = self.ctx.etcd.clone();
+        let resp = etcd.get(keys.rollout(rid), None).await?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(());
+        };
+        let rollout: crate::store::RolloutRecord = decode(kv)?;
+        let slot_key = keys.slot(&rollout.spec.service, &self.host);
+        let resp = etcd.get(slot_key.clone(), None).await?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(());
+        };
+        if decode::<SlotRecord>(kv)?.token != token {
+            return Ok(());
+        }
+        let txn = Txn::new()
+            .when(vec![
+                Compare::mod_revision(keys.step(rid, &self.host), CompareOp::Equal, step_rev),
+                Compare::mod_revision(slot_key.clone(), CompareOp::Equal, kv.mod_revision()),
+            ])
+            .and_then(vec![TxnOp::delete(slot_key, None)]);
+        if etcd.txn(txn).await?.succeeded() {
+            info!(rollout = %rid, token, "dropped the slot of a grant whose result was already recorded");
         }
         Ok(())
     }
