@@ -12,6 +12,10 @@ struct Args {
     /// The agent's config file (TOML).
     #[arg(long, env = "ROLLGATE_AGENT_CONFIG")]
     config: PathBuf,
+    /// Check the config and its certificate files, say what is wrong, and exit (0: usable).
+    /// The package's install script starts the agent only when this passes.
+    #[arg(long)]
+    check: bool,
 }
 
 // One thread is plenty for an agent and keeps it small on edge boxes; hashing and fsyncs of
@@ -28,6 +32,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.check {
+        return check(&args.config, &config);
+    }
     match rollgate_agent::run(config, shutdown_signal()).await {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some(reexec)) => {
@@ -43,6 +50,32 @@ async fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("rollgate-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--check`: what the agent checks at start before it dials anyone (config, `[tls]` files
+/// and identity, `[metrics]` TLS), without starting services or writing its state dir.
+fn check(path: &std::path::Path, config: &rollgate_agent::Config) -> ExitCode {
+    let checked = rollgate_agent::check_tls(config).and_then(|()| {
+        rollgate_proto::metrics_tls::acceptor(&config.metrics)
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
+    });
+    match checked {
+        Ok(()) => {
+            println!(
+                "rollgate-agent: {} is usable: host {}, coordinator {}, {} service(s)",
+                path.display(),
+                config.host_id,
+                config.coordinators.join(", "),
+                config.services.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rollgate-agent: {}: {e}", path.display());
             ExitCode::FAILURE
         }
     }
