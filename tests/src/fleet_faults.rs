@@ -11,6 +11,22 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 impl Fleet {
+    /// Waits (up to 60 s) until a host of rollout `id` is updating and verifying its release;
+    /// returns that status and the host.
+    pub fn wait_verifying(&self, id: &str) -> anyhow::Result<(pb::RolloutStatus, String)> {
+        let verifying = |s: &pb::RolloutStatus| {
+            s.hosts
+                .iter()
+                .find(|h| h.state() == pb::HostState::Updating && h.step() == pb::Step::Verifying)
+                .map(|h| h.host_id.clone())
+        };
+        let s = self.wait_status(id, "a host verifying", Duration::from_secs(60), |s| {
+            verifying(s).is_some()
+        })?;
+        let x = verifying(&s).context("checked by the wait")?;
+        Ok((s, x))
+    }
+
     /// Writes `value` at `key` behind the coordinators' backs (a fault: what a restore or a
     /// confused operator leaves behind).
     pub fn etcd_put(&self, key: &str, value: &str) -> anyhow::Result<()> {

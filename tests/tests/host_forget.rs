@@ -9,7 +9,7 @@
 use std::process::Output;
 use std::time::Duration;
 
-use rollgate_tests::pb::{HostState, Phase, Step};
+use rollgate_tests::pb::{HostState, Phase};
 use rollgate_tests::{brief, Fleet, FleetOpts, Mode, Observer};
 
 /// `rollgate host forget HOST --yes`.
@@ -133,17 +133,7 @@ fn forgetting_a_host_lost_mid_update_frees_its_slot_and_fails_it() -> anyhow::Re
         "max_unavailable = 1\nmax_failures = 1\nmin_healthy_time = \"3s\"\nhealthy_deadline = \"10s\"",
     )?;
     let id = fleet.start_rollout(&spec)?;
-    let s = fleet.wait_status(&id, "a host verifying", Duration::from_secs(60), |s| {
-        s.hosts
-            .iter()
-            .any(|h| h.state() == HostState::Updating && h.step() == Step::Verifying)
-    })?;
-    let x = s
-        .hosts
-        .iter()
-        .find(|h| h.state() == HostState::Updating)
-        .map(|h| h.host_id.clone())
-        .expect("checked above");
+    let (_, x) = fleet.wait_verifying(&id)?;
     fleet.kill_host(&x);
     println!("kill -9 of {x}'s agent and service while it verifies and holds the only slot");
     let observer = observe_all_but(&fleet, &x);

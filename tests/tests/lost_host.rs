@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use rollgate_tests::pb::{HostState, Phase, RolloutStatus, Step};
+use rollgate_tests::pb::{HostState, Phase, RolloutStatus};
 use rollgate_tests::{brief, Fleet, FleetOpts, Mode};
 
 const HEALTHY_DEADLINE: Duration = Duration::from_secs(4);
@@ -136,17 +136,8 @@ fn lose_a_host(ends: Ends) -> anyhow::Result<(RolloutStatus, Timing)> {
     // not come before this + deadline + grace.
     let started = Instant::now();
     let id = fleet.start_rollout(&spec)?;
-    let verifying = |s: &RolloutStatus| {
-        s.hosts
-            .iter()
-            .find(|h| h.state() == HostState::Updating && h.step() == Step::Verifying)
-            .map(|h| h.host_id.clone())
-    };
-    let s = fleet.wait_status(&id, "a host verifying", Duration::from_secs(60), |s| {
-        verifying(s).is_some()
-    })?;
+    let (s, x) = fleet.wait_verifying(&id)?;
     let seen_verifying = Instant::now();
-    let x = verifying(&s).expect("checked above");
     let others: Vec<(String, HostState)> = s
         .hosts
         .iter()

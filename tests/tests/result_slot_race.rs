@@ -20,7 +20,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rollgate_tests::pb::{HostState, Phase, Step};
+use rollgate_tests::pb::Phase;
 use rollgate_tests::{brief, wait_for, Fleet, FleetOpts, Mode, ETCD_PREFIX};
 
 const POINT: &str = "before-result-commit";
@@ -48,17 +48,7 @@ fn a_slot_re_attached_while_the_result_is_recorded_is_dropped_with_it() -> anyho
     let v1 = fleet.release("1.0.0", Mode::Healthy)?;
     let spec = fleet.spec(&v1, "max_unavailable = 1\nmin_healthy_time = \"8s\"")?;
     let id = fleet.start_rollout(&spec)?;
-    let s = fleet.wait_status(&id, "a host verifying", Duration::from_secs(60), |s| {
-        s.hosts
-            .iter()
-            .any(|h| h.state() == HostState::Updating && h.step() == Step::Verifying)
-    })?;
-    let x = s
-        .hosts
-        .iter()
-        .find(|h| h.step() == Step::Verifying)
-        .map(|h| h.host_id.clone())
-        .expect("checked above");
+    let (s, x) = fleet.wait_verifying(&id)?;
     let other = s
         .hosts
         .iter()

@@ -106,10 +106,22 @@ pub fn endings(fleet: &Fleet, old: &str, new: &str) -> Vec<String> {
     fleet
         .agents
         .iter()
-        .filter_map(|a| match service_answer_at(a.service_addr) {
-            Ok(v) if v == old || v == new => None,
-            Ok(v) => Some(format!("(c) {} serves {v}, neither {old} nor {new}", a.id)),
-            Err(_) => Some(format!("(c) {} does not serve healthy", a.id)),
+        .filter_map(|a| match poll_service(a.service_addr) {
+            Poll::Serving(v) if v == old || v == new => None,
+            Poll::Serving(v) => Some(format!("(c) {} serves {v}, neither {old} nor {new}", a.id)),
+            Poll::Down(true) => Some(format!(
+                "(c) {} does not serve: nothing listens (connection refused)",
+                a.id
+            )),
+            Poll::Down(false) => Some(format!(
+                "(c) {} does not serve healthy: it answered not healthy, or reset the connection",
+                a.id
+            )),
+            Poll::NoAnswer => Some(format!(
+                "(c) {} gave no answer in time (load average {}): not shown to serve",
+                a.id,
+                load_average()
+            )),
         })
         .collect()
 }
@@ -127,4 +139,12 @@ pub fn outcome(s: &pb::RolloutStatus) -> Vec<String> {
             brief(s)
         )],
     }
+}
+
+/// The machine's 1-minute load average, for a report (`?` if unreadable).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }

@@ -143,7 +143,7 @@ pub fn run(opts: Opts) -> anyhow::Result<Report> {
             .map(|a| (a.id.clone(), a.service_addr, a.group.clone()))
             .collect(),
     );
-    let id = fleet.start_rollout(&spec)?;
+    let id = start(&fleet, &spec)?;
     run_faults(&mut fleet, &schedule)?;
     let stopped = Instant::now();
     let ended = fleet.wait_settled(&id, SETTLE_BOUND);
@@ -195,6 +195,23 @@ pub fn run(opts: Opts) -> anyhow::Result<Report> {
         settled_after,
         violations,
     })
+}
+
+/// Starts the rollout. The freshly formed etcd cluster may still be electing its leader on
+/// a loaded machine; the CLI then says the coordinator is unavailable and nothing was changed,
+/// and the harness retries as an operator would (seed 1125 under a load average of 60).
+fn start(fleet: &Fleet, spec: &std::path::Path) -> anyhow::Result<String> {
+    let mut tries = 0;
+    loop {
+        match fleet.start_rollout(spec) {
+            Err(e) if tries < 5 && format!("{e:#}").contains("nothing was changed; retry") => {
+                println!("nemesis: rollout start refused for now ({e:#}); retrying");
+                tries += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Starts and ends every fault at its offset; on return every fault is undone.
