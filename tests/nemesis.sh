@@ -4,7 +4,7 @@
 #
 #   tests/nemesis.sh [--from SEED] [--seeds N] [--for DURATION] [--jobs J] [--first S,S]
 #
-#   --from SEED     first seed (default 1000; CI runs seeds 2, 1034, 1061 through tests/run.sh)
+#   --from SEED     first seed (default 1000; CI runs seeds 2, 1034, 1061, 1140 through tests/run.sh)
 #   --seeds N       stop after N seeds (default: no limit)
 #   --for DURATION  stop starting new seeds after DURATION (sleep(1) syntax: 90m, 2h; default 1h)
 #   --jobs J        run J seeds at a time, each its own fleet (default 1; 2 fit a 2-core machine)

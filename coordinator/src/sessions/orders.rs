@@ -106,10 +106,14 @@ pub async fn dispatch_orders(ctx: Arc<Ctx>, cancel: CancellationToken) {
                 }
             }
         };
-        // Orders granted while the watch was down: catch up for every host held here.
-        for host in ctx.hub.hosts() {
-            if let Err(e) = resend_for(&ctx, &host).await {
-                warn!(%host, "cannot resend orders: {e}");
+        // Orders granted while the watch was down: catch up for every host held here. A host
+        // whose look-up failed would wait for its order for ever (nemesis seed 1140: granted
+        // while this replica's watch was re-opened, and etcd refused the look-up): re-open and
+        // catch up again until every look-up succeeds.
+        if !resend_all(&ctx).await {
+            tokio::select! {
+                _ = tokio::time::sleep(WATCH_RETRY) => continue,
+                _ = cancel.cancelled() => return,
             }
         }
         loop {
@@ -124,9 +128,10 @@ pub async fn dispatch_orders(ctx: Arc<Ctx>, cancel: CancellationToken) {
                     break;
                 }
             };
+            let mut caught_up = true;
             for ev in resp.events() {
                 if ev.event_type() == EventType::Delete {
-                    reattach_if_vanished(&ctx, ev).await;
+                    caught_up &= reattach_if_vanished(&ctx, ev).await;
                     continue;
                 }
                 let Some(kv) = ev.kv() else { continue };
@@ -161,6 +166,10 @@ pub async fn dispatch_orders(ctx: Arc<Ctx>, cancel: CancellationToken) {
                     }
                 }
             }
+            if !caught_up {
+                // A vanished slot's look-up failed: re-open, which catches up every host.
+                break;
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(WATCH_RETRY) => {}
@@ -169,25 +178,43 @@ pub async fn dispatch_orders(ctx: Arc<Ctx>, cancel: CancellationToken) {
     }
 }
 
+/// Re-sends the orders of every host whose stream this replica holds; false if a look-up
+/// failed (each failure is logged).
+async fn resend_all(ctx: &Arc<Ctx>) -> bool {
+    let mut all = true;
+    for host in ctx.hub.hosts() {
+        if let Err(e) = resend_for(ctx, &host).await {
+            warn!(%host, "cannot look up this host's orders: {e}; trying again");
+            all = false;
+        }
+    }
+    all
+}
+
 /// A slot that vanished (its holder's lease expired) for a host whose stream this replica now
 /// holds: if the host's step is still `updating`, the grant is re-attached here and its order
 /// sent. A slot deleted because its result was recorded leaves no `updating` step: no-op.
-async fn reattach_if_vanished(ctx: &Arc<Ctx>, ev: &etcd_client::Event) {
+/// False if the look-up failed (logged), for the caller to catch up again.
+async fn reattach_if_vanished(ctx: &Arc<Ctx>, ev: &etcd_client::Event) -> bool {
     let Some(key) = ev.kv().and_then(|kv| kv.key_str().ok()) else {
-        return;
+        return true;
     };
     if !key.starts_with(&ctx.keys.all_slots()) {
-        return;
+        return true;
     }
     // `slots/<service>/<host>`; host ids contain no `/`.
     let Some(host) = key.rsplit('/').next() else {
-        return;
+        return true;
     };
     if !ctx.hub.hosts().iter().any(|h| h == host) {
-        return;
+        return true;
     }
-    if let Err(e) = resend_for(ctx, host).await {
-        warn!(%host, "its slot vanished and its orders cannot be looked up: {e}");
+    match resend_for(ctx, host).await {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(%host, "its slot vanished and its orders cannot be looked up: {e}; catching up again");
+            false
+        }
     }
 }
 

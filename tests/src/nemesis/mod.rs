@@ -158,6 +158,7 @@ pub fn run(opts: Opts) -> anyhow::Result<Report> {
             violations.push(format!(
                 "(d) the rollout did not end within {SETTLE_BOUND:?} of the faults stopping: {e:#}"
             ));
+            print_stuck(&fleet, &id);
             "still running".into()
         }
     };
@@ -195,6 +196,38 @@ pub fn run(opts: Opts) -> anyhow::Result<Report> {
         settled_after,
         violations,
     })
+}
+
+/// For a rollout that did not end: every coordinator's log lines about each host not yet
+/// final (the logs' tails, printed at drop, are often all status polls).
+fn print_stuck(fleet: &Fleet, id: &str) {
+    let Ok(s) = fleet.status(id) else { return };
+    let stuck: Vec<String> = s
+        .hosts
+        .iter()
+        .filter(|h| matches!(h.state(), pb::HostState::Updating | pb::HostState::Lost))
+        .map(|h| h.host_id.clone())
+        .collect();
+    for c in &fleet.coordinators {
+        let Ok(log) = std::fs::read_to_string(c.log()) else {
+            continue;
+        };
+        for h in &stuck {
+            let (a, b) = (format!("host={h} "), format!("host={h}}}"));
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(&a) || l.contains(&b))
+                .collect();
+            println!(
+                "nemesis: {} about {h} ({} lines, the last 30):",
+                c.id,
+                lines.len()
+            );
+            for l in lines.iter().skip(lines.len().saturating_sub(30)) {
+                println!("    {l}");
+            }
+        }
+    }
 }
 
 /// Starts the rollout. The freshly formed etcd cluster may still be electing its leader on
