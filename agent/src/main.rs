@@ -27,7 +27,9 @@ async fn main() -> ExitCode {
     let config = match rollgate_agent::Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!("{e}");
+            if !args.check {
+                tracing::error!("{e}");
+            }
             eprintln!("rollgate-agent: {e}");
             return ExitCode::FAILURE;
         }

@@ -28,6 +28,7 @@ impl PausePoint {
         }
     }
 
+    #[cfg(feature = "fault-injection")]
     fn index(self) -> usize {
         self as usize
     }

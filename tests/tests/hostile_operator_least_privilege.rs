@@ -28,7 +28,7 @@ const AGENT_EXPOSURE_BEFORE: f64 = 9.6;
 fn unit_copy(dir: &Path, name: &str, binary: &str) -> anyhow::Result<(std::path::PathBuf, String)> {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
     let text = std::fs::read_to_string(deploy.join(name))?.replace(
-        &format!("/usr/local/bin/{binary}"),
+        &format!("/usr/bin/{binary}"),
         &bin(binary).display().to_string(),
     );
     let unit = dir.join(name);
@@ -83,7 +83,7 @@ fn coordinator_unit_is_least_privilege() -> anyhow::Result<()> {
         "rollgate-coordinator",
     )?;
     for must in [
-        "DynamicUser=yes",
+        "User=rollgate",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ReadWritePaths=/var/lib/rollgate-coordinator",
