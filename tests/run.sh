@@ -34,17 +34,18 @@ features=rollgate-agent/fault-injection,rollgate-coordinator/fault-injection
 cargo build --workspace --bins --features "$features"
 # The previous protocol's coordinator and agent, for the mixed-version tests (built once).
 tests/old-bins.sh >/dev/null
-# End-to-end test files run one after another (each starts its own fleet); --nocapture shows
-# what the observers saw (worst unavailable count against the budget).
+# End-to-end test files run one after another (each starts its own fleet). Each test's output
+# is captured and printed with it (--show-output: what the observers saw, the worst unavailable
+# count against the budget, for passing tests too), so a failing test's reason is never mixed
+# with the output of the tests running beside it.
 # A failing test's reason is repeated at the end (backtraces off), where a CI summary shows it.
 log="$target_dir/test-output.log"
 set +e
-RUST_BACKTRACE=0 cargo test --workspace --no-fail-fast --features "$features" -- --nocapture 2>&1 | tee "$log"
+RUST_BACKTRACE=0 cargo test --workspace --no-fail-fast --features "$features" -- --show-output 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 if [ "$rc" -ne 0 ]; then
-  echo "==== why the failing tests failed (the whole output is in $log) ===="
-  grep -a -A8 "panicked at" "$log" | tail -n 80
+  tests/failures.sh "$log"
   exit "$rc"
 fi
 # The fuzz targets (their own crate, outside the workspace) stay lint clean, and each runs for

@@ -41,7 +41,6 @@
 //! `ROLLGATE_BIN_DIR`); build them first with `cargo build --workspace --bins --features
 //! rollgate-agent/fault-injection,rollgate-coordinator/fault-injection` (`tests/run.sh` does).
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -64,6 +63,7 @@ mod fleet_faults;
 mod fleet_opts;
 mod netlab;
 mod observer;
+mod ports;
 mod proc;
 
 pub use coordinator::*;
@@ -75,6 +75,7 @@ pub use fleet_faults::*;
 pub use fleet_opts::*;
 pub use netlab::*;
 pub use observer::*;
+pub use ports::{free_port, free_port_pair};
 pub use proc::*;
 pub use rollgate_proto::pb;
 pub use tcp_proxy::{Cut, TcpProxy};
@@ -142,14 +143,6 @@ pub fn bin(name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// Waits until `check` returns `Ok(Some(v))`, failing after `timeout` with the last thing it saw.

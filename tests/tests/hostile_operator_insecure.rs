@@ -15,7 +15,7 @@ use std::time::Duration;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use rollgate_tests::pki::Pki;
-use rollgate_tests::{bin, free_port, wait_for, Etcd, Proc};
+use rollgate_tests::{bin, free_port, free_port_pair, wait_for, Etcd, Proc};
 
 /// How long a coordinator that must refuse its config may take to exit.
 const REFUSE_WITHIN: Duration = Duration::from_secs(10);
@@ -101,16 +101,6 @@ fn insecure_settings_are_refused_with_the_reason() -> anyhow::Result<()> {
         "{err}"
     );
     Ok(())
-}
-
-/// A port `p` with `p + 1` free too (the local etcd's client and peer ports).
-fn free_port_pair() -> u16 {
-    loop {
-        let p = free_port();
-        if p < u16::MAX && TcpListener::bind((Ipv4Addr::LOCALHOST, p + 1)).is_ok() {
-            return p;
-        }
-    }
 }
 
 #[test]

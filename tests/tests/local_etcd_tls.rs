@@ -19,7 +19,7 @@ use std::time::Duration;
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 use nix::sys::signal::Signal;
 use rollgate_tests::pki::{Pki, TlsFiles};
-use rollgate_tests::{bin, free_port, wait_for, Proc, ETCD_PREFIX};
+use rollgate_tests::{bin, free_port, free_port_pair, wait_for, Proc, ETCD_PREFIX};
 
 /// How long the coordinator (and its etcd) may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,16 +29,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const STOP_GRACE: Duration = Duration::from_secs(15);
 /// A key the earlier (plain http) local etcd held; it must survive the switch to TLS.
 const OLD_KEY: &str = "/upgrade-check";
-
-/// A port `p` with `p + 1` free too (the local etcd's client and peer ports).
-fn free_port_pair() -> u16 {
-    loop {
-        let p = free_port();
-        if p < u16::MAX && TcpListener::bind((Ipv4Addr::LOCALHOST, p + 1)).is_ok() {
-            return p;
-        }
-    }
-}
 
 fn etcd_bin() -> String {
     std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into())
