@@ -7,7 +7,7 @@
 //! pidfile names another, live etcd (a reused pid, a planted file): it must be left alone.
 
 use std::fs;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;

@@ -11,7 +11,7 @@
 //! the HTTP level by the coordinator crate's own `local_etcd_tls` test.
 
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
