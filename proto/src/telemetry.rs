@@ -45,6 +45,11 @@ pub struct Ids<'a> {
 
 /// Logs `message` at info level with `ids` as structured fields.
 pub fn info_with_ids(ids: Ids<'_>, message: &str) {
+    log_with_ids(log::Level::Info, ids, message)
+}
+
+/// Logs `message` at `level` with `ids` as structured fields (journal fields under systemd).
+pub fn log_with_ids(level: log::Level, ids: Ids<'_>, message: &str) {
     if JOURNALD.load(Ordering::Relaxed) {
         // Only the fields the event has: `journalctl HOST_ID=` must not match rollout-wide ones.
         let fields: Vec<(&str, &str)> = [
@@ -58,18 +63,18 @@ pub fn info_with_ids(ids: Ids<'_>, message: &str) {
         log::logger().log(
             &log::Record::builder()
                 .args(format_args!("{message}"))
-                .level(log::Level::Info)
+                .level(level)
                 .target(module_path!())
                 .key_values(&fields)
                 .build(),
         );
-    } else {
-        tracing::info!(
-            rollout_id = ids.rollout,
-            host_id = ids.host,
-            service = ids.service,
-            "{message}"
-        );
+        return;
+    }
+    let (rollout_id, host_id, service) = (ids.rollout, ids.host, ids.service);
+    match level {
+        log::Level::Error => tracing::error!(rollout_id, host_id, service, "{message}"),
+        log::Level::Warn => tracing::warn!(rollout_id, host_id, service, "{message}"),
+        _ => tracing::info!(rollout_id, host_id, service, "{message}"),
     }
 }
 

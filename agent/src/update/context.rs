@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use rollgate_proto::pb::{self, agent_message::Msg, Health, Step};
 use rollgate_proto::spec::human;
+use rollgate_proto::telemetry::{self, Ids};
 use tokio::time::Instant;
 
 use crate::backend::Backend;
@@ -47,7 +48,12 @@ impl ServiceContext {
         message: String,
         previous: Option<(Option<String>, String)>,
     ) -> Result<(), String> {
-        tracing::info!("{}: {message}", step.word());
+        let ids = Ids {
+            rollout: &id.rollout_id,
+            host: &self.host_id,
+            service: &id.service,
+        };
+        telemetry::info_with_ids(ids, &format!("{}: {message}", step.word()));
         let journaled = self.shared.journal().step(&id.service, step, previous);
         crash_point(step);
         if let Err(e) = journaled {

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use nix::fcntl::{Flock, FlockArg};
 use rollgate_proto::pb::{self, agent_message::Msg, Health, Outcome, Step};
 use rollgate_proto::spec::{human, DEFAULT_HEALTHY_DEADLINE};
+use rollgate_proto::telemetry::{self, Ids};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -457,7 +458,13 @@ impl Executor {
             self.refuse(order, format!("cannot record the order durably: {e}"));
             return;
         }
-        tracing::info!("accepted order to install {} {}", order.service, a.version);
+        let ids = Ids {
+            rollout: &order.rollout_id,
+            host: &self.host_id,
+            service: &order.service,
+        };
+        let line = format!("accepted order to install {} {}", order.service, a.version);
+        telemetry::info_with_ids(ids, &line);
         let progress = accepted.id.progress(
             Step::Accepted,
             format!(

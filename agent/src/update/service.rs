@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use rollgate_proto::pb::{self, agent_message::Msg, Health};
 use rollgate_proto::spec::human;
+use rollgate_proto::telemetry::{self, Ids};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -177,10 +178,16 @@ impl ServiceUnit {
         let keep = self.record(&mut journal, &f);
         let r = &f.result;
         let line = format!("order finished: {} ({})", r.outcome().word(), r.reason);
-        match r.outcome() {
-            pb::Outcome::Succeeded | pb::Outcome::RolledBack => tracing::info!("{line}"),
-            _ => tracing::warn!("{line}"),
-        }
+        let level = match r.outcome() {
+            pb::Outcome::Succeeded | pb::Outcome::RolledBack => log::Level::Info,
+            _ => log::Level::Warn,
+        };
+        let ids = Ids {
+            rollout: &r.rollout_id,
+            host: &self.ctx.host_id,
+            service: &service,
+        };
+        telemetry::log_with_ids(level, ids, &line);
         crate::metrics::get().finished(&service, r.outcome());
         shared.send(Msg::Result(f.result.clone()));
         shared.board.end_order(&service);
