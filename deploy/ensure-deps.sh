@@ -42,6 +42,12 @@ rollgate_test_deps() {
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
   # The metrics tests scrape the fleet with a real Prometheus server and lint with promtool.
   [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
+  # The package tests build the .debs (cargo-deb reads their dependencies with
+  # dpkg-shlibdeps) and install them in a Debian container with systemd as PID 1, made by
+  # debootstrap and booted by systemd-nspawn.
+  command -v dpkg-shlibdeps >/dev/null 2>&1 || missing+=(dpkg-dev)
+  command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+  command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
   # The fuzz step (tests/fuzz.sh) builds libFuzzer, which is C++ (libfuzzer-sys), with the
   # system's C++ compiler.
   command -v c++ >/dev/null 2>&1 || missing+=(g++)

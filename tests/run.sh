@@ -27,6 +27,10 @@ cargo build --workspace --bins
 no_fault_dir="$target_dir/debug/no-fault-injection"
 mkdir -p "$no_fault_dir"
 cp "$target_dir/debug/rollgate-agent" "$no_fault_dir/rollgate-agent"
+# The Debian packages, from these same binaries (PROFILE=dev: the release packaging with debug
+# binaries, so CI builds no release profile); system_manager_packages.rs installs them in a
+# Debian container with systemd as PID 1. deploy/package.sh installs cargo-deb if missing.
+PROFILE=dev deploy/package.sh
 # The test binaries carry the fault-injection hooks (crash points, pause points); release and
 # package builds never enable the feature. `cargo test` below takes the same features, or it
 # would rebuild the binaries without them.

@@ -48,6 +48,7 @@ use anyhow::bail;
 
 pub mod managers;
 pub mod nemesis;
+pub mod nspawn;
 pub mod pki;
 pub mod prometheus;
 pub mod scrape_tls;
