@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 /// What the root filesystem gets beyond `--variant=minbase`: systemd as PID 1 and its bus,
-/// what the packages' maintainer scripts use (adduser), and TLS roots.
-const INCLUDE: &str = "systemd,systemd-sysv,dbus,iproute2,adduser,ca-certificates";
+/// what the packages' maintainer scripts use (adduser), TLS roots, and etcd (the
+/// coordinator package recommends it: without `[etcd] endpoints` it runs its own).
+const INCLUDE: &str = "systemd,systemd-sysv,dbus,iproute2,adduser,ca-certificates,etcd-server";
 /// How long systemd in the container may take to come up.
 const BOOT_WAIT: Duration = Duration::from_secs(60);
 
@@ -42,7 +43,9 @@ pub fn debian_rootfs() -> anyhow::Result<PathBuf> {
     // One test process builds it; others wait on the lock and find it done.
     let lock = File::create(base.join("rootfs.lock"))?;
     lock.lock()?;
-    if root.join("usr/lib/systemd/systemd").exists() && root.join(".complete").exists() {
+    // `.complete` records what it was made with; a tree made with another list is made again.
+    let made = format!("{suite} {INCLUDE}");
+    if fs::read_to_string(root.join(".complete")).ok().as_deref() == Some(made.as_str()) {
         return Ok(root);
     }
     let tmp = base.join(format!("{distro}-{suite}.partial"));
@@ -65,7 +68,17 @@ pub fn debian_rootfs() -> anyhow::Result<PathBuf> {
             tail(&String::from_utf8_lossy(&out.stdout), 20)
         );
     }
-    fs::write(tmp.join(".complete"), suite.as_bytes())?;
+    // Debian's etcd.service would start at every boot on 127.0.0.1:2379, on the test
+    // machine's network when the container shares it; the coordinator runs its own etcd.
+    let off = Command::new("systemctl")
+        .arg(format!("--root={}", tmp.display()))
+        .args(["disable", "etcd.service"])
+        .output()
+        .context("run systemctl --root")?;
+    if !off.status.success() {
+        bail!("cannot disable etcd.service in the new root filesystem: {off:?}");
+    }
+    fs::write(tmp.join(".complete"), made.as_bytes())?;
     let _ = fs::remove_dir_all(&root);
     fs::rename(&tmp, &root)?;
     println!(
@@ -119,11 +132,13 @@ exec unshare --mount --propagation private -- sh -c '
 "#;
 
 impl Machine {
-    /// Boots `rootfs` as host `name`, with `binds` (test machine path, path inside) read-only.
+    /// Boots `rootfs` as host `name`, with `binds` (test machine path, path inside) read-only;
+    /// with `private_network` it has only a loopback of its own (else the test machine's).
     pub fn boot(
         name: &str,
         rootfs: &Path,
         binds: &[(&Path, &Path)],
+        private_network: bool,
         log: &Path,
     ) -> anyhow::Result<Machine> {
         let mut cmd = Command::new("setsid");
@@ -134,6 +149,7 @@ impl Machine {
                     .iter()
                     .map(|(from, to)| format!("--bind-ro={}:{}", from.display(), to.display())),
             )
+            .args(private_network.then_some("--private-network"))
             .stdin(Stdio::null())
             .stdout(File::create(log)?)
             .stderr(File::create(log.with_extension("err"))?);

@@ -211,6 +211,7 @@ fn packaged_agent_rolls_a_system_unit_under_systemd_as_pid_1() -> anyhow::Result
         &format!("rg-pkg-{}", std::process::id()),
         &rootfs,
         &[(&debs, Path::new("/debs")), (&bins, &bins)],
+        false,
         &fleet.dir.join("nspawn.log"),
     )?;
     let port = free_port();
@@ -302,6 +303,117 @@ fn packaged_agent_rolls_a_system_unit_under_systemd_as_pid_1() -> anyhow::Result
         "journal: {} entries for {id}; accepted by agent pid {old}, which was killed; \
          reported interrupted and finished by pid {new}",
         entries.len()
+    );
+    Ok(())
+}
+
+/// The README's Install section, run on one fresh host as written there: the CLI makes the
+/// fleet CA and the certificates, the coordinator and the agent are installed from their
+/// packages and started with systemctl, and the CLI rolls a release (process backend) to the
+/// host. `{debs}`, `{svc}` and `{port}` are filled in by the test.
+const README_INSTALL: &str = r#"
+set -eu
+cd /root
+dpkg -i /debs/rollgate_*.deb
+rollgate certs init --fleet prod --dir pki
+rollgate certs issue coordinator coord-a --dir pki --ip 127.0.0.1
+rollgate certs issue host web-1 --dir pki
+rollgate certs issue operator alice --dir pki
+# The coordinator's machine
+dpkg -i /debs/rollgate-coordinator_*.deb
+install -m 0644 pki/ca.pem pki/coordinator-coord-a.pem /etc/rollgate/pki/
+install -m 0640 -g rollgate pki/coordinator-coord-a.key /etc/rollgate/pki/
+rollgate-coordinator --check --config /etc/rollgate/coordinator.toml && systemctl start rollgate-coordinator
+# Every host
+dpkg -i /debs/rollgate-agent_*.deb
+install -m 0644 pki/ca.pem /etc/rollgate/pki/ca.pem
+install -m 0644 pki/host-web-1.pem /etc/rollgate/pki/host.pem
+install -m 0600 pki/host-web-1.key /etc/rollgate/pki/host.key
+sed -i 's/^host_id = "change-me"/host_id = "web-1"/' /etc/rollgate/agent.toml
+cat >> /etc/rollgate/agent.toml <<TOML
+[[services]]
+name = "web"
+backend = "process"
+binary = "web"
+args = ["--port", "{port}"]
+[[services.probes]]
+kind = "http"
+url = "http://127.0.0.1:{port}/health"
+interval = "100ms"
+TOML
+rollgate-agent --check --config /etc/rollgate/agent.toml && systemctl start rollgate-agent
+# The operator
+export ROLLGATE_CA=pki/ca.pem ROLLGATE_CERT=pki/operator-alice.pem ROLLGATE_KEY=pki/operator-alice.key
+i=0
+until rollgate -o json hosts | grep -q '"connected": *true'; do
+  i=$((i+1)); [ $i -lt 150 ] || { echo "web-1 never connected"; rollgate hosts; exit 1; }
+  sleep 0.2
+done
+printf '#!/bin/sh\nexec {svc} --version 1.0.0 --mode healthy --bind 127.0.0.1 "$@"\n' > web-1.0.0
+cat > rollout.toml <<TOML
+service = "web"
+[release]
+version = "1.0.0"
+file = "/root/web-1.0.0"
+[strategy]
+max_unavailable = 1
+min_healthy_time = "500ms"
+TOML
+rollgate rollout start rollout.toml --watch
+rollgate hosts
+"#;
+
+#[test]
+fn the_readme_install_works_on_a_fresh_host_from_the_packages() -> anyhow::Result<()> {
+    let debs = deb("rollgate-coordinator")?
+        .parent()
+        .context("debs dir")?
+        .to_path_buf();
+    deb("rollgate-agent")?;
+    deb("rollgate")?;
+    let rootfs = debian_rootfs()?;
+    let dir = tempfile::Builder::new()
+        .prefix("rollgate-test-")
+        .tempdir()?;
+    let bins = own_bin_dir();
+    // A network of its own: the coordinator's default ports cannot meet another test's.
+    let m = Machine::boot(
+        &format!("rg-readme-{}", std::process::id()),
+        &rootfs,
+        &[(&debs, Path::new("/debs")), (&bins, &bins)],
+        true,
+        &dir.path().join("nspawn.log"),
+    )?;
+    let svc = bins.join("rollgate-testsvc");
+    let script = README_INSTALL
+        .replace("{port}", "18081")
+        .replace("{svc}", &svc.display().to_string());
+    let out = match m.sh(&script) {
+        Ok(out) => out,
+        Err(e) => {
+            let journal =
+                m.sh("journalctl --no-pager -n 60 -u rollgate-coordinator -u rollgate-agent");
+            bail!(
+                "{e:#}\nthe daemons' journal ends:\n{}",
+                journal.unwrap_or_else(|e| format!("{e:#}"))
+            );
+        }
+    };
+    println!("{out}");
+    for unit in ["rollgate-coordinator", "rollgate-agent"] {
+        ensure!(
+            m.sh(&format!("systemctl is-active {unit}"))?.trim() == "active",
+            "{unit} is not active"
+        );
+    }
+    ensure!(unit_prop(&m, "rollgate-coordinator", "User")? == "rollgate");
+    let current = m.sh("readlink /var/lib/rollgate-agent/services/web/current")?;
+    ensure!(current.contains("1.0.0"), "current names {current}");
+    // `rollgate hosts` at the end: the host serves 1.0.0, healthy.
+    let hosts = out.rsplit("HOST").next().unwrap_or_default();
+    ensure!(
+        hosts.contains("web-1") && hosts.contains("1.0.0") && hosts.contains("healthy"),
+        "rollgate hosts does not show web-1 healthy on 1.0.0:\n{out}"
     );
     Ok(())
 }
