@@ -39,3 +39,50 @@ pub use types::{
     DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, DEFAULT_RESTART_DELAY, DEFAULT_STOP_TIMEOUT,
     DEFAULT_UNPACK_MAX_BYTES, DEFAULT_UNPACK_MAX_ENTRIES,
 };
+
+/// A part of the agent an edge build can leave out (cargo features of the same names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BuildFeature {
+    /// `backend = "systemd"` and systemd probes.
+    Systemd,
+    /// `backend = "container"`.
+    Container,
+}
+
+impl BuildFeature {
+    fn name(self) -> &'static str {
+        match self {
+            BuildFeature::Systemd => "systemd",
+            BuildFeature::Container => "container",
+        }
+    }
+
+    fn built(self) -> bool {
+        match self {
+            BuildFeature::Systemd => cfg!(feature = "systemd"),
+            BuildFeature::Container => cfg!(feature = "container"),
+        }
+    }
+}
+
+/// Refuses `what` (at `field`) when this agent was built without `feature` (an edge build,
+/// `--no-default-features`): it says so and how to go on (a full build, or `instead`).
+pub(crate) fn require_built(
+    field: &str,
+    feature: BuildFeature,
+    what: &str,
+    instead: &str,
+) -> Result<(), ConfigError> {
+    if feature.built() {
+        return Ok(());
+    }
+    Err(error::field_err(
+        field,
+        format!(
+            "{what} is not in this rollgate-agent build (built without the cargo feature \
+             `{}`, an edge build); install the full agent (the Debian package, or \
+             `cargo build --release -p rollgate-agent`) or {instead}",
+            feature.name()
+        ),
+    ))
+}

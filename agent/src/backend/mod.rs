@@ -12,9 +12,11 @@
 //!   (Docker Engine API); restart = create or find the release's container, stop the old one
 //!   and start it; the old container is kept until the release is settled.
 
+#[cfg(feature = "container")]
 pub(crate) mod container;
 pub(crate) mod process;
 pub(crate) mod select;
+#[cfg(feature = "systemd")]
 pub(crate) mod systemd;
 
 use std::io;
@@ -25,7 +27,9 @@ use futures::future::BoxFuture;
 use thiserror::Error;
 use tokio::time::Instant;
 
+#[cfg(feature = "container")]
 use crate::backend::container::engine::ContainerError;
+#[cfg(feature = "systemd")]
 use crate::backend::systemd::client::SystemdError;
 use crate::release::releases::DiskError;
 
@@ -58,9 +62,11 @@ pub enum BackendError {
     #[error(transparent)]
     Process(ProcessError),
     /// systemd refused the start, or the unit failed or did not come up in time.
+    #[cfg(feature = "systemd")]
     #[error(transparent)]
     Systemd(#[from] SystemdError),
     /// The container engine failed a request, or the container did not run.
+    #[cfg(feature = "container")]
     #[error(transparent)]
     Container(#[from] ContainerError),
 }

@@ -4,6 +4,7 @@ use super::checks::{check_bus, check_unit_name, load_ca_file, parse_manager, str
 use super::error::{field_err, ConfigError};
 use super::raw::RawProbe;
 use super::types::{ProbeCheck, ProbeConfig, SystemdTarget};
+use super::BuildFeature;
 
 impl RawProbe {
     /// `own_unit` is the service's unit when it runs under systemd (a systemd probe's default).
@@ -119,6 +120,12 @@ impl RawProbe {
                 ProbeCheck::Exec { command }
             }
             "systemd" => {
+                super::require_built(
+                    &f("kind"),
+                    BuildFeature::Systemd,
+                    "a systemd probe",
+                    "check the service with an http, tcp or exec probe",
+                )?;
                 let target = match (self.unit, own_unit) {
                     (Some(unit), _) => {
                         check_unit_name(f("unit"), &unit)?;

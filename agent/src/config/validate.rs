@@ -1,6 +1,7 @@
 //! The validation of the config file as written into [`Config`]: every field is checked
 //! with an error that names it.
 
+use super::BuildFeature;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -334,6 +335,12 @@ impl RawService {
                 Backend::Process
             }
             "systemd" => {
+                super::require_built(
+                    &at("backend"),
+                    BuildFeature::Systemd,
+                    "the systemd backend",
+                    "use backend = \"process\"",
+                )?;
                 let owner = "the systemd backend";
                 let fix = "the unit decides how the service runs: set it there (ExecStart=, Environment=, TimeoutStopSec=, Restart=, RestartSec=)";
                 stray(at("args"), self.args.is_some(), owner, fix)?;
@@ -359,7 +366,15 @@ impl RawService {
                     bus: check_bus(at("bus"), self.bus.clone())?,
                 })
             }
-            "container" => Backend::Container(self.container_settings(&at)?),
+            "container" => {
+                super::require_built(
+                    &at("backend"),
+                    BuildFeature::Container,
+                    "the container backend",
+                    "use backend = \"process\"",
+                )?;
+                Backend::Container(self.container_settings(&at)?)
+            }
             other => {
                 return Err(field_err(
                     at("backend"),

@@ -1,7 +1,9 @@
 //! Health probes (http, tcp, exec, systemd, grpc), their consecutive-result thresholds, and
 //! the rule "healthy for `min_healthy_time` in time".
 
-use std::sync::{Arc, OnceLock};
+#[cfg(feature = "systemd")]
+use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
@@ -12,6 +14,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+#[cfg(feature = "systemd")]
 use crate::backend::systemd::client::{check_active, SystemdClient, SystemdError};
 use crate::config::{ProbeCheck, ProbeConfig, ServiceConfig, SystemdTarget};
 
@@ -47,6 +50,7 @@ struct Probe {
     /// The gRPC channel, made on first use (it needs the runtime) and kept.
     grpc: OnceLock<tonic::transport::Channel>,
     /// The D-Bus connection of a systemd probe, made on first use, dropped after an error.
+    #[cfg(feature = "systemd")]
     systemd: Arc<tokio::sync::Mutex<Option<SystemdClient>>>,
     threshold: Threshold,
 }
@@ -148,6 +152,7 @@ impl Probe {
             timeout: cfg.timeout,
             http,
             grpc: OnceLock::new(),
+            #[cfg(feature = "systemd")]
             systemd: Arc::default(),
             threshold: Threshold::new(cfg.success_threshold, cfg.failure_threshold),
         })
@@ -201,6 +206,16 @@ impl Probe {
         }
     }
 
+    /// A build without the systemd feature refuses systemd probes at config load.
+    #[cfg(not(feature = "systemd"))]
+    async fn systemd_check(&self, target: &SystemdTarget) -> Result<(), String> {
+        Err(format!(
+            "{}: this agent was built without systemd",
+            target.unit
+        ))
+    }
+
+    #[cfg(feature = "systemd")]
     async fn systemd_check(&self, target: &SystemdTarget) -> Result<(), String> {
         let mut slot = self.systemd.lock().await;
         let client = match slot.as_ref() {

@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::Config;
+use std::sync::Arc;
 
 fn prober(probes_toml: &str) -> Prober {
     let text = format!(
