@@ -27,11 +27,6 @@ impl PausePoint {
             PausePoint::BeforeResultCommit => "before-result-commit",
         }
     }
-
-    #[cfg(feature = "fault-injection")]
-    fn index(self) -> usize {
-        self as usize
-    }
 }
 
 /// The environment variable listing the armed points.
@@ -43,8 +38,10 @@ pub const PAUSE_DIR_VAR: &str = "ROLLGATE_TEST_PAUSE_DIR";
 /// Holds the caller at `point` the first time it is reached, if a test asked for it.
 #[cfg(feature = "fault-injection")]
 pub async fn pause(point: PausePoint, what: &str) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static PAUSED: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    /// The points this process has paused at already (each pauses once).
+    static PAUSED: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
     let Some(dir) = std::env::var_os(PAUSE_DIR_VAR) else {
         return;
     };
@@ -53,7 +50,12 @@ pub async fn pause(point: PausePoint, what: &str) {
     if !armed.split(',').any(|w| w.trim() == point.word()) {
         return;
     }
-    if PAUSED[point.index()].swap(true, Ordering::SeqCst) {
+    let first = PAUSED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .insert(point.word());
+    if !first {
         return;
     }
     let dir = std::path::PathBuf::from(dir);

@@ -59,6 +59,15 @@ pub enum StoreError {
         /// The host.
         host: String,
     },
+    /// A host's result lost the race for its step or slot to other writers every time it was
+    /// tried (each try reads again): not recorded; the agent re-sends it on its next session.
+    #[error("the result of host {host} could not be recorded: its step or slot changed {tries} times while it was written; the agent re-sends it on its next session")]
+    Contended {
+        /// The host.
+        host: String,
+        /// How many times it was tried.
+        tries: u32,
+    },
 }
 
 /// Milliseconds since the Unix epoch.

@@ -15,7 +15,7 @@ use crate::store::{
 
 /// How many times a result is read and written again when its transaction lost a race (the
 /// step or the grant's slot changed between the reads and the write).
-const RESULT_TRIES: usize = 5;
+const RESULT_TRIES: u32 = 5;
 
 /// What one attempt at recording a result came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,8 +48,9 @@ impl Session {
             }
         }
         warn!(rollout = %printable(&r.rollout_id), token = r.token, "this host's result could not be recorded: its step or slot changed {RESULT_TRIES} times while it was written; closing the session so the agent re-sends it");
-        Err(StoreError::Superseded {
+        Err(StoreError::Contended {
             host: self.host.clone(),
+            tries: RESULT_TRIES,
         })
     }
 
