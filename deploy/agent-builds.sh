@@ -37,6 +37,6 @@ for name in "${order[@]}"; do
   log="$out/$name/bench.log"
   ROLLGATE_BIN_DIR="$out/$name" "$target/release/rollgate-bench" --only agent-rss >"$log" 2>&1 || true
   # The worst agent's VmRSS, metrics off then on, from the benchmark's figures.
-  rss=$(sed -nE 's/^ *agent idle RSS with metrics [a-z]+ \(worst of [0-9]+\): ([0-9.]+) MiB.*/\1/p' "$log" | paste -sd/ -)
+  rss=$(sed -nE 's/^ *agent idle RSS with metrics [a-z]+ \(worst of [0-9]+\): ([0-9.]+) MiB.*/\1/p' "$log" | head -n 2 | paste -sd/ -)
   printf '%-15s %-40s %10s %22s\n' "$name" "${features[$name]:-(default)}" "$(awk -v s="$size" 'BEGIN { printf "%.1f", s / 1e6 }')" "${rss:-see $log}"
 done
