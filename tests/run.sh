@@ -20,14 +20,14 @@ if [ "$free_gb" -lt 12 ]; then
   echo "  Free some space (an old target/ directory: cargo clean) and run again." >&2
   exit 1
 fi
-# The agent as released (no fault injection), kept aside for fault_injection_build.rs, which
-# checks that such an agent refuses the test-only crash setting. Same features everywhere else
-# as the build below, so only the agent and coordinator crates are compiled twice.
 # The edge agent (no systemd or container backend: --no-default-features), kept aside for
 # edge_agent.rs; built first, as the builds below put the full agent back in its place.
 cargo build -p rollgate-agent --no-default-features
 mkdir -p "$target_dir/debug/edge"
 cp "$target_dir/debug/rollgate-agent" "$target_dir/debug/edge/rollgate-agent"
+# The agent as released (no fault injection), kept aside for fault_injection_build.rs, which
+# checks that such an agent refuses the test-only crash setting. Same features everywhere else
+# as the build below, so only the agent and coordinator crates are compiled twice.
 cargo build --workspace --bins
 no_fault_dir="$target_dir/debug/no-fault-injection"
 mkdir -p "$no_fault_dir"
