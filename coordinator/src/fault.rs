@@ -5,9 +5,10 @@
 //! test creates `DIR/<point>.go`. `ROLLGATE_TEST_PAUSE_POINTS` lists the armed points by their
 //! words, comma-separated (default: `before-grant-commit`). A test uses it to stop a leader exactly between planning a
 //! grant and committing it (the window the fence in the grant transaction guards), which no
-//! signal sent from outside can hit reliably. Without the feature the points compile to
-//! nothing, and a coordinator that finds the variable set refuses to start
-//! ([`refuse_test_settings`]) rather than ignore it.
+//! signal sent from outside can hit reliably. A [`FailPoint`] instead fails once, as etcd
+//! refusing the request there would, when the test created `DIR/<point>.fail`. Without the
+//! feature the points compile to nothing, and a coordinator that finds the variable set
+//! refuses to start ([`refuse_test_settings`]) rather than ignore it.
 
 /// The places a test can hold the coordinator at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +83,47 @@ pub async fn pause(point: PausePoint, what: &str) {
 /// Holds the caller at `point` the first time it is reached, if a test asked for it.
 #[cfg(not(feature = "fault-injection"))]
 pub async fn pause(_point: PausePoint, _what: &str) {}
+
+/// The places a test can make fail once (as etcd refusing the request there would).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailPoint {
+    /// The order dispatcher's catch-up of every held host after its watch (re)opened.
+    OrderCatchUp,
+}
+
+impl FailPoint {
+    /// The file name stem of this point.
+    pub fn word(self) -> &'static str {
+        match self {
+            FailPoint::OrderCatchUp => "order-catch-up",
+        }
+    }
+}
+
+/// True once each time a test created `DIR/<point>.fail` (with `ROLLGATE_TEST_PAUSE_DIR=DIR`):
+/// the caller then fails there as if etcd had refused it. The file is removed, so the test
+/// sees the failure was reached.
+#[cfg(feature = "fault-injection")]
+pub fn fail_once(point: FailPoint) -> bool {
+    let Some(dir) = std::env::var_os(PAUSE_DIR_VAR) else {
+        return false;
+    };
+    let file = std::path::PathBuf::from(dir).join(format!("{}.fail", point.word()));
+    let hit = std::fs::remove_file(&file).is_ok();
+    if hit {
+        tracing::warn!(
+            point = point.word(),
+            "{PAUSE_DIR_VAR}: failing here once (fault injection)"
+        );
+    }
+    hit
+}
+
+/// True once each time a test asked for it (never in a build without fault injection).
+#[cfg(not(feature = "fault-injection"))]
+pub fn fail_once(_point: FailPoint) -> bool {
+    false
+}
 
 /// Refuses a test-only setting in a build without fault injection: a test run against the
 /// wrong binaries fails with the reason instead of passing without its fault.

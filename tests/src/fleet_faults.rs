@@ -439,3 +439,11 @@ pub(crate) fn find_named(dir: &Path, name: &str, depth: usize, out: &mut Vec<Pat
         }
     }
 }
+
+impl Fleet {
+    /// Makes replica `i` the one control calls and the CLI try first.
+    pub fn prefer(&self, i: usize) {
+        self.preferred
+            .store(i, std::sync::atomic::Ordering::Relaxed);
+    }
+}

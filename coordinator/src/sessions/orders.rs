@@ -181,6 +181,10 @@ pub async fn dispatch_orders(ctx: Arc<Ctx>, cancel: CancellationToken) {
 /// Re-sends the orders of every host whose stream this replica holds; false if a look-up
 /// failed (each failure is logged).
 async fn resend_all(ctx: &Arc<Ctx>) -> bool {
+    if crate::fault::fail_once(crate::fault::FailPoint::OrderCatchUp) {
+        warn!("cannot look up the held hosts' orders (failed by fault injection); trying again");
+        return false;
+    }
     let mut all = true;
     for host in ctx.hub.hosts() {
         if let Err(e) = resend_for(ctx, &host).await {
