@@ -19,8 +19,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    rollgate_proto::telemetry::init("rollgate-coordinator");
     let args = Args::parse();
+    // `--check` prints one line for the install scripts and the operator, no log lines.
+    if !args.check {
+        rollgate_proto::telemetry::init("rollgate-coordinator");
+    }
     if let Err(e) = rollgate_coordinator::fault::refuse_test_settings() {
         eprintln!("rollgate-coordinator: {e}");
         return std::process::ExitCode::from(2);
