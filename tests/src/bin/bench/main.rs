@@ -27,6 +27,8 @@
 //!   coordinator and the agents without `[metrics]`; with `on` (the default) the coordinator's
 //!   `/metrics` is scraped every `SCALE_SCRAPE_EVERY` during the CPU window, as a Prometheus
 //!   would, so the two runs compare the whole cost of the metrics.
+//! - `wall`: a release rolled across `--wall-hosts` hosts (default 30) at budgets 1, 3 and 10:
+//!   the overhead per wave beyond the floor ceil(N/P) x (restart + `min_healthy_time`).
 //!
 //! Times come from the daemons' own log lines: tracing's default timestamp, RFC 3339 in UTC
 //! with microseconds (`2025-01-02T03:04:05.123456Z`), written when the event happens. Every
@@ -48,22 +50,24 @@ mod latency;
 mod logs;
 mod procfs;
 mod scale;
+mod wall;
 
 use footprint::*;
 use latency::*;
 use logs::*;
 use procfs::*;
 use scale::*;
+use wall::*;
 
 /// The probe interval the harness configures for every test service.
 const PROBE_INTERVAL_MS: f64 = 100.0;
 
 /// Every benchmark, in the order they run.
-const BENCHES: [&str; 5] = ["idle", "agent-rss", "handover", "halt", "scale"];
+const BENCHES: [&str; 6] = ["idle", "agent-rss", "handover", "halt", "scale", "wall"];
 
-const USAGE: &str = "usage: rollgate-bench [--only idle,agent-rss,handover,halt,scale] \
+const USAGE: &str = "usage: rollgate-bench [--only idle,agent-rss,handover,halt,scale,wall] \
 [--idle-secs N] [--rss-agents N] [--rss-settle-secs N] [--hosts N] [--handover-rounds N] \
-[--halt-hosts N] [--scale-agents N] [--metrics on|off]";
+[--halt-hosts N] [--scale-agents N] [--metrics on|off] [--wall-hosts N]";
 
 /// Issue 13: an idle agent's resident memory, metrics on, stays within this.
 const AGENT_RSS_BOUND_MIB: f64 = 10.0;
@@ -86,6 +90,8 @@ struct Args {
     scale_agents: usize,
     /// `--metrics on|off`: `[metrics]` on the scale benchmark's coordinator and agents.
     scale_metrics: bool,
+    /// Hosts of the `wall` benchmark.
+    wall_hosts: usize,
 }
 
 impl Args {
@@ -100,6 +106,7 @@ impl Args {
             halt_hosts: 6,
             scale_agents: 300,
             scale_metrics: true,
+            wall_hosts: 30,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -131,6 +138,7 @@ impl Args {
                 "--handover-rounds" => a.handover_rounds = num()?.max(1),
                 "--halt-hosts" => a.halt_hosts = num()?.max(3),
                 "--scale-agents" => a.scale_agents = num()?,
+                "--wall-hosts" => a.wall_hosts = num()?.max(10),
                 "--metrics" => {
                     a.scale_metrics = match value.as_str() {
                         "on" => true,
@@ -246,12 +254,13 @@ fn main() -> anyhow::Result<()> {
     );
     let mut report = Report::default();
     let mut failures = Vec::new();
-    let benches: [(&str, Bench); 5] = [
+    let benches: [(&str, Bench); 6] = [
         ("idle", idle),
         ("agent-rss", agent_rss),
         ("handover", handover),
         ("halt", halt),
         ("scale", scale),
+        ("wall", wall),
     ];
     for (name, run) in benches {
         if !args.wants(name) {
