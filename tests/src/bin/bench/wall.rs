@@ -1,4 +1,4 @@
-//! 5. Rollout wall time against its floor (issue 17, item 3): a release rolled across
+//! Rollout wall time against its floor (issue 17, item 3): a release rolled across
 //! `--wall-hosts` hosts at budgets 1, 3 and 10. With P hosts at a time, each of the
 //! ceil(N/P) waves cannot take less than the service's restart plus `min_healthy_time`; the
 //! rest is rollgate's overhead (the hand-over, fetching and swapping, the first probes).
