@@ -375,16 +375,18 @@ fn the_readme_install_works_on_a_fresh_host_from_the_packages() -> anyhow::Resul
     let dir = tempfile::Builder::new()
         .prefix("rollgate-test-")
         .tempdir()?;
-    let bins = own_bin_dir();
+    // The test service's directory, where the packaged agent's sandbox lets its services see
+    // it: `PrivateTmp=yes` and `ProtectHome=yes` hide a checkout under /tmp, /home or /root.
+    let svc_dir = Path::new("/opt/rollgate-test");
     // A network of its own: the coordinator's default ports cannot meet another test's.
     let m = Machine::boot(
         &format!("rg-readme-{}", std::process::id()),
         &rootfs,
-        &[(&debs, Path::new("/debs")), (&bins, &bins)],
+        &[(&debs, Path::new("/debs")), (&own_bin_dir(), svc_dir)],
         true,
         &dir.path().join("nspawn.log"),
     )?;
-    let svc = bins.join("rollgate-testsvc");
+    let svc = svc_dir.join("rollgate-testsvc");
     let script = README_INSTALL
         .replace("{port}", "18081")
         .replace("{svc}", &svc.display().to_string());
