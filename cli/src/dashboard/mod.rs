@@ -99,6 +99,7 @@ fn router(state: Dashboard) -> Router {
             "/style.css",
             get(|| asset(STYLE_CSS, "text/css; charset=utf-8")),
         )
+        .route("/favicon.ico", get(|| asset(FAVICON, "image/svg+xml")))
         .route("/api/fleet", get(fleet))
         .route("/api/rollouts", get(rollouts))
         .route("/api/rollouts/{id}", get(rollout))
@@ -113,6 +114,7 @@ fn router(state: Dashboard) -> Router {
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
+const FAVICON: &str = include_str!("assets/favicon.svg");
 
 /// An embedded file. No caching: a restarted dashboard may be a newer build.
 async fn asset(body: &'static str, kind: &'static str) -> Response {

@@ -201,11 +201,7 @@ pub fn actions(s: &RolloutStatus) -> Vec<Action> {
 
 /// Per cent of `part` in `whole` (0 for an empty whole), rounded down.
 pub fn percent(part: u32, whole: u32) -> u32 {
-    if whole == 0 {
-        0
-    } else {
-        part.saturating_mul(100) / whole
-    }
+    part.saturating_mul(100).checked_div(whole).unwrap_or(0)
 }
 
 /// Whether a host's work in a rollout is over (done, or failed for good).
@@ -280,7 +276,8 @@ pub fn rollout(s: &RolloutStatus) -> Value {
         "waves": s.waves.max(1),
         "gate": render::gate_line(s),
         "waiting": non_empty(&s.blocked_by),
-        "reason": non_empty(&s.reason),
+        // A pause's reason is also what it waits for: said once.
+        "reason": non_empty(&s.reason).filter(|r| *r != s.blocked_by),
         "unavailable": s.unavailable,
         "max_unavailable": s.max_unavailable,
         "group_by": s.group_by,

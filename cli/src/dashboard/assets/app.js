@@ -21,6 +21,11 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
+// box.replaceChildren(...), skipping null and flattening arrays.
+function fill(box, ...children) {
+  box.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
+}
+
 function badge(word) {
   return el("span", { class: "badge s-" + word }, word.replace(/_/g, " "));
 }
@@ -132,7 +137,7 @@ function fillVersionFilter(f) {
   const select = document.getElementById("filter-version");
   const chosen = select.value;
   const versions = [...new Set(f.versions.map((v) => v.version))].sort();
-  select.replaceChildren(el("option", { value: "" }, "any version"),
+  fill(select, el("option", { value: "" }, "any version"),
     versions.map((v) => el("option", { value: v, selected: v === chosen }, v)));
 }
 
@@ -161,7 +166,7 @@ function fillFleet(box) {
       s.updating_for ? " updating (" + s.updating_for + ")" : "",
       s.detail && s.health !== "healthy" ? el("span", { class: "muted" }, " " + s.detail) : null))),
     el("td", {}, h.attention === "ok" ? "" : badge(h.attention))));
-  box.replaceChildren(cards,
+  fill(box, cards,
     el("p", { class: "muted", id: "fleet-shown" }, "showing " + hosts.length + " of " + f.total + " hosts"),
     table("Hosts", ["Host", "Site", "Labels", "Connection", "Services", "Attention"], rows));
 }
@@ -238,12 +243,7 @@ function fillRollout(box, r) {
   const waves = r.wave_progress.map((w) => el("div", { class: "wave" },
     el("span", {}, w.name + (w.current ? " (now)" : "") + ": " + w.done + "/" + w.total + " done, " + w.failed + " failed "),
     progress(w.percent, "progress of " + w.name)));
-  const actions = el("div", { class: "actions", role: "group", "aria-label": "Actions" },
-    r.actions.map((a) => {
-      const b = el("button", { type: "button", "data-action": a.action, class: a.action === "abort" || a.action === "rollback" ? "danger" : null }, a.action);
-      b.addEventListener("click", () => confirmAction(r.id, a));
-      return b;
-    }));
+  fillActions(box, r);
   const hostRows = r.hosts.map((h) => el("tr", { "data-host": h.id, class: h.connected ? null : "offline" },
     el("th", { scope: "row" }, h.id),
     el("td", {}, h.wave),
@@ -254,14 +254,40 @@ function fillRollout(box, r) {
     el("td", {}, badge(h.health)),
     el("td", {}, h.connected ? "yes" : "no")));
   const notes = r.hosts.filter((h) => h.note).map((h) => el("li", {}, h.note));
-  box.replaceChildren(facts,
+  fill(part(box, "rollout-summary"), facts,
     el("div", {}, "Overall: ", progress(r.percent, "progress of rollout " + r.id), " " + r.percent + "%"),
     waves,
     r.waiting ? el("p", { class: "waiting", id: "rollout-waiting" }, "Waiting: " + r.waiting) : null,
-    r.reason ? el("p", { class: "reason", id: "rollout-reason" }, "Reason: " + r.reason) : null,
-    actions,
+    r.reason ? el("p", { class: "reason", id: "rollout-reason" }, "Reason: " + r.reason) : null);
+  fill(part(box, "rollout-hosts"),
     table("Hosts of rollout " + r.id, ["Host", "Wave", "Group", "State", "Step", "Version", "Health", "Connected"], hostRows),
     notes.length ? el("ul", { class: "notes", "aria-label": "Host notes" }, notes) : null);
+}
+
+// The rollout view's parts, made once in order: summary, actions, hosts.
+function part(box, id) {
+  let p = document.getElementById(id);
+  if (!p) {
+    box.replaceChildren(el("div", { id: "rollout-summary" }),
+      el("div", { id: "rollout-actions", class: "actions", role: "group", "aria-label": "Actions" }),
+      el("div", { id: "rollout-hosts" }));
+    p = document.getElementById(id);
+  }
+  return p;
+}
+
+// The buttons are redrawn only when the actions change, so a click never lands on a button
+// that a live update just replaced.
+function fillActions(box, r) {
+  const bar = part(box, "rollout-actions");
+  const key = r.id + ":" + r.actions.map((a) => a.action).join(",");
+  if (bar.dataset.key === key) return;
+  bar.dataset.key = key;
+  fill(bar, r.actions.map((a) => {
+    const b = el("button", { type: "button", "data-action": a.action, class: a.action === "abort" || a.action === "rollback" ? "danger" : null }, a.action);
+    b.addEventListener("click", () => confirmAction(r.id, a));
+    return b;
+  }));
 }
 
 function confirmAction(id, a) {

@@ -167,6 +167,13 @@ fn rollout_view_counts_waves_and_says_why_it_waits() {
         ])
     );
     assert_eq!(v["actions"][0]["action"], "pause");
+
+    // Paused: the reason is what it waits for, said once.
+    s.phase = Phase::Paused as i32;
+    s.reason = s.blocked_by.clone();
+    assert_eq!(rollout(&s)["reason"], Value::Null);
+    s.reason = "halted: 1 host failed".into();
+    assert_eq!(rollout(&s)["reason"], "halted: 1 host failed");
 }
 
 #[test]
