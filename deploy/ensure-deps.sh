@@ -51,6 +51,9 @@ rollgate_test_deps() {
   # The fuzz step (tests/fuzz.sh) builds libFuzzer, which is C++ (libfuzzer-sys), with the
   # system's C++ compiler.
   command -v c++ >/dev/null 2>&1 || missing+=(g++)
+  # The dashboard tests drive a real headless Chromium through chromedriver (WebDriver).
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 }
 
 rollgate_install_missing() {

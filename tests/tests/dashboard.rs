@@ -1,0 +1,352 @@
+//! The web dashboard (issue 16) in a real headless Chromium against a real fleet: the fleet view
+//! lists every host; a rollout started from the CLI appears without a reload and its hosts
+//! advance to done; a bad release shows as failed with its reason; the pause button (after the
+//! confirmation dialog) pauses a running rollout, checked through the CLI and the audit log.
+//! Screenshots go to the fleet's directory. Without the login cookie the dashboard answers 401,
+//! and it refuses to listen on a non-loopback address.
+
+use std::process::{Child, Command};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rollgate_tests::browser::Browser;
+use rollgate_tests::pb::Phase;
+use rollgate_tests::{bin, Fleet, FleetOpts, Mode};
+use serde_json::Value;
+
+const OPERATOR: &str = "spiffe://test/operator/tester";
+/// How long the dashboard may take to print its address.
+const DASHBOARD_START: Duration = Duration::from_secs(20);
+/// How long the page may take to show something the coordinator knows.
+const PAGE: Duration = Duration::from_secs(30);
+
+/// A running `rollgate dashboard`; killed on drop, after checking it did not exit on its own.
+struct Dashboard {
+    child: Child,
+    /// The login address it printed (`http://127.0.0.1:PORT/?token=...`).
+    login: String,
+    /// `http://127.0.0.1:PORT`.
+    base: String,
+    _stdout: Receiver<String>,
+}
+
+impl Dashboard {
+    fn start(fleet: &Fleet) -> anyhow::Result<Self> {
+        let (child, lines) = fleet.cli_background(0, &["dashboard", "--listen", "127.0.0.1:0"])?;
+        let line = lines
+            .recv_timeout(DASHBOARD_START)
+            .context("rollgate dashboard printed no address")?;
+        let login = line
+            .strip_prefix("dashboard: ")
+            .with_context(|| format!("unexpected first line: {line}"))?
+            .to_string();
+        let base = login
+            .split_once("/?token=")
+            .map(|(b, _)| b.to_string())
+            .with_context(|| format!("no token in {login}"))?;
+        println!("dashboard at {base}");
+        Ok(Dashboard {
+            child,
+            login,
+            base,
+            _stdout: lines,
+        })
+    }
+
+    /// Fails if the dashboard exited (a crash) before the test was done with it.
+    fn still_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("rollgate dashboard exited on its own: {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Dashboard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A JavaScript expression's value as a string, for scripts.
+fn js(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
+}
+
+/// The phase of a rollout, as `rollgate rollout status` tells it.
+fn cli_phase(fleet: &Fleet, id: &str) -> anyhow::Result<String> {
+    let out = fleet.cli_ok(&["-o", "json", "rollout", "status", id])?;
+    let v: Value = serde_json::from_str(&out).with_context(|| format!("not JSON: {out}"))?;
+    Ok(v["phase"].as_str().unwrap_or_default().to_string())
+}
+
+/// Waits until the rollout view shows `phase` in its phase field.
+fn wait_page_phase(b: &Browser, id: &str, phase: &str) -> anyhow::Result<()> {
+    let script = format!(
+        "const p = document.getElementById('rollout-phase'); \
+         return location.hash === '#/rollout/' + {id} && p && p.textContent === {phase};",
+        id = js(id),
+        phase = js(&phase.replace('_', " "))
+    );
+    b.wait_for(&format!("the page to show {id} {phase}"), PAGE, &script)
+        .map(drop)
+}
+
+/// Clicks an action button on the rollout view, then the dialog's confirm button.
+fn act(b: &Browser, action: &str) -> anyhow::Result<()> {
+    let button = format!("button[data-action={action}]");
+    b.wait_for(
+        &format!("the {action} button"),
+        PAGE,
+        &format!("return document.querySelector({}) !== null;", js(&button)),
+    )?;
+    b.click(&button)?;
+    b.wait_for(
+        "the confirmation dialog",
+        PAGE,
+        "return document.getElementById('confirm').open;",
+    )?;
+    b.click("#confirm-yes")
+}
+
+#[test]
+fn a_newcomer_follows_a_rollout_live_and_pauses_it_from_the_browser() -> anyhow::Result<()> {
+    let fleet = Fleet::start(FleetOpts {
+        agents: 3,
+        sites: 2,
+        ..FleetOpts::default()
+    })?;
+    fleet.install("1.0.0", "max_unavailable = 3\nmin_healthy_time = \"200ms\"")?;
+    let mut dash = Dashboard::start(&fleet)?;
+    let mut browser = Browser::start(&fleet.dir.join("browser"))?;
+    browser.goto(&dash.login)?;
+
+    // The fleet view lists every host, the login token gone from the address bar.
+    let hosts: Vec<String> = fleet.agents.iter().map(|a| a.id.clone()).collect();
+    let all_listed = format!(
+        "return {}.every(h => document.querySelector('#fleet-body tr[data-host=\"' + h + '\"]'));",
+        serde_json::to_string(&hosts)?
+    );
+    browser.wait_for("every host in the fleet view", PAGE, &all_listed)?;
+    let url = browser.eval("return location.href")?;
+    assert!(!url.to_string().contains("token"), "token left in {url}");
+    let shot = browser.screenshot(&fleet.dir.join("dashboard-fleet.png"))?;
+    println!("screenshot: {}", shot.display());
+
+    // A rollout started from the CLI appears without a reload; its hosts advance to done.
+    browser.eval("window.__same_page = true; return true;")?;
+    let v2 = fleet.release("2.0.0", Mode::Healthy)?;
+    let id =
+        fleet.start_rollout(&fleet.spec(&v2, "max_unavailable = 1\nmin_healthy_time = \"1s\"")?)?;
+    let row = format!("tr[data-rollout={}] a", js(&id));
+    browser.wait_for(
+        "the new rollout on the page",
+        PAGE,
+        &format!("return document.querySelector({}) !== null;", js(&row)),
+    )?;
+    browser.click(&row)?;
+    browser.wait_for(
+        "the rollout view with a host updating or done",
+        PAGE,
+        "return [...document.querySelectorAll('#rollout-body td.state')]\
+         .some(td => /updating|done/.test(td.textContent));",
+    )?;
+    let shot = browser.screenshot(&fleet.dir.join("dashboard-rollout.png"))?;
+    println!("screenshot: {}", shot.display());
+    wait_page_phase(&browser, &id, "succeeded")?;
+    let states = browser.eval(
+        "return [...document.querySelectorAll('#rollout-body td.state')].map(td => td.textContent);",
+    )?;
+    assert_eq!(
+        states,
+        serde_json::json!(["done", "done", "done"]),
+        "{states}"
+    );
+    let by = browser.eval("return document.getElementById('rollout-by').textContent")?;
+    assert!(by.to_string().contains(OPERATOR), "started by: {by}");
+    let same_page = browser.eval("return window.__same_page === true")?;
+    assert_eq!(same_page, Value::Bool(true), "the page was reloaded");
+
+    // The pause button, after the confirmation, pauses a running rollout.
+    let v3 = fleet.release("3.0.0", Mode::Healthy)?;
+    let id3 =
+        fleet.start_rollout(&fleet.spec(&v3, "max_unavailable = 1\nmin_healthy_time = \"3s\"")?)?;
+    browser.eval(&format!(
+        "location.hash = '#/rollout/' + {}; return true;",
+        js(&id3)
+    ))?;
+    wait_page_phase(&browser, &id3, "rolling")?;
+    act(&browser, "pause")?;
+    fleet.wait(&format!("{id3} paused"), PAGE, || {
+        Ok((cli_phase(&fleet, &id3)? == "paused").then_some(()))
+    })?;
+    wait_page_phase(&browser, &id3, "paused")?;
+    let shot = browser.screenshot(&fleet.dir.join("dashboard-paused.png"))?;
+    println!("screenshot: {}", shot.display());
+    // The pause is in the audit trail under the operator's own identity.
+    let log = fleet.cli_ok(&["-o", "json", "events", "--rollout", &id3])?;
+    let paused_by_operator = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|e| e["kind"] == "rollout_paused" && e["by"] == OPERATOR);
+    assert!(
+        paused_by_operator,
+        "no rollout_paused by {OPERATOR} in:\n{log}"
+    );
+
+    // Resume from the browser too; the rollout finishes.
+    act(&browser, "resume")?;
+    let end = fleet.wait_settled(&id3, Duration::from_secs(60))?;
+    assert_eq!(end.phase(), Phase::Succeeded, "{end:?}");
+    wait_page_phase(&browser, &id3, "succeeded")?;
+
+    browser.no_console_errors()?;
+    assert!(browser.driver_alive(), "chromedriver exited on its own");
+    dash.still_running()
+}
+
+#[test]
+fn a_bad_release_shows_failed_with_its_reason() -> anyhow::Result<()> {
+    let fleet = Fleet::start(FleetOpts {
+        agents: 3,
+        ..FleetOpts::default()
+    })?;
+    fleet.install("1.0.0", "max_unavailable = 3\nmin_healthy_time = \"200ms\"")?;
+    let mut dash = Dashboard::start(&fleet)?;
+    let mut browser = Browser::start(&fleet.dir.join("browser"))?;
+    browser.goto(&dash.login)?;
+    browser.wait_for(
+        "the fleet view",
+        PAGE,
+        "return document.querySelector('#fleet-body tr[data-host]') !== null;",
+    )?;
+    let bad = fleet.release("2.0.0", Mode::Unhealthy)?;
+    let spec = fleet.spec(
+        &bad,
+        "max_unavailable = 1\nmax_failures = 0\nmin_healthy_time = \"500ms\"\nhealthy_deadline = \"3s\"",
+    )?;
+    let id = fleet.start_rollout(&spec)?;
+    browser.eval(&format!(
+        "location.hash = '#/rollout/' + {}; return true;",
+        js(&id)
+    ))?;
+    wait_page_phase(&browser, &id, "failed")?;
+    let reason = browser.wait_for(
+        "the failure's reason",
+        PAGE,
+        "const r = document.getElementById('rollout-reason'); return r && r.textContent;",
+    )?;
+    let status = fleet.wait_settled(&id, Duration::from_secs(60))?;
+    assert_eq!(status.phase(), Phase::Failed, "{status:?}");
+    assert!(
+        reason.to_string().contains(&status.reason),
+        "page says {reason}, the coordinator {:?}",
+        status.reason
+    );
+    browser.wait_for(
+        "a host shown rolled back or failed",
+        PAGE,
+        "return [...document.querySelectorAll('#rollout-body td.state')]\
+         .some(td => /rolled back|failed/.test(td.textContent));",
+    )?;
+    let shot = browser.screenshot(&fleet.dir.join("dashboard-failed.png"))?;
+    println!("screenshot: {}", shot.display());
+    browser.no_console_errors()?;
+    assert!(browser.driver_alive(), "chromedriver exited on its own");
+    dash.still_running()
+}
+
+/// An HTTP request to the dashboard; returns the status, the headers and the body.
+fn http(
+    method: reqwest::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, reqwest::header::HeaderMap, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let mut req = client.request(method, url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        Ok((status, headers, resp.text().await?))
+    })
+}
+
+#[test]
+fn without_the_login_cookie_the_dashboard_answers_401_and_listens_on_loopback_only(
+) -> anyhow::Result<()> {
+    let fleet = Fleet::start(FleetOpts {
+        agents: 1,
+        ..FleetOpts::default()
+    })?;
+    let mut dash = Dashboard::start(&fleet)?;
+    let base = dash.base.clone();
+    use reqwest::Method;
+    for path in ["/", "/api/fleet", "/api/live", "/app.js", "/?token=wrong"] {
+        let (status, _, body) = http(Method::GET, &format!("{base}{path}"), &[])?;
+        assert_eq!(status, 401, "GET {path}: {body}");
+        assert!(body.contains("not logged in"), "GET {path}: {body}");
+    }
+    let (status, headers, _) = http(Method::GET, &dash.login, &[])?;
+    assert_eq!(status, 303, "the login link redirects");
+    let cookie = headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .context("the login link sets no cookie")?
+        .to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap_or_default().to_string();
+    let (status, _, body) = http(
+        Method::GET,
+        &format!("{base}/api/fleet"),
+        &[("cookie", &session)],
+    )?;
+    assert_eq!(status, 200, "{body}");
+    let fleet_view: Value = serde_json::from_str(&body)?;
+    assert_eq!(fleet_view["total"], 1, "{body}");
+
+    // Actions: the cookie is not enough without the dashboard's own origin.
+    let pause = format!("{base}/api/rollouts/r-none/pause");
+    let (status, _, body) = http(Method::POST, &pause, &[("cookie", &session)])?;
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = http(
+        Method::POST,
+        &pause,
+        &[("cookie", &session), ("origin", "http://evil.example")],
+    )?;
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = http(
+        Method::GET,
+        &format!("{base}/api/fleet"),
+        &[("cookie", &session), ("host", "evil.example")],
+    )?;
+    assert_eq!(status, 403, "another Host (DNS rebinding): {body}");
+
+    // A non-loopback address is refused, with the reason and the way on.
+    let out = Command::new(bin("rollgate"))
+        .arg("--coordinator")
+        .arg(fleet.coordinator_url())
+        .args(fleet.operator.cli_args())
+        .args(["dashboard", "--listen", "0.0.0.0:0"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("0.0.0.0:0 is not a loopback address") && stderr.contains("ssh -L"),
+        "{stderr}"
+    );
+    dash.still_running()
+}
