@@ -206,6 +206,24 @@ impl Browser {
             .map(drop)
     }
 
+    /// Sets the window's size in CSS pixels (1920x1080: a wall screen).
+    pub fn resize(&self, width: u32, height: u32) -> anyhow::Result<()> {
+        self.post("window/rect", json!({ "width": width, "height": height }))
+            .map(drop)
+    }
+
+    /// Controls (inputs, selects, buttons, progress bars) a screen reader could not name: no
+    /// enclosing label, no aria-label, no text. Each as its HTML.
+    pub fn unlabelled_controls(&self) -> anyhow::Result<Vec<String>> {
+        let v = self.eval(
+            "return [...document.querySelectorAll('input, select, button, progress')]\
+             .filter(e => !(e.closest('label') || e.getAttribute('aria-label') \
+                            || e.textContent.trim()))\
+             .map(e => e.outerHTML);",
+        )?;
+        Ok(serde_json::from_value(v)?)
+    }
+
     /// Saves a PNG screenshot of the window to `path`; returns the path.
     pub fn screenshot(&self, path: &Path) -> anyhow::Result<PathBuf> {
         let url = format!("{}/screenshot", self.session);

@@ -18,6 +18,8 @@ use serde_json::Value;
 const OPERATOR: &str = "spiffe://test/operator/tester";
 /// How long the dashboard may take to print its address.
 const DASHBOARD_START: Duration = Duration::from_secs(20);
+/// How long the dashboard may take to stop after Ctrl-C.
+const DASHBOARD_STOP: Duration = Duration::from_secs(10);
 /// How long the page may take to show something the coordinator knows.
 const PAGE: Duration = Duration::from_secs(30);
 
@@ -60,6 +62,25 @@ impl Dashboard {
             bail!("rollgate dashboard exited on its own: {status}");
         }
         Ok(())
+    }
+}
+
+impl Dashboard {
+    /// Sends SIGINT (Ctrl-C) and requires a clean exit within [`DASHBOARD_STOP`].
+    fn interrupt_and_wait(&mut self) -> anyhow::Result<()> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT)?;
+        let deadline = std::time::Instant::now() + DASHBOARD_STOP;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("rollgate dashboard ended with {status} after Ctrl-C");
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("rollgate dashboard did not stop within {DASHBOARD_STOP:?} of Ctrl-C")
     }
 }
 
@@ -256,6 +277,149 @@ fn a_bad_release_shows_failed_with_its_reason() -> anyhow::Result<()> {
     browser.no_console_errors()?;
     assert!(browser.driver_alive(), "chromedriver exited on its own");
     dash.still_running()
+}
+
+/// Fails naming the controls a screen reader could not name.
+fn all_labelled(b: &Browser, view: &str) -> anyhow::Result<()> {
+    let bad = b.unlabelled_controls()?;
+    if !bad.is_empty() {
+        bail!("controls without a label on the {view} view: {bad:#?}");
+    }
+    Ok(())
+}
+
+/// The rollout id in the page's address (`#/rollout/ID`).
+fn page_rollout(b: &Browser) -> anyhow::Result<String> {
+    let hash = b.eval("return location.hash")?;
+    Ok(hash
+        .as_str()
+        .and_then(|h| h.strip_prefix("#/rollout/"))
+        .unwrap_or_default()
+        .to_string())
+}
+
+#[test]
+fn the_canary_says_why_it_waits_and_the_buttons_promote_and_roll_back() -> anyhow::Result<()> {
+    let mut fleet = Fleet::start(FleetOpts {
+        agents: 4,
+        sites: 2,
+        ..FleetOpts::default()
+    })?;
+    fleet.install("1.0.0", "max_unavailable = 4\nmin_healthy_time = \"200ms\"")?;
+    let mut dash = Dashboard::start(&fleet)?;
+    let mut browser = Browser::start(&fleet.dir.join("browser"))?;
+    browser.resize(1920, 1080)?;
+    browser.goto(&dash.login)?;
+    browser.wait_for(
+        "the fleet view",
+        PAGE,
+        "return document.querySelectorAll('#fleet-body tr[data-host]').length === 4;",
+    )?;
+    all_labelled(&browser, "fleet")?;
+
+    // A canary at a manual gate: the page says what it waits for, in words, and the budget
+    // per site.
+    let v2 = fleet.release("2.0.0", Mode::Healthy)?;
+    let spec = fleet.spec(
+        &v2,
+        "max_unavailable = 2\ngroup_by = \"site\"\nmax_unavailable_per_group = 1\ncanary = 1\n\
+         canary_gate = \"manual\"\nmin_healthy_time = \"300ms\"",
+    )?;
+    let id = fleet.start_rollout(&spec)?;
+    browser.eval(&format!(
+        "location.hash = '#/rollout/' + {}; return true;",
+        js(&id)
+    ))?;
+    let waiting = browser.wait_for(
+        "the canary gate's waiting line",
+        PAGE,
+        "const w = document.getElementById('rollout-waiting'); \
+         const g = document.getElementById('rollout-gate'); \
+         return w && g && /promote/.test(g.textContent) && w.textContent;",
+    )?;
+    let status = fleet.status(&id)?;
+    assert!(
+        waiting.to_string().contains(&status.blocked_by),
+        "page: {waiting}; coordinator: {:?}",
+        status.blocked_by
+    );
+    let groups = browser.eval("return document.getElementById('rollout-groups').textContent")?;
+    assert!(
+        groups.to_string().contains("site-0"),
+        "per-site budget: {groups}"
+    );
+    all_labelled(&browser, "rollout")?;
+    let shot = browser.screenshot(&fleet.dir.join("dashboard-canary-wall.png"))?;
+    println!("screenshot (1920x1080): {}", shot.display());
+
+    // Promote from the browser: the other hosts follow.
+    act(&browser, "promote")?;
+    let end = fleet.wait_settled(&id, Duration::from_secs(60))?;
+    assert_eq!(end.phase(), Phase::Succeeded, "{end:?}");
+    wait_page_phase(&browser, &id, "succeeded")?;
+
+    // Roll back from the browser: the page follows the new rollback rollout.
+    act(&browser, "rollback")?;
+    let back = browser.wait_for(
+        "the page to show the rollback rollout",
+        PAGE,
+        &format!(
+            "return location.hash.startsWith('#/rollout/') && location.hash !== '#/rollout/' + {};",
+            js(&id)
+        ),
+    )?;
+    assert_eq!(back, Value::Bool(true));
+    let rollback_id = page_rollout(&browser)?;
+    let undone = fleet.wait_settled(&rollback_id, Duration::from_secs(60))?;
+    assert_eq!(undone.rollback_of, id, "{undone:?}");
+    wait_page_phase(&browser, &rollback_id, undone.phase().word())?;
+
+    // The service's release history, from the rollout view's link.
+    browser.click("#rollout-summary a[href^='#/history/']")?;
+    browser.wait_for(
+        "the release history with 1.0.0 and 2.0.0",
+        PAGE,
+        "const t = document.getElementById('history-body'); \
+         return t && /2\\.0\\.0/.test(t.textContent) && /1\\.0\\.0/.test(t.textContent);",
+    )?;
+
+    // The fleet view's label filter, and an offline host highlighted.
+    browser.click("#nav-fleet")?;
+    let site1 = fleet.agents.iter().filter(|a| a.group == "site-1").count();
+    browser.eval(
+        "const f = document.getElementById('filter-label'); f.value = 'site=site-1'; \
+         f.dispatchEvent(new Event('input')); return true;",
+    )?;
+    let shown =
+        browser.eval("return document.querySelectorAll('#fleet-body tr[data-host]').length")?;
+    assert_eq!(
+        shown,
+        serde_json::json!(site1),
+        "hosts shown for site=site-1"
+    );
+    browser.eval(
+        "const f = document.getElementById('filter-label'); f.value = ''; \
+         f.dispatchEvent(new Event('input')); return true;",
+    )?;
+    let gone = fleet.agents[3].id.clone();
+    fleet.kill_host(&gone);
+    browser.wait_for(
+        &format!("{gone} highlighted offline"),
+        PAGE,
+        &format!(
+            "return document.querySelector('#fleet-body tr.offline[data-host=\"' + {} + '\"]') !== null \
+             && document.getElementById('count-offline').textContent === '1';",
+            js(&gone)
+        ),
+    )?;
+    let shot = browser.screenshot(&fleet.dir.join("dashboard-fleet-offline.png"))?;
+    println!("screenshot: {}", shot.display());
+
+    browser.no_console_errors()?;
+    assert!(browser.driver_alive(), "chromedriver exited on its own");
+    dash.still_running()?;
+    // Ctrl-C stops it even with the page's live streams open.
+    dash.interrupt_and_wait()
 }
 
 /// An HTTP request to the dashboard; returns the status, the headers and the body.

@@ -274,7 +274,7 @@ pub fn rollout(s: &RolloutStatus) -> Value {
         "updated_at_ms": s.updated_at_ms,
         "wave": s.wave + 1,
         "waves": s.waves.max(1),
-        "gate": render::gate_line(s),
+        "gate": render::gate_line(s).map(|l| l.trim_start_matches("gate: ").to_string()),
         "waiting": non_empty(&s.blocked_by),
         // A pause's reason is also what it waits for: said once.
         "reason": non_empty(&s.reason).filter(|r| *r != s.blocked_by),

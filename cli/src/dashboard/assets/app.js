@@ -75,8 +75,12 @@ function openFleetStream() {
     state.events.push(JSON.parse(m.data).line);
     if (state.events.length > MAX_EVENTS) state.events.shift();
     const box = document.getElementById("events");
-    if (box) box.textContent = state.events.join("\n");
+    if (box) box.textContent = newestFirst();
   });
+}
+
+function newestFirst() {
+  return state.events.length ? state.events.slice().reverse().join("\n") : "No events since this page opened.";
 }
 
 // ---- routing ------------------------------------------------------------------------------
@@ -119,7 +123,7 @@ function mountFleet() {
       el("label", {}, "Filter by version", versionFilter)),
     el("div", { id: "fleet-body" }),
     el("h2", {}, "Recent events"),
-    el("pre", { id: "events", "aria-label": "Recent events", tabindex: 0 }, state.events.join("\n")));
+    el("pre", { id: "events", "aria-label": "Recent events, newest first", tabindex: 0 }, newestFirst()));
   refresh();
 }
 
@@ -223,6 +227,12 @@ function mountRollout(id) {
   }
 }
 
+// "Waiting: paused by …", or the coordinator's words as they are when they say it already
+// ("waiting at the canary gate: …").
+function sentence(text, label) {
+  return text.toLowerCase().startsWith(label.slice(0, -2).toLowerCase()) ? text : label + text;
+}
+
 function fact(name, value, id) {
   return [el("dt", {}, name), el("dd", { id }, value)];
 }
@@ -257,7 +267,7 @@ function fillRollout(box, r) {
   fill(part(box, "rollout-summary"), facts,
     el("div", {}, "Overall: ", progress(r.percent, "progress of rollout " + r.id), " " + r.percent + "%"),
     waves,
-    r.waiting ? el("p", { class: "waiting", id: "rollout-waiting" }, "Waiting: " + r.waiting) : null,
+    r.waiting ? el("p", { class: "waiting", id: "rollout-waiting" }, sentence(r.waiting, "Waiting: ")) : null,
     r.reason ? el("p", { class: "reason", id: "rollout-reason" }, "Reason: " + r.reason) : null);
   fill(part(box, "rollout-hosts"),
     table("Hosts of rollout " + r.id, ["Host", "Wave", "Group", "State", "Step", "Version", "Health", "Connected"], hostRows),

@@ -168,6 +168,15 @@ fn rollout_view_counts_waves_and_says_why_it_waits() {
     );
     assert_eq!(v["actions"][0]["action"], "pause");
 
+    // The gate in words, with the command that opens a manual one (no "gate:" label).
+    s.gate = "manual promote".into();
+    s.gate_kind = GateKind::ManualPromote as i32;
+    let gate = rollout(&s)["gate"].as_str().unwrap_or_default().to_string();
+    assert!(
+        gate.starts_with("manual promote (`rollgate rollout promote r-1`"),
+        "{gate}"
+    );
+
     // Paused: the reason is what it waits for, said once.
     s.phase = Phase::Paused as i32;
     s.reason = s.blocked_by.clone();
