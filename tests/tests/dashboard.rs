@@ -422,6 +422,53 @@ fn the_canary_says_why_it_waits_and_the_buttons_promote_and_roll_back() -> anyho
     dash.interrupt_and_wait()
 }
 
+#[test]
+fn the_page_says_when_the_coordinator_is_away_and_picks_up_when_it_is_back() -> anyhow::Result<()> {
+    let fleet = Fleet::start(FleetOpts {
+        agents: 2,
+        ..FleetOpts::default()
+    })?;
+    fleet.install("1.0.0", "max_unavailable = 2\nmin_healthy_time = \"200ms\"")?;
+    let mut dash = Dashboard::start(&fleet)?;
+    let browser = Browser::start(&fleet.dir.join("browser"))?;
+    browser.goto(&dash.login)?;
+    browser.eval("location.hash = '#/rollouts'; return true;")?;
+    browser.wait_for(
+        "the rollout list",
+        PAGE,
+        "return document.querySelector('#rollouts-body tr[data-rollout]') !== null;",
+    )?;
+    browser.eval("window.__same_page = true; return true;")?;
+
+    fleet.coordinator().kill9();
+    let said = browser.wait_for(
+        "the page to say the coordinator is away",
+        PAGE,
+        "const p = document.getElementById('problem'); return !p.hidden && p.textContent;",
+    )?;
+    println!("while the coordinator was down the page said: {said}");
+    assert!(said.to_string().contains("Coordinator"), "{said}");
+
+    fleet.coordinator().restart()?;
+    fleet.wait_coordinator()?;
+    fleet.wait_connected(2)?;
+    let v2 = fleet.release("2.0.0", Mode::Healthy)?;
+    let id = fleet
+        .start_rollout(&fleet.spec(&v2, "max_unavailable = 1\nmin_healthy_time = \"200ms\"")?)?;
+    browser.wait_for(
+        "the rollout started after the restart, listed without a reload",
+        PAGE,
+        &format!(
+            "return document.querySelector('#rollouts-body tr[data-rollout=' + {} + ']') !== null \
+             && document.getElementById('problem').hidden && window.__same_page === true;",
+            js(&js(&id))
+        ),
+    )?;
+    fleet.wait_settled(&id, Duration::from_secs(60))?;
+    browser.no_console_errors()?;
+    dash.still_running()
+}
+
 /// An HTTP request to the dashboard; returns the status, the headers and the body.
 fn http(
     method: reqwest::Method,

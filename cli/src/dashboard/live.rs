@@ -16,6 +16,7 @@ use tokio::time::{sleep, Instant};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{model, Dashboard};
+use crate::client::ControlError;
 
 /// How often the fleet is read again without an event: a host connecting or going offline is
 /// not an event in the log.
@@ -55,9 +56,25 @@ async fn send(tx: &Feed, name: &str, body: &Value) -> bool {
         .is_ok()
 }
 
-/// Tells the page something is wrong with the coordinator (it shows the message).
+/// Tells the page something is wrong with the coordinator (it shows the message) and that the
+/// dashboard keeps trying.
 async fn problem(tx: &Feed, what: String) -> bool {
-    send(tx, "problem", &serde_json::json!({ "error": what })).await
+    send(
+        tx,
+        "problem",
+        &serde_json::json!({ "error": what, "retrying": true }),
+    )
+    .await
+}
+
+/// Tells the page the coordinator refused (asking again will not help).
+async fn refusal(tx: &Feed, what: String) -> bool {
+    send(
+        tx,
+        "problem",
+        &serde_json::json!({ "error": what, "retrying": false }),
+    )
+    .await
 }
 
 /// Reads the fleet and the rollout list and sends both.
@@ -141,6 +158,13 @@ async fn feed_rollout(mut d: Dashboard, id: String, tx: Feed) {
     while !over(&d, &tx) {
         let mut stream = match d.coord.watch_rollout(&id).await {
             Ok(s) => s,
+            // The coordinator answered (no such rollout, not allowed): asking again will not
+            // change that.
+            Err(e @ ControlError::Refused { .. }) => {
+                let _ = refusal(&tx, e.to_string()).await;
+                let _ = send(&tx, "end", &Value::Null).await;
+                return;
+            }
             Err(e) => {
                 let _ = problem(&tx, e.to_string()).await;
                 sleep(RECONNECT_DELAY).await;

@@ -126,6 +126,8 @@ async fn asset(body: &'static str, kind: &'static str) -> Response {
                 header::CONTENT_SECURITY_POLICY,
                 "default-src 'self'; frame-ancestors 'none'",
             ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
         ],
         body,
     )
@@ -170,10 +172,27 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
     (status, headers, format!("{text}\n")).into_response()
 }
 
-/// A coordinator error as `{"error": "..."}` (502: the coordinator's answer, not ours).
+/// A coordinator error as `{"error": "..."}`, with the HTTP status that says the same.
 fn failed(e: &ControlError) -> Response {
     let body = json!({ "error": e.to_string() });
-    (StatusCode::BAD_GATEWAY, Json(body)).into_response()
+    (http_status(e), Json(body)).into_response()
+}
+
+/// The HTTP status for a coordinator error: its refusals keep their meaning (no such rollout,
+/// not allowed, not now); a coordinator that could not be asked is a bad gateway.
+fn http_status(e: &ControlError) -> StatusCode {
+    use tonic::Code;
+    match e {
+        ControlError::Refused { code, .. } => match code {
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::PermissionDenied | Code::Unauthenticated => StatusCode::FORBIDDEN,
+            Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists => {
+                StatusCode::CONFLICT
+            }
+            _ => StatusCode::BAD_GATEWAY,
+        },
+        _ => StatusCode::BAD_GATEWAY,
+    }
 }
 
 async fn fleet(State(d): State<Dashboard>) -> Response {
@@ -224,5 +243,36 @@ async fn act(State(d): State<Dashboard>, Path((id, word)): Path<(String, String)
     match result {
         Ok(s) => Json(model::rollout(&s)).into_response(),
         Err(e) => failed(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn coordinator_refusals_keep_their_meaning() {
+        let refused = |code| ControlError::Refused {
+            action: "pause rollout r-1".into(),
+            code,
+            detail: "no".into(),
+        };
+        let table = [
+            (refused(Code::NotFound), StatusCode::NOT_FOUND),
+            (refused(Code::PermissionDenied), StatusCode::FORBIDDEN),
+            (refused(Code::FailedPrecondition), StatusCode::CONFLICT),
+            (refused(Code::Internal), StatusCode::BAD_GATEWAY),
+            (
+                ControlError::Unreachable {
+                    url: "https://c".into(),
+                    cause: "connection refused".into(),
+                },
+                StatusCode::BAD_GATEWAY,
+            ),
+        ];
+        for (e, want) in table {
+            assert_eq!(http_status(&e), want, "{e}");
+        }
     }
 }

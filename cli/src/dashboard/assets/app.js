@@ -56,6 +56,10 @@ function showProblem(text) {
   p.textContent = text ? "Coordinator: " + text : "";
 }
 
+function problemText(p) {
+  return p.error + (p.retrying ? " (the dashboard keeps trying)" : "");
+}
+
 function setLive(up, text) {
   const l = document.getElementById("live");
   l.textContent = text;
@@ -70,7 +74,7 @@ function openFleetStream() {
   es.onerror = () => setLive(false, "reconnecting…");
   es.addEventListener("fleet", (m) => { state.fleet = JSON.parse(m.data); showProblem(""); refresh(); });
   es.addEventListener("rollouts", (m) => { state.rollouts = JSON.parse(m.data); refresh(); });
-  es.addEventListener("problem", (m) => showProblem(JSON.parse(m.data).error));
+  es.addEventListener("problem", (m) => showProblem(problemText(JSON.parse(m.data))));
   es.addEventListener("event", (m) => {
     state.events.push(JSON.parse(m.data).line);
     if (state.events.length > MAX_EVENTS) state.events.shift();
@@ -219,7 +223,7 @@ function mountRollout(id) {
       const box = document.getElementById("rollout-body");
       if (box) fillRollout(box, state.rollout);
     });
-    es.addEventListener("problem", (m) => showProblem(JSON.parse(m.data).error));
+    es.addEventListener("problem", (m) => showProblem(problemText(JSON.parse(m.data))));
     es.addEventListener("end", () => { es.close(); if (state.watch === es) state.watch = null; });
     state.watch = es;
   } else if (state.rollout.service) {
