@@ -110,7 +110,7 @@ done
 rollgate hosts
 
 bold "the web dashboard (rollgate dashboard, on this machine only; open the address to follow along)"
-rollgate dashboard --listen "127.0.0.1:${DASHBOARD_PORT:-7480}" >"$DEMO/dashboard.out" 2>"$DEMO/dashboard.log" &
+rollgate dashboard --listen "127.0.0.1:${DEMO_DASHBOARD_PORT:-17480}" >"$DEMO/dashboard.out" 2>"$DEMO/dashboard.log" &
 PIDS+=($!)
 for _ in $(seq 1 100); do grep -q '^dashboard: ' "$DEMO/dashboard.out" 2>/dev/null && break; sleep 0.1; done
 grep '^dashboard: ' "$DEMO/dashboard.out" || { echo "the dashboard did not start:"; cat "$DEMO/dashboard.log"; }

@@ -6,7 +6,9 @@
 //! - this file: [`run`] (bind, print the login address, serve until Ctrl-C), the axum router,
 //!   the access check and the JSON and action handlers.
 //! - [`auth`]: the loopback rule, the login token, the session cookie, the same-origin rule.
-//! - [`live`]: server-sent events fed by the coordinator's event stream and rollout watches.
+//! - [`hub`]: one feed of the fleet (the coordinator's event stream, the fleet and rollout
+//!   list read after events) shared by every open page.
+//! - [`live`]: the server-sent event streams of the page: the hub's messages, rollout watches.
 //! - [`model`]: pure functions from wire messages to the page's JSON.
 //! - `assets/`: the page (HTML, CSS, plain JavaScript), embedded in the binary.
 
@@ -27,6 +29,7 @@ use crate::client::{ControlError, Coordinator, Target};
 use crate::commands::Finish;
 
 pub mod auth;
+mod hub;
 mod live;
 pub mod model;
 
@@ -44,6 +47,8 @@ struct Dashboard {
     own_hosts: Arc<[String]>,
     /// Flips to true at shutdown, so live streams end and the server can stop.
     shutdown: watch::Receiver<bool>,
+    /// The fleet feed every open page shares.
+    hub: hub::Hub,
 }
 
 /// Serves the dashboard on `listen` until Ctrl-C.
@@ -58,6 +63,7 @@ pub async fn run(target: &Target, listen: &str, open: bool) -> anyhow::Result<Fi
         .context("cannot read the bound address")?;
     let (stop, shutdown) = watch::channel(false);
     let state = Dashboard {
+        hub: hub::Hub::start(coord.clone(), shutdown.clone()),
         coord,
         token: auth::new_token().into(),
         own_hosts: auth::own_hosts(addr).into(),
