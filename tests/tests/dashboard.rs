@@ -5,91 +5,20 @@
 //! Screenshots go to the fleet's directory. Without the login cookie the dashboard answers 401,
 //! and it refuses to listen on a non-loopback address.
 
-use std::process::{Child, Command};
-use std::sync::mpsc::Receiver;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rollgate_tests::browser::Browser;
+use rollgate_tests::dashboard::Dashboard;
 use rollgate_tests::pb::Phase;
+use rollgate_tests::pki::TlsFiles;
 use rollgate_tests::{bin, Fleet, FleetOpts, Mode};
 use serde_json::Value;
 
 const OPERATOR: &str = "spiffe://test/operator/tester";
-/// How long the dashboard may take to print its address.
-const DASHBOARD_START: Duration = Duration::from_secs(20);
-/// How long the dashboard may take to stop after Ctrl-C.
-const DASHBOARD_STOP: Duration = Duration::from_secs(10);
 /// How long the page may take to show something the coordinator knows.
 const PAGE: Duration = Duration::from_secs(30);
-
-/// A running `rollgate dashboard`; killed on drop, after checking it did not exit on its own.
-struct Dashboard {
-    child: Child,
-    /// The login address it printed (`http://127.0.0.1:PORT/?token=...`).
-    login: String,
-    /// `http://127.0.0.1:PORT`.
-    base: String,
-    _stdout: Receiver<String>,
-}
-
-impl Dashboard {
-    fn start(fleet: &Fleet) -> anyhow::Result<Self> {
-        let (child, lines) = fleet.cli_background(0, &["dashboard", "--listen", "127.0.0.1:0"])?;
-        let line = lines
-            .recv_timeout(DASHBOARD_START)
-            .context("rollgate dashboard printed no address")?;
-        let login = line
-            .strip_prefix("dashboard: ")
-            .with_context(|| format!("unexpected first line: {line}"))?
-            .to_string();
-        let base = login
-            .split_once("/?token=")
-            .map(|(b, _)| b.to_string())
-            .with_context(|| format!("no token in {login}"))?;
-        println!("dashboard at {base}");
-        Ok(Dashboard {
-            child,
-            login,
-            base,
-            _stdout: lines,
-        })
-    }
-
-    /// Fails if the dashboard exited (a crash) before the test was done with it.
-    fn still_running(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("rollgate dashboard exited on its own: {status}");
-        }
-        Ok(())
-    }
-}
-
-impl Dashboard {
-    /// Sends SIGINT (Ctrl-C) and requires a clean exit within [`DASHBOARD_STOP`].
-    fn interrupt_and_wait(&mut self) -> anyhow::Result<()> {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT)?;
-        let deadline = std::time::Instant::now() + DASHBOARD_STOP;
-        while std::time::Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
-                    bail!("rollgate dashboard ended with {status} after Ctrl-C");
-                }
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("rollgate dashboard did not stop within {DASHBOARD_STOP:?} of Ctrl-C")
-    }
-}
-
-impl Drop for Dashboard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A JavaScript expression's value as a string, for scripts.
 fn js(s: &str) -> String {
@@ -466,6 +395,66 @@ fn the_page_says_when_the_coordinator_is_away_and_picks_up_when_it_is_back() -> 
     )?;
     fleet.wait_settled(&id, Duration::from_secs(60))?;
     browser.no_console_errors()?;
+    dash.still_running()
+}
+
+/// A viewer certificate (read only) from the fleet's CA.
+fn viewer(fleet: &Fleet) -> anyhow::Result<TlsFiles> {
+    let dir = fleet.pki.dir.display().to_string();
+    let out = Command::new(bin("rollgate"))
+        .args([
+            "certs", "issue", "operator", "val", "--dir", &dir, "--role", "viewer",
+        ])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(TlsFiles {
+        ca: fleet.pki.ca(),
+        cert: fleet.pki.dir.join("viewer-val.pem"),
+        key: fleet.pki.dir.join("viewer-val.key"),
+    })
+}
+
+#[test]
+fn a_viewers_dashboard_shows_everything_and_its_buttons_are_refused() -> anyhow::Result<()> {
+    let fleet = Fleet::start(FleetOpts {
+        agents: 2,
+        ..FleetOpts::default()
+    })?;
+    fleet.install("1.0.0", "max_unavailable = 2\nmin_healthy_time = \"200ms\"")?;
+    let v2 = fleet.release("2.0.0", Mode::Healthy)?;
+    let id =
+        fleet.start_rollout(&fleet.spec(&v2, "max_unavailable = 1\nmin_healthy_time = \"5s\"")?)?;
+    let mut dash = Dashboard::start_as(&fleet, &viewer(&fleet)?)?;
+    let mut browser = Browser::start(&fleet.dir.join("browser"))?;
+    browser.goto(&dash.login)?;
+    browser.eval(&format!(
+        "location.hash = '#/rollout/' + {}; return true;",
+        js(&id)
+    ))?;
+    wait_page_phase(&browser, &id, "rolling")?;
+    act(&browser, "pause")?;
+    let said = browser.wait_for(
+        "the refusal on the page",
+        PAGE,
+        "const r = document.getElementById('action-result'); \
+         return r && /refused/.test(r.textContent) && r.textContent;",
+    )?;
+    println!("the page said: {said}");
+    assert!(said.to_string().contains("viewer"), "{said}");
+    assert_eq!(cli_phase(&fleet, &id)?, "rolling", "a viewer paused it");
+    // A refused action is no error of the page (the console stays clean but for the 403).
+    let errors: Vec<String> = browser
+        .console()?
+        .into_iter()
+        .filter(|(level, m)| level == "SEVERE" && !m.contains("403"))
+        .map(|(_, m)| m)
+        .collect();
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    assert!(browser.driver_alive(), "chromedriver exited on its own");
     dash.still_running()
 }
 
