@@ -203,6 +203,14 @@ fn a_bad_release_shows_failed_with_its_reason() -> anyhow::Result<()> {
     )?;
     let shot = browser.screenshot(&fleet.dir.join("dashboard-failed.png"))?;
     println!("screenshot: {}", shot.display());
+    // A rollout that does not exist: the view says so, in the coordinator's words.
+    browser.eval("location.hash = '#/rollout/r-nosuch'; return true;")?;
+    let said = browser.wait_for(
+        "the view of a rollout that does not exist",
+        PAGE,
+        "const r = document.getElementById('rollout-refused'); return r && r.textContent;",
+    )?;
+    assert!(said.to_string().contains("r-nosuch"), "{said}");
     browser.no_console_errors()?;
     assert!(browser.driver_alive(), "chromedriver exited on its own");
     dash.still_running()

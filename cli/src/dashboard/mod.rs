@@ -89,8 +89,12 @@ pub async fn run(target: &Target, listen: &str, open: bool) -> anyhow::Result<Fi
 
 /// Asks the desktop to open `url`; says so when it cannot (the address is printed anyway).
 fn open_browser(url: &str) {
-    if let Err(e) = std::process::Command::new("xdg-open").arg(url).spawn() {
-        eprintln!("rollgate: cannot open a browser ({e}); open the address above yourself");
+    match std::process::Command::new("xdg-open").arg(url).spawn() {
+        // Reaped in the background, so it leaves no zombie behind.
+        Ok(mut child) => drop(std::thread::spawn(move || child.wait())),
+        Err(e) => {
+            eprintln!("rollgate: cannot open a browser ({e}); open the address above yourself")
+        }
     }
 }
 

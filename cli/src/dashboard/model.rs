@@ -59,7 +59,7 @@ pub fn fleet(hosts: &[HostInfo]) -> Value {
     let rows: Vec<Value> = sorted.iter().map(|h| host_row(h)).collect();
     let mut versions: BTreeMap<(String, String), u32> = BTreeMap::new();
     let mut sites: BTreeMap<String, (u32, u32)> = BTreeMap::new();
-    let mut label_keys: BTreeMap<String, ()> = BTreeMap::new();
+    let mut labels: BTreeMap<String, ()> = BTreeMap::new();
     for h in &sorted {
         for s in &h.services {
             let version = if s.version.is_empty() {
@@ -72,7 +72,7 @@ pub fn fleet(hosts: &[HostInfo]) -> Value {
         let site = sites.entry(site_of(h)).or_default();
         site.0 += 1;
         site.1 += u32::from(h.connected);
-        label_keys.extend(h.labels.keys().map(|k| (k.clone(), ())));
+        labels.extend(h.labels.iter().map(|(k, v)| (format!("{k}={v}"), ())));
     }
     let count = |a: Attention| sorted.iter().filter(|h| attention(h) == a).count();
     json!({
@@ -86,7 +86,8 @@ pub fn fleet(hosts: &[HostInfo]) -> Value {
         "sites": sites.into_iter().map(|(site, (hosts, connected))| json!({
             "site": site, "hosts": hosts, "connected": connected,
         })).collect::<Vec<_>>(),
-        "label_keys": label_keys.into_keys().collect::<Vec<_>>(),
+        // What the label filter suggests.
+        "labels": labels.into_keys().collect::<Vec<_>>(),
     })
 }
 

@@ -114,7 +114,7 @@ function refresh() {
 
 function mountFleet() {
   view.dataset.view = "fleet";
-  const labelFilter = el("input", { id: "filter-label", type: "search", placeholder: "site=eu-1" });
+  const labelFilter = el("input", { id: "filter-label", type: "search", placeholder: "site=eu-1", list: "label-values" });
   const versionFilter = el("select", { id: "filter-version" }, el("option", { value: "" }, "any version"));
   labelFilter.addEventListener("input", refresh);
   versionFilter.addEventListener("change", refresh);
@@ -123,7 +123,7 @@ function mountFleet() {
     el("div", { id: "rollouts-body" }),
     el("h2", {}, "Fleet"),
     el("div", { class: "filters" },
-      el("label", {}, "Filter by label (key=value)", labelFilter),
+      el("label", {}, "Filter by label (key=value)", labelFilter, el("datalist", { id: "label-values" })),
       el("label", {}, "Filter by version", versionFilter)),
     el("div", { id: "fleet-body" }),
     el("h2", {}, "Recent events"),
@@ -141,6 +141,13 @@ function hostMatches(h, label, version) {
   return true;
 }
 
+function fillLabelChoices(f) {
+  const list = document.getElementById("label-values");
+  if (list.dataset.key === f.labels.join(",")) return;
+  list.dataset.key = f.labels.join(",");
+  fill(list, f.labels.map((l) => el("option", { value: l })));
+}
+
 function fillVersionFilter(f) {
   const select = document.getElementById("filter-version");
   const chosen = select.value;
@@ -153,6 +160,7 @@ function fillFleet(box) {
   const f = state.fleet;
   if (!f) { box.replaceChildren(el("p", { class: "muted" }, "loading…")); return; }
   fillVersionFilter(f);
+  fillLabelChoices(f);
   const label = document.getElementById("filter-label").value.trim();
   const version = document.getElementById("filter-version").value;
   const hosts = f.hosts.filter((h) => hostMatches(h, label, version));
@@ -223,7 +231,13 @@ function mountRollout(id) {
       const box = document.getElementById("rollout-body");
       if (box) fillRollout(box, state.rollout);
     });
-    es.addEventListener("problem", (m) => showProblem(problemText(JSON.parse(m.data))));
+    es.addEventListener("problem", (m) => {
+      const p = JSON.parse(m.data);
+      const box = document.getElementById("rollout-body");
+      // A refusal (no such rollout, not allowed) is this view's answer, not an outage.
+      if (!p.retrying && box) fill(box, el("p", { class: "reason", id: "rollout-refused" }, p.error));
+      else showProblem(problemText(p));
+    });
     es.addEventListener("end", () => { es.close(); if (state.watch === es) state.watch = null; });
     state.watch = es;
   } else if (state.rollout.service) {

@@ -55,7 +55,7 @@ fn fleet_counts_versions_sites_and_trouble() {
             {"site": "b", "hosts": 2, "connected": 2},
         ])
     );
-    assert_eq!(v["label_keys"], json!(["site"]));
+    assert_eq!(v["labels"], json!(["site=a", "site=b"]));
 }
 
 fn status(phase: Phase, gate: GateKind) -> RolloutStatus {
