@@ -118,6 +118,16 @@ fn a_newcomer_follows_a_rollout_live_and_pauses_it_from_the_browser() -> anyhow:
     assert!(by.to_string().contains(OPERATOR), "started by: {by}");
     let same_page = browser.eval("return window.__same_page === true")?;
     assert_eq!(same_page, Value::Bool(true), "the page was reloaded");
+    // The fleet view's event panel has told the story as it happened.
+    browser.click("#nav-fleet")?;
+    browser.wait_for(
+        "the rollout's end in the event panel",
+        PAGE,
+        &format!(
+            "const e = document.getElementById('events');              return e && e.textContent.includes('rollout_succeeded') && e.textContent.includes({});",
+            js(&id)
+        ),
+    )?;
 
     // The pause button, after the confirmation, pauses a running rollout.
     let v3 = fleet.release("3.0.0", Mode::Healthy)?;
@@ -128,6 +138,30 @@ fn a_newcomer_follows_a_rollout_live_and_pauses_it_from_the_browser() -> anyhow:
         js(&id3)
     ))?;
     wait_page_phase(&browser, &id3, "rolling")?;
+    // Cancel in the dialog does nothing.
+    browser.click("button[data-action=pause]")?;
+    browser.wait_for(
+        "the confirmation dialog",
+        PAGE,
+        "return document.getElementById('confirm').open;",
+    )?;
+    let asks = browser.eval("return document.getElementById('confirm').textContent")?;
+    assert!(
+        asks.to_string()
+            .contains("hosts in the middle of an update finish"),
+        "{asks}"
+    );
+    browser.click("#confirm-no")?;
+    browser.wait_for(
+        "the dialog to close",
+        PAGE,
+        "return !document.getElementById('confirm').open;",
+    )?;
+    assert_eq!(
+        cli_phase(&fleet, &id3)?,
+        "rolling",
+        "cancelled, yet not rolling"
+    );
     act(&browser, "pause")?;
     fleet.wait(&format!("{id3} paused"), PAGE, || {
         Ok((cli_phase(&fleet, &id3)? == "paused").then_some(()))

@@ -3,6 +3,7 @@
 //! [`FLEET_REFRESH`] while a page is open), then fans the messages out. Ten open pages cost the
 //! coordinator what one does (each read is an audited control call).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use rollgate_proto::pb::EventsRequest;
@@ -22,6 +23,10 @@ pub const EVENT_COALESCE: Duration = Duration::from_millis(200);
 pub const RECONNECT_DELAY: Duration = Duration::from_secs(2);
 /// Messages kept for a slow page; one that falls further behind skips to the next snapshot.
 const BACKLOG: usize = 64;
+/// Events a page opened now is shown first (the page keeps as many).
+pub const RECENT_EVENTS: usize = 50;
+/// How far back the event panel starts when the dashboard starts.
+pub const RECENT_WINDOW: Duration = Duration::from_secs(10 * 60);
 
 /// One server-sent event: its name (`fleet`, `rollouts`, `event`, `problem`) and JSON body.
 #[derive(Debug, Clone)]
@@ -51,15 +56,39 @@ impl Message {
 pub struct Hub {
     /// Every message as it is made.
     tx: broadcast::Sender<Message>,
-    /// What a page opened now needs first: the last fleet, rollout list and problem.
-    latest: watch::Receiver<Vec<Message>>,
+    /// What a page opened now needs first.
+    latest: watch::Receiver<Latest>,
+}
+
+/// The last of each kind of message, for a page opened now.
+#[derive(Debug, Clone, Default)]
+struct Latest {
+    fleet: Option<Message>,
+    rollouts: Option<Message>,
+    /// Set while the coordinator cannot be read; cleared by the next snapshot.
+    problem: Option<Message>,
+    /// The last [`RECENT_EVENTS`] event lines, oldest first.
+    events: VecDeque<Message>,
+}
+
+impl Latest {
+    fn messages(&self) -> Vec<Message> {
+        let mut all: Vec<Message> = self.events.iter().cloned().collect();
+        all.extend(
+            [&self.fleet, &self.rollouts, &self.problem]
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        all
+    }
 }
 
 impl Hub {
     /// Starts the feed's task; it ends when `shutdown` turns true.
     pub fn start(coord: Coordinator, shutdown: watch::Receiver<bool>) -> Self {
         let (tx, _) = broadcast::channel(BACKLOG);
-        let (latest_tx, latest) = watch::channel(Vec::new());
+        let (latest_tx, latest) = watch::channel(Latest::default());
         let feed = Feed {
             coord,
             tx: tx.clone(),
@@ -73,7 +102,7 @@ impl Hub {
     /// The messages to send a page first, and the receiver of the ones after.
     pub fn subscribe(&self) -> (Vec<Message>, broadcast::Receiver<Message>) {
         let rx = self.tx.subscribe();
-        (self.latest.borrow().clone(), rx)
+        (self.latest.borrow().messages(), rx)
     }
 }
 
@@ -81,7 +110,7 @@ impl Hub {
 struct Feed {
     coord: Coordinator,
     tx: broadcast::Sender<Message>,
-    latest: watch::Sender<Vec<Message>>,
+    latest: watch::Sender<Latest>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -93,10 +122,7 @@ impl Feed {
 
     fn problem(&self, what: String) {
         let m = Message::problem(what);
-        self.latest.send_modify(|l| {
-            l.retain(|x| x.name != "problem");
-            l.push(m.clone());
-        });
+        self.latest.send_modify(|l| l.problem = Some(m.clone()));
         self.publish(m);
     }
 
@@ -110,8 +136,11 @@ impl Feed {
             Ok(r) => Message::new("rollouts", &model::rollouts(&r.rollouts)),
             Err(e) => return self.problem(e.to_string()),
         };
-        self.latest
-            .send_replace(vec![fleet.clone(), rollouts.clone()]);
+        self.latest.send_modify(|l| {
+            l.fleet = Some(fleet.clone());
+            l.rollouts = Some(rollouts.clone());
+            l.problem = None;
+        });
         self.publish(fleet);
         self.publish(rollouts);
     }
@@ -123,7 +152,8 @@ impl Feed {
     async fn run(mut self) {
         let mut req = EventsRequest {
             follow: true,
-            since_ms: crate::commands::now_ms(),
+            since_ms: crate::commands::now_ms()
+                .saturating_sub(i64::try_from(RECENT_WINDOW.as_millis()).unwrap_or(0)),
             ..EventsRequest::default()
         };
         while !self.stopping() {
@@ -167,7 +197,14 @@ impl Feed {
                             "id": event.id,
                             "line": crate::events::line(&event),
                         });
-                        self.publish(Message::new("event", &line));
+                        let m = Message::new("event", &line);
+                        self.latest.send_modify(|l| {
+                            l.events.push_back(m.clone());
+                            if l.events.len() > RECENT_EVENTS {
+                                l.events.pop_front();
+                            }
+                        });
+                        self.publish(m);
                         dirty_since.get_or_insert_with(Instant::now);
                     }
                     Ok(None) => return,

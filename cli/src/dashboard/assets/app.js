@@ -76,7 +76,10 @@ function openFleetStream() {
   es.addEventListener("rollouts", (m) => { state.rollouts = JSON.parse(m.data); refresh(); });
   es.addEventListener("problem", (m) => showProblem(problemText(JSON.parse(m.data))));
   es.addEventListener("event", (m) => {
-    state.events.push(JSON.parse(m.data).line);
+    const e = JSON.parse(m.data);
+    // A reconnected stream sends the recent events again.
+    if (state.events.some((x) => x.id === e.id)) return;
+    state.events.push(e);
     if (state.events.length > MAX_EVENTS) state.events.shift();
     const box = document.getElementById("events");
     if (box) box.textContent = newestFirst();
@@ -84,7 +87,7 @@ function openFleetStream() {
 }
 
 function newestFirst() {
-  return state.events.length ? state.events.slice().reverse().join("\n") : "No events since this page opened.";
+  return state.events.length ? state.events.map((e) => e.line).reverse().join("\n") : "No events in the last 10 minutes.";
 }
 
 // ---- routing ------------------------------------------------------------------------------
