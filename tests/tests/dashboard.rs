@@ -1,8 +1,12 @@
 //! The web dashboard (issue 16) in a real headless Chromium against a real fleet: the fleet view
 //! lists every host; a rollout started from the CLI appears without a reload and its hosts
 //! advance to done; a bad release shows as failed with its reason; the pause button (after the
-//! confirmation dialog) pauses a running rollout, checked through the CLI and the audit log.
-//! Screenshots go to the fleet's directory. Without the login cookie the dashboard answers 401,
+//! confirmation dialog; Cancel does nothing) pauses a running rollout, checked through the CLI
+//! and the audit log; a canary at a manual gate says why it waits, and promote, rollback and
+//! abort work from the buttons; a viewer's buttons are refused; the page says when the
+//! coordinator is away and picks up after its restart; filters, history, an offline host.
+//! Every test fails on a browser console error. Screenshots go to the fleet's directory (paths
+//! printed; `KEEP_TEST_DIRS=1` keeps them). Without the login cookie the dashboard answers 401,
 //! and it refuses to listen on a non-loopback address.
 
 use std::process::Command;
@@ -323,6 +327,28 @@ fn the_canary_says_why_it_waits_and_the_buttons_promote_and_roll_back() -> anyho
     let shot = browser.screenshot(&fleet.dir.join("dashboard-canary-wall.png"))?;
     println!("screenshot (1920x1080): {}", shot.display());
 
+    // At the gate the fleet runs two versions: the version filter shows the canary alone.
+    browser.click("#nav-fleet")?;
+    let canary = browser.wait_for(
+        "the version filter to show the canary alone",
+        PAGE,
+        "const v = document.getElementById('filter-version'); \
+         if (![...v.options].some(o => o.value === '2.0.0')) return null; \
+         if (v.value !== '2.0.0') { v.value = '2.0.0'; v.dispatchEvent(new Event('change')); } \
+         const rows = [...document.querySelectorAll('#fleet-body tr[data-host]')]; \
+         return rows.length === 1 && rows[0].dataset.host;",
+    )?;
+    let first = status
+        .hosts
+        .iter()
+        .find(|h| h.wave == 0)
+        .map(|h| h.host_id.clone());
+    assert_eq!(canary.as_str().map(str::to_string), first, "the canary");
+    browser.eval(&format!(
+        "location.hash = '#/rollout/' + {}; return true;",
+        js(&id)
+    ))?;
+
     // Promote from the browser: the other hosts follow.
     act(&browser, "promote")?;
     let end = fleet.wait_settled(&id, Duration::from_secs(60))?;
@@ -424,8 +450,8 @@ fn the_page_says_when_the_coordinator_is_away_and_picks_up_when_it_is_back() -> 
     fleet.wait_coordinator()?;
     fleet.wait_connected(2)?;
     let v2 = fleet.release("2.0.0", Mode::Healthy)?;
-    let id = fleet
-        .start_rollout(&fleet.spec(&v2, "max_unavailable = 1\nmin_healthy_time = \"200ms\"")?)?;
+    let id =
+        fleet.start_rollout(&fleet.spec(&v2, "max_unavailable = 1\nmin_healthy_time = \"3s\"")?)?;
     browser.wait_for(
         "the rollout started after the restart, listed without a reload",
         PAGE,
@@ -435,7 +461,13 @@ fn the_page_says_when_the_coordinator_is_away_and_picks_up_when_it_is_back() -> 
             js(&js(&id))
         ),
     )?;
-    fleet.wait_settled(&id, Duration::from_secs(60))?;
+    // Abort it from its view.
+    browser.click(&format!("tr[data-rollout={}] a", js(&id)))?;
+    wait_page_phase(&browser, &id, "rolling")?;
+    act(&browser, "abort")?;
+    let end = fleet.wait_settled(&id, Duration::from_secs(60))?;
+    assert_eq!(end.phase(), Phase::Aborted, "{end:?}");
+    wait_page_phase(&browser, &id, "aborted")?;
     browser.no_console_errors()?;
     dash.still_running()
 }
