@@ -40,10 +40,12 @@ pub fn attention(h: &HostInfo) -> Attention {
     if !h.connected {
         return Attention::Offline;
     }
+    // A service in the middle of an update is down on purpose (the rollout view shows it).
     let sick = h.services.iter().any(|s| {
         s.regressed
-            || matches!(s.health(), Health::Unhealthy)
-            || (s.health() == Health::Stopped && !s.version.is_empty())
+            || (s.in_flight_token == 0
+                && (s.health() == Health::Unhealthy
+                    || (s.health() == Health::Stopped && !s.version.is_empty())))
     });
     if sick {
         Attention::Unhealthy

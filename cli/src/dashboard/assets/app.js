@@ -163,6 +163,9 @@ function fillFleet(box) {
   const f = state.fleet;
   if (!f) { box.replaceChildren(el("p", { class: "muted" }, "loading…")); return; }
   fillVersionFilter(f);
+  if (view.dataset.view === "fleet") {
+    document.title = f.total + " hosts" + (f.offline ? ", " + f.offline + " offline" : "") + (f.unhealthy ? ", " + f.unhealthy + " unhealthy" : "") + " · rollgate";
+  }
   fillLabelChoices(f);
   const label = document.getElementById("filter-label").value.trim();
   const version = document.getElementById("filter-version").value;
@@ -259,6 +262,8 @@ function fact(name, value, id) {
 }
 
 function fillRollout(box, r) {
+  // The tab says it too (a wall screen shows several tabs, or a laptop's tab bar).
+  document.title = r.phase.replace(/_/g, " ") + " " + r.percent + "% · " + r.service + " " + r.version + " · rollgate";
   const budget = r.unavailable + " of " + r.max_unavailable + " allowed unavailable";
   const facts = el("dl", { class: "facts" },
     fact("Service", [el("a", { href: "#/history/" + encodeURIComponent(r.service) }, r.service), " → " + r.version]),

@@ -58,6 +58,22 @@ fn fleet_counts_versions_sites_and_trouble() {
     assert_eq!(v["labels"], json!(["site=a", "site=b"]));
 }
 
+#[test]
+fn a_service_being_updated_is_not_unhealthy_but_a_regressed_one_is() {
+    let mut h = host("h1", "a", true, "2.0.0", Health::Stopped);
+    h.services[0].in_flight_token = 7;
+    assert_eq!(attention(&h), Attention::None);
+    h.services[0].health = Health::Unhealthy as i32;
+    assert_eq!(attention(&h), Attention::None);
+    h.services[0].regressed = true;
+    assert_eq!(attention(&h), Attention::Unhealthy);
+    h.services[0].in_flight_token = 0;
+    h.services[0].regressed = false;
+    assert_eq!(attention(&h), Attention::Unhealthy);
+    h.connected = false;
+    assert_eq!(attention(&h), Attention::Offline);
+}
+
 fn status(phase: Phase, gate: GateKind) -> RolloutStatus {
     RolloutStatus {
         id: "r-1".into(),
