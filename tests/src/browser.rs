@@ -31,7 +31,9 @@ const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 pub struct Browser {
     /// chromedriver (it starts and stops the browser).
     driver: Proc,
+    /// Runs the HTTP calls to chromedriver, so the tests stay synchronous like the rest.
     rt: tokio::runtime::Runtime,
+    /// The WebDriver client (plain HTTP on loopback).
     http: reqwest::Client,
     /// `http://127.0.0.1:PORT/session/ID`.
     session: String,
