@@ -241,6 +241,17 @@ fn a_bad_release_shows_failed_with_its_reason() -> anyhow::Result<()> {
     )?;
     let shot = browser.screenshot(&fleet.dir.join("dashboard-failed.png"))?;
     println!("screenshot: {}", shot.display());
+    // On a narrow window (a phone, a split screen) nothing spills sideways: wide tables
+    // scroll in their own box.
+    browser.resize(480, 900)?;
+    browser.wait_for(
+        "the page to fit a 480 px window",
+        PAGE,
+        "return document.documentElement.scrollWidth <= window.innerWidth;",
+    )?;
+    let shot = browser.screenshot(&fleet.dir.join("dashboard-narrow.png"))?;
+    println!("screenshot (480 px wide): {}", shot.display());
+
     // A rollout that does not exist: the view says so, in the coordinator's words.
     browser.eval("location.hash = '#/rollout/r-nosuch'; return true;")?;
     let said = browser.wait_for(
