@@ -6,8 +6,37 @@ use std::net::SocketAddr;
 
 use thiserror::Error;
 
-/// The session cookie's name.
-pub const COOKIE: &str = "rollgate_dashboard";
+/// The session cookie's name before the port: cookies are kept per host, not per port, so
+/// each dashboard on a machine has its own (`rollgate_dashboard_7480`).
+pub const COOKIE_PREFIX: &str = "rollgate_dashboard";
+
+/// The dashboard's secret and the cookie that carries it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The login token, also the cookie's value.
+    pub token: String,
+    /// The cookie's name.
+    pub cookie: String,
+}
+
+impl Session {
+    /// A fresh session for the dashboard on `port`.
+    pub fn new(port: u16) -> Self {
+        Session {
+            token: new_token(),
+            cookie: format!("{COOKIE_PREFIX}_{port}"),
+        }
+    }
+
+    /// The `Set-Cookie` value: HttpOnly (no script reads it), SameSite=Strict (no other
+    /// site's page sends it).
+    pub fn set_cookie(&self) -> String {
+        format!(
+            "{}={}; Path=/; HttpOnly; SameSite=Strict",
+            self.cookie, self.token
+        )
+    }
+}
 
 /// Why a `--listen` address is refused.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -89,13 +118,14 @@ pub const WRONG_HOST: &str = "this dashboard answers only at the address `rollga
 pub const WRONG_ORIGIN: &str = "actions are taken only from the dashboard's own page (the \
     request's Origin is missing or another site's)";
 
-/// Decides on a request, given the session token and the dashboard's own `host:port`s.
-pub fn access(c: &Credentials<'_>, token: &str, own_hosts: &[String]) -> Access {
+/// Decides on a request, given the session and the dashboard's own `host:port`s.
+pub fn access(c: &Credentials<'_>, session: &Session, own_hosts: &[String]) -> Access {
+    let token = session.token.as_str();
     if !c.host.is_some_and(|h| own_hosts.iter().any(|o| o == h)) {
         return Access::Forbidden(WRONG_HOST);
     }
     if c.cookie
-        .and_then(cookie_token)
+        .and_then(|h| cookie_value(h, &session.cookie))
         .is_some_and(|t| same(t, token))
     {
         if c.changes && !origin_is(c.origin, c.host) {
@@ -123,12 +153,12 @@ fn origin_is(origin: Option<&str>, host: Option<&str>) -> bool {
     }
 }
 
-/// The session cookie's value in a `Cookie` header.
-fn cookie_token(header: &str) -> Option<&str> {
+/// The value of the cookie `name` in a `Cookie` header.
+fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     header
         .split(';')
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
 }
 
@@ -150,14 +180,8 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// The `Set-Cookie` value of a session: HttpOnly (no script reads it), SameSite=Strict (no
-/// other site's page sends it).
-pub fn session_cookie(token: &str) -> String {
-    format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict")
-}
-
 /// A fresh random token (256 bits, hex).
-pub fn new_token() -> String {
+fn new_token() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
@@ -199,7 +223,11 @@ mod tests {
     fn requests_need_the_cookie_the_token_gives() {
         let own = own_hosts("127.0.0.1:7480".parse().expect("addr"));
         let host = Some("127.0.0.1:7480");
-        let cookie = Some("a=b; rollgate_dashboard=tok");
+        let cookie = Some("a=b; rollgate_dashboard_7480=tok");
+        let session = Session {
+            token: "tok".into(),
+            cookie: "rollgate_dashboard_7480".into(),
+        };
         let base = Credentials {
             path: "/",
             host,
@@ -239,7 +267,14 @@ mod tests {
             ),
             (
                 Credentials {
-                    cookie: Some("rollgate_dashboard=tokk"),
+                    cookie: Some("rollgate_dashboard_7480=tokk"),
+                    ..base
+                },
+                Access::Unauthorized(NOT_LOGGED_IN),
+            ),
+            (
+                Credentials {
+                    cookie: Some("rollgate_dashboard_7481=tok"),
                     ..base
                 },
                 Access::Unauthorized(NOT_LOGGED_IN),
@@ -280,13 +315,15 @@ mod tests {
             ),
         ];
         for (c, want) in table {
-            assert_eq!(access(&c, "tok", &own), want, "{c:?}");
+            assert_eq!(access(&c, &session, &own), want, "{c:?}");
         }
     }
 
     #[test]
     fn cookie_is_http_only_and_strict() {
-        let c = session_cookie("t");
+        let s = Session::new(7480);
+        let c = s.set_cookie();
+        assert!(c.starts_with("rollgate_dashboard_7480="), "{c}");
         assert!(
             c.contains("HttpOnly") && c.contains("SameSite=Strict"),
             "{c}"

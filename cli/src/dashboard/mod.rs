@@ -41,8 +41,8 @@ use model::Action;
 struct Dashboard {
     /// The coordinator, reached with the operator's certificate.
     coord: Coordinator,
-    /// The session token (login link and cookie).
-    token: Arc<str>,
+    /// The login token and the cookie that carries it.
+    session: Arc<auth::Session>,
     /// The `host:port` names the page may be reached at (Host header check).
     own_hosts: Arc<[String]>,
     /// Flips to true at shutdown, so live streams end and the server can stop.
@@ -65,11 +65,11 @@ pub async fn run(target: &Target, listen: &str, open: bool) -> anyhow::Result<Fi
     let state = Dashboard {
         hub: hub::Hub::start(coord.clone(), shutdown.clone()),
         coord,
-        token: auth::new_token().into(),
+        session: auth::Session::new(addr.port()).into(),
         own_hosts: auth::own_hosts(addr).into(),
         shutdown,
     };
-    let url = format!("http://{addr}/?token={}", state.token);
+    let url = format!("http://{addr}/?token={}", state.session.token);
     println!("dashboard: {url}");
     eprintln!("rollgate: dashboard serving on {addr} (loopback only); Ctrl-C stops it");
     if open {
@@ -156,14 +156,14 @@ async fn guard(State(d): State<Dashboard>, req: Request, next: Next) -> Response
         host: text(header::HOST),
         origin: text(header::ORIGIN),
     };
-    match auth::access(&creds, &d.token, &d.own_hosts) {
+    match auth::access(&creds, &d.session, &d.own_hosts) {
         Access::Allow => next.run(req).await,
         Access::LogIn => {
             let mut resp = Response::new(Body::empty());
             *resp.status_mut() = StatusCode::SEE_OTHER;
             let h = resp.headers_mut();
             h.insert(header::LOCATION, HeaderValue::from_static("/"));
-            if let Ok(v) = HeaderValue::from_str(&auth::session_cookie(&d.token)) {
+            if let Ok(v) = HeaderValue::from_str(&d.session.set_cookie()) {
                 h.insert(header::SET_COOKIE, v);
             }
             resp
