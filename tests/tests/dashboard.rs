@@ -394,12 +394,15 @@ fn the_canary_says_why_it_waits_and_the_buttons_promote_and_roll_back() -> anyho
     // The fleet view's label filter, and an offline host highlighted.
     browser.click("#nav-fleet")?;
     let site1 = fleet.agents.iter().filter(|a| a.group == "site-1").count();
-    browser.eval(
-        "const f = document.getElementById('filter-label'); f.value = 'site=site-1'; \
-         f.dispatchEvent(new Event('input')); return true;",
+    // (The view changes on the hashchange event, after the click returns: wait for it.)
+    let shown = browser.wait_for(
+        "the label filter",
+        PAGE,
+        "const f = document.getElementById('filter-label'); \
+         if (!f || !document.querySelector('#fleet-body tr[data-host]')) return null; \
+         if (f.value !== 'site=site-1') { f.value = 'site=site-1'; f.dispatchEvent(new Event('input')); } \
+         return document.querySelectorAll('#fleet-body tr[data-host]').length;",
     )?;
-    let shown =
-        browser.eval("return document.querySelectorAll('#fleet-body tr[data-host]').length")?;
     assert_eq!(
         shown,
         serde_json::json!(site1),
@@ -426,8 +429,14 @@ fn the_canary_says_why_it_waits_and_the_buttons_promote_and_roll_back() -> anyho
     browser.no_console_errors()?;
     assert!(browser.driver_alive(), "chromedriver exited on its own");
     dash.still_running()?;
-    // Ctrl-C stops it even with the page's live streams open.
-    dash.interrupt_and_wait()
+    // Ctrl-C stops it even with the page's live streams open; the page says it lost it.
+    dash.interrupt_and_wait()?;
+    browser.wait_for(
+        "the page to say it lost the dashboard",
+        PAGE,
+        "return /reconnecting|disconnected/.test(document.getElementById('live').textContent);",
+    )?;
+    Ok(())
 }
 
 #[test]

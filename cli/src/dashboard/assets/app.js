@@ -71,7 +71,10 @@ function setLive(up, text) {
 function openFleetStream() {
   const es = new EventSource("/api/live");
   es.onopen = () => setLive(true, "live");
-  es.onerror = () => setLive(false, "reconnecting…");
+  // The browser retries by itself, but not after a refusal (a restarted dashboard has a new
+  // login token).
+  es.onerror = () => setLive(false, es.readyState === EventSource.CLOSED
+    ? "disconnected: open the address rollgate dashboard printed" : "reconnecting…");
   es.addEventListener("fleet", (m) => { state.fleet = JSON.parse(m.data); showProblem(""); refresh(); });
   es.addEventListener("rollouts", (m) => { state.rollouts = JSON.parse(m.data); refresh(); });
   es.addEventListener("problem", (m) => showProblem(problemText(JSON.parse(m.data))));
