@@ -3,7 +3,8 @@
 # tests with are present (etcd-server for etcd, protobuf-compiler for protoc, iproute2 for the
 # network-namespace fault tests, systemd and dbus-user-session for the agent's systemd backend
 # tests, docker.io, podman, runc and busybox-static for its container backend tests, g++ for
-# libFuzzer in the fuzz step). As root
+# libFuzzer in the fuzz step, chromium and chromium-driver for the dashboard's browser tests).
+# As root
 # it installs them with apt; otherwise it says exactly what to install.
 #
 #   rollgate_ensure_deps        # build + demo: protobuf-compiler, etcd-server
