@@ -109,6 +109,12 @@ for _ in $(seq 1 200); do
 done
 rollgate hosts
 
+bold "the web dashboard (rollgate dashboard, on this machine only; open the address to follow along)"
+rollgate dashboard --listen "127.0.0.1:${DEMO_DASHBOARD_PORT:-17480}" >"$DEMO/dashboard.out" 2>"$DEMO/dashboard.log" &
+PIDS+=($!)
+for _ in $(seq 1 100); do grep -q '^dashboard: ' "$DEMO/dashboard.out" 2>/dev/null && break; sleep 0.1; done
+grep '^dashboard: ' "$DEMO/dashboard.out" || { echo "the dashboard did not start:"; cat "$DEMO/dashboard.log"; }
+
 # Releases: tiny wrappers around the demo service binary, each a distinct artifact.
 release() { # version mode max_unavailable min_healthy_time healthy_deadline [extra strategy lines]
   local f="$DEMO/demo-svc-$1"

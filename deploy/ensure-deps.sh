@@ -3,7 +3,8 @@
 # tests with are present (etcd-server for etcd, protobuf-compiler for protoc, iproute2 for the
 # network-namespace fault tests, systemd and dbus-user-session for the agent's systemd backend
 # tests, docker.io, podman, runc and busybox-static for its container backend tests, g++ for
-# libFuzzer in the fuzz step). As root
+# libFuzzer in the fuzz step, chromium and chromium-driver for the dashboard's browser tests).
+# As root
 # it installs them with apt; otherwise it says exactly what to install.
 #
 #   rollgate_ensure_deps        # build + demo: protobuf-compiler, etcd-server
@@ -51,6 +52,9 @@ rollgate_test_deps() {
   # The fuzz step (tests/fuzz.sh) builds libFuzzer, which is C++ (libfuzzer-sys), with the
   # system's C++ compiler.
   command -v c++ >/dev/null 2>&1 || missing+=(g++)
+  # The dashboard tests drive a real headless Chromium through chromedriver (WebDriver).
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 }
 
 rollgate_install_missing() {

@@ -119,7 +119,22 @@ pub enum Command {
     /// Sign releases: make a publisher key pair, sign an artifact (see deploy/SIGNING.md).
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// Serve a live web dashboard of the fleet and its rollouts on this machine, speaking to
+    /// the coordinator with your certificate (every action is audited under your identity).
+    /// Prints the address to open, with a one-time login token.
+    Dashboard {
+        /// Where to listen: a loopback address only (127.0.0.1 or [::1]); port 0 picks a
+        /// free one.
+        #[arg(long, default_value = DEFAULT_DASHBOARD_LISTEN, value_name = "ADDR:PORT")]
+        listen: String,
+        /// Open the address in the default browser (xdg-open).
+        #[arg(long)]
+        open: bool,
+    },
 }
+
+/// Where `rollgate dashboard` listens by default: loopback only.
+pub const DEFAULT_DASHBOARD_LISTEN: &str = "127.0.0.1:7480";
 
 /// `rollgate release ...`
 #[derive(Debug, Subcommand)]

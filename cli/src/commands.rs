@@ -96,6 +96,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Finish> {
         }) => pin(url, format, &host, &labels, services, clear).await,
         Command::Certs(cmd) => certs(cmd, format),
         Command::Release(cmd) => release(cmd, format).await,
+        Command::Dashboard { listen, open } => crate::dashboard::run(url, &listen, open).await,
     }
 }
 
@@ -280,7 +281,7 @@ fn emit_as(
 }
 
 /// Unix time in milliseconds, for relative times.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

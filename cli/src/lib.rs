@@ -12,6 +12,8 @@
 //!   or only hashing it for a plan.
 //! - [`spec_file`]: reading a rollout spec and rewriting `release.file` into a release in the
 //!   store (pushed for `start`, hashed locally for `plan`).
+//! - [`dashboard`]: `rollgate dashboard`: the live web dashboard, served on the operator's
+//!   machine (loopback only) with the operator's certificate.
 //! - [`events`]: `rollgate events`: the event log, one line per event, following and resuming.
 //! - [`release`]: `rollgate release keygen|sign`: publisher keys and signature files.
 //! - [`render`]: text output (tables, status blocks, relative times); pure functions.
@@ -24,6 +26,7 @@ pub mod artifact;
 pub mod certs;
 pub mod client;
 pub mod commands;
+pub mod dashboard;
 pub mod events;
 pub mod json;
 pub mod release;

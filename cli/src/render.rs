@@ -233,7 +233,7 @@ pub fn status_header(s: &RolloutStatus) -> String {
 }
 
 /// "gate: ..." for a rollout waiting at a gate, with the command that opens a manual one.
-fn gate_line(s: &RolloutStatus) -> Option<String> {
+pub(crate) fn gate_line(s: &RolloutStatus) -> Option<String> {
     if s.gate.is_empty() {
         return None;
     }
@@ -271,7 +271,7 @@ const PROGRESS_WIDTH: usize = 70;
 
 /// "step: message" (or just the message when it already starts with the step), shortened to
 /// [`PROGRESS_WIDTH`], or "-".
-fn step_message(h: &HostProgress) -> String {
+pub(crate) fn step_message(h: &HostProgress) -> String {
     let step = h.step().word();
     let text = match (step.is_empty(), h.message.is_empty()) {
         (false, false) if h.message.starts_with(step) => h.message.clone(),
@@ -308,7 +308,7 @@ fn state_cell(h: &HostProgress) -> String {
 
 /// The line under the host table for a host that needs a word: why it failed or rolled back,
 /// or that it is lost and how to let the rollout go on without it.
-fn host_note(h: &HostProgress) -> Option<String> {
+pub(crate) fn host_note(h: &HostProgress) -> Option<String> {
     if h.state() == HostState::Lost {
         let why = if h.reason.is_empty() {
             "no word from the host"

@@ -25,6 +25,8 @@
 //!   `panicked at` in their logs, fails the test when the fleet is dropped, unless the test
 //!   declared it ([`Fleet::expect_exits`]).
 //! - [`nemesis`]: the seeded fault suite (schedule, faults, checker).
+//! - [`browser`]: a real headless Chromium driven through chromedriver (WebDriver);
+//!   [`dashboard`]: a running `rollgate dashboard` for it to open.
 //!
 //! Files: `proc.rs` (processes and their exits), `etcd.rs`, `etcd_cluster.rs` (several
 //! members), `coordinator.rs` (replicas, libfaketime, the supervisor), `fleet.rs` (the fleet,
@@ -46,6 +48,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
+pub mod browser;
+pub mod dashboard;
 pub mod managers;
 pub mod nemesis;
 pub mod nspawn;
