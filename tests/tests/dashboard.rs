@@ -1,12 +1,13 @@
 //! The web dashboard (issue 16) in a real headless Chromium against a real fleet: the fleet view
 //! lists every host; a rollout started from the CLI appears without a reload and its hosts
-//! advance to done; a bad release shows as failed with its reason; the pause button (after the
+//! advance to done, each one the page shows done serving the new release when its service is
+//! polled directly (the observer's evidence, not the coordinator's word); a bad release shows as failed with its reason; the pause button (after the
 //! confirmation dialog; Cancel does nothing) pauses a running rollout, checked through the CLI
 //! and the audit log; a canary at a manual gate says why it waits, and promote, rollback and
 //! abort work from the buttons; a viewer's buttons are refused; the page says when the
 //! coordinator is away and picks up after its restart; filters, history, an offline host.
-//! Every test fails on a browser console error. Screenshots go to the fleet's directory (paths
-//! printed; `KEEP_TEST_DIRS=1` keeps them). Without the login cookie the dashboard answers 401,
+//! Every test fails on a browser console error. Screenshots are kept in
+//! `target/test-artifacts/dashboard/` (paths printed). Without the login cookie the dashboard answers 401,
 //! and it refuses to listen on a non-loopback address.
 
 use std::process::Command;
@@ -48,6 +49,60 @@ fn wait_page_phase(b: &Browser, id: &str, phase: &str) -> anyhow::Result<()> {
         .map(drop)
 }
 
+/// Where a screenshot is kept after the test (the fleet's directory goes with the fleet):
+/// `target/test-artifacts/dashboard/`.
+fn artifact(name: &str) -> std::path::PathBuf {
+    let dir = rollgate_tests::own_bin_dir()
+        .parent()
+        .expect("target dir")
+        .join("test-artifacts")
+        .join("dashboard");
+    std::fs::create_dir_all(&dir).expect("create target/test-artifacts/dashboard");
+    dir.join(name)
+}
+
+/// Watches the rollout view until every host in `hosts` shows done, checking each time that a
+/// host the page shows done answers `version`, healthy, from its own service (polled
+/// directly). The hosts in the order the page showed them done.
+fn page_done_matches_the_service(
+    fleet: &Fleet,
+    b: &Browser,
+    hosts: &[String],
+    version: &str,
+) -> anyhow::Result<Vec<String>> {
+    let read = "return [...document.querySelectorAll('#rollout-body tr[data-host]')]\
+                .filter(tr => tr.querySelector('td.state')?.textContent === 'done')\
+                .map(tr => tr.dataset.host);";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut order: Vec<String> = Vec::new();
+    while order.len() < hosts.len() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the page showed only {order:?} done within 60 s"
+        );
+        let shown: Vec<String> = serde_json::from_value(b.eval(read)?)?;
+        let new: Vec<String> = shown.into_iter().filter(|h| !order.contains(h)).collect();
+        for h in new {
+            // A poll can time out on a loaded machine: a few tries before calling it wrong.
+            let mut serves = None;
+            for _ in 0..5 {
+                serves = fleet.serving(&h);
+                if serves.is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            anyhow::ensure!(
+                serves.as_deref() == Some(version),
+                "the page shows {h} done, but its service answers {serves:?}, not {version}"
+            );
+            order.push(h);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(order)
+}
+
 /// Clicks an action button on the rollout view, then the dialog's confirm button.
 fn act(b: &Browser, action: &str) -> anyhow::Result<()> {
     let button = format!("button[data-action={action}]");
@@ -86,7 +141,7 @@ fn a_newcomer_follows_a_rollout_live_and_pauses_it_from_the_browser() -> anyhow:
     browser.wait_for("every host in the fleet view", PAGE, &all_listed)?;
     let url = browser.eval("return location.href")?;
     assert!(!url.to_string().contains("token"), "token left in {url}");
-    let shot = browser.screenshot(&fleet.dir.join("dashboard-fleet.png"))?;
+    let shot = browser.screenshot(&artifact("dashboard-fleet.png"))?;
     println!("screenshot: {}", shot.display());
 
     // A rollout started from the CLI appears without a reload; its hosts advance to done.
@@ -107,8 +162,12 @@ fn a_newcomer_follows_a_rollout_live_and_pauses_it_from_the_browser() -> anyhow:
         "return [...document.querySelectorAll('#rollout-body td.state')]\
          .some(td => /updating|done/.test(td.textContent));",
     )?;
-    let shot = browser.screenshot(&fleet.dir.join("dashboard-rollout.png"))?;
+    let shot = browser.screenshot(&artifact("dashboard-rollout.png"))?;
     println!("screenshot: {}", shot.display());
+    // Each host the page shows done serves 2.0.0 when polled directly (the observer's view,
+    // not the coordinator's word), and every host gets there.
+    let done_order = page_done_matches_the_service(&fleet, &browser, &hosts, "2.0.0")?;
+    println!("the page showed done, each confirmed by the host's own service: {done_order:?}");
     wait_page_phase(&browser, &id, "succeeded")?;
     let states = browser.eval(
         "return [...document.querySelectorAll('#rollout-body td.state')].map(td => td.textContent);",
@@ -171,7 +230,7 @@ fn a_newcomer_follows_a_rollout_live_and_pauses_it_from_the_browser() -> anyhow:
         Ok((cli_phase(&fleet, &id3)? == "paused").then_some(()))
     })?;
     wait_page_phase(&browser, &id3, "paused")?;
-    let shot = browser.screenshot(&fleet.dir.join("dashboard-paused.png"))?;
+    let shot = browser.screenshot(&artifact("dashboard-paused.png"))?;
     println!("screenshot: {}", shot.display());
     // The pause is in the audit trail under the operator's own identity.
     let log = fleet.cli_ok(&["-o", "json", "events", "--rollout", &id3])?;
@@ -240,7 +299,7 @@ fn a_bad_release_shows_failed_with_its_reason() -> anyhow::Result<()> {
         "return [...document.querySelectorAll('#rollout-body td.state')]\
          .some(td => /rolled back|failed/.test(td.textContent));",
     )?;
-    let shot = browser.screenshot(&fleet.dir.join("dashboard-failed.png"))?;
+    let shot = browser.screenshot(&artifact("dashboard-failed.png"))?;
     println!("screenshot: {}", shot.display());
     // On a narrow window (a phone, a split screen) nothing spills sideways: wide tables
     // scroll in their own box.
@@ -250,7 +309,7 @@ fn a_bad_release_shows_failed_with_its_reason() -> anyhow::Result<()> {
         PAGE,
         "return document.documentElement.scrollWidth <= window.innerWidth;",
     )?;
-    let shot = browser.screenshot(&fleet.dir.join("dashboard-narrow.png"))?;
+    let shot = browser.screenshot(&artifact("dashboard-narrow.png"))?;
     println!("screenshot (480 px wide): {}", shot.display());
 
     // A rollout that does not exist: the view says so, in the coordinator's words.
@@ -336,7 +395,7 @@ fn the_canary_says_why_it_waits_and_the_buttons_promote_and_roll_back() -> anyho
         "per-site budget: {groups}"
     );
     all_labelled(&browser, "rollout")?;
-    let shot = browser.screenshot(&fleet.dir.join("dashboard-canary-wall.png"))?;
+    let shot = browser.screenshot(&artifact("dashboard-canary-wall.png"))?;
     println!("screenshot (1920x1080): {}", shot.display());
 
     // At the gate the fleet runs two versions: the version filter shows the canary alone.
@@ -424,7 +483,7 @@ fn the_canary_says_why_it_waits_and_the_buttons_promote_and_roll_back() -> anyho
             js(&gone)
         ),
     )?;
-    let shot = browser.screenshot(&fleet.dir.join("dashboard-fleet-offline.png"))?;
+    let shot = browser.screenshot(&artifact("dashboard-fleet-offline.png"))?;
     println!("screenshot: {}", shot.display());
 
     browser.no_console_errors()?;
