@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::registry::RegistryOpts;
+
 /// Where the coordinator listens when neither `--coordinator` nor `ROLLGATE_COORDINATOR` says.
 pub const DEFAULT_COORDINATOR: &str = "https://127.0.0.1:7443";
 
@@ -174,6 +176,18 @@ pub enum ReleaseCommand {
         /// The artifact file, exactly as it will be deployed.
         artifact: PathBuf,
     },
+    /// Pin a container image's tag to its digest in the registry and write the release
+    /// artifact that names it (sign it with `release sign`, name it as release.file).
+    Pin {
+        /// The image, e.g. registry.example:5000/team/app:1.2.
+        image: String,
+        /// Where to write the artifact.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The registry's credentials and CA.
+        #[command(flatten)]
+        registry: RegistryOpts,
+    },
 }
 
 /// `rollgate certs ...`
@@ -259,19 +273,25 @@ pub enum OperatorRole {
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
     /// Start a rollout from a spec file (TOML). A `release.file` is pushed to the
-    /// coordinator's artifact store first.
+    /// coordinator's artifact store first; a `release.image` tag is pinned to its digest.
     Start {
         /// The rollout spec (see deploy/rollout.toml).
         spec: PathBuf,
         /// Follow the rollout until it ends, like `rollout status --watch`.
         #[arg(long, short = 'w')]
         watch: bool,
+        /// For a `release.image`: the registry's credentials and CA.
+        #[command(flatten)]
+        registry: RegistryOpts,
     },
     /// Dry run: what a spec would target, in which waves and groups, and what would keep it
     /// from starting now. A `release.file` is hashed locally, not pushed.
     Plan {
         /// The rollout spec (see deploy/rollout.toml).
         spec: PathBuf,
+        /// For a `release.image`: the registry's credentials and CA.
+        #[command(flatten)]
+        registry: RegistryOpts,
     },
     /// Show a rollout's progress, host by host.
     Status {

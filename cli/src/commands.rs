@@ -16,6 +16,7 @@ use crate::args::{
     ReleaseCommand, RolloutCommand,
 };
 use crate::client::{Coordinator, Target};
+use crate::registry::{self, RegistryOpts};
 use crate::{artifact, json, render, spec_file, watch};
 use rollgate_proto::tls::{Role, TlsConfig};
 
@@ -57,8 +58,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Finish> {
     match cli.command {
         Command::Hosts => hosts(url, format).await,
         Command::Rollout(cmd) => match cmd {
-            RolloutCommand::Start { spec, watch } => start(url, format, &spec, watch).await,
-            RolloutCommand::Plan { spec } => plan(url, format, &spec).await,
+            RolloutCommand::Start {
+                spec,
+                watch,
+                registry,
+            } => start(url, format, &spec, watch, &registry).await,
+            RolloutCommand::Plan { spec, registry } => plan(url, format, &spec, &registry).await,
             RolloutCommand::Status { id, watch } => {
                 status(url, format, id.as_deref().unwrap_or_default(), watch).await
             }
@@ -160,6 +165,22 @@ async fn release(cmd: ReleaseCommand, format: OutputFormat) -> anyhow::Result<Fi
                 "key_id": f.key_id,
                 "signature_file": out,
             })
+        }
+        ReleaseCommand::Pin {
+            image,
+            out,
+            registry,
+        } => {
+            let pinned = registry::pin_to_file(&image, &out, &registry).await?;
+            if format == OutputFormat::Text {
+                println!(
+                    "{image} is {pinned}: its release artifact is {} (sign it with `rollgate \
+                     release sign`, and name it as release.file in the rollout spec)",
+                    out.display()
+                );
+                return Ok(Finish::Success);
+            }
+            serde_json::json!({ "image": image, "pinned": pinned.to_string(), "artifact": out })
         }
     };
     println!("{v}");
@@ -304,12 +325,15 @@ async fn start(
     format: OutputFormat,
     spec_path: &Path,
     follow: bool,
+    reg: &RegistryOpts,
 ) -> anyhow::Result<Finish> {
     let loaded = spec_file::load(spec_path)?;
     let coord = Coordinator::connect(url).await?;
-    let text = match &loaded.artifact {
-        None => loaded.text.clone(),
-        Some(file) => {
+    let say = format == OutputFormat::Text;
+    let text = match (&loaded.artifact, &loaded.spec.release.image) {
+        (None, Some(image)) => registry::push_image(&coord, &loaded, image, reg, say).await?,
+        (None, None) => loaded.text.clone(),
+        (Some(file), _) => {
             let pushed = artifact::push_file(&coord, file).await.with_context(|| {
                 format!(
                     "{}: cannot push release.file {}",
@@ -331,10 +355,21 @@ async fn start(
     announce_and_follow(&coord, format, follow, &status, &render::started(&status)).await
 }
 
-async fn plan(url: &Target, format: OutputFormat, spec_path: &Path) -> anyhow::Result<Finish> {
+async fn plan(
+    url: &Target,
+    format: OutputFormat,
+    spec_path: &Path,
+    reg: &RegistryOpts,
+) -> anyhow::Result<Finish> {
     let loaded = spec_file::load(spec_path)?;
     // Hash before connecting: a bad file shows without any network.
-    let (text, hashed) = spec_file::for_plan(&loaded).await?;
+    let (text, hashed) = match &loaded.spec.release.image {
+        Some(image) => {
+            let say = format == OutputFormat::Text;
+            (registry::plan_image(&loaded, image, reg, say).await?, None)
+        }
+        None => spec_file::for_plan(&loaded).await?,
+    };
     if let (Some(file), Some(hashed), OutputFormat::Text) = (&loaded.artifact, &hashed, format) {
         eprintln!(
             "hashed {} locally: {} (not pushed; `rollgate rollout start` pushes it)",

@@ -15,7 +15,8 @@
 //! - [`dashboard`]: `rollgate dashboard`: the live web dashboard, served on the operator's
 //!   machine (loopback only) with the operator's certificate.
 //! - [`events`]: `rollgate events`: the event log, one line per event, following and resuming.
-//! - [`release`]: `rollgate release keygen|sign`: publisher keys and signature files.
+//! - [`registry`]: a release's image tag pinned to its digest in the registry.
+//! - [`release`]: `rollgate release keygen|sign|pin`: publisher keys and signature files.
 //! - [`render`]: text output (tables, status blocks, relative times); pure functions.
 //! - [`json`]: `--output json` conversions of the wire messages to `serde_json` values.
 //! - [`watch`]: following a rollout, redrawing in place on a terminal or printing each change,
@@ -29,6 +30,7 @@ pub mod commands;
 pub mod dashboard;
 pub mod events;
 pub mod json;
+pub mod registry;
 pub mod release;
 pub mod render;
 pub mod spec_file;

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
+use rollgate_proto::image_ref::PinnedImage;
 use rollgate_proto::signing::{self, SignatureFile};
 use rollgate_proto::spec::RolloutSpec;
 use thiserror::Error;
@@ -64,6 +65,8 @@ pub fn load(path: &Path) -> anyhow::Result<LoadedSpec> {
             })?;
             Some(artifact)
         }
+        // A registry image: pinned and pushed (as its reference artifact) by the caller.
+        None if spec.release.image.is_some() => None,
         None => {
             // Nothing to push: the spec must already be complete.
             RolloutSpec::parse_resolved(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -77,7 +80,7 @@ pub fn load(path: &Path) -> anyhow::Result<LoadedSpec> {
         artifact,
         signature,
     };
-    if loaded.artifact.is_none() {
+    if loaded.artifact.is_none() && loaded.spec.release.image.is_none() {
         let r = &loaded.spec.release;
         loaded.check_signature(&r.sha256, r.size)?;
     }
@@ -94,6 +97,35 @@ impl LoadedSpec {
         RolloutSpec::parse_resolved(&text).map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
         Ok(text)
     }
+
+    /// The spec to send for a registry image pinned as `pinned`, whose reference artifact is
+    /// in the store (or, for a plan, would be) as `sha256` and `size`.
+    pub fn resolved_image(
+        &self,
+        pinned: &PinnedImage,
+        sha256: &str,
+        size: u64,
+    ) -> anyhow::Result<String> {
+        self.check_signature(sha256, size)?;
+        let text = with_store_release(&self.text, sha256, size)
+            .and_then(|t| with_image(&t, &pinned.to_string()))
+            .map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
+        RolloutSpec::parse_resolved(&text).map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
+        Ok(text)
+    }
+}
+
+/// `text` with `release.image` set to `pinned`.
+fn with_image(text: &str, pinned: &str) -> Result<String, RewriteError> {
+    let mut doc: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| RewriteError::Toml(e.to_string()))?;
+    let release = doc
+        .get_mut("release")
+        .and_then(toml::Value::as_table_mut)
+        .ok_or(RewriteError::NoRelease)?;
+    release.insert("image".into(), toml::Value::String(pinned.into()));
+    toml::to_string(&doc).map_err(|e| RewriteError::Toml(e.to_string()))
 }
 
 impl LoadedSpec {

@@ -131,6 +131,7 @@ fn release(version: &str, sha256: &str) -> ReleaseSpec {
         sha256: sha256.into(),
         size: 10,
         file: None,
+        image: None,
         signature: None,
         signature_file: None,
     }

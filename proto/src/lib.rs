@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`pb`]: code generated from `proto/rollgate.proto` (package `rollgate.v1`).
 //! - [`spec`]: the rollout spec operators write (TOML), its parsing and validation.
+//! - [`image_ref`]: container images named by reference, and the artifact that pins one.
 //! - [`metrics`]: the `/metrics` endpoint (Prometheus) and its `[metrics]` settings.
 //! - [`metrics_tls`]: https and client certificates on that endpoint (`[metrics] tls_cert`,
 //!   `tls_key`, `client_ca`).
@@ -10,6 +11,7 @@
 //! - [`tls`]: peer identities (URI SANs) and the `[tls]` settings every part shares.
 //! - [`signing`]: release signatures (ed25519 over service, version, digest, size and expiry),
 //!   keys in PEM, signature files.
+//! - [`registry_auth`]: registry credentials in Docker's `config.json` `auths` format.
 //! - [`names`]: validation of host ids, service names and versions that end up in etcd keys
 //!   and file paths.
 //! - [`status`]: the closed sets on the wire (phase, host state, step, ...): the words people
@@ -18,10 +20,12 @@
 //! - [`text`]: peer-supplied text made safe for terminals and logs (control characters
 //!   escaped).
 
+pub mod image_ref;
 mod json;
 pub mod metrics;
 pub mod metrics_tls;
 pub mod names;
+pub mod registry_auth;
 pub mod signing;
 pub mod spec;
 pub mod status;

@@ -74,6 +74,12 @@ pub struct ReleaseSpec {
     /// store and replaces it with `source = "store:"`, `sha256` and `size`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// A container image in a registry (`registry.example:5000/team/app:1.2` or
+    /// `…@sha256:…`), instead of `file`: `rollgate rollout start` pins a tag to its digest and
+    /// pushes the pinned reference as the artifact (see [`crate::image_ref`]); the coordinator
+    /// stores it pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// The publisher's signature (`[release.signature]`); agents that pin signing keys refuse
     /// the release without a valid one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -544,6 +550,16 @@ impl RolloutSpec {
                 ),
             ));
         }
+        if let Some(image) = &self.release.image {
+            crate::image_ref::ImageRef::parse(image)
+                .map_err(|e| field_err("release.image", e.to_string()))?;
+            if self.release.file.is_some() {
+                return Err(field_err(
+                    "release.image",
+                    "give either `image` (a registry image) or `file` (an artifact), not both",
+                ));
+            }
+        }
         if self.release.file.is_some() && !self.release.source.is_empty() {
             return Err(field_err(
                 "release.file",
@@ -593,6 +609,10 @@ impl RolloutSpec {
                  start`, which reads it, or copy its key_id, signature and expires into \
                  [release.signature]",
             ));
+        }
+        if let Some(image) = &r.image {
+            crate::image_ref::PinnedImage::parse(image)
+                .map_err(|e| field_err("release.image", e.to_string()))?;
         }
         names::check_sha256(&r.sha256).map_err(|e| field_err("release.sha256", e.to_string()))?;
         if r.size == 0 {
@@ -734,6 +754,18 @@ min_healthy_time = "2s"
                 "`strategy.progress_deadline`",
             ),
             (format!("{GOOD}max_failures = \"150%\"\n"), "max_failures"),
+            (
+                GOOD.replace("size = 10", "size = 10\nimage = \"reg:5000/app:1\""),
+                "`release.image`: image \"reg:5000/app:1\" is not pinned",
+            ),
+            (
+                GOOD.replace("size = 10", "size = 10\nimage = \"reg:5000/App:1\""),
+                "`release.image`: image \"reg:5000/App:1\": repository path part",
+            ),
+            (
+                GOOD.replace("size = 10", "size = 10\nimage = \"r:1/a:1\"\nfile = \"x\""),
+                "either `image` (a registry image) or `file`",
+            ),
         ];
         for (text, want) in cases {
             let err = RolloutSpec::parse_resolved(&text)

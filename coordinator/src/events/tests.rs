@@ -24,6 +24,7 @@ fn rollout() -> RolloutRecord {
                 sha256: "a".repeat(64),
                 size: 1,
                 file: None,
+                image: None,
                 signature: None,
                 signature_file: None,
             },

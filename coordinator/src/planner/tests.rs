@@ -35,6 +35,7 @@ fn world(n: usize, strategy: Strategy) -> World {
             sha256: "a".repeat(64),
             size: 1,
             file: None,
+            image: None,
             signature: None,
             signature_file: None,
         },
