@@ -34,6 +34,19 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+impl Credentials {
+    /// The Docker Engine API's `X-Registry-Auth` header for a pull from `registry`: base64url
+    /// JSON, as Docker's CLI sends it (Podman's compatible API takes the same).
+    pub fn engine_header(&self, registry: &str) -> String {
+        let body = serde_json::json!({
+            "username": self.username,
+            "password": self.password,
+            "serveraddress": registry,
+        });
+        base64::engine::general_purpose::URL_SAFE.encode(body.to_string())
+    }
+}
+
 /// A credentials file that cannot be used; the text names the file and the fix.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum AuthFileError {

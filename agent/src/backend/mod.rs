@@ -80,6 +80,31 @@ impl From<ProcessError> for BackendError {
     }
 }
 
+/// Where a long step reports its progress (a line for the operator).
+pub type Reporter = std::sync::Arc<dyn Fn(String) + Send + Sync>;
+
+/// Before an update swaps anything, or when a stage order stages the release: whatever the
+/// backend needs ready ahead of the restart (the container backend pulls a release's pinned
+/// image). Returns a note for the order's progress; the error refuses the update (nothing was
+/// touched).
+pub(crate) async fn prepare(
+    cfg: &crate::config::ServiceConfig,
+    dir: &crate::release::releases::ServiceDir,
+    release: &str,
+    report: Reporter,
+) -> Result<Option<String>, String> {
+    match &cfg.backend {
+        #[cfg(feature = "container")]
+        crate::config::Backend::Container(s) => {
+            container::prepare_release(s, dir, release, report).await
+        }
+        _ => {
+            let _ = (dir, release, report);
+            Ok(None)
+        }
+    }
+}
+
 /// How a service went down on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exit {

@@ -24,6 +24,7 @@ impl RawService {
             ("mounts", self.mounts.is_some()),
             ("restart_policy", self.restart_policy.is_some()),
             ("command", self.command.is_some()),
+            ("registry_auth", self.registry_auth.is_some()),
         ] {
             stray(at(key), set, owner, fix)?;
         }
@@ -123,6 +124,16 @@ impl RawService {
                 "is empty; remove it to run the image's own command, or give one, e.g. [\"/app\", \"--port\", \"8080\"]",
             ));
         }
+        if self
+            .registry_auth
+            .as_ref()
+            .is_some_and(|p| !p.is_absolute())
+        {
+            return Err(field_err(
+                at("registry_auth"),
+                "must be an absolute path, e.g. \"/etc/rollgate/registry-auth.json\"",
+            ));
+        }
         Ok(ContainerSettings {
             socket,
             container_name,
@@ -130,6 +141,7 @@ impl RawService {
             mounts,
             restart_policy,
             command: self.command.clone(),
+            registry_auth: self.registry_auth.clone(),
         })
     }
 }

@@ -83,6 +83,7 @@ pub(super) struct RawService {
     pub(super) mounts: Option<Vec<String>>,
     pub(super) restart_policy: Option<String>,
     pub(super) command: Option<Vec<String>>,
+    pub(super) registry_auth: Option<PathBuf>,
     #[serde(default)]
     pub(super) hooks: RawHooks,
     #[serde(default = "default_hook_timeout", with = "humantime_serde")]

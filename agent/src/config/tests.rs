@@ -576,6 +576,7 @@ fn container_services() {
             mounts: vec!["/srv/demo:/data:ro".into()],
             restart_policy: RestartPolicy::OnFailure,
             command: Some(vec!["/demo-svc".into(), "--port".into(), "8080".into()]),
+            registry_auth: Some(PathBuf::from("/etc/rollgate/registry-auth.json")),
         })
     );
     assert_eq!(s.env.get("GREETING").map(String::as_str), Some("hi"));
@@ -596,6 +597,7 @@ fn container_services() {
             mounts: vec![],
             restart_policy: RestartPolicy::No,
             command: None,
+            registry_auth: None,
         })
     );
 

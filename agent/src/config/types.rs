@@ -400,6 +400,9 @@ pub struct ContainerSettings {
     pub restart_policy: RestartPolicy,
     /// Overrides the image's command, if set.
     pub command: Option<Vec<String>>,
+    /// Registry credentials for releases that name an image (Docker's config.json `auths`
+    /// format), read at each pull; none: pulls are anonymous.
+    pub registry_auth: Option<PathBuf>,
 }
 
 /// One published port: `host:container`, tcp.

@@ -9,7 +9,7 @@ use rollgate_proto::spec::human;
 use rollgate_proto::telemetry::{self, Ids};
 use tokio::time::Instant;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Reporter};
 use crate::config::ServiceConfig;
 use crate::probe::Prober;
 use crate::release::fetch::Fetcher;
@@ -65,6 +65,17 @@ impl ServiceContext {
         self.shared.set_progress(progress.clone());
         self.shared.send(Msg::Progress(progress));
         Ok(())
+    }
+
+    /// Where a long part of `step` (an image pull) reports its progress: to the coordinator
+    /// (as the order's progress, not journaled: it is no new step).
+    pub(crate) fn reporter(&self, id: &OrderRef, step: Step) -> Reporter {
+        let (shared, id) = (self.shared.clone(), id.clone());
+        Arc::new(move |message: String| {
+            let progress = id.progress(step, message);
+            shared.set_progress(progress.clone());
+            shared.send(Msg::Progress(progress));
+        })
     }
 
     /// [`ServiceContext::advance`] on the way back to the previous release: going back is safe

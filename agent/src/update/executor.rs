@@ -17,7 +17,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::{Config, AGENT_SERVICE};
+use crate::config::{Config, ServiceConfig, AGENT_SERVICE};
 use crate::probe::{ProbeSetupError, Prober};
 use crate::release::fetch::{Artifact, Fetcher};
 use crate::release::releases::{DiskError, ServiceDir};
@@ -211,6 +211,8 @@ pub struct Executor {
     /// Service names in config order (hellos list services in that order).
     order: Vec<String>,
     dirs: BTreeMap<String, ServiceDir>,
+    /// Each service's config, for stage orders (an image release is pulled when staged).
+    configs: BTreeMap<String, Arc<ServiceConfig>>,
     queues: BTreeMap<String, mpsc::Sender<Accepted>>,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
@@ -264,6 +266,7 @@ impl Executor {
         });
         let cancel = CancellationToken::new();
         let mut dirs = BTreeMap::new();
+        let mut configs = BTreeMap::new();
         let mut queues = BTreeMap::new();
         let mut units = Vec::new();
         for svc in &config.services {
@@ -281,9 +284,11 @@ impl Executor {
             let (qtx, qrx) = mpsc::channel(ORDER_QUEUE);
             queues.insert(svc.name.clone(), qtx);
             dirs.insert(svc.name.clone(), dir.clone());
+            let cfg = Arc::new(svc.clone());
+            configs.insert(svc.name.clone(), cfg.clone());
             units.push((
                 ServiceUnit::new(
-                    Arc::new(svc.clone()),
+                    cfg,
                     dir,
                     prober,
                     fetcher.clone(),
@@ -329,6 +334,7 @@ impl Executor {
                 labels: config.labels.clone(),
                 order,
                 dirs,
+                configs,
                 queues,
                 shared,
                 tasks,
@@ -512,7 +518,10 @@ impl Executor {
             tracing::warn!("stage order refused: {reason}");
             self.shared.send(Msg::Staged(answer(false, reason)));
         };
-        let Some(dir) = self.dirs.get(&order.service) else {
+        let (Some(dir), Some(cfg)) = (
+            self.dirs.get(&order.service),
+            self.configs.get(&order.service),
+        ) else {
             return refuse(unknown_service(&order.service, &self.host_id));
         };
         let artifact = match order.release.as_ref().map(Artifact::try_from) {
@@ -537,6 +546,7 @@ impl Executor {
             service: order.service.clone(),
             artifact,
             dir: dir.clone(),
+            cfg: cfg.clone(),
             fetcher: self.fetcher.clone(),
             shared: self.shared.clone(),
         };

@@ -7,6 +7,7 @@ use rollgate_proto::pb::{self, Health, Outcome, Step};
 use rollgate_proto::spec::human;
 use tokio::time::Instant;
 
+use crate::backend;
 use crate::probe::{HealthWindow, Verdict};
 use crate::release::releases::{DiskError, ServiceDir};
 use crate::state::journal::InFlight;
@@ -231,7 +232,7 @@ async fn obtain_release(unit: &mut ServiceContext, order: &Accepted) -> Result<S
         )
     };
     let got = staging::obtain(&unit.dir, &unit.fetcher, a, fetching).await?;
-    let msg = if got.downloaded {
+    let mut msg = if got.downloaded {
         format!(
             "{} downloaded, sha256 verified, staged as {}",
             a.version, got.dir
@@ -239,6 +240,13 @@ async fn obtain_release(unit: &mut ServiceContext, order: &Accepted) -> Result<S
     } else {
         format!("{} is already on disk; its sha256 checked again", a.version)
     };
+    // A release that pins an image: pulled now, before anything is stopped.
+    let report = unit.reporter(&order.id, Step::Fetching);
+    match backend::prepare(&unit.cfg, &unit.dir, &got.dir, report).await {
+        Ok(Some(note)) => msg = format!("{msg}; {note}"),
+        Ok(None) => {}
+        Err(why) => return Err(format!("{why}; nothing was stopped")),
+    }
     unit.advance(&order.id, Step::Staged, msg, None)?;
     // Only this task prunes, and only at commit: the dir stays without the claim.
     Ok(got.dir)

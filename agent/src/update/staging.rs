@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use rollgate_proto::pb;
 
+use crate::backend::{self, Reporter};
+use crate::config::ServiceConfig;
 use crate::release::fetch::{Artifact, Fetcher};
 use crate::release::releases::{ReleaseClaim, ReleaseInfo, ServiceDir};
 use crate::update::shared::Shared;
@@ -103,6 +105,7 @@ pub(crate) struct StageJob {
     pub service: String,
     pub artifact: Artifact,
     pub dir: ServiceDir,
+    pub cfg: Arc<ServiceConfig>,
     pub fetcher: Fetcher,
     pub shared: Arc<Shared>,
 }
@@ -122,39 +125,64 @@ impl StageJob {
             Ok(())
         };
         let outcome = match obtain(&self.dir, &self.fetcher, a, fetching).await {
-            Ok(got) => {
-                let pinned = self.shared.journal().pin_staged(&self.service, &got.dir);
-                drop(got.claim);
-                match pinned {
-                    Ok(()) if got.downloaded => {
-                        tracing::info!(
-                            "staged {} as {}: downloaded, sha256 verified; ready to swap",
-                            a.version,
-                            got.dir
-                        );
-                        Ok(())
-                    }
-                    Ok(()) => {
-                        tracing::info!(
-                            "{} was already staged as {} (sha256 checked again)",
-                            a.version,
-                            got.dir
-                        );
-                        Ok(())
-                    }
-                    Err(e) => Err(format!(
-                        "it is on disk as {}, but recording it as staged failed ({e}), so \
-                         pruning could remove it; check the host's disk",
-                        got.dir
-                    )),
-                }
-            }
+            Ok(got) => match self.prepare(&got.dir).await {
+                Err(why) => Err(why),
+                Ok(()) => self.pin(got),
+            },
             Err(reason) => Err(reason),
         };
+        self.answer(outcome)
+    }
+
+    /// A release that pins an image: pulled now, ahead of the slot.
+    async fn prepare(&self, release: &str) -> Result<(), String> {
+        let version = self.artifact.version.clone();
+        let report: Reporter = Arc::new(move |line| tracing::info!("staging {version}: {line}"));
+        if let Some(note) = backend::prepare(&self.cfg, &self.dir, release, report).await? {
+            tracing::info!("staging {}: {note}", self.artifact.version);
+        }
+        Ok(())
+    }
+
+    /// Pins the staged dir for the order to come.
+    fn pin(&self, got: Obtained) -> Result<(), String> {
+        let a = &self.artifact;
+        let pinned = self.shared.journal().pin_staged(&self.service, &got.dir);
+        drop(got.claim);
+        match pinned {
+            Ok(()) if got.downloaded => {
+                tracing::info!(
+                    "staged {} as {}: downloaded, sha256 verified; ready to swap",
+                    a.version,
+                    got.dir
+                );
+                Ok(())
+            }
+            Ok(()) => {
+                tracing::info!(
+                    "{} was already staged as {} (sha256 checked again)",
+                    a.version,
+                    got.dir
+                );
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "it is on disk as {}, but recording it as staged failed ({e}), so pruning \
+                 could remove it; check the host's disk",
+                got.dir
+            )),
+        }
+    }
+
+    /// The answer for the coordinator.
+    fn answer(self, outcome: Result<(), String>) -> pb::StageResult {
         let (ok, reason) = match outcome {
             Ok(()) => (true, String::new()),
             Err(why) => {
-                let reason = format!("staging {} failed: {why}; nothing was changed", a.version);
+                let reason = format!(
+                    "staging {} failed: {why}; nothing was changed",
+                    self.artifact.version
+                );
                 tracing::warn!("{reason}");
                 (false, reason)
             }

@@ -76,6 +76,16 @@ pub enum ContainerError {
         /// Why.
         why: String,
     },
+    /// A release's image could not be pulled from its registry.
+    #[error("cannot pull image {image}: {message}; {hint}")]
+    Pull {
+        /// The pinned reference.
+        image: String,
+        /// The engine's message.
+        message: String,
+        /// What the operator can do.
+        hint: String,
+    },
     /// The container did not run.
     #[error("container {name} {why}")]
     NotRunning {
@@ -110,42 +120,19 @@ impl Engine {
         limit: Duration,
         ok_also: &[StatusCode],
     ) -> Result<(StatusCode, Bytes), ContainerError> {
-        let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
+        let what = what(&method, path);
         let exchange = async {
-            let stream = UnixStream::connect(&self.socket).await.map_err(|source| {
-                ContainerError::Connect {
-                    socket: self.socket.clone(),
-                    source,
-                }
-            })?;
-            let http = |source| ContainerError::Http {
-                what: what.clone(),
-                source,
-            };
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(http)?;
-            // The connection task ends when the exchange does (the sender is dropped).
-            tokio::spawn(conn);
-            let mut req = Request::builder()
-                .method(method.clone())
-                .uri(format!("http://engine{path}"))
-                .header(hyper::header::HOST, "engine");
-            let body = match body {
-                Some((bytes, content_type)) => {
-                    req = req.header(hyper::header::CONTENT_TYPE, content_type);
-                    bytes
-                }
-                None => full(Bytes::new()),
-            };
-            let req = req.body(body).map_err(|e| ContainerError::Api {
-                what: what.clone(),
-                status: StatusCode::BAD_REQUEST,
-                message: e.to_string(),
-            })?;
-            let resp = sender.send_request(req).await.map_err(http)?;
+            let resp = self.request(method.clone(), path, body, &[]).await?;
             let status = resp.status();
-            let bytes = resp.into_body().collect().await.map_err(http)?.to_bytes();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|source| ContainerError::Http {
+                    what: what.clone(),
+                    source,
+                })?
+                .to_bytes();
             Ok((status, bytes))
         };
         let (status, bytes) = tokio::time::timeout(limit, exchange).await.map_err(|_| {
@@ -155,18 +142,57 @@ impl Engine {
             }
         })??;
         if (status.is_client_error() || status.is_server_error()) && !ok_also.contains(&status) {
-            // Not every error comes from the engine itself (a proxy in front may answer in
-            // plain text): the body as text then.
-            let message = decode::<ErrorAnswer>("error", &bytes)
-                .map(|a| a.message)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_owned());
-            return Err(ContainerError::Api {
-                what,
-                status,
-                message,
-            });
+            return Err(api_error(what, status, &bytes));
         }
         Ok((status, bytes))
+    }
+
+    /// Sends one request with extra `headers` and returns the answer with its body unread
+    /// (for streamed answers such as a pull's progress). No time limit: the caller sets one.
+    pub(super) async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Body, &str)>,
+        headers: &[(&str, String)],
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ContainerError> {
+        let what = what(&method, path);
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ContainerError::Connect {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        let http = |source| ContainerError::Http {
+            what: what.clone(),
+            source,
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+        // The connection task ends when the exchange does (the sender is dropped).
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://engine{path}"))
+            .header(hyper::header::HOST, "engine");
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
+        let body = match body {
+            Some((bytes, content_type)) => {
+                req = req.header(hyper::header::CONTENT_TYPE, content_type);
+                bytes
+            }
+            None => full(Bytes::new()),
+        };
+        let req = req.body(body).map_err(|e| ContainerError::Api {
+            what: what.clone(),
+            status: StatusCode::BAD_REQUEST,
+            message: e.to_string(),
+        })?;
+        sender.send_request(req).await.map_err(http)
     }
 
     /// Loads an image archive; returns the image reference it holds (its first tag, or its id).
@@ -349,6 +375,24 @@ pub(super) fn loaded_image(answer: &[u8]) -> Result<String, String> {
     }
     tag.or(id)
         .ok_or_else(|| "the engine loaded no image from it (is it a `docker save` archive?)".into())
+}
+
+/// A request as errors name it: method and path without the query.
+pub(super) fn what(method: &Method, path: &str) -> String {
+    format!("{method} {}", path.split('?').next().unwrap_or(path))
+}
+
+/// The error for a 4xx/5xx answer. Not every error comes from the engine itself (a proxy in
+/// front may answer in plain text): the body as text then.
+pub(super) fn api_error(what: String, status: StatusCode, body: &[u8]) -> ContainerError {
+    let message = decode::<ErrorAnswer>("error", body)
+        .map(|a| a.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).trim().to_owned());
+    ContainerError::Api {
+        what,
+        status,
+        message,
+    }
 }
 
 /// Percent-encodes a query value.

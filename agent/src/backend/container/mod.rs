@@ -20,6 +20,7 @@
 //! no longer runs, is gone, or the engine restarted it (`RestartCount` grew).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,13 +33,17 @@ use tokio::time::Instant;
 
 mod api;
 pub(crate) mod engine;
+pub(crate) mod pull;
 
-use crate::backend::{Backend, BackendError, Exit};
+use crate::backend::{Backend, BackendError, Exit, Reporter};
 use crate::config::{Backend as BackendKind, ContainerSettings, ServiceConfig};
 use crate::release::releases::ServiceDir;
 use api::{decode, Created};
 use engine::{encode, full, Engine, Listed};
 pub use engine::{ContainerError, API_CALL_TIMEOUT, RELEASE_LABEL, SERVICE_LABEL};
+use pull::AuthUsed;
+use rollgate_proto::image_ref::{PinnedImage, ARTIFACT_MAX_BYTES};
+use rollgate_proto::registry_auth;
 
 /// How often a running container's state is read.
 pub const STATE_POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -79,6 +84,63 @@ fn create_body(
         body["Cmd"] = json!(cmd);
     }
     body
+}
+
+/// The image a release dir's artifact pins, if it is an image reference artifact (`None`: an
+/// image archive). A file that starts like one but is malformed is an error, not an archive.
+pub(crate) fn release_image(path: &Path) -> Result<Option<PinnedImage>, String> {
+    let head = std::fs::File::open(path).and_then(|f| {
+        use std::io::Read as _;
+        let mut buf = Vec::new();
+        f.take(ARTIFACT_MAX_BYTES + 1).read_to_end(&mut buf)?;
+        Ok(buf)
+    });
+    let head = head.map_err(|e| format!("cannot read the release {}: {e}", path.display()))?;
+    if !PinnedImage::is_artifact(&head) {
+        return Ok(None);
+    }
+    PinnedImage::from_artifact(&head)
+        .map(Some)
+        .map_err(|e| format!("release {}: {e}", path.display()))
+}
+
+/// Before anything is stopped: when the release `release` of this service pins an image, the
+/// engine gets it (pulled with the service's `registry_auth`, progress to `report`). Returns
+/// a note for the order's progress; an archive release needs nothing here (it is loaded at
+/// the restart). Used by updates and by stage orders alike.
+pub(crate) async fn prepare_release(
+    settings: &ContainerSettings,
+    dir: &ServiceDir,
+    release: &str,
+    report: Reporter,
+) -> Result<Option<String>, String> {
+    let path = dir.release_path(release).join(dir.binary());
+    let Some(image) = release_image(&path)? else {
+        return Ok(None);
+    };
+    let engine = Engine {
+        socket: settings.socket.clone(),
+    };
+    if engine.has_image(&image).await.map_err(|e| e.to_string())? {
+        return Ok(Some(format!("image {image} is already in the engine")));
+    }
+    let (creds, auth) = match &settings.registry_auth {
+        None => (None, AuthUsed::NotConfigured),
+        Some(p) => match registry_auth::read(p, image.registry()).map_err(|e| e.to_string())? {
+            Some(c) => (Some(c), AuthUsed::From(p.clone())),
+            None => (None, AuthUsed::NoEntry(p.clone())),
+        },
+    };
+    report(format!("pulling image {image} from {}", image.registry()));
+    let began = Instant::now();
+    engine
+        .pull(&image, creds.as_ref(), &auth, &*report)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some(format!(
+        "image {image} pulled in {:.1}s, its digest checked",
+        began.elapsed().as_secs_f64()
+    )))
 }
 
 /// The container backend of one service.
@@ -137,8 +199,24 @@ impl ContainerBackend {
         if let Some(c) = listed.iter().find(|c| c.release == release) {
             return Ok((c.id.clone(), c.name.clone()));
         }
-        let archive = self.dir.release_path(release).join(self.dir.binary());
-        let image = self.engine.load(&archive).await?;
+        let artifact = self.dir.release_path(release).join(self.dir.binary());
+        let image = match release_image(&artifact).map_err(|why| ContainerError::Load {
+            path: artifact.clone(),
+            why,
+        })? {
+            Some(pinned) => {
+                // Pulled before the swap; pulled again here only if the engine lost it since.
+                let quiet: Reporter = Arc::new(|_| {});
+                prepare_release(&self.settings, &self.dir, release, quiet)
+                    .await
+                    .map_err(|why| ContainerError::Load {
+                        path: artifact.clone(),
+                        why,
+                    })?;
+                pinned.to_string()
+            }
+            None => self.engine.load(&artifact).await?,
+        };
         let name = self.container_name(release);
         let body = create_body(&self.cfg, &self.settings, release, &image);
         let (_, answer) = self
