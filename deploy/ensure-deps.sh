@@ -3,7 +3,8 @@
 # tests with are present (etcd-server for etcd, protobuf-compiler for protoc, iproute2 for the
 # network-namespace fault tests, systemd and dbus-user-session for the agent's systemd backend
 # tests, docker.io, podman, runc and busybox-static for its container backend tests, g++ for
-# libFuzzer in the fuzz step, chromium and chromium-driver for the dashboard's browser tests).
+# libFuzzer in the fuzz step, chromium and chromium-driver for the dashboard's browser tests,
+# docker-registry and apache2-utils for the registry the container backend pulls from).
 # As root
 # it installs them with apt; otherwise it says exactly what to install.
 #
@@ -55,6 +56,10 @@ rollgate_test_deps() {
   # The dashboard tests drive a real headless Chromium through chromedriver (WebDriver).
   [ -x /usr/bin/chromium ] || missing+=(chromium)
   [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+  # The container backend pulls from a real registry (docker-registry: CNCF distribution) over
+  # https with htpasswd users, whose bcrypt entries htpasswd makes (apache2-utils).
+  command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+  command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 }
 
 rollgate_install_missing() {

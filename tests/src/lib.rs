@@ -27,6 +27,9 @@
 //! - [`nemesis`]: the seeded fault suite (schedule, faults, checker).
 //! - [`browser`]: a real headless Chromium driven through chromedriver (WebDriver);
 //!   [`dashboard`]: a running `rollgate dashboard` for it to open.
+//! - [`registry`]: a real container registry over https with htpasswd users, reachable from
+//!   the test process and from inside one engine's network namespace, and images pushed into
+//!   it with the engine's own CLI.
 //!
 //! Files: `proc.rs` (processes and their exits), `etcd.rs`, `etcd_cluster.rs` (several
 //! members), `coordinator.rs` (replicas, libfaketime, the supervisor), `fleet.rs` (the fleet,
@@ -55,6 +58,7 @@ pub mod nemesis;
 pub mod nspawn;
 pub mod pki;
 pub mod prometheus;
+pub mod registry;
 pub mod scrape_tls;
 pub mod tcp_proxy;
 pub mod webhook;

@@ -286,6 +286,9 @@ pub enum Kind {
 /// The containers.conf that makes rootful podman work on the project's machines.
 const PODMAN_CONF: &str = "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n";
 
+/// The command of the test images: busybox's shell runs `/run.sh`.
+pub(crate) const IMAGE_CMD: &str = r#"CMD ["/bin/busybox", "sh", "/run.sh"]"#;
+
 /// A running engine; stopped (with its containers), and its namespace deleted, on drop.
 pub struct DockerEngine {
     kind: Kind,
@@ -443,14 +446,22 @@ impl DockerEngine {
     /// (`docker import`), saves it as an archive at `out`, and removes it from the engine so
     /// only the archive holds it.
     pub fn build_image_archive(&self, tag: &str, run_sh: &str, out: &Path) {
-        let root = self.dir.join(format!("rootfs-{}", tag.replace(':', "-")));
+        let tar = self.rootfs_tar(tag, run_sh);
+        self.docker(&["import", "--change", IMAGE_CMD, "-", tag], Some(&tar));
+        self.docker(&["save", "-o", &out.display().to_string(), tag], None);
+        self.docker(&["rmi", tag], None);
+    }
+
+    /// A rootfs tarball (under the engine's dir) holding `/bin/busybox` and `/run.sh`: an
+    /// image's content for `import --change IMAGE_CMD`.
+    pub(crate) fn rootfs_tar(&self, tag: &str, run_sh: &str) -> PathBuf {
+        let name = tag.replace([':', '/', '@'], "-");
+        let root = self.dir.join(format!("rootfs-{name}"));
         std::fs::create_dir_all(root.join("bin")).expect("rootfs");
         std::fs::copy("/bin/busybox", root.join("bin/busybox"))
             .expect("copy /bin/busybox (apt-get install busybox-static)");
         std::fs::write(root.join("run.sh"), run_sh).expect("run.sh");
-        let tar = self
-            .dir
-            .join(format!("{}.rootfs.tar", tag.replace(':', "-")));
+        let tar = self.dir.join(format!("{name}.rootfs.tar"));
         run(
             "tar",
             &[
@@ -461,18 +472,18 @@ impl DockerEngine {
                 ".",
             ],
         );
-        self.docker(
-            &[
-                "import",
-                "--change",
-                r#"CMD ["/bin/busybox", "sh", "/run.sh"]"#,
-                "-",
-                tag,
-            ],
-            Some(&tar),
-        );
-        self.docker(&["save", "-o", &out.display().to_string(), tag], None);
-        self.docker(&["rmi", tag], None);
+        tar
+    }
+
+    /// Which engine this is.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The directory everything of the engine lives under (podman's storage, its
+    /// `containers.conf`).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 
@@ -508,7 +519,7 @@ impl Drop for DockerEngine {
 }
 
 /// `podman` and its storage options, everything under `dir`.
-fn podman_args(dir: &Path) -> Vec<String> {
+pub(crate) fn podman_args(dir: &Path) -> Vec<String> {
     vec![
         "podman".into(),
         "--root".into(),

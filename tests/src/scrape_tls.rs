@@ -71,7 +71,7 @@ impl ScrapePki {
     }
 }
 
-fn ca(name: &str) -> anyhow::Result<(rcgen::Certificate, KeyPair)> {
+pub(crate) fn ca(name: &str) -> anyhow::Result<(rcgen::Certificate, KeyPair)> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -80,7 +80,8 @@ fn ca(name: &str) -> anyhow::Result<(rcgen::Certificate, KeyPair)> {
 }
 
 /// A certificate signed by `issuer`: a server's (for `ip` and localhost) or a client's.
-fn leaf(
+/// Written to `dir/NAME.pem` and `dir/NAME.key`.
+pub(crate) fn leaf(
     dir: &Path,
     name: &str,
     ip: Option<IpAddr>,
