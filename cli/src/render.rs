@@ -339,6 +339,9 @@ pub(crate) fn host_note(h: &HostProgress) -> Option<String> {
 /// groups, what it waits for, why it ended, one row per host.
 pub fn status_block(s: &RolloutStatus) -> String {
     let mut lines = vec![status_header(s)];
+    if !s.image.is_empty() {
+        lines.push(format!("image {}", s.image));
+    }
     if !s.created_by.is_empty() {
         lines.push(format!("started by {}", s.created_by));
     }

@@ -509,6 +509,7 @@ pub fn render(view: &RolloutView, fleet: &FleetView) -> pb::RolloutStatus {
         staged: view.staged.values().filter(|s| s.ok).count() as u32,
         unreadable: String::new(),
         created_by: r.created_by.clone().unwrap_or_default(),
+        image: r.spec.release.image.clone().unwrap_or_default(),
     }
 }
 

@@ -67,11 +67,17 @@ impl ServiceContext {
         Ok(())
     }
 
-    /// Where a long part of `step` (an image pull) reports its progress: to the coordinator
-    /// (as the order's progress, not journaled: it is no new step).
+    /// Where a long part of `step` (an image pull) reports its progress: to the log and the
+    /// coordinator (as the order's progress, not journaled: it is no new step).
     pub(crate) fn reporter(&self, id: &OrderRef, step: Step) -> Reporter {
-        let (shared, id) = (self.shared.clone(), id.clone());
+        let (shared, id, host) = (self.shared.clone(), id.clone(), self.host_id.clone());
         Arc::new(move |message: String| {
+            let ids = Ids {
+                rollout: &id.rollout_id,
+                host: &host,
+                service: &id.service,
+            };
+            telemetry::info_with_ids(ids, &format!("{}: {message}", step.word()));
             let progress = id.progress(step, message);
             shared.set_progress(progress.clone());
             shared.send(Msg::Progress(progress));

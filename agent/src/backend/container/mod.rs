@@ -186,6 +186,16 @@ impl ContainerBackend {
         }
     }
 
+    /// This service's containers on the engine: labelled with its name and named
+    /// `<container_name>-…`, so agents that share an engine (one per VM on a shared host, or
+    /// the tests) each see only their own.
+    async fn list(&self) -> Result<Vec<Listed>, ContainerError> {
+        let prefix = format!("{}-", self.settings.container_name);
+        let mut listed = self.engine.list(&self.cfg.name).await?;
+        listed.retain(|c| c.name.starts_with(&prefix));
+        Ok(listed)
+    }
+
     fn container_name(&self, release: &str) -> String {
         format!("{}-{release}", self.settings.container_name)
     }
@@ -336,7 +346,7 @@ impl ContainerBackend {
         else {
             return Err(BackendError::NotInstalled(self.dir.current_link()));
         };
-        let listed = self.engine.list(&self.cfg.name).await?;
+        let listed = self.list().await?;
         let (id, name) = self.container_for(&release, &listed).await?;
         self.running = None;
         self.stop_others(&listed, &id).await?;
@@ -374,7 +384,7 @@ impl Backend for ContainerBackend {
                     Err(BackendError::NotInstalled(self.dir.current_link())),
                 );
             };
-            let listed = match self.engine.list(&self.cfg.name).await {
+            let listed = match self.list().await {
                 Ok(l) => l,
                 Err(e) => return (None, Err(e.into())),
             };
@@ -472,7 +482,7 @@ impl Backend for ContainerBackend {
             let Some(keep) = self.running.as_ref().map(|r| r.id.clone()) else {
                 return;
             };
-            let listed = match self.engine.list(&self.cfg.name).await {
+            let listed = match self.list().await {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!("cannot list containers to remove the old ones: {e}");
