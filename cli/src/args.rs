@@ -423,7 +423,7 @@ mod tests {
         let table: Vec<Case> = vec![
             (
                 &["rollout", "plan", "r.toml"],
-                |c| matches!(c, Command::Rollout(RolloutCommand::Plan { spec }) if spec.as_os_str() == "r.toml"),
+                |c| matches!(c, Command::Rollout(RolloutCommand::Plan { spec, .. }) if spec.as_os_str() == "r.toml"),
             ),
             (
                 &["rollout", "promote", "r-1"],

@@ -112,6 +112,20 @@ pub fn hint(f: ResolveFailure, registry: &str, auth_file: Option<&Path>) -> Stri
     }
 }
 
+/// An error with its causes ("error sending request: … : connection refused").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text = format!("{text}: {s_text}");
+        }
+        source = s.source();
+    }
+    text
+}
+
 fn client(opts: &RegistryOpts) -> anyhow::Result<Client> {
     let mut extra_root_certificates = Vec::new();
     if let Some(ca) = &opts.registry_ca {
@@ -154,7 +168,10 @@ pub async fn pin(image: &str, opts: &RegistryOpts) -> anyhow::Result<PinnedImage
         .await
         .map_err(|e| {
             let h = hint(classify(&e), &registry, auth_file.as_deref());
-            anyhow::anyhow!("cannot resolve image {image} to a digest: {e}; {h}")
+            anyhow::anyhow!(
+                "cannot resolve image {image} to a digest: {}; {h}",
+                chain(&e)
+            )
         })?;
     let pinned = PinnedImage::parse(&format!("{}@{digest}", parsed.repository))
         .with_context(|| format!("registry {registry} answered an unusable digest {digest:?}"))?;
@@ -196,7 +213,9 @@ pub async fn push_image(
             render::pushed(&pushed.sha256, pushed.size)
         );
     }
-    loaded.resolved_image(&pinned, &pushed.sha256, pushed.size)
+    loaded
+        .resolved_image(&pinned, &pushed.sha256, pushed.size)
+        .with_context(|| format!("{image} is {pinned} now"))
 }
 
 /// `rollout plan` of a spec with `release.image`: pins the image (the registry is asked) and
@@ -215,7 +234,9 @@ pub async fn plan_image(
     if say {
         eprintln!("pinned {image} to {pinned} (not pushed; `rollgate rollout start` pushes it)");
     }
-    loaded.resolved_image(&pinned, &sha256, bytes.len() as u64)
+    loaded
+        .resolved_image(&pinned, &sha256, bytes.len() as u64)
+        .with_context(|| format!("{image} is {pinned} now"))
 }
 
 /// `rollgate release pin IMAGE`: the pinned reference, and its artifact written to `out` (to

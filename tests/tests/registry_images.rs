@@ -74,6 +74,15 @@ struct Setup {
 
 impl Setup {
     fn start(kind: Kind, agents: usize) -> anyhow::Result<Setup> {
+        Setup::start_signed(kind, agents, None)
+    }
+
+    /// With `signing_key`: the agents require releases signed by that public key.
+    fn start_signed(
+        kind: Kind,
+        agents: usize,
+        signing_key: Option<&Path>,
+    ) -> anyhow::Result<Setup> {
         let t0 = Instant::now();
         let base = tempfile::Builder::new()
             .prefix("rollgate-images-")
@@ -83,7 +92,10 @@ impl Setup {
         let reg = Registry::start(&dir.join("registry"), &engine, &[(USER, PASS)]);
         let auth = dir.join("registry-auth.json");
         reg.auth_file(&auth, USER, PASS);
-        let services = SERVICES
+        let signing = signing_key.map_or(String::new(), |k| {
+            format!("[signing]\nrequired = true\nkeys = [\"{}\"]\n", k.display())
+        });
+        let services = (signing + SERVICES)
             .replace("SOCK", &engine.socket().display().to_string())
             .replace("NETNS", engine.netns())
             .replace("AUTH", &auth.display().to_string());
@@ -126,11 +138,23 @@ impl Setup {
 
     /// A spec rolling `image` out as `version`; `strategy` lines are added to `[strategy]`.
     fn spec(&self, version: &str, image: &str, strategy: &str) -> anyhow::Result<PathBuf> {
+        self.spec_with(version, image, "", strategy)
+    }
+
+    /// [`Setup::spec`] with `release` lines (e.g. a signature file) added to `[release]`.
+    fn spec_with(
+        &self,
+        version: &str,
+        image: &str,
+        release: &str,
+        strategy: &str,
+    ) -> anyhow::Result<PathBuf> {
         let path = self.dir.join(format!("rollout-{version}.toml"));
         std::fs::write(
             &path,
             format!(
                 "service = \"webct\"\n[release]\nversion = \"{version}\"\nimage = \"{image}\"\n\
+                 {release}\n\
                  [strategy]\nmax_unavailable = 1\nmin_healthy_time = \"300ms\"\n\
                  healthy_deadline = \"10s\"\n{strategy}\n"
             ),
@@ -332,6 +356,208 @@ fn dockerd_pins_tags_pulls_with_credentials_stages_and_rolls_back() -> anyhow::R
             "host {i}: the update pulled again"
         );
     }
+    println!("total {:.1?}", t0.elapsed());
+    Ok(())
+}
+
+#[test]
+fn podman_installs_and_updates_from_the_registry_with_credentials() -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let s = Setup::start(Kind::Podman, 1)?;
+    let d1 = s.push("1.0.0", "1.0.0", false);
+    let d2 = s.push("2.0.0", "2.0.0", false);
+    let r = s.roll(&s.spec("1.0.0", &s.image("1.0.0"), "")?)?;
+    assert_eq!(r.phase(), Phase::Succeeded, "{r:?}");
+    s.wait_serving(0, "1.0.0", &s.image(&d1))?;
+    let r = s.roll(&s.spec("2.0.0", &s.image("2.0.0"), "stage_first = true")?)?;
+    assert_eq!(r.phase(), Phase::Succeeded, "{r:?}");
+    s.wait_serving(0, "2.0.0", &s.image(&d2))?;
+    assert!(
+        s.agent_log(0).contains("staging 2.0.0: image"),
+        "no staged pull"
+    );
+    println!("total {:.1?}", t0.elapsed());
+    Ok(())
+}
+
+/// Each way a pull fails is refused before anything is stopped: the host keeps serving
+/// 1.0.0 from its old container, and the reason names the cause and the fix. Refusals the
+/// CLI can see itself (a tag it cannot resolve) stop the rollout before it is created.
+#[test]
+fn failed_pulls_refuse_the_update_and_the_old_container_keeps_serving() -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let mut s = Setup::start(Kind::Docker, 1)?;
+    let d1 = s.push("1.0.0", "1.0.0", false);
+    let d2 = s.push("2.0.0", "2.0.0", false);
+    let other = s.reg.push_image(
+        &s.engine,
+        "team/other:1",
+        &run_sh("other", false),
+        USER,
+        PASS,
+    );
+    let r = s.roll(&s.spec("1.0.0", &s.image("1.0.0"), "")?)?;
+    assert_eq!(r.phase(), Phase::Succeeded, "{r:?}");
+    let old = s.image(&d1);
+    s.wait_serving(0, "1.0.0", &old)?;
+    let auth = s.auth.display().to_string();
+
+    // Refused credentials (the file is read at every pull): the CLI cannot pin a tag with
+    // them, and the agent cannot pull a pinned digest.
+    s.reg.auth_file(&s.auth, USER, "wrong-password");
+    let e = s
+        .start_rollout(&s.spec("2.0.0", &s.image("2.0.0"), "")?)?
+        .expect_err("a tag cannot be pinned with refused credentials");
+    assert!(
+        e.contains(&format!("refused the credentials for {}", s.reg.addr())),
+        "{e}"
+    );
+    println!("    CLI refused: {}", e.trim());
+    let r = s.roll(&s.spec("2.0.0", &s.image(&d2), "")?)?;
+    assert_refused(
+        &r,
+        &[
+            "unauthorized",
+            &format!("refused the credentials in {auth}"),
+        ],
+    );
+    s.wait_serving(0, "1.0.0", &old)?;
+
+    // No credentials for this registry in the file.
+    std::fs::write(
+        &s.auth,
+        r#"{"auths": {"elsewhere.example:5000": {"auth": "dTpw"}}}"#,
+    )?;
+    let r = s.roll(&s.spec("2.0.1", &s.image(&d2), "")?)?;
+    assert_refused(
+        &r,
+        &[
+            "no basic auth credentials",
+            &format!("{auth} has none for it"),
+        ],
+    );
+    s.wait_serving(0, "1.0.0", &old)?;
+    s.reg.auth_file(&s.auth, USER, PASS);
+
+    // A missing image: a digest no manifest has.
+    let missing = format!("sha256:{}", "0".repeat(64));
+    let r = s.roll(&s.spec("2.0.2", &s.image(&missing), "")?)?;
+    assert_refused(&r, &["manifest unknown", "has no image"]);
+    s.wait_serving(0, "1.0.0", &old)?;
+
+    // A wrong digest: one the registry has, but for another repository.
+    let r = s.roll(&s.spec("2.0.3", &s.image(&other), "")?)?;
+    assert_refused(
+        &r,
+        &[
+            "manifest unknown",
+            &format!("has no image {}", s.image(&other)),
+        ],
+    );
+    s.wait_serving(0, "1.0.0", &old)?;
+
+    // The CLI cannot pin a tag the registry does not have: no rollout is created.
+    let e = s
+        .start_rollout(&s.spec("2.0.4", &s.image("9.9.9"), "")?)?
+        .expect_err("an unknown tag must be refused");
+    assert!(
+        e.contains("cannot resolve image") && e.contains("no such repository or tag"),
+        "{e}"
+    );
+    println!("    CLI refused: {}", e.trim());
+
+    // The registry is unreachable: the CLI cannot pin a tag, the agent cannot pull a digest.
+    s.reg.stop();
+    let e = s
+        .start_rollout(&s.spec("2.0.5", &s.image("2.0.0"), "")?)?
+        .expect_err("a tag cannot be pinned with the registry down");
+    assert!(e.contains(&format!("cannot reach {}", s.reg.addr())), "{e}");
+    println!("    CLI refused: {}", e.trim());
+    let r = s.roll(&s.spec("2.0.6", &s.image(&d2), "")?)?;
+    assert_refused(
+        &r,
+        &[
+            "connection refused",
+            &format!("cannot reach the registry {}", s.reg.addr()),
+        ],
+    );
+    s.wait_serving(0, "1.0.0", &old)?;
+    assert_eq!(s.answer(0)?, "1.0.0");
+    println!("total {:.1?}", t0.elapsed());
+    Ok(())
+}
+
+/// A signed image release signs the digest: the publisher pins the tag (`rollgate release
+/// pin`) and signs the reference artifact; the agents, which require signatures, pull it. Once
+/// the tag moves, the same spec no longer matches its signature and the CLI refuses it; an
+/// unsigned image release is refused by the agents and the old container keeps serving.
+#[test]
+fn signed_image_releases_sign_the_digest() -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let keys = tempfile::tempdir()?;
+    let prefix = keys.path().join("publisher");
+    let rollgate = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(rollgate_tests::bin("rollgate"))
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "rollgate {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    rollgate(&["release", "keygen", "--out", &prefix.display().to_string()])?;
+    let s = Setup::start_signed(Kind::Docker, 1, Some(&prefix.with_extension("pub")))?;
+    let d1 = s.push("1.0.0", "1.0.0", false);
+    let artifact = s.dir.join("webct-1.0.0.image");
+    let pinned = rollgate(&[
+        "release",
+        "pin",
+        &s.image("1.0.0"),
+        "--out",
+        &artifact.display().to_string(),
+        "--registry-ca",
+        &s.reg.ca_pem().display().to_string(),
+        "--registry-auth",
+        &s.auth.display().to_string(),
+    ])?;
+    assert!(pinned.contains(&s.image(&d1)), "{pinned}");
+    rollgate(&[
+        "release",
+        "sign",
+        "--key",
+        &prefix.with_extension("key").display().to_string(),
+        "--service",
+        "webct",
+        "--version",
+        "1.0.0",
+        "--fleet",
+        rollgate_tests::pki::FLEET,
+        &artifact.display().to_string(),
+    ])?;
+    let sig = format!("signature_file = \"{}.sig\"", artifact.display());
+    let signed = s.spec_with("1.0.0", &s.image("1.0.0"), &sig, "")?;
+    let r = s.roll(&signed)?;
+    assert_eq!(r.phase(), Phase::Succeeded, "{r:?}");
+    s.wait_serving(0, "1.0.0", &s.image(&d1))?;
+
+    // The tag moves: the signature signs the old digest, and the CLI says so.
+    s.push("1.0.0", "1.0.0-moved", false);
+    let e = s
+        .start_rollout(&signed)?
+        .expect_err("a signature of another digest must be refused");
+    assert!(e.contains("does not sign this release"), "{e}");
+    println!("    CLI refused: {}", e.trim());
+
+    // Unsigned: the agents refuse it before anything is touched.
+    let d2 = s.push("2.0.0", "2.0.0", false);
+    let r = s.roll(&s.spec("2.0.0", &s.image(&d2), "")?)?;
+    assert_ne!(r.phase(), Phase::Succeeded, "{r:?}");
+    let h = &r.hosts[0];
+    assert!(h.reason.contains("not signed"), "{}", h.reason);
+    println!("    refused: {}", h.reason);
+    s.wait_serving(0, "1.0.0", &s.image(&d1))?;
     println!("total {:.1?}", t0.elapsed());
     Ok(())
 }
