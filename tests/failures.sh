@@ -16,7 +16,7 @@ echo "==== ${#failed[@]} failed test(s); why each failed (the whole output is in
 # A test binary killed by a signal (a crash, the OOM killer) prints no 'failures:' list; cargo
 # names it ("process didn't exit successfully: ... (signal: 9, SIGKILL: kill)"), and the lines
 # before that are what it was doing.
-grep -n "process didn't exit successfully\|^error: test failed" "$log" | while IFS=: read -r at _; do
+grep -n "process didn't exit successfully: .*(signal: " "$log" | while IFS=: read -r at _; do
   echo "---- $(sed -n "${at}p" "$log" | cut -c1-300) ----"
   sed -n "$((at > lines ? at - lines : 1)),$((at - 1))p" "$log" | grep -v '^\s*$' | tail -n 15
 done
