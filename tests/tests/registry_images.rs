@@ -300,11 +300,20 @@ fn dockerd_pins_tags_pulls_with_credentials_stages_and_rolls_back() -> anyhow::R
     for i in 0..2 {
         s.wait_serving(i, "1.0.0", &s.image(&d1))?;
     }
+    // The pull's progress lines (sent to the coordinator as the order's progress and logged).
     let log = s.agent_log(0);
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("fetching: pull"))
+        .collect();
     assert!(
-        log.contains("pulling image"),
-        "no pull progress in the agent's log"
+        lines.iter().any(|l| l.contains("fetching: pulling image"))
+            && lines
+                .iter()
+                .any(|l| l.contains("fetching: pulled: 1 of 1 layers")),
+        "no pull progress in the agent's log: {lines:#?}"
     );
+    println!("  pull progress:\n    {}", lines.join("\n    "));
 
     // The tag moves while the rollout waits at its canary gate: the second host still gets
     // the digest pinned when the rollout was created.
