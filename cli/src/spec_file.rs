@@ -117,6 +117,17 @@ impl LoadedSpec {
 
 /// `text` with `release.image` set to `pinned`.
 fn with_image(text: &str, pinned: &str) -> Result<String, RewriteError> {
+    edit_release(text, |release| {
+        release.insert("image".into(), toml::Value::String(pinned.into()));
+        Ok(())
+    })
+}
+
+/// `text` with its `[release]` table changed by `edit`. Comments and key order are not kept.
+fn edit_release(
+    text: &str,
+    edit: impl FnOnce(&mut toml::Table) -> Result<(), RewriteError>,
+) -> Result<String, RewriteError> {
     let mut doc: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| RewriteError::Toml(e.to_string()))?;
@@ -124,7 +135,7 @@ fn with_image(text: &str, pinned: &str) -> Result<String, RewriteError> {
         .get_mut("release")
         .and_then(toml::Value::as_table_mut)
         .ok_or(RewriteError::NoRelease)?;
-    release.insert("image".into(), toml::Value::String(pinned.into()));
+    edit(release)?;
     toml::to_string(&doc).map_err(|e| RewriteError::Toml(e.to_string()))
 }
 
@@ -148,26 +159,21 @@ impl LoadedSpec {
 
 /// The spec text with `release.signature_file` replaced by `[release.signature]` from `sig`.
 pub fn with_signature(text: &str, sig: &SignatureFile) -> Result<String, RewriteError> {
-    let mut doc: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| RewriteError::Toml(e.to_string()))?;
-    let release = doc
-        .get_mut("release")
-        .and_then(toml::Value::as_table_mut)
-        .ok_or(RewriteError::NoRelease)?;
-    release.remove("signature_file");
-    let mut table = toml::Table::new();
-    table.insert("key_id".into(), toml::Value::String(sig.key_id.clone()));
-    table.insert(
-        "signature".into(),
-        toml::Value::String(sig.signature.clone()),
-    );
-    table.insert(
-        "expires".into(),
-        toml::Value::String(signing::rfc3339(signing::unix(sig.expires))),
-    );
-    release.insert("signature".into(), toml::Value::Table(table));
-    toml::to_string(&doc).map_err(|e| RewriteError::Toml(e.to_string()))
+    edit_release(text, |release| {
+        release.remove("signature_file");
+        let mut table = toml::Table::new();
+        table.insert("key_id".into(), toml::Value::String(sig.key_id.clone()));
+        table.insert(
+            "signature".into(),
+            toml::Value::String(sig.signature.clone()),
+        );
+        table.insert(
+            "expires".into(),
+            toml::Value::String(signing::rfc3339(signing::unix(sig.expires))),
+        );
+        release.insert("signature".into(), toml::Value::Table(table));
+        Ok(())
+    })
 }
 
 /// The spec text for a dry run. A `release.file` is hashed here, not pushed: the spec is
@@ -213,19 +219,14 @@ pub enum RewriteError {
 /// `release.source = "store:"`, `release.sha256` and `release.size`. Comments and key order
 /// are not kept (the coordinator stores the rewritten spec).
 pub fn with_store_release(text: &str, sha256: &str, size: u64) -> Result<String, RewriteError> {
-    let mut doc: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| RewriteError::Toml(e.to_string()))?;
-    let release = doc
-        .get_mut("release")
-        .and_then(toml::Value::as_table_mut)
-        .ok_or(RewriteError::NoRelease)?;
-    let size_value = i64::try_from(size).map_err(|_| RewriteError::TooLarge(size))?;
-    release.remove("file");
-    release.insert("source".into(), toml::Value::String(STORE_SOURCE.into()));
-    release.insert("sha256".into(), toml::Value::String(sha256.into()));
-    release.insert("size".into(), toml::Value::Integer(size_value));
-    toml::to_string(&doc).map_err(|e| RewriteError::Toml(e.to_string()))
+    edit_release(text, |release| {
+        let size_value = i64::try_from(size).map_err(|_| RewriteError::TooLarge(size))?;
+        release.remove("file");
+        release.insert("source".into(), toml::Value::String(STORE_SOURCE.into()));
+        release.insert("sha256".into(), toml::Value::String(sha256.into()));
+        release.insert("size".into(), toml::Value::Integer(size_value));
+        Ok(())
+    })
 }
 
 #[cfg(test)]
