@@ -129,7 +129,8 @@ pub fn check(config: &Config) -> anyhow::Result<String> {
         if tls.is_some() {
             " (mTLS)"
         } else {
-            " (PLAINTEXT)"
+            " (INSECURE PLAINTEXT: insecure_plaintext = true; anyone who reaches it can steer \
+             rollouts; for development only)"
         }
     ))
 }
