@@ -211,13 +211,14 @@ mod tests {
         s.set_on_failure(OnFailure::Halt);
         s.hosts[0].set_state(HostState::Updating);
         s.hosts[0].set_step(Step::Verifying);
-        // As before the derive, plus "unreadable" (the list-only field, now included).
+        // As before the derive, plus "unreadable" (the list-only field, now included) and
+        // "image" (the pinned image of an image release).
         let want = concat!(
             r#"{"blocked_by":"","created_at_ms":1700000000000,"created_by":"","done":0,"failed":0,"gate":"","#,
             r#""gate_kind":"","group_by":"","groups":[],"hosts":[{"connected":false,"group":"","#,
             r#""health":"healthy","holds_slot":false,"host_id":"h1","message":"2/5 probes","#,
             r#""reason":"","running_version":"","staged":false,"state":"updating","#,
-            r#""step":"verifying","token":7,"wave":0}],"id":"r-2","max_failures":0,"#,
+            r#""step":"verifying","token":7,"wave":0}],"id":"r-2","image":"","max_failures":0,"#,
             r#""max_unavailable":1,"on_failure":"halt","phase":"failed","reason":"","#,
             r#""rollback_of":"","rolled_back_by":"","service":"web","staged":0,"total":1,"#,
             r#""unavailable":0,"unreadable":"","updated_at_ms":0,"version":"2.0.0","wave":0,"#,
