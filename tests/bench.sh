@@ -8,6 +8,7 @@
 #   tests/bench.sh --only agent-rss --rss-agents 5      # idle agent RSS, metrics off and on
 #   tests/bench.sh --only handover,halt --hosts 10
 #   tests/bench.sh --only scale --scale-agents 1000 --metrics on    # then --metrics off
+#   tests/bench.sh --only swarm --swarm-agents 1000   # simulated hosts from one process (issue 17)
 # KEEP_TEST_DIRS=1 keeps every fleet's directory (logs) for a look afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."

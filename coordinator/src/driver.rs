@@ -147,7 +147,11 @@ async fn lead(
     let mut complaints = Complaints::default();
     let mut clock = ProgressClock::default();
     loop {
+        let began = Instant::now();
         let wake = drive_once(ctx, leader, &mut complaints, &mut clock).await?;
+        ctx.metrics
+            .planning_round
+            .observe(began.elapsed().as_secs_f64());
         let sleep = wake
             .map(|at| Duration::from_millis((at - now_ms()).max(0) as u64))
             .unwrap_or(IDLE_ROUND)

@@ -11,11 +11,14 @@
 //! certificate serials (`serial:HEX`) and fingerprints (`sha256:HEX`), read again when it
 //! changes and on SIGHUP. It is checked at every handshake, at every request on a long-lived
 //! HTTP/2 connection (with the certificate's expiry and chain against the current CA bundle),
-//! and every [`RECHECK_INTERVAL`] on open agent sessions and watches, which are cut.
+//! and every [`RECHECK_INTERVAL`] on open agent sessions and watches, which are cut (in full
+//! when the files or the deny list were read again or the certificate's validity ended, the
+//! only things that change the verdict: `tls::ServerTls::generation`).
 //! `host forget` bans the forgotten host's current certificate (its fingerprint, recorded
 //! in etcd at every session) until it is re-issued.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -32,6 +35,9 @@ use crate::Ctx;
 /// How often open streams (agent sessions, watches) are checked against the deny list, the
 /// certificate's expiry and the current CA bundle: a revoked identity is cut within this.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often an open stream's certificate is verified in full even when nothing it depends on
+/// was read again (see [`guard`]).
+pub const FULL_RECHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A control RPC, as far as permissions go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +231,8 @@ pub fn fingerprint(der: &[u8]) -> String {
 pub struct DenyList {
     path: Option<PathBuf>,
     current: Mutex<Loaded>,
+    /// Times the list was read again.
+    reloads: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -240,6 +248,7 @@ impl DenyList {
         let list = DenyList {
             path: path.map(Path::to_path_buf),
             current: Mutex::default(),
+            reloads: AtomicU64::new(0),
         };
         if let Some(p) = path {
             let entries = read_entries(p)?;
@@ -261,6 +270,7 @@ impl DenyList {
             return;
         }
         cur.stamp = now;
+        self.reloads.fetch_add(1, Ordering::SeqCst);
         match read_entries(p) {
             Ok(entries) => {
                 info!(path = %p.display(), entries = entries.len(), "deny list reloaded");
@@ -271,6 +281,11 @@ impl DenyList {
                 cur.entries.len()
             ),
         }
+    }
+
+    /// Times the list was read again since it was loaded.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::SeqCst)
     }
 
     /// Why `chain`'s holder is denied, if it is.
@@ -319,6 +334,20 @@ fn is_hex(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// When the first certificate of `chain` stops being valid (`None`: one cannot be read).
+fn valid_until(chain: &[CertificateDer<'static>]) -> Option<SystemTime> {
+    chain
+        .iter()
+        .map(|der| {
+            let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+            let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        })
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .min()
+}
+
 /// The certificate's serial number, lowercase hex without leading zeros.
 fn serial_of(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
@@ -349,12 +378,27 @@ pub fn guard(
         return token;
     };
     let t = token.clone();
+    let ends = valid_until(&chain);
     tokio::spawn(async move {
+        // None: the first round checks in full (the files may have changed since the handshake).
+        let mut seen = None;
+        let mut last_full = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = t.cancelled() => return,
                 _ = tokio::time::sleep(RECHECK_INTERVAL) => {}
             }
+            // The verdict changes with the TLS files, the deny list, or the clock passing the
+            // chain's validity: the full check (a signature verification) then, and at least
+            // every FULL_RECHECK_INTERVAL for what the chain does not show (the CA's own
+            // validity ending).
+            let generation = tls.generation();
+            let expired = ends.is_none_or(|end| SystemTime::now() >= end);
+            if seen == Some(generation) && !expired && last_full.elapsed() < FULL_RECHECK_INTERVAL {
+                continue;
+            }
+            seen = Some(generation);
+            last_full = tokio::time::Instant::now();
             if let Err(why) = tls.recheck(&who, &chain) {
                 warn!(peer = %who.uri(), "cut the open {what}: {why}");
                 t.cancel();

@@ -12,8 +12,9 @@
 //! is reported and the last good config stays in use.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use rollgate_proto::text::printable;
@@ -47,7 +48,15 @@ pub struct ServerTls {
     current: Mutex<Loaded>,
     /// Identities and certificates refused even though the CA signed them.
     pub deny: DenyList,
+    /// Times the TLS files were read again (see [`ServerTls::generation`]).
+    reloads: AtomicU64,
+    /// When [`ServerTls::generation`] last looked at the files.
+    polled: Mutex<Option<Instant>>,
 }
+
+/// How often [`ServerTls::generation`] looks at the TLS files and the deny list (one stat
+/// each, for every open stream together): well within [`crate::roles::RECHECK_INTERVAL`].
+const CHANGE_POLL: Duration = Duration::from_millis(500);
 
 struct Loaded {
     acceptor: TlsAcceptor,
@@ -81,6 +90,8 @@ impl ServerTls {
             settings: settings.clone(),
             current: Mutex::new(loaded),
             deny: DenyList::load(deny_list).context("[access] deny_list")?,
+            reloads: AtomicU64::new(0),
+            polled: Mutex::new(None),
         })))
     }
 
@@ -154,11 +165,33 @@ impl ServerTls {
             })
     }
 
+    /// A number that changes whenever the TLS files or the deny list are read again (changed
+    /// on disk, or SIGHUP), looked at no more than every [`CHANGE_POLL`]. An open stream's
+    /// verdict ([`ServerTls::recheck`]) can change only with it or with the clock passing the
+    /// end of its certificate's validity, so the guards of 10,000 sessions re-verify a
+    /// signature only then, not every second each.
+    pub fn generation(&self) -> u64 {
+        let due = {
+            let mut polled = lock(&self.polled);
+            let due = polled.is_none_or(|t| t.elapsed() >= CHANGE_POLL);
+            if due {
+                *polled = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            self.acceptor(false);
+            self.deny.refresh(false);
+        }
+        self.reloads.load(Ordering::SeqCst) + self.deny.reloads()
+    }
+
     /// The acceptor to use now, reloading first when a file changed (or `force`).
     fn acceptor(&self, force: bool) -> TlsAcceptor {
         let mut cur = lock(&self.current);
         let now = stamps(&self.settings);
         if force || now != cur.stamps {
+            self.reloads.fetch_add(1, Ordering::SeqCst);
             match Self::build(&self.settings) {
                 Ok(fresh) => {
                     info!(

@@ -553,6 +553,17 @@ pub async fn dial(
     endpoint: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
     files: &TlsFiles,
 ) -> Result<tonic::transport::Channel, DialFailure> {
+    dial_from(url, endpoint, files, None).await
+}
+
+/// [`dial`] from the local address `local` (any port), when it is set: the swarm benchmark
+/// gives each simulated host its own loopback address, as each real host has its own.
+pub async fn dial_from(
+    url: &str,
+    endpoint: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
+    files: &TlsFiles,
+    local: Option<std::net::IpAddr>,
+) -> Result<tonic::transport::Channel, DialFailure> {
     let plain = match url.strip_prefix("https://") {
         Some(rest) => format!("http://{rest}"),
         None => url.to_string(),
@@ -561,6 +572,7 @@ pub async fn dial(
     let config = coordinator_client(files)?;
     let connector = CoordinatorConnector {
         tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        local,
     };
     Ok(ep.connect_with_connector(connector).await?)
 }
@@ -580,6 +592,8 @@ pub enum DialFailure {
 #[derive(Clone)]
 struct CoordinatorConnector {
     tls: tokio_rustls::TlsConnector,
+    /// The local address to connect from (the system picks when `None`).
+    local: Option<std::net::IpAddr>,
 }
 
 type Dialed = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
@@ -600,7 +614,7 @@ impl tonic::codegen::Service<tonic::codegen::http::Uri> for CoordinatorConnector
     }
 
     fn call(&mut self, uri: tonic::codegen::http::Uri) -> Self::Future {
-        let tls = self.tls.clone();
+        let (tls, local) = (self.tls.clone(), self.local);
         Box::pin(async move {
             let host = uri.host().ok_or("the coordinator URL has no host")?;
             let host = host
@@ -610,7 +624,10 @@ impl tonic::codegen::Service<tonic::codegen::http::Uri> for CoordinatorConnector
             let port = uri.port_u16().unwrap_or(443);
             let name = rustls_pki_types::ServerName::try_from(host.clone())
                 .map_err(|e| format!("{host:?} is not a DNS name or IP address: {e}"))?;
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let tcp = match local {
+                None => tokio::net::TcpStream::connect((host.as_str(), port)).await?,
+                Some(ip) => connect_from(ip, &host, port).await?,
+            };
             let _ = tcp.set_nodelay(true);
             let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connect(name, tcp))
                 .await
@@ -623,6 +640,25 @@ impl tonic::codegen::Service<tonic::codegen::http::Uri> for CoordinatorConnector
             Ok(hyper_util::rt::TokioIo::new(stream))
         })
     }
+}
+
+/// TCP to `host:port` from the local address `ip`.
+async fn connect_from(
+    ip: std::net::IpAddr,
+    host: &str,
+    port: u16,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let to = tokio::net::lookup_host((host, port))
+        .await?
+        .find(|a| a.is_ipv4() == ip.is_ipv4())
+        .ok_or_else(|| std::io::Error::other(format!("{host} has no address like {ip}")))?;
+    let socket = if ip.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(ip, 0))?;
+    socket.connect(to).await
 }
 
 #[cfg(test)]

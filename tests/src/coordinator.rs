@@ -24,6 +24,8 @@ pub(crate) struct ReplicaOpts {
     pub(crate) command: Vec<String>,
     /// It serves `[metrics] listen` on a free loopback port.
     pub(crate) metrics: bool,
+    /// The heartbeat interval it asks agents for ([`FleetOpts::heartbeat`]).
+    pub(crate) heartbeat: Duration,
 }
 
 /// One coordinator replica. Methods take `&self`: the supervisor shares the process.
@@ -60,7 +62,11 @@ impl Coordinator {
         pki: &pki::Pki,
         replica: ReplicaOpts,
     ) -> anyhow::Result<Self> {
-        let ReplicaOpts { command, metrics } = replica;
+        let ReplicaOpts {
+            command,
+            metrics,
+            heartbeat,
+        } = replica;
         let id = format!("coord-{index}");
         let tls = pki.coordinator(&id, IpAddr::V4(ip))?.toml();
         let addr = SocketAddr::new(IpAddr::V4(ip), free_port());
@@ -89,7 +95,7 @@ missed_heartbeats = {MISSED_HEARTBEATS}
 {extra}
 "#,
             state = cdir.display(),
-            hb = HEARTBEAT.as_millis(),
+            hb = heartbeat.as_millis(),
             extra = extra.tables.as_deref().unwrap_or_default(),
             // A plain test etcd must be allowed explicitly (the coordinator refuses it otherwise).
             endpoints = etcd_endpoints

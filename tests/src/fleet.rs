@@ -196,6 +196,7 @@ impl Fleet {
                 ReplicaOpts {
                     command: coordinator_prefix(&opts, k)?,
                     metrics: opts.metrics,
+                    heartbeat: opts.heartbeat,
                 },
             )?);
         }

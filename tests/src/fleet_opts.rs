@@ -1,6 +1,7 @@
 //! A fleet's settings ([`FleetOpts`]) and their defaults.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// How hosts are spread over sites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +69,10 @@ pub struct FleetOpts {
     /// etcd members: 1 (the default) or a cluster ([`EtcdCluster`]; `Fleet::etcd` is member 1,
     /// [`Fleet::etcd_peers`] the others).
     pub etcd_members: usize,
+    /// The heartbeat interval the coordinators ask agents for ([`crate::HEARTBEAT`] unless a
+    /// benchmark measures another, e.g. production's default of 1 s); a session is dropped
+    /// after [`crate::MISSED_HEARTBEATS`] of them.
+    pub heartbeat: Duration,
 }
 
 /// Directories holding `rollgate-coordinator` and `rollgate-agent` builds other than this one.
@@ -97,6 +102,7 @@ impl Default for FleetOpts {
             metrics: true,
             etcd_via_proxy: false,
             etcd_members: 1,
+            heartbeat: crate::HEARTBEAT,
         }
     }
 }

@@ -188,10 +188,18 @@ pub struct Metrics {
     /// From a host's result to the next grant of the same rollout: how fast a freed share of
     /// the budget is handed over.
     pub handover: Histogram,
+    /// How long the leader's planning rounds take (read the fleet and the active rollouts,
+    /// plan, grant): at 10,000 hosts the round is what bounds the grant rate.
+    pub planning_round: Histogram,
     /// Rollouts that stopped rolling forward.
     pub halts: Family<HaltLabels, Counter>,
     /// etcd request latency and errors, fed by the channel the etcd client uses.
     pub etcd: EtcdMetrics,
+}
+
+/// Buckets of the planning round time: 1 ms to ~16 s.
+fn round_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 15)
 }
 
 /// Buckets of the hand-over latency: 5 ms to ~40 s.
@@ -227,6 +235,7 @@ impl Metrics {
             wave: Family::default(),
             grants: Family::default(),
             handover: Histogram::new(handover_buckets()),
+            planning_round: Histogram::new(round_buckets()),
             halts: Family::default(),
             etcd: EtcdMetrics::default(),
         };
@@ -320,6 +329,12 @@ impl Metrics {
             "From a host's result to the next grant of the same rollout",
             Unit::Seconds,
             self.handover.clone(),
+        );
+        r.register_with_unit(
+            "planning_round",
+            "The leader's planning rounds (read fleet and rollouts, plan, grant)",
+            Unit::Seconds,
+            self.planning_round.clone(),
         );
         r.register(
             "rollout_halts",

@@ -27,6 +27,13 @@
 //!   coordinator and the agents without `[metrics]`; with `on` (the default) the coordinator's
 //!   `/metrics` is scraped every `SCALE_SCRAPE_EVERY` during the CPU window, as a Prometheus
 //!   would, so the two runs compare the whole cost of the metrics.
+//! - `swarm`: `--swarm-agents` simulated hosts (default 1000) from one load generator in this
+//!   process, each a real mTLS agent session with its own host certificate (hello,
+//!   heartbeats, orders carried out in `--swarm-exec-ms`), on one coordinator with the
+//!   production heartbeat of 1 s (`--swarm-heartbeat-ms`): coordinator CPU and RSS and etcd
+//!   revisions over `--swarm-idle-secs`, the round trip on the agents' connections, a
+//!   reconnect storm after kill -9 + restart of the coordinator, and a rollout at a 1 %
+//!   budget (grants per second, planning rounds, the most hosts holding an order at once).
 //! - `wall`: a release rolled across `--wall-hosts` hosts (default 30) at budgets 1, 3 and 10:
 //!   the overhead per wave beyond the floor ceil(N/P) x (restart + `min_healthy_time`).
 //!
@@ -50,6 +57,8 @@ mod latency;
 mod logs;
 mod procfs;
 mod scale;
+mod swarm;
+mod swarm_host;
 mod wall;
 
 use footprint::*;
@@ -57,17 +66,27 @@ use latency::*;
 use logs::*;
 use procfs::*;
 use scale::*;
+use swarm::swarm;
 use wall::*;
 
 /// The probe interval the harness configures for every test service.
 const PROBE_INTERVAL_MS: f64 = 100.0;
 
 /// Every benchmark, in the order they run.
-const BENCHES: [&str; 6] = ["idle", "agent-rss", "handover", "halt", "scale", "wall"];
+const BENCHES: [&str; 7] = [
+    "idle",
+    "agent-rss",
+    "handover",
+    "halt",
+    "scale",
+    "wall",
+    "swarm",
+];
 
-const USAGE: &str = "usage: rollgate-bench [--only idle,agent-rss,handover,halt,scale,wall] \
+const USAGE: &str = "usage: rollgate-bench [--only idle,agent-rss,handover,halt,scale,wall,swarm] \
 [--idle-secs N] [--rss-agents N] [--rss-settle-secs N] [--hosts N] [--handover-rounds N] \
-[--halt-hosts N] [--scale-agents N] [--metrics on|off] [--wall-hosts N]";
+[--halt-hosts N] [--scale-agents N] [--metrics on|off] [--wall-hosts N] [--swarm-agents N] \
+[--swarm-heartbeat-ms N] [--swarm-exec-ms N] [--swarm-idle-secs N] [--swarm-sources one|many]";
 
 /// Issue 13: an idle agent's resident memory, metrics on, stays within this.
 const AGENT_RSS_BOUND_MIB: f64 = 10.0;
@@ -92,6 +111,17 @@ struct Args {
     scale_metrics: bool,
     /// Hosts of the `wall` benchmark.
     wall_hosts: usize,
+    /// Simulated hosts of the `swarm` benchmark.
+    swarm_agents: usize,
+    /// The heartbeat interval of the `swarm` coordinator (production's default: 1 s).
+    swarm_heartbeat: Duration,
+    /// How long a simulated host takes to carry out an order.
+    swarm_exec: Duration,
+    /// The `swarm` idle window.
+    swarm_idle_secs: u64,
+    /// `--swarm-sources one`: every simulated host connects from 127.0.0.1 (a fleet behind
+    /// one NAT) instead of its own loopback address.
+    swarm_one_source: bool,
 }
 
 impl Args {
@@ -107,6 +137,11 @@ impl Args {
             scale_agents: 300,
             scale_metrics: true,
             wall_hosts: 30,
+            swarm_agents: 1000,
+            swarm_heartbeat: Duration::from_secs(1),
+            swarm_exec: Duration::from_millis(100),
+            swarm_idle_secs: 30,
+            swarm_one_source: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -139,6 +174,19 @@ impl Args {
                 "--halt-hosts" => a.halt_hosts = num()?.max(3),
                 "--scale-agents" => a.scale_agents = num()?,
                 "--wall-hosts" => a.wall_hosts = num()?.max(10),
+                "--swarm-agents" => a.swarm_agents = num()?.max(1),
+                "--swarm-heartbeat-ms" => {
+                    a.swarm_heartbeat = Duration::from_millis(num()?.max(10) as u64)
+                }
+                "--swarm-exec-ms" => a.swarm_exec = Duration::from_millis(num()? as u64),
+                "--swarm-idle-secs" => a.swarm_idle_secs = num()?.max(1) as u64,
+                "--swarm-sources" => {
+                    a.swarm_one_source = match value.as_str() {
+                        "one" => true,
+                        "many" => false,
+                        _ => bail!("--swarm-sources takes one or many, not {value:?}\n{USAGE}"),
+                    }
+                }
                 "--metrics" => {
                     a.scale_metrics = match value.as_str() {
                         "on" => true,
@@ -254,13 +302,14 @@ fn main() -> anyhow::Result<()> {
     );
     let mut report = Report::default();
     let mut failures = Vec::new();
-    let benches: [(&str, Bench); 6] = [
+    let benches: [(&str, Bench); 7] = [
         ("idle", idle),
         ("agent-rss", agent_rss),
         ("handover", handover),
         ("halt", halt),
         ("scale", scale),
         ("wall", wall),
+        ("swarm", swarm),
     ];
     for (name, run) in benches {
         if !args.wants(name) {
