@@ -158,7 +158,13 @@ async fn lead(
             .min(IDLE_ROUND);
         tokio::select! {
             m = watch.message() => match m {
-                Ok(Some(_)) => {}
+                // Every round reads etcd afresh: the changes queued behind this one are
+                // covered by the same next round.
+                Ok(Some(_)) => match watch.drain_ready() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(StoreError::from(e).into()),
+                },
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(StoreError::from(e).into()),
             },

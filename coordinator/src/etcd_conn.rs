@@ -218,6 +218,24 @@ impl Watch {
             other => Ok(other),
         }
     }
+
+    /// Takes every response already received without waiting, and returns how many there
+    /// were (`Ok(None)`: the stream ended). For a caller that re-reads the state after changes
+    /// rather than applying each: a burst of changes (thousands of agents reconnecting after a
+    /// restart) then costs one re-read, not one per response queued behind it.
+    pub fn drain_ready(&mut self) -> Result<Option<usize>, etcd_client::Error> {
+        use futures::FutureExt as _;
+        let mut taken = 0;
+        loop {
+            // Cancel-safe: a response not yet complete stays in the stream.
+            match self.message().now_or_never() {
+                None => return Ok(Some(taken)),
+                Some(Ok(Some(_))) => taken += 1,
+                Some(Ok(None)) => return Ok(None),
+                Some(Err(e)) => return Err(e),
+            }
+        }
+    }
 }
 
 /// Opens a watch and waits for etcd to confirm it (that first, event-less response is not
