@@ -124,8 +124,9 @@ fn measure(
 ) -> anyhow::Result<()> {
     idle(args, report, fleet, gen, pid)?;
     rtt(report, gen)?;
-    storm(report, fleet, gen)?;
-    rollout(args, report, fleet, gen)
+    // The rollout before the storm: a storm that does not recover leaves nothing to roll.
+    rollout(args, report, fleet, gen)?;
+    storm(report, fleet, gen)
 }
 
 /// Coordinator CPU and RSS, and etcd revisions, while every host only heartbeats.
