@@ -29,6 +29,10 @@
 //!   would, so the two runs compare the whole cost of the metrics.
 //! - `wall`: a release rolled across `--wall-hosts` hosts (default 30) at budgets 1, 3 and 10:
 //!   the overhead per wave beyond the floor ceil(N/P) x (restart + `min_healthy_time`).
+//! - `big-artifact`: a `--artifact-mb` MB release (default 200) staged at once on
+//!   `--artifact-agents` agents (default 50) through one coordinator: its peak RSS, the agents'
+//!   peak RSS, aggregate and per-agent MB/s against `openssl speed` and `dd` measured in the
+//!   same run, and one agent killed -9 mid-download, which must resume where it stopped.
 //!
 //! Times come from the daemons' own log lines: tracing's default timestamp, RFC 3339 in UTC
 //! with microseconds (`2025-01-02T03:04:05.123456Z`), written when the event happens. Every
@@ -43,8 +47,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rollgate_tests::pb::Phase;
-use rollgate_tests::{bin, Fleet, FleetOpts, Mode, Proc, HEARTBEAT};
+use rollgate_tests::{bin, BinDirs, Fleet, FleetOpts, Mode, Proc, HEARTBEAT};
 
+mod artifact;
 mod footprint;
 mod latency;
 mod logs;
@@ -52,6 +57,7 @@ mod procfs;
 mod scale;
 mod wall;
 
+use artifact::*;
 use footprint::*;
 use latency::*;
 use logs::*;
@@ -63,11 +69,21 @@ use wall::*;
 const PROBE_INTERVAL_MS: f64 = 100.0;
 
 /// Every benchmark, in the order they run.
-const BENCHES: [&str; 6] = ["idle", "agent-rss", "handover", "halt", "scale", "wall"];
+const BENCHES: [&str; 7] = [
+    "idle",
+    "agent-rss",
+    "handover",
+    "halt",
+    "scale",
+    "wall",
+    "big-artifact",
+];
 
-const USAGE: &str = "usage: rollgate-bench [--only idle,agent-rss,handover,halt,scale,wall] \
+const USAGE: &str =
+    "usage: rollgate-bench [--only idle,agent-rss,handover,halt,scale,wall,big-artifact] \
 [--idle-secs N] [--rss-agents N] [--rss-settle-secs N] [--hosts N] [--handover-rounds N] \
-[--halt-hosts N] [--scale-agents N] [--metrics on|off] [--wall-hosts N]";
+[--halt-hosts N] [--scale-agents N] [--metrics on|off] [--wall-hosts N] [--artifact-agents N] \
+[--artifact-mb N] [--artifact-bins DIR]";
 
 /// Issue 13: an idle agent's resident memory, metrics on, stays within this.
 const AGENT_RSS_BOUND_MIB: f64 = 10.0;
@@ -92,6 +108,13 @@ struct Args {
     scale_metrics: bool,
     /// Hosts of the `wall` benchmark.
     wall_hosts: usize,
+    /// Agents of the `big-artifact` benchmark.
+    artifact_agents: usize,
+    /// Size of its release, in MB (10^6 bytes).
+    artifact_mb: usize,
+    /// `--artifact-bins DIR`: the coordinator and agent binaries of `big-artifact` (another
+    /// build's, to compare before and after a change); default: this build's.
+    artifact_bins: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -107,6 +130,9 @@ impl Args {
             scale_agents: 300,
             scale_metrics: true,
             wall_hosts: 30,
+            artifact_agents: 50,
+            artifact_mb: 200,
+            artifact_bins: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -139,6 +165,9 @@ impl Args {
                 "--halt-hosts" => a.halt_hosts = num()?.max(3),
                 "--scale-agents" => a.scale_agents = num()?,
                 "--wall-hosts" => a.wall_hosts = num()?.max(10),
+                "--artifact-agents" => a.artifact_agents = num()?.max(2),
+                "--artifact-mb" => a.artifact_mb = num()?.max(1),
+                "--artifact-bins" => a.artifact_bins = Some(value.into()),
                 "--metrics" => {
                     a.scale_metrics = match value.as_str() {
                         "on" => true,
@@ -254,13 +283,14 @@ fn main() -> anyhow::Result<()> {
     );
     let mut report = Report::default();
     let mut failures = Vec::new();
-    let benches: [(&str, Bench); 6] = [
+    let benches: [(&str, Bench); 7] = [
         ("idle", idle),
         ("agent-rss", agent_rss),
         ("handover", handover),
         ("halt", halt),
         ("scale", scale),
         ("wall", wall),
+        ("big-artifact", big_artifact),
     ];
     for (name, run) in benches {
         if !args.wants(name) {
