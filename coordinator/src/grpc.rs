@@ -21,8 +21,12 @@ use crate::{sessions, Ctx};
 
 /// Queue depth of one agent's outgoing messages.
 const AGENT_QUEUE: usize = 64;
-/// Queue depth of one watcher's or download's outgoing messages.
+/// Queue depth of one watcher's outgoing messages.
 const STREAM_QUEUE: usize = 16;
+/// Chunks of [`rollgate_proto::ARTIFACT_CHUNK_BYTES`] read ahead of one download: enough to
+/// keep the stream busy while the next is read; small, because every download in progress
+/// holds them (50 downloads x 2 x 256 KiB = 25 MiB).
+const ARTIFACT_QUEUE: usize = 2;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -115,11 +119,15 @@ impl AgentService for AgentApi {
             }
             other => other?,
         };
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let (tx, rx) = mpsc::channel(ARTIFACT_QUEUE);
         let mut offset = req.offset.min(total);
+        let host = who.as_ref().map_or("-", |id| id.name.as_str());
+        tracing::info!(%host, sha256 = %req.sha256, offset, total, "serving artifact");
         self.ctx.tasks.spawn(async move {
-            let mut buf = vec![0u8; rollgate_proto::ARTIFACT_CHUNK_BYTES];
             loop {
+                // Read straight into the chunk's own buffer: no copy, and no buffer kept per
+                // download between chunks.
+                let mut buf = vec![0u8; rollgate_proto::ARTIFACT_CHUNK_BYTES];
                 let n = match read_chunk(&mut file, &mut buf).await {
                     Ok(0) => return,
                     Ok(n) => n,
@@ -130,9 +138,10 @@ impl AgentService for AgentApi {
                         return;
                     }
                 };
+                buf.truncate(n);
                 let chunk = pb::ArtifactChunk {
                     offset,
-                    data: buf[..n].to_vec(),
+                    data: buf,
                     total_size: total,
                 };
                 offset += n as u64;

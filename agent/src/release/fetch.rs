@@ -246,9 +246,9 @@ impl Fetcher {
         let partial = staging_dir.join(format!("{}.partial", artifact.sha256));
         let mut delay = FETCH_RETRY_DELAY;
         let mut attempt = 1;
-        loop {
+        let digest = loop {
             match self.try_once(artifact, staging_dir, &partial).await {
-                Ok(()) => break,
+                Ok(digest) => break digest,
                 Err(e) if e.retryable() && attempt < FETCH_ATTEMPTS => {
                     tracing::warn!(
                         version = %artifact.version,
@@ -277,17 +277,19 @@ impl Fetcher {
                     return Err(e);
                 }
             }
-        }
-        verify(&partial, artifact).await?;
+        };
+        verify(&partial, artifact, digest).await?;
         Ok(partial)
     }
 
+    /// One try: resumes from the bytes on disk; returns the digest of the whole file when
+    /// this try hashed it as it wrote (`None`: it was already complete, not hashed here).
     async fn try_once(
         &self,
         artifact: &Artifact,
         staging_dir: &Path,
         partial: &Path,
-    ) -> Result<(), FetchError> {
+    ) -> Result<Option<String>, FetchError> {
         let mut have = match tokio::fs::metadata(partial).await {
             Ok(m) => m.len(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
@@ -301,7 +303,14 @@ impl Fetcher {
             have = 0;
         }
         if have == artifact.size {
-            return Ok(());
+            return Ok(None);
+        }
+        if have > 0 {
+            tracing::info!(
+                version = %artifact.version,
+                "resuming the download at byte {have} of {} (kept on disk)",
+                artifact.size
+            );
         }
         check_space(staging_dir, artifact.size - have)?;
         let mut sink = Sink::open(partial, have, artifact.size).await?;
@@ -310,7 +319,7 @@ impl Fetcher {
             Source::Http(url) => self.download_http(url, artifact, &mut sink).await?,
             Source::File(path) => download_file(path, artifact, &mut sink).await?,
         }
-        sink.finish().await
+        sink.finish().await.map(Some)
     }
 
     async fn download_store(&self, artifact: &Artifact, sink: &mut Sink) -> Result<(), FetchError> {
@@ -598,16 +607,22 @@ fn check_space(dir: &Path, need: u64) -> Result<(), FetchError> {
     Ok(())
 }
 
-/// The partial download: appends, and refuses to grow past the declared size.
+/// The partial download: appends, hashing as it writes (the bytes already on disk are hashed
+/// when it opens), and refuses to grow past the declared size.
 struct Sink {
     file: tokio::fs::File,
     path: PathBuf,
     written: u64,
     limit: u64,
+    /// sha256 of the file's first `written` bytes.
+    hasher: Sha256,
 }
 
 impl Sink {
     async fn open(path: &Path, have: u64, limit: u64) -> Result<Sink, FetchError> {
+        let hasher = hash_prefix(path, have)
+            .await
+            .map_err(io_err("hash", path))?;
         // 0600: bytes not yet verified are nobody else's to read.
         let file = tokio::fs::OpenOptions::new()
             .create(true)
@@ -621,6 +636,7 @@ impl Sink {
             path: path.to_path_buf(),
             written: have,
             limit,
+            hasher,
         })
     }
 
@@ -632,6 +648,7 @@ impl Sink {
             .write_all(data)
             .await
             .map_err(io_err("write", &self.path))?;
+        self.hasher.update(data);
         self.written += data.len() as u64;
         crate::metrics::get().fetched(data.len() as u64);
         Ok(())
@@ -643,10 +660,12 @@ impl Sink {
             .await
             .map_err(io_err("truncate", &self.path))?;
         self.written = 0;
+        self.hasher = Sha256::new();
         Ok(())
     }
 
-    async fn finish(mut self) -> Result<(), FetchError> {
+    /// Flushes and fsyncs; returns the digest of the complete file.
+    async fn finish(mut self) -> Result<String, FetchError> {
         self.file
             .flush()
             .await
@@ -661,12 +680,39 @@ impl Sink {
                 size: self.limit,
             });
         }
-        Ok(())
+        Ok(hex::encode(self.hasher.finalize()))
     }
 }
 
-/// Checks a complete download's size and digest; deletes it on a digest mismatch.
-async fn verify(partial: &Path, artifact: &Artifact) -> Result<(), FetchError> {
+/// The hasher state after the first `len` bytes of `path` (a resumed download's prefix).
+async fn hash_prefix(path: &Path, len: u64) -> io::Result<Sha256> {
+    let mut hasher = Sha256::new();
+    if len == 0 {
+        return Ok(hasher);
+    }
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::open(&path)?.take(len);
+        let mut buf = vec![0u8; HASH_BUFFER_BYTES];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(hasher);
+            }
+            hasher.update(&buf[..n]);
+        }
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// Checks a complete download's size and digest (`digest`: computed as it was written, or
+/// `None` to hash the file now); deletes it on a digest mismatch.
+async fn verify(
+    partial: &Path,
+    artifact: &Artifact,
+    digest: Option<String>,
+) -> Result<(), FetchError> {
     let len = tokio::fs::metadata(partial)
         .await
         .map_err(io_err("inspect", partial))?
@@ -677,9 +723,12 @@ async fn verify(partial: &Path, artifact: &Artifact) -> Result<(), FetchError> {
             size: artifact.size,
         });
     }
-    let got = sha256_file_async(partial)
-        .await
-        .map_err(io_err("hash", partial))?;
+    let got = match digest {
+        Some(d) => d,
+        None => sha256_file_async(partial)
+            .await
+            .map_err(io_err("hash", partial))?,
+    };
     if got != artifact.sha256 {
         let _ = tokio::fs::remove_file(partial).await;
         return Err(FetchError::Digest {

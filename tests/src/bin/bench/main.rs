@@ -36,6 +36,10 @@
 //!   budget (grants per second, planning rounds, the most hosts holding an order at once).
 //! - `wall`: a release rolled across `--wall-hosts` hosts (default 30) at budgets 1, 3 and 10:
 //!   the overhead per wave beyond the floor ceil(N/P) x (restart + `min_healthy_time`).
+//! - `big-artifact`: a `--artifact-mb` MB release (default 200) staged at once on
+//!   `--artifact-agents` agents (default 50) through one coordinator: its peak RSS, the agents'
+//!   peak RSS, aggregate and per-agent MB/s against `openssl speed` and `dd` measured in the
+//!   same run, and one agent killed -9 mid-download, which must resume where it stopped.
 //!
 //! Times come from the daemons' own log lines: tracing's default timestamp, RFC 3339 in UTC
 //! with microseconds (`2025-01-02T03:04:05.123456Z`), written when the event happens. Every
@@ -50,8 +54,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rollgate_tests::pb::Phase;
-use rollgate_tests::{bin, Fleet, FleetOpts, Mode, Proc, HEARTBEAT};
+use rollgate_tests::{bin, BinDirs, Fleet, FleetOpts, Mode, Proc, HEARTBEAT};
 
+mod artifact;
 mod footprint;
 mod latency;
 mod logs;
@@ -61,6 +66,7 @@ mod swarm;
 mod swarm_host;
 mod wall;
 
+use artifact::*;
 use footprint::*;
 use latency::*;
 use logs::*;
@@ -73,7 +79,7 @@ use wall::*;
 const PROBE_INTERVAL_MS: f64 = 100.0;
 
 /// Every benchmark, in the order they run.
-const BENCHES: [&str; 7] = [
+const BENCHES: [&str; 8] = [
     "idle",
     "agent-rss",
     "handover",
@@ -81,12 +87,14 @@ const BENCHES: [&str; 7] = [
     "scale",
     "wall",
     "swarm",
+    "big-artifact",
 ];
 
-const USAGE: &str = "usage: rollgate-bench [--only idle,agent-rss,handover,halt,scale,wall,swarm] \
-[--idle-secs N] [--rss-agents N] [--rss-settle-secs N] [--hosts N] [--handover-rounds N] \
-[--halt-hosts N] [--scale-agents N] [--metrics on|off] [--wall-hosts N] [--swarm-agents N] \
-[--swarm-heartbeat-ms N] [--swarm-exec-ms N] [--swarm-idle-secs N] [--swarm-sources one|many]";
+const USAGE: &str = "usage: rollgate-bench [--only idle,agent-rss,handover,halt,scale,wall,swarm,\
+big-artifact] [--idle-secs N] [--rss-agents N] [--rss-settle-secs N] [--hosts N] \
+[--handover-rounds N] [--halt-hosts N] [--scale-agents N] [--metrics on|off] [--wall-hosts N] \
+[--swarm-agents N] [--swarm-heartbeat-ms N] [--swarm-exec-ms N] [--swarm-idle-secs N] \
+[--swarm-sources one|many] [--artifact-agents N] [--artifact-mb N] [--artifact-bins DIR]";
 
 /// Issue 13: an idle agent's resident memory, metrics on, stays within this.
 const AGENT_RSS_BOUND_MIB: f64 = 10.0;
@@ -122,6 +130,13 @@ struct Args {
     /// `--swarm-sources one`: every simulated host connects from 127.0.0.1 (a fleet behind
     /// one NAT) instead of its own loopback address.
     swarm_one_source: bool,
+    /// Agents of the `big-artifact` benchmark.
+    artifact_agents: usize,
+    /// Size of its release, in MB (10^6 bytes).
+    artifact_mb: usize,
+    /// `--artifact-bins DIR`: the coordinator and agent binaries of `big-artifact` (another
+    /// build's, to compare before and after a change); default: this build's.
+    artifact_bins: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -142,6 +157,9 @@ impl Args {
             swarm_exec: Duration::from_millis(100),
             swarm_idle_secs: 30,
             swarm_one_source: false,
+            artifact_agents: 50,
+            artifact_mb: 200,
+            artifact_bins: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -187,6 +205,9 @@ impl Args {
                         _ => bail!("--swarm-sources takes one or many, not {value:?}\n{USAGE}"),
                     }
                 }
+                "--artifact-agents" => a.artifact_agents = num()?.max(2),
+                "--artifact-mb" => a.artifact_mb = num()?.max(1),
+                "--artifact-bins" => a.artifact_bins = Some(value.into()),
                 "--metrics" => {
                     a.scale_metrics = match value.as_str() {
                         "on" => true,
@@ -302,7 +323,7 @@ fn main() -> anyhow::Result<()> {
     );
     let mut report = Report::default();
     let mut failures = Vec::new();
-    let benches: [(&str, Bench); 7] = [
+    let benches: [(&str, Bench); 8] = [
         ("idle", idle),
         ("agent-rss", agent_rss),
         ("handover", handover),
@@ -310,6 +331,7 @@ fn main() -> anyhow::Result<()> {
         ("scale", scale),
         ("wall", wall),
         ("swarm", swarm),
+        ("big-artifact", big_artifact),
     ];
     for (name, run) in benches {
         if !args.wants(name) {
