@@ -80,6 +80,9 @@ pub(crate) fn big_artifact(args: &Args, report: &mut Report) -> anyhow::Result<(
     );
     let mut peak = Peak::default();
     let id = fleet.start_rollout(&fleet.spec(&rel, &strategy)?)?;
+    // The push is done and the downloads are only starting: what the push cost.
+    peak.sample(&fleet);
+    peak.after_push = peak.hwm;
     let cut = cut_and_restart(&mut fleet, "host-1", size, &mut peak)?;
     let end = fleet.wait(
         "the big-artifact rollout to end",
@@ -138,6 +141,8 @@ struct Peak {
     hwm: u64,
     /// The last VmRSS seen, KiB.
     rss: u64,
+    /// VmHWM when the push had ended (the downloads only starting), KiB.
+    after_push: u64,
     samples: usize,
 }
 
@@ -354,7 +359,9 @@ fn print_figures(
             "MiB",
         )
         .note(format!(
-            "{scale}; sampled {} times; VmRSS at the end {:.1} MiB",
+            "{scale}; VmHWM {:.1} MiB when the push ended; sampled {} times; VmRSS at the \
+             end {:.1} MiB",
+            coord.after_push as f64 / 1024.0,
             coord.samples,
             coord.rss as f64 / 1024.0
         )),
