@@ -86,6 +86,9 @@ pub enum ContainerError {
         /// What the operator can do.
         hint: String,
     },
+    /// The service's `registry_auth` file cannot be used.
+    #[error(transparent)]
+    Credentials(#[from] rollgate_proto::registry_auth::AuthFileError),
     /// The container did not run.
     #[error("container {name} {why}")]
     NotRunning {
@@ -133,7 +136,7 @@ impl Engine {
                     source,
                 })?
                 .to_bytes();
-            Ok((status, bytes))
+            Ok::<_, ContainerError>((status, bytes))
         };
         let (status, bytes) = tokio::time::timeout(limit, exchange).await.map_err(|_| {
             ContainerError::Timeout {

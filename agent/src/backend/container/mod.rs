@@ -118,29 +118,39 @@ pub(crate) async fn prepare_release(
     let Some(image) = release_image(&path)? else {
         return Ok(None);
     };
+    ensure_image(settings, &image, report)
+        .await
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// Makes sure the engine holds `image`: pulled with the service's `registry_auth` unless it is
+/// there already. Returns a note for the order's progress.
+async fn ensure_image(
+    settings: &ContainerSettings,
+    image: &PinnedImage,
+    report: Reporter,
+) -> Result<String, ContainerError> {
     let engine = Engine {
         socket: settings.socket.clone(),
     };
-    if engine.has_image(&image).await.map_err(|e| e.to_string())? {
-        return Ok(Some(format!("image {image} is already in the engine")));
+    if engine.has_image(image).await? {
+        return Ok(format!("image {image} is already in the engine"));
     }
     let (creds, auth) = match &settings.registry_auth {
         None => (None, AuthUsed::NotConfigured),
-        Some(p) => match registry_auth::read(p, image.registry()).map_err(|e| e.to_string())? {
+        Some(p) => match registry_auth::read(p, image.registry())? {
             Some(c) => (Some(c), AuthUsed::From(p.clone())),
             None => (None, AuthUsed::NoEntry(p.clone())),
         },
     };
     report(format!("pulling image {image} from {}", image.registry()));
     let began = Instant::now();
-    engine
-        .pull(&image, creds.as_ref(), &auth, &*report)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Some(format!(
+    engine.pull(image, creds.as_ref(), &auth, &*report).await?;
+    Ok(format!(
         "image {image} pulled in {:.1}s, its digest checked",
         began.elapsed().as_secs_f64()
-    )))
+    ))
 }
 
 /// The container backend of one service.
@@ -217,12 +227,7 @@ impl ContainerBackend {
             Some(pinned) => {
                 // Pulled before the swap; pulled again here only if the engine lost it since.
                 let quiet: Reporter = Arc::new(|_| {});
-                prepare_release(&self.settings, &self.dir, release, quiet)
-                    .await
-                    .map_err(|why| ContainerError::Load {
-                        path: artifact.clone(),
-                        why,
-                    })?;
+                ensure_image(&self.settings, &pinned, quiet).await?;
                 pinned.to_string()
             }
             None => self.engine.load(&artifact).await?,

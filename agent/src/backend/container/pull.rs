@@ -99,7 +99,7 @@ pub fn hint(f: PullFailure, image: &PinnedImage, auth: &AuthUsed) -> String {
         ),
         (PullFailure::Unauthorized, AuthUsed::NoEntry(p)) => format!(
             "the registry {reg} wants credentials and {} has none for it; add an \"auths\" \
-             entry for {reg}",
+             entry for {reg} (credential helpers, credsStore/credHelpers, are not run)",
             p.display()
         ),
         (PullFailure::Unauthorized, AuthUsed::NotConfigured) => format!(
