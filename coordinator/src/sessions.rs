@@ -668,7 +668,7 @@ impl Session {
                     reattach(&self.ctx, &rollout, &self.host, &step, step_rev).await?;
                 }
             }
-            if rollout.spec.strategy.stage_first && !rollout.phase.is_terminal() {
+            if rollout.spec.strategy.stages_ahead() && !rollout.phase.is_terminal() {
                 let staged_key = keys.staged(rid.as_str(), &self.host);
                 let done = etcd.get(staged_key, None).await?;
                 let ok = done

@@ -222,6 +222,18 @@ pub struct Strategy {
     pub lost_grace: Duration,
     /// Every target downloads and verifies the release before the first slot is granted.
     pub stage_first: bool,
+    /// Every target downloads and verifies the release as soon as the rollout starts, while it
+    /// waits for its slot (taking none), so its turn costs only the swap and the restart.
+    /// Unlike `stage_first` it holds no grant back. Left out of the stored record when off.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub prefetch: bool,
+}
+
+impl Strategy {
+    /// Whether targets are sent the release ahead of their slot (`stage_first` or `prefetch`).
+    pub fn stages_ahead(&self) -> bool {
+        self.stage_first || self.prefetch
+    }
 }
 
 /// Default `progress_deadline`.
@@ -253,6 +265,7 @@ impl Default for Strategy {
             progress_deadline: DEFAULT_PROGRESS_DEADLINE,
             lost_grace: DEFAULT_LOST_GRACE,
             stage_first: false,
+            prefetch: false,
         }
     }
 }
@@ -704,7 +717,7 @@ min_healthy_time = "2s"
         let text = format!(
             "{GOOD}group_by = \"site\"\nmax_unavailable_per_group = 1\ncanary = 1\n\
              canary_gate = \"10m\"\nwaves = [\"25%\", \"50%\"]\npause_between_waves = \"30s\"\n\
-             max_failures = \"10%\"\non_failure = \"rollback\"\nstage_first = true\n"
+             max_failures = \"10%\"\non_failure = \"rollback\"\nstage_first = true\nprefetch = true\n"
         );
         let s = RolloutSpec::parse_resolved(&text).expect("valid").strategy;
         assert_eq!(s.group_by.as_deref(), Some("site"));
@@ -716,6 +729,7 @@ min_healthy_time = "2s"
         assert_eq!(s.max_failures.resolve(25), 2);
         assert_eq!(s.on_failure, OnFailure::Rollback);
         assert!(s.stage_first);
+        assert!(s.prefetch);
         let manual = GOOD.replace(
             "min_healthy_time",
             "canary_gate = \"manual\"\nmin_healthy_time",

@@ -468,3 +468,39 @@ fn next_round_does_not_overshoot() {
         Verdict::Healthy
     );
 }
+
+#[test]
+fn startup_retry_is_a_tenth_of_the_wait_within_bounds() {
+    let ms = Duration::from_millis;
+    let interval = ms(500);
+    // (time since the start, expected pause before the next start-up probe)
+    let cases = [
+        (0, 10),   // just started: as close as STARTUP_RETRY_MIN
+        (50, 10),  // still the floor
+        (250, 25), // a tenth of the wait
+        (4_000, 400),
+        (60_000, 500), // a slow starter: never slower than the configured interval
+    ];
+    for (elapsed, want) in cases {
+        assert_eq!(
+            startup_retry(ms(elapsed), interval),
+            ms(want),
+            "{elapsed} ms after the start"
+        );
+    }
+    // An interval shorter than the floor wins.
+    assert_eq!(startup_retry(ms(0), ms(5)), ms(5));
+}
+
+#[test]
+fn any_passed_counts_raw_passes_not_the_threshold() {
+    let mut t = Threshold::new(3, 1);
+    assert!(!t.ever_passed);
+    let _ = t.observe(Err("refused".into()));
+    assert!(!t.ever_passed);
+    // One pass of three needed: not passing yet, but the service answers.
+    assert!(t.observe(Ok(())).is_err());
+    assert!(t.ever_passed);
+    t.reset();
+    assert!(!t.ever_passed, "a new process starts out with no pass seen");
+}

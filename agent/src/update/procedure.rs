@@ -8,7 +8,7 @@ use rollgate_proto::spec::human;
 use tokio::time::Instant;
 
 use crate::backend;
-use crate::probe::{HealthWindow, Verdict};
+use crate::probe::{startup_retry, HealthWindow, Verdict};
 use crate::release::releases::{DiskError, ServiceDir};
 use crate::state::journal::InFlight;
 use crate::update::context::ServiceContext;
@@ -577,7 +577,14 @@ pub(crate) async fn verify(
         match window.observe(now, result) {
             Verdict::Healthy => return Ok(()),
             Verdict::Failed(why) => return Err(why),
-            Verdict::Waiting => next = window.next_round(now, interval),
+            Verdict::Waiting => {
+                let pace = if unit.prober.any_passed() {
+                    interval
+                } else {
+                    startup_retry(now.saturating_duration_since(started), interval)
+                };
+                next = window.next_round(now, pace);
+            }
         }
     }
 }

@@ -209,6 +209,7 @@ fn rollback_record(
         max_failures: FailureBudget::Count(0),
         on_failure: OnFailure::Halt,
         stage_first: false,
+        prefetch: false,
         ..r.spec.strategy.clone()
     };
     let spec = RolloutSpec {
@@ -265,7 +266,7 @@ pub async fn rollback(
     let reason = "rollback requested by an operator".to_string();
     let mut last = None;
     for _ in 0..CAS_ATTEMPTS {
-        let round = store::read_round(&mut etcd, &ctx.keys, None).await?;
+        let round = store::read_round(&mut etcd, &ctx.keys, None, &[]).await?;
         let view = store::read_rollout(&mut etcd, &ctx.keys, &id, round.fleet.revision)
             .await?
             .ok_or_else(|| not_found(&id))?;

@@ -569,6 +569,23 @@ fn stage_first_waits_for_every_target() {
     assert_eq!(w.plan().grants, vec!["h1", "h2"]);
 }
 
+#[test]
+fn prefetch_stages_ahead_without_holding_grants_back() {
+    let mut st = strategy(Budget::Count(2));
+    st.prefetch = true;
+    let mut w = world(3, st);
+    // Nobody has staged yet; one host's staging failed: prefetch gates nothing.
+    w.staged.insert(
+        "h2".into(),
+        StageRecord {
+            ok: false,
+            reason: "disk full".into(),
+            at_ms: NOW,
+        },
+    );
+    assert_eq!(w.plan().grants, vec!["h1", "h2"]);
+}
+
 /// Adds a host of the service that is not a target.
 fn bystander(w: &mut World, h: &str, site: &str, health: Health) {
     let mut rec = w.fleet.hosts.get("h1").expect("h1").clone();

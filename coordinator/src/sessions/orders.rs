@@ -159,7 +159,7 @@ pub async fn dispatch_orders(ctx: Arc<Ctx>, cancel: CancellationToken) {
                     let Ok(rollout) = decode::<crate::store::RolloutRecord>(kv) else {
                         continue;
                     };
-                    if rollout.spec.strategy.stage_first {
+                    if rollout.spec.strategy.stages_ahead() {
                         for host in &rollout.targets {
                             send_stage(&ctx, &rollout, host).await;
                         }
