@@ -220,7 +220,9 @@ async fn drive_once(
     // One read-only transaction for everything but the rollouts: a freed slot is handed on
     // after this, one read per active rollout, and the grant itself.
     let mut etcd = ctx.etcd.clone();
-    let round = store::read_round(&mut etcd, &ctx.keys, Some(leader.key())).await?;
+    // The rollouts active last round are read with the round (one round trip when unchanged).
+    let expected: Vec<String> = clock.0.keys().cloned().collect();
+    let mut round = store::read_round(&mut etcd, &ctx.keys, Some(leader.key()), &expected).await?;
     if round.leader_rev != Some(leader.rev()) {
         return Err(LeadError::Deposed {
             key: String::from_utf8_lossy(leader.key()).into_owned(),
@@ -238,7 +240,11 @@ async fn drive_once(
     // Rollouts no longer active are forgotten by the progress clock.
     clock.0.retain(|rid, _| round.active.contains(rid));
     for rid in round.active {
-        let view = match store::read_rollout(&mut etcd, &ctx.keys, &rid, fleet.revision).await {
+        let read = match round.views.remove(&rid) {
+            Some(read) => read,
+            None => store::read_rollout(&mut etcd, &ctx.keys, &rid, fleet.revision).await,
+        };
+        let view = match read {
             Ok(Some(view)) => view,
             Ok(None) => continue,
             Err(e @ StoreError::Corrupt { .. }) => {

@@ -1,7 +1,7 @@
 //! Recording an order's outcome from a host's session: the step, the host record and the
 //! grant's slot, in one fenced etcd transaction.
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use rollgate_proto::pb;
 use rollgate_proto::text::printable;
 use tracing::{debug, info, warn};
@@ -9,8 +9,8 @@ use tracing::{debug, info, warn};
 use super::limits::{bounded, MAX_DETAIL};
 use super::{admit, tokens, Replay, Session};
 use crate::store::{
-    decode, encode, now_ms, HostState, HostStep, ServiceState, SlotRecord, StoreError,
-    MAX_INTERRUPTIONS,
+    decode, encode, now_ms, HostState, HostStep, RolloutRecord, ServiceState, SlotRecord,
+    StoreError, MAX_INTERRUPTIONS,
 };
 
 /// How many times a result is read and written again when its transaction lost a race (the
@@ -24,6 +24,22 @@ enum Attempt {
     Settled,
     /// The step or the slot changed under it; read again and retry.
     Raced,
+}
+
+/// What recording a result reads before it writes (see [`Session::read_basis`]).
+#[derive(Debug)]
+struct Basis {
+    /// This host's step and its key's mod revision.
+    step: Option<(HostStep, i64)>,
+    /// The rollout.
+    rollout: Option<RolloutRecord>,
+    /// The host's slot of the service the result named: mod revision and token.
+    slot: Option<(i64, u64)>,
+}
+
+/// A slot's mod revision and token.
+fn slot_of(kv: &etcd_client::KeyValue) -> Result<(i64, u64), StoreError> {
+    Ok((kv.mod_revision(), decode::<SlotRecord>(kv)?.token))
 }
 
 impl Session {
@@ -64,8 +80,9 @@ impl Session {
         };
         let keys = &self.ctx.keys;
         let mut etcd = self.ctx.etcd.clone();
+        let basis = self.read_basis(rid.as_str(), &r.service).await?;
         // Ownership: only this host's step, and only the grant it holds.
-        let Some((step, step_rev)) = self.step(&rid).await? else {
+        let Some((step, step_rev)) = basis.step else {
             debug!(rollout = %rid, token = r.token, "result for a rollout this host has no step in; ignored");
             return Ok(Attempt::Settled);
         };
@@ -92,15 +109,10 @@ impl Session {
                 reason = bounded(&format!("{}; {why}", r.reason), MAX_DETAIL);
             }
         }
-        let resp = etcd.get(keys.rollout(rid.as_str()), None).await?;
-        let service_version = match resp.kvs().first() {
-            Some(kv) => {
-                let rec: crate::store::RolloutRecord = decode(kv)?;
-                (rec.spec.service, rec.spec.release)
-            }
-            None => return Ok(Attempt::Settled),
+        let Some(rollout) = basis.rollout else {
+            return Ok(Attempt::Settled);
         };
-        let (service, release) = service_version;
+        let (service, release) = (rollout.spec.service, rollout.spec.release);
         let new_step = HostStep {
             state,
             token: r.token,
@@ -154,15 +166,21 @@ impl Session {
         // The grant is over: drop its live slot (if its holder still has it), and only if the
         // slot is still as read (absent included).
         let slot_key = keys.slot(&service, &self.host);
-        let resp = etcd.get(slot_key.clone(), None).await?;
-        let slot_seen = match resp.kvs().first() {
-            Some(kv) => {
+        // Read with the rest when the result named the rollout's service (it always does, but
+        // the peer is not trusted: otherwise the rollout's own slot is read now).
+        let slot = if service == r.service {
+            basis.slot
+        } else {
+            let resp = etcd.get(slot_key.clone(), None).await?;
+            resp.kvs().first().map(slot_of).transpose()?
+        };
+        let slot_seen = match slot {
+            Some((mod_rev, token)) => {
                 compares.push(Compare::mod_revision(
                     slot_key.clone(),
                     CompareOp::Equal,
-                    kv.mod_revision(),
+                    mod_rev,
                 ));
-                let token = decode::<SlotRecord>(kv)?.token;
                 if token == r.token {
                     ops.push(TxnOp::delete(slot_key, None));
                 }
@@ -211,6 +229,32 @@ impl Session {
             }
         }
         Ok(Attempt::Settled)
+    }
+
+    /// Reads, at one revision (one round trip to etcd), what recording a result compares:
+    /// this host's step in the rollout, the rollout, and the host's slot of `service` (the
+    /// service the result names).
+    async fn read_basis(&self, rid: &str, service: &str) -> Result<Basis, StoreError> {
+        let keys = &self.ctx.keys;
+        let txn = Txn::new().and_then(vec![
+            TxnOp::get(keys.step(rid, &self.host), None),
+            TxnOp::get(keys.rollout(rid), None),
+            TxnOp::get(keys.slot(service, &self.host), None),
+        ]);
+        let resp = self.ctx.etcd.clone().txn(txn).await?;
+        let mut firsts = resp.op_responses().into_iter().map(|op| match op {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        });
+        let (step, rollout, slot) = (firsts.next(), firsts.next(), firsts.next());
+        Ok(Basis {
+            step: step
+                .flatten()
+                .map(|kv| Ok::<_, StoreError>((decode::<HostStep>(&kv)?, kv.mod_revision())))
+                .transpose()?,
+            rollout: rollout.flatten().map(|kv| decode(&kv)).transpose()?,
+            slot: slot.flatten().as_ref().map(slot_of).transpose()?,
+        })
     }
 
     /// A repeated result of a grant whose result is already recorded, while a slot of that

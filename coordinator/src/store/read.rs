@@ -55,11 +55,11 @@ impl FleetView {
 
 /// Reads all host records, sessions and slots (one consistent revision).
 pub async fn read_fleet(client: &mut Client, keys: &Keys) -> Result<FleetView, StoreError> {
-    Ok(read_round(client, keys, None).await?.fleet)
+    Ok(read_round(client, keys, None, &[]).await?.fleet)
 }
 
 /// What a planning round reads besides the rollouts themselves.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RoundView {
     /// Hosts, sessions, slots.
     pub fleet: FleetView,
@@ -69,16 +69,23 @@ pub struct RoundView {
     pub token: (u64, i64),
     /// Create revision of `leader_key`, when one was asked for and exists.
     pub leader_rev: Option<i64>,
+    /// The expected rollouts, read at the same revision (`None`: no such rollout).
+    pub views: BTreeMap<String, Result<Option<RolloutView>, StoreError>>,
 }
 
 /// Reads hosts, sessions, slots, the active rollouts, the token counter and (optionally) the
 /// leader's election key in one read-only transaction: one round trip, one revision, no
 /// write (etcd serves a read-only txn like a linearizable read). A freed slot is handed on
 /// after this, one read per active rollout, and the grant.
+///
+/// `expected` names the rollouts the caller expects to be active (the last round's): each is
+/// read in the same transaction ([`RoundView::views`]), so when the set has not changed a
+/// round is this one round trip, not one more per rollout.
 pub async fn read_round(
     client: &mut Client,
     keys: &Keys,
     leader_key: Option<&[u8]>,
+    expected: &[String],
 ) -> Result<RoundView, StoreError> {
     let prefix = || Some(GetOptions::new().with_prefix());
     let mut ops = vec![
@@ -95,6 +102,13 @@ pub async fn read_round(
     if let Some(k) = leader_key {
         ops.push(TxnOp::get(k.to_vec(), None));
     }
+    // The expected rollouts' reads follow.
+    let first_view = ops.len();
+    ops.extend(
+        expected
+            .iter()
+            .map(|rid| TxnOp::get(keys.rollout(rid), prefix())),
+    );
     let resp = client.txn(Txn::new().and_then(ops)).await?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
     let gets: Vec<_> = resp
@@ -137,7 +151,12 @@ pub async fn read_round(
         Some(kv) => (decode::<u64>(kv)?, kv.mod_revision()),
         None => (0, 0),
     };
-    let leader_rev = kvs(6).first().map(KeyValue::create_revision);
+    let leader_rev = leader_key.and_then(|_| kvs(6).first().map(KeyValue::create_revision));
+    let views = expected
+        .iter()
+        .enumerate()
+        .map(|(i, rid)| (rid.clone(), rollout_view(kvs(first_view + i), keys, rid)))
+        .collect();
     let (pins, overridden) = apply_pins(kvs(5), keys, &mut hosts, &mut unreadable);
     Ok(RoundView {
         fleet: FleetView {
@@ -152,6 +171,7 @@ pub async fn read_round(
         active,
         token,
         leader_rev,
+        views,
     })
 }
 
@@ -168,10 +188,19 @@ pub async fn read_rollout(
     }
     // `rollouts/<rid>` plus `rollouts/<rid>/...`; `rollouts/<rid>x...` is filtered out below.
     let resp = client.get(keys.rollout(rid), Some(opts)).await?;
+    rollout_view(resp.kvs(), keys, rid)
+}
+
+/// The view of rollout `rid` from a prefix read of `rollouts/<rid>`.
+fn rollout_view(
+    kvs: &[KeyValue],
+    keys: &Keys,
+    rid: &str,
+) -> Result<Option<RolloutView>, StoreError> {
     let mut rollout = None;
     let mut steps = BTreeMap::new();
     let mut staged = BTreeMap::new();
-    for kv in resp.kvs() {
+    for kv in kvs {
         let Ok(key) = kv.key_str() else { continue };
         match keys.parse_rollout_key(key) {
             Some((r, "", _)) if r == rid => {
