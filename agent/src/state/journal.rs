@@ -422,12 +422,24 @@ impl Journal {
 
     /// Records that the order for `service` is starting `step`; `previous` (when given)
     /// replaces the release dir to go back to.
+    ///
+    /// Written to disk only when a restarted agent's recovery would read it back: the dirs to
+    /// go back to (given with the swap) and a rollback under way. Every other step is
+    /// progress, not evidence (recovery undoes whatever the step, from what `current` names):
+    /// it is kept in memory, reported by a hello, and written with the next durable change.
+    /// That saves two fsyncs per step of every update (issue 17's hand-over and wall time).
     pub fn step(
         &mut self,
         service: &str,
         step: pb::Step,
         previous: Option<(Option<String>, String)>,
     ) -> Result<(), JournalError> {
+        if previous.is_none() && step != pb::Step::RollingBack {
+            if let Some(f) = self.data.in_flight.get_mut(service) {
+                f.step = step.as_str_name().to_string();
+            }
+            return Ok(());
+        }
         self.change(|d| {
             if let Some(f) = d.in_flight.get_mut(service) {
                 f.step = step.as_str_name().to_string();
@@ -545,6 +557,39 @@ mod tests {
         assert_eq!(j.result_for(7, "demo"), Some(result(7)));
         assert_eq!(j.result_for(7, "other"), None);
         assert_eq!(j.history("demo"), ["2.0.0-aaaaaaaaaaaa".to_string()]);
+    }
+
+    #[test]
+    fn only_the_steps_recovery_reads_are_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path()).expect("open");
+        j.begin(order(7, "demo")).expect("begin");
+        j.step("demo", pb::Step::Staged, None).expect("step");
+        assert_eq!(
+            j.in_flight("demo").map(|f| f.step()),
+            Some(pb::Step::Staged)
+        );
+        let reopened = Journal::open(dir.path()).expect("reopen");
+        let on_disk = reopened.in_flight("demo").map(|f| f.step());
+        assert_eq!(on_disk, Some(pb::Step::Accepted), "progress is not written");
+        j.step("demo", pb::Step::Swapping, Some((None, String::new())))
+            .expect("step");
+        j.step("demo", pb::Step::Verifying, None).expect("step");
+        let reopened = Journal::open(dir.path()).expect("reopen");
+        let on_disk = reopened.in_flight("demo").map(|f| f.step());
+        assert_eq!(
+            on_disk,
+            Some(pb::Step::Swapping),
+            "the swap's dirs are evidence"
+        );
+        j.step("demo", pb::Step::RollingBack, None).expect("step");
+        let reopened = Journal::open(dir.path()).expect("reopen");
+        let on_disk = reopened.in_flight("demo").map(|f| f.step());
+        assert_eq!(
+            on_disk,
+            Some(pb::Step::RollingBack),
+            "a rollback is evidence"
+        );
     }
 
     #[test]
