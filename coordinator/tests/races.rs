@@ -141,7 +141,7 @@ fn release(version: &str, sha256: &str) -> ReleaseSpec {
 /// moves, the step becomes `updating`, the slot appears.
 async fn grant(ctx: &Arc<Ctx>, rid: &str, host: &str) -> u64 {
     let mut etcd = ctx.etcd.clone();
-    let round = store::read_round(&mut etcd, &ctx.keys, None)
+    let round = store::read_round(&mut etcd, &ctx.keys, None, &[])
         .await
         .expect("round");
     let token = round.token.0 + 1;
@@ -190,7 +190,7 @@ async fn a_rollback_and_a_grant_are_exclusive() {
 
     // The operator's rollback reads...
     let mut etcd = ctx.etcd.clone();
-    let round = store::read_round(&mut etcd, &ctx.keys, None)
+    let round = store::read_round(&mut etcd, &ctx.keys, None, &[])
         .await
         .expect("round");
     let view = store::read_rollout(&mut etcd, &ctx.keys, &rid, round.fleet.revision)
@@ -273,4 +273,38 @@ async fn a_connected_host_is_not_fenced() {
         Err(ControlError::Conflict(why)) => assert!(why.contains("h2 is connected"), "{why}"),
         other => panic!("forgot a connected host: {other:?}"),
     }
+}
+
+/// The leader reads the rollouts active last round in its round's transaction (issue 17): the
+/// view it gets must be the one a separate read at the round's revision gives, and a rollout
+/// that is gone reads as none.
+#[tokio::test]
+async fn a_round_reads_its_expected_rollouts_at_its_revision() {
+    let (w, rid) = world().await;
+    let ctx = &w.ctx;
+    let token = grant(ctx, &rid, "h2").await;
+    let mut etcd = ctx.etcd.clone();
+    let expected = [rid.clone(), "r-0000000000000000".to_string()];
+    let mut round = store::read_round(&mut etcd, &ctx.keys, None, &expected)
+        .await
+        .expect("round");
+    assert_eq!(round.leader_rev, None, "no leader key was asked for");
+    let in_round = round
+        .views
+        .remove(&rid)
+        .expect("read with the round")
+        .expect("readable")
+        .expect("exists");
+    let apart = store::read_rollout(&mut etcd, &ctx.keys, &rid, round.fleet.revision)
+        .await
+        .expect("read")
+        .expect("rollout");
+    assert_eq!(in_round.rollout_rev, apart.rollout_rev);
+    assert_eq!(
+        format!("{:?}", in_round.steps),
+        format!("{:?}", apart.steps)
+    );
+    assert_eq!(in_round.steps.get("h2").map(|s| s.token), Some(token));
+    let gone = round.views.remove("r-0000000000000000").expect("asked for");
+    assert!(matches!(gone, Ok(None)), "{gone:?}");
 }

@@ -19,6 +19,9 @@ pub(crate) struct Handovers {
     pub(crate) end_to_end: Vec<i64>,
 }
 
+/// Issue 17's hand-over bounds (ms): p50, and p99 (the max is held to the p99 bound too).
+const HANDOVER_BOUNDS: (f64, f64) = (5.0, 15.0);
+
 pub(crate) fn handover(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let fleet = Fleet::start(FleetOpts {
         agents: args.hosts,
@@ -59,15 +62,15 @@ pub(crate) fn handover(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         report,
         "slot hand-over (coordinator: result recorded -> next slot granted)",
         &f(&total.record_to_grant),
-        5.0,
-        "coordination overhead per wave <= 5 ms",
+        HANDOVER_BOUNDS,
+        "coordination overhead per wave: p50 <= 5 ms, p99 <= 15 ms",
     )?;
     add_distribution(
         report,
         "slot hand-over end to end (agent A order finished -> agent B accepted order)",
         &f(&total.end_to_end),
-        5.0,
-        "same bound, measured across all three processes",
+        HANDOVER_BOUNDS,
+        "issue 17's bounds, measured across all three processes, mTLS and etcd auth on",
     )?;
     let (p50a, _, maxa) = percentiles(&f(&total.report_to_record));
     let (p50b, _, maxb) = percentiles(&f(&total.grant_to_accept));

@@ -117,7 +117,7 @@ pub(crate) fn add_distribution(
     report: &mut Report,
     name: &str,
     samples: &[f64],
-    bound: f64,
+    (p50_bound, p99_bound): (f64, f64),
     note: &str,
 ) -> anyhow::Result<()> {
     if samples.is_empty() {
@@ -125,7 +125,12 @@ pub(crate) fn add_distribution(
     }
     let (p50, p99, max) = percentiles(samples);
     let n = samples.len();
-    for (what, v) in [("p50", p50), ("p99", p99), ("max", max)] {
+    let figures = [
+        ("p50", p50, p50_bound),
+        ("p99", p99, p99_bound),
+        ("max", max, p99_bound),
+    ];
+    for (what, v, bound) in figures {
         let mut f = Figure::new(format!("{name} {what}"), v, bound, "ms");
         if what == "p50" {
             f = f.note(format!("{n} samples; {note}"));
