@@ -482,53 +482,25 @@ async fn grant(
     unavailable: &[(String, Unavailable)],
     counter: &mut (u64, i64),
 ) -> Result<(), StoreError> {
-    let keys = &ctx.keys;
     let r = &view.rollout;
     let mut etcd = ctx.etcd.clone();
-    // The counter as read at the start of the round (each grant's txn compares its mod
-    // revision, so a stale value grants nothing).
-    let (mut last_token, mut token_rev) = *counter;
     let mut count = unavailable.len();
     let mut freed_at = handed_over_at(view);
-    for host in hosts {
-        let Some(&lease) = fleet.connected.get(host) else {
-            continue;
-        };
-        let token = last_token + 1;
-        let (slot, mut step) = grant_records(ctx, r, host, token, now_ms());
-        let before = view.steps.get(host);
-        step.interruptions = before.map_or(0, |s| s.interruptions);
-        // S3: only the current leader grants; the rollout is unchanged since it was read (a
-        // pause in between wins); tokens only grow; a host holds one slot per service and is
-        // granted once per rollout; its stream is still where the slot's lease says.
-        let slot_key = keys.slot(&r.spec.service, host);
-        let txn = Txn::new()
-            .when(vec![
-                fence(leader),
-                Compare::mod_revision(keys.rollout(&r.id), CompareOp::Equal, view.rollout_rev),
-                Compare::mod_revision(keys.token(), CompareOp::Equal, token_rev),
-                step_unchanged(keys.step(&r.id, host), before, fleet.revision),
-                Compare::version(slot_key.clone(), CompareOp::Equal, 0),
-                Compare::lease(keys.session(host), CompareOp::Equal, lease),
-            ])
-            .and_then(vec![
-                TxnOp::put(keys.token(), encode(&token), None),
-                TxnOp::put(
-                    slot_key,
-                    encode(&slot),
-                    Some(PutOptions::new().with_lease(lease)),
-                ),
-                TxnOp::put(keys.step(&r.id, host), encode(&step), None),
-            ])
-            // On refusal, the election key: tells a deposed leader from a changed rollout.
-            .or_else(vec![TxnOp::get(leader.key(), None)]);
-        let what = format!("grant of {host} in rollout {} (token {token})", r.id);
+    let connected: Vec<(&str, i64)> = hosts
+        .iter()
+        .filter_map(|h| Some((h.as_str(), *fleet.connected.get(h)?)))
+        .collect();
+    for chunk in connected.chunks(GRANTS_PER_TXN) {
+        // The counter as read at the start of the round (each grant's txn compares its mod
+        // revision, so a stale value grants nothing).
+        let (txn, granted) = grant_txn(ctx, leader, fleet, view, chunk, *counter);
+        let what = format!("grant of {} in rollout {}", hosts_word(&granted), r.id);
         crate::fault::pause(crate::fault::PausePoint::BeforeGrantCommit, &what).await;
         let resp = etcd.txn(txn).await?;
         if !resp.succeeded() {
             if deposed(&resp, leader) {
                 warn!(
-                    rollout = %r.id, %host, token,
+                    rollout = %r.id, hosts = %hosts_word(&granted),
                     "etcd refused this grant: this replica no longer leads (its election key is \
                      gone), so nothing was granted; the new leader plans again"
                 );
@@ -536,17 +508,83 @@ async fn grant(
             // Something changed since the read; the watch brings the next round.
             return Ok(());
         }
-        last_token = token;
-        token_rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        *counter = (last_token, token_rev);
-        count += usize::from(!unavailable.iter().any(|(h, _)| h == host));
-        count_grant(ctx, r, freed_at.take());
-        info!(
-            rollout = %r.id, %host, token, unavailable = count, budget = r.max_unavailable,
-            "slot granted"
-        );
+        let top = granted.last().map_or(counter.0, |(_, t)| *t);
+        *counter = (top, resp.header().map(|h| h.revision()).unwrap_or(0));
+        for (host, token) in granted {
+            count += usize::from(!unavailable.iter().any(|(h, _)| h == host));
+            count_grant(ctx, r, freed_at.take());
+            info!(
+                rollout = %r.id, %host, token, unavailable = count, budget = r.max_unavailable,
+                "slot granted"
+            );
+        }
     }
     Ok(())
+}
+
+/// Hosts granted in one transaction: etcd refuses more than 128 compares or operations in one
+/// (its default `--max-txn-ops`); each host adds three compares and two puts.
+const GRANTS_PER_TXN: usize = 32;
+
+/// One transaction granting `chunk` (host, its session's lease) the next tokens after
+/// `counter`, all or none; with the (host, token) pairs it grants.
+fn grant_txn<'a>(
+    ctx: &Ctx,
+    leader: &LeaderKey,
+    fleet: &FleetView,
+    view: &RolloutView,
+    chunk: &[(&'a str, i64)],
+    counter: (u64, i64),
+) -> (Txn, Vec<(&'a str, u64)>) {
+    let (keys, r) = (&ctx.keys, &view.rollout);
+    let (last_token, token_rev) = counter;
+    // S3: only the current leader grants; the rollout is unchanged since it was read (a pause
+    // in between wins); tokens only grow; a host holds one slot per service and is granted
+    // once per rollout; its stream is still where the slot's lease says.
+    let mut compares = vec![
+        fence(leader),
+        Compare::mod_revision(keys.rollout(&r.id), CompareOp::Equal, view.rollout_rev),
+        Compare::mod_revision(keys.token(), CompareOp::Equal, token_rev),
+    ];
+    let top = last_token + chunk.len() as u64;
+    let mut ops = vec![TxnOp::put(keys.token(), encode(&top), None)];
+    let mut granted = Vec::with_capacity(chunk.len());
+    for (i, &(host, lease)) in chunk.iter().enumerate() {
+        let token = last_token + 1 + i as u64;
+        let (slot, mut step) = grant_records(ctx, r, host, token, now_ms());
+        let before = view.steps.get(host);
+        step.interruptions = before.map_or(0, |s| s.interruptions);
+        let slot_key = keys.slot(&r.spec.service, host);
+        compares.extend([
+            step_unchanged(keys.step(&r.id, host), before, fleet.revision),
+            Compare::version(slot_key.clone(), CompareOp::Equal, 0),
+            Compare::lease(keys.session(host), CompareOp::Equal, lease),
+        ]);
+        ops.extend([
+            TxnOp::put(
+                slot_key,
+                encode(&slot),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+            TxnOp::put(keys.step(&r.id, host), encode(&step), None),
+        ]);
+        granted.push((host, token));
+    }
+    // On refusal, the election key: tells a deposed leader from a changed rollout.
+    let txn = Txn::new()
+        .when(compares)
+        .and_then(ops)
+        .or_else(vec![TxnOp::get(leader.key(), None)]);
+    (txn, granted)
+}
+
+/// "host-3" or "host-3 and 4 more".
+fn hosts_word(granted: &[(&str, u64)]) -> String {
+    match granted {
+        [] => String::new(),
+        [(h, _)] => h.to_string(),
+        [(h, _), rest @ ..] => format!("{h} and {} more", rest.len()),
+    }
 }
 
 /// Whether a refused transaction that read the election key in its `or_else` found it gone
