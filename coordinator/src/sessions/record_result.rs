@@ -92,15 +92,10 @@ impl Session {
                 reason = bounded(&format!("{}; {why}", r.reason), MAX_DETAIL);
             }
         }
-        let resp = etcd.get(keys.rollout(rid.as_str()), None).await?;
-        let service_version = match resp.kvs().first() {
-            Some(kv) => {
-                let rec: crate::store::RolloutRecord = decode(kv)?;
-                (rec.spec.service, rec.spec.release)
-            }
-            None => return Ok(Attempt::Settled),
+        let Some(target) = self.ctx.hub.specs.get(&self.ctx, rid.as_str()).await? else {
+            return Ok(Attempt::Settled);
         };
-        let (service, release) = service_version;
+        let (service, release) = (&target.service, &target.release);
         let new_step = HostStep {
             state,
             token: r.token,
@@ -115,7 +110,7 @@ impl Session {
         let prev = self
             .record
             .services
-            .get(&service)
+            .get(service)
             .cloned()
             .unwrap_or_default();
         if replay == Replay::Live && prev.superseded_by(r.finished_at_ms) {
@@ -153,7 +148,7 @@ impl Session {
         ];
         // The grant is over: drop its live slot (if its holder still has it), and only if the
         // slot is still as read (absent included).
-        let slot_key = keys.slot(&service, &self.host);
+        let slot_key = keys.slot(service, &self.host);
         let resp = etcd.get(slot_key.clone(), None).await?;
         let slot_seen = match resp.kvs().first() {
             Some(kv) => {
@@ -224,12 +219,10 @@ impl Session {
     ) -> Result<(), StoreError> {
         let keys = &self.ctx.keys;
         let mut etcd = self.ctx.etcd.clone();
-        let resp = etcd.get(keys.rollout(rid), None).await?;
-        let Some(kv) = resp.kvs().first() else {
+        let Some(target) = self.ctx.hub.specs.get(&self.ctx, rid).await? else {
             return Ok(());
         };
-        let rollout: crate::store::RolloutRecord = decode(kv)?;
-        let slot_key = keys.slot(&rollout.spec.service, &self.host);
+        let slot_key = keys.slot(&target.service, &self.host);
         let resp = etcd.get(slot_key.clone(), None).await?;
         let Some(kv) = resp.kvs().first() else {
             return Ok(());
