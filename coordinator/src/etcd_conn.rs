@@ -18,9 +18,14 @@ use crate::metrics::{EtcdMetrics, MeteredChannel};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one etcd request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// HTTP/2 keep-alive ping interval (and its timeout) on the etcd connection: a dead etcd is
-/// noticed within a few seconds even while only streams are open.
-const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// HTTP/2 keep-alive ping interval on the etcd connection: a dead etcd is noticed within
+/// this plus [`HTTP2_KEEP_ALIVE_TIMEOUT`] even while only streams are open. Above etcd's
+/// `--grpc-keepalive-min-time` (5 s by default): etcd closes a connection that pings more often
+/// with nothing else on it (GOAWAY "too_many_pings"), which a follower's connection, idle but
+/// for its watches since the lease keep-alive has a connection of its own, would be.
+const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(6);
+/// How long a keep-alive ping may go unanswered before the connection counts as dead.
+const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Permission bits for "other users": a password file with any of them set is refused.
 const OTHERS_MASK: u32 = 0o007;
 /// How etcd words a refused (expired, unknown) auth token.
@@ -170,7 +175,7 @@ pub async fn connect(
     let mut options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT)
-        .with_keep_alive(HTTP2_KEEP_ALIVE, HTTP2_KEEP_ALIVE);
+        .with_keep_alive(HTTP2_KEEP_ALIVE, HTTP2_KEEP_ALIVE_TIMEOUT);
     if let Some(tls) = &cfg.tls {
         options = options.with_tls(tls_options(tls)?);
     }

@@ -83,15 +83,15 @@ impl AgentService for AgentApi {
         let peer =
             crate::tls::require(&request, tls.as_deref(), &[Role::Host], "an agent session")?;
         let chain = crate::tls::peer_chain(&request);
-        if let (Some(id), Some(leaf)) = (&peer, chain.first()) {
-            roles::admit_host(&self.ctx, &id.name, leaf).await?;
-        }
+        // The ban check (`roles::admit_host`) is etcd work: the session does it in its turn.
+        let leaf = peer.as_ref().and(chain.first()).map(|c| c.to_vec());
         let (tx, rx) = mpsc::channel(AGENT_QUEUE);
         let ctx = self.ctx.clone();
         // Cut when the host's certificate is denied, expires or loses its CA (roles::guard).
         let shutdown = roles::guard(tls, peer.clone(), chain, &self.shutdown, "agent session");
         self.ctx.tasks.spawn(async move {
-            sessions::serve(ctx, peer, request.into_inner(), tx, shutdown.clone()).await;
+            let inbound = request.into_inner();
+            sessions::serve(ctx, peer, leaf, inbound, tx, shutdown.clone()).await;
             shutdown.cancel();
         });
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -8,6 +8,7 @@
 //! - [`etcd_conn`]: connecting to etcd (TLS, client certificate, user) and explaining refusals.
 //! - [`store`]: etcd key schema and records.
 //! - [`planner`]: the pure decision function (who gets a slot, when a rollout ends).
+//! - [`lease`]: keeping this replica's lease alive, on its own thread and etcd connection.
 //! - [`election`]: waiting in line for leadership (one key per replica, bound to its lease).
 //! - [`driver`]: the leader loop that carries the planner's decisions out as fenced txns.
 //! - [`sessions`]: agent streams: registry, liveness, orders out, progress and results in.
@@ -29,6 +30,7 @@ pub mod etcd_conn;
 pub mod events;
 pub mod fault;
 pub mod grpc;
+pub mod lease;
 pub mod local_etcd;
 pub mod metrics;
 pub mod notify;
@@ -55,8 +57,6 @@ use crate::config::Config;
 use crate::sessions::Hub;
 use crate::store::Keys;
 
-/// Pause between attempts to re-open a broken lease keep-alive.
-const LEASE_RETRY: Duration = Duration::from_millis(200);
 /// How long in-flight work gets at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long in-flight work gets when this replica's lease is lost: its sessions' keys and its
@@ -162,12 +162,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if let Some(local) = &local {
         local.record_peer_url(&mut etcd).await;
     }
-    let ttl = config.etcd.lease_ttl.as_secs().max(1) as i64;
-    let lease = etcd
-        .lease_grant(ttl, None)
-        .await
-        .with_context(|| format!("etcd at {endpoints:?} refused a lease"))?
-        .id();
+    // Granted by its keeper, on a thread and connection of its own (`lease`).
+    let keeper = lease::LeaseKeeper::start(
+        etcd_config.clone(),
+        endpoints.clone(),
+        metrics.etcd.clone(),
+        config.etcd.lease_ttl,
+        cancel.clone(),
+    )
+    .await?;
+    let lease = keeper.lease;
+    let keepalive = keeper.stopped();
+    // An early return below stops the keeper's thread too.
+    let _stop_keeper = cancel.clone().drop_guard();
 
     etcd.put(
         Keys::new(&config.etcd.prefix).replica(&config.replica_id),
@@ -255,12 +262,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     info!(replica = %ctx.config.replica_id, %local_addr, "coordinator listening");
 
-    let keepalive = tokio::spawn(keep_lease(
-        ctx.etcd.clone(),
-        lease,
-        Duration::from_secs(ttl as u64),
-        cancel.clone(),
-    ));
     let driver = tokio::spawn(driver::run(ctx.clone(), cancel.clone()));
     let dispatcher = tokio::spawn(sessions::dispatch_orders(ctx.clone(), cancel.clone()));
     rollgate_proto::telemetry::notify_ready();
@@ -270,16 +271,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             info!("shutting down: closing agent sessions, resigning leadership");
             Ok(())
         }
-        r = keepalive => {
-            let e = match r {
-                Ok(Ok(())) => anyhow::anyhow!(
-                    "the lease keeper stopped: this replica's sessions and leadership are void"
-                ),
-                Ok(Err(e)) => e,
-                Err(e) => anyhow::anyhow!(
-                    "the lease keeper failed ({e}): this replica's sessions and leadership are void"
-                ),
-            };
+        e = keepalive => {
             error!("{e:#}: this replica's sessions and leadership are void; exiting so that its agents reconnect to another replica and a supervisor restarts it cleanly");
             Err(e)
         }
@@ -339,74 +331,4 @@ async fn stop_in_order(
         took_ms = started.elapsed().as_millis() as u64,
         "shutdown complete: every session, watch and download ended"
     );
-}
-
-/// Keeps this replica's lease alive. A broken keep-alive stream (etcd restarting, a leader
-/// change) is re-opened. The replica ends when etcd says the lease has expired, or when no
-/// renewal succeeded for a whole TTL (etcd unreachable from here: it has expired the lease by
-/// then), since its sessions and leadership are then void; its agents then reconnect to a
-/// replica that still reaches etcd instead of heartbeating into one that cannot act.
-async fn keep_lease(
-    mut etcd: Client,
-    lease: i64,
-    ttl: Duration,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    use tokio::time::{timeout_at, Instant};
-    let every = ttl / 3;
-    let mut last_ok = Instant::now();
-    let unrenewed = |last_ok: Instant| {
-        anyhow::anyhow!(
-            "this replica could not renew its etcd lease {lease:x} for {:.1?}, its whole TTL of \
-             {ttl:?} (etcd unreachable from here, or this process was paused: check the network \
-             between this replica and etcd, and the host's load), so etcd has expired it: it \
-             lost leadership and its agents' sessions",
-            last_ok.elapsed()
-        )
-    };
-    loop {
-        let opened = tokio::select! {
-            r = timeout_at(last_ok + ttl, etcd.lease_keep_alive(lease)) => r,
-            _ = cancel.cancelled() => return Ok(()),
-        };
-        let Ok(opened) = opened else {
-            return Err(unrenewed(last_ok));
-        };
-        if let Ok((mut keeper, mut stream)) = opened {
-            loop {
-                let renewal = async {
-                    keeper.keep_alive().await?;
-                    stream.message().await
-                };
-                let answer = tokio::select! {
-                    r = timeout_at(last_ok + ttl, renewal) => r,
-                    _ = cancel.cancelled() => return Ok(()),
-                };
-                match answer {
-                    Err(_) => return Err(unrenewed(last_ok)),
-                    Ok(Ok(Some(r))) if r.ttl() > 0 => last_ok = Instant::now(),
-                    Ok(Ok(Some(_))) => anyhow::bail!(
-                        "this replica's etcd lease {lease:x} expired (the process was paused, or \
-                         cut off from etcd, for longer than lease_ttl {ttl:?}): it lost \
-                         leadership and its agents' sessions"
-                    ),
-                    Ok(Ok(None)) | Ok(Err(_)) => break,
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = cancel.cancelled() => return Ok(()),
-                }
-            }
-        }
-        // Without etcd this replica can change nothing (every write is a compare-and-set), so it
-        // keeps trying until the lease's TTL has run out.
-        warn!(
-            since_last_renewal = ?last_ok.elapsed(),
-            "etcd lease keep-alive interrupted; retrying until the lease's TTL ({ttl:?}) runs out"
-        );
-        tokio::select! {
-            _ = tokio::time::sleep(LEASE_RETRY) => {}
-            _ = cancel.cancelled() => return Ok(()),
-        }
-    }
 }

@@ -420,28 +420,43 @@ fn banned_key(ctx: &Ctx, host: &str) -> String {
 }
 
 /// At a host's session start: refuses a certificate banned by `host forget`, and records the
-/// one it presents (so a later forget knows what to ban).
+/// one it presents (so a later forget knows what to ban). One transaction, which writes only
+/// when the host presents a certificate other than the one recorded: a fleet reconnecting after
+/// a restart costs etcd one read each, no write.
 pub async fn admit_host(ctx: &Ctx, host: &str, leaf: &[u8]) -> Result<(), Status> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
     let fp = fingerprint(leaf);
-    let mut etcd = ctx.etcd.clone();
-    let banned = etcd
-        .get(banned_key(ctx, host), None)
-        .await
-        .map_err(|e| Status::unavailable(format!("cannot read the host ban list: {e}")))?;
-    if banned
-        .kvs()
-        .first()
-        .is_some_and(|kv| kv.value() == fp.as_bytes())
-    {
+    let record = Txn::new()
+        .when(vec![Compare::value(
+            host_cert_key(ctx, host),
+            CompareOp::Equal,
+            fp.as_bytes(),
+        )])
+        .or_else(vec![TxnOp::put(
+            host_cert_key(ctx, host),
+            fp.as_bytes(),
+            None,
+        )]);
+    // A value compare on a missing key fails: no ban (or another certificate's) records it.
+    let txn = Txn::new()
+        .when(vec![Compare::value(
+            banned_key(ctx, host),
+            CompareOp::Equal,
+            fp.as_bytes(),
+        )])
+        .or_else(vec![TxnOp::txn(record)]);
+    let banned = ctx.etcd.clone().txn(txn).await.map_err(|e| {
+        Status::unavailable(format!(
+            "cannot check the host ban list or record the host certificate: {e}"
+        ))
+    })?;
+    if banned.succeeded() {
         warn!(peer = %host, cert = %fp, "refused an agent session: this certificate was banned by `rollgate host forget`");
         return Err(Status::permission_denied(format!(
             "host {host} was forgotten by an operator; its certificate sha256:{fp} is banned. \
              Issue it a new one (`rollgate certs issue host {host}`) to bring it back"
         )));
     }
-    etcd.put(host_cert_key(ctx, host), fp, None)
-        .await
-        .map_err(|e| Status::unavailable(format!("cannot record the host certificate: {e}")))?;
     Ok(())
 }
 

@@ -25,9 +25,11 @@ use crate::Ctx;
 
 pub mod admit;
 pub mod limits;
+pub mod opening;
 mod orders;
 mod record_result;
 pub mod results;
+pub mod specs;
 pub mod tokens;
 
 use limits::{bounded, LogLimit, Trimmed, WriteGate, HOST_WRITE_INTERVAL, MAX_DETAIL};
@@ -51,6 +53,10 @@ pub type AgentTx = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
 #[derive(Debug, Default)]
 pub struct Hub {
     conns: Mutex<HashMap<String, Conn>>,
+    /// Bounds the sessions doing their opening etcd work at once (a reconnect storm).
+    pub opening: opening::OpeningTurns,
+    /// The service and release of the rollouts hosts report on (their records are large).
+    pub specs: specs::RolloutSpecs,
 }
 
 #[derive(Debug, Clone)]
@@ -118,9 +124,11 @@ impl Hub {
 }
 
 /// Serves one agent stream until it ends, the agent goes silent, or the replica shuts down.
+/// `leaf` is the certificate the host presented (DER), checked against `host forget`'s ban.
 pub async fn serve(
     ctx: Arc<Ctx>,
     peer: Option<Identity>,
+    leaf: Option<Vec<u8>>,
     mut inbound: Streaming<pb::AgentMessage>,
     tx: AgentTx,
     shutdown: CancellationToken,
@@ -150,6 +158,11 @@ pub async fn serve(
     let host = hello.host_id.clone();
     let span = tracing::info_span!("session", host = %host);
     async move {
+        // Held until the session is open and caught up: its etcd work is then done.
+        let Some(turn) = admit_in_turn(&ctx, peer.as_ref(), leaf.as_deref(), &hello, &tx).await
+        else {
+            return;
+        };
         let conn_id = format!("{:016x}", rand::thread_rng().gen::<u64>());
         let cancel = shutdown.child_token();
         let mut session = Session {
@@ -162,14 +175,6 @@ pub async fn serve(
             writes: WriteGate::new(HOST_WRITE_INTERVAL),
             floods: LogLimit::new(limits::LOG_EVERY, 1),
         };
-        // Before the session exists (no grant can reach this host until then), so that a
-        // grant after an etcd restore is never below a token the host has acted on.
-        let raised = tokens::raise_token(&ctx, hello.highest_token).await;
-        if let Some(why) = tokens::refusal(&raised, hello.highest_token) {
-            warn!("refusing the session: {why}");
-            refuse(&tx, &why).await;
-            return;
-        }
         if let Err(e) = session.open(&hello).await {
             warn!("cannot record the session in etcd: {e}; closing it, the agent will retry");
             refuse(&tx, "coordinator cannot reach etcd right now").await;
@@ -222,6 +227,7 @@ pub async fn serve(
             }
             tokio::time::sleep(CATCH_UP_RETRY).await;
         }
+        drop(turn);
         let silent = ctx.config.session_timeout();
         loop {
             let flush = session.writes.due();
@@ -271,6 +277,42 @@ pub async fn serve(
     }
     .instrument(span)
     .await
+}
+
+/// Waits for a turn at opening a session, then checks the host's certificate against `host
+/// forget`'s ban and raises the token counter to the host's highest token; `None` (the agent
+/// told why) when the session is not to open.
+async fn admit_in_turn(
+    ctx: &Arc<Ctx>,
+    peer: Option<&Identity>,
+    leaf: Option<&[u8]>,
+    hello: &pb::Hello,
+    tx: &AgentTx,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let turn = match ctx.hub.opening.take().await {
+        Ok(turn) => turn,
+        Err(busy) => {
+            ctx.hub.opening.refused(&busy);
+            ctx.metrics.sessions_busy.inc();
+            refuse(tx, &busy.to_string()).await;
+            return None;
+        }
+    };
+    if let (Some(id), Some(leaf)) = (peer, leaf) {
+        if let Err(refused) = crate::roles::admit_host(ctx, &id.name, leaf).await {
+            refuse(tx, refused.message()).await;
+            return None;
+        }
+    }
+    // Before the session exists (no grant can reach this host until then), so that a grant
+    // after an etcd restore is never below a token the host has acted on.
+    let raised = tokens::raise_token(ctx, hello.highest_token).await;
+    if let Some(why) = tokens::refusal(&raised, hello.highest_token) {
+        warn!("refusing the session: {why}");
+        refuse(tx, &why).await;
+        return None;
+    }
+    Some(turn)
 }
 
 async fn sleep_until(at: Option<std::time::Instant>) {

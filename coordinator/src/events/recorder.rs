@@ -29,6 +29,10 @@ const RETRY: Duration = Duration::from_millis(500);
 const AGE_CHECK_EVERY: Duration = Duration::from_secs(60);
 /// Events deleted per trim transaction at most (etcd's default txn limit is 128 ops).
 const TRIM_BATCH: i64 = 100;
+/// Events stored per transaction at most: with the cursor and the retention delete, within
+/// etcd's default limit of 128 operations per transaction. One watch response can carry
+/// thousands (a rollout across a large fleet, a restart catching up).
+const EVENTS_PER_TXN: usize = 100;
 
 /// Why the recorder stopped (it starts again from its cursor).
 #[derive(Debug, thiserror::Error)]
@@ -121,12 +125,10 @@ async fn record(
             continue;
         }
         name_services(ctx, &mut services, &mut drafts).await?;
-        let revision = drafts
-            .iter()
-            .map(|(r, _)| *r)
-            .max()
-            .unwrap_or(cursor.revision);
-        cursor_rev = store_batch(ctx, leader, &mut cursor, cursor_rev, drafts, revision).await?;
+        for batch in batches(drafts, EVENTS_PER_TXN) {
+            let revision = batch.last().map_or(cursor.revision, |(r, _)| *r);
+            cursor_rev = store_batch(ctx, leader, &mut cursor, cursor_rev, batch, revision).await?;
+        }
         if aged.elapsed() >= AGE_CHECK_EVERY.min(ctx.config.events.max_age / 4) {
             aged = Instant::now();
             trim_by_age(ctx).await?;
@@ -190,15 +192,16 @@ async fn store_batch(
     let prefix = &ctx.config.etcd.prefix;
     let mut next = *cursor;
     let mut ops = Vec::new();
+    let mut records = Vec::with_capacity(drafts.len());
     for (rev, draft) in drafts {
         next.id += 1;
         let record = EventRecord::new(next.id, rev, draft);
-        log_event(&record);
         ops.push(TxnOp::put(
             event_key(prefix, next.id),
             encode(&record),
             None,
         ));
+        records.push(record);
     }
     next.revision = revision;
     ops.push(TxnOp::put(cursor_key(prefix), encode(&next), None));
@@ -221,8 +224,44 @@ async fn store_batch(
             "leadership or the event cursor changed",
         ));
     }
+    // Logged once stored: a batch that failed is derived and logged again on the retry.
+    records.iter().for_each(log_event);
     *cursor = next;
     Ok(resp.header().map_or(cursor_rev, |h| h.revision()))
+}
+
+/// Splits one watch response's events (in revision order) into batches of at most `max`, cut
+/// only between revisions: the cursor stored with a batch (its last revision) then never
+/// points into the middle of one, and a restart resumes after it with nothing recorded twice
+/// or skipped. A revision with more than `max` events is a batch of its own.
+pub(super) fn batches<T>(drafts: Vec<(i64, T)>, max: usize) -> Vec<Vec<(i64, T)>> {
+    let mut out = Vec::new();
+    let mut batch: Vec<(i64, T)> = Vec::new();
+    let mut revision: Vec<(i64, T)> = Vec::new();
+    for draft in drafts {
+        if revision.first().is_some_and(|(r, _)| *r != draft.0) {
+            add_revision(&mut out, &mut batch, std::mem::take(&mut revision), max);
+        }
+        revision.push(draft);
+    }
+    add_revision(&mut out, &mut batch, revision, max);
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    out
+}
+
+/// Adds one revision's events to the batch, closing the batch first if they would not fit.
+fn add_revision<T>(
+    out: &mut Vec<Vec<(i64, T)>>,
+    batch: &mut Vec<(i64, T)>,
+    revision: Vec<(i64, T)>,
+    max: usize,
+) {
+    if !batch.is_empty() && batch.len() + revision.len() > max {
+        out.push(std::mem::take(batch));
+    }
+    batch.extend(revision);
 }
 
 /// Moves the cursor to the present (after a compaction ate the changes it pointed at).

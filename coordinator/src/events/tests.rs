@@ -321,3 +321,30 @@ fn only_the_records_events_come_from_have_subjects() {
     // A record that does not decode makes no event (the planner and the CLI report it).
     assert!(derive(&Subject::Rollout("r-1".into()), None, Some(b"{not json")).is_empty());
 }
+
+#[test]
+fn batches_fit_a_transaction_and_never_split_a_revision() {
+    use super::recorder::batches;
+    let revs = |b: &Vec<(i64, ())>| b.iter().map(|(r, _)| *r).collect::<Vec<_>>();
+    let drafts = |revs: &[i64]| revs.iter().map(|r| (*r, ())).collect::<Vec<_>>();
+    /// Revisions in, batch size, revisions per batch out.
+    type Case = (&'static [i64], usize, &'static [&'static [i64]]);
+    let cases: &[Case] = &[
+        (&[], 3, &[]),
+        (&[1, 2, 3], 3, &[&[1, 2, 3]]),
+        (&[1, 2, 3, 4], 3, &[&[1, 2, 3], &[4]]),
+        // Revision 2's events stay together: the batch closes before them.
+        (&[1, 2, 2, 2, 3], 3, &[&[1], &[2, 2, 2], &[3]]),
+        (&[1, 1, 2, 2], 3, &[&[1, 1], &[2, 2]]),
+        // More events in one revision than fit: a batch of its own.
+        (&[1, 2, 2, 2, 2, 3], 3, &[&[1], &[2, 2, 2, 2], &[3]]),
+    ];
+    for (input, max, want) in cases {
+        let got: Vec<Vec<i64>> = batches(drafts(input), *max).iter().map(revs).collect();
+        let want: Vec<Vec<i64>> = want.iter().map(|b| b.to_vec()).collect();
+        assert_eq!(got, want, "{input:?} in batches of {max}");
+    }
+    let big = batches(drafts(&(0..1000).collect::<Vec<_>>()), 100);
+    assert_eq!(big.len(), 10);
+    assert!(big.iter().all(|b| b.len() == 100));
+}

@@ -161,6 +161,8 @@ pub struct Metrics {
     pub sessions_opened: Counter,
     /// See `sessions_opened`.
     pub sessions_closed: Counter,
+    /// Agent sessions refused because every opening turn stayed taken (a reconnect storm).
+    pub sessions_busy: Counter,
     /// 1 while this replica is the leader.
     pub leader: Gauge,
     /// Times this replica won the election.
@@ -222,6 +224,7 @@ impl Metrics {
             agents_connected: Gauge::default(),
             sessions_opened: Counter::default(),
             sessions_closed: Counter::default(),
+            sessions_busy: Counter::default(),
             leader: Gauge::default(),
             elections: Counter::default(),
             rollouts: Family::default(),
@@ -263,6 +266,11 @@ impl Metrics {
             "agent_sessions_closed",
             "Agent sessions on this replica that ended",
             c(&self.sessions_closed),
+        );
+        r.register(
+            "agent_sessions_busy",
+            "Agent sessions refused because this replica was busy opening others (they retry)",
+            c(&self.sessions_busy),
         );
         r.register(
             "leader",

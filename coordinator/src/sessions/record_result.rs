@@ -9,8 +9,8 @@ use tracing::{debug, info, warn};
 use super::limits::{bounded, MAX_DETAIL};
 use super::{admit, tokens, Replay, Session};
 use crate::store::{
-    decode, encode, now_ms, HostState, HostStep, RolloutRecord, ServiceState, SlotRecord,
-    StoreError, MAX_INTERRUPTIONS,
+    decode, encode, now_ms, HostState, HostStep, ServiceState, SlotRecord, StoreError,
+    MAX_INTERRUPTIONS,
 };
 
 /// How many times a result is read and written again when its transaction lost a race (the
@@ -31,9 +31,7 @@ enum Attempt {
 struct Basis {
     /// This host's step and its key's mod revision.
     step: Option<(HostStep, i64)>,
-    /// The rollout.
-    rollout: Option<RolloutRecord>,
-    /// The host's slot of the service the result named: mod revision and token.
+    /// The host's slot of the rollout's service: mod revision and token.
     slot: Option<(i64, u64)>,
 }
 
@@ -80,7 +78,11 @@ impl Session {
         };
         let keys = &self.ctx.keys;
         let mut etcd = self.ctx.etcd.clone();
-        let basis = self.read_basis(rid.as_str(), &r.service).await?;
+        let Some(target) = self.ctx.hub.specs.get(&self.ctx, rid.as_str()).await? else {
+            return Ok(Attempt::Settled);
+        };
+        let (service, release) = (&target.service, &target.release);
+        let basis = self.read_basis(rid.as_str(), service).await?;
         // Ownership: only this host's step, and only the grant it holds.
         let Some((step, step_rev)) = basis.step else {
             debug!(rollout = %rid, token = r.token, "result for a rollout this host has no step in; ignored");
@@ -109,10 +111,6 @@ impl Session {
                 reason = bounded(&format!("{}; {why}", r.reason), MAX_DETAIL);
             }
         }
-        let Some(rollout) = basis.rollout else {
-            return Ok(Attempt::Settled);
-        };
-        let (service, release) = (rollout.spec.service, rollout.spec.release);
         let new_step = HostStep {
             state,
             token: r.token,
@@ -127,7 +125,7 @@ impl Session {
         let prev = self
             .record
             .services
-            .get(&service)
+            .get(service)
             .cloned()
             .unwrap_or_default();
         if replay == Replay::Live && prev.superseded_by(r.finished_at_ms) {
@@ -165,16 +163,8 @@ impl Session {
         ];
         // The grant is over: drop its live slot (if its holder still has it), and only if the
         // slot is still as read (absent included).
-        let slot_key = keys.slot(&service, &self.host);
-        // Read with the rest when the result named the rollout's service (it always does, but
-        // the peer is not trusted: otherwise the rollout's own slot is read now).
-        let slot = if service == r.service {
-            basis.slot
-        } else {
-            let resp = etcd.get(slot_key.clone(), None).await?;
-            resp.kvs().first().map(slot_of).transpose()?
-        };
-        let slot_seen = match slot {
+        let slot_key = keys.slot(service, &self.host);
+        let slot_seen = match basis.slot {
             Some((mod_rev, token)) => {
                 compares.push(Compare::mod_revision(
                     slot_key.clone(),
@@ -232,13 +222,11 @@ impl Session {
     }
 
     /// Reads, at one revision (one round trip to etcd), what recording a result compares:
-    /// this host's step in the rollout, the rollout, and the host's slot of `service` (the
-    /// service the result names).
+    /// this host's step in the rollout and its slot of the rollout's `service`.
     async fn read_basis(&self, rid: &str, service: &str) -> Result<Basis, StoreError> {
         let keys = &self.ctx.keys;
         let txn = Txn::new().and_then(vec![
             TxnOp::get(keys.step(rid, &self.host), None),
-            TxnOp::get(keys.rollout(rid), None),
             TxnOp::get(keys.slot(service, &self.host), None),
         ]);
         let resp = self.ctx.etcd.clone().txn(txn).await?;
@@ -246,13 +234,12 @@ impl Session {
             TxnOpResponse::Get(g) => g.kvs().first().cloned(),
             _ => None,
         });
-        let (step, rollout, slot) = (firsts.next(), firsts.next(), firsts.next());
+        let (step, slot) = (firsts.next(), firsts.next());
         Ok(Basis {
             step: step
                 .flatten()
                 .map(|kv| Ok::<_, StoreError>((decode::<HostStep>(&kv)?, kv.mod_revision())))
                 .transpose()?,
-            rollout: rollout.flatten().map(|kv| decode(&kv)).transpose()?,
             slot: slot.flatten().as_ref().map(slot_of).transpose()?,
         })
     }
@@ -268,12 +255,10 @@ impl Session {
     ) -> Result<(), StoreError> {
         let keys = &self.ctx.keys;
         let mut etcd = self.ctx.etcd.clone();
-        let resp = etcd.get(keys.rollout(rid), None).await?;
-        let Some(kv) = resp.kvs().first() else {
+        let Some(target) = self.ctx.hub.specs.get(&self.ctx, rid).await? else {
             return Ok(());
         };
-        let rollout: crate::store::RolloutRecord = decode(kv)?;
-        let slot_key = keys.slot(&rollout.spec.service, &self.host);
+        let slot_key = keys.slot(&target.service, &self.host);
         let resp = etcd.get(slot_key.clone(), None).await?;
         let Some(kv) = resp.kvs().first() else {
             return Ok(());

@@ -276,7 +276,10 @@ fn storm(report: &mut Report, fleet: &Fleet, gen: &Generator) -> anyhow::Result<
             0.0,
             "",
         )
-        .note("e.g. `coordinator cannot reach etcd right now`: etcd overloaded"),
+        .note(format!(
+            "the latest: {}",
+            gen.stats.last_refusal.lock().expect("last refusal")
+        )),
     );
     Ok(())
 }

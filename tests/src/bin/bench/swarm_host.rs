@@ -131,6 +131,8 @@ pub(crate) struct SwarmStats {
     pub(crate) rtt_us: Arc<Mutex<Vec<u64>>>,
     /// The latest reason a session ended, for the report.
     pub(crate) last_loss: Mutex<String>,
+    /// The latest refusal's reason, for the report.
+    pub(crate) last_refusal: Mutex<String>,
 }
 
 impl SwarmStats {
@@ -385,6 +387,7 @@ impl SimHost {
             }
             Some(coordinator_message::Msg::Refusal(r)) => {
                 stats.refusals.fetch_add(1, Ordering::Relaxed);
+                *stats.last_refusal.lock().expect("last refusal") = r.reason.clone();
                 return Err(format!("refused: {}", r.reason));
             }
             Some(coordinator_message::Msg::Update(order)) => {
