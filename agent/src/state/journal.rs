@@ -562,6 +562,10 @@ mod tests {
     #[test]
     fn only_the_steps_recovery_reads_are_written() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let on_disk = || {
+            let reopened = Journal::open(dir.path()).expect("reopen");
+            reopened.in_flight("demo").map(|f| f.step())
+        };
         let mut j = Journal::open(dir.path()).expect("open");
         j.begin(order(7, "demo")).expect("begin");
         j.step("demo", pb::Step::Staged, None).expect("step");
@@ -569,24 +573,22 @@ mod tests {
             j.in_flight("demo").map(|f| f.step()),
             Some(pb::Step::Staged)
         );
-        let reopened = Journal::open(dir.path()).expect("reopen");
-        let on_disk = reopened.in_flight("demo").map(|f| f.step());
-        assert_eq!(on_disk, Some(pb::Step::Accepted), "progress is not written");
+        assert_eq!(
+            on_disk(),
+            Some(pb::Step::Accepted),
+            "progress is not written"
+        );
         j.step("demo", pb::Step::Swapping, Some((None, String::new())))
             .expect("step");
         j.step("demo", pb::Step::Verifying, None).expect("step");
-        let reopened = Journal::open(dir.path()).expect("reopen");
-        let on_disk = reopened.in_flight("demo").map(|f| f.step());
         assert_eq!(
-            on_disk,
+            on_disk(),
             Some(pb::Step::Swapping),
             "the swap's dirs are evidence"
         );
         j.step("demo", pb::Step::RollingBack, None).expect("step");
-        let reopened = Journal::open(dir.path()).expect("reopen");
-        let on_disk = reopened.in_flight("demo").map(|f| f.step());
         assert_eq!(
-            on_disk,
+            on_disk(),
             Some(pb::Step::RollingBack),
             "a rollback is evidence"
         );
