@@ -11,8 +11,9 @@
 #   tests/bench.sh --only swarm --swarm-agents 1000   # simulated hosts from one process (issue 17)
 #   tests/bench.sh --only big-artifact     # 200 MB staged on 50 agents through one coordinator:
 #       its peak RSS, the agents' peak RSS, MB/s against `openssl speed` and `dd` of this run,
-#       and a kill -9 mid-download that must resume (--artifact-agents, --artifact-mb;
-#       --artifact-bins DIR runs another build's coordinator and agent, for before/after)
+#       a kill -9 mid-download that must resume, and one agent alone's MB/s (--artifact-agents,
+#       --artifact-mb; --artifact-bins DIR runs another build's coordinator and agent, for
+#       before/after)
 # KEEP_TEST_DIRS=1 keeps every fleet's directory (logs) for a look afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,10 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
+use std::io::Seek;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use tokio::io::AsyncWriteExt;
 
 pub mod downloads;
+pub mod serve;
 
 /// What can go wrong storing or reading an artifact.
 #[derive(Debug, Error)]
@@ -125,23 +128,24 @@ impl ArtifactStore {
         })
     }
 
-    /// Opens a stored artifact at `offset`; returns the file and its total size.
+    /// Opens a stored artifact at `offset`; returns the file and its total size. A blocking
+    /// file: [`serve::send_chunks`] reads it on the blocking pool, straight into each chunk.
     pub async fn open(
         &self,
         sha256: &str,
         offset: u64,
-    ) -> Result<(tokio::fs::File, u64), ArtifactError> {
+    ) -> Result<(std::fs::File, u64), ArtifactError> {
         let path = self.path(sha256);
-        let mut f = match tokio::fs::File::open(&path).await {
+        let f = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ArtifactError::NotFound(sha256.to_string()))
             }
             Err(e) => return Err(io(&path)(e)),
         };
-        let size = f.metadata().await.map_err(io(&path))?.len();
+        let mut f = f.into_std().await;
+        let size = f.metadata().map_err(io(&path))?.len();
         f.seek(std::io::SeekFrom::Start(offset.min(size)))
-            .await
             .map_err(io(&path))?;
         Ok((f, size))
     }
@@ -179,17 +183,4 @@ impl Upload {
             .map_err(io(&self.dir))?;
         Ok((sha, self.size))
     }
-}
-
-/// Reads up to `buf.len()` bytes.
-pub async fn read_chunk(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        let m = f.read(&mut buf[n..]).await?;
-        if m == 0 {
-            break;
-        }
-        n += m;
-    }
-    Ok(n)
 }

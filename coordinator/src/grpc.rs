@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::artifacts::{downloads, read_chunk, ArtifactError};
+use crate::artifacts::{downloads, serve, ArtifactError};
 use crate::control::{self, Action, ControlError};
 use crate::roles::{self, Rpc, Target};
 use crate::{sessions, Ctx};
@@ -23,11 +23,6 @@ use crate::{sessions, Ctx};
 const AGENT_QUEUE: usize = 64;
 /// Queue depth of one watcher's outgoing messages.
 const STREAM_QUEUE: usize = 16;
-/// Chunks of [`rollgate_proto::ARTIFACT_CHUNK_BYTES`] read ahead of one download: enough to
-/// keep the stream busy while the next is read; small, because every download in progress
-/// holds them (50 downloads x 2 x 256 KiB = 25 MiB).
-const ARTIFACT_QUEUE: usize = 2;
-
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl From<ControlError> for Status {
@@ -111,7 +106,7 @@ impl AgentService for AgentApi {
         downloads::check_request(&req)?;
         // S9: a host downloads only the artifacts of its own orders.
         downloads::authorize(&self.ctx, who.as_ref(), &req.sha256).await?;
-        let (mut file, total) = match self.ctx.artifacts.open(&req.sha256, req.offset).await {
+        let (file, total) = match self.ctx.artifacts.open(&req.sha256, req.offset).await {
             Err(ArtifactError::NotFound(_)) => {
                 // Pushed to another replica: copy it here first (once, verified), then serve it.
                 downloads::ensure_local(&self.ctx, who.as_ref(), &req.sha256).await?;
@@ -119,37 +114,12 @@ impl AgentService for AgentApi {
             }
             other => other?,
         };
-        let (tx, rx) = mpsc::channel(ARTIFACT_QUEUE);
-        let mut offset = req.offset.min(total);
+        let (tx, rx) = serve::queue();
+        let offset = req.offset.min(total);
         let host = who.as_ref().map_or("-", |id| id.name.as_str());
         tracing::info!(%host, sha256 = %req.sha256, offset, total, "serving artifact");
-        self.ctx.tasks.spawn(async move {
-            loop {
-                // Read straight into the chunk's own buffer: no copy, and no buffer kept per
-                // download between chunks.
-                let mut buf = vec![0u8; rollgate_proto::ARTIFACT_CHUNK_BYTES];
-                let n = match read_chunk(&mut file, &mut buf).await {
-                    Ok(0) => return,
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = tx
-                            .send(Err(Status::internal(format!("reading artifact: {e}"))))
-                            .await;
-                        return;
-                    }
-                };
-                buf.truncate(n);
-                let chunk = pb::ArtifactChunk {
-                    offset,
-                    data: buf,
-                    total_size: total,
-                };
-                offset += n as u64;
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let send = serve::send_chunks(file, offset, total, tx);
+        self.ctx.tasks.spawn(send);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -4,7 +4,9 @@
 //! push and every download, the agents' peak memory, aggregate and per-agent throughput
 //! against references measured in the same run (`openssl speed` of the cipher rustls
 //! negotiates, and a `dd` of the same file), and a download cut by `kill -9` of one agent
-//! that must resume where it stopped.
+//! that must resume where it stopped. Then one agent alone stages another release of the same
+//! size: the pipeline's own speed against the same references, without 50 downloads sharing
+//! the 2 cores.
 //!
 //! The release is the test service's wrapper script padded with random bytes after its
 //! `exec` line (`sh` never reads past it), so it still runs and nothing compresses it.
@@ -36,6 +38,8 @@ const OPENSSL_CIPHER: &str = "aes-256-gcm";
 /// coordinator's and etcd's 2 cores, so they yield to them (a starved coordinator cannot renew
 /// its 2 s etcd lease and restarts, which the first run of this benchmark did 3 times).
 const AGENT_NICE: &str = "19";
+/// Niceness of the agent that stages alone (the coordinator's and etcd's).
+const SOLO_NICE: &str = "0";
 /// How long one artifact rollout may take.
 const ARTIFACT_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(1200);
 
@@ -112,18 +116,38 @@ pub(crate) fn big_artifact(args: &Args, report: &mut Report) -> anyhow::Result<(
     for a in fleet.agents.iter().filter(|a| a.id != "host-1") {
         let pid = a.proc.pid().context("agent gone")?.as_raw();
         hwm.push(memory(pid)?.hwm as f64 / 1024.0);
-        spans.push(staging_span(&a.proc.log)?);
+        spans.push(staging_span(&a.proc.log, &rel.version)?);
     }
     let resumed = refetched(&fleet, "host-1", cut, size)?;
+    let alone = solo(&fleet, "host-2", size)?;
     print_figures(report, n, size, (aes, dd), peak, &hwm, &spans, resumed);
+    report.add(
+        Figure::new(
+            "one agent alone: reference / measured",
+            aes.min(dd) / alone,
+            SLOWDOWN_BOUND,
+            "x",
+        )
+        .note(format!(
+            "{:.0} MB/s: host-2 staged another {:.0} MB release with nothing else moving \
+             (download, rolling sha256, fsync, install)",
+            alone / MB,
+            size as f64 / MB
+        )),
+    );
     Ok(())
 }
 
 /// Lowers an agent's priority to [`AGENT_NICE`].
 fn renice(a: &rollgate_tests::Agent) -> anyhow::Result<()> {
+    renice_to(a, AGENT_NICE)
+}
+
+/// Sets an agent's niceness.
+fn renice_to(a: &rollgate_tests::Agent, nice: &str) -> anyhow::Result<()> {
     let pid = a.proc.pid().context("agent gone")?.as_raw();
     let ok = Command::new("renice")
-        .args(["-n", AGENT_NICE, "-p", &pid.to_string()])
+        .args(["-n", nice, "-p", &pid.to_string()])
         .stdout(std::process::Stdio::null())
         .status()?
         .success();
@@ -172,8 +196,9 @@ fn fit_agents(want: usize, size: u64) -> anyhow::Result<usize> {
         .nth(1)
         .and_then(|l| l.trim().parse().ok())
         .context("cannot read df's answer")?;
-    // Each agent's copy, the coordinator's store, the release file and a dd copy, plus 2 GB.
-    let need = |n: u64| (n + 3) * size + 2_000_000_000;
+    // Each agent's copy, the coordinator's store, the release file and a dd copy, the
+    // one-agent release (its file, the store's copy, the agent's), plus 2 GB.
+    let need = |n: u64| (n + 6) * size + 2_000_000_000;
     let fit = (0..=want as u64)
         .rev()
         .find(|&k| need(k) <= avail)
@@ -325,18 +350,49 @@ fn refetched(fleet: &Fleet, host: &str, kept: u64, size: u64) -> anyhow::Result<
     Ok(Resumed { kept, asked, after })
 }
 
-/// (start, end) of an agent's staging in its log, microseconds: "staging: fetching" to
-/// "staged ... downloaded".
-fn staging_span(log: &Path) -> anyhow::Result<(i64, i64)> {
+/// (start, end) of an agent's staging of `version` in its log, microseconds: "staging:
+/// fetching VERSION" to "staged VERSION ... downloaded".
+fn staging_span(log: &Path, version: &str) -> anyhow::Result<(i64, i64)> {
     let lines = read_log(log)?;
-    let start = lines.iter().find(|l| l.has("staging: fetching"));
+    let fetching = format!("staging: fetching {version} ");
+    let staged = format!("staged {version} ");
+    let start = lines.iter().rfind(|l| l.has(&fetching));
     let end = lines
         .iter()
-        .find(|l| l.has("staged ") && l.has("downloaded"));
+        .rfind(|l| l.has(&staged) && l.has("downloaded"));
     match (start, end) {
         (Some(s), Some(e)) => Ok((s.at_us, e.at_us)),
-        _ => bail!("no staging start and end in {}", log.display()),
+        _ => bail!(
+            "no staging of {version} (start and end) in {}",
+            log.display()
+        ),
     }
+}
+
+/// One agent alone stages another release of the same size (after the fleet's rollout):
+/// its MB/s is the pipeline's own speed, without 50 downloads sharing the 2 cores. At the
+/// coordinator's own priority: alone, it cannot starve the coordinator, and at nice 19 it
+/// would measure the machine's other work instead.
+fn solo(fleet: &Fleet, host: &str, size: u64) -> anyhow::Result<f64> {
+    renice_to(fleet.host(host), SOLO_NICE)?;
+    let rel = fleet.release("2.1.0", Mode::Healthy)?;
+    pad(&rel.path, size)?;
+    let strategy = "max_unavailable = 1\nstage_first = true\nmin_healthy_time = \"100ms\"\n\
+                    healthy_deadline = \"120s\"\nprogress_deadline = \"20m\"";
+    let id = fleet.start_rollout(&fleet.spec_for_hosts(&rel, strategy, &[host])?)?;
+    let end = fleet.wait(
+        "the one-agent rollout to end",
+        ARTIFACT_ROLLOUT_TIMEOUT,
+        || {
+            let s = fleet.status(&id)?;
+            Ok(s.is_settled().then_some(s))
+        },
+    )?;
+    if end.phase() != Phase::Succeeded {
+        bail!("the one-agent rollout {id} ended {}", end.phase().word());
+    }
+    let (start, stop) = staging_span(&fleet.host(host).proc.log, &rel.version)?;
+    Ok(size as f64 / ((stop - start) as f64 / 1e6).max(1e-6))
 }
 
 #[allow(clippy::too_many_arguments)]
