@@ -168,6 +168,8 @@ async fn lead(
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(StoreError::from(e).into()),
             },
+            // A result this replica recorded: plan now, the watch's report of it follows.
+            _ = ctx.results_recorded.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
             _ = cancel.cancelled() => return Ok(()),
         }

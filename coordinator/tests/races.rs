@@ -74,6 +74,7 @@ async fn world() -> (World, String) {
         tls: None,
         tasks: tokio_util::task::TaskTracker::new(),
         metrics: rollgate_coordinator::metrics::Metrics::new(),
+        results_recorded: tokio::sync::Notify::new(),
     });
     let mut etcd_c = ctx.etcd.clone();
     for h in ["h1", "h2", "h3"] {

@@ -196,6 +196,7 @@ impl Session {
             return Ok(Attempt::Raced);
         }
         self.wrote();
+        self.ctx.results_recorded.notify_one();
         {
             let outcome = r.outcome().word();
             match (state, health) {
