@@ -100,7 +100,8 @@ impl OpeningTurns {
         if let Some(held_back) = admitted {
             warn!(
                 held_back,
-                "refused an agent session: {busy}; if this lasts beyond a restart, this replica                  has more agents than it can admit: add a replica or check etcd's latency"
+                "refused an agent session: {busy}; if this lasts beyond a restart, this replica \
+                 has more agents than it can admit: add a replica or check etcd's latency"
             );
         }
     }
