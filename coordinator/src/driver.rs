@@ -4,6 +4,7 @@
 //! fenced by the leader's election key (S3). A restart re-derives everything from etcd.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::control::{self, ControlError};
+use crate::handover::{self, Carry};
 use crate::metrics::{HaltLabels, HaltReason, RolloutGauges, ServiceLabel};
 use crate::planner::{self, explain, Decision, Plan, Unavailable, Verdict, WaveStamp};
 use crate::sessions::limits::{LogLimit, LOG_EVERY};
@@ -146,9 +148,16 @@ async fn lead(
     .map_err(StoreError::from)?;
     let mut complaints = Complaints::default();
     let mut clock = ProgressClock::default();
+    let mut inbox = Leading::open(ctx);
+    let mut carried = Vec::new();
     loop {
         let began = Instant::now();
-        let wake = drive_once(ctx, leader, &mut complaints, &mut clock).await?;
+        let round = Round {
+            complaints: &mut complaints,
+            clock: &mut clock,
+            carried: std::mem::take(&mut carried),
+        };
+        let wake = drive_once(ctx, leader, round).await?;
         ctx.metrics
             .planning_round
             .observe(began.elapsed().as_secs_f64());
@@ -170,10 +179,44 @@ async fn lead(
             },
             // A result this replica recorded: plan now, the watch's report of it follows.
             _ = ctx.results_recorded.notified() => {}
+            // Results offered to this round, to be written with the grants they free room for.
+            Some(first) = inbox.rx.recv() => {
+                carried.push(first);
+                while let Ok(more) = inbox.rx.try_recv() {
+                    carried.push(more);
+                }
+            }
             _ = tokio::time::sleep(sleep) => {}
             _ = cancel.cancelled() => return Ok(()),
         }
     }
+}
+
+/// The leader's inbox of results ([`handover`]), open for as long as it leads.
+struct Leading<'a> {
+    ctx: &'a Ctx,
+    rx: tokio::sync::mpsc::Receiver<Carry>,
+}
+
+impl<'a> Leading<'a> {
+    fn open(ctx: &'a Ctx) -> Leading<'a> {
+        let rx = ctx.handover.open();
+        Leading { ctx, rx }
+    }
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.ctx.handover.close();
+    }
+}
+
+/// What one planning round carries from the last: the leader's memory, and the results offered
+/// to it since.
+struct Round<'a> {
+    complaints: &'a mut Complaints,
+    clock: &'a mut ProgressClock,
+    carried: Vec<Carry>,
 }
 
 /// What the leader logs about records it cannot read, rate-limited per rollout (or per fleet
@@ -216,9 +259,14 @@ impl ProgressClock {
 async fn drive_once(
     ctx: &Arc<Ctx>,
     leader: &LeaderKey,
-    complaints: &mut Complaints,
-    clock: &mut ProgressClock,
+    round_in: Round<'_>,
 ) -> Result<Option<i64>, LeadError> {
+    let Round {
+        complaints,
+        clock,
+        carried,
+    } = round_in;
+    let mut carried = by_rollout(carried);
     // One read-only transaction for everything but the rollouts: a freed slot is handed on
     // after this, one read per active rollout, and the grant itself.
     let mut etcd = ctx.etcd.clone();
@@ -231,7 +279,7 @@ async fn drive_once(
             ttl: ctx.config.etcd.lease_ttl,
         });
     }
-    let fleet = round.fleet;
+    let mut fleet = round.fleet;
     for e in &fleet.unreadable {
         complaints.warn(e, format_args!("left out of planning: {e}"));
     }
@@ -246,7 +294,7 @@ async fn drive_once(
             Some(read) => read,
             None => store::read_rollout(&mut etcd, &ctx.keys, &rid, fleet.revision).await,
         };
-        let view = match read {
+        let mut view = match read {
             Ok(Some(view)) => view,
             Ok(None) => continue,
             Err(e @ StoreError::Corrupt { .. }) => {
@@ -259,7 +307,20 @@ async fn drive_once(
             }
             Err(e) => return Err(e.into()),
         };
-        match drive_rollout(ctx, leader, &fleet, &view, &mut token, &mut gauges, clock).await {
+        let carry = carried.remove(&rid).unwrap_or_default();
+        let driven = if carry.is_empty() {
+            drive_rollout(ctx, leader, &fleet, &view, &mut token, &mut gauges, clock).await
+        } else {
+            let mut with = Carried {
+                fleet: &mut fleet,
+                view: &mut view,
+                token: &mut token,
+                gauges: &mut gauges,
+                clock,
+            };
+            drive_carrying(ctx, leader, &mut with, carry).await
+        };
+        match driven {
             Ok(Some(at)) => wake = Some(wake.map_or(at, |w: i64| w.min(at))),
             Ok(None) => {}
             Err(e) => complaints.warn(
@@ -270,6 +331,66 @@ async fn drive_once(
     }
     ctx.metrics.set_rollouts(&gauges);
     Ok(wake)
+}
+
+/// Results offered to a round, by rollout.
+fn by_rollout(carried: Vec<Carry>) -> BTreeMap<String, Vec<Carry>> {
+    let mut by = BTreeMap::<String, Vec<Carry>>::new();
+    for c in carried {
+        by.entry(c.rollout.clone()).or_default().push(c);
+    }
+    by
+}
+
+/// What planning a rollout with carried results changes: the round's fleet and token, the
+/// rollout's view, the gauges and the progress clock.
+struct Carried<'a> {
+    fleet: &'a mut FleetView,
+    view: &'a mut RolloutView,
+    token: &'a mut (u64, i64),
+    gauges: &'a mut Vec<RolloutGauges>,
+    clock: &'a mut ProgressClock,
+}
+
+/// Plans a rollout with the results offered to this round applied, and when the plan grants,
+/// writes those results in the grants' first transaction ([`handover`]). Any other decision is
+/// not acted on: it rests on results not written yet. They are handed back (dropped), their
+/// sessions write them, and the next round plans from what etcd holds.
+async fn drive_carrying(
+    ctx: &Arc<Ctx>,
+    leader: &LeaderKey,
+    w: &mut Carried<'_>,
+    carry: Vec<Carry>,
+) -> Result<Option<i64>, StoreError> {
+    let undo = handover::apply(&carry, &mut w.view.steps, w.fleet);
+    let now = now_ms();
+    let seen = w
+        .clock
+        .seen(&w.view.rollout.id, planner::progress_mark(w.view), now);
+    let Plan { decision, report } = planner::plan_view(w.view, w.fleet, now, Some(seen));
+    w.gauges
+        .push(RolloutGauges::of(w.view, w.fleet, &report, now));
+    if let Decision::Grant {
+        hosts,
+        recheck_at_ms,
+    } = decision
+    {
+        if handover::can_carry(&carry, &hosts) {
+            let basis = GrantBasis {
+                fleet: w.fleet,
+                view: w.view,
+                unavailable: &report.unavailable,
+            };
+            if let Some(rev) = grant(ctx, leader, &basis, &hosts, w.token, &carry).await? {
+                for c in carry {
+                    c.written(rev);
+                }
+                return Ok(recheck_at_ms);
+            }
+        }
+    }
+    undo.undo(w.fleet);
+    Ok(None)
 }
 
 /// The leader's fence: its election key must still be the one it won with.
@@ -305,7 +426,12 @@ async fn drive_rollout(
             hosts,
             recheck_at_ms,
         } => {
-            grant(ctx, leader, fleet, view, &hosts, &report.unavailable, token).await?;
+            let basis = GrantBasis {
+                fleet,
+                view,
+                unavailable: &report.unavailable,
+            };
+            grant(ctx, leader, &basis, &hosts, token, &[]).await?;
             Ok(recheck_at_ms)
         }
         Decision::StampWave(stamp) => {
@@ -473,32 +599,49 @@ fn grant_records(
     (slot, step)
 }
 
-/// Grants the planned slots, one fenced transaction each, handing out increasing tokens.
-/// `unavailable`: the hosts out of service as planned (for the count the log shows).
+/// What a round's grants rest on: the fleet and the rollout as planned, and the hosts out of
+/// service as planned (for the count the log shows).
+struct GrantBasis<'a> {
+    fleet: &'a FleetView,
+    view: &'a RolloutView,
+    unavailable: &'a [(String, Unavailable)],
+}
+
+/// Grants the planned slots, up to [`GRANTS_PER_TXN`] hosts per fenced transaction, handing out
+/// increasing tokens; the first transaction also writes the `carry`ed results. Returns the
+/// revision of that first transaction, or `None` when etcd refused it (nothing was written).
 async fn grant(
     ctx: &Arc<Ctx>,
     leader: &LeaderKey,
-    fleet: &FleetView,
-    view: &RolloutView,
+    basis: &GrantBasis<'_>,
     hosts: &[String],
-    unavailable: &[(String, Unavailable)],
     counter: &mut (u64, i64),
-) -> Result<(), StoreError> {
-    let r = &view.rollout;
+    carry: &[Carry],
+) -> Result<Option<i64>, StoreError> {
+    let r = &basis.view.rollout;
     let mut etcd = ctx.etcd.clone();
-    let mut count = unavailable.len();
-    let mut freed_at = handed_over_at(view);
+    let mut count = basis.unavailable.len();
+    let mut freed_at = handed_over_at(basis.view);
     let connected: Vec<(&str, i64)> = hosts
         .iter()
-        .filter_map(|h| Some((h.as_str(), *fleet.connected.get(h)?)))
+        .filter_map(|h| Some((h.as_str(), *basis.fleet.connected.get(h)?)))
         .collect();
-    for chunk in connected.chunks(GRANTS_PER_TXN) {
+    let mut first = None;
+    for (i, chunk) in grant_chunks(&connected, carry.len()).enumerate() {
+        let carried = if i == 0 { carry } else { &[] };
         // The counter as read at the start of the round (each grant's txn compares its mod
         // revision, so a stale value grants nothing).
-        let (txn, granted) = grant_txn(ctx, leader, fleet, view, chunk, *counter);
+        let (txn, granted) = grant_txn(ctx, leader, basis, chunk, *counter, carried);
         let what = format!("grant of {} in rollout {}", hosts_word(&granted), r.id);
         crate::fault::pause(crate::fault::PausePoint::BeforeGrantCommit, &what).await;
-        let resp = etcd.txn(txn).await?;
+        let resp = match etcd.txn(txn).await {
+            Ok(resp) => resp,
+            Err(e) if too_many_ops(&e) => {
+                grant_chunk_refused(chunk.len() + carried.len(), &e);
+                return Ok(first);
+            }
+            Err(e) => return Err(e.into()),
+        };
         if !resp.succeeded() {
             if deposed(&resp, leader) {
                 warn!(
@@ -508,53 +651,100 @@ async fn grant(
                 );
             }
             // Something changed since the read; the watch brings the next round.
-            return Ok(());
+            return Ok(first);
         }
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        first.get_or_insert(revision);
         let top = granted.last().map_or(counter.0, |(_, t)| *t);
-        *counter = (top, resp.header().map(|h| h.revision()).unwrap_or(0));
+        *counter = (top, revision);
         for (host, token) in granted {
-            count += usize::from(!unavailable.iter().any(|(h, _)| h == host));
+            count += usize::from(!basis.unavailable.iter().any(|(h, _)| h == host));
             count_grant(ctx, r, freed_at.take());
             info!(
                 rollout = %r.id, %host, token, unavailable = count, budget = r.max_unavailable,
-                "slot granted"
+                revision, "slot granted"
             );
         }
     }
-    Ok(())
+    Ok(first)
 }
 
 /// Hosts granted in one transaction: etcd refuses more than 128 compares or operations in one
 /// (its default `--max-txn-ops`); each host adds three compares and two puts.
 const GRANTS_PER_TXN: usize = 32;
 
+/// Hosts per grant transaction in this process: [`GRANTS_PER_TXN`], or one after etcd refused
+/// a transaction as too large (an etcd run with a lower `--max-txn-ops`).
+static GRANT_CHUNK: AtomicUsize = AtomicUsize::new(GRANTS_PER_TXN);
+
+/// The planned hosts in transaction-sized chunks; the first leaves room for `carried` results
+/// (three compares each).
+fn grant_chunks<'a, 'h>(
+    hosts: &'a [(&'h str, i64)],
+    carried: usize,
+) -> impl Iterator<Item = &'a [(&'h str, i64)]> {
+    let size = GRANT_CHUNK.load(Ordering::Relaxed);
+    let first = size.saturating_sub(carried).max(1).min(hosts.len());
+    let (head, rest) = hosts.split_at(first);
+    std::iter::once(head)
+        .filter(|h| !h.is_empty())
+        .chain(rest.chunks(size))
+}
+
+/// Whether etcd refused a transaction for its number of operations (`--max-txn-ops`).
+fn too_many_ops(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("too many operations in txn request")
+}
+
+/// An etcd that refused a grant transaction of `size` hosts and results as too large: from now
+/// on this process grants one host per transaction.
+fn grant_chunk_refused(size: usize, e: &etcd_client::Error) {
+    if GRANT_CHUNK.swap(1, Ordering::Relaxed) > 1 {
+        warn!(
+            "etcd refused a grant of {size} hosts and results in one transaction ({e}): its \
+             --max-txn-ops is below the 128 rollgate expects; granting one host per \
+             transaction from now on (slower hand-overs); raise --max-txn-ops to 128 or more"
+        );
+    }
+}
+
 /// One transaction granting `chunk` (host, its session's lease) the next tokens after
-/// `counter`, all or none; with the (host, token) pairs it grants.
+/// `counter`, all or none, and writing the `carried` results; with the (host, token) pairs it
+/// grants.
 fn grant_txn<'a>(
     ctx: &Ctx,
     leader: &LeaderKey,
-    fleet: &FleetView,
-    view: &RolloutView,
+    basis: &GrantBasis<'_>,
     chunk: &[(&'a str, i64)],
     counter: (u64, i64),
+    carried: &[Carry],
 ) -> (Txn, Vec<(&'a str, u64)>) {
-    let (keys, r) = (&ctx.keys, &view.rollout);
+    let (keys, r, fleet) = (&ctx.keys, &basis.view.rollout, basis.fleet);
     let (last_token, token_rev) = counter;
     // S3: only the current leader grants; the rollout is unchanged since it was read (a pause
     // in between wins); tokens only grow; a host holds one slot per service and is granted
     // once per rollout; its stream is still where the slot's lease says.
     let mut compares = vec![
         fence(leader),
-        Compare::mod_revision(keys.rollout(&r.id), CompareOp::Equal, view.rollout_rev),
+        Compare::mod_revision(
+            keys.rollout(&r.id),
+            CompareOp::Equal,
+            basis.view.rollout_rev,
+        ),
         Compare::mod_revision(keys.token(), CompareOp::Equal, token_rev),
     ];
     let top = last_token + chunk.len() as u64;
     let mut ops = vec![TxnOp::put(keys.token(), encode(&top), None)];
+    // The results this grant rests on, with everything their sessions compare.
+    for c in carried {
+        compares.extend(c.compares.iter().cloned());
+        ops.extend(c.ops.iter().cloned());
+    }
     let mut granted = Vec::with_capacity(chunk.len());
     for (i, &(host, lease)) in chunk.iter().enumerate() {
         let token = last_token + 1 + i as u64;
         let (slot, mut step) = grant_records(ctx, r, host, token, now_ms());
-        let before = view.steps.get(host);
+        let before = basis.view.steps.get(host);
         step.interruptions = before.map_or(0, |s| s.interruptions);
         let slot_key = keys.slot(&r.spec.service, host);
         compares.extend([

@@ -30,6 +30,7 @@ pub mod etcd_conn;
 pub mod events;
 pub mod fault;
 pub mod grpc;
+pub mod handover;
 pub mod lease;
 pub mod local_etcd;
 pub mod metrics;
@@ -94,6 +95,9 @@ pub struct Ctx {
     /// leads, its next planning round starts at once instead of when etcd's watch reports
     /// the write (the freed slot is handed on sooner; the round reads etcd as always).
     pub results_recorded: tokio::sync::Notify,
+    /// Results a session of this replica offers the leader (open while this replica leads),
+    /// to be written with the grants they free room for ([`handover`]).
+    pub handover: handover::Inbox,
 }
 
 impl Ctx {
@@ -205,6 +209,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tasks: TaskTracker::new(),
         metrics,
         results_recorded: tokio::sync::Notify::new(),
+        handover: handover::Inbox::default(),
     });
     rollgate_proto::metrics::serve(
         &ctx.config.metrics,

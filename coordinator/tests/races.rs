@@ -75,6 +75,7 @@ async fn world() -> (World, String) {
         tasks: tokio_util::task::TaskTracker::new(),
         metrics: rollgate_coordinator::metrics::Metrics::new(),
         results_recorded: tokio::sync::Notify::new(),
+        handover: Default::default(),
     });
     let mut etcd_c = ctx.etcd.clone();
     for h in ["h1", "h2", "h3"] {

@@ -8,6 +8,7 @@ use tracing::{debug, info, warn};
 
 use super::limits::{bounded, MAX_DETAIL};
 use super::{admit, tokens, Replay, Session};
+use crate::handover::{Offer, CARRY_WAIT};
 use crate::store::{
     decode, encode, now_ms, HostState, HostStep, ServiceState, SlotRecord, StoreError,
     MAX_INTERRUPTIONS,
@@ -24,6 +25,15 @@ enum Attempt {
     Settled,
     /// The step or the slot changed under it; read again and retry.
     Raced,
+}
+
+/// What became of a result offered to the leader.
+#[derive(Debug)]
+enum Carried {
+    /// Written with the leader's grants, at this revision.
+    Written(i64),
+    /// Handed back: the session writes it.
+    Back(Offer),
 }
 
 /// What recording a result reads before it writes (see [`Session::read_basis`]).
@@ -164,6 +174,7 @@ impl Session {
         // The grant is over: drop its live slot (if its holder still has it), and only if the
         // slot is still as read (absent included).
         let slot_key = keys.slot(service, &self.host);
+        let mut drops_slot = false;
         let slot_seen = match basis.slot {
             Some((mod_rev, token)) => {
                 compares.push(Compare::mod_revision(
@@ -173,6 +184,7 @@ impl Session {
                 ));
                 if token == r.token {
                     ops.push(TxnOp::delete(slot_key, None));
+                    drops_slot = true;
                 }
                 format!("a slot of token {token}")
             }
@@ -186,17 +198,34 @@ impl Session {
             self.host, r.token
         );
         crate::fault::pause(crate::fault::PausePoint::BeforeResultCommit, &what).await;
-        let resp = etcd.txn(Txn::new().when(compares).and_then(ops)).await?;
-        if !resp.succeeded() {
-            if !self.still_mine().await? {
-                return Err(StoreError::Superseded {
-                    host: self.host.clone(),
-                });
+        let offer = Offer {
+            rollout: rid.to_string(),
+            host: self.host.clone(),
+            service: service.clone(),
+            step: new_step,
+            services: self.record.services.clone(),
+            drops_slot,
+            compares,
+            ops,
+        };
+        let revision = match self.carried_by_leader(offer).await {
+            Carried::Written(revision) => revision,
+            Carried::Back(offer) => {
+                let txn = Txn::new().when(offer.compares).and_then(offer.ops);
+                let resp = etcd.txn(txn).await?;
+                if !resp.succeeded() {
+                    if !self.still_mine().await? {
+                        return Err(StoreError::Superseded {
+                            host: self.host.clone(),
+                        });
+                    }
+                    return Ok(Attempt::Raced);
+                }
+                self.ctx.results_recorded.notify_one();
+                resp.header().map_or(0, |h| h.revision())
             }
-            return Ok(Attempt::Raced);
-        }
+        };
         self.wrote();
-        self.ctx.results_recorded.notify_one();
         {
             let outcome = r.outcome().word();
             match (state, health) {
@@ -207,7 +236,7 @@ impl Session {
                     warn!(rollout = %rid, token = r.token, reason = %printable(&reason), running = %printable(&running_version), "update interrupted by an agent restart (attempt {interruptions} of {MAX_INTERRUPTIONS}); not a failure of the release, the host will be granted again")
                 }
                 (HostState::Done, _) => {
-                    info!(rollout = %rid, token = r.token, version = %printable(&running_version), "host updated and healthy")
+                    info!(rollout = %rid, token = r.token, version = %printable(&running_version), revision, "host updated and healthy")
                 }
                 (_, pb::Health::Healthy) | (_, pb::Health::Stopped)
                     if r.outcome() != pb::Outcome::Failed =>
@@ -220,6 +249,19 @@ impl Session {
             }
         }
         Ok(Attempt::Settled)
+    }
+
+    /// Offers the result to the leader when this replica leads, to be written with the grants
+    /// it frees room for ([`crate::handover`]); hands it back when the leader did not write it
+    /// (not leading, no grant planned, a conflict) or did not answer within [`CARRY_WAIT`].
+    async fn carried_by_leader(&self, offer: Offer) -> Carried {
+        let Some(written) = self.ctx.handover.offer(offer.clone()) else {
+            return Carried::Back(offer);
+        };
+        match tokio::time::timeout(CARRY_WAIT, written).await {
+            Ok(Ok(revision)) => Carried::Written(revision),
+            _ => Carried::Back(offer),
+        }
     }
 
     /// Reads, at one revision (one round trip to etcd), what recording a result compares:
