@@ -1,0 +1,128 @@
+//! A real etcd (the coordinator's own local etcd, TLS and all) and a `Ctx` around it, with
+//! hosts h1..h3 running `web` 1.0.0 and a rollout of 2.0.0 over them. Needs the `etcd` binary
+//! (`ETCD_BIN`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rollgate_coordinator::artifacts::ArtifactStore;
+use rollgate_coordinator::config::{Config, EtcdConfig};
+use rollgate_coordinator::control;
+use rollgate_coordinator::local_etcd::LocalEtcd;
+use rollgate_coordinator::sessions::Hub;
+use rollgate_coordinator::store::{encode, Health, HistoryRecord, HostRecord, Keys, ServiceState};
+use rollgate_coordinator::Ctx;
+use rollgate_proto::spec::ReleaseSpec;
+use tokio_util::sync::CancellationToken;
+
+use super::common::free_port_pair;
+
+pub struct World {
+    pub ctx: Arc<Ctx>,
+    _etcd: LocalEtcd,
+    _cancel: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+pub const SHA1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+pub const SHA2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+/// A real etcd with hosts h1..h3 running `web` 1.0.0 and a rollout of 2.0.0 over them.
+pub async fn world() -> (World, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = EtcdConfig {
+        binary: std::env::var_os("ETCD_BIN")
+            .map(Into::into)
+            .unwrap_or_else(|| "etcd".into()),
+        local_port: free_port_pair(),
+        ..EtcdConfig::default()
+    };
+    let cancel = CancellationToken::new();
+    let etcd = LocalEtcd::start(&cfg, dir.path(), cancel.clone())
+        .await
+        .expect("local etcd starts");
+    let client = rollgate_coordinator::etcd_conn::connect(
+        &etcd.connect_config(&cfg),
+        std::slice::from_ref(&etcd.endpoint),
+        &rollgate_coordinator::metrics::EtcdMetrics::default(),
+    )
+    .await
+    .expect("connect");
+    let config = Config {
+        etcd: cfg,
+        ..Config::default()
+    };
+    let ctx = Arc::new(Ctx {
+        etcd: client,
+        keys: Keys::new(&config.etcd.prefix),
+        artifacts: ArtifactStore::new(dir.path().join("artifacts"), 1 << 20).expect("store"),
+        config,
+        lease: 0,
+        hub: Hub::default(),
+        tls: None,
+        tasks: tokio_util::task::TaskTracker::new(),
+        metrics: rollgate_coordinator::metrics::Metrics::new(),
+        results_recorded: tokio::sync::Notify::new(),
+        handover: Default::default(),
+    });
+    let mut etcd_c = ctx.etcd.clone();
+    for h in ["h1", "h2", "h3"] {
+        let mut services = BTreeMap::new();
+        services.insert(
+            "web".to_string(),
+            ServiceState {
+                version: "1.0.0".into(),
+                sha256: SHA1.into(),
+                health: Health::Healthy,
+                ..ServiceState::default()
+            },
+        );
+        let rec = HostRecord {
+            host_id: h.into(),
+            services,
+            ..HostRecord::default()
+        };
+        etcd_c
+            .put(ctx.keys.host(h), encode(&rec), None)
+            .await
+            .expect("put host");
+    }
+    let v1 = HistoryRecord {
+        release: release("1.0.0", SHA1),
+        rollout_id: "r-first".into(),
+        at_ms: 1,
+    };
+    etcd_c
+        .put(
+            ctx.keys.history_entry("web", 1, "r-first"),
+            encode(&v1),
+            None,
+        )
+        .await
+        .expect("history");
+    let spec = format!(
+        "service = \"web\"\n[release]\nversion = \"2.0.0\"\nsource = \"https://example.invalid/web\"\n\
+         sha256 = \"{SHA2}\"\nsize = 10\n[strategy]\nmax_unavailable = 1\n"
+    );
+    let r = control::create(&ctx, &spec, None).await.expect("create");
+    let world = World {
+        ctx,
+        _etcd: etcd,
+        _cancel: cancel,
+        _dir: dir,
+    };
+    (world, r.id)
+}
+
+pub fn release(version: &str, sha256: &str) -> ReleaseSpec {
+    ReleaseSpec {
+        version: version.into(),
+        source: "https://example.invalid/web".into(),
+        sha256: sha256.into(),
+        size: 10,
+        file: None,
+        image: None,
+        signature: None,
+        signature_file: None,
+    }
+}
