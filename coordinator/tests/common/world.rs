@@ -52,12 +52,19 @@ pub async fn world() -> (World, String) {
         etcd: cfg,
         ..Config::default()
     };
+    // The replica's lease: its election key and the hosts' session keys are bound to it.
+    let lease = client
+        .clone()
+        .lease_grant(60, None)
+        .await
+        .expect("lease")
+        .id();
     let ctx = Arc::new(Ctx {
         etcd: client,
         keys: Keys::new(&config.etcd.prefix),
         artifacts: ArtifactStore::new(dir.path().join("artifacts"), 1 << 20).expect("store"),
         config,
-        lease: 0,
+        lease,
         hub: Hub::default(),
         tls: None,
         tasks: tokio_util::task::TaskTracker::new(),
