@@ -27,15 +27,6 @@ enum Attempt {
     Raced,
 }
 
-/// What became of a result offered to the leader.
-#[derive(Debug)]
-enum Carried {
-    /// Written with the leader's grants, at this revision.
-    Written(i64),
-    /// Handed back: the session writes it.
-    Back(Offer),
-}
-
 /// What recording a result reads before it writes (see [`Session::read_basis`]).
 #[derive(Debug)]
 struct Basis {
@@ -208,9 +199,9 @@ impl Session {
             compares,
             ops,
         };
-        let revision = match self.carried_by_leader(offer).await {
-            Carried::Written(revision) => revision,
-            Carried::Back(offer) => {
+        let revision = match self.carried_by_leader(&offer).await {
+            Some(revision) => revision,
+            None => {
                 let txn = Txn::new().when(offer.compares).and_then(offer.ops);
                 let resp = etcd.txn(txn).await?;
                 if !resp.succeeded() {
@@ -254,14 +245,10 @@ impl Session {
     /// Offers the result to the leader when this replica leads, to be written with the grants
     /// it frees room for ([`crate::handover`]); hands it back when the leader did not write it
     /// (not leading, no grant planned, a conflict) or did not answer within [`CARRY_WAIT`].
-    async fn carried_by_leader(&self, offer: Offer) -> Carried {
-        let Some(written) = self.ctx.handover.offer(offer.clone()) else {
-            return Carried::Back(offer);
-        };
-        match tokio::time::timeout(CARRY_WAIT, written).await {
-            Ok(Ok(revision)) => Carried::Written(revision),
-            _ => Carried::Back(offer),
-        }
+    /// Returns the revision it was written at.
+    async fn carried_by_leader(&self, offer: &Offer) -> Option<i64> {
+        let written = self.ctx.handover.offer(offer.clone())?;
+        tokio::time::timeout(CARRY_WAIT, written).await.ok()?.ok()
     }
 
     /// Reads, at one revision (one round trip to etcd), what recording a result compares:
