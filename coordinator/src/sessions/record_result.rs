@@ -199,7 +199,13 @@ impl Session {
             compares,
             ops,
         };
-        let revision = match self.carried_by_leader(&offer).await {
+        // Only a live result is worth the wait: the ones a hello re-sends are old, and their
+        // sessions are still opening (in a turn others wait for).
+        let carried = match replay {
+            Replay::Live => self.carried_by_leader(&offer).await,
+            Replay::FromHello => None,
+        };
+        let revision = match carried {
             Some(revision) => revision,
             None => {
                 let txn = Txn::new().when(offer.compares).and_then(offer.ops);
