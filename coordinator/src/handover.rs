@@ -164,9 +164,13 @@ pub fn apply(
 }
 
 /// Whether a round's grants can carry these results in their first transaction: few enough,
-/// and no host both reporting and granted (one transaction cannot write a key twice).
+/// no host both reporting and granted, and no host reporting twice (a new session's result
+/// beside its old session's): one transaction cannot write a key twice.
 pub fn can_carry(carried: &[Carry], granted: &[String]) -> bool {
-    carried.len() <= MAX_CARRIED && !carried.iter().any(|c| granted.contains(&c.host))
+    let hosts: std::collections::BTreeSet<&str> = carried.iter().map(|c| c.host.as_str()).collect();
+    carried.len() <= MAX_CARRIED
+        && hosts.len() == carried.len()
+        && !granted.iter().any(|g| hosts.contains(g.as_str()))
 }
 
 #[cfg(test)]

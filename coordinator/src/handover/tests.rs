@@ -118,6 +118,11 @@ fn only_few_results_of_hosts_not_granted_are_carried() {
         !can_carry(&one, &["h1".to_string()]),
         "a host both reporting and granted again would write its step twice in one txn"
     );
+    let twice = carried(vec![offer("h1", true), offer("h1", true)]);
+    assert!(
+        !can_carry(&twice, &[]),
+        "two results of one host (an old and a new session) would write its keys twice"
+    );
     let many = carried(
         (0..=MAX_CARRIED)
             .map(|i| offer(&format!("h{i}"), true))
