@@ -57,6 +57,7 @@ use rollgate_tests::pb::Phase;
 use rollgate_tests::{bin, BinDirs, Fleet, FleetOpts, Mode, Proc, HEARTBEAT};
 
 mod artifact;
+mod artifact_ref;
 mod footprint;
 mod latency;
 mod logs;
@@ -67,6 +68,7 @@ mod swarm_host;
 mod wall;
 
 use artifact::*;
+use artifact_ref::*;
 use footprint::*;
 use latency::*;
 use logs::*;
