@@ -9,7 +9,7 @@ use rollgate_proto::pb::{self, FetchArtifactRequest};
 use rollgate_proto::{names, ARTIFACT_CHUNK_BYTES, MAX_MESSAGE_BYTES};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -25,6 +25,8 @@ pub const STORE_CONNECT_WAIT: Duration = Duration::from_secs(10);
 pub const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Buffer size for hashing files.
 const HASH_BUFFER_BYTES: usize = 64 * 1024;
+/// Bytes a download gathers before writing them to disk (and hashing them) in one go.
+const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 
 /// Why an artifact could not be fetched and verified. Nothing has been installed when this is
 /// returned.
@@ -608,15 +610,24 @@ fn check_space(dir: &Path, need: u64) -> Result<(), FetchError> {
 }
 
 /// The partial download: appends, hashing as it writes (the bytes already on disk are hashed
-/// when it opens), and refuses to grow past the declared size.
+/// when it opens), and refuses to grow past the declared size. Received bytes are gathered
+/// into [`WRITE_BUFFER_BYTES`] and written and hashed on the blocking pool, off the agent's
+/// one runtime thread, which meanwhile decrypts what comes next; written straight from the
+/// buffer (tokio's `File` copied every chunk into a buffer of its own first).
 struct Sink {
-    file: tokio::fs::File,
+    /// The file and the hasher of its first `on_disk` bytes; out on the blocking pool while a
+    /// write runs, and gone after a write failed (the sink is then dropped).
+    disk: Option<(std::fs::File, Sha256)>,
+    /// Received, not yet written.
+    buf: Vec<u8>,
     path: PathBuf,
+    /// Bytes received: on disk plus buffered.
     written: u64,
     limit: u64,
-    /// sha256 of the file's first `written` bytes.
-    hasher: Sha256,
 }
+
+/// What a [`Sink`] hands to the blocking pool and gets back.
+type Disk = (std::fs::File, Sha256, Vec<u8>);
 
 impl Sink {
     async fn open(path: &Path, have: u64, limit: u64) -> Result<Sink, FetchError> {
@@ -630,13 +641,15 @@ impl Sink {
             .mode(0o600)
             .open(path)
             .await
-            .map_err(io_err("open", path))?;
+            .map_err(io_err("open", path))?
+            .into_std()
+            .await;
         Ok(Sink {
-            file,
+            disk: Some((file, hasher)),
+            buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
             path: path.to_path_buf(),
             written: have,
             limit,
-            hasher,
         })
     }
 
@@ -644,43 +657,77 @@ impl Sink {
         if self.written.saturating_add(data.len() as u64) > self.limit {
             return Err(FetchError::Oversized { size: self.limit });
         }
-        self.file
-            .write_all(data)
-            .await
-            .map_err(io_err("write", &self.path))?;
-        self.hasher.update(data);
+        self.buf.extend_from_slice(data);
         self.written += data.len() as u64;
         crate::metrics::get().fetched(data.len() as u64);
+        if self.buf.len() >= WRITE_BUFFER_BYTES {
+            self.flush().await?;
+        }
         Ok(())
     }
 
+    /// Writes and hashes what is buffered.
+    async fn flush(&mut self) -> Result<(), FetchError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.on_disk("write", |(file, hasher, buf)| {
+            io::Write::write_all(file, buf)?;
+            hasher.update(&buf[..]);
+            buf.clear();
+            Ok(())
+        })
+        .await
+    }
+
     async fn truncate(&mut self) -> Result<(), FetchError> {
-        self.file
-            .set_len(0)
-            .await
-            .map_err(io_err("truncate", &self.path))?;
+        self.on_disk("truncate", |(file, hasher, buf)| {
+            file.set_len(0)?;
+            *hasher = Sha256::new();
+            buf.clear();
+            Ok(())
+        })
+        .await?;
         self.written = 0;
-        self.hasher = Sha256::new();
         Ok(())
     }
 
     /// Flushes and fsyncs; returns the digest of the complete file.
     async fn finish(mut self) -> Result<String, FetchError> {
-        self.file
-            .flush()
-            .await
-            .map_err(io_err("write", &self.path))?;
-        self.file
-            .sync_all()
-            .await
-            .map_err(io_err("fsync", &self.path))?;
+        self.flush().await?;
+        self.on_disk("fsync", |(file, _, _)| file.sync_all())
+            .await?;
         if self.written < self.limit {
             return Err(FetchError::Short {
                 got: self.written,
                 size: self.limit,
             });
         }
-        Ok(hex::encode(self.hasher.finalize()))
+        let (_, hasher) = self.disk.take().ok_or_else(|| self.gone())?;
+        Ok(hex::encode(hasher.finalize()))
+    }
+
+    /// Runs `op` on the file, the hasher and the buffer on the blocking pool.
+    async fn on_disk(
+        &mut self,
+        action: &'static str,
+        op: impl FnOnce(&mut Disk) -> io::Result<()> + Send + 'static,
+    ) -> Result<(), FetchError> {
+        let (file, hasher) = self.disk.take().ok_or_else(|| self.gone())?;
+        let mut disk = (file, hasher, std::mem::take(&mut self.buf));
+        let (result, disk) = tokio::task::spawn_blocking(move || (op(&mut disk), disk))
+            .await
+            .map_err(|e| io_err(action, &self.path)(io::Error::other(e)))?;
+        result.map_err(io_err(action, &self.path))?;
+        let (file, hasher, buf) = disk;
+        self.disk = Some((file, hasher));
+        self.buf = buf;
+        Ok(())
+    }
+
+    /// The error for a sink whose earlier write failed.
+    fn gone(&self) -> FetchError {
+        io_err("write", &self.path)(io::Error::other("an earlier write failed"))
     }
 }
 
