@@ -316,10 +316,16 @@ impl Fetcher {
         }
         check_space(staging_dir, artifact.size - have)?;
         let mut sink = Sink::open(partial, have, artifact.size).await?;
-        match &artifact.source {
-            Source::Store => self.download_store(artifact, &mut sink).await?,
-            Source::Http(url) => self.download_http(url, artifact, &mut sink).await?,
-            Source::File(path) => download_file(path, artifact, &mut sink).await?,
+        let got = match &artifact.source {
+            Source::Store => self.download_store(artifact, &mut sink).await,
+            Source::Http(url) => self.download_http(url, artifact, &mut sink).await,
+            Source::File(path) => download_file(path, artifact, &mut sink).await,
+        };
+        if let Err(e) = got {
+            // What arrived before the error follows what is on disk (offsets are checked),
+            // so the next try resumes after it; the digest is checked at the end anyway.
+            let _ = sink.flush().await;
+            return Err(e);
         }
         sink.finish().await.map(Some)
     }
