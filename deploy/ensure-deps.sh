@@ -40,6 +40,8 @@ rollgate_test_deps() {
   ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || missing+=(faketime)
   # The server-identity tests play a rogue coordinator with `openssl s_server`.
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  # The big-artifact benchmark's reference receives over TLS with curl (tests/src/bin/bench).
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
   # The least-privilege tests score the units with `systemd-analyze security`.
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
   # The metrics tests scrape the fleet with a real Prometheus server and lint with promtool.

@@ -10,7 +10,8 @@
 #   tests/bench.sh --only scale --scale-agents 1000 --metrics on    # then --metrics off
 #   tests/bench.sh --only swarm --swarm-agents 1000   # simulated hosts from one process (issue 17)
 #   tests/bench.sh --only big-artifact     # 200 MB staged on 50 agents through one coordinator:
-#       its peak RSS, the agents' peak RSS, MB/s against `openssl speed` and `dd` of this run,
+#       its peak RSS, the agents' peak RSS, MB/s against plain tools doing the same job over
+#       TLS in this run (openssl s_server -> curl | tee | openssl dgst; speed and dd beside),
 #       a kill -9 mid-download that must resume, and one agent alone's MB/s (--artifact-agents,
 #       --artifact-mb; --artifact-bins DIR runs another build's coordinator and agent, for
 #       before/after)

@@ -118,7 +118,15 @@ impl AgentService for AgentApi {
         let offset = req.offset.min(total);
         let host = who.as_ref().map_or("-", |id| id.name.as_str());
         tracing::info!(%host, sha256 = %req.sha256, offset, total, "serving artifact");
-        let send = serve::send_chunks(file, offset, total, tx);
+        let send = serve::send_chunks(
+            serve::Download {
+                file,
+                sha256: req.sha256,
+                offset,
+                total,
+            },
+            tx,
+        );
         self.ctx.tasks.spawn(send);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

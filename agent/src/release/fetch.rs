@@ -9,7 +9,7 @@ use rollgate_proto::pb::{self, FetchArtifactRequest};
 use rollgate_proto::{names, ARTIFACT_CHUNK_BYTES, MAX_MESSAGE_BYTES};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -25,6 +25,8 @@ pub const STORE_CONNECT_WAIT: Duration = Duration::from_secs(10);
 pub const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Buffer size for hashing files.
 const HASH_BUFFER_BYTES: usize = 64 * 1024;
+/// Bytes a download gathers before writing them to disk (and hashing them) in one go.
+const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 
 /// Why an artifact could not be fetched and verified. Nothing has been installed when this is
 /// returned.
@@ -314,10 +316,16 @@ impl Fetcher {
         }
         check_space(staging_dir, artifact.size - have)?;
         let mut sink = Sink::open(partial, have, artifact.size).await?;
-        match &artifact.source {
-            Source::Store => self.download_store(artifact, &mut sink).await?,
-            Source::Http(url) => self.download_http(url, artifact, &mut sink).await?,
-            Source::File(path) => download_file(path, artifact, &mut sink).await?,
+        let got = match &artifact.source {
+            Source::Store => self.download_store(artifact, &mut sink).await,
+            Source::Http(url) => self.download_http(url, artifact, &mut sink).await,
+            Source::File(path) => download_file(path, artifact, &mut sink).await,
+        };
+        if let Err(e) = got {
+            // What arrived before the error follows what is on disk (offsets are checked),
+            // so the next try resumes after it; the digest is checked at the end anyway.
+            let _ = sink.flush().await;
+            return Err(e);
         }
         sink.finish().await.map(Some)
     }
@@ -607,105 +615,6 @@ fn check_space(dir: &Path, need: u64) -> Result<(), FetchError> {
     Ok(())
 }
 
-/// The partial download: appends, hashing as it writes (the bytes already on disk are hashed
-/// when it opens), and refuses to grow past the declared size.
-struct Sink {
-    file: tokio::fs::File,
-    path: PathBuf,
-    written: u64,
-    limit: u64,
-    /// sha256 of the file's first `written` bytes.
-    hasher: Sha256,
-}
-
-impl Sink {
-    async fn open(path: &Path, have: u64, limit: u64) -> Result<Sink, FetchError> {
-        let hasher = hash_prefix(path, have)
-            .await
-            .map_err(io_err("hash", path))?;
-        // 0600: bytes not yet verified are nobody else's to read.
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .await
-            .map_err(io_err("open", path))?;
-        Ok(Sink {
-            file,
-            path: path.to_path_buf(),
-            written: have,
-            limit,
-            hasher,
-        })
-    }
-
-    async fn write(&mut self, data: &[u8]) -> Result<(), FetchError> {
-        if self.written.saturating_add(data.len() as u64) > self.limit {
-            return Err(FetchError::Oversized { size: self.limit });
-        }
-        self.file
-            .write_all(data)
-            .await
-            .map_err(io_err("write", &self.path))?;
-        self.hasher.update(data);
-        self.written += data.len() as u64;
-        crate::metrics::get().fetched(data.len() as u64);
-        Ok(())
-    }
-
-    async fn truncate(&mut self) -> Result<(), FetchError> {
-        self.file
-            .set_len(0)
-            .await
-            .map_err(io_err("truncate", &self.path))?;
-        self.written = 0;
-        self.hasher = Sha256::new();
-        Ok(())
-    }
-
-    /// Flushes and fsyncs; returns the digest of the complete file.
-    async fn finish(mut self) -> Result<String, FetchError> {
-        self.file
-            .flush()
-            .await
-            .map_err(io_err("write", &self.path))?;
-        self.file
-            .sync_all()
-            .await
-            .map_err(io_err("fsync", &self.path))?;
-        if self.written < self.limit {
-            return Err(FetchError::Short {
-                got: self.written,
-                size: self.limit,
-            });
-        }
-        Ok(hex::encode(self.hasher.finalize()))
-    }
-}
-
-/// The hasher state after the first `len` bytes of `path` (a resumed download's prefix).
-async fn hash_prefix(path: &Path, len: u64) -> io::Result<Sha256> {
-    let mut hasher = Sha256::new();
-    if len == 0 {
-        return Ok(hasher);
-    }
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let mut f = std::fs::File::open(&path)?.take(len);
-        let mut buf = vec![0u8; HASH_BUFFER_BYTES];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                return Ok(hasher);
-            }
-            hasher.update(&buf[..n]);
-        }
-    })
-    .await
-    .map_err(io::Error::other)?
-}
-
 /// Checks a complete download's size and digest (`digest`: computed as it was written, or
 /// `None` to hash the file now); deletes it on a digest mismatch.
 async fn verify(
@@ -762,5 +671,7 @@ pub async fn sha256_file_async(path: &Path) -> io::Result<String> {
         .map_err(io::Error::other)?
 }
 
+mod sink;
+use sink::Sink;
 #[cfg(test)]
 mod tests;

@@ -73,10 +73,12 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TreeEr
     }
 }
 
-/// Records what `dir` holds now into `dir/.release.tree.json` (durably).
-pub fn record(dir: &Path) -> Result<(), TreeError> {
+/// Records what `dir` holds now into `dir/.release.tree.json` (durably). `known`: a file
+/// (relative to `dir`) and the sha256 the caller verified for exactly the bytes it holds,
+/// recorded instead of hashing the file again.
+pub fn record(dir: &Path, known: Option<(&Path, &str)>) -> Result<(), TreeError> {
     let mut entries = BTreeMap::new();
-    walk(dir, Path::new(""), &mut entries)?;
+    walk(dir, Path::new(""), known, &mut entries)?;
     let path = dir.join(TREE_FILE);
     let json =
         serde_json::to_vec(&entries).map_err(|e| io_err("encode", &path)(io::Error::other(e)))?;
@@ -91,7 +93,7 @@ pub fn check(dir: &Path) -> Result<(), TreeError> {
         Ok(j) => j,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             tracing::info!(dir = %dir.display(), "release dir has no tree record; recording it now");
-            return record(dir);
+            return record(dir, None);
         }
         Err(e) => return Err(io_err("read", &path)(e)),
     };
@@ -148,8 +150,14 @@ fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
 
-/// Adds the entries under `dir/rel` to `out` (paths relative to the release dir).
-fn walk(dir: &Path, rel: &Path, out: &mut BTreeMap<String, Entry>) -> Result<(), TreeError> {
+/// Adds the entries under `dir/rel` to `out` (paths relative to the release dir); a file
+/// `known` names takes the digest given with it.
+fn walk(
+    dir: &Path,
+    rel: &Path,
+    known: Option<(&Path, &str)>,
+    out: &mut BTreeMap<String, Entry>,
+) -> Result<(), TreeError> {
     let here = dir.join(rel);
     for item in fs::read_dir(&here).map_err(io_err("list", &here))? {
         let item = item.map_err(io_err("list", &here))?;
@@ -165,11 +173,13 @@ fn walk(dir: &Path, rel: &Path, out: &mut BTreeMap<String, Entry>) -> Result<(),
             let target = fs::read_link(&path).map_err(io_err("read the link", &path))?;
             Entry::Link { target }
         } else if meta.is_dir() {
-            walk(dir, &child, out)?;
+            walk(dir, &child, known, out)?;
             Entry::Dir { mode }
         } else {
-            let sha256 =
-                crate::release::fetch::sha256_file(&path).map_err(io_err("hash", &path))?;
+            let sha256 = match known {
+                Some((file, sha256)) if file == child => sha256.to_string(),
+                _ => crate::release::fetch::sha256_file(&path).map_err(io_err("hash", &path))?,
+            };
             Entry::File { sha256, mode }
         };
         out.insert(child.to_string_lossy().into_owned(), entry);
@@ -182,6 +192,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_file_given_with_its_verified_digest_is_recorded_with_that_digest() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = d.path().join("1.0.0-abc");
+        fs::create_dir_all(dir.join("bin")).expect("bin");
+        fs::write(dir.join("bin/app"), b"#!/bin/sh\n").expect("app");
+        let app = Path::new("bin/app");
+        let good = crate::release::fetch::sha256_file(&dir.join(app)).expect("hash");
+        record(&dir, Some((app, &good))).expect("record");
+        check(&dir).expect("the verified digest is the file's");
+        // Not hashed again: a digest that is not the file's is what gets recorded, so the
+        // check before a start names the file.
+        let other = "0".repeat(64);
+        record(&dir, Some((app, &other))).expect("record");
+        let e = check(&dir)
+            .expect_err("recorded digest differs")
+            .to_string();
+        assert!(e.contains("bin/app has changed"), "{e}");
+        assert!(e.contains("not 000000000000"), "{e}");
+    }
+
+    #[test]
     fn a_changed_file_mode_or_link_is_named_and_run_time_files_are_not() {
         let d = tempfile::tempdir().expect("tempdir");
         let dir = d.path().join("1.0.0-abc");
@@ -189,7 +220,7 @@ mod tests {
         fs::write(dir.join("bin/app"), b"#!/bin/sh\n").expect("app");
         fs::write(dir.join(".release.json"), b"{}").expect("info");
         std::os::unix::fs::symlink("bin/app", dir.join("app")).expect("link");
-        record(&dir).expect("record");
+        record(&dir, None).expect("record");
         fs::write(dir.join("healthy.pid"), b"1").expect("a file the service writes");
         fs::write(dir.join(".release.json"), b"{\"x\":1}").expect("agent's own");
         check(&dir).expect("unchanged");
@@ -197,7 +228,7 @@ mod tests {
         let changed = |f: &dyn Fn()| {
             f();
             let e = check(&dir).expect_err("changed").to_string();
-            record(&dir).expect("record again");
+            record(&dir, None).expect("record again");
             e
         };
         let e = changed(&|| fs::write(dir.join("bin/app"), b"#!/bin/sh\nevil\n").expect("w"));

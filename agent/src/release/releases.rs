@@ -395,7 +395,11 @@ impl ServiceDir {
             if let Some(parent) = bin.parent() {
                 durable::fsync_dir(parent).map_err(disk("fsync", parent))?;
             }
-            return record_tree(building);
+            // The digest the fetch verified as it wrote these bytes (the file was renamed
+            // here, not copied): hashing it again would read back the page cache those
+            // writes just filled, and would record, not catch, a change made in between.
+            let verified_digest = (Path::new(&self.binary), info.sha256.as_str());
+            return record_tree(building, Some(verified_digest));
         }
         let done = crate::release::unpack::unpack(verified, building, self.limits)?;
         let runs = crate::release::unpack::resolve_beneath(building, Path::new(&self.binary))
@@ -419,7 +423,7 @@ impl ServiceDir {
         }
         let archive = building.join(ARCHIVE_FILE);
         fs::rename(verified, &archive).map_err(disk("move the download to", &archive))?;
-        record_tree(building)
+        record_tree(building, None)
     }
 
     /// Points `current` at release dir `name` by renaming a new link over it (S5).
@@ -512,8 +516,8 @@ impl ServiceDir {
 }
 
 /// Records the assembled tree (and fsyncs the dir, which the record's write does).
-fn record_tree(building: &Path) -> Result<(), InstallError> {
-    crate::release::release_tree::record(building).map_err(|e| match e {
+fn record_tree(building: &Path, known: Option<(&Path, &str)>) -> Result<(), InstallError> {
+    crate::release::release_tree::record(building, known).map_err(|e| match e {
         crate::release::release_tree::TreeError::Io {
             action,
             path,

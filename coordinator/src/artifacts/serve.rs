@@ -1,5 +1,8 @@
 //! Serving one download of a stored artifact: chunks read from disk on the blocking pool,
 //! straight into the buffer each chunk is sent in, and only [`READ_AHEAD`] of them ahead.
+//! Exactly the artifact's bytes from the asked offset to the size it had when it was opened:
+//! a file that ends early under a download ends it with an error naming the artifact, and
+//! one that grew is not sent past that size.
 //!
 //! Memory: every download in progress holds about five chunks — one being read, the queue,
 //! and the copy tonic encodes, which hyper's HTTP/2 sender keeps until the agent's
@@ -28,55 +31,67 @@ pub fn queue() -> (mpsc::Sender<ChunkItem>, mpsc::Receiver<ChunkItem>) {
     mpsc::channel(READ_AHEAD)
 }
 
-/// Sends `file` (positioned at `offset`, `total` bytes long) chunk by chunk until its end,
-/// a read error (sent as the stream's last item), or the download going away.
-pub async fn send_chunks(
-    mut file: std::fs::File,
-    mut offset: u64,
-    total: u64,
-    tx: mpsc::Sender<ChunkItem>,
-) {
-    loop {
-        let read = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; SERVE_CHUNK_BYTES];
-            let n = read_full(&mut file, &mut buf)?;
-            buf.truncate(n);
-            Ok::<_, std::io::Error>((file, buf))
-        })
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r);
-        let data = match read {
-            Ok((_, buf)) if buf.is_empty() => return,
-            Ok((f, buf)) => {
-                file = f;
-                buf
+/// One download: the stored file of artifact `sha256`, positioned at `offset`, and the size
+/// it had when it was opened.
+#[derive(Debug)]
+pub struct Download {
+    /// The open file, positioned at `offset`.
+    pub file: std::fs::File,
+    /// The artifact's digest, to name it in errors.
+    pub sha256: String,
+    /// Where the download starts.
+    pub offset: u64,
+    /// The file's size when it was opened: the download ends there.
+    pub total: u64,
+}
+
+/// Sends the download chunk by chunk until its end, a read error or a file that ends early
+/// (sent as the stream's last item), or the download going away.
+pub async fn send_chunks(d: Download, tx: mpsc::Sender<ChunkItem>) {
+    let file = std::sync::Arc::new(d.file);
+    let mut offset = d.offset;
+    while offset < d.total {
+        let want = SERVE_CHUNK_BYTES.min(usize::try_from(d.total - offset).unwrap_or(usize::MAX));
+        let f = file.clone();
+        let read = tokio::task::spawn_blocking(move || read_chunk(&f, want))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        let why = match read {
+            Ok(data) if data.is_empty() => format!(
+                "the coordinator's stored artifact sha256:{} ends at byte {offset}, but it \
+                 was {} bytes when this download started: it changed on the coordinator's \
+                 disk; push it again with `rollgate artifact push FILE`",
+                d.sha256, d.total
+            ),
+            Ok(data) => {
+                let n = data.len() as u64;
+                let chunk = pb::ArtifactChunk {
+                    offset,
+                    data,
+                    total_size: d.total,
+                };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return; // the agent went away; it resumes from what it has on disk
+                }
+                offset += n;
+                continue;
             }
-            Err(e) => {
-                let why = format!(
-                    "the coordinator cannot read its stored artifact at byte {offset}: {e}; \
-                     check its disk (the download resumes from here once it is readable)"
-                );
-                tracing::warn!("{why}");
-                let _ = tx.send(Err(Status::internal(why))).await;
-                return;
-            }
+            Err(e) => format!(
+                "the coordinator cannot read its stored artifact sha256:{} at byte {offset}: \
+                 {e}; check its disk (the download resumes from here once it is readable)",
+                d.sha256
+            ),
         };
-        let n = data.len() as u64;
-        let chunk = pb::ArtifactChunk {
-            offset,
-            data,
-            total_size: total,
-        };
-        if tx.send(Ok(chunk)).await.is_err() {
-            return; // the agent went away; it resumes from what it has on disk
-        }
-        offset += n;
+        tracing::warn!("{why}");
+        let _ = tx.send(Err(Status::internal(why))).await;
+        return;
     }
 }
 
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads up to `want` bytes (fewer only at the file's end).
+fn read_chunk(mut f: &std::fs::File, want: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; want];
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..]) {
@@ -86,5 +101,9 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
             Err(e) => return Err(e),
         }
     }
-    Ok(n)
+    buf.truncate(n);
+    Ok(buf)
 }
+
+#[cfg(test)]
+mod tests;

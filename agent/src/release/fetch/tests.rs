@@ -220,6 +220,57 @@ async fn http_fetch_resumes_with_a_range_request() {
     );
 }
 
+/// An http source whose first response stops after `cut` bytes of the body (the connection
+/// drops) and whose next ones honour the Range asked for; logs each request's range start.
+fn serve_cut_once(body: Vec<u8>, cut: usize) -> (String, Arc<Mutex<Vec<Option<usize>>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for (i, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+            let mut start = None;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    start = v.trim().trim_end_matches('-').parse::<usize>().ok();
+                }
+            }
+            log.lock().expect("log").push(start);
+            let (from, to) = (start.unwrap_or(0), if i == 0 { cut } else { body.len() });
+            let head = format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes \
+                 {from}-{}/{}\r\nConnection: close\r\n\r\n",
+                body.len() - from,
+                body.len() - 1,
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&body[from..to]);
+        }
+    });
+    (format!("http://{addr}/artifact"), seen)
+}
+
+#[tokio::test]
+async fn a_cut_download_resumes_after_every_byte_that_arrived() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = body();
+    // Less than the sink gathers before a write: kept only if the error flushes it.
+    let cut = 150_000;
+    let (url, seen) = serve_cut_once(full.clone(), cut);
+    let a = artifact_for(&full, &url);
+    let partial = dir.path().join(format!("{}.partial", a.sha256));
+    fetcher().fetch(&a, dir.path()).await.expect("fetch");
+    assert_eq!(std::fs::read(&partial).expect("read"), full);
+    assert_eq!(*seen.lock().expect("log"), vec![None, Some(cut)]);
+}
+
 #[tokio::test]
 async fn http_fetch_starts_over_when_range_is_ignored() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -2,8 +2,8 @@
 //! `--artifact-agents` agents (default 50) at once (`stage_first`, the whole fleet as budget)
 //! through one coordinator's store. Printed: the coordinator's peak memory (VmHWM) over the
 //! push and every download, the agents' peak memory, aggregate and per-agent throughput
-//! against references measured in the same run (`openssl speed` of the cipher rustls
-//! negotiates, and a `dd` of the same file), and a download cut by `kill -9` of one agent
+//! against references measured in the same run (plain tools doing the same job over TLS on
+//! loopback, see [`References`]), and a download cut by `kill -9` of one agent
 //! that must resume where it stopped. Then one agent alone stages another release of the same
 //! size: the pipeline's own speed against the same references, without 50 downloads sharing
 //! the 2 cores.
@@ -21,9 +21,8 @@ const COORD_HWM_BOUND_MIB: f64 = 128.0;
 /// An agent's peak RSS while downloading: far below the artifact, so it writes as it
 /// receives (an idle agent is ~10 MiB, issue 13).
 const AGENT_HWM_BOUND_MIB: f64 = 32.0;
-/// "Close" to what the machine allows: the reference (the slower of one core's AES-256-GCM and
-/// a plain `dd` of the file) over the aggregate TLS throughput. Every byte costs an encryption,
-/// a decryption, a sha256 and a write on the same 2 cores: 4 passes, each near the reference.
+/// "Close" to what the loopback and TLS allow: the reference (plain tools doing the same job,
+/// see [`References`]) over the measured throughput.
 const SLOWDOWN_BOUND: f64 = 4.0;
 /// No agent gets less than its fair share (aggregate / agents) divided by this.
 const FAIRNESS_BOUND: f64 = 2.0;
@@ -32,12 +31,10 @@ const CUT_AT: f64 = 0.4;
 /// Bytes a cut may cost again on top of the artifact: what was in flight at the kill
 /// (the coordinator's queue and the HTTP/2 window), never the part already on disk.
 const RESUME_SLACK_MIB: f64 = 8.0;
-/// The cipher suite rustls (ring provider) prefers, hence the one both ends negotiate.
-const OPENSSL_CIPHER: &str = "aes-256-gcm";
 /// Niceness of the agents: they stand in for 50 hosts, which would not share the
 /// coordinator's and etcd's 2 cores, so they yield to them (a starved coordinator cannot renew
 /// its 2 s etcd lease and restarts, which the first run of this benchmark did 3 times).
-const AGENT_NICE: &str = "19";
+pub(crate) const AGENT_NICE: &str = "19";
 /// Niceness of the agent that stages alone (the coordinator's and etcd's).
 const SOLO_NICE: &str = "0";
 /// How long one artifact rollout may take.
@@ -71,13 +68,7 @@ pub(crate) fn big_artifact(args: &Args, report: &mut Report) -> anyhow::Result<(
     }
     let rel = fleet.release("2.0.0", Mode::Healthy)?;
     pad(&rel.path, size)?;
-    let (aes, dd) = (openssl_speed()?, dd_speed(&rel.path, &fleet.dir)?);
-    println!(
-        "references: openssl speed -evp {OPENSSL_CIPHER} (1 core, 16 KiB blocks) {:.0} MB/s; \
-         dd of the file with fsync {:.0} MB/s",
-        aes / MB,
-        dd / MB
-    );
+    let refs = References::measure(&rel.path, &fleet.dir, n)?;
     let strategy = format!(
         "max_unavailable = {n}\nstage_first = true\nmin_healthy_time = \"100ms\"\n\
          healthy_deadline = \"120s\"\nprogress_deadline = \"20m\""
@@ -120,19 +111,20 @@ pub(crate) fn big_artifact(args: &Args, report: &mut Report) -> anyhow::Result<(
     }
     let resumed = refetched(&fleet, "host-1", cut, size)?;
     let alone = solo(&fleet, "host-2", size)?;
-    print_figures(report, n, size, (aes, dd), peak, &hwm, &spans, resumed);
+    print_figures(report, n, size, &refs, peak, &hwm, &spans, resumed);
     report.add(
         Figure::new(
             "one agent alone: reference / measured",
-            aes.min(dd) / alone,
+            refs.tls_one / alone,
             SLOWDOWN_BOUND,
             "x",
         )
         .note(format!(
             "{:.0} MB/s: host-2 staged another {:.0} MB release with nothing else moving \
-             (download, rolling sha256, fsync, install)",
+             (download, rolling sha256, fsync, install); {}",
             alone / MB,
-            size as f64 / MB
+            size as f64 / MB,
+            refs.note(1)
         )),
     );
     Ok(())
@@ -227,56 +219,6 @@ fn pad(path: &Path, size: u64) -> anyhow::Result<()> {
     std::io::copy(&mut rnd, &mut f)?;
     f.flush()?;
     Ok(())
-}
-
-/// One core's AES-256-GCM speed from `openssl speed`, in bytes per second.
-fn openssl_speed() -> anyhow::Result<f64> {
-    let out = Command::new("openssl")
-        .args([
-            "speed",
-            "-evp",
-            OPENSSL_CIPHER,
-            "-bytes",
-            "16384",
-            "-seconds",
-            "2",
-        ])
-        .output()
-        .context("cannot run openssl speed")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // The result line: `AES-256-GCM  4567890.12k` (thousands of bytes per second).
-    let k = text
-        .lines()
-        .filter(|l| l.to_ascii_lowercase().starts_with(OPENSSL_CIPHER))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .last()?
-                .strip_suffix('k')?
-                .parse::<f64>()
-                .ok()
-        })
-        .next_back()
-        .with_context(|| format!("no result in openssl speed's output: {text}"))?;
-    Ok(k * 1000.0)
-}
-
-/// A plain copy of the file (`dd bs=1M conv=fsync`, as the agents fsync), bytes per second.
-fn dd_speed(src: &Path, dir: &Path) -> anyhow::Result<f64> {
-    let dst = dir.join("dd-copy");
-    let t0 = Instant::now();
-    let ok = Command::new("dd")
-        .arg(format!("if={}", src.display()))
-        .arg(format!("of={}", dst.display()))
-        .args(["bs=1M", "conv=fsync", "status=none"])
-        .status()?
-        .success();
-    let secs = t0.elapsed().as_secs_f64();
-    let len = fs::metadata(&dst)?.len();
-    fs::remove_file(&dst)?;
-    if !ok {
-        bail!("dd failed");
-    }
-    Ok(len as f64 / secs)
 }
 
 /// Kills `host` with SIGKILL once its download passes [`CUT_AT`], then starts it again;
@@ -400,7 +342,7 @@ fn print_figures(
     report: &mut Report,
     n: usize,
     size: u64,
-    (aes, dd): (f64, f64),
+    refs: &References,
     coord: Peak,
     hwm: &[f64],
     spans: &[(i64, i64)],
@@ -439,7 +381,7 @@ fn print_figures(
     let last = spans.iter().map(|s| s.1).max().unwrap_or(0);
     let wall = (last - first) as f64 / 1e6;
     let aggregate = spans.len() as f64 * size as f64 / wall.max(1e-6);
-    let reference = aes.min(dd);
+    let reference = refs.tls_job;
     report.add(
         Figure::new(
             "aggregate staging throughput: reference / measured",
@@ -449,13 +391,11 @@ fn print_figures(
         )
         .note(format!(
             "{:.0} MB/s: {} agents staged {:.0} MB each in {wall:.1} s (download, rolling \
-                 sha256, fsync, install); reference min(openssl {OPENSSL_CIPHER} 1 core {:.0}, \
-                 dd {:.0}) MB/s",
+                 sha256, fsync, install); {}",
             aggregate / MB,
             spans.len(),
             size as f64 / MB,
-            aes / MB,
-            dd / MB
+            refs.note(spans.len())
         )),
     );
     let per: Vec<f64> = spans

@@ -38,8 +38,9 @@
 //!   the overhead per wave beyond the floor ceil(N/P) x (restart + `min_healthy_time`).
 //! - `big-artifact`: a `--artifact-mb` MB release (default 200) staged at once on
 //!   `--artifact-agents` agents (default 50) through one coordinator: its peak RSS, the agents'
-//!   peak RSS, aggregate and per-agent MB/s against `openssl speed` and `dd` measured in the
-//!   same run, and one agent killed -9 mid-download, which must resume where it stopped.
+//!   peak RSS, aggregate and per-agent MB/s against plain tools doing the same job over TLS
+//!   on loopback in the same run (with `openssl speed` and `dd` printed beside it), and one
+//!   agent killed -9 mid-download, which must resume where it stopped.
 //!
 //! Times come from the daemons' own log lines: tracing's default timestamp, RFC 3339 in UTC
 //! with microseconds (`2025-01-02T03:04:05.123456Z`), written when the event happens. Every
@@ -57,6 +58,7 @@ use rollgate_tests::pb::Phase;
 use rollgate_tests::{bin, BinDirs, Fleet, FleetOpts, Mode, Proc, HEARTBEAT};
 
 mod artifact;
+mod artifact_ref;
 mod footprint;
 mod latency;
 mod logs;
@@ -67,6 +69,7 @@ mod swarm_host;
 mod wall;
 
 use artifact::*;
+use artifact_ref::*;
 use footprint::*;
 use latency::*;
 use logs::*;
