@@ -20,8 +20,13 @@ use tracing::warn;
 
 /// Handshakes in progress from one source; a newer connection from it sheds its oldest.
 pub const MAX_HANDSHAKES_PER_SOURCE: usize = 64;
-/// Handshakes in progress from all sources together (bounds memory and tasks).
-pub const MAX_HANDSHAKES: usize = 256;
+/// Handshakes in progress from all sources together (bounds memory and tasks: a pending
+/// handshake holds a task and rustls's buffers, tens of KiB at most). Room for a fleet's
+/// reconnect storm: after a restart thousands of agents arrive within a second or two, faster
+/// than two cores complete handshakes, and at 256 the oldest, nearly finished handshakes were
+/// shed again and again (swarm bench, 3000 agents: 2977 sources shed in the first second, ~20
+/// sessions a second opened for 4 s while the shed agents backed off).
+pub const MAX_HANDSHAKES: usize = 1024;
 /// A connection without a whole ClientHello this long after it was accepted is shed before
 /// any other: a TLS client sends its hello right behind the TCP handshake's last ACK.
 pub const STALL_GRACE: Duration = Duration::from_millis(250);

@@ -133,7 +133,8 @@ pub struct EtcdAuthConfig {
     pub password_file: PathBuf,
 }
 
-/// Agent session settings, sent to every agent in `Welcome`.
+/// Agent session settings, sent to every agent in `Welcome` (the heartbeat), and how many
+/// sessions this replica opens at once.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentsConfig {
@@ -143,6 +144,29 @@ pub struct AgentsConfig {
     /// How many heartbeats in a row an agent may miss before its session is dropped and the host
     /// counts as offline.
     pub missed_heartbeats: u32,
+    /// `[agents.opening]`: turns at opening a session (a reconnect storm).
+    pub opening: OpeningConfig,
+}
+
+/// `[agents.opening]`: how many sessions do their opening etcd work at once, and how long a
+/// new session waits for a turn before it is refused (the agent retries after its backoff).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpeningConfig {
+    /// Sessions opening at once.
+    pub turns: usize,
+    /// How long a session waits for a turn.
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+}
+
+impl Default for OpeningConfig {
+    fn default() -> Self {
+        OpeningConfig {
+            turns: crate::sessions::opening::MAX_OPENING,
+            wait: crate::sessions::opening::OPENING_WAIT,
+        }
+    }
 }
 
 impl Default for Config {
@@ -187,6 +211,7 @@ impl Default for AgentsConfig {
         AgentsConfig {
             heartbeat_interval: Duration::from_secs(1),
             missed_heartbeats: 3,
+            opening: OpeningConfig::default(),
         }
     }
 }
@@ -236,6 +261,13 @@ impl Config {
         self.etcd.check_access()?;
         if self.agents.heartbeat_interval.is_zero() || self.agents.missed_heartbeats == 0 {
             bail!("agents.heartbeat_interval and agents.missed_heartbeats must be above zero");
+        }
+        if self.agents.opening.turns == 0 {
+            bail!(
+                "agents.opening.turns must be at least 1 (with none, every agent session would \
+                 be refused); the default is {}",
+                crate::sessions::opening::MAX_OPENING
+            );
         }
         for hook in &self.notify {
             hook.validate()?;

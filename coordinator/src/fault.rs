@@ -18,6 +18,8 @@ pub enum PausePoint {
     /// A session read a host's step and its grant's slot to record the host's result; it has
     /// not sent the transaction to etcd.
     BeforeResultCommit,
+    /// A session took its turn at opening; it has not begun its opening etcd work.
+    SessionOpening,
 }
 
 impl PausePoint {
@@ -26,6 +28,7 @@ impl PausePoint {
         match self {
             PausePoint::BeforeGrantCommit => "before-grant-commit",
             PausePoint::BeforeResultCommit => "before-result-commit",
+            PausePoint::SessionOpening => "session-opening",
         }
     }
 }

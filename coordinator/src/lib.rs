@@ -198,12 +198,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let listen = config.listen;
     let tls = tls::ServerTls::load(&config.tls, config.access.deny_list.as_deref())
         .context("cannot set up mTLS ([tls] and [access] in the config)")?;
+    let opening = &config.agents.opening;
+    let hub = Hub::new(sessions::opening::OpeningTurns::new(
+        opening.turns,
+        opening.wait,
+    ));
     let ctx = Arc::new(Ctx {
         etcd,
         keys: Keys::new(&config.etcd.prefix),
         config,
         lease,
-        hub: Hub::default(),
+        hub,
         artifacts,
         tls: tls.clone(),
         tasks: TaskTracker::new(),

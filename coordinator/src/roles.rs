@@ -422,8 +422,15 @@ fn banned_key(ctx: &Ctx, host: &str) -> String {
 /// At a host's session start: refuses a certificate banned by `host forget`, and records the
 /// one it presents (so a later forget knows what to ban). One transaction, which writes only
 /// when the host presents a certificate other than the one recorded: a fleet reconnecting after
-/// a restart costs etcd one read each, no write.
-pub async fn admit_host(ctx: &Ctx, host: &str, leaf: &[u8]) -> Result<(), Status> {
+/// a restart costs etcd one read each, no write. `reads` (gets the opening needs anyway) ride
+/// in the same transaction, after the check; their answers are returned, in order, when the
+/// certificate is admitted.
+pub async fn admit_host(
+    ctx: &Ctx,
+    host: &str,
+    leaf: &[u8],
+    reads: Vec<etcd_client::TxnOp>,
+) -> Result<Vec<etcd_client::TxnOpResponse>, Status> {
     use etcd_client::{Compare, CompareOp, Txn, TxnOp};
     let fp = fingerprint(leaf);
     let record = Txn::new()
@@ -438,13 +445,16 @@ pub async fn admit_host(ctx: &Ctx, host: &str, leaf: &[u8]) -> Result<(), Status
             None,
         )]);
     // A value compare on a missing key fails: no ban (or another certificate's) records it.
+    let admitted = std::iter::once(TxnOp::txn(record))
+        .chain(reads)
+        .collect::<Vec<_>>();
     let txn = Txn::new()
         .when(vec![Compare::value(
             banned_key(ctx, host),
             CompareOp::Equal,
             fp.as_bytes(),
         )])
-        .or_else(vec![TxnOp::txn(record)]);
+        .or_else(admitted);
     let banned = ctx.etcd.clone().txn(txn).await.map_err(|e| {
         Status::unavailable(format!(
             "cannot check the host ban list or record the host certificate: {e}"
@@ -457,7 +467,8 @@ pub async fn admit_host(ctx: &Ctx, host: &str, leaf: &[u8]) -> Result<(), Status
              Issue it a new one (`rollgate certs issue host {host}`) to bring it back"
         )));
     }
-    Ok(())
+    // The first answer is the certificate record's.
+    Ok(banned.op_responses().into_iter().skip(1).collect())
 }
 
 /// After `host forget`: bans the certificate the host last connected with.

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp};
 use rand::Rng;
 use rollgate_proto::names::RolloutId;
 use rollgate_proto::pb;
@@ -68,6 +68,14 @@ struct Conn {
 }
 
 impl Hub {
+    /// A hub whose sessions open in `opening`'s turns.
+    pub fn new(opening: opening::OpeningTurns) -> Self {
+        Hub {
+            opening,
+            ..Hub::default()
+        }
+    }
+
     fn register(&self, host: &str, conn: Conn) {
         let old = self
             .conns
@@ -159,7 +167,8 @@ pub async fn serve(
     let span = tracing::info_span!("session", host = %host);
     async move {
         // Held until the session is open and caught up: its etcd work is then done.
-        let Some(turn) = admit_in_turn(&ctx, peer.as_ref(), leaf.as_deref(), &hello, &tx).await
+        let Some(opening::Admitted { turn, pin }) =
+            opening::admit_in_turn(&ctx, peer.as_ref(), leaf.as_deref(), &hello, &tx).await
         else {
             return;
         };
@@ -175,7 +184,7 @@ pub async fn serve(
             writes: WriteGate::new(HOST_WRITE_INTERVAL),
             floods: LogLimit::new(limits::LOG_EVERY, 1),
         };
-        if let Err(e) = session.open(&hello).await {
+        if let Err(e) = session.open(&hello, pin.as_ref()).await {
             warn!("cannot record the session in etcd: {e}; closing it, the agent will retry");
             refuse(&tx, "coordinator cannot reach etcd right now").await;
             return;
@@ -277,42 +286,6 @@ pub async fn serve(
     }
     .instrument(span)
     .await
-}
-
-/// Waits for a turn at opening a session, then checks the host's certificate against `host
-/// forget`'s ban and raises the token counter to the host's highest token; `None` (the agent
-/// told why) when the session is not to open.
-async fn admit_in_turn(
-    ctx: &Arc<Ctx>,
-    peer: Option<&Identity>,
-    leaf: Option<&[u8]>,
-    hello: &pb::Hello,
-    tx: &AgentTx,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    let turn = match ctx.hub.opening.take().await {
-        Ok(turn) => turn,
-        Err(busy) => {
-            ctx.hub.opening.refused(&busy);
-            ctx.metrics.sessions_busy.inc();
-            refuse(tx, &busy.to_string()).await;
-            return None;
-        }
-    };
-    if let (Some(id), Some(leaf)) = (peer, leaf) {
-        if let Err(refused) = crate::roles::admit_host(ctx, &id.name, leaf).await {
-            refuse(tx, refused.message()).await;
-            return None;
-        }
-    }
-    // Before the session exists (no grant can reach this host until then), so that a grant
-    // after an etcd restore is never below a token the host has acted on.
-    let raised = tokens::raise_token(ctx, hello.highest_token).await;
-    if let Some(why) = tokens::refusal(&raised, hello.highest_token) {
-        warn!("refusing the session: {why}");
-        refuse(tx, &why).await;
-        return None;
-    }
-    Some(turn)
 }
 
 async fn sleep_until(at: Option<std::time::Instant>) {
@@ -462,7 +435,9 @@ impl Session {
             .is_some_and(|kv| kv.value() == self.session_value().as_slice()))
     }
 
-    async fn open(&mut self, hello: &pb::Hello) -> Result<(), StoreError> {
+    /// Records the session and the host as its hello says; `pin` is the host's pin as read in
+    /// its admission.
+    async fn open(&mut self, hello: &pb::Hello, pin: Option<&KeyValue>) -> Result<(), StoreError> {
         let (record, trimmed) = admit::host_record(&self.host, hello, now_ms());
         self.trimmed("hello", &trimmed);
         self.record = record;
@@ -478,19 +453,14 @@ impl Session {
         ]);
         etcd.txn(txn).await?;
         self.wrote();
-        self.check_pin().await
+        self.check_pin(pin)
     }
 
-    /// A hello whose labels or services differ from what an operator pinned is an event: the
-    /// pin stands (rollouts see the pinned values), the claim is logged naming the host.
-    async fn check_pin(&self) -> Result<(), StoreError> {
-        let resp = self
-            .ctx
-            .etcd
-            .clone()
-            .get(self.ctx.keys.pin(&self.host), None)
-            .await?;
-        let Some(kv) = resp.kvs().first() else {
+    /// A hello whose labels or services differ from what an operator pinned (`pin`, as read)
+    /// is an event: the pin stands (rollouts see the pinned values), the claim is logged
+    /// naming the host.
+    fn check_pin(&self, pin: Option<&KeyValue>) -> Result<(), StoreError> {
+        let Some(kv) = pin else {
             return Ok(());
         };
         let pin: crate::store::PinRecord = decode(kv)?;

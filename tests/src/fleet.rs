@@ -334,7 +334,9 @@ impl Fleet {
         self.note(r)
     }
 
-    pub(crate) fn add_agent(&mut self, index: usize) -> anyhow::Result<()> {
+    /// Starts agent `index` (`host-{index + 1}`) as [`Fleet::start`] does, without waiting for
+    /// its session.
+    pub fn add_agent(&mut self, index: usize) -> anyhow::Result<()> {
         let id = format!("host-{}", index + 1);
         let adir = self.dir.join(&id);
         fs::create_dir_all(&adir)?;

@@ -1,17 +1,25 @@
-//! Turns at opening a session: how many sessions may be doing their opening etcd reads and
-//! writes at once. After a restart every agent of the fleet reconnects within seconds; unbounded,
-//! their opens queue thousands of requests on etcd, each waits past its timeout, and the agents
-//! retry into the same queue. Bounded, the rest wait their turn here (cheaply, in order) or are
-//! told to come back, and the replica's own etcd traffic (election, planning) keeps flowing.
+//! Opening a session: its turn (how many sessions may be doing their opening etcd reads and
+//! writes at once) and its admission (the ban check, the token counter, the host's pin, read
+//! in one transaction). After a restart every agent of the fleet reconnects within seconds;
+//! unbounded, their opens queue thousands of requests on etcd, each waits past its timeout, and
+//! the agents retry into the same queue. Bounded, the rest wait their turn here (cheaply, in
+//! order) or are told to come back, and the replica's own etcd traffic (election, planning)
+//! keeps flowing.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use etcd_client::{KeyValue, Txn, TxnOp, TxnOpResponse};
+use rollgate_proto::pb;
+use rollgate_proto::tls::Identity;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Status;
 use tracing::warn;
 
 use super::limits::LogLimit;
+use super::{refuse, tokens, AgentTx};
+use crate::Ctx;
 
 /// Session opens doing their etcd work at once. Each open is four or five etcd round trips
 /// that, in a storm, take ~100 ms each while neither etcd nor the coordinator is busy (swarm
@@ -110,6 +118,81 @@ impl OpeningTurns {
     pub fn opening(&self) -> usize {
         self.max - self.turns.available_permits()
     }
+}
+
+/// A session admitted to open: its turn, and what the admission read for the opening.
+pub(super) struct Admitted {
+    /// Held until the session is open and caught up.
+    pub(super) turn: tokio::sync::OwnedSemaphorePermit,
+    /// The host's pin, as read with the ban check (`None`: no pin).
+    pub(super) pin: Option<KeyValue>,
+}
+
+/// Waits for a turn at opening a session, then checks the host's certificate against `host
+/// forget`'s ban and raises the token counter to the host's highest token; `None` (the agent
+/// told why) when the session is not to open. The ban check, the token counter and the host's
+/// pin are one etcd transaction (a reconnect storm is thousands of these).
+pub(super) async fn admit_in_turn(
+    ctx: &Arc<Ctx>,
+    peer: Option<&Identity>,
+    leaf: Option<&[u8]>,
+    hello: &pb::Hello,
+    tx: &AgentTx,
+) -> Option<Admitted> {
+    let turn = match ctx.hub.opening.take().await {
+        Ok(turn) => turn,
+        Err(busy) => {
+            ctx.hub.opening.refused(&busy);
+            ctx.metrics.sessions_busy.inc();
+            refuse(tx, &busy.to_string()).await;
+            return None;
+        }
+    };
+    let holding = format!("host {} holds an opening turn", hello.host_id);
+    crate::fault::pause(crate::fault::PausePoint::SessionOpening, &holding).await;
+    let reads = vec![
+        TxnOp::get(ctx.keys.token(), None),
+        TxnOp::get(ctx.keys.pin(&hello.host_id), None),
+    ];
+    let read = match (peer, leaf) {
+        (Some(id), Some(leaf)) => crate::roles::admit_host(ctx, &id.name, leaf, reads).await,
+        _ => read_for_opening(ctx, reads).await,
+    };
+    let read = match read {
+        Ok(read) => read,
+        Err(refused) => {
+            refuse(tx, refused.message()).await;
+            return None;
+        }
+    };
+    let mut firsts = read.into_iter().map(|op| match op {
+        TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+        _ => None,
+    });
+    let (counter, pin) = (firsts.next().flatten(), firsts.next().flatten());
+    // Before the session exists (no grant can reach this host until then), so that a grant
+    // after an etcd restore is never below a token the host has acted on.
+    let raised = match tokens::Counter::of(counter.as_ref()) {
+        Ok(seen) => tokens::raise_token_from(ctx, hello.highest_token, Some(seen)).await,
+        Err(e) => Err(e),
+    };
+    if let Some(why) = tokens::refusal(&raised, hello.highest_token) {
+        warn!("refusing the session: {why}");
+        refuse(tx, &why).await;
+        return None;
+    }
+    Some(Admitted { turn, pin })
+}
+
+/// The opening's reads without a certificate to check (insecure development mode).
+async fn read_for_opening(ctx: &Ctx, reads: Vec<TxnOp>) -> Result<Vec<TxnOpResponse>, Status> {
+    let resp = ctx
+        .etcd
+        .clone()
+        .txn(Txn::new().and_then(reads))
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot read the host's token and pin: {e}")))?;
+    Ok(resp.op_responses())
 }
 
 #[cfg(test)]

@@ -92,7 +92,7 @@ impl Session {
         let Some(settled) = admit::settle(&step, r) else {
             debug!(rollout = %rid, token = r.token, step_token = step.token, state = %step.state, "stale or repeated result ignored");
             if step.token == r.token && step.state != HostState::Updating {
-                self.drop_orphan_slot(rid.as_str(), r.token, step_rev)
+                self.drop_orphan_slot(rid.as_str(), service, r.token, (step_rev, basis.slot))
                     .await?;
             }
             return Ok(Attempt::Settled);
@@ -282,30 +282,30 @@ impl Session {
 
     /// A repeated result of a grant whose result is already recorded, while a slot of that
     /// grant still exists (left by a race older versions lost): the slot is dropped, since
-    /// the result is the evidence that frees it (S2).
+    /// the result is the evidence that frees it (S2). `read` is the step's mod revision and the
+    /// slot (mod revision, token) as the result's basis read them together: the delete
+    /// compares both, so a slot changed since is left alone.
     async fn drop_orphan_slot(
         &self,
         rid: &str,
+        service: &str,
         token: u64,
-        step_rev: i64,
+        read: (i64, Option<(i64, u64)>),
     ) -> Result<(), StoreError> {
-        let keys = &self.ctx.keys;
-        let mut etcd = self.ctx.etcd.clone();
-        let Some(target) = self.ctx.hub.specs.get(&self.ctx, rid).await? else {
+        let (step_rev, slot) = read;
+        let Some((slot_rev, slot_token)) = slot else {
             return Ok(());
         };
-        let slot_key = keys.slot(&target.service, &self.host);
-        let resp = etcd.get(slot_key.clone(), None).await?;
-        let Some(kv) = resp.kvs().first() else {
-            return Ok(());
-        };
-        if decode::<SlotRecord>(kv)?.token != token {
+        if slot_token != token {
             return Ok(());
         }
+        let keys = &self.ctx.keys;
+        let mut etcd = self.ctx.etcd.clone();
+        let slot_key = keys.slot(service, &self.host);
         let txn = Txn::new()
             .when(vec![
                 Compare::mod_revision(keys.step(rid, &self.host), CompareOp::Equal, step_rev),
-                Compare::mod_revision(slot_key.clone(), CompareOp::Equal, kv.mod_revision()),
+                Compare::mod_revision(slot_key.clone(), CompareOp::Equal, slot_rev),
             ])
             .and_then(vec![TxnOp::delete(slot_key, None)]);
         if etcd.txn(txn).await?.succeeded() {

@@ -30,15 +30,49 @@ pub enum Raise {
     Contended,
 }
 
+/// The token counter as read: its value and its key's mod revision (0: no counter yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter {
+    /// The highest token granted so far.
+    pub value: u64,
+    /// The counter key's mod revision, which a raise compares.
+    pub rev: i64,
+}
+
+impl Counter {
+    /// The counter as a read of its key found it (`None`: not there yet).
+    pub fn of(kv: Option<&etcd_client::KeyValue>) -> Result<Counter, StoreError> {
+        Ok(match kv {
+            Some(kv) => Counter {
+                value: decode::<u64>(kv)?,
+                rev: kv.mod_revision(),
+            },
+            None => Counter { value: 0, rev: 0 },
+        })
+    }
+}
+
 /// Raises the counter to `reported` if it is below; logs what it did.
 pub async fn raise_token(ctx: &Arc<Ctx>, reported: u64) -> Result<Raise, StoreError> {
+    raise_token_from(ctx, reported, None).await
+}
+
+/// [`raise_token`], starting from `seen`, the counter as just read along with other reads (a
+/// session's opening): no read of its own unless it raises and loses a race.
+pub async fn raise_token_from(
+    ctx: &Arc<Ctx>,
+    reported: u64,
+    mut seen: Option<Counter>,
+) -> Result<Raise, StoreError> {
     let key = ctx.keys.token();
     let mut etcd = ctx.etcd.clone();
     for _ in 0..8 {
-        let resp = etcd.get(key.clone(), None).await?;
-        let (current, rev) = match resp.kvs().first() {
-            Some(kv) => (decode::<u64>(kv)?, kv.mod_revision()),
-            None => (0, 0),
+        let Counter {
+            value: current,
+            rev,
+        } = match seen.take() {
+            Some(seen) => seen,
+            None => Counter::of(etcd.get(key.clone(), None).await?.kvs().first())?,
         };
         if reported <= current {
             return Ok(Raise::Unchanged);

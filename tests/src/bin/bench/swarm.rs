@@ -243,11 +243,15 @@ fn storm(report: &mut Report, fleet: &Fleet, gen: &Generator) -> anyhow::Result<
     let coord = fleet.coordinator();
     coord.kill9();
     let gone = gen.wait(Duration::from_secs(10), |c| c == 0);
+    let failed0 = gen.stats.connects_failed.load(Ordering::Relaxed);
+    *gen.stats.phases.lock().expect("phases") = Default::default();
     let rev0 = fleet.etcd_revision()?;
     let t0 = Instant::now();
     coord.restart()?;
-    let back = gen.wait(Duration::from_secs(60), |c| c >= n);
+    let (back, timeline) = storm_timeline(gen, n, Duration::from_secs(60));
     let took = t0.elapsed();
+    println!("  storm timeline (s: in session): {timeline}");
+    storm_breakdown(fleet, gen, failed0);
     let writes = fleet.etcd_revision()? - rev0;
     let refused = gen.stats.refusals.load(Ordering::Relaxed) - refusals0;
     println!(
@@ -282,6 +286,67 @@ fn storm(report: &mut Report, fleet: &Fleet, gen: &Generator) -> anyhow::Result<
         )),
     );
     Ok(())
+}
+
+/// Waits up to `timeout` for `n` hosts in session; returns when they were, and the count every
+/// second.
+fn storm_timeline(gen: &Generator, n: usize, timeout: Duration) -> (Option<Duration>, String) {
+    let t0 = Instant::now();
+    let mut marks = Vec::new();
+    let mut next_mark = Duration::from_secs(1);
+    while t0.elapsed() < timeout {
+        let held = gen.in_session();
+        if held >= n {
+            marks.push(format!("{:.1}: {held}", t0.elapsed().as_secs_f64()));
+            return (Some(t0.elapsed()), marks.join(", "));
+        }
+        if t0.elapsed() >= next_mark {
+            marks.push(format!("{}: {held}", next_mark.as_secs()));
+            next_mark += Duration::from_secs(1);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (None, marks.join(", "))
+}
+
+/// Prints where the storm's time went: the hosts' dials and openings as they saw them, and the
+/// restarted coordinator's etcd requests and session counters.
+fn storm_breakdown(fleet: &Fleet, gen: &Generator, failed0: u64) {
+    let failed = gen.stats.connects_failed.load(Ordering::Relaxed) - failed0;
+    let phases = std::mem::take(&mut *gen.stats.phases.lock().expect("phases"));
+    let ms = |v: &[u64]| -> Vec<f64> { v.iter().map(|&us| us as f64 / 1000.0).collect() };
+    let show = |what: &str, v: &[u64]| {
+        if v.is_empty() {
+            return format!("{what}: none");
+        }
+        let (p50, p99, max) = percentiles(&ms(v));
+        format!(
+            "{what}: {} p50 {p50:.0} / p99 {p99:.0} / max {max:.0} ms",
+            v.len()
+        )
+    };
+    println!(
+        "  storm, as the hosts saw it: {failed} dials failed; {}; {}",
+        show("dials", &phases.dial_us),
+        show("stream to welcome", &phases.welcome_us)
+    );
+    let Some(addr) = fleet.coordinator().metrics else {
+        return;
+    };
+    let Ok((_, body)) = rollgate_tests::http_get(&addr.to_string(), "/metrics") else {
+        return;
+    };
+    let pick = |prefix: &str| -> Vec<String> {
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.trim_start_matches("rollgate_").to_string())
+            .collect()
+    };
+    let mut lines = pick("rollgate_agent_sessions_");
+    lines.extend(pick("rollgate_etcd_request_duration_seconds_count"));
+    lines.extend(pick("rollgate_etcd_request_duration_seconds_sum"));
+    lines.extend(pick("rollgate_etcd_request_errors"));
+    println!("  storm, the coordinator's counters: {}", lines.join("; "));
 }
 
 /// A rollout to every simulated host at `max_unavailable = "1%"`.

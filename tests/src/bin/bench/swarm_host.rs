@@ -133,6 +133,19 @@ pub(crate) struct SwarmStats {
     pub(crate) last_loss: Mutex<String>,
     /// The latest refusal's reason, for the report.
     pub(crate) last_refusal: Mutex<String>,
+    /// Connection attempts that failed before a stream was open (refused, shed, timed out).
+    pub(crate) connects_failed: AtomicU64,
+    /// Where each session attempt's time went, for the storm's breakdown.
+    pub(crate) phases: Mutex<Phases>,
+}
+
+/// The durations of session attempts' phases, in microseconds.
+#[derive(Debug, Default)]
+pub(crate) struct Phases {
+    /// TCP connect and TLS handshake (the dial), of dials that succeeded.
+    pub(crate) dial_us: Vec<u64>,
+    /// Stream opened to the welcome (the coordinator's opening work, its turn included).
+    pub(crate) welcome_us: Vec<u64>,
 }
 
 impl SwarmStats {
@@ -294,14 +307,24 @@ impl SimHost {
                 .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                 .keep_alive_while_idle(true)
         };
+        let dialed = Instant::now();
         let channel = tokio::select! {
             _ = cancel.cancelled() => return None,
             c = tokio::time::timeout(CONNECT_TIMEOUT * 3, rollgate_proto::tls::dial_from(url, settings, &self.tls, self.source)) => match c {
                 Ok(Ok(c)) => c,
-                Ok(Err(e)) => return Some((false, format!("connect: {e}"))),
-                Err(_) => return Some((false, "connect timed out".into())),
+                Ok(Err(e)) => {
+                    stats.connects_failed.fetch_add(1, Ordering::Relaxed);
+                    return Some((false, format!("connect: {e}")));
+                }
+                Err(_) => {
+                    stats.connects_failed.fetch_add(1, Ordering::Relaxed);
+                    return Some((false, "connect timed out".into()));
+                }
             },
         };
+        let opened = Instant::now();
+        let dial_us = (opened - dialed).as_micros() as u64;
+        stats.phases.lock().expect("phases").dial_us.push(dial_us);
         let (tx, rx) = mpsc::channel(16);
         let _ = tx.send(msg(Msg::Hello(self.hello()))).await;
         let mut client = pb::agent_service_client::AgentServiceClient::new(channel.clone());
@@ -316,6 +339,7 @@ impl SimHost {
             },
         };
         let mut session = Live {
+            opened,
             welcomed: false,
             heartbeat: heartbeat_timer(DEFAULT_HEARTBEAT),
             pending: None,
@@ -380,6 +404,8 @@ impl SimHost {
                         heartbeat_timer(Duration::from_millis(w.heartbeat_interval_ms));
                 }
                 if !session.welcomed {
+                    let took = session.opened.elapsed().as_micros() as u64;
+                    stats.phases.lock().expect("phases").welcome_us.push(took);
                     session.welcomed = true;
                     stats.in_session.fetch_add(1, Ordering::SeqCst);
                     stats.welcomes.fetch_add(1, Ordering::Relaxed);
@@ -423,6 +449,8 @@ impl SimHost {
 
 /// One live session's timers and the order in flight.
 struct Live {
+    /// When the dial completed (the stream's request was sent right after).
+    opened: Instant,
     welcomed: bool,
     heartbeat: tokio::time::Interval,
     pending: Option<Pending>,

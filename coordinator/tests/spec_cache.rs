@@ -1,0 +1,170 @@
+//! The replica's cache of rollout specs (`sessions/specs.rs`) on a real etcd (the
+//! coordinator's own local etcd): a rollout not yet kept is read from etcd, a kept one is
+//! answered without etcd, and a rollout that does not exist is `None`. Needs the `etcd` binary
+//! (`ETCD_BIN`).
+
+mod common;
+use common::free_port_pair;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rollgate_coordinator::artifacts::ArtifactStore;
+use rollgate_coordinator::config::{Config, EtcdConfig};
+use rollgate_coordinator::control;
+use rollgate_coordinator::local_etcd::LocalEtcd;
+use rollgate_coordinator::sessions::specs::RolloutSpecs;
+use rollgate_coordinator::sessions::Hub;
+use rollgate_coordinator::store::{encode, Health, HostRecord, Keys, ServiceState};
+use rollgate_coordinator::Ctx;
+use tokio_util::sync::CancellationToken;
+
+const SHA2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+struct World {
+    ctx: Arc<Ctx>,
+    _etcd: LocalEtcd,
+    cancel: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// A real etcd with host h1 running `web` and `api` 1.0.0.
+async fn world() -> World {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = EtcdConfig {
+        binary: std::env::var_os("ETCD_BIN")
+            .map(Into::into)
+            .unwrap_or_else(|| "etcd".into()),
+        local_port: free_port_pair(),
+        ..EtcdConfig::default()
+    };
+    let cancel = CancellationToken::new();
+    let etcd = LocalEtcd::start(&cfg, dir.path(), cancel.clone())
+        .await
+        .expect("local etcd starts");
+    let client = rollgate_coordinator::etcd_conn::connect(
+        &etcd.connect_config(&cfg),
+        std::slice::from_ref(&etcd.endpoint),
+        &rollgate_coordinator::metrics::EtcdMetrics::default(),
+    )
+    .await
+    .expect("connect");
+    let config = Config {
+        etcd: cfg,
+        ..Config::default()
+    };
+    let ctx = Arc::new(Ctx {
+        etcd: client,
+        keys: Keys::new(&config.etcd.prefix),
+        artifacts: ArtifactStore::new(dir.path().join("artifacts"), 1 << 20).expect("store"),
+        config,
+        lease: 0,
+        hub: Hub::default(),
+        tls: None,
+        tasks: tokio_util::task::TaskTracker::new(),
+        metrics: rollgate_coordinator::metrics::Metrics::new(),
+        results_recorded: tokio::sync::Notify::new(),
+    });
+    let running = ServiceState {
+        version: "1.0.0".into(),
+        health: Health::Healthy,
+        ..ServiceState::default()
+    };
+    let services = BTreeMap::from([
+        ("web".to_string(), running.clone()),
+        ("api".to_string(), running),
+    ]);
+    let host = HostRecord {
+        host_id: "h1".into(),
+        services,
+        ..HostRecord::default()
+    };
+    ctx.etcd
+        .clone()
+        .put(ctx.keys.host("h1"), encode(&host), None)
+        .await
+        .expect("put host");
+    World {
+        ctx,
+        _etcd: etcd,
+        cancel,
+        _dir: dir,
+    }
+}
+
+/// Creates a rollout of `service` to `version`; returns its id.
+async fn rollout(ctx: &Arc<Ctx>, service: &str, version: &str) -> String {
+    let spec = format!(
+        "service = \"{service}\"\n[release]\nversion = \"{version}\"\nsource = \
+         \"https://example.invalid/web\"\nsha256 = \"{SHA2}\"\nsize = 10\n[strategy]\n\
+         max_unavailable = 1\n"
+    );
+    control::create(ctx, &spec, None).await.expect("create").id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_is_read_once_then_answered_from_the_cache() {
+    let world = world().await;
+    let ctx = &world.ctx;
+    let specs = RolloutSpecs::default();
+    let rid = rollout(ctx, "web", "2.0.0").await;
+
+    // Not kept yet: read from etcd.
+    let read = specs
+        .get(ctx, &rid)
+        .await
+        .expect("read")
+        .expect("the rollout exists");
+    assert_eq!(read.service, "web");
+    assert_eq!(read.release.version, "2.0.0");
+    assert_eq!(read.release.sha256, SHA2);
+
+    // Kept: answered without etcd. (Rollouts are never deleted; deleting its record here is how
+    // the test tells an answer from the cache from a read.)
+    ctx.etcd
+        .clone()
+        .delete(ctx.keys.rollout(&rid), None)
+        .await
+        .expect("delete the record");
+    let kept = specs
+        .get(ctx, &rid)
+        .await
+        .expect("no etcd read needed")
+        .expect("the kept spec, though etcd no longer has the record");
+    assert_eq!(kept, read, "the cache answers what it read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_not_kept_is_read_and_an_unknown_rollout_is_none() {
+    let world = world().await;
+    let ctx = &world.ctx;
+    let specs = RolloutSpecs::default();
+    let first = rollout(ctx, "web", "2.0.0").await;
+    specs.get(ctx, &first).await.expect("read").expect("first");
+    // A rollout created after the cache was filled is not in it: it is read, not confused with
+    // the kept one.
+    let second = rollout(ctx, "api", "3.0.0").await;
+    let read = specs
+        .get(ctx, &second)
+        .await
+        .expect("read")
+        .expect("the second rollout exists");
+    assert_eq!(
+        (read.service.as_str(), read.release.version.as_str()),
+        ("api", "3.0.0")
+    );
+    assert!(
+        specs
+            .get(ctx, "r-does-not-exist")
+            .await
+            .expect("read")
+            .is_none(),
+        "a rollout etcd does not have is none"
+    );
+}
