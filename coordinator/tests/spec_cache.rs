@@ -70,6 +70,7 @@ async fn world() -> World {
         tasks: tokio_util::task::TaskTracker::new(),
         metrics: rollgate_coordinator::metrics::Metrics::new(),
         results_recorded: tokio::sync::Notify::new(),
+        handover: Default::default(),
     });
     let running = ServiceState {
         version: "1.0.0".into(),
