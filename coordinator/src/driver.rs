@@ -164,31 +164,56 @@ async fn lead(
             .map(|at| Duration::from_millis((at - now_ms()).max(0) as u64))
             .unwrap_or(IDLE_ROUND)
             .min(IDLE_ROUND);
-        tokio::select! {
-            m = watch.message() => match m {
-                // Every round reads etcd afresh: the changes queued behind this one are
-                // covered by the same next round.
-                Ok(Some(_)) => match watch.drain_ready() {
-                    Ok(Some(_)) => {}
+        let due = tokio::time::Instant::now() + sleep;
+        // Waits for what calls for the next round; the event log's own writes do not.
+        loop {
+            tokio::select! {
+                m = watch.message() => match m {
+                    // Every round reads etcd afresh: the changes queued behind this one are
+                    // covered by the same next round.
+                    Ok(Some(first)) => {
+                        let plans = |r: &etcd_client::WatchResponse| for_planning(ctx, r);
+                        match watch.drain_ready_where(plans) {
+                            Ok(Some(more)) if more || plans(&first) => break,
+                            Ok(Some(_)) => continue,
+                            Ok(None) => return Ok(()),
+                            Err(e) => return Err(StoreError::from(e).into()),
+                        }
+                    }
                     Ok(None) => return Ok(()),
                     Err(e) => return Err(StoreError::from(e).into()),
                 },
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(StoreError::from(e).into()),
-            },
-            // A result this replica recorded: plan now, the watch's report of it follows.
-            _ = ctx.results_recorded.notified() => {}
-            // Results offered to this round, to be written with the grants they free room for.
-            Some(first) = inbox.rx.recv() => {
-                carried.push(first);
-                while let Ok(more) = inbox.rx.try_recv() {
-                    carried.push(more);
+                // A result this replica recorded: plan now, the watch's report of it follows.
+                _ = ctx.results_recorded.notified() => break,
+                // Results offered to this round, to be written with the grants they free room for.
+                Some(first) = inbox.rx.recv() => {
+                    carried.push(first);
+                    while let Ok(more) = inbox.rx.try_recv() {
+                        carried.push(more);
+                    }
+                    break;
                 }
+                _ = tokio::time::sleep_until(due) => break,
+                _ = cancel.cancelled() => return Ok(()),
             }
-            _ = tokio::time::sleep(sleep) => {}
-            _ = cancel.cancelled() => return Ok(()),
         }
     }
+}
+
+/// Whether a watch response changes anything a planning round reads: every key but the event
+/// log's and the webhook deliveries' own (the leader's recorder and notifier write those after
+/// each change; a round for them would re-read the fleet for nothing).
+fn for_planning(ctx: &Ctx, r: &etcd_client::WatchResponse) -> bool {
+    let prefix = &ctx.config.etcd.prefix;
+    let own = [
+        format!("{prefix}events/"),
+        crate::events::cursor_key(prefix),
+        format!("{prefix}notify/"),
+    ];
+    r.events().iter().any(|e| {
+        let key = e.kv().map(|kv| kv.key()).unwrap_or_default();
+        !own.iter().any(|o| key.starts_with(o.as_bytes()))
+    })
 }
 
 /// The leader's inbox of results ([`handover`]), open for as long as it leads.

@@ -224,6 +224,24 @@ impl Watch {
         }
     }
 
+    /// Takes every response already received without waiting, and returns whether any of
+    /// them `matters` (`Ok(None)`: the stream ended).
+    pub fn drain_ready_where(
+        &mut self,
+        matters: impl Fn(&etcd_client::WatchResponse) -> bool,
+    ) -> Result<Option<bool>, etcd_client::Error> {
+        use futures::FutureExt as _;
+        let mut any = false;
+        loop {
+            match self.message().now_or_never() {
+                None => return Ok(Some(any)),
+                Some(Ok(Some(r))) => any |= matters(&r),
+                Some(Ok(None)) => return Ok(None),
+                Some(Err(e)) => return Err(e),
+            }
+        }
+    }
+
     /// Takes every response already received without waiting, and returns how many there
     /// were (`Ok(None)`: the stream ended). For a caller that re-reads the state after changes
     /// rather than applying each: a burst of changes (thousands of agents reconnecting after a
