@@ -57,6 +57,9 @@ pub struct Hub {
     pub opening: opening::OpeningTurns,
     /// The service and release of the rollouts hosts report on (their records are large).
     pub specs: specs::RolloutSpecs,
+    /// Per host, the token whose order the leader sent as it granted it, before etcd's watch
+    /// reported the slot (whose dispatch then skips it).
+    sent_ahead: Mutex<HashMap<String, u64>>,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +121,31 @@ impl Hub {
             .keys()
             .cloned()
             .collect()
+    }
+
+    /// Sends the order of a slot this replica's leader just granted, when the host's stream is
+    /// here (false otherwise): the order goes out without waiting for etcd's watch to report
+    /// the slot, and that report then sends nothing more ([`Hub::sent_ahead`]).
+    pub async fn send_granted(&self, slot: &crate::store::SlotRecord) -> bool {
+        let msg = pb::coordinator_message::Msg::Update(slot.order());
+        if !self.send(&slot.host_id, msg).await {
+            return false;
+        }
+        let mut ahead = self.sent_ahead.lock().expect("hub lock");
+        ahead.insert(slot.host_id.clone(), slot.token);
+        true
+    }
+
+    /// Whether the order of `host`'s slot of `token` was sent as it was granted (asked once:
+    /// the answer is forgotten). A report of the slot that comes first sends it again, which
+    /// the agent ignores (the token is the one it is carrying out).
+    fn sent_ahead(&self, host: &str, token: u64) -> bool {
+        let mut ahead = self.sent_ahead.lock().expect("hub lock");
+        if ahead.get(host) == Some(&token) {
+            ahead.remove(host);
+            return true;
+        }
+        false
     }
 
     /// Sends a message to a host if its stream is here; false otherwise.

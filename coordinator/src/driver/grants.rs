@@ -108,15 +108,20 @@ pub(super) async fn grant(
         }
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         first.get_or_insert(revision);
-        let top = granted.last().map_or(counter.0, |(_, t)| *t);
+        let top = granted.last().map_or(counter.0, |(_, s)| s.token);
         *counter = (top, revision);
-        for (host, token) in granted {
+        for (host, slot) in granted {
             count += usize::from(!basis.unavailable.iter().any(|(h, _)| h == host));
             count_grant(ctx, r, freed_at.take());
+            let token = slot.token;
             info!(
                 rollout = %r.id, %host, token, unavailable = count, budget = r.max_unavailable,
                 revision, "slot granted"
             );
+            // A host served here gets its order now, not when etcd's watch reports the slot.
+            if ctx.hub.send_granted(&slot).await {
+                info!(rollout = %r.id, %host, token, version = %slot.version, "order sent");
+            }
         }
     }
     Ok(first)
@@ -162,8 +167,8 @@ fn grant_chunk_refused(size: usize, e: &etcd_client::Error) {
 }
 
 /// One transaction granting `chunk` (host, its session's lease) the next tokens after
-/// `counter`, all or none, and writing the `carried` results; with the (host, token) pairs it
-/// grants.
+/// `counter`, all or none, and writing the `carried` results; with the hosts it grants and
+/// their slots.
 fn grant_txn<'a>(
     ctx: &Ctx,
     leader: &LeaderKey,
@@ -171,7 +176,7 @@ fn grant_txn<'a>(
     chunk: &[(&'a str, i64)],
     counter: (u64, i64),
     carried: &[Carry],
-) -> (Txn, Vec<(&'a str, u64)>) {
+) -> (Txn, Vec<(&'a str, SlotRecord)>) {
     let (keys, r, fleet) = (&ctx.keys, &basis.view.rollout, basis.fleet);
     let (last_token, token_rev) = counter;
     // S3: only the current leader grants; the rollout is unchanged since it was read (a pause
@@ -213,7 +218,7 @@ fn grant_txn<'a>(
             ),
             TxnOp::put(keys.step(&r.id, host), encode(&step), None),
         ]);
-        granted.push((host, token));
+        granted.push((host, slot));
     }
     // On refusal, the election key: tells a deposed leader from a changed rollout.
     let txn = Txn::new()
@@ -224,7 +229,7 @@ fn grant_txn<'a>(
 }
 
 /// "host-3" or "host-3 and 4 more".
-fn hosts_word(granted: &[(&str, u64)]) -> String {
+fn hosts_word<T>(granted: &[(&str, T)]) -> String {
     match granted {
         [] => String::new(),
         [(h, _)] => h.to_string(),

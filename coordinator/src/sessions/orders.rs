@@ -147,6 +147,9 @@ pub async fn dispatch_orders(ctx: Arc<Ctx>, cancel: CancellationToken) {
                             continue;
                         }
                     };
+                    if ctx.hub.sent_ahead(&slot.host_id, slot.token) {
+                        continue;
+                    }
                     let order = slot.order();
                     if ctx
                         .hub
