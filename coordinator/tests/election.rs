@@ -4,15 +4,11 @@
 //! candidate leads next. Needs the `etcd` binary (`ETCD_BIN`).
 
 mod common;
-use common::free_port_pair;
 
 use std::time::Duration;
 
 use etcd_client::Client;
-use rollgate_coordinator::config::EtcdConfig;
 use rollgate_coordinator::election::campaign;
-use rollgate_coordinator::local_etcd::LocalEtcd;
-use tokio_util::sync::CancellationToken;
 
 const NAME: &str = "/rollgate/leader";
 /// Long enough that no lease expires during the test.
@@ -34,17 +30,7 @@ async fn place(etcd: &mut Client, lease: i64) -> Option<i64> {
 #[tokio::test]
 async fn a_cut_wait_keeps_the_place_in_line_and_the_oldest_leads_next() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = EtcdConfig {
-        binary: std::env::var_os("ETCD_BIN")
-            .map(Into::into)
-            .unwrap_or_else(|| "etcd".into()),
-        local_port: free_port_pair(),
-        ..EtcdConfig::default()
-    };
-    let cancel = CancellationToken::new();
-    let etcd = LocalEtcd::start(&cfg, dir.path(), cancel.clone())
-        .await
-        .expect("local etcd starts");
+    let (cfg, etcd, cancel) = common::start_etcd(dir.path()).await;
     let mut c = rollgate_coordinator::etcd_conn::connect(
         &etcd.connect_config(&cfg),
         std::slice::from_ref(&etcd.endpoint),

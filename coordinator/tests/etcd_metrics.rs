@@ -4,29 +4,15 @@
 //! its method; calls etcd carries out do not. Needs the `etcd` binary (`ETCD_BIN`).
 
 mod common;
-use common::free_port_pair;
 
 use etcd_client::GetOptions;
 use prometheus_client::registry::Registry;
-use rollgate_coordinator::config::EtcdConfig;
-use rollgate_coordinator::local_etcd::LocalEtcd;
 use rollgate_coordinator::metrics::EtcdMetrics;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn a_call_etcd_refuses_counts_as_an_error_of_its_method() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = EtcdConfig {
-        binary: std::env::var_os("ETCD_BIN")
-            .map(Into::into)
-            .unwrap_or_else(|| "etcd".into()),
-        local_port: free_port_pair(),
-        ..EtcdConfig::default()
-    };
-    let cancel = CancellationToken::new();
-    let etcd = LocalEtcd::start(&cfg, dir.path(), cancel.clone())
-        .await
-        .expect("local etcd starts");
+    let (cfg, etcd, cancel) = common::start_etcd(dir.path()).await;
     let metrics = EtcdMetrics::default();
     let mut client = rollgate_coordinator::etcd_conn::connect(
         &etcd.connect_config(&cfg),

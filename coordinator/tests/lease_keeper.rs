@@ -5,7 +5,6 @@
 //! `etcd` binary (`ETCD_BIN`).
 
 mod common;
-use common::free_port_pair;
 
 use std::time::{Duration, Instant};
 
@@ -30,17 +29,7 @@ struct World {
 impl World {
     async fn start() -> World {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = EtcdConfig {
-            binary: std::env::var_os("ETCD_BIN")
-                .map(Into::into)
-                .unwrap_or_else(|| "etcd".into()),
-            local_port: free_port_pair(),
-            ..EtcdConfig::default()
-        };
-        let cancel = CancellationToken::new();
-        let etcd = LocalEtcd::start(&cfg, dir.path(), cancel.clone())
-            .await
-            .expect("local etcd starts");
+        let (cfg, etcd, cancel) = common::start_etcd(dir.path()).await;
         let cfg = etcd.connect_config(&cfg);
         World {
             etcd,

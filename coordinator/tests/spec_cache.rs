@@ -4,13 +4,12 @@
 //! (`ETCD_BIN`).
 
 mod common;
-use common::free_port_pair;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rollgate_coordinator::artifacts::ArtifactStore;
-use rollgate_coordinator::config::{Config, EtcdConfig};
+use rollgate_coordinator::config::Config;
 use rollgate_coordinator::control;
 use rollgate_coordinator::local_etcd::LocalEtcd;
 use rollgate_coordinator::sessions::specs::RolloutSpecs;
@@ -37,17 +36,7 @@ impl Drop for World {
 /// A real etcd with host h1 running `web` and `api` 1.0.0.
 async fn world() -> World {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = EtcdConfig {
-        binary: std::env::var_os("ETCD_BIN")
-            .map(Into::into)
-            .unwrap_or_else(|| "etcd".into()),
-        local_port: free_port_pair(),
-        ..EtcdConfig::default()
-    };
-    let cancel = CancellationToken::new();
-    let etcd = LocalEtcd::start(&cfg, dir.path(), cancel.clone())
-        .await
-        .expect("local etcd starts");
+    let (cfg, etcd, cancel) = common::start_etcd(dir.path()).await;
     let client = rollgate_coordinator::etcd_conn::connect(
         &etcd.connect_config(&cfg),
         std::slice::from_ref(&etcd.endpoint),

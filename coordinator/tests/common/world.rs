@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rollgate_coordinator::artifacts::ArtifactStore;
-use rollgate_coordinator::config::{Config, EtcdConfig};
+use rollgate_coordinator::config::Config;
 use rollgate_coordinator::control;
 use rollgate_coordinator::local_etcd::LocalEtcd;
 use rollgate_coordinator::sessions::Hub;
@@ -14,8 +14,6 @@ use rollgate_coordinator::store::{encode, Health, HistoryRecord, HostRecord, Key
 use rollgate_coordinator::Ctx;
 use rollgate_proto::spec::ReleaseSpec;
 use tokio_util::sync::CancellationToken;
-
-use super::common::free_port_pair;
 
 pub struct World {
     pub ctx: Arc<Ctx>,
@@ -30,17 +28,7 @@ pub const SHA2: &str = "22222222222222222222222222222222222222222222222222222222
 /// A real etcd with hosts h1..h3 running `web` 1.0.0 and a rollout of 2.0.0 over them.
 pub async fn world() -> (World, String) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = EtcdConfig {
-        binary: std::env::var_os("ETCD_BIN")
-            .map(Into::into)
-            .unwrap_or_else(|| "etcd".into()),
-        local_port: free_port_pair(),
-        ..EtcdConfig::default()
-    };
-    let cancel = CancellationToken::new();
-    let etcd = LocalEtcd::start(&cfg, dir.path(), cancel.clone())
-        .await
-        .expect("local etcd starts");
+    let (cfg, etcd, cancel) = super::common::start_etcd(dir.path()).await;
     let client = rollgate_coordinator::etcd_conn::connect(
         &etcd.connect_config(&cfg),
         std::slice::from_ref(&etcd.endpoint),
