@@ -4,21 +4,20 @@
 //! (`ETCD_BIN`).
 
 mod common;
+#[path = "common/world.rs"]
+mod world;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rollgate_coordinator::artifacts::ArtifactStore;
-use rollgate_coordinator::config::Config;
 use rollgate_coordinator::control;
 use rollgate_coordinator::local_etcd::LocalEtcd;
 use rollgate_coordinator::sessions::specs::RolloutSpecs;
-use rollgate_coordinator::sessions::Hub;
-use rollgate_coordinator::store::{encode, Health, HostRecord, Keys, ServiceState};
+use rollgate_coordinator::store::{encode, Health, HostRecord, ServiceState};
 use rollgate_coordinator::Ctx;
 use tokio_util::sync::CancellationToken;
 
-const SHA2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+use world::SHA2;
 
 struct World {
     ctx: Arc<Ctx>,
@@ -36,31 +35,7 @@ impl Drop for World {
 /// A real etcd with host h1 running `web` and `api` 1.0.0.
 async fn world() -> World {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (cfg, etcd, cancel) = common::start_etcd(dir.path()).await;
-    let client = rollgate_coordinator::etcd_conn::connect(
-        &etcd.connect_config(&cfg),
-        std::slice::from_ref(&etcd.endpoint),
-        &rollgate_coordinator::metrics::EtcdMetrics::default(),
-    )
-    .await
-    .expect("connect");
-    let config = Config {
-        etcd: cfg,
-        ..Config::default()
-    };
-    let ctx = Arc::new(Ctx {
-        etcd: client,
-        keys: Keys::new(&config.etcd.prefix),
-        artifacts: ArtifactStore::new(dir.path().join("artifacts"), 1 << 20).expect("store"),
-        config,
-        lease: 0,
-        hub: Hub::default(),
-        tls: None,
-        tasks: tokio_util::task::TaskTracker::new(),
-        metrics: rollgate_coordinator::metrics::Metrics::new(),
-        results_recorded: tokio::sync::Notify::new(),
-        handover: Default::default(),
-    });
+    let (ctx, etcd, cancel) = world::ctx_on(dir.path()).await;
     let running = ServiceState {
         version: "1.0.0".into(),
         health: Health::Healthy,

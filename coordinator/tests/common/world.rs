@@ -2,7 +2,10 @@
 //! hosts h1..h3 running `web` 1.0.0 and a rollout of 2.0.0 over them. Needs the `etcd` binary
 //! (`ETCD_BIN`).
 
+#![allow(dead_code)]
+
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use rollgate_coordinator::artifacts::ArtifactStore;
@@ -25,10 +28,10 @@ pub struct World {
 pub const SHA1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 pub const SHA2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 
-/// A real etcd with hosts h1..h3 running `web` 1.0.0 and a rollout of 2.0.0 over them.
-pub async fn world() -> (World, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (cfg, etcd, cancel) = super::common::start_etcd(dir.path()).await;
+/// A coordinator's shared state on a real etcd started in `dir` (no sessions, no TLS to agents),
+/// its lease granted (60 s); with the etcd and the token that stops it.
+pub async fn ctx_on(dir: &Path) -> (Arc<Ctx>, LocalEtcd, CancellationToken) {
+    let (cfg, etcd, cancel) = super::common::start_etcd(dir).await;
     let client = rollgate_coordinator::etcd_conn::connect(
         &etcd.connect_config(&cfg),
         std::slice::from_ref(&etcd.endpoint),
@@ -50,7 +53,7 @@ pub async fn world() -> (World, String) {
     let ctx = Arc::new(Ctx {
         etcd: client,
         keys: Keys::new(&config.etcd.prefix),
-        artifacts: ArtifactStore::new(dir.path().join("artifacts"), 1 << 20).expect("store"),
+        artifacts: ArtifactStore::new(dir.join("artifacts"), 1 << 20).expect("store"),
         config,
         lease,
         hub: Hub::default(),
@@ -60,6 +63,13 @@ pub async fn world() -> (World, String) {
         results_recorded: tokio::sync::Notify::new(),
         handover: Default::default(),
     });
+    (ctx, etcd, cancel)
+}
+
+/// A real etcd with hosts h1..h3 running `web` 1.0.0 and a rollout of 2.0.0 over them.
+pub async fn world() -> (World, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ctx, etcd, cancel) = ctx_on(dir.path()).await;
     let mut etcd_c = ctx.etcd.clone();
     for h in ["h1", "h2", "h3"] {
         let mut services = BTreeMap::new();
