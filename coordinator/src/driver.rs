@@ -364,7 +364,7 @@ async fn drive_once(
 fn by_rollout(carried: Vec<Carry>) -> BTreeMap<String, Vec<Carry>> {
     let mut by = BTreeMap::<String, Vec<Carry>>::new();
     for c in carried {
-        by.entry(c.rollout.clone()).or_default().push(c);
+        by.entry(c.offer.rollout.clone()).or_default().push(c);
     }
     by
 }

@@ -30,9 +30,25 @@ pub const MAX_CARRIED: usize = 8;
 /// How long a session waits for the leader to carry its result before it writes it itself.
 pub const CARRY_WAIT: Duration = Duration::from_secs(2);
 
-/// A result a session offers to the leader, with the writes and compares that record it.
+/// A result a session offered to the leader, with the channel that tells the session.
 #[derive(Debug)]
 pub struct Carry {
+    /// The result, with the writes and compares that record it.
+    pub offer: Offer,
+    /// Told the revision the result was written at; dropped when it was not.
+    reply: oneshot::Sender<i64>,
+}
+
+impl Carry {
+    /// Tells the session its result was written at `revision`.
+    pub fn written(self, revision: i64) {
+        let _ = self.reply.send(revision);
+    }
+}
+
+/// A result a session offers to the leader, with the writes and compares that record it.
+#[derive(Debug, Clone)]
+pub struct Offer {
     /// The rollout the result is of.
     pub rollout: String,
     /// The reporting host.
@@ -48,36 +64,6 @@ pub struct Carry {
     /// What must hold for the result to be written.
     pub compares: Vec<Compare>,
     /// The writes that record it.
-    pub ops: Vec<TxnOp>,
-    /// Told the revision the result was written at; dropped when it was not.
-    reply: oneshot::Sender<i64>,
-}
-
-impl Carry {
-    /// Tells the session its result was written at `revision`.
-    pub fn written(self, revision: i64) {
-        let _ = self.reply.send(revision);
-    }
-}
-
-/// What a session offers (a [`Carry`] without its reply channel).
-#[derive(Debug, Clone)]
-pub struct Offer {
-    /// See [`Carry`].
-    pub rollout: String,
-    /// See [`Carry`].
-    pub host: String,
-    /// See [`Carry`].
-    pub service: String,
-    /// See [`Carry`].
-    pub step: HostStep,
-    /// See [`Carry`].
-    pub services: BTreeMap<String, ServiceState>,
-    /// See [`Carry`].
-    pub drops_slot: bool,
-    /// See [`Carry`].
-    pub compares: Vec<Compare>,
-    /// See [`Carry`].
     pub ops: Vec<TxnOp>,
 }
 
@@ -104,17 +90,7 @@ impl Inbox {
     pub fn offer(&self, o: Offer) -> Option<oneshot::Receiver<i64>> {
         let tx = self.0.lock().expect("inbox lock").clone()?;
         let (reply, rx) = oneshot::channel();
-        let carry = Carry {
-            rollout: o.rollout,
-            host: o.host,
-            service: o.service,
-            step: o.step,
-            services: o.services,
-            drops_slot: o.drops_slot,
-            compares: o.compares,
-            ops: o.ops,
-            reply,
-        };
+        let carry = Carry { offer: o, reply };
         tx.try_send(carry).ok()?;
         Some(rx)
     }
@@ -147,7 +123,7 @@ pub fn apply(
     fleet: &mut FleetView,
 ) -> Undo {
     let mut undo = Undo::default();
-    for c in carried {
+    for Carry { offer: c, .. } in carried {
         steps.insert(c.host.clone(), c.step.clone());
         if let Some(h) = fleet.hosts.get_mut(&c.host) {
             let before = std::mem::replace(&mut h.services, c.services.clone());
@@ -167,7 +143,8 @@ pub fn apply(
 /// no host both reporting and granted, and no host reporting twice (a new session's result
 /// beside its old session's): one transaction cannot write a key twice.
 pub fn can_carry(carried: &[Carry], granted: &[String]) -> bool {
-    let hosts: std::collections::BTreeSet<&str> = carried.iter().map(|c| c.host.as_str()).collect();
+    let hosts: std::collections::BTreeSet<&str> =
+        carried.iter().map(|c| c.offer.host.as_str()).collect();
     carried.len() <= MAX_CARRIED
         && hosts.len() == carried.len()
         && !granted.iter().any(|g| hosts.contains(g.as_str()))

@@ -195,8 +195,8 @@ fn grant_txn<'a>(
     let mut ops = vec![TxnOp::put(keys.token(), encode(&top), None)];
     // The results this grant rests on, with everything their sessions compare.
     for c in carried {
-        compares.extend(c.compares.iter().cloned());
-        ops.extend(c.ops.iter().cloned());
+        compares.extend(c.offer.compares.iter().cloned());
+        ops.extend(c.offer.ops.iter().cloned());
     }
     let mut granted = Vec::with_capacity(chunk.len());
     for (i, &(host, lease)) in chunk.iter().enumerate() {
